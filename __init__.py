@@ -1,0 +1,23 @@
+"""Merge Suite: SuperMerger's model merging as ComfyUI nodes.
+
+ComfyUI imports this file as the pack's entry point. The math lives in
+merge_core/ (usable without ComfyUI); nodes/ adapts MODEL and CLIP objects.
+"""
+WEB_DIRECTORY = "./web"
+
+try:
+    from comfy_api.latest import ComfyExtension
+except ImportError:  # imported outside ComfyUI (e.g. as a library): no nodes to register
+    ComfyExtension = None
+
+if ComfyExtension is not None:
+    from .nodes.merge import NODES as _MERGE_NODES
+
+    class MergeSuiteExtension(ComfyExtension):
+        async def get_node_list(self):
+            return list(_MERGE_NODES)
+
+    async def comfy_entrypoint() -> "MergeSuiteExtension":
+        return MergeSuiteExtension()
+
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

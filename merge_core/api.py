@@ -1,0 +1,98 @@
+"""Library entry points: merge state dicts or safetensors files with SuperMerger's modes."""
+from __future__ import annotations
+
+import json
+from typing import Mapping, Optional
+
+import torch
+
+from .architectures import Architecture, detect, require_compatible
+from .block_weights import parse_block_weights
+from .engine import DictSink, FileSink, ProgressFn, StopFn, run_merge
+from .errors import MergeInputError
+from .methods import get_mode
+from .plan import MergePlan, MergeSettings, build_plan
+from .sources import KeySource, open_source
+
+OUTPUT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def make_settings(arch: Architecture, mode: str, alpha: float = 0.5, beta: float = 0.25,
+                  blocks_alpha: Optional[str] = None, blocks_beta: Optional[str] = None) -> MergeSettings:
+    """Parse user-facing settings (mode label, block-weight text) for one architecture."""
+    return MergeSettings(
+        mode=get_mode(mode),
+        alpha=float(alpha), beta=float(beta),
+        blocks_alpha=parse_block_weights(blocks_alpha, arch, "blocks_alpha"),
+        blocks_beta=parse_block_weights(blocks_beta, arch, "blocks_beta"),
+    )
+
+
+def detect_architecture(sources: Mapping[str, KeySource]) -> Architecture:
+    """The architecture of A, checked against B and C."""
+    archs = {name: detect(src.shapes()) for name, src in sources.items()}
+    arch = archs["a"] or archs.get("b")
+    if arch is None:
+        raise MergeInputError("model_a", "is not a recognised SD1, SD2 or SDXL model (no U-Net or text-encoder keys).",
+                              "pass a Stable Diffusion checkpoint or U-Net file.")
+    for name in ("b", "c"):
+        if name in archs:
+            require_compatible(arch, archs[name], f"model_{name}")
+    return arch
+
+
+def plan_merge(sources: Mapping[str, KeySource], mode: str, alpha: float = 0.5, beta: float = 0.25,
+               blocks_alpha: Optional[str] = None, blocks_beta: Optional[str] = None,
+               copy_b_only_keys: bool = True) -> MergePlan:
+    arch = detect_architecture(sources)
+    settings = make_settings(arch, mode, alpha, beta, blocks_alpha, blocks_beta)
+    if settings.mode.needs_c and "c" not in sources:
+        raise MergeInputError("model_c", f"is required by '{settings.mode.label}' but was not given.",
+                              "pass a third model C, or use Weight sum.")
+    return build_plan(arch, settings, sources["a"].shapes(), sources["b"].shapes(),
+                      sources["c"].shapes() if "c" in sources else None, copy_b_only_keys)
+
+
+def recipe_metadata(plan: MergePlan, names: Mapping[str, str]) -> dict[str, str]:
+    s = plan.settings
+    recipe = {
+        "type": "merge-suite", "mode": s.mode.label, "calcmode": "normal",
+        "alpha": s.alpha, "beta": s.beta if s.mode.uses_beta else None,
+        "blocks_alpha": s.blocks_alpha.as_text() if s.blocks_alpha else None,
+        "blocks_beta": s.blocks_beta.as_text() if (s.blocks_beta and s.mode.uses_beta) else None,
+        "architecture": plan.arch.name,
+        "models": dict(names),
+    }
+    return {"merge_suite_recipe": json.dumps(recipe, sort_keys=True)}
+
+
+def merge_state_dicts(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
+                      c: Optional[Mapping[str, torch.Tensor]] = None, *, mode: str = "Weight sum",
+                      alpha: float = 0.5, beta: float = 0.25, blocks_alpha: Optional[str] = None,
+                      blocks_beta: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
+    """Merge in-memory state dicts; returns a new dict (inputs are not modified)."""
+    sources = {"a": open_source(a, "A"), "b": open_source(b, "B")}
+    if c is not None:
+        sources["c"] = open_source(c, "C")
+    plan = plan_merge(sources, mode, alpha, beta, blocks_alpha, blocks_beta)
+    return run_merge(plan, sources, DictSink(), dtype)
+
+
+def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "Weight sum",
+                alpha: float = 0.5, beta: float = 0.25, blocks_alpha: Optional[str] = None,
+                blocks_beta: Optional[str] = None, dtype: Optional[str] = None, overwrite: bool = False,
+                progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None) -> MergePlan:
+    """Merge safetensors files key by key into ``output`` (written atomically)."""
+    if dtype is not None and dtype not in OUTPUT_DTYPES:
+        raise MergeInputError("dtype", f"unknown output dtype '{dtype}'.", "use fp16, bf16 or fp32.")
+    paths = {"a": a, "b": b} | ({"c": c} if c else {})
+    sources = {name: open_source(path) for name, path in paths.items()}
+    try:
+        plan = plan_merge(sources, mode, alpha, beta, blocks_alpha, blocks_beta)
+        meta = recipe_metadata(plan, {k.upper(): s.name for k, s in sources.items()})
+        run_merge(plan, sources, FileSink(output, meta, overwrite),
+                  OUTPUT_DTYPES[dtype] if dtype else None, progress, should_stop)
+        return plan
+    finally:
+        for src in sources.values():
+            src.close()

@@ -1,0 +1,176 @@
+"""The per-key streaming engine: plan in, one tensor at a time through a method, out to a sink.
+
+At any moment it holds the input tensors of one key (plus the next key's, read
+ahead on a helper thread while this one computes) and one output tensor. Inputs
+are read-only: every result is a new tensor. Elementwise methods run over
+cache-sized chunks, which keeps float32 accuracy at close to native-dtype speed
+(large float32 temporaries cost more in memory traffic than the arithmetic).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+from typing import Callable, Mapping, Optional, Protocol
+
+import torch
+
+from .plan import FROM_B, KEEP_A, MERGE, KeyPlan, MergePlan
+from .sources import KeySource
+
+CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32 per operand
+
+ProgressFn = Callable[[int, int], None]
+StopFn = Callable[[], bool]
+
+
+class MergeCancelled(RuntimeError):
+    """Raised between keys when the caller's stop check says so."""
+
+
+class Sink(Protocol):
+    def begin(self, layout: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> None: ...
+
+    def put(self, key: str, tensor: torch.Tensor) -> None: ...
+
+    def put_raw(self, key: str, data) -> None: ...
+
+    def commit(self): ...
+
+    def abort(self) -> None: ...
+
+
+class DictSink:
+    """Collects results in memory (tests and small models)."""
+
+    def __init__(self):
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def begin(self, layout) -> None:
+        self.layout = {k: (d, s) for k, d, s in layout}
+
+    def put(self, key: str, tensor: torch.Tensor) -> None:
+        self.tensors[key] = tensor
+
+    def put_raw(self, key: str, data) -> None:
+        dtype, shape = self.layout[key]
+        self.tensors[key] = torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+
+    def commit(self):
+        return self.tensors
+
+    def abort(self) -> None:
+        self.tensors.clear()
+
+
+def _is_float(dtype: torch.dtype) -> bool:
+    return dtype.is_floating_point
+
+
+def output_layout(plan: MergePlan, sources: Mapping[str, KeySource],
+                  out_dtype: Optional[torch.dtype]) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """(key, dtype, shape) of every output tensor, in write order.
+
+    Merged keys take out_dtype, or A's dtype by default. Kept keys keep their
+    own dtype unless an output dtype was chosen, which casts float tensors only.
+    """
+    shapes = {name: src.shapes() for name, src in sources.items()}
+    layout = []
+    for kp in plan.keys:
+        src = "b" if kp.action == FROM_B else "a"
+        own = sources[src].dtype(kp.key)
+        dtype = own
+        if out_dtype is not None and _is_float(own):
+            dtype = out_dtype
+        layout.append((kp.key, dtype, tuple(shapes[src][kp.key])))
+    return layout
+
+
+def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[torch.Tensor],
+                 out_dtype: torch.dtype, chunk: int = CHUNK_ELEMENTS) -> torch.Tensor:
+    """Apply one elementwise merge method to one key in float32, chunk by chunk."""
+    if kp.input_channels is not None:
+        n = kp.input_channels
+        out = a.to(out_dtype, copy=True)
+        part = fn(a[:, :n].float(), b.float(), None if c is None else c.float(), kp.alpha, kp.beta)
+        out[:, :n] = part.to(out_dtype)
+        return out
+    out = torch.empty(a.shape, dtype=out_dtype)
+    fa, fb, fo = a.reshape(-1), b.reshape(-1), out.view(-1)
+    fc = None if c is None else c.reshape(-1)
+    total = fa.numel()
+    for start in range(0, total, chunk):
+        end = min(start + chunk, total)
+        r = fn(fa[start:end].float(), fb[start:end].float(),
+               None if fc is None else fc[start:end].float(), kp.alpha, kp.beta)
+        fo[start:end].copy_(r)
+    return out
+
+
+def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
+              out_dtype: Optional[torch.dtype] = None,
+              progress: Optional[ProgressFn] = None,
+              should_stop: Optional[StopFn] = None):
+    """Stream every key of the plan into the sink; returns what the sink commits."""
+    mode = plan.settings.mode
+    layout = output_layout(plan, sources, out_dtype)
+    dtypes = {k: d for k, d, _ in layout}
+    sink.begin(layout)
+    total = len(plan.keys)
+
+    def load(kp: KeyPlan):
+        if kp.action == MERGE:
+            return (sources["a"].get(kp.key), sources["b"].get(kp.key),
+                    sources["c"].get(kp.key) if mode.needs_c else None)
+        src = sources["b" if kp.action == FROM_B else "a"]
+        if dtypes[kp.key] == src.dtype(kp.key):
+            raw = src.raw(kp.key)
+            if raw is not None:
+                return ("raw", raw)
+        return ("tensor", src.get(kp.key))
+
+    try:
+        with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as pool:
+            pending = pool.submit(load, plan.keys[0]) if plan.keys else None
+            for i, kp in enumerate(plan.keys):
+                if should_stop is not None and should_stop():
+                    raise MergeCancelled("merge cancelled")
+                loaded = pending.result()
+                pending = pool.submit(load, plan.keys[i + 1]) if i + 1 < total else None
+                if kp.action == MERGE:
+                    a, b, c = loaded
+                    sink.put(kp.key, merge_tensor(kp, mode.fn, a, b, c, dtypes[kp.key]))
+                elif loaded[0] == "raw":
+                    sink.put_raw(kp.key, loaded[1])
+                else:
+                    sink.put(kp.key, loaded[1].to(dtypes[kp.key]))
+                del loaded
+                if progress is not None:
+                    progress(i + 1, total)
+    except BaseException:
+        sink.abort()
+        raise
+    return sink.commit()
+
+
+class FileSink:
+    """Streams into a safetensors file through a temporary name."""
+
+    def __init__(self, path, metadata=None, overwrite: bool = False):
+        self.path, self.metadata, self.overwrite = path, metadata, overwrite
+        self.writer = None
+
+    def begin(self, layout) -> None:
+        from .safetensors_io import SafetensorsWriter
+        self.writer = SafetensorsWriter(self.path, layout, self.metadata, self.overwrite)
+
+    def put(self, key, tensor) -> None:
+        self.writer.write(key, tensor)
+
+    def put_raw(self, key, data) -> None:
+        self.writer.write_raw(key, data)
+
+    def commit(self):
+        return self.writer.commit()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()

@@ -1,0 +1,137 @@
+"""The merge plan: for every key, what happens and with which ratios.
+
+Computed once from key names and shapes, before any tensor is touched, so a bad
+input fails before anything is written or patched, and the plan doubles as the
+applied-ratio report.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+from .architectures import Architecture
+from .block_weights import BlockWeights
+from .errors import MergeInputError
+from .methods import MergeMode
+
+# Keys without "weight" or "bias" are never merged (spec §1, quirk 4, kept). The
+# HF-named text projection of ComfyUI's CLIP-G is SGM's bare `text_projection`,
+# which SuperMerger leaves alone, so it is listed for parity; fp8 scale keys are
+# quantisation bookkeeping, not weights.
+NEVER_MERGED_SUFFIXES = ("position_ids", "logit_scale", "text_projection.weight",
+                         "text_projection", "scale_weight", "scale_input")
+
+MERGE, KEEP_A, FROM_B = "merge", "keep_a", "from_b"
+
+# Inpainting (9 input channels) and instruct-pix2pix (8) U-Nets merge their first
+# four input channels with a 4-channel model (spec §2.4).
+WIDE_INPUT_CHANNELS = (8, 9)
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    mode: MergeMode
+    alpha: float = 0.5
+    beta: float = 0.25
+    blocks_alpha: Optional[BlockWeights] = None
+    blocks_beta: Optional[BlockWeights] = None
+
+    def ratios(self, block: str) -> tuple[float, float]:
+        """alpha and beta for a block: block weights override the scalars."""
+        alpha = self.blocks_alpha.of(block) if self.blocks_alpha is not None else self.alpha
+        beta = self.beta
+        if self.mode.uses_beta and self.blocks_beta is not None:
+            beta = self.blocks_beta.of(block)
+        return alpha, beta
+
+
+@dataclass(frozen=True)
+class KeyPlan:
+    key: str
+    action: str
+    block: str = "BASE"
+    alpha: float = 0.0
+    beta: float = 0.0
+    # merge only weight[:, :n] (inpainting A with a 4-channel B); None = whole tensor
+    input_channels: Optional[int] = None
+    reason: str = ""
+
+
+@dataclass
+class MergePlan:
+    arch: Architecture
+    settings: MergeSettings
+    keys: list[KeyPlan] = field(default_factory=list)
+
+    def merged(self) -> list[KeyPlan]:
+        return [k for k in self.keys if k.action == MERGE]
+
+    def count(self, action: str) -> int:
+        return sum(1 for k in self.keys if k.action == action)
+
+
+def is_mergeable_name(key: str) -> bool:
+    return ("weight" in key or "bias" in key) and not key.endswith(NEVER_MERGED_SUFFIXES)
+
+
+def _shape_rule(key: str, sa: Sequence[int], sb: Sequence[int], other: str) -> Optional[int]:
+    """None when shapes agree; the channel count to merge for inpainting; else raise."""
+    if tuple(sa) == tuple(sb):
+        return None
+    if len(sa) == len(sb) and len(sa) >= 2 and sa[0] == sb[0] and tuple(sa[2:]) == tuple(sb[2:]):
+        if sa[1] in WIDE_INPUT_CHANNELS and sb[1] == 4:
+            return 4
+        if sa[1] == 4 and sb[1] in WIDE_INPUT_CHANNELS:
+            raise MergeInputError(
+                f"model_{other}",
+                f"has {sb[1]} input channels at '{key}' while model A has 4.",
+                f"connect the inpainting / instruct-pix2pix model as model A and the normal model as model {other.upper()}.")
+    raise MergeInputError(
+        f"model_{other}",
+        f"tensor '{key}' has shape {list(sb)} but model A has {list(sa)}.",
+        "merge models of the same architecture and size.")
+
+
+def build_plan(arch: Architecture, settings: MergeSettings,
+               shapes_a: Mapping[str, Sequence[int]],
+               shapes_b: Mapping[str, Sequence[int]],
+               shapes_c: Optional[Mapping[str, Sequence[int]]] = None,
+               copy_b_only_keys: bool = False) -> MergePlan:
+    """Decide, per key of A, whether it is merged (and with which ratios) or kept.
+
+    Keys of A that are not mergeable names, or absent from B (or C when the mode
+    needs C), keep A's tensor. With copy_b_only_keys, keys present only in B are
+    copied from B (SuperMerger's stage 2, with quirk 17 fixed: raw B, never B-C).
+    """
+    mode = settings.mode
+    if mode.needs_c and shapes_c is None:
+        raise MergeInputError("model_c", f"is required by '{mode.label}' but is not connected.",
+                              "connect a model C, or choose Weight sum.")
+    plan = MergePlan(arch, settings)
+    for key, shape_a in shapes_a.items():
+        block = arch.block_of(key)
+        if not is_mergeable_name(key):
+            plan.keys.append(KeyPlan(key, KEEP_A, block, reason="not a weight or bias"))
+            continue
+        if key not in shapes_b:
+            plan.keys.append(KeyPlan(key, KEEP_A, block, reason="absent from B"))
+            continue
+        if mode.needs_c and key not in shapes_c:
+            plan.keys.append(KeyPlan(key, KEEP_A, block, reason="absent from C"))
+            continue
+        channels = _shape_rule(key, shape_a, shapes_b[key], "b")
+        if mode.needs_c and _shape_rule(key, shape_a, shapes_c[key], "c") != channels:
+            raise MergeInputError(
+                "model_c", f"tensor '{key}' has shape {list(shapes_c[key])} "
+                f"but model B has {list(shapes_b[key])}.",
+                "use a model C with the same layout as model B.")
+        alpha, beta = settings.ratios(block)
+        if mode.is_identity(alpha, beta):
+            plan.keys.append(KeyPlan(key, KEEP_A, block, alpha, beta, reason="ratio 0"))
+            continue
+        plan.keys.append(KeyPlan(key, MERGE, block, alpha, beta, channels))
+    if copy_b_only_keys:
+        for key in shapes_b:
+            if key not in shapes_a and not key.endswith("position_ids"):
+                plan.keys.append(KeyPlan(key, FROM_B, arch.block_of(key), reason="only in B"))
+    return plan

