@@ -121,8 +121,9 @@ def build_clip(layout: str, seed: int = 0):
 
 def build_vae(seed: int = 0):
     from comfy.taesd.taesd import TAESD
-    torch.manual_seed(seed)
-    sd = TAESD().state_dict()
+    taesd = TAESD()
+    _fill(taesd, seed + 2000)  # comfy.ops layers start uninitialised (NaN garbage)
+    sd = taesd.state_dict()
     sd["vae_scale"] = torch.tensor(1.0)
     sd["vae_shift"] = torch.tensor(0.0)
     return comfy.sd.VAE(sd=sd)

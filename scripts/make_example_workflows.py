@@ -1,0 +1,133 @@
+"""Writes example_workflows/*.json (UI format, loadable from ComfyUI's template browser).
+
+Kept as code so the graphs stay consistent with the node definitions; rerun after
+changing a node's inputs: `python scripts/make_example_workflows.py`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "example_workflows"
+
+OUTPUTS = {
+    "CheckpointLoaderSimple": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+    "MergeSuite_ModelMerge": [("MODEL", "MODEL")],
+    "MergeSuite_CLIPMerge": [("CLIP", "CLIP")],
+    "MergeSuite_CheckpointMerge": [("MODEL", "MODEL"), ("CLIP", "CLIP")],
+    "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
+    "EmptyLatentImage": [("LATENT", "LATENT")],
+    "KSampler": [("LATENT", "LATENT")],
+    "VAEDecode": [("IMAGE", "IMAGE")],
+    "SaveImage": [],
+}
+TITLES = {"MergeSuite_ModelMerge": "Merge Models (SuperMerger modes)",
+          "MergeSuite_CLIPMerge": "Merge CLIP (SuperMerger modes)",
+          "MergeSuite_CheckpointMerge": "Merge Checkpoints (SuperMerger modes)"}
+
+
+class Graph:
+    def __init__(self):
+        self.nodes, self.links = [], []
+
+    def add(self, type_, widgets, pos, size=(320, 200), title=None):
+        node = {"id": len(self.nodes) + 1, "type": type_, "pos": list(pos), "size": list(size), "flags": {},
+                "order": len(self.nodes), "mode": 0, "inputs": [],
+                "outputs": [{"name": n, "type": t, "links": [], "slot_index": i}
+                            for i, (n, t) in enumerate(OUTPUTS[type_])],
+                "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets)}
+        if title or type_ in TITLES:
+            node["title"] = title or TITLES[type_]
+        self.nodes.append(node)
+        return node
+
+    def link(self, src, slot, dst, name):
+        type_ = src["outputs"][slot]["type"]
+        link_id = len(self.links) + 1
+        self.links.append([link_id, src["id"], slot, dst["id"], len(dst["inputs"]), type_])
+        src["outputs"][slot]["links"].append(link_id)
+        dst["inputs"].append({"name": name, "type": type_, "link": link_id})
+
+    def to_json(self):
+        return {"id": "00000000-0000-4000-8000-000000000000", "revision": 0,
+                "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+                "version": 0.4}
+
+
+def sampler_tail(g, model, model_slot, clip, clip_slot, vae, prefix, x=1100):
+    pos = g.add("CLIPTextEncode", ["a watercolor painting of a lighthouse at dusk"], (x, 0), (400, 160))
+    neg = g.add("CLIPTextEncode", ["blurry"], (x, 200), (400, 160))
+    g.link(clip, clip_slot, pos, "clip")
+    g.link(clip, clip_slot, neg, "clip")
+    latent = g.add("EmptyLatentImage", [64, 64, 1], (x, 400), (300, 110))
+    ks = g.add("KSampler", [42, "fixed", 4, 5.0, "euler", "normal", 1.0], (x + 450, 0), (300, 260))
+    g.link(model, model_slot, ks, "model")
+    g.link(pos, 0, ks, "positive")
+    g.link(neg, 0, ks, "negative")
+    g.link(latent, 0, ks, "latent_image")
+    dec = g.add("VAEDecode", [], (x + 800, 0), (200, 50))
+    g.link(ks, 0, dec, "samples")
+    g.link(vae, 2, dec, "vae")
+    save = g.add("SaveImage", [prefix], (x + 800, 120), (300, 300))
+    g.link(dec, 0, save, "images")
+
+
+def merge_widgets(mode, alpha, beta, preset_a="custom", blocks_a="", preset_b="custom", blocks_b=""):
+    return [mode, alpha, beta, preset_a, blocks_a, preset_b, blocks_b]
+
+
+def checkpoint_block_merge():
+    """SD1: weight sum of two checkpoints with the GRAD_V block preset -> KSampler."""
+    g = Graph()
+    a = g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A")
+    b = g.add("CheckpointLoaderSimple", ["tiny_sd1_b.safetensors"], (0, 160), (320, 100), "Model B")
+    m = g.add("MergeSuite_CheckpointMerge", merge_widgets("Weight sum", 0.5, 0.25, "GRAD_V"), (400, 0), (400, 330))
+    for src, name in ((a, "a"), (b, "b")):
+        g.link(src, 0, m, f"model_{name}")
+        g.link(src, 1, m, f"clip_{name}")
+    sampler_tail(g, m, 0, m, 1, a, "merge_suite/block_merge")
+    return g
+
+
+def add_difference_merge():
+    """SD1: A + alpha(B - C) on the U-Net with custom block weights, and on the text encoder."""
+    g = Graph()
+    loaders = [g.add("CheckpointLoaderSimple", [f"tiny_sd1_{t}.safetensors"], (0, i * 160), (320, 100),
+                     f"Model {t.upper()}") for i, t in enumerate("abc")]
+    blocks = "0.5,1,1,1,1,1,1,0.5,0.5,0.5,0.5,0.5,0.5,0.3,0.5,0.5,0.5,0.5,0.5,0.5,1,1,1,1,1,1"
+    m = g.add("MergeSuite_ModelMerge", merge_widgets("Add difference", 1.0, 0.25, "custom", blocks), (400, 0),
+              (400, 300))
+    c = g.add("MergeSuite_CLIPMerge", merge_widgets("Add difference", 0.5, 0.25), (400, 360), (400, 300))
+    for src, name in zip(loaders, "abc"):
+        g.link(src, 0, m, f"model_{name}")
+        g.link(src, 1, c, f"clip_{name}")
+    sampler_tail(g, m, 0, c, 0, loaders[0], "merge_suite/add_difference")
+    return g
+
+
+def sdxl_triple_sum():
+    """SDXL: triple sum of three checkpoints, SD1 preset converted to the 20-block SDXL layout."""
+    g = Graph()
+    loaders = [g.add("CheckpointLoaderSimple", [f"tiny_sdxl_{t}.safetensors"], (0, i * 160), (320, 100),
+                     f"Model {t.upper()}") for i, t in enumerate("abc")]
+    m = g.add("MergeSuite_CheckpointMerge", merge_widgets("Triple sum", 0.4, 0.2, "FLAT_25", "", "custom", ""),
+              (400, 0), (400, 380))
+    for src, name in zip(loaders, "abc"):
+        g.link(src, 0, m, f"model_{name}")
+        g.link(src, 1, m, f"clip_{name}")
+    sampler_tail(g, m, 0, m, 1, loaders[0], "merge_suite/sdxl_triple_sum")
+    return g
+
+
+WORKFLOWS = {
+    "merge_checkpoints_block_weights": checkpoint_block_merge,
+    "merge_add_difference": add_difference_merge,
+    "merge_sdxl_triple_sum": sdxl_triple_sum,
+}
+
+if __name__ == "__main__":
+    OUT.mkdir(exist_ok=True)
+    for name, build in WORKFLOWS.items():
+        (OUT / f"{name}.json").write_text(json.dumps(build().to_json(), indent=1) + "\n")
+        print(OUT / f"{name}.json")

@@ -1,0 +1,64 @@
+"""End to end through the real ComfyUI server: every example workflow via /prompt."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "demo"))
+from server import ComfyServer  # noqa: E402
+from workflow_api import to_prompt  # noqa: E402
+
+WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    srv = ComfyServer(base)
+    subprocess.run([sys.executable, str(REPO / "demo" / "make_checkpoints.py"),
+                    str(base / "models" / "checkpoints")], check=True, stdout=subprocess.DEVNULL)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_pack_nodes_are_registered_with_tooltips(server):
+    info = server.get("/object_info")
+    for node_id in ("MergeSuite_ModelMerge", "MergeSuite_CLIPMerge", "MergeSuite_CheckpointMerge"):
+        assert node_id in info, f"{node_id} not registered; server log:\n{server.log_tail()}"
+        inputs = info[node_id]["input"]["required"]
+        assert "alpha" in inputs and "weight of model b" in inputs["alpha"][1]["tooltip"].lower()
+        assert info[node_id]["category"] == "merge_suite"
+    templates = server.get("/api/workflow_templates")
+    assert sorted(templates.get("merge_suite", [])) == sorted(p.stem for p in WORKFLOWS)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_example_workflow_runs(path, server):
+    workflow = json.loads(path.read_text())
+    entry = server.run_prompt(to_prompt(workflow, server.get("/object_info")))
+    images = server.output_images(entry)
+    saves = [n for n in workflow["nodes"] if n["type"] == "SaveImage"]
+    assert len(images) == len(saves) >= 1
+    for image in images:
+        with Image.open(image) as im:
+            assert im.size == (64, 64)
+            assert len(set(im.convert("L").tobytes())) > 1, "a blank image means NaNs or a dead model"
+    assert "invalid value encountered" not in server.log_tail(200)
+
+
+def test_bad_block_weights_fail_with_a_clear_message(server):
+    workflow = json.loads((REPO / "example_workflows" / "merge_checkpoints_block_weights.json").read_text())
+    prompt = to_prompt(workflow, server.get("/object_info"))
+    merge_id = next(k for k, v in prompt.items() if v["class_type"] == "MergeSuite_CheckpointMerge")
+    prompt[merge_id]["inputs"]["blocks_alpha_preset"] = "custom"
+    prompt[merge_id]["inputs"]["blocks_alpha"] = "0.5,0.5,0.5"
+    with pytest.raises(RuntimeError) as info:
+        server.run_prompt(prompt)
+    message = str(info.value)
+    assert "Merge Checkpoints (SuperMerger modes): input 'blocks_alpha': has 3 values" in message
+    assert "Fix:" in message
