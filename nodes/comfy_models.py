@@ -29,6 +29,17 @@ def shapes_of(patches: dict[str, list]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v[0][0].shape) for k, v in patches.items()}
 
 
+def base_shapes(obj: Any, kind: str) -> dict[str, tuple[int, ...]]:
+    """Key shapes of the object merged into (A), without building its patch lists.
+
+    A contributes through its own clone, so only its key set and shapes are needed;
+    the module state dict is several times cheaper than get_key_patches.
+    """
+    patcher = obj if kind == "model" else obj.patcher
+    sd = patcher.model_state_dict(UNET_PREFIX if kind == "model" else None)
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
 def architecture_of(shapes: dict[str, tuple], input_name: str) -> Architecture:
     arch = detect(shapes)
     if arch is None:

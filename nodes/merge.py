@@ -15,7 +15,8 @@ from ..merge_core.errors import MergeInputError
 from ..merge_core.methods import MODE_LABELS, get_mode
 from ..merge_core.plan import MergeSettings, build_plan
 from ..merge_core.presets import preset_names
-from .comfy_models import apply_plan, architecture_of, check_same_architecture, key_patches, shapes_of
+from .comfy_models import (apply_plan, architecture_of, base_shapes, check_same_architecture, key_patches,
+                           shapes_of)
 from .errors import node_errors
 
 CATEGORY = "merge_suite"
@@ -81,9 +82,9 @@ def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict) -> 
     if mode.needs_c and c is None:
         raise MergeInputError(f"{kind}_c", f"is required by '{mode.label}' but is not connected.",
                               f"connect a {kind.upper()} C, or choose Weight sum.")
-    objs = {"a": a, "b": b} | ({"c": c} if (c is not None and mode.needs_c) else {})
-    patches = {name: key_patches(obj, kind) for name, obj in objs.items()}
-    shapes = {name: shapes_of(p) for name, p in patches.items()}
+    others = {"b": b} | ({"c": c} if (c is not None and mode.needs_c) else {})
+    patches = {name: key_patches(obj, kind) for name, obj in others.items()}
+    shapes = {"a": base_shapes(a, kind)} | {name: shapes_of(p) for name, p in patches.items()}
     archs = {name: architecture_of(s, f"{kind}_{name}") for name, s in shapes.items()}
     arch = check_same_architecture(archs, kind)
     settings = make_settings(arch, **params)

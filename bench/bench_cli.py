@@ -1,0 +1,92 @@
+"""CLI benchmark: streaming merge of synthetic full-size SD1.5 fp16 checkpoints against a naive loop.
+
+The naive baseline is what a short script does: load A and B (and C) whole with
+safetensors, merge tensor by tensor in float32, save the dict. Each variant runs
+in its own process; wall time and that process's peak RSS are recorded, in the
+same run, so the ratios are comparable on a noisy machine.
+
+    python bench/bench_cli.py [--arch sd1] [--keep]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORK = HERE / "_work"
+
+NAIVE = r"""
+import sys, torch
+from safetensors.torch import load_file, save_file
+mode, out, alpha, paths = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4:]
+models = [load_file(p) for p in paths]
+a = models[0]
+res = {}
+for k, t in a.items():
+    if ("weight" in k or "bias" in k) and all(k in m for m in models[1:]):
+        x, y = t.float(), models[1][k].float()
+        r = x + alpha * (y - x) if mode == "weight_sum" else x + alpha * (y - models[2][k].float())
+        res[k] = r.to(t.dtype)
+    else:
+        res[k] = t
+save_file(res, out)
+"""
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise RuntimeError(f"{cmd[:4]} failed: {proc.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024 / 1024
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arch", default="sd1", choices=["sd1", "sdxl"])
+    parser.add_argument("--keep", action="store_true", help="keep the generated checkpoints in bench/_work")
+    parser.add_argument("--skip-naive", action="store_true",
+                        help="only ours (the naive loop needs ~4 full models in RAM: SDXL does not fit in 24 GB)")
+    args = parser.parse_args()
+    WORK.mkdir(exist_ok=True)
+    py = sys.executable
+    inputs = []
+    for tag, seed in (("a", 1), ("b", 2), ("c", 3)):
+        path = WORK / f"{args.arch}_{tag}.safetensors"
+        if not path.exists():
+            subprocess.run([py, str(HERE / "synth.py"), args.arch, str(path), str(seed)], check=True,
+                           stdout=subprocess.DEVNULL)
+        inputs.append(str(path))
+    size = sum(os.path.getsize(p) for p in inputs[:1]) / 1e9
+    print(f"\n### CLI on synthetic full-size {args.arch.upper()} fp16 checkpoints ({size:.2f} GB each)\n")
+    print("| job | wall | peak RSS | wall vs naive | RSS vs naive |\n|---|---|---|---|---|")
+    for mode, models in (("weight_sum", inputs[:2]), ("add_difference", inputs)):
+        out = str(WORK / f"out_{mode}.safetensors")
+        naive = None
+        if not args.skip_naive:
+            naive = run_measured([py, "-c", NAIVE, mode, out, "0.3", *models])
+            os.remove(out)
+        ours = run_measured([py, "-m", "merge_core", "merge", *models, "--mode", mode, "--alpha", "0.3",
+                             "-o", out, "--overwrite", "-q"])
+        os.remove(out)
+        if naive is None:
+            print(f"| `python -m merge_core merge --mode {mode}` | {ours[0]:.1f} s | {ours[1]:.2f} GB | - | - |")
+            continue
+        print(f"| naive load-merge-save, {mode} | {naive[0]:.1f} s | {naive[1]:.2f} GB | 1.00x | 1.00x |")
+        print(f"| `python -m merge_core merge --mode {mode}` | {ours[0]:.1f} s | {ours[1]:.2f} GB | "
+              f"{ours[0] / naive[0]:.2f}x | {ours[1] / naive[1]:.2f}x |")
+    if not args.keep:
+        for p in inputs:
+            os.remove(p)
+
+
+if __name__ == "__main__":
+    main()

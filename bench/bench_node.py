@@ -1,0 +1,109 @@
+"""Merge-node benchmark on full-size SD1.5 and SDXL ComfyUI models (same run, same machine).
+
+(1) Node time: our merge node against ComfyUI's ModelMergeSimple (scalar) and
+    ModelMergeBlocks (per-block), median of N runs. Models are built from
+    ComfyUI's classes with uninitialised weights: node time does not depend on values.
+(2) Materialising: loading the merged model with its patches baked in
+    (load_models_gpu(force_patch_weights=True)), which is what KSampler does,
+    on random-filled SD1.5 fp16 weights; ours against ModelMergeSimple.
+
+    python bench/bench_node.py [--repeat 5] [--skip-sdxl]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+
+import full_size_models as fm  # sets up ComfyUI paths first
+
+import comfy.model_management as mm  # noqa: E402
+from comfy_extras.nodes_model_merging import ModelMergeBlocks, ModelMergeSimple  # noqa: E402
+from merge_suite.merge_core.presets import presets  # noqa: E402
+from merge_suite.nodes.merge import ModelMerge  # noqa: E402
+
+
+def median_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def ours(a, b, preset="custom", alpha=0.3):
+    return ModelMerge.execute(a, b, "Weight sum", alpha, 0.0, preset, "", "custom", "").result[0]
+
+
+def blocks_kwargs(layout):
+    """GRAD_V through ModelMergeBlocks' prefixes (ratio = weight of model1, so 1 - alpha)."""
+    g = presets()["GRAD_V"]
+    n_in = 12 if layout == "sd1" else 9
+    kw = {"time_embed.": 1 - g[1], "label_emb.": 1 - g[1], "out.": 1 - g[25 if layout == "sd1" else 22]}
+    for i in range(n_in):
+        kw[f"input_blocks.{i}."] = 1 - g[1 + i]
+        kw[f"output_blocks.{i}."] = 1 - g[(14 if layout == "sd1" else 14) + i]
+    kw["middle_block."] = 1 - g[13]
+    return kw
+
+
+def node_times(layout: str, repeat: int) -> list[tuple[str, float]]:
+    a, b = fm.build(layout), fm.build(layout)
+    rows = [
+        ("ComfyUI ModelMergeSimple (scalar)", median_time(lambda: ModelMergeSimple().merge(a, b, 0.7), repeat)),
+        ("ComfyUI ModelMergeBlocks (GRAD_V as prefixes)",
+         median_time(lambda: ModelMergeBlocks().merge(a, b, **blocks_kwargs(layout)), repeat)),
+        ("ours, Weight sum, scalar alpha", median_time(lambda: ours(a, b), repeat)),
+        ("ours, Weight sum, GRAD_V block preset", median_time(lambda: ours(a, b, "GRAD_V"), repeat)),
+    ]
+    return rows
+
+
+def materialise_times(repeat: int) -> list[tuple[str, float]]:
+    """Only the load is timed; each repetition merges afresh, outside the timer."""
+    a, b = fm.build("sd1", fill_seed=1), fm.build("sd1", fill_seed=2)
+    makers = [("load A unmerged (no patches)", lambda: a.clone()),
+              ("load ModelMergeSimple result", lambda: ModelMergeSimple().merge(a, b, 0.7)[0]),
+              ("load our Weight sum result", lambda: ours(a, b)),
+              ("load our GRAD_V result", lambda: ours(a, b, "GRAD_V"))]
+    rows = []
+    for name, make in makers:
+        times = []
+        for _ in range(repeat):
+            m = make()
+            gc.collect()
+            start = time.perf_counter()
+            mm.load_models_gpu([m], force_patch_weights=True)
+            times.append(time.perf_counter() - start)
+            mm.unload_all_models()
+            del m
+        rows.append((name, statistics.median(times)))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--skip-sdxl", action="store_true")
+    args = parser.parse_args()
+    layouts = ["sd1"] + ([] if args.skip_sdxl else ["sdxl"])
+    for layout in layouts:
+        rows = node_times(layout, args.repeat)
+        base = rows[0][1]
+        print(f"\n### Merge node time, full-size {layout.upper()} U-Net key set (median of {args.repeat})\n")
+        print("| node | time | vs ModelMergeSimple |\n|---|---|---|")
+        for name, t in rows:
+            print(f"| {name} | {t * 1000:.1f} ms | {t / base:.3f}x |")
+    rows = materialise_times(max(2, args.repeat // 2))
+    base = rows[1][1]
+    print(f"\n### Materialising the merged SD1.5 U-Net (fp16, patches baked in on CPU)\n")
+    print("| what | time | vs ModelMergeSimple |\n|---|---|---|")
+    for name, t in rows:
+        print(f"| {name} | {t:.2f} s | {t / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
