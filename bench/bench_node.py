@@ -69,6 +69,10 @@ def materialise_times(repeat: int) -> list[tuple[str, float]]:
               ("load ModelMergeSimple result", lambda: ModelMergeSimple().merge(a, b, 0.7)[0]),
               ("load our Weight sum result", lambda: ours(a, b)),
               ("load our GRAD_V result", lambda: ours(a, b, "GRAD_V"))]
+    warm = ours(a, b)  # first loads pay page faults for fresh allocations: warm up once, untimed
+    mm.load_models_gpu([warm], force_patch_weights=True)
+    mm.unload_all_models()
+    del warm
     rows = []
     for name, make in makers:
         times = []
