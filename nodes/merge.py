@@ -17,7 +17,7 @@ from ..merge_core.plan import MergeSettings, build_plan
 from ..merge_core.presets import preset_names
 from .comfy_models import (apply_plan, architecture_of, base_shapes, check_same_architecture, key_patches,
                            shapes_of)
-from .errors import node_errors
+from .errors import named_errors
 
 CATEGORY = "merge_suite"
 CUSTOM = "custom"
@@ -97,57 +97,48 @@ def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict) -> 
     return apply_plan(a, plan, patches)
 
 
-class ModelMerge(io.ComfyNode):
-    DISPLAY = "Merge Models (SuperMerger modes)"
+class _PairMerge(io.ComfyNode):
+    """Shared shape of the MODEL and CLIP merge nodes; subclasses only declare data."""
+
+    KIND = ""
+    IO = io.Model
+    NODE_ID = DISPLAY = DESCRIPTION = ""
+    TIPS = {"a": "", "b": "", "c": ""}
 
     @classmethod
     def define_schema(cls):
+        k = cls.KIND
         return io.Schema(
-            node_id="MergeSuite_ModelMerge", display_name=cls.DISPLAY, category=CATEGORY,
-            description="Merge two or three diffusion models with SuperMerger's merge modes and per-block "
-                        "weights. alpha = weight of B. The result is a lazy patch of A: no weights are copied.",
-            inputs=[io.Model.Input("model_a", tooltip="Model A: the base. The result keeps its sampling settings."),
-                    io.Model.Input("model_b", tooltip="Model B."),
-                    *settings_inputs(),
-                    io.Model.Input("model_c", optional=True,
-                                   tooltip="Model C: required by Add difference, Triple sum and sum Twice.")],
-            outputs=[io.Model.Output(display_name="MODEL")],
+            node_id=cls.NODE_ID, display_name=cls.DISPLAY, category=CATEGORY, description=cls.DESCRIPTION,
+            inputs=[cls.IO.Input(f"{k}_a", tooltip=cls.TIPS["a"]), cls.IO.Input(f"{k}_b", tooltip=cls.TIPS["b"]),
+                    *settings_inputs(), cls.IO.Input(f"{k}_c", optional=True, tooltip=cls.TIPS["c"])],
+            outputs=[cls.IO.Output(display_name=k.upper())],
         )
 
     @classmethod
-    @node_errors(DISPLAY)
-    def execute(cls, model_a, model_b, mode, alpha, beta, blocks_alpha_preset=CUSTOM, blocks_alpha="",
-                blocks_beta_preset=CUSTOM, blocks_beta="", model_c=None) -> io.NodeOutput:
-        params = dict(mode=mode, alpha=alpha, beta=beta, blocks_alpha_preset=blocks_alpha_preset,
-                      blocks_alpha=blocks_alpha, blocks_beta_preset=blocks_beta_preset, blocks_beta=blocks_beta)
-        return io.NodeOutput(merge_objects("model", model_a, model_b, model_c, params))
+    def execute(cls, **inputs) -> io.NodeOutput:
+        k = cls.KIND
+        a, b, c = inputs.pop(f"{k}_a"), inputs.pop(f"{k}_b"), inputs.pop(f"{k}_c", None)
+        with named_errors(cls.DISPLAY):
+            return io.NodeOutput(merge_objects(k, a, b, c, inputs))
 
 
-class CLIPMerge(io.ComfyNode):
-    DISPLAY = "Merge CLIP (SuperMerger modes)"
+class ModelMerge(_PairMerge):
+    KIND, IO = "model", io.Model
+    NODE_ID, DISPLAY = "MergeSuite_ModelMerge", "Merge Models (SuperMerger modes)"
+    DESCRIPTION = ("Merge two or three diffusion models with SuperMerger's merge modes and per-block weights. "
+                   "alpha = weight of B. The result is a lazy patch of A: no weights are copied.")
+    TIPS = {"a": "Model A: the base. The result keeps its sampling settings.", "b": "Model B.",
+            "c": "Model C: required by Add difference, Triple sum and sum Twice."}
 
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="MergeSuite_CLIPMerge", display_name=cls.DISPLAY, category=CATEGORY,
-            description="Merge two or three text encoders with SuperMerger's merge modes. The text encoder is "
-                        "SuperMerger's BASE block: block weights contribute their first (BASE) value. "
-                        "alpha = weight of B.",
-            inputs=[io.Clip.Input("clip_a", tooltip="CLIP A: the base."),
-                    io.Clip.Input("clip_b", tooltip="CLIP B."),
-                    *settings_inputs(),
-                    io.Clip.Input("clip_c", optional=True,
-                                  tooltip="CLIP C: required by Add difference, Triple sum and sum Twice.")],
-            outputs=[io.Clip.Output(display_name="CLIP")],
-        )
 
-    @classmethod
-    @node_errors(DISPLAY)
-    def execute(cls, clip_a, clip_b, mode, alpha, beta, blocks_alpha_preset=CUSTOM, blocks_alpha="",
-                blocks_beta_preset=CUSTOM, blocks_beta="", clip_c=None) -> io.NodeOutput:
-        params = dict(mode=mode, alpha=alpha, beta=beta, blocks_alpha_preset=blocks_alpha_preset,
-                      blocks_alpha=blocks_alpha, blocks_beta_preset=blocks_beta_preset, blocks_beta=blocks_beta)
-        return io.NodeOutput(merge_objects("clip", clip_a, clip_b, clip_c, params))
+class CLIPMerge(_PairMerge):
+    KIND, IO = "clip", io.Clip
+    NODE_ID, DISPLAY = "MergeSuite_CLIPMerge", "Merge CLIP (SuperMerger modes)"
+    DESCRIPTION = ("Merge two or three text encoders with SuperMerger's merge modes. The text encoder is "
+                   "SuperMerger's BASE block: block weights contribute their first (BASE) value. alpha = weight of B.")
+    TIPS = {"a": "CLIP A: the base.", "b": "CLIP B.",
+            "c": "CLIP C: required by Add difference, Triple sum and sum Twice."}
 
 
 class CheckpointMerge(io.ComfyNode):
@@ -168,14 +159,10 @@ class CheckpointMerge(io.ComfyNode):
         )
 
     @classmethod
-    @node_errors(DISPLAY)
-    def execute(cls, model_a, clip_a, model_b, clip_b, mode, alpha, beta, blocks_alpha_preset=CUSTOM,
-                blocks_alpha="", blocks_beta_preset=CUSTOM, blocks_beta="", model_c=None,
-                clip_c=None) -> io.NodeOutput:
-        params = dict(mode=mode, alpha=alpha, beta=beta, blocks_alpha_preset=blocks_alpha_preset,
-                      blocks_alpha=blocks_alpha, blocks_beta_preset=blocks_beta_preset, blocks_beta=blocks_beta)
-        return io.NodeOutput(merge_objects("model", model_a, model_b, model_c, params),
-                             merge_objects("clip", clip_a, clip_b, clip_c, params))
+    def execute(cls, model_a, clip_a, model_b, clip_b, model_c=None, clip_c=None, **params) -> io.NodeOutput:
+        with named_errors(cls.DISPLAY):
+            return io.NodeOutput(merge_objects("model", model_a, model_b, model_c, params),
+                                 merge_objects("clip", clip_a, clip_b, clip_c, params))
 
 
 NODES = [ModelMerge, CLIPMerge, CheckpointMerge]

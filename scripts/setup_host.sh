@@ -15,7 +15,11 @@ mkdir -p "$cache"
 if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi
-pip() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+# pip, minus the noise some machines' index settings add for every package
+pip() {
+  "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location 'file:"
+  return "${PIPESTATUS[0]}"
+}
 
 if ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   echo "[setup] installing torch 2.11 (CPU-capable build, ~4 GB)"

@@ -1,12 +1,13 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from test_merge_api import small_model
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args):
