@@ -20,4 +20,3 @@ if ComfyExtension is not None:
     async def comfy_entrypoint() -> "MergeSuiteExtension":
         return MergeSuiteExtension()
 
-__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

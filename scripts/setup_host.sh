@@ -17,8 +17,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # pip, minus the noise some machines' index settings add for every package
 pip() {
-  "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location 'file:"
-  return "${PIPESTATUS[0]}"
+  local rc=0
+  "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 \
+    | { grep -v "^WARNING: Location 'file:" || true; } || rc=$?
+  return "$rc"
 }
 
 if ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
