@@ -35,7 +35,9 @@ def median_time(fn, repeat: int) -> float:
 
 
 def ours(a, b, preset="custom", alpha=0.3):
-    return ModelMerge.execute(a, b, "Weight sum", alpha, 0.0, preset, "", "custom", "").result[0]
+    return ModelMerge.execute(model_a=a, model_b=b, mode="Weight sum", alpha=alpha, beta=0.0,
+                              blocks_alpha_preset=preset, blocks_alpha="", blocks_beta_preset="custom",
+                              blocks_beta="").result[0]
 
 
 def blocks_kwargs(layout):

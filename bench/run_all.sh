@@ -11,9 +11,10 @@ filter() { grep -E '^(#|\||$)' || true; }
   echo
   echo "Produced by \`bash bench/run_all.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GB RAM,"
   echo "torch $("$py" -c 'import torch; print(torch.__version__)'), ComfyUI 0.3.75, CPU only. Ratios compare figures taken in the same run."
-  "$py" "$repo/bench/bench_node.py" --repeat 5 2>/dev/null | filter
-  "$py" "$repo/bench/bench_cli.py" --arch sd1 2>/dev/null | filter
-  "$py" "$repo/bench/bench_cli.py" --arch sdxl --skip-naive 2>/dev/null | filter
+  "$py" "$repo/bench/bench_node.py" --repeat 5 2>>"$out.log" | filter
+  "$py" "$repo/bench/bench_cli.py" --arch sd1 2>>"$out.log" | filter
+  "$py" "$repo/bench/bench_cli.py" --arch sdxl --skip-naive 2>>"$out.log" | filter
 } > "$out.tmp"
 mv "$out.tmp" "$out"
+rm -f "$out.log"
 cat "$out"
