@@ -8,6 +8,7 @@ import torch
 
 from .architectures import Architecture, detect, require_compatible
 from .block_weights import parse_block_weights
+from .calcmodes import get_calc_mode, resolve_modes
 from .engine import DictSink, FileSink, ProgressFn, StopFn, run_merge
 from .errors import MergeInputError
 from .methods import get_mode
@@ -18,13 +19,16 @@ OUTPUT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.fl
 
 
 def make_settings(arch: Architecture, mode: str, alpha: float = 0.5, beta: float = 0.25,
-                  blocks_alpha: Optional[str] = None, blocks_beta: Optional[str] = None) -> MergeSettings:
-    """Parse user-facing settings (mode label, block-weight text) for one architecture."""
+                  blocks_alpha: Optional[str] = None, blocks_beta: Optional[str] = None,
+                  calcmode: str = "normal", gamma: float = 0.3, seed: int = 0,
+                  tensor2_corrected: bool = False) -> MergeSettings:
+    """Parse user-facing settings (mode label, calc mode, block-weight text) for one architecture."""
+    merge_mode, calc = resolve_modes(get_mode(mode), get_calc_mode(calcmode))
     return MergeSettings(
-        mode=get_mode(mode),
-        alpha=float(alpha), beta=float(beta),
+        mode=merge_mode, alpha=float(alpha), beta=float(beta),
         blocks_alpha=parse_block_weights(blocks_alpha, arch, "blocks_alpha"),
         blocks_beta=parse_block_weights(blocks_beta, arch, "blocks_beta"),
+        calc=calc, gamma=float(gamma), seed=int(seed), tensor2_corrected=bool(tensor2_corrected),
     )
 
 
@@ -43,11 +47,13 @@ def detect_architecture(sources: Mapping[str, KeySource]) -> Architecture:
 
 def plan_merge(sources: Mapping[str, KeySource], mode: str, alpha: float = 0.5, beta: float = 0.25,
                blocks_alpha: Optional[str] = None, blocks_beta: Optional[str] = None,
-               copy_b_only_keys: bool = True) -> MergePlan:
+               copy_b_only_keys: bool = True, **calc) -> MergePlan:
+    """calc: calcmode, gamma, seed, tensor2_corrected (see make_settings)."""
     arch = detect_architecture(sources)
-    settings = make_settings(arch, mode, alpha, beta, blocks_alpha, blocks_beta)
-    if settings.mode.needs_c and "c" not in sources:
-        raise MergeInputError("model_c", f"is required by '{settings.mode.label}' but was not given.",
+    settings = make_settings(arch, mode, alpha, beta, blocks_alpha, blocks_beta, **calc)
+    if settings.needs_c and "c" not in sources:
+        what = settings.calc.name if settings.calc is not None else settings.mode.label
+        raise MergeInputError("model_c", f"is required by '{what}' but was not given.",
                               "pass a third model C, or use Weight sum.")
     return build_plan(arch, settings, sources["a"].shapes(), sources["b"].shapes(),
                       sources["c"].shapes() if "c" in sources else None, copy_b_only_keys)
@@ -56,10 +62,12 @@ def plan_merge(sources: Mapping[str, KeySource], mode: str, alpha: float = 0.5, 
 def recipe_metadata(plan: MergePlan, names: Mapping[str, str]) -> dict[str, str]:
     s = plan.settings
     recipe = {
-        "type": "merge-suite", "mode": s.mode.label, "calcmode": "normal",
-        "alpha": s.alpha, "beta": s.beta if s.mode.uses_beta else None,
+        "type": "merge-suite", "mode": s.mode.label, "calcmode": s.calc.name if s.calc else "normal",
+        "gamma": s.gamma if (s.calc and s.calc.uses_gamma) else None,
+        "seed": s.seed if (s.calc and s.calc.name == "plus random") else None,
+        "alpha": s.alpha, "beta": s.beta if (s.mode.uses_beta or (s.calc and s.calc.uses_beta)) else None,
         "blocks_alpha": s.blocks_alpha.as_text() if s.blocks_alpha else None,
-        "blocks_beta": s.blocks_beta.as_text() if (s.blocks_beta and s.mode.uses_beta) else None,
+        "blocks_beta": s.blocks_beta.as_text() if (s.blocks_beta and s.beta_from_blocks) else None,
         "architecture": plan.arch.name,
         "models": dict(names),
     }
@@ -69,26 +77,34 @@ def recipe_metadata(plan: MergePlan, names: Mapping[str, str]) -> dict[str, str]
 def merge_state_dicts(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
                       c: Optional[Mapping[str, torch.Tensor]] = None, *, mode: str = "Weight sum",
                       alpha: float = 0.5, beta: float = 0.25, blocks_alpha: Optional[str] = None,
-                      blocks_beta: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
-    """Merge in-memory state dicts; returns a new dict (inputs are not modified)."""
+                      blocks_beta: Optional[str] = None, dtype: Optional[torch.dtype] = None,
+                      **calc) -> dict[str, torch.Tensor]:
+    """Merge in-memory state dicts; returns a new dict (inputs are not modified).
+
+    calc: calcmode ("normal", "cosineA", ...), gamma, seed, tensor2_corrected.
+    """
     sources = {"a": open_source(a, "A"), "b": open_source(b, "B")}
     if c is not None:
         sources["c"] = open_source(c, "C")
-    plan = plan_merge(sources, mode, alpha, beta, blocks_alpha, blocks_beta)
+    plan = plan_merge(sources, mode, alpha, beta, blocks_alpha, blocks_beta, **calc)
     return run_merge(plan, sources, DictSink(), dtype)
 
 
 def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "Weight sum",
                 alpha: float = 0.5, beta: float = 0.25, blocks_alpha: Optional[str] = None,
                 blocks_beta: Optional[str] = None, dtype: Optional[str] = None, overwrite: bool = False,
-                progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None) -> MergePlan:
-    """Merge safetensors files key by key into ``output`` (written atomically)."""
+                progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None,
+                **calc) -> MergePlan:
+    """Merge safetensors files key by key into ``output`` (written atomically).
+
+    calc: calcmode, gamma, seed, tensor2_corrected (see make_settings).
+    """
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise MergeInputError("dtype", f"unknown output dtype '{dtype}'.", "use fp16, bf16 or fp32.")
     paths = {"a": a, "b": b} | ({"c": c} if c else {})
     sources = {name: open_source(path) for name, path in paths.items()}
     try:
-        plan = plan_merge(sources, mode, alpha, beta, blocks_alpha, blocks_beta)
+        plan = plan_merge(sources, mode, alpha, beta, blocks_alpha, blocks_beta, **calc)
         meta = recipe_metadata(plan, {k.upper(): s.name for k, s in sources.items()})
         run_merge(plan, sources, FileSink(output, meta, overwrite),
                   OUTPUT_DTYPES[dtype] if dtype else None, progress, should_stop)

@@ -7,11 +7,13 @@ import time
 
 from .api import OUTPUT_DTYPES, merge_files
 from .errors import MergeInputError
+from .calcmodes import CALC_MODE_NAMES
 from .methods import MODES
 
 MODE_CHOICES = [m.name for m in MODES.values()]
 # merge_core names inputs as the nodes do; on the command line they are options or positions
 OPTION_NAMES = {"blocks_alpha": "--blocks", "blocks_beta": "--blocks-beta", "dtype": "--dtype",
+                "calcmode": "--calc", "gamma": "--gamma", "alpha": "--alpha", "beta": "--beta",
                 "model_a": "model A (1st file)", "model_b": "model B (2nd file)", "model_c": "model C (3rd file)"}
 
 
@@ -42,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alpha block weights: 26 (SD1/SD2) or 20 (SDXL) comma-separated values, or a preset name; "
                         "overrides --alpha")
     m.add_argument("--blocks-beta", default=None, help="beta block weights, same form as --blocks")
+    m.add_argument("--calc", default="normal", metavar="CALCMODE",
+                   help="calc mode: " + ", ".join(CALC_MODE_NAMES) + " (trainDifference and extract switch the "
+                        "mode to add_difference; 'smoothAdd MT' is accepted as smoothAdd)")
+    m.add_argument("--gamma", type=float, default=0.3, help="extract: similarity sharpness, >= 0 (default 0.3)")
+    m.add_argument("--seed", type=int, default=0, help="plus random: noise seed (default 0)")
+    m.add_argument("--tensor2-corrected", action="store_true",
+                   help="tensor2: bounds from shape[1] always (default: SuperMerger's rule, for parity)")
     m.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES), default=None,
                    help="output dtype (default: model A's dtype; unmerged keys are then kept byte for byte)")
     m.add_argument("-o", "--output", required=True, help="output .safetensors path")
@@ -62,7 +71,9 @@ def main(argv=None) -> int:
         try:
             plan = merge_files(a, b, c, args.output, mode=args.mode, alpha=args.alpha, beta=args.beta,
                                blocks_alpha=args.blocks, blocks_beta=args.blocks_beta, dtype=args.dtype,
-                               overwrite=args.overwrite, progress=None if args.quiet else _progress(sys.stderr))
+                               overwrite=args.overwrite, progress=None if args.quiet else _progress(sys.stderr),
+                               calcmode=args.calc, gamma=args.gamma, seed=args.seed,
+                               tensor2_corrected=args.tensor2_corrected)
         except MergeInputError as exc:
             exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
             print(f"error: {exc.describe('merge')}", file=sys.stderr)

@@ -13,7 +13,8 @@ from typing import Callable, Mapping, Optional, Protocol
 
 import torch
 
-from .plan import FROM_B, KEEP_A, MERGE, KeyPlan, MergePlan
+from .calcmodes import KeyContext, cosine_stage0_values, cosine_stats
+from .plan import FROM_B, KEEP_A, MERGE, KeyPlan, MergePlan, MergeSettings
 from .sources import KeySource
 
 CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32 per operand
@@ -105,12 +106,64 @@ def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[
     return out
 
 
+def apply_calc(kp: KeyPlan, settings: MergeSettings, a: torch.Tensor, b: torch.Tensor,
+               c: Optional[torch.Tensor], stats=None) -> Optional[torch.Tensor]:
+    """One key through the plan's calc mode, in float32; None means "keep A".
+
+    For an inpainting A (kp.input_channels set) only A[:, :n] takes part and the
+    result covers those channels only.
+    """
+    n = kp.input_channels
+    a32 = a.float() if n is None else a[:, :n].float()
+    ctx = KeyContext(kp.key, kp.alpha, kp.beta, settings.gamma, settings.seed, stats, settings.tensor2_corrected)
+    return settings.calc.fn(a32, b.float(), None if c is None else c.float(), ctx)
+
+
+def calc_tensor(kp: KeyPlan, settings: MergeSettings, a, b, c, out_dtype, stats=None) -> torch.Tensor:
+    result = apply_calc(kp, settings, a, b, c, stats)
+    if result is None:
+        return a.to(out_dtype, copy=True)
+    if kp.input_channels is None:
+        return result.to(out_dtype)
+    out = a.to(out_dtype, copy=True)
+    out[:, :kp.input_channels] = result.to(out_dtype)
+    return out
+
+
+def cosine_statistics(plan: MergePlan, fetch: Callable[[str], tuple[torch.Tensor, torch.Tensor]],
+                      progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None):
+    """Stage 0 of cosineA/B: similarity statistics over every merged key, streamed.
+
+    ``fetch(key)`` returns A's and B's tensors of one key; only the similarity
+    values (one per column, far smaller than the weights) are kept.
+    """
+    variant = plan.settings.calc.name
+    merged = plan.merged()
+    values = []
+    for i, kp in enumerate(merged):
+        if should_stop is not None and should_stop():
+            raise MergeCancelled("merge cancelled")
+        a, b = fetch(kp.key)
+        if kp.input_channels is not None:
+            a = a[:, :kp.input_channels]
+        values.append(cosine_stage0_values(a.float(), b.float(), variant))
+        if progress is not None:
+            progress(i + 1, len(merged))
+    return cosine_stats(torch.cat(values) if values else torch.empty(0, dtype=torch.float64))
+
+
 def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
               out_dtype: Optional[torch.dtype] = None,
               progress: Optional[ProgressFn] = None,
               should_stop: Optional[StopFn] = None):
     """Stream every key of the plan into the sink; returns what the sink commits."""
-    mode = plan.settings.mode
+    settings = plan.settings
+    mode = settings.mode
+    needs_c = settings.needs_c
+    stats = None
+    if settings.calc is not None and settings.calc.needs_stats:
+        stats = cosine_statistics(plan, lambda k: (sources["a"].get(k), sources["b"].get(k)),
+                                  should_stop=should_stop)
     layout = output_layout(plan, sources, out_dtype)
     dtypes = {k: d for k, d, _ in layout}
     sink.begin(layout)
@@ -119,7 +172,7 @@ def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
     def load(kp: KeyPlan):
         if kp.action == MERGE:
             return (sources["a"].get(kp.key), sources["b"].get(kp.key),
-                    sources["c"].get(kp.key) if mode.needs_c else None)
+                    sources["c"].get(kp.key) if needs_c else None)
         src = sources["b" if kp.action == FROM_B else "a"]
         if dtypes[kp.key] == src.dtype(kp.key):
             raw = src.raw(kp.key)
@@ -137,7 +190,10 @@ def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
                 pending = pool.submit(load, plan.keys[i + 1]) if i + 1 < total else None
                 if kp.action == MERGE:
                     a, b, c = loaded
-                    sink.put(kp.key, merge_tensor(kp, mode.fn, a, b, c, dtypes[kp.key]))
+                    if settings.calc is None:
+                        sink.put(kp.key, merge_tensor(kp, mode.fn, a, b, c, dtypes[kp.key]))
+                    else:
+                        sink.put(kp.key, calc_tensor(kp, settings, a, b, c, dtypes[kp.key], stats))
                 elif loaded[0] == "raw":
                     sink.put_raw(kp.key, loaded[1])
                 else:

@@ -11,6 +11,7 @@ from typing import Mapping, Optional, Sequence
 
 from .architectures import Architecture
 from .block_weights import BlockWeights
+from .calcmodes import CalcMode, check_calc_parameters
 from .errors import MergeInputError
 from .methods import MergeMode
 
@@ -35,14 +36,38 @@ class MergeSettings:
     beta: float = 0.25
     blocks_alpha: Optional[BlockWeights] = None
     blocks_beta: Optional[BlockWeights] = None
+    calc: Optional[CalcMode] = None  # None: "normal", the merge mode's own formula
+    gamma: float = 0.0
+    seed: int = 0
+    tensor2_corrected: bool = False
+
+    @property
+    def beta_from_blocks(self) -> bool:
+        """SuperMerger's `usebeta`: Triple sum, sum Twice and the tensor calc modes.
+
+        extract uses the scalar beta even when a beta block list is given (quirk 18, kept).
+        """
+        return self.mode.uses_beta or (self.calc is not None and self.calc.name in ("tensor", "tensor2"))
+
+    @property
+    def needs_c(self) -> bool:
+        return self.mode.needs_c or (self.calc is not None and self.calc.needs_c)
 
     def ratios(self, block: str) -> tuple[float, float]:
         """alpha and beta for a block: block weights override the scalars."""
         alpha = self.blocks_alpha.of(block) if self.blocks_alpha is not None else self.alpha
         beta = self.beta
-        if self.mode.uses_beta and self.blocks_beta is not None:
+        if self.beta_from_blocks and self.blocks_beta is not None:
             beta = self.blocks_beta.of(block)
         return alpha, beta
+
+    def is_identity(self, alpha: float, beta: float) -> bool:
+        """True when a key certainly ends up equal to A (so it is not touched at all)."""
+        if self.calc is None:
+            return self.mode.is_identity(alpha, beta)
+        if self.calc.name in ("self", "plus random", "smoothAdd", "trainDifference"):
+            return alpha == 0
+        return False
 
 
 @dataclass(frozen=True)
@@ -68,6 +93,10 @@ class MergePlan:
 
     def count(self, action: str) -> int:
         return sum(1 for k in self.keys if k.action == action)
+
+
+def _is_vae(key: str) -> bool:
+    return key.startswith(("first_stage_model.", "vae."))
 
 
 def is_mergeable_name(key: str) -> bool:
@@ -104,8 +133,10 @@ def build_plan(arch: Architecture, settings: MergeSettings,
     copied from B (SuperMerger's stage 2, with quirk 17 fixed: raw B, never B-C).
     """
     mode = settings.mode
-    if mode.needs_c and shapes_c is None:
-        raise MergeInputError("model_c", f"is required by '{mode.label}' but is not connected.",
+    needs_c = settings.needs_c
+    what = settings.calc.name if settings.calc is not None else mode.label
+    if needs_c and shapes_c is None:
+        raise MergeInputError("model_c", f"is required by '{what}' but is not connected.",
                               "connect a model C, or choose Weight sum.")
     plan = MergePlan(arch, settings)
     for key, shape_a in shapes_a.items():
@@ -116,17 +147,23 @@ def build_plan(arch: Architecture, settings: MergeSettings,
         if key not in shapes_b:
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason="absent from B"))
             continue
-        if mode.needs_c and key not in shapes_c:
+        if settings.calc is not None and settings.calc.keeps_vae and _is_vae(key):
+            plan.keys.append(KeyPlan(key, KEEP_A, block, reason="VAE kept by cosine modes"))
+            continue
+        if needs_c and key not in shapes_c:
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason="absent from C"))
             continue
         channels = _shape_rule(key, shape_a, shapes_b[key], "b")
-        if mode.needs_c and _shape_rule(key, shape_a, shapes_c[key], "c") != channels:
+        if needs_c and _shape_rule(key, shape_a, shapes_c[key], "c") != channels:
             raise MergeInputError(
                 "model_c", f"tensor '{key}' has shape {list(shapes_c[key])} "
                 f"but model B has {list(shapes_b[key])}.",
                 "use a model C with the same layout as model B.")
         alpha, beta = settings.ratios(block)
-        if mode.is_identity(alpha, beta):
+        if settings.calc is not None:
+            check_calc_parameters(settings.calc, alpha, beta, settings.gamma,
+                                  "blocks_alpha" if settings.blocks_alpha is not None else "alpha")
+        if settings.is_identity(alpha, beta):
             plan.keys.append(KeyPlan(key, KEEP_A, block, alpha, beta, reason="ratio 0"))
             continue
         plan.keys.append(KeyPlan(key, MERGE, block, alpha, beta, channels))

@@ -29,15 +29,15 @@ def shapes_of(patches: dict[str, list]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v[0][0].shape) for k, v in patches.items()}
 
 
-def base_shapes(obj: Any, kind: str) -> dict[str, tuple[int, ...]]:
-    """Key shapes of the object merged into (A), without building its patch lists.
+def base_layout(obj: Any, kind: str) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
+    """Key shapes and dtypes of the object merged into (A), without building its patch lists.
 
-    A contributes through its own clone, so only its key set and shapes are needed;
-    the module state dict is several times cheaper than get_key_patches.
+    A contributes through its own clone, so only its key set, shapes and dtypes are
+    needed; the module state dict is several times cheaper than get_key_patches.
     """
     patcher = obj if kind == "model" else obj.patcher
     sd = patcher.model_state_dict(UNET_PREFIX if kind == "model" else None)
-    return {k: tuple(v.shape) for k, v in sd.items()}
+    return {k: tuple(v.shape) for k, v in sd.items()}, {k: v.dtype for k, v in sd.items()}
 
 
 def architecture_of(shapes: dict[str, tuple], input_name: str) -> Architecture:
@@ -56,8 +56,11 @@ def check_same_architecture(archs: dict[str, Optional[Architecture]], kind: str)
     return arch
 
 
-def apply_plan(base: Any, plan: MergePlan, others: dict[str, dict[str, list]]) -> Any:
+def apply_plan(base: Any, plan: MergePlan, others: dict[str, dict[str, list]], prepared=None) -> Any:
     """A clone of ``base`` with the plan's linear steps added as nested patches.
+
+    ``prepared`` (calc modes) maps each merged key to ready patches instead:
+    {key: (strength, value)}, grouped the same way.
 
     One add_patches call per (step, strength, keep) group: core's add_patches
     rebuilds the module state dict on every call, so per-key calls are O(n^2).
@@ -69,6 +72,11 @@ def apply_plan(base: Any, plan: MergePlan, others: dict[str, dict[str, list]]) -
         if kp.action != MERGE:
             continue
         patch_key = kp.key if kp.input_channels is None else (kp.key, (1, 0, kp.input_channels))
+        if prepared is not None:
+            if kp.key in prepared:
+                strength, value = prepared[kp.key]
+                groups[(0, strength, 1.0)][patch_key] = value
+            continue
         for index, step in enumerate(plan.settings.mode.linear_steps(kp.alpha, kp.beta)):
             groups[(index, step.strength, step.keep)][patch_key] = others[step.source][kp.key]
     merged = base.clone()
@@ -78,3 +86,47 @@ def apply_plan(base: Any, plan: MergePlan, others: dict[str, dict[str, list]]) -
             missing = sorted(set(map(str, patches)) - set(map(str, accepted)))[:3]
             raise RuntimeError(f"ComfyUI refused {len(patches) - len(accepted)} patches, e.g. {missing}")
     return merged
+
+
+# --- non-linear calc modes -------------------------------------------------------------
+
+def effective_weight(patch_list: list, device=None) -> "torch.Tensor":
+    """A key's weight as its object would load it: base weight + its own patches, float32."""
+    import torch
+
+    import comfy.lora
+    import comfy.model_management
+    base, convert = patch_list[0]
+    device = device if device is not None else base.device
+    with torch.no_grad():
+        w = convert(comfy.model_management.cast_to_device(base, device, torch.float32, copy=True), inplace=True)
+        return comfy.lora.calculate_weight(patch_list[1:], w, "", intermediate_dtype=torch.float32).detach()
+
+
+def make_calc_adapter(settings, kp, b_list, c_list, stats):
+    """A ComfyUI weight adapter that runs one key's calc mode when the model is loaded."""
+    import dataclasses
+
+    from comfy.weight_adapter.base import WeightAdapterBase
+
+    from ..merge_core.engine import apply_calc
+
+    class CalcModeAdapter(WeightAdapterBase):
+        name = "merge_suite_calcmode"
+
+        def __init__(self):
+            self.loaded_keys = set()
+            self.weights = []
+            # an offset patch (inpainting A) hands over weight[:, :n] already narrowed
+            self.kp = dataclasses.replace(kp, input_channels=None)
+
+        def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                             intermediate_dtype=None, original_weight=None):
+            b = effective_weight(b_list, weight.device)
+            c = effective_weight(c_list, weight.device) if c_list is not None else None
+            result = apply_calc(self.kp, settings, weight, b, c, stats)
+            if result is not None:
+                weight.copy_(result)  # in place: with an offset, ComfyUI keeps the outer tensor
+            return weight
+
+    return CalcModeAdapter()

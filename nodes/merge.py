@@ -10,13 +10,15 @@ from typing import Any, Optional
 
 from comfy_api.latest import io
 
-from ..merge_core.block_weights import parse_block_weights
+from ..merge_core.api import make_settings as core_settings
+from ..merge_core.calcmodes import CALC_MODE_NAMES, get_calc_mode, resolve_modes, smooth_delta
+from ..merge_core.engine import cosine_statistics
 from ..merge_core.errors import MergeInputError
 from ..merge_core.methods import MODE_LABELS, get_mode
-from ..merge_core.plan import MergeSettings, build_plan
+from ..merge_core.plan import MERGE, MergeSettings, build_plan
 from ..merge_core.presets import preset_names
-from .comfy_models import (apply_plan, architecture_of, base_shapes, check_same_architecture, key_patches,
-                           shapes_of)
+from .comfy_models import (apply_plan, architecture_of, base_layout, check_same_architecture, effective_weight,
+                           key_patches, make_calc_adapter, shapes_of)
 from .errors import named_errors
 
 CATEGORY = "merge_suite"
@@ -32,6 +34,11 @@ BLOCKS_TIP = ("Per-block {what}: 26 comma-separated values for SD1/SD2 (BASE, IN
               "20 for SDXL (BASE, IN00-IN08, M00, OUT00-OUT08; a 26-value list is converted), or a preset name. "
               "Empty: the scalar {scalar} applies everywhere. BASE is the text encoder's ratio. "
               "Overrides the scalar {scalar}.")
+CALC_TIP = ("How each tensor is combined. normal: the mode's formula. Weight sum only: cosineA, cosineB "
+            "(similarity-weighted blend, alpha shifts toward B), tensor, tensor2 (swap slices: B fills a fraction "
+            "alpha from offset beta), self (A*alpha), plus random (A + alpha*noise). Add difference only: "
+            "smoothAdd (A + alpha*smoothed(B-C)), trainDifference and extract (both switch the mode to Add "
+            "difference; extract uses beta and gamma).")
 PRESET_TIP = ("Fill the {what} block weights from a SuperMerger preset. '" + CUSTOM + "' uses the text field; "
               "choose a preset only when the text field is empty.")
 
@@ -51,6 +58,14 @@ def settings_inputs() -> list:
         io.String.Input("blocks_beta", default="", multiline=False,
                         tooltip=BLOCKS_TIP.format(what="beta (weight of C, Triple sum / sum Twice only)",
                                                   scalar="beta")),
+        io.Combo.Input("calcmode", options=CALC_MODE_NAMES, default="normal", tooltip=CALC_TIP),
+        io.Float.Input("gamma", default=0.3, min=0.0, max=20.0, step=0.1,
+                       tooltip="extract only: how strictly features count as similar (high: only very similar ones)."),
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                     tooltip="plus random only: seed of the noise (the same seed gives the same merge)."),
+        io.Boolean.Input("tensor2_corrected", default=False,
+                         tooltip="tensor2 only: slice dim 1 with bounds from shape[1] for every tensor. Off: "
+                                 "SuperMerger's rule (shape[0] bounds when shape[1] <= 100) for exact parity."),
     ]
 
 
@@ -66,25 +81,69 @@ def _block_text(preset: str, text: str, input_name: str) -> str:
 
 
 def make_settings(arch, mode: str, alpha: float, beta: float, blocks_alpha_preset: str = CUSTOM,
-                  blocks_alpha: str = "", blocks_beta_preset: str = CUSTOM, blocks_beta: str = "") -> MergeSettings:
-    return MergeSettings(
-        mode=get_mode(mode), alpha=float(alpha), beta=float(beta),
-        blocks_alpha=parse_block_weights(_block_text(blocks_alpha_preset, blocks_alpha, "blocks_alpha"),
-                                         arch, "blocks_alpha"),
-        blocks_beta=parse_block_weights(_block_text(blocks_beta_preset, blocks_beta, "blocks_beta"),
-                                        arch, "blocks_beta"),
-    )
+                  blocks_alpha: str = "", blocks_beta_preset: str = CUSTOM, blocks_beta: str = "",
+                  **calc) -> MergeSettings:
+    return core_settings(arch, mode, alpha, beta,
+                         _block_text(blocks_alpha_preset, blocks_alpha, "blocks_alpha"),
+                         _block_text(blocks_beta_preset, blocks_beta, "blocks_beta"), **calc)
+
+
+def _progress(total: int):
+    """ComfyUI progress bar whose updates also honour the Cancel button."""
+    import comfy.model_management
+    import comfy.utils
+    bar = comfy.utils.ProgressBar(total)
+
+    def update(done: int, _total: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done, total)
+    return update
+
+
+def prepare_calc(plan, a, kind: str, patches: dict, dtypes_a: dict) -> dict:
+    """Per-key patches for a non-linear calc mode.
+
+    smoothAdd is computed here, once: its filters take seconds per large tensor,
+    and a lazy adapter would redo them at every load of the model (each sampler
+    run that switches models). The filtered delta is kept in A's dtype and added
+    as a plain diff. Every other calc mode is a few elementwise passes per key,
+    about what a nested patch costs at load, so it stays lazy (a weight adapter,
+    no memory held); cosineA/B first need global statistics, streamed here over
+    the effective weights of A and B.
+    """
+    settings = plan.settings
+    merged = [kp for kp in plan.keys if kp.action == MERGE]
+    prepared = {}
+    if settings.calc.name == "smoothAdd":
+        progress = _progress(len(merged))
+        for i, kp in enumerate(merged):
+            b, c = effective_weight(patches["b"][kp.key]), effective_weight(patches["c"][kp.key])
+            prepared[kp.key] = (kp.alpha, ("diff", (smooth_delta(b, c).to(dtypes_a[kp.key]),)))
+            progress(i + 1, len(merged))
+        return prepared
+    stats = None
+    if settings.calc.needs_stats:
+        a_patches = key_patches(a, kind)
+        stats = cosine_statistics(plan, lambda k: (effective_weight(a_patches[k]), effective_weight(patches["b"][k])),
+                                  progress=_progress(len(merged)))
+    for kp in merged:
+        c_list = patches["c"][kp.key] if "c" in patches else None
+        prepared[kp.key] = (1.0, make_calc_adapter(settings, kp, patches["b"][kp.key], c_list, stats))
+    return prepared
 
 
 def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict) -> Any:
     """Merge two or three MODELs (kind "model") or CLIPs (kind "clip"); returns a patched clone of A."""
-    mode = get_mode(params["mode"])
-    if mode.needs_c and c is None:
-        raise MergeInputError(f"{kind}_c", f"is required by '{mode.label}' but is not connected.",
+    mode, calc = resolve_modes(get_mode(params["mode"]), get_calc_mode(params.get("calcmode", "normal")))
+    needs_c = mode.needs_c or (calc is not None and calc.needs_c)
+    if needs_c and c is None:
+        what = calc.name if calc is not None else mode.label
+        raise MergeInputError(f"{kind}_c", f"is required by '{what}' but is not connected.",
                               f"connect a {kind.upper()} C, or choose Weight sum.")
-    others = {"b": b} | ({"c": c} if (c is not None and mode.needs_c) else {})
+    others = {"b": b} | ({"c": c} if (c is not None and needs_c) else {})
     patches = {name: key_patches(obj, kind) for name, obj in others.items()}
-    shapes = {"a": base_shapes(a, kind)} | {name: shapes_of(p) for name, p in patches.items()}
+    shapes_a, dtypes_a = base_layout(a, kind)
+    shapes = {"a": shapes_a} | {name: shapes_of(p) for name, p in patches.items()}
     archs = {name: architecture_of(s, f"{kind}_{name}") for name, s in shapes.items()}
     arch = check_same_architecture(archs, kind)
     settings = make_settings(arch, **params)
@@ -94,7 +153,9 @@ def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict) -> 
         if exc.input_name.startswith("model_"):
             exc = MergeInputError(kind + exc.input_name[5:], exc.problem, exc.fix)
         raise exc from None
-    return apply_plan(a, plan, patches)
+    if settings.calc is None:
+        return apply_plan(a, plan, patches)
+    return apply_plan(a, plan, patches, prepare_calc(plan, a, kind, patches, dtypes_a))
 
 
 class _PairMerge(io.ComfyNode):

@@ -44,3 +44,25 @@ def test_cli_errors_name_the_option(tmp_path, sd1_keys):
     assert res.returncode == 2 and "two or three" in res.stderr
     res = run_cli("merge", str(p), str(tmp_path / "missing.safetensors"), "-o", str(tmp_path / "o.safetensors"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_cli_calc_mode_and_its_errors(tmp_path, sd1_keys):
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"m{i}.safetensors"
+        save_file(small_model(sd1_keys, i, torch.float32), p)
+        paths.append(str(p))
+    out = tmp_path / "out.safetensors"
+    res = run_cli("merge", *paths, "--calc", "trainDifference", "--alpha", "0.5", "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    key = "model.diffusion_model.input_blocks.1.1.proj_in.weight"
+    with safe_open(paths[0], "pt") as fa, safe_open(paths[1], "pt") as fb, safe_open(paths[2], "pt") as fc, \
+            safe_open(str(out), "pt") as fo:
+        a, b, c = (f.get_tensor(key) for f in (fa, fb, fc))
+        got = fo.get_tensor(key)
+    frac = (b - a).abs() / ((b - c).abs() + (b - a).abs())
+    torch.testing.assert_close(got, a + 0.9 * (b - c) * frac)
+    res = run_cli("merge", *paths[:2], "--calc", "smoothAdd", "-o", str(tmp_path / "x.safetensors"))
+    assert res.returncode == 2 and "--calc" in res.stderr and "Add difference" in res.stderr
+    res = run_cli("merge", *paths, "--calc", "extract", "--gamma", "-2", "-o", str(tmp_path / "x.safetensors"))
+    assert res.returncode == 2 and "--gamma" in res.stderr and "Traceback" not in res.stderr

@@ -1,0 +1,65 @@
+"""Calc modes through the merge node on real ModelPatchers equal merge_core's file/dict path."""
+import pytest
+import torch
+from test_merge_nodes import base_weights, effective, sample
+
+from merge_suite.merge_core.api import merge_state_dicts
+from merge_suite.nodes.errors import MergeNodeError
+from merge_suite.nodes.merge import CheckpointMerge, ModelMerge
+
+CASES = [  # calcmode, mode, alpha, beta, blocks_alpha
+    ("cosineA", "Weight sum", 0.1, 0.0, ""),
+    ("cosineB", "Weight sum", 0.2, 0.0, "GRAD_V"),
+    ("trainDifference", "Add difference", 0.6, 0.0, ""),
+    ("smoothAdd", "Add difference", 0.5, 0.0, "FLAT_75"),
+    ("extract", "Add difference", 0.3, 0.4, ""),
+    ("tensor", "Weight sum", 0.4, 0.3, "ALL_B"),
+    ("tensor2", "Weight sum", 0.6, 0.6, ""),
+    ("self", "Weight sum", 0.9, 0.0, ",".join(["0"] * 14 + ["0.5"] * 12)),  # 26 values, converted for SDXL
+    ("plus random", "Weight sum", 0.01, 0.0, ""),
+]
+
+
+def node_merge(a, b, c, calcmode, mode, alpha, beta, blocks, **extra):
+    return ModelMerge.execute(model_a=a, model_b=b, model_c=c, mode=mode, alpha=alpha, beta=beta,
+                              blocks_alpha_preset="custom", blocks_alpha=blocks, blocks_beta_preset="custom",
+                              blocks_beta="", calcmode=calcmode, gamma=1.5, seed=7, **extra).result[0]
+
+
+@pytest.mark.parametrize("layout", ["sd1", "sdxl"])
+@pytest.mark.parametrize("calcmode,mode,alpha,beta,blocks", CASES, ids=[c[0] for c in CASES])
+def test_node_equals_library(layout, calcmode, mode, alpha, beta, blocks, tiny):
+    a, b, c = (tiny("model", layout, s) for s in (1, 2, 3))
+    wa, wb, wc = (base_weights(m, "diffusion_model.") for m in (a, b, c))
+    merged = node_merge(a, b, c, calcmode, mode, alpha, beta, blocks)
+    got = effective(merged, "diffusion_model.")
+    want = merge_state_dicts(wa, wb, wc, mode=mode, alpha=alpha, beta=beta, blocks_alpha=blocks,
+                             calcmode=calcmode, gamma=1.5, seed=7)
+    changed = 0
+    for key, w in got.items():
+        torch.testing.assert_close(w, want[key].float(), rtol=1e-5, atol=1e-6, msg=key)
+        changed += not torch.equal(w, wa[key])
+    assert changed > 0
+    after = base_weights(a, "diffusion_model.")
+    assert all(torch.equal(after[k], wa[k]) for k in wa) and not a.patches, "model A untouched"
+
+
+def test_lazy_calc_merge_samples(tiny):
+    import tiny_models
+    ma, mb, ca, cb = tiny("model", "sd1", 21), tiny("model", "sd1", 22), tiny("clip", "sd1", 21), tiny("clip", "sd1", 22)
+    model, clip = CheckpointMerge.execute(model_a=ma, clip_a=ca, model_b=mb, clip_b=cb, mode="Weight sum",
+                                          alpha=0.3, beta=0.0, calcmode="cosineA").result
+    latent, image = sample(model, clip, tiny_models.build_vae(0))
+    assert torch.isfinite(latent).all() and torch.isfinite(image).all()
+
+
+def test_calc_mode_errors_name_the_node(tiny):
+    a, b = tiny("model", "sd1", 1), tiny("model", "sd1", 2)
+    with pytest.raises(MergeNodeError, match=r"Merge Models \(SuperMerger modes\): input 'calcmode': 'smoothAdd' "
+                                             r"does not work with 'Weight sum'"):
+        node_merge(a, b, None, "smoothAdd", "Weight sum", 0.5, 0.0, "")
+    with pytest.raises(MergeNodeError, match=r"input 'model_c': is required by 'trainDifference'"):
+        node_merge(a, b, None, "trainDifference", "Weight sum", 0.5, 0.0, "")
+    with pytest.raises(MergeNodeError, match=r"input 'alpha': is 1.5, but extract needs"):
+        node_merge(a, b, tiny("model", "sd1", 3), "extract", "Add difference", 1.5, 0.0, "")
+    assert not a.patches
