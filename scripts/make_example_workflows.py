@@ -73,8 +73,9 @@ def sampler_tail(g, model, model_slot, clip, clip_slot, vae, prefix, x=1100):
     g.link(dec, 0, save, "images")
 
 
-def merge_widgets(mode, alpha, beta, preset_a="custom", blocks_a="", preset_b="custom", blocks_b=""):
-    return [mode, alpha, beta, preset_a, blocks_a, preset_b, blocks_b]
+def merge_widgets(mode, alpha, beta, preset_a="custom", blocks_a="", preset_b="custom", blocks_b="",
+                  calcmode="normal", gamma=0.3, seed=0, tensor2_corrected=False):
+    return [mode, alpha, beta, preset_a, blocks_a, preset_b, blocks_b, calcmode, gamma, seed, tensor2_corrected]
 
 
 def checkpoint_block_merge():
@@ -120,7 +121,38 @@ def sdxl_triple_sum():
     return g
 
 
+def calc_family(name, calcmode, mode, alpha, beta=0.25, preset="custom", blocks="", gamma=0.3, seed=0,
+                layout="sd1", models="ab"):
+    """One calc mode on the U-Net of two or three SD1 checkpoints, text encoder from A."""
+    def build():
+        g = Graph()
+        loaders = [g.add("CheckpointLoaderSimple", [f"tiny_{layout}_{t}.safetensors"], (0, i * 160), (320, 100),
+                         f"Model {t.upper()}") for i, t in enumerate(models)]
+        m = g.add("MergeSuite_ModelMerge", merge_widgets(mode, alpha, beta, preset, blocks, calcmode=calcmode,
+                                                         gamma=gamma, seed=seed), (400, 0), (400, 380))
+        for src, tag in zip(loaders, models):
+            g.link(src, 0, m, f"model_{tag}")
+        sampler_tail(g, m, 0, loaders[0], 1, loaders[0], f"merge_suite/{name}")
+        return g
+    return build
+
+
 WORKFLOWS = {
+    # similarity-weighted blend: cosineA (cosineB is the same graph with calcmode cosineB)
+    "calc_cosine_similarity_blend": calc_family("cosine", "cosineA", "Weight sum", 0.1),
+    # difference family: smoothAdd; trainDifference and extract take the same three models
+    "calc_smooth_add_difference": calc_family("smooth_add", "smoothAdd", "Add difference", 0.8, models="abc"),
+    "calc_extract_features": calc_family("extract", "extract", "Add difference", 0.3, beta=0.5, gamma=2.0,
+                                         models="abc"),
+    "calc_train_difference": calc_family("train_difference", "trainDifference", "Add difference", 0.5,
+                                         models="abc"),
+    # slice exchange: tensor (tensor2 slices dim 1 instead)
+    "calc_tensor_slices": calc_family("tensor", "tensor", "Weight sum", 0.5, beta=0.25),
+    # scaling family: self with block weights (OUT blocks of A scaled by 0.9), plus random
+    "calc_self_scale_blocks": calc_family("self", "self", "Weight sum", 1.0,
+                                          blocks=",".join(["0"] * 14 + ["0.9"] * 12)),
+    "calc_plus_random_sdxl": calc_family("plus_random", "plus random", "Weight sum", 0.002, seed=1234,
+                                         layout="sdxl"),
     "merge_checkpoints_block_weights": checkpoint_block_merge,
     "merge_add_difference": add_difference_merge,
     "merge_sdxl_triple_sum": sdxl_triple_sum,
