@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: F401  (extract's cosine)
 
 from .errors import MergeInputError
 from .filters import smooth
@@ -32,25 +32,59 @@ class KeyContext:
     seed: int = 0
     stats: Optional[tuple[float, float]] = None  # cosine modes: (s_min, s_max)
     corrected: bool = False  # tensor2: use shape[1] for the bounds always (quirk 9 fixed)
+    combined: Optional[Tensor] = None  # cosine modes: this key's similarity, kept from stage 0
 
 
 # --- cosineA / cosineB ---------------------------------------------------------------
+# Both come from three per-column sums over dim 0 (A.B, A.A, B.B), taken in one
+# pass; the dim-0 normalisation of cosineA and torch's cosine_similarity follow
+# from them exactly as torch defines them (norm clamped at 1e-12, cosine's
+# denominator at 1e-8), without materialising normalised copies.
+
+NORM_EPS, COS_EPS = 1e-12, 1e-8
+
+
+def _column_sums(a: Tensor, b: Tensor, rows: int = 1 << 14) -> tuple[Tensor, Tensor, Tensor]:
+    """Sums over dim 0 of A*B, A*A, B*B in float32, a slab of rows at a time (no full-size temporaries)."""
+    if a.dim() == 0:
+        a, b = a.reshape(1), b.reshape(1)
+    step = max(1, rows * 16 // max(1, a[0].numel()))
+    dot = torch.zeros(a.shape[1:], dtype=torch.float32)
+    na, nb = torch.zeros_like(dot), torch.zeros_like(dot)
+    for start in range(0, a.shape[0], step):
+        x, y = a[start:start + step].float(), b[start:start + step].float()
+        dot += (x * y).sum(0)
+        na += (x * x).sum(0)
+        nb += (y * y).sum(0)
+    return dot, na, nb
+
+
+def _cosine_from_sums(dot: Tensor, na: Tensor, nb: Tensor) -> Tensor:
+    return dot / torch.sqrt(torch.clamp_min(na * nb, COS_EPS * COS_EPS))
+
+
+def cosine_similarities(a: Tensor, b: Tensor, variant: str) -> tuple[Tensor, Tensor]:
+    """(stage-0 values, combined similarity) of one key (spec §3.3).
+
+    cosineA: A and B normalised along dim 0; stage 0 is their dim-0 cosine; the
+    per-key blend uses (dim-0 cosine + whole-tensor cosine)/2 of the normalised tensors.
+    cosineB: the same on the raw tensors, and stage 0 already uses the combined value.
+    Both have shape A.shape[1:] (a scalar for 1-D tensors).
+    """
+    dot, na, nb = _column_sums(a, b)
+    if variant == "cosineA":
+        sa = torch.clamp_min(torch.sqrt(na), NORM_EPS)
+        sb = torch.clamp_min(torch.sqrt(nb), NORM_EPS)
+        dot, na, nb = dot / (sa * sb), na / (sa * sa), nb / (sb * sb)
+    cos0 = _cosine_from_sums(dot, na, nb)
+    whole = dot.sum() / (torch.sqrt(na.sum()) * torch.sqrt(nb.sum()))
+    combined = (cos0 + whole) / 2.0
+    return (cos0 if variant == "cosineA" else combined), combined
+
 
 def cosine_stage0_values(a: Tensor, b: Tensor, variant: str) -> Tensor:
-    """Stage-0 similarity values of one key (spec §3.3), flattened, float64.
-
-    cosineA: cosine along dim 0 of the dim-0-normalised tensors.
-    cosineB: (cosine along dim 0 + whole-tensor cosine) / 2, on the raw tensors.
-    """
-    if variant == "cosineA":
-        sims = F.cosine_similarity(F.normalize(a, p=2, dim=0), F.normalize(b, p=2, dim=0), dim=0)
-    else:
-        sims = (F.cosine_similarity(a, b, dim=0) + _whole_cosine(a, b)) / 2.0
-    return sims.detach().reshape(-1).to(torch.float64)
-
-
-def _whole_cosine(a: Tensor, b: Tensor) -> Tensor:
-    return torch.dot(a.reshape(-1), b.reshape(-1)) / (torch.norm(a) * torch.norm(b))
+    """Stage-0 similarity values of one key, flattened, float64."""
+    return cosine_similarities(a, b, variant)[0].detach().reshape(-1).to(torch.float64)
 
 
 def cosine_stats(values: Tensor) -> tuple[float, float]:
@@ -76,19 +110,18 @@ def _percentile_midpoint(v: Tensor, q: float) -> float:
 
 
 def cosine_a(a: Tensor, b: Tensor, c: Optional[Tensor], ctx: KeyContext) -> Tensor:
-    """k = clip((combined(A_n, B_n) - s_min)/(s_max - s_min) - |alpha|, 0, 1); result = lerp(B, A, k).
+    """k = clip((combined - s_min)/(s_max - s_min) - |alpha|, 0, 1); result = lerp(B, A, k).
 
-    A_n, B_n: normalised along dim 0; combined = (cos_dim0 + whole-tensor cosine)/2.
+    combined: (cos_dim0 + whole-tensor cosine)/2 of A and B normalised along dim 0.
     k has shape A.shape[1:] and weighs A (alpha = 0 is not A: it is a similarity blend).
     """
-    an, bn = F.normalize(a, p=2, dim=0), F.normalize(b, p=2, dim=0)
-    combined = (F.cosine_similarity(an, bn, dim=0) + _whole_cosine(an, bn)) / 2.0
+    combined = ctx.combined if ctx.combined is not None else cosine_similarities(a, b, "cosineA")[1]
     return _cosine_blend(a, b, combined, abs(ctx.alpha), ctx.stats)
 
 
 def cosine_b(a: Tensor, b: Tensor, c: Optional[Tensor], ctx: KeyContext) -> Tensor:
     """As cosineA on the raw tensors, with k = clip((combined - s_min)/(s_max - s_min) - alpha, 0, 1)."""
-    combined = (F.cosine_similarity(a, b, dim=0) + _whole_cosine(a, b)) / 2.0
+    combined = ctx.combined if ctx.combined is not None else cosine_similarities(a, b, "cosineB")[1]
     return _cosine_blend(a, b, combined, ctx.alpha, ctx.stats)
 
 
@@ -213,19 +246,22 @@ class CalcMode:
     needs_stats: bool = False
     keeps_vae: bool = False
     needs_c: bool = False
+    # how the engine may split one key (same result, far less memory traffic):
+    # "flat" any elementwise chunks, "rows" slabs of dim 0 (tensors of 2+ dims), "" never
+    chunking: str = ""
 
 
 CALC_MODES: dict[str, CalcMode] = {m.name: m for m in (
-    CalcMode("cosineA", cosine_a, ("weight_sum",), needs_stats=True, keeps_vae=True),
-    CalcMode("cosineB", cosine_b, ("weight_sum",), needs_stats=True, keeps_vae=True),
+    CalcMode("cosineA", cosine_a, ("weight_sum",), needs_stats=True, keeps_vae=True, chunking="rows"),
+    CalcMode("cosineB", cosine_b, ("weight_sum",), needs_stats=True, keeps_vae=True, chunking="rows"),
     CalcMode("trainDifference", train_difference, ("add_difference",), forced_mode="add_difference",
-             needs_c=True),
+             needs_c=True, chunking="flat"),
     CalcMode("smoothAdd", smooth_add, ("add_difference",), needs_c=True),
     CalcMode("extract", extract, ("add_difference",), forced_mode="add_difference", uses_beta=True,
-             uses_gamma=True, needs_c=True),
+             uses_gamma=True, needs_c=True, chunking="rows"),
     CalcMode("tensor", tensor_exchange, ("weight_sum",), uses_beta=True),
     CalcMode("tensor2", tensor2_exchange, ("weight_sum",), uses_beta=True),
-    CalcMode("self", self_scale, ("weight_sum",)),
+    CalcMode("self", self_scale, ("weight_sum",), chunking="flat"),
     CalcMode("plus random", plus_random, ("weight_sum",)),
 )}
 ALIASES = {"smoothadd mt": "smoothAdd", "plus_random": "plus random", "traindifference": "trainDifference",

@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Optional, Protocol
 
 import torch
 
-from .calcmodes import KeyContext, cosine_stage0_values, cosine_stats
+from .calcmodes import KeyContext, cosine_similarities, cosine_stats
 from .plan import FROM_B, KEEP_A, MERGE, KeyPlan, MergePlan, MergeSettings
 from .sources import KeySource
 
@@ -106,6 +106,13 @@ def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[
     return out
 
 
+def key_context(kp: KeyPlan, settings: MergeSettings, stats=None) -> KeyContext:
+    """stats: cosine modes' ((s_min, s_max), {key: combined similarity}) from cosine_statistics."""
+    bounds, combined = stats if stats is not None else (None, {})
+    return KeyContext(kp.key, kp.alpha, kp.beta, settings.gamma, settings.seed, bounds,
+                      settings.tensor2_corrected, combined.get(kp.key))
+
+
 def apply_calc(kp: KeyPlan, settings: MergeSettings, a: torch.Tensor, b: torch.Tensor,
                c: Optional[torch.Tensor], stats=None) -> Optional[torch.Tensor]:
     """One key through the plan's calc mode, in float32; None means "keep A".
@@ -115,11 +122,32 @@ def apply_calc(kp: KeyPlan, settings: MergeSettings, a: torch.Tensor, b: torch.T
     """
     n = kp.input_channels
     a32 = a.float() if n is None else a[:, :n].float()
-    ctx = KeyContext(kp.key, kp.alpha, kp.beta, settings.gamma, settings.seed, stats, settings.tensor2_corrected)
-    return settings.calc.fn(a32, b.float(), None if c is None else c.float(), ctx)
+    return settings.calc.fn(a32, b.float(), None if c is None else c.float(), key_context(kp, settings, stats))
 
 
-def calc_tensor(kp: KeyPlan, settings: MergeSettings, a, b, c, out_dtype, stats=None) -> torch.Tensor:
+def calc_tensor(kp: KeyPlan, settings: MergeSettings, a, b, c, out_dtype, stats=None,
+                chunk: int = CHUNK_ELEMENTS) -> torch.Tensor:
+    """One key through the calc mode into a new tensor of out_dtype, chunked where the mode allows."""
+    calc = settings.calc
+    chunking = calc.chunking if kp.input_channels is None else ""
+    if chunking == "rows" and (a.dim() < 2 or (calc.needs_stats and stats is None)):
+        chunking = ""  # cosine rows need the key's similarity from stage 0; 1-D extract is one row
+    if chunking:
+        ctx = key_context(kp, settings, stats)
+        out = torch.empty(a.shape, dtype=out_dtype)
+        if chunking == "flat":
+            views = [a.reshape(-1), b.reshape(-1), None if c is None else c.reshape(-1), out.view(-1)]
+            step = chunk
+        else:
+            views = [a, b, c, out]
+            step = max(1, chunk // max(1, a[0].numel()))
+        va, vb, vc, vo = views
+        for start in range(0, va.shape[0], step):
+            part_a = va[start:start + step].float()
+            r = calc.fn(part_a, vb[start:start + step].float(),
+                        None if vc is None else vc[start:start + step].float(), ctx)
+            vo[start:start + step].copy_(part_a if r is None else r)
+        return out
     result = apply_calc(kp, settings, a, b, c, stats)
     if result is None:
         return a.to(out_dtype, copy=True)
@@ -134,22 +162,24 @@ def cosine_statistics(plan: MergePlan, fetch: Callable[[str], tuple[torch.Tensor
                       progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None):
     """Stage 0 of cosineA/B: similarity statistics over every merged key, streamed.
 
-    ``fetch(key)`` returns A's and B's tensors of one key; only the similarity
-    values (one per column, far smaller than the weights) are kept.
+    ``fetch(key)`` returns A's and B's tensors of one key. Kept: the similarity
+    values (one per column of each key, far smaller than the weights), which give
+    (s_min, s_max), and each key's combined similarity, which stage 1 reuses.
     """
     variant = plan.settings.calc.name
     merged = plan.merged()
-    values = []
+    values, combined = [], {}
     for i, kp in enumerate(merged):
         if should_stop is not None and should_stop():
             raise MergeCancelled("merge cancelled")
         a, b = fetch(kp.key)
         if kp.input_channels is not None:
             a = a[:, :kp.input_channels]
-        values.append(cosine_stage0_values(a.float(), b.float(), variant))
+        stage0, combined[kp.key] = cosine_similarities(a, b, variant)
+        values.append(stage0.detach().reshape(-1).to(torch.float64))
         if progress is not None:
             progress(i + 1, len(merged))
-    return cosine_stats(torch.cat(values) if values else torch.empty(0, dtype=torch.float64))
+    return cosine_stats(torch.cat(values) if values else torch.empty(0, dtype=torch.float64)), combined
 
 
 def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
