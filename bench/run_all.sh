@@ -14,6 +14,7 @@ filter() { grep -E '^(#|\||$)' || true; }
   "$py" "$repo/bench/bench_node.py" --repeat 5 2>>"$out.log" | filter
   "$py" "$repo/bench/bench_cli.py" --arch sd1 2>>"$out.log" | filter
   "$py" "$repo/bench/bench_cli.py" --arch sdxl --skip-naive 2>>"$out.log" | filter
+  "$py" "$repo/bench/bench_calc.py" --stride 10 2>>"$out.log" | filter
 } > "$out.tmp"
 mv "$out.tmp" "$out"
 rm -f "$out.log"

@@ -24,9 +24,9 @@ MEDIAN_BUDGET = 1 << 24  # elements of the neighbourhood stack held at once (64 
 THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
-def reflect_index(n: int, before: int, after: int) -> torch.Tensor:
+def reflect_index(n: int, before: int, after: int, device=None) -> torch.Tensor:
     """Source index for each padded position of an axis of length n (SciPy "reflect")."""
-    idx = torch.arange(-before, n + after)
+    idx = torch.arange(-before, n + after, device=device)
     period = 2 * n
     idx = torch.remainder(idx, period)
     return torch.where(idx >= n, period - 1 - idx, idx)
@@ -34,7 +34,7 @@ def reflect_index(n: int, before: int, after: int) -> torch.Tensor:
 
 def _pad_reflect(x: torch.Tensor, radius: int, dims) -> torch.Tensor:
     for d in dims:
-        x = x.index_select(d, reflect_index(x.shape[d], radius, radius))
+        x = x.index_select(d, reflect_index(x.shape[d], radius, radius, x.device))
     return x
 
 
@@ -50,7 +50,7 @@ def _sort3(a, b, c):
 
 
 def _median1d(x: torch.Tensor) -> torch.Tensor:
-    p = x.index_select(0, reflect_index(x.shape[0], 1, 1))
+    p = x.index_select(0, reflect_index(x.shape[0], 1, 1, x.device))
     n = x.shape[0]
     return _med3(p[0:n], p[1:n + 1], p[2:n + 2])
 
@@ -88,7 +88,7 @@ def median_filter3(x: torch.Tensor) -> torch.Tensor:
     return _median_gather(core).reshape(x.shape)
 
 
-def _median_gather(x: torch.Tensor) -> torch.Tensor:
+def _median_gather(x: torch.Tensor, use_numpy: bool | None = None) -> torch.Tensor:
     """General case (e.g. 3x3 conv kernels, 81 values): gather each slab's neighbourhoods
     with the window last, then select the middle value with numpy's introselect on
     two threads (it releases the GIL and beat torch's median here)."""
@@ -99,19 +99,22 @@ def _median_gather(x: torch.Tensor) -> torch.Tensor:
     rows_per_slab = max(1, MEDIAN_BUDGET // per_row)
     offsets = list(itertools.product(range(3), repeat=nd))
     padded_rest = _pad_reflect(x, 1, range(1, nd))  # every axis but 0; axis 0 per slab
-    rows0 = reflect_index(x.shape[0], 1, 1)
+    rows0 = reflect_index(x.shape[0], 1, 1, x.device)
     for start in range(0, x.shape[0], rows_per_slab):
         stop = min(start + rows_per_slab, x.shape[0])
         slab = padded_rest.index_select(0, rows0[start:stop + 2])
         shape = (stop - start,) + tuple(x.shape[1:])
-        stack = torch.empty((window,) + shape, dtype=x.dtype)
+        stack = torch.empty((window,) + shape, dtype=x.dtype, device=x.device)
         for i, off in enumerate(offsets):
             view = slab
             for d, o in enumerate(off):
                 view = view.narrow(d, o, shape[d])
             stack[i].copy_(view)
-        rows = stack.reshape(window, -1).t().contiguous().numpy()
-        out[start:stop] = torch.from_numpy(_select_middle(rows)).reshape(shape)
+        if (x.is_cpu if use_numpy is None else use_numpy):
+            rows = stack.reshape(window, -1).t().contiguous().numpy()
+            out[start:stop] = torch.from_numpy(_select_middle(rows)).reshape(shape)
+        else:  # GPU: torch's median is fast there
+            out[start:stop] = stack.median(dim=0).values
     return out
 
 
@@ -145,7 +148,7 @@ def gaussian_filter(x: torch.Tensor, sigma: float = 1.0, truncate: float = 4.0) 
         n = out.shape[d]
         if n == 1:
             continue  # a length-1 axis reflects onto itself; the weights sum to 1
-        padded = out.index_select(d, reflect_index(n, radius, radius))
+        padded = out.index_select(d, reflect_index(n, radius, radius, out.device))
         acc = padded.narrow(d, radius, n) * weights[radius]
         for k in range(1, radius + 1):
             pair = padded.narrow(d, radius - k, n) + padded.narrow(d, radius + k, n)

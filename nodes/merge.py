@@ -115,10 +115,16 @@ def prepare_calc(plan, a, kind: str, patches: dict, dtypes_a: dict) -> dict:
     merged = [kp for kp in plan.keys if kp.action == MERGE]
     prepared = {}
     if settings.calc.name == "smoothAdd":
+        import torch
+
+        import comfy.model_management
+        device = comfy.model_management.get_torch_device()  # the GPU when there is one: filters run there
         progress = _progress(len(merged))
         for i, kp in enumerate(merged):
-            b, c = effective_weight(patches["b"][kp.key]), effective_weight(patches["c"][kp.key])
-            prepared[kp.key] = (kp.alpha, ("diff", (smooth_delta(b, c).to(dtypes_a[kp.key]),)))
+            b = effective_weight(patches["b"][kp.key], device)
+            c = effective_weight(patches["c"][kp.key], device)
+            delta = smooth_delta(b, c).to(device=torch.device("cpu"), dtype=dtypes_a[kp.key])
+            prepared[kp.key] = (kp.alpha, ("diff", (delta,)))
             progress(i + 1, len(merged))
         return prepared
     stats = None

@@ -10,7 +10,7 @@ from merge_core import merge_state_dicts
 from merge_core.calcmodes import (CALC_MODES, KeyContext, cosine_stats, extract, get_calc_mode, plus_random,
                                   self_scale, smooth_add, tensor2_exchange, tensor_exchange, train_difference)
 from merge_core.errors import MergeInputError
-from merge_core.filters import gaussian_filter, median_filter3
+from merge_core.filters import _median_gather, gaussian_filter, median_filter3
 
 rng = np.random.default_rng(0)
 SHAPES = [(7,), (6, 5), (8, 4, 3, 3), (5, 3, 1, 1), (130, 120)]
@@ -35,6 +35,12 @@ def test_filters_equal_scipy(shape):
         ref = ndi.gaussian_filter(med, sigma=1)
         got = gaussian_filter(t(med)).numpy()
         assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 3, 3), (5, 2, 3)])
+def test_torch_median_path_used_on_gpus_equals_scipy(shape):
+    x = rng.integers(-3, 4, size=shape).astype(np.float32)
+    assert np.array_equal(_median_gather(t(x), use_numpy=False).numpy(), ndi.median_filter(x, size=3))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
