@@ -112,3 +112,37 @@ def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "W
     finally:
         for src in sources.values():
             src.close()
+
+
+def analysis_architecture(shapes_a, shapes_b, mismatch: str = "error") -> Architecture:
+    """A's architecture; B of another one is an error unless mismatch == "common" (compare shared keys)."""
+    arch_a, arch_b = detect(shapes_a), detect(shapes_b)
+    arch = arch_a or arch_b
+    if arch is None:
+        raise MergeInputError("model_a", "is not a recognised SD1, SD2 or SDXL model.",
+                              "pass a Stable Diffusion checkpoint or U-Net file.")
+    if mismatch != "common":
+        require_compatible(arch, arch_b, "model_b")
+    return arch
+
+
+def analyze_files(a: str, b: str, *, method: str = "cosine", include=("te", "unet"), mismatch: str = "error",
+                  progress: Optional[ProgressFn] = None):
+    """Similarity of two safetensors files: an Analysis (cosine) or ASimilarity rows ("asim")."""
+    from .analysis import asimilarity, attention_sites, compare_keys
+    sources = {"a": open_source(a), "b": open_source(b)}
+    try:
+        shapes_a, shapes_b = sources["a"].shapes(), sources["b"].shapes()
+        arch = analysis_architecture(shapes_a, shapes_b, mismatch)
+
+        def fetch(key):
+            return sources["a"].get(key), sources["b"].get(key)
+        if method == "asim":
+            sites = [s for s in attention_sites(shapes_a) if s + "to_q.weight" in shapes_b]
+            return arch, asimilarity(sites, fetch)
+        if method != "cosine":
+            raise MergeInputError("method", f"unknown method '{method}'.", "use cosine or asim.")
+        return arch, compare_keys(shapes_a, shapes_b, arch, fetch, include, progress)
+    finally:
+        for src in sources.values():
+            src.close()

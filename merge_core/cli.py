@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
-from .api import OUTPUT_DTYPES, merge_files
+from .api import OUTPUT_DTYPES, analyze_files, merge_files
 from .errors import MergeInputError
 from .calcmodes import CALC_MODE_NAMES
 from .methods import MODES
@@ -13,7 +14,7 @@ from .methods import MODES
 MODE_CHOICES = [m.name for m in MODES.values()]
 # merge_core names inputs as the nodes do; on the command line they are options or positions
 OPTION_NAMES = {"blocks_alpha": "--blocks", "blocks_beta": "--blocks-beta", "dtype": "--dtype",
-                "calcmode": "--calc", "gamma": "--gamma", "alpha": "--alpha", "beta": "--beta",
+                "calcmode": "--calc", "gamma": "--gamma", "block": "--block", "include": "--include", "alpha": "--alpha", "beta": "--beta",
                 "model_a": "model A (1st file)", "model_b": "model B (2nd file)", "model_c": "model C (3rd file)"}
 
 
@@ -56,11 +57,98 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-o", "--output", required=True, help="output .safetensors path")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+    an = sub.add_parser("analyze", help="similarity of two checkpoints per block (and per key)")
+    an.add_argument("model_a")
+    an.add_argument("model_b")
+    an.add_argument("--method", choices=["cosine", "asim"], default="cosine",
+                    help="cosine: per-key cosine similarity aggregated per block; asim: ASimilarity per attention site")
+    an.add_argument("--block-method", choices=["mean", "min", "attn2"], default="mean")
+    an.add_argument("--include", default="te,unet", help="parts to compare: te, unet, vae (default te,unet)")
+    an.add_argument("--common-keys", action="store_true",
+                    help="compare models of different architectures on their shared keys instead of failing")
+    an.add_argument("--keys", action="store_true", help="also print one row per key")
+    an.add_argument("--csv", help="write the table as CSV")
+    an.add_argument("--png", help="write the similarity bar chart (PNG)")
+    an.add_argument("--diff-png", help="write the difference map ||B-A||/||A|| per block (PNG)")
+
+    el = sub.add_parser("elements", help="list keys with their block and element name, for elemental rules")
+    el.add_argument("file")
+    el.add_argument("--block", default="", help="only these blocks, e.g. IN04 or 'IN04 OUT05'")
+    el.add_argument("--match", default="", help="only keys containing this text, e.g. attn2")
     return parser
+
+
+def analysis_tables(arch, result, block_method: str = "mean", per_key: bool = False):
+    """(header, rows) for an Analysis: one row per block, optionally one per key."""
+    sims, diffs, counts = result.block_similarity(block_method), result.block_difference(), result.counts()
+    header = ["block", "key", "similarity %", "difference", "keys"]
+    rows = [[b, "", sims[b], diffs[b], counts[b]] for b in result.blocks() if b in sims]
+    if per_key:
+        rows += [[k.block, k.key, k.cosine, math.sqrt(k.diff_sq / k.a_sq) if k.a_sq else 0.0, 1] for k in result.keys]
+    return header, rows
+
+
+def run_analyze(args) -> int:
+    from .analysis import format_csv, format_table
+    from .charts import bar_chart
+    include = [p.strip() for p in args.include.split(",") if p.strip()]
+    arch, result = analyze_files(args.model_a, args.model_b, method=args.method, include=include,
+                                 mismatch="common" if args.common_keys else "error")
+    if args.method == "asim":
+        header, rows = ["site", "ASimilarity %"], [list(r) for r in result]
+        labels, values, title = [r[0].split("diffusion_model.")[-1][:14] for r in result], [r[1] for r in result], \
+            "ASimilarity per attention site (%)"
+    else:
+        header, rows = analysis_tables(arch, result, args.block_method, args.keys)
+        blocks = [r for r in rows if r[1] == ""]
+        labels, values = [r[0] for r in blocks], [r[2] for r in blocks]
+        title = f"cosine similarity per block ({args.block_method}, %), {arch.label}"
+        if result.skipped:
+            print(f"note: {len(result.skipped)} keys skipped (absent from B or other shape), "
+                  f"e.g. {result.skipped[0][0]}", file=sys.stderr)
+    print(format_table(rows, header))
+    if args.csv:
+        with open(args.csv, "w", encoding="utf-8") as f:
+            f.write(format_csv(rows, header))
+    if args.png:
+        bar_chart(labels, values, title, "%").save(args.png)
+    if args.diff_png and args.method != "asim":
+        diffs = result.block_difference()
+        bar_chart(list(diffs), list(diffs.values()), "difference ||B-A|| / ||A|| per block").save(args.diff_png)
+    return 0
+
+
+def run_elements(args) -> int:
+    from .analysis import format_table, list_elements
+    from .architectures import detect
+    from .sources import open_source
+    src = open_source(args.file)
+    try:
+        shapes = src.shapes()
+        arch = detect(shapes)
+        if arch is None:
+            print("error: not a recognised SD1, SD2 or SDXL file", file=sys.stderr)
+            return 2
+        rows = list_elements(shapes, {k: src.dtype(k) for k in shapes}, arch, args.block, args.match)
+    finally:
+        src.close()
+    print(format_table(rows, ["block", "element", "key", "shape", "dtype"]))
+    return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("analyze", "elements"):
+        try:
+            return run_analyze(args) if args.command == "analyze" else run_elements(args)
+        except MergeInputError as exc:
+            exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
+            print(f"error: {exc.describe(args.command)}", file=sys.stderr)
+            return 2
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "merge":
         if len(args.models) not in (2, 3):
             print("error: give two or three model files (A B [C])", file=sys.stderr)

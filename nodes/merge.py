@@ -94,9 +94,9 @@ def _progress(total: int):
     import comfy.utils
     bar = comfy.utils.ProgressBar(total)
 
-    def update(done: int, _total: int) -> None:
+    def update(done: int, of: int) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update_absolute(done, total)
+        bar.update_absolute(done, of)
     return update
 
 

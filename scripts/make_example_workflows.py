@@ -20,8 +20,12 @@ OUTPUTS = {
     "KSampler": [("LATENT", "LATENT")],
     "VAEDecode": [("IMAGE", "IMAGE")],
     "SaveImage": [],
+    "PreviewAny": [],
+    "MergeSuite_ModelSimilarity": [("report", "STRING"), ("similarity_chart", "IMAGE"),
+                                   ("difference_chart", "IMAGE"), ("csv", "STRING")],
+    "MergeSuite_Elements": [("elements", "STRING")],
 }
-TITLES = {"MergeSuite_ModelMerge": "Merge Models (SuperMerger modes)",
+TITLES = {"MergeSuite_ModelSimilarity": "Model Similarity per Block", "MergeSuite_Elements": "Elements Browser","MergeSuite_ModelMerge": "Merge Models (SuperMerger modes)",
           "MergeSuite_CLIPMerge": "Merge CLIP (SuperMerger modes)",
           "MergeSuite_CheckpointMerge": "Merge Checkpoints (SuperMerger modes)"}
 
@@ -137,7 +141,33 @@ def calc_family(name, calcmode, mode, alpha, beta=0.25, preset="custom", blocks=
     return build
 
 
+def analysis():
+    """Similarity and difference of a merge against its parent, per block, as charts and a table."""
+    g = Graph()
+    a = g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A")
+    b = g.add("CheckpointLoaderSimple", ["tiny_sd1_b.safetensors"], (0, 160), (320, 100), "Model B")
+    m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25, "GRAD_V"), (400, 0), (400, 380))
+    g.link(a, 0, m, "model_a")
+    g.link(b, 0, m, "model_b")
+    sim = g.add("MergeSuite_ModelSimilarity", ["cosine", "mean", "error"], (850, 0), (350, 200))
+    g.link(a, 0, sim, "model_a")
+    g.link(m, 0, sim, "model_b")
+    g.link(a, 1, sim, "clip_a")
+    g.link(b, 1, sim, "clip_b")
+    report = g.add("PreviewAny", [], (1250, 0), (500, 300), "Report")
+    g.link(sim, 0, report, "source")
+    for i, name in ((1, "similarity"), (2, "difference")):
+        save = g.add("SaveImage", [f"merge_suite/analysis_{name}"], (1250, 320 + (i - 1) * 330), (500, 300))
+        g.link(sim, i, save, "images")
+    el = g.add("MergeSuite_Elements", ["IN04", "attn2"], (850, 260), (350, 120))
+    g.link(a, 0, el, "model")
+    shown = g.add("PreviewAny", [], (850, 420), (350, 200), "Elements of IN04")
+    g.link(el, 0, shown, "source")
+    return g
+
+
 WORKFLOWS = {
+    "analysis_similarity_per_block": analysis,
     # similarity-weighted blend: cosineA (cosineB is the same graph with calcmode cosineB)
     "calc_cosine_similarity_blend": calc_family("cosine", "cosineA", "Weight sum", 0.1),
     # difference family: smoothAdd; trainDifference and extract take the same three models

@@ -63,3 +63,27 @@ def test_calc_mode_errors_name_the_node(tiny):
     with pytest.raises(MergeNodeError, match=r"input 'alpha': is 1.5, but extract needs"):
         node_merge(a, b, tiny("model", "sd1", 3), "extract", "Add difference", 1.5, 0.0, "")
     assert not a.patches
+
+
+def test_similarity_uses_effective_weights(tiny):
+    from merge_suite.nodes.analysis import ElementsBrowser, ModelSimilarity
+    a, b = tiny("model", "sd1", 1), tiny("model", "sd1", 2)
+    same = ModelSimilarity.execute(model_a=a, model_b=a).result[0]
+    assert "100.0000" in same and "0.0000" in same
+    in_from_b = ",".join(["0"] + ["1"] * 12 + ["0"] * 13)  # IN blocks from B, the rest A
+    merged = ModelMerge.execute(model_a=a, model_b=b, mode="Weight sum", alpha=0.5, beta=0.0,
+                                blocks_alpha=in_from_b).result[0]
+    report, chart, diff, csv = ModelSimilarity.execute(model_a=a, model_b=merged).result
+    rows = {line.split()[0]: float(line.split()[1]) for line in report.splitlines()[2:] if line.strip()}
+    assert all(rows[f"OUT{i:02d}"] == pytest.approx(100.0, abs=1e-3) for i in range(12))
+    assert all(rows[f"IN{i:02d}"] < 99.0 for i in (1, 2, 4))
+    assert chart.shape == (1, 512, 1024, 3) and diff.shape == chart.shape and csv.startswith("block,")
+    asim = ModelSimilarity.execute(model_a=a, model_b=merged, method="asimilarity").result[0]
+    assert "output_blocks.3.1" in asim
+    with pytest.raises(MergeNodeError, match=r"Model Similarity per Block: input 'model_b': is an SDXL model"):
+        ModelSimilarity.execute(model_a=a, model_b=tiny("model", "sdxl", 1))
+    common = ModelSimilarity.execute(model_a=a, model_b=tiny("model", "sdxl", 1),
+                                     architecture_mismatch="compare common keys").result[0]
+    assert "keys skipped" in common
+    listing = ElementsBrowser.execute(block="M00", match="attn1.to_q", model=a).result[0]
+    assert "middle_block.1.transformer_blocks.0.attn1.to_q.weight" in listing

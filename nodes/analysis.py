@@ -1,0 +1,130 @@
+"""Analysis nodes: how similar two models are per block (on effective weights), and the elements browser."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..merge_core.analysis import (BLOCK_METHODS, asimilarity, attention_sites, compare_keys, format_csv,
+                                   format_table, list_elements)
+from ..merge_core.api import analysis_architecture
+from ..merge_core.charts import bar_chart
+from ..merge_core.errors import MergeInputError
+from .comfy_models import base_layout, effective_weight, key_patches, shapes_of
+from .errors import named_errors
+from .merge import CATEGORY, _progress
+
+
+def _image(pil) -> "torch.Tensor":
+    import numpy as np
+    import torch
+    return torch.from_numpy(np.asarray(pil.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def _patch_lists(model, clip) -> dict:
+    lists = {}
+    if model is not None:
+        lists.update(key_patches(model, "model"))
+    if clip is not None:
+        lists.update(key_patches(clip, "clip"))
+    return lists
+
+
+class ModelSimilarity(io.ComfyNode):
+    DISPLAY = "Model Similarity per Block"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MergeSuite_ModelSimilarity", display_name=cls.DISPLAY, category=CATEGORY + "/analysis",
+            description="Cosine similarity of two models per block (and per key), and where they differ most "
+                        "(||B-A|| / ||A|| per block), on the weights as they would sample (merges and LoRAs "
+                        "included). Or ASimilarity, SuperMerger's attention-based measure.",
+            inputs=[
+                io.Model.Input("model_a"), io.Model.Input("model_b"),
+                io.Combo.Input("method", options=["cosine", "asimilarity"], default="cosine",
+                               tooltip="cosine: per-key cosine similarity of the flattened tensors, aggregated per "
+                                       "block. asimilarity: a toy attention output of every self-attention site, "
+                                       "computed with each model's q/k/v on one seeded input, compared by cosine."),
+                io.Combo.Input("block_method", options=list(BLOCK_METHODS), default="mean",
+                               tooltip="Per block: mean or min of its keys, or the similarity of its "
+                                       "attn2.to_out.0.weight (cross-attention output)."),
+                io.Combo.Input("architecture_mismatch", options=["error", "compare common keys"], default="error",
+                               tooltip="Models of different architectures: stop with an error, or compare only "
+                                       "the keys both have (the report says how many were skipped)."),
+                io.Clip.Input("clip_a", optional=True, tooltip="Also compare the text encoders (BASE block)."),
+                io.Clip.Input("clip_b", optional=True),
+            ],
+            outputs=[io.String.Output(display_name="report"), io.Image.Output(display_name="similarity_chart"),
+                     io.Image.Output(display_name="difference_chart"), io.String.Output(display_name="csv")],
+        )
+
+    @classmethod
+    def execute(cls, model_a, model_b, method="cosine", block_method="mean", architecture_mismatch="error",
+                clip_a=None, clip_b=None) -> io.NodeOutput:
+        with named_errors(cls.DISPLAY):
+            if (clip_a is None) != (clip_b is None):
+                raise MergeInputError("clip_b" if clip_b is None else "clip_a", "is missing: text encoders are "
+                                      "compared only when both are connected.", "connect both CLIPs, or neither.")
+            lists_a, lists_b = _patch_lists(model_a, clip_a), _patch_lists(model_b, clip_b)
+            shapes_a, shapes_b = shapes_of(lists_a), shapes_of(lists_b)
+            arch = analysis_architecture(shapes_a, shapes_b,
+                                         "common" if architecture_mismatch != "error" else "error")
+
+            def fetch(key):
+                return effective_weight(lists_a[key]), effective_weight(lists_b[key])
+            if method == "asimilarity":
+                sites = [s for s in attention_sites(shapes_a) if s + "to_q.weight" in shapes_b]
+                rows = asimilarity(sites, fetch)
+                header = ["site", "ASimilarity %"]
+                labels = [s.replace("diffusion_model.", "").split(".transformer")[0] for s, _ in rows]
+                sim = bar_chart(labels, [v for _, v in rows], "ASimilarity per self-attention site (%)", "%")
+                diff = bar_chart([], [], "difference map: use method cosine")
+                return io.NodeOutput(format_table(rows, header), _image(sim), _image(diff), format_csv(rows, header))
+            result = compare_keys(shapes_a, shapes_b, arch, fetch, ("te", "unet"), progress=_progress(len(shapes_a)))
+            sims, diffs, counts = result.block_similarity(block_method), result.block_difference(), result.counts()
+            header = ["block", "similarity %", "difference", "keys"]
+            rows = [[b, sims[b], diffs[b], counts[b]] for b in result.blocks() if b in sims]
+            report = format_table(rows, header)
+            if result.skipped:
+                report += f"\n\n{len(result.skipped)} keys skipped (absent from B or another shape), e.g. " \
+                          f"{result.skipped[0][0]} ({result.skipped[0][1]})"
+            key_rows = [[k.block, k.key, k.cosine] for k in result.keys]
+            csv = format_csv(rows, header) + "\n" + format_csv(key_rows, ["block", "key", "similarity %"])
+            sim = bar_chart([r[0] for r in rows], [r[1] for r in rows],
+                            f"cosine similarity per block ({block_method}, %), {arch.label}", "%")
+            diff = bar_chart(list(diffs), list(diffs.values()), "difference ||B-A|| / ||A|| per block")
+            return io.NodeOutput(report, _image(sim), _image(diff), csv)
+
+
+class ElementsBrowser(io.ComfyNode):
+    DISPLAY = "Elements Browser"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MergeSuite_Elements", display_name=cls.DISPLAY, category=CATEGORY + "/analysis",
+            description="Every key of a model with its block, its element name (the text to use in an elemental "
+                        "rule), shape and dtype. Filter by block ids and by a substring.",
+            inputs=[io.String.Input("block", default="", tooltip="Only these blocks, e.g. 'IN04' or 'IN04 OUT05'. "
+                                                                  "Empty: all."),
+                    io.String.Input("match", default="", tooltip="Only keys containing this text, e.g. attn2."),
+                    io.Model.Input("model", optional=True), io.Clip.Input("clip", optional=True)],
+            outputs=[io.String.Output(display_name="elements")],
+        )
+
+    @classmethod
+    def execute(cls, block="", match="", model=None, clip=None) -> io.NodeOutput:
+        with named_errors(cls.DISPLAY):
+            if model is None and clip is None:
+                raise MergeInputError("model", "and clip are both unconnected.", "connect a MODEL or a CLIP.")
+            shapes, dtypes = {}, {}
+            for obj, kind in ((model, "model"), (clip, "clip")):
+                if obj is not None:
+                    s, d = base_layout(obj, kind)
+                    shapes.update(s)
+                    dtypes.update(d)
+            arch = analysis_architecture(shapes, shapes)
+            rows = list_elements(shapes, dtypes, arch, block, match)
+            return io.NodeOutput(format_table(rows, ["block", "element", "key", "shape", "dtype"]))
+
+
+NODES = [ModelSimilarity, ElementsBrowser]
