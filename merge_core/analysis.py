@@ -209,3 +209,34 @@ def list_elements(shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, obje
         dtype = str(dtypes.get(key, "")).replace("torch.", "")
         rows.append((b, element_name(key, arch), key, "x".join(map(str, shape)) or "scalar", dtype))
     return rows
+
+
+def token_norm_rows(norms: torch.Tensor, vocab: Mapping[str, int], top_k: int = 1000, words: str = "",
+                    alnum_only: bool = False) -> list[tuple[int, str, int, float]]:
+    """Text-encoder analysis (spec §13.2): (rank, word, token id, norm), largest norm first.
+
+    ``norms[i]`` is the norm of token i's hidden state (BOS, token). ``words``
+    (comma-separated) lists only those words, each also tried with "</w>" (CLIP's
+    end-of-word form); otherwise the top ``top_k``. ``alnum_only`` drops tokens
+    without a letter or digit.
+    """
+    by_id = {i: w for w, i in vocab.items() if i < norms.numel()}
+    order = torch.argsort(norms, descending=True).tolist()
+    rank = {tid: r + 1 for r, tid in enumerate(order)}
+    if words.strip():
+        rows = []
+        for word in (w.strip() for w in words.split(",") if w.strip()):
+            for form in (word, word + "</w>"):
+                if form in vocab and vocab[form] in rank:
+                    tid = vocab[form]
+                    rows.append((rank[tid], form, tid, float(norms[tid])))
+        return rows
+    rows = []
+    for tid in order:
+        word = by_id.get(tid, "")
+        if alnum_only and not any(ch.isalnum() for ch in word):
+            continue
+        rows.append((rank[tid], word, tid, float(norms[tid])))
+        if len(rows) >= top_k:
+            break
+    return rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..merge_core.analysis import (BLOCK_METHODS, asimilarity, attention_sites, compare_keys, format_csv,
-                                   format_table, list_elements)
+                                   format_table, list_elements, token_norm_rows)
 from ..merge_core.api import analysis_architecture
 from ..merge_core.charts import bar_chart
 from ..merge_core.errors import MergeInputError
@@ -127,4 +127,67 @@ class ElementsBrowser(io.ComfyNode):
             return io.NodeOutput(format_table(rows, ["block", "element", "key", "shape", "dtype"]))
 
 
-NODES = [ModelSimilarity, ElementsBrowser]
+def clip_l_token_norms(clip, batch: int = 4096):
+    """Norm of the final hidden state at position 1 of [BOS, token] for every CLIP-L token.
+
+    CLIP's text encoder is causal, so position 1 sees only BOS and the token: the
+    two-token sequence gives exactly what the padded 77-token one would, at 1/38
+    of the cost. The CLIP's own patches (a merge, a LoRA) are applied first by
+    loading it, as text encoding does.
+    """
+    import torch
+
+    clip.load_model()
+    encoder = clip.cond_stage_model.clip_l
+    text_model = encoder.transformer.text_model
+    start = encoder.special_tokens["start"]
+    vocab = clip.tokenizer.clip_l.tokenizer.get_vocab()
+    n = text_model.embeddings.token_embedding.weight.shape[0]
+    device = text_model.embeddings.token_embedding.weight.device
+    positions = text_model.embeddings.position_embedding.weight[:2].to(device=device, dtype=torch.float32)
+    mask = torch.full((2, 2), -torch.finfo(torch.float32).max, device=device).triu_(1)
+    norms = torch.empty(n)
+    progress = _progress(n)
+    with torch.no_grad():
+        for first in range(0, n, batch):
+            ids = torch.arange(first, min(first + batch, n), device=device)
+            tokens = torch.stack([torch.full_like(ids, start), ids], dim=1)
+            x = text_model.embeddings.token_embedding(tokens, out_dtype=torch.float32) + positions
+            x, _ = text_model.encoder(x, mask=mask)
+            x = text_model.final_layer_norm(x)
+            norms[first:first + len(ids)] = x[:, 1].float().norm(dim=-1).cpu()
+            progress(first + len(ids), n)
+    return norms, vocab
+
+
+class TextEncoderTokens(io.ComfyNode):
+    DISPLAY = "Text Encoder Token Norms"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MergeSuite_TextEncoderTokens", display_name=cls.DISPLAY, category=CATEGORY + "/analysis",
+            description="SuperMerger's text-encoder analysis: for every CLIP-L token, the norm of its hidden "
+                        "state after [BOS, token]. Large norms are the tokens that weigh most in prompts; compare "
+                        "two text encoders (e.g. before and after a merge) token by token.",
+            inputs=[io.Clip.Input("clip", tooltip="SD1 CLIP or SDXL CLIP (its CLIP-L is analysed)."),
+                    io.Int.Input("top_k", default=1000, min=1, max=50000, tooltip="How many tokens to list."),
+                    io.String.Input("words", default="", tooltip="Comma-separated words to look up instead of "
+                                                                 "the top list (the '</w>' form is tried too)."),
+                    io.Boolean.Input("alnum_only", default=False,
+                                     tooltip="Hide tokens without any letter or digit.")],
+            outputs=[io.String.Output(display_name="tokens"), io.String.Output(display_name="csv")],
+        )
+
+    @classmethod
+    def execute(cls, clip, top_k=1000, words="", alnum_only=False) -> io.NodeOutput:
+        with named_errors(cls.DISPLAY):
+            if not hasattr(clip.cond_stage_model, "clip_l"):
+                raise MergeInputError("clip", "has no CLIP-L text encoder.", "connect an SD1 or SDXL CLIP.")
+            norms, vocab = clip_l_token_norms(clip)
+            rows = token_norm_rows(norms, vocab, top_k, words, alnum_only)
+            header = ["rank", "word", "token id", "norm"]
+            return io.NodeOutput(format_table(rows, header), format_csv(rows, header))
+
+
+NODES = [ModelSimilarity, ElementsBrowser, TextEncoderTokens]

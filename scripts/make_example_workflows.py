@@ -24,8 +24,10 @@ OUTPUTS = {
     "MergeSuite_ModelSimilarity": [("report", "STRING"), ("similarity_chart", "IMAGE"),
                                    ("difference_chart", "IMAGE"), ("csv", "STRING")],
     "MergeSuite_Elements": [("elements", "STRING")],
+    "MergeSuite_TextEncoderTokens": [("tokens", "STRING"), ("csv", "STRING")],
 }
-TITLES = {"MergeSuite_ModelSimilarity": "Model Similarity per Block", "MergeSuite_Elements": "Elements Browser","MergeSuite_ModelMerge": "Merge Models (SuperMerger modes)",
+TITLES = {"MergeSuite_ModelSimilarity": "Model Similarity per Block", "MergeSuite_Elements": "Elements Browser",
+          "MergeSuite_TextEncoderTokens": "Text Encoder Token Norms","MergeSuite_ModelMerge": "Merge Models (SuperMerger modes)",
           "MergeSuite_CLIPMerge": "Merge CLIP (SuperMerger modes)",
           "MergeSuite_CheckpointMerge": "Merge Checkpoints (SuperMerger modes)"}
 
@@ -163,6 +165,10 @@ def analysis():
     g.link(a, 0, el, "model")
     shown = g.add("PreviewAny", [], (850, 420), (350, 200), "Elements of IN04")
     g.link(el, 0, shown, "source")
+    tokens = g.add("MergeSuite_TextEncoderTokens", [20, "cat, dog", False], (400, 420), (350, 150))
+    g.link(a, 1, tokens, "clip")
+    shown = g.add("PreviewAny", [], (400, 600), (350, 200), "Token norms")
+    g.link(tokens, 0, shown, "source")
     return g
 
 

@@ -87,3 +87,25 @@ def test_similarity_uses_effective_weights(tiny):
     assert "keys skipped" in common
     listing = ElementsBrowser.execute(block="M00", match="attn1.to_q", model=a).result[0]
     assert "middle_block.1.transformer_blocks.0.attn1.to_q.weight" in listing
+
+
+@pytest.mark.parametrize("layout", ["sd1", "sdxl"])
+def test_text_encoder_token_norms(layout, tiny):
+    from merge_suite.nodes.analysis import TextEncoderTokens, clip_l_token_norms
+    from merge_suite.nodes.merge import CLIPMerge
+    clip = tiny("clip", layout, 31).clone()
+    norms, vocab = clip_l_token_norms(clip)
+    assert norms.shape == (49408,) and len(vocab) == 49408
+    encoder = clip.cond_stage_model.clip_l
+    for tid in (320, 1929, 49000):  # the two-token shortcut equals the padded 77-token forward
+        full = torch.tensor([[encoder.special_tokens["start"], tid] + [encoder.special_tokens["end"]] * 75])
+        want = encoder.transformer(input_tokens=full, dtype=torch.float32)[0][0, 1].norm()
+        assert float(norms[tid]) == pytest.approx(float(want), rel=1e-5)
+    top = TextEncoderTokens.execute(clip=clip, top_k=3).result[0].splitlines()
+    assert top[0].split() == ["rank", "word", "token", "id", "norm"] and len(top) == 5
+    assert int(top[2].split()[2]) == int(torch.argmax(norms))
+    words = TextEncoderTokens.execute(clip=clip, words="cat").result[0]
+    assert "cat</w>" in words and "2368" in words
+    merged = CLIPMerge.execute(clip_a=clip, clip_b=tiny("clip", layout, 32), mode="Weight sum", alpha=1.0,
+                               beta=0.0).result[0]
+    assert not torch.allclose(clip_l_token_norms(merged)[0], norms), "a merged CLIP is analysed as merged"
