@@ -211,6 +211,14 @@ def list_elements(shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, obje
     return rows
 
 
+def list_lora_elements(shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, object],
+                       match: str = "") -> list[tuple[str, str, str, str, str]]:
+    """A LoRA file's keys, as SuperMerger's Elements tab shows them (block "LoRA")."""
+    return [("LoRA", key.split(".")[0], key, "x".join(map(str, s)) or "scalar",
+             str(dtypes.get(key, "")).replace("torch.", ""))
+            for key, s in shapes.items() if not match or match in key]
+
+
 def token_norm_rows(norms: torch.Tensor, vocab: Mapping[str, int], top_k: int = 1000, words: str = "",
                     alnum_only: bool = False) -> list[tuple[int, str, int, float]]:
     """Text-encoder analysis (spec §13.2): (rank, word, token id, norm), largest norm first.

@@ -120,17 +120,21 @@ def run_analyze(args) -> int:
 
 
 def run_elements(args) -> int:
-    from .analysis import format_table, list_elements
+    from .analysis import format_table, list_elements, list_lora_elements
     from .architectures import detect
     from .sources import open_source
     src = open_source(args.file)
     try:
         shapes = src.shapes()
+        dtypes = {k: src.dtype(k) for k in shapes}
         arch = detect(shapes)
-        if arch is None:
-            print("error: not a recognised SD1, SD2 or SDXL file", file=sys.stderr)
+        if arch is None and any("lora" in k for k in shapes):  # a LoRA: keys and shapes, block "LoRA"
+            rows = list_lora_elements(shapes, dtypes, args.match)
+        elif arch is None:
+            print("error: not a recognised SD1, SD2 or SDXL checkpoint, nor a LoRA", file=sys.stderr)
             return 2
-        rows = list_elements(shapes, {k: src.dtype(k) for k in shapes}, arch, args.block, args.match)
+        else:
+            rows = list_elements(shapes, dtypes, arch, args.block, args.match)
     finally:
         src.close()
     print(format_table(rows, ["block", "element", "key", "shape", "dtype"]))

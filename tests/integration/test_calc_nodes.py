@@ -80,6 +80,9 @@ def test_similarity_uses_effective_weights(tiny):
     assert chart.shape == (1, 512, 1024, 3) and diff.shape == chart.shape and csv.startswith("block,")
     asim = ModelSimilarity.execute(model_a=a, model_b=merged, method="asimilarity").result[0]
     assert "output_blocks.3.1" in asim
+    xl = ModelSimilarity.execute(model_a=tiny("model", "sdxl", 1), model_b=tiny("model", "sdxl", 2),
+                                 method="asimilarity").result[0]  # SuperMerger's fails on SDXL (quirk 28)
+    assert "input_blocks.4.1" in xl and "middle_block.1" in xl
     with pytest.raises(MergeNodeError, match=r"Model Similarity per Block: input 'model_b': is an SDXL model"):
         ModelSimilarity.execute(model_a=a, model_b=tiny("model", "sdxl", 1))
     common = ModelSimilarity.execute(model_a=a, model_b=tiny("model", "sdxl", 1),

@@ -141,3 +141,10 @@ def test_cli_analyze_and_elements(tmp_path, sd1_keys):
     res = subprocess.run([sys.executable, "-m", "merge_core", "elements", str(tmp_path / "a.safetensors"),
                           "--block", "IN99"], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 2 and "--block" in res.stderr and "IN99" in res.stderr
+    lora = {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": torch.zeros(4, 8),
+            "lora_unet_input_blocks_4_1_proj_in.lora_up.weight": torch.zeros(8, 4),
+            "lora_unet_input_blocks_4_1_proj_in.alpha": torch.tensor(4.0)}
+    save_file(lora, tmp_path / "l.safetensors")
+    res = subprocess.run([sys.executable, "-m", "merge_core", "elements", str(tmp_path / "l.safetensors"),
+                          "--match", "lora_up"], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0 and "LoRA" in res.stdout and "lora_up" in res.stdout and "lora_down" not in res.stdout
