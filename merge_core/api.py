@@ -9,6 +9,7 @@ import torch
 from .architectures import Architecture, detect, require_compatible
 from .block_weights import parse_block_weights
 from .calcmodes import get_calc_mode, resolve_modes
+from .elemental import parse_elemental
 from .engine import DictSink, FileSink, ProgressFn, StopFn, run_merge
 from .errors import MergeInputError
 from .methods import get_mode
@@ -21,14 +22,16 @@ OUTPUT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.fl
 def make_settings(arch: Architecture, mode: str, alpha: float = 0.5, beta: float = 0.25,
                   blocks_alpha: Optional[str] = None, blocks_beta: Optional[str] = None,
                   calcmode: str = "normal", gamma: float = 0.3, seed: int = 0,
-                  tensor2_corrected: bool = False) -> MergeSettings:
-    """Parse user-facing settings (mode label, calc mode, block-weight text) for one architecture."""
+                  tensor2_corrected: bool = False, elemental: str = "",
+                  elemental_full_key: bool = False) -> MergeSettings:
+    """Parse user-facing settings (mode label, calc mode, block-weight and elemental text) for one architecture."""
     merge_mode, calc = resolve_modes(get_mode(mode), get_calc_mode(calcmode))
     return MergeSettings(
         mode=merge_mode, alpha=float(alpha), beta=float(beta),
         blocks_alpha=parse_block_weights(blocks_alpha, arch, "blocks_alpha"),
         blocks_beta=parse_block_weights(blocks_beta, arch, "blocks_beta"),
         calc=calc, gamma=float(gamma), seed=int(seed), tensor2_corrected=bool(tensor2_corrected),
+        elemental=parse_elemental(elemental, arch), elemental_full_key=bool(elemental_full_key),
     )
 
 
@@ -68,6 +71,7 @@ def recipe_metadata(plan: MergePlan, names: Mapping[str, str]) -> dict[str, str]
         "alpha": s.alpha, "beta": s.beta if (s.mode.uses_beta or (s.calc and s.calc.uses_beta)) else None,
         "blocks_alpha": s.blocks_alpha.as_text() if s.blocks_alpha else None,
         "blocks_beta": s.blocks_beta.as_text() if (s.blocks_beta and s.beta_from_blocks) else None,
+        "elemental": ",".join(r.text for r in s.elemental) or None,
         "architecture": plan.arch.name,
         "models": dict(names),
     }

@@ -14,7 +14,7 @@ from .methods import MODES
 MODE_CHOICES = [m.name for m in MODES.values()]
 # merge_core names inputs as the nodes do; on the command line they are options or positions
 OPTION_NAMES = {"blocks_alpha": "--blocks", "blocks_beta": "--blocks-beta", "dtype": "--dtype",
-                "calcmode": "--calc", "gamma": "--gamma", "block": "--block", "include": "--include", "alpha": "--alpha", "beta": "--beta",
+                "calcmode": "--calc", "gamma": "--gamma", "block": "--block", "include": "--include", "elemental": "--elemental", "alpha": "--alpha", "beta": "--beta",
                 "model_a": "model A (1st file)", "model_b": "model B (2nd file)", "model_c": "model C (3rd file)"}
 
 
@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0, help="plus random: noise seed (default 0)")
     m.add_argument("--tensor2-corrected", action="store_true",
                    help="tensor2: bounds from shape[1] always (default: SuperMerger's rule, for parity)")
+    m.add_argument("--elemental", default="",
+                   help="per-element alpha overrides: 'blocks:elements:ratio' entries separated by commas or "
+                        "newlines, e.g. 'OUT03-OUT05:attn2:0.5,NOT M00:ff.net:0' (last match wins)")
+    m.add_argument("--elemental-full-key", action="store_true",
+                   help="match element substrings against the full key, prefix included (SuperMerger parity)")
     m.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES), default=None,
                    help="output dtype (default: model A's dtype; unmerged keys are then kept byte for byte)")
     m.add_argument("-o", "--output", required=True, help="output .safetensors path")
@@ -165,7 +170,8 @@ def main(argv=None) -> int:
                                blocks_alpha=args.blocks, blocks_beta=args.blocks_beta, dtype=args.dtype,
                                overwrite=args.overwrite, progress=None if args.quiet else _progress(sys.stderr),
                                calcmode=args.calc, gamma=args.gamma, seed=args.seed,
-                               tensor2_corrected=args.tensor2_corrected)
+                               tensor2_corrected=args.tensor2_corrected, elemental=args.elemental,
+                               elemental_full_key=args.elemental_full_key)
         except MergeInputError as exc:
             exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
             print(f"error: {exc.describe('merge')}", file=sys.stderr)

@@ -12,6 +12,7 @@ from typing import Mapping, Optional, Sequence
 from .architectures import Architecture
 from .block_weights import BlockWeights
 from .calcmodes import CalcMode, check_calc_parameters
+from .elemental import ElementalRule, elemental_alpha
 from .errors import MergeInputError
 from .methods import MergeMode
 
@@ -40,6 +41,8 @@ class MergeSettings:
     gamma: float = 0.0
     seed: int = 0
     tensor2_corrected: bool = False
+    elemental: tuple[ElementalRule, ...] = ()
+    elemental_full_key: bool = False  # SuperMerger's matching on the full key (prefix included)
 
     @property
     def beta_from_blocks(self) -> bool:
@@ -80,6 +83,7 @@ class KeyPlan:
     # merge only weight[:, :n] (inpainting A with a 4-channel B); None = whole tensor
     input_channels: Optional[int] = None
     reason: str = ""
+    rule: Optional[ElementalRule] = None  # the elemental rule that set alpha, if any
 
 
 @dataclass
@@ -160,13 +164,16 @@ def build_plan(arch: Architecture, settings: MergeSettings,
                 f"but model B has {list(shapes_b[key])}.",
                 "use a model C with the same layout as model B.")
         alpha, beta = settings.ratios(block)
+        rule = None
+        if settings.elemental:
+            alpha, rule = elemental_alpha(settings.elemental, key, block, alpha, settings.elemental_full_key)
         if settings.calc is not None:
             check_calc_parameters(settings.calc, alpha, beta, settings.gamma,
                                   "blocks_alpha" if settings.blocks_alpha is not None else "alpha")
         if settings.is_identity(alpha, beta):
-            plan.keys.append(KeyPlan(key, KEEP_A, block, alpha, beta, reason="ratio 0"))
+            plan.keys.append(KeyPlan(key, KEEP_A, block, alpha, beta, reason="ratio 0", rule=rule))
             continue
-        plan.keys.append(KeyPlan(key, MERGE, block, alpha, beta, channels))
+        plan.keys.append(KeyPlan(key, MERGE, block, alpha, beta, channels, rule=rule))
     if copy_b_only_keys:
         for key in shapes_b:
             if key not in shapes_a and not key.endswith("position_ids"):

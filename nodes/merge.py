@@ -66,6 +66,14 @@ def settings_inputs() -> list:
         io.Boolean.Input("tensor2_corrected", default=False,
                          tooltip="tensor2 only: slice dim 1 with bounds from shape[1] for every tensor. Off: "
                                  "SuperMerger's rule (shape[0] bounds when shape[1] <= 100) for exact parity."),
+        io.String.Input("elemental", default="", multiline=True,
+                        tooltip="Per-element alpha overrides, one 'blocks:elements:ratio' entry per line or comma, "
+                                "applied after block weights, last match wins. E.g. 'OUT03-OUT05:attn2:0.5', "
+                                "'NOT M00:ff.net:0', 'OUT05::1' (whole block). Elements are substrings of the key "
+                                "without its diffusion_model. prefix."),
+        io.Boolean.Input("elemental_full_key", default=False,
+                         tooltip="Match element substrings against the full key, prefix included, as SuperMerger "
+                                 "does (then 'ff' matches every key through 'diffusion'). Off: prefix stripped."),
     ]
 
 

@@ -112,3 +112,18 @@ def test_text_encoder_token_norms(layout, tiny):
     merged = CLIPMerge.execute(clip_a=clip, clip_b=tiny("clip", layout, 32), mode="Weight sum", alpha=1.0,
                                beta=0.0).result[0]
     assert not torch.allclose(clip_l_token_norms(merged)[0], norms), "a merged CLIP is analysed as merged"
+
+
+@pytest.mark.parametrize("layout", ["sd1", "sdxl"])
+def test_elemental_rules_in_the_node(layout, tiny):
+    a, b = tiny("model", layout, 1), tiny("model", layout, 2)
+    wa, wb = base_weights(a, "diffusion_model."), base_weights(b, "diffusion_model.")
+    text = "IN04-IN05 M00:attn2 proj_in:0.9\nNOT M00:norm:0"
+    merged = node_merge(a, b, None, "normal", "Weight sum", 0.3, 0.0, "", elemental=text)
+    want = merge_state_dicts(wa, wb, alpha=0.3, elemental=text)
+    got = effective(merged, "diffusion_model.")
+    for key in got:
+        torch.testing.assert_close(got[key], want[key].float(), rtol=1e-5, atol=1e-6, msg=key)
+    assert any(torch.equal(got[k], wa[k]) for k in got if "norm" in k)  # norm outside M00: ratio 0, A kept
+    with pytest.raises(MergeNodeError, match=r"input 'elemental': entry #2 'IN04:attn' has 1 ':'"):
+        node_merge(a, b, None, "normal", "Weight sum", 0.3, 0.0, "", elemental="OUT03::1\nIN04:attn")
