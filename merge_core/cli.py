@@ -14,7 +14,7 @@ from .methods import MODES
 MODE_CHOICES = [m.name for m in MODES.values()]
 # merge_core names inputs as the nodes do; on the command line they are options or positions
 OPTION_NAMES = {"blocks_alpha": "--blocks", "blocks_beta": "--blocks-beta", "dtype": "--dtype",
-                "calcmode": "--calc", "gamma": "--gamma", "block": "--block", "include": "--include", "elemental": "--elemental", "alpha": "--alpha", "beta": "--beta",
+                "calcmode": "--calc", "gamma": "--gamma", "block": "--block", "include": "--include", "elemental": "--elemental", "adjust": "--adjust", "alpha": "--alpha", "beta": "--beta",
                 "model_a": "model A (1st file)", "model_b": "model B (2nd file)", "model_c": "model C (3rd file)"}
 
 
@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "newlines, e.g. 'OUT03-OUT05:attn2:0.5,NOT M00:ff.net:0' (last match wins)")
     m.add_argument("--elemental-full-key", action="store_true",
                    help="match element substrings against the full key, prefix included (SuperMerger parity)")
+    m.add_argument("--adjust", default="",
+                   help="Adjust after merging: 8 numbers IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3 (detail, contrast, "
+                        "brightness, cyan/red, magenta/green, yellow/blue), e.g. '2,0,0,0,0,0,0,0'")
     m.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES), default=None,
                    help="output dtype (default: model A's dtype; unmerged keys are then kept byte for byte)")
     m.add_argument("-o", "--output", required=True, help="output .safetensors path")
@@ -171,7 +174,7 @@ def main(argv=None) -> int:
                                overwrite=args.overwrite, progress=None if args.quiet else _progress(sys.stderr),
                                calcmode=args.calc, gamma=args.gamma, seed=args.seed,
                                tensor2_corrected=args.tensor2_corrected, elemental=args.elemental,
-                               elemental_full_key=args.elemental_full_key)
+                               elemental_full_key=args.elemental_full_key, adjust=args.adjust)
         except MergeInputError as exc:
             exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
             print(f"error: {exc.describe('merge')}", file=sys.stderr)

@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Optional, Protocol
 
 import torch
 
+from .adjust import apply_adjust
 from .calcmodes import KeyContext, cosine_similarities, cosine_stats
 from .plan import FROM_B, KEEP_A, MERGE, KeyPlan, MergePlan, MergeSettings
 from .sources import KeySource
@@ -221,9 +222,10 @@ def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
                 if kp.action == MERGE:
                     a, b, c = loaded
                     if settings.calc is None:
-                        sink.put(kp.key, merge_tensor(kp, mode.fn, a, b, c, dtypes[kp.key]))
+                        result = merge_tensor(kp, mode.fn, a, b, c, dtypes[kp.key])
                     else:
-                        sink.put(kp.key, calc_tensor(kp, settings, a, b, c, dtypes[kp.key], stats))
+                        result = calc_tensor(kp, settings, a, b, c, dtypes[kp.key], stats)
+                    sink.put(kp.key, result if kp.adjust is None else apply_adjust(result, kp.adjust))
                 elif loaded[0] == "raw":
                     sink.put_raw(kp.key, loaded[1])
                 else:

@@ -11,6 +11,7 @@ from typing import Mapping, Optional, Sequence
 
 from .architectures import Architecture
 from .block_weights import BlockWeights
+from .adjust import Adjust
 from .calcmodes import CalcMode, check_calc_parameters
 from .elemental import ElementalRule, elemental_alpha
 from .errors import MergeInputError
@@ -43,6 +44,7 @@ class MergeSettings:
     tensor2_corrected: bool = False
     elemental: tuple[ElementalRule, ...] = ()
     elemental_full_key: bool = False  # SuperMerger's matching on the full key (prefix included)
+    adjust: Optional[Adjust] = None
 
     @property
     def beta_from_blocks(self) -> bool:
@@ -84,6 +86,7 @@ class KeyPlan:
     input_channels: Optional[int] = None
     reason: str = ""
     rule: Optional[ElementalRule] = None  # the elemental rule that set alpha, if any
+    adjust: Optional[tuple] = None  # Adjust operation applied after the merge: ("scale", f) or ("add", values)
 
 
 @dataclass
@@ -170,10 +173,13 @@ def build_plan(arch: Architecture, settings: MergeSettings,
         if settings.calc is not None:
             check_calc_parameters(settings.calc, alpha, beta, settings.gamma,
                                   "blocks_alpha" if settings.blocks_alpha is not None else "alpha")
-        if settings.is_identity(alpha, beta):
+        adjust = settings.adjust.op(key, arch) if settings.adjust is not None else None
+        # a ratio-0 key is A unchanged; Adjust still applies to it (spec §8), except where a
+        # calc mode skips the key altogether (self or trainDifference with alpha 0)
+        if settings.is_identity(alpha, beta) and (adjust is None or settings.calc is not None):
             plan.keys.append(KeyPlan(key, KEEP_A, block, alpha, beta, reason="ratio 0", rule=rule))
             continue
-        plan.keys.append(KeyPlan(key, MERGE, block, alpha, beta, channels, rule=rule))
+        plan.keys.append(KeyPlan(key, MERGE, block, alpha, beta, channels, rule=rule, adjust=adjust))
     if copy_b_only_keys:
         for key in shapes_b:
             if key not in shapes_a and not key.endswith("position_ids"):

@@ -81,11 +81,27 @@ def apply_plan(base: Any, plan: MergePlan, others: dict[str, dict[str, list]], p
             groups[(index, step.strength, step.keep)][patch_key] = others[step.source][kp.key]
     merged = base.clone()
     for (index, strength, keep), patches in sorted(groups.items(), key=lambda item: item[0][0]):
-        accepted = merged.add_patches(patches, strength, keep)
-        if len(accepted) != len(patches):
-            missing = sorted(set(map(str, patches)) - set(map(str, accepted)))[:3]
-            raise RuntimeError(f"ComfyUI refused {len(patches) - len(accepted)} patches, e.g. {missing}")
+        _add(merged, patches, strength, keep)
+    add_adjust_patches(merged, [(kp.key, kp.adjust) for kp in plan.keys if kp.action == MERGE and kp.adjust])
     return merged
+
+
+def _add(obj: Any, patches: dict, strength: float, keep: float) -> None:
+    accepted = obj.add_patches(patches, strength, keep)
+    if len(accepted) != len(patches):
+        missing = sorted(set(map(str, patches)) - set(map(str, accepted)))[:3]
+        raise RuntimeError(f"ComfyUI refused {len(patches) - len(accepted)} patches, e.g. {missing}")
+
+
+def add_adjust_patches(obj: Any, ops: list[tuple[str, tuple]]) -> None:
+    """Adjust as patches applied after the merge: a scale is a patch that only sets the
+    model strength (its zero diff is skipped at strength 0); a shift is a small diff."""
+    import torch
+    for key, op in ops:
+        if op[0] == "scale":
+            _add(obj, {key: (torch.zeros(()),)}, 0.0, op[1])
+        else:  # the 4 latent channels of out.2.bias
+            _add(obj, {key: (torch.tensor(op[1], dtype=torch.float32),)}, 1.0, 1.0)
 
 
 # --- non-linear calc modes -------------------------------------------------------------

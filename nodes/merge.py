@@ -71,6 +71,10 @@ def settings_inputs() -> list:
                                 "applied after block weights, last match wins. E.g. 'OUT03-OUT05:attn2:0.5', "
                                 "'NOT M00:ff.net:0', 'OUT05::1' (whole block). Elements are substrings of the key "
                                 "without its diffusion_model. prefix."),
+        io.String.Input("adjust", default="",
+                        tooltip="Adjust after merging (SuperMerger): 8 numbers IN, OUT, OUT2 (detail/noise, about "
+                                "-6..6), CONT (contrast), BRI (brightness), COL1 (cyan-/red+), COL2 (magenta-/green+), "
+                                "COL3 (yellow-/blue+), e.g. '2,0,0,0,0,0,0,0'. Empty or all 0: off."),
         io.Boolean.Input("elemental_full_key", default=False,
                          tooltip="Match element substrings against the full key, prefix included, as SuperMerger "
                                  "does (then 'ff' matches every key through 'diffusion'). Off: prefix stripped."),

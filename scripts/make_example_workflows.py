@@ -25,6 +25,7 @@ OUTPUTS = {
                                    ("difference_chart", "IMAGE"), ("csv", "STRING")],
     "MergeSuite_Elements": [("elements", "STRING")],
     "MergeSuite_TextEncoderTokens": [("tokens", "STRING"), ("csv", "STRING")],
+    "MergeSuite_Adjust": [("MODEL", "MODEL")],
 }
 TITLES = {"MergeSuite_ModelSimilarity": "Model Similarity per Block", "MergeSuite_Elements": "Elements Browser",
           "MergeSuite_TextEncoderTokens": "Text Encoder Token Norms","MergeSuite_ModelMerge": "Merge Models (SuperMerger modes)",
@@ -81,9 +82,9 @@ def sampler_tail(g, model, model_slot, clip, clip_slot, vae, prefix, x=1100):
 
 def merge_widgets(mode, alpha, beta, preset_a="custom", blocks_a="", preset_b="custom", blocks_b="",
                   calcmode="normal", gamma=0.3, seed=0, tensor2_corrected=False, elemental="",
-                  elemental_full_key=False):
+                  adjust="", elemental_full_key=False):
     return [mode, alpha, beta, preset_a, blocks_a, preset_b, blocks_b, calcmode, gamma, seed, tensor2_corrected,
-            elemental, elemental_full_key]
+            elemental, adjust, elemental_full_key]
 
 
 def checkpoint_block_merge():
@@ -106,7 +107,8 @@ def add_difference_merge():
                      f"Model {t.upper()}") for i, t in enumerate("abc")]
     blocks = "0.5,1,1,1,1,1,1,0.5,0.5,0.5,0.5,0.5,0.5,0.3,0.5,0.5,0.5,0.5,0.5,0.5,1,1,1,1,1,1"
     m = g.add("MergeSuite_ModelMerge", merge_widgets("Add difference", 1.0, 0.25, "custom", blocks,
-                                                     elemental="OUT03-OUT05:attn2:0.5\nNOT M00:ff.net:0.8"),
+                                                     elemental="OUT03-OUT05:attn2:0.5\nNOT M00:ff.net:0.8",
+                                                     adjust="1.5,0,0,0,0,0,0,0"),
               (400, 0), (400, 420))
     c = g.add("MergeSuite_CLIPMerge", merge_widgets("Add difference", 0.5, 0.25), (400, 360), (400, 300))
     for src, name in zip(loaders, "abc"):
@@ -175,7 +177,19 @@ def analysis():
     return g
 
 
+def adjust_only():
+    """Adjust on its own: a warmer, brighter, more detailed model A."""
+    g = Graph()
+    a = g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A")
+    adj = g.add("MergeSuite_Adjust", [2.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, -1.0], (400, 0), (320, 300),
+                "Adjust Model (detail, contrast, colour)")
+    g.link(a, 0, adj, "model")
+    sampler_tail(g, adj, 0, a, 1, a, "merge_suite/adjust")
+    return g
+
+
 WORKFLOWS = {
+    "adjust_model": adjust_only,
     "analysis_similarity_per_block": analysis,
     # similarity-weighted blend: cosineA (cosineB is the same graph with calcmode cosineB)
     "calc_cosine_similarity_blend": calc_family("cosine", "cosineA", "Weight sum", 0.1),

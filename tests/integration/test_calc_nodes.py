@@ -127,3 +127,26 @@ def test_elemental_rules_in_the_node(layout, tiny):
     assert any(torch.equal(got[k], wa[k]) for k in got if "norm" in k)  # norm outside M00: ratio 0, A kept
     with pytest.raises(MergeNodeError, match=r"input 'elemental': entry #2 'IN04:attn' has 1 ':'"):
         node_merge(a, b, None, "normal", "Weight sum", 0.3, 0.0, "", elemental="OUT03::1\nIN04:attn")
+
+
+@pytest.mark.parametrize("layout", ["sd1", "sdxl"])
+def test_adjust_node_and_merge_input(layout, tiny):
+    from merge_suite.nodes.adjust import AdjustModel
+    a, b = tiny("model", layout, 1), tiny("model", layout, 2)
+    wa, wb = base_weights(a, "diffusion_model."), base_weights(b, "diffusion_model.")
+    v = [2.0, -1.0, 0.5, 1.0, 3.0, -2.0, 1.0, 0.5]
+    text = ",".join(map(str, v))
+    adjusted = AdjustModel.execute(a, **dict(zip(["IN", "OUT", "OUT2", "CONT", "BRI", "COL1", "COL2", "COL3"], v))).result[0]
+    got = effective(adjusted, "diffusion_model.")
+    want = merge_state_dicts(wa, wb, alpha=0.0, adjust=text)
+    for key in got:
+        torch.testing.assert_close(got[key], want[key].float(), rtol=1e-6, atol=1e-6, msg=key)
+    assert not torch.equal(got["diffusion_model.out.2.bias"], wa["diffusion_model.out.2.bias"])
+    merged = node_merge(a, b, None, "normal", "Weight sum", 0.4, 0.0, "", adjust=text)
+    got = effective(merged, "diffusion_model.")
+    want = merge_state_dicts(wa, wb, alpha=0.4, adjust=text)
+    for key in got:
+        torch.testing.assert_close(got[key], want[key].float(), rtol=1e-5, atol=1e-6, msg=key)
+    assert not a.patches
+    with pytest.raises(MergeNodeError, match=r"input 'adjust': has 3 values"):
+        node_merge(a, b, None, "normal", "Weight sum", 0.4, 0.0, "", adjust="1,2,3")

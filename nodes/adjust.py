@@ -1,0 +1,51 @@
+"""Standalone Adjust node: SuperMerger's detail / contrast / colour tweak on any MODEL, as lazy patches."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..merge_core.adjust import Adjust
+from .comfy_models import add_adjust_patches, architecture_of, base_layout
+from .errors import named_errors
+from .merge import CATEGORY
+
+KNOBS = [
+    ("IN", -6.0, 6.0, "Detail/noise at the input conv: positive = more detail (and noise)."),
+    ("OUT", -6.0, 6.0, "Detail/noise at the final norm."),
+    ("OUT2", -6.0, 6.0, "Detail/noise at the output conv."),
+    ("CONT", -10.0, 10.0, "Contrast."),
+    ("BRI", -10.0, 10.0, "Brightness."),
+    ("COL1", -10.0, 10.0, "Cyan (-) / red (+)."),
+    ("COL2", -10.0, 10.0, "Magenta (-) / green (+)."),
+    ("COL3", -10.0, 10.0, "Yellow (-) / blue (+)."),
+]
+
+
+class AdjustModel(io.ComfyNode):
+    DISPLAY = "Adjust Model (detail, contrast, colour)"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MergeSuite_Adjust", display_name=cls.DISPLAY, category=CATEGORY,
+            description="SuperMerger's Adjust: scales the input conv, the final norm and the output conv, and "
+                        "shifts the output bias, for more or less detail, contrast, brightness and colour casts. "
+                        "Values around +-5 are safe. Lazy: nothing is copied.",
+            inputs=[io.Model.Input("model")] + [
+                io.Float.Input(name, default=0.0, min=lo, max=hi, step=0.1, tooltip=tip)
+                for name, lo, hi, tip in KNOBS],
+            outputs=[io.Model.Output(display_name="MODEL")],
+        )
+
+    @classmethod
+    def execute(cls, model, **knobs) -> io.NodeOutput:
+        with named_errors(cls.DISPLAY):
+            values = tuple(float(knobs.get(name, 0.0)) for name, *_ in KNOBS)
+            shapes, _ = base_layout(model, "model")
+            arch = architecture_of(shapes, "model")
+            adjust = Adjust(values)
+            out = model.clone()
+            add_adjust_patches(out, [(k, op) for k in shapes if (op := adjust.op(k, arch)) is not None])
+            return io.NodeOutput(out)
+
+
+NODES = [AdjustModel]
