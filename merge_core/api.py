@@ -11,6 +11,7 @@ from .block_weights import parse_block_weights
 from .calcmodes import get_calc_mode, resolve_modes
 from .adjust import parse_adjust
 from .elemental import parse_elemental
+from .selection import parse_selection
 from .engine import DictSink, FileSink, ProgressFn, StopFn, run_merge
 from .errors import MergeInputError
 from .methods import get_mode
@@ -24,7 +25,7 @@ def make_settings(arch: Architecture, mode: str, alpha: float = 0.5, beta: float
                   blocks_alpha: Optional[str] = None, blocks_beta: Optional[str] = None,
                   calcmode: str = "normal", gamma: float = 0.3, seed: int = 0,
                   tensor2_corrected: bool = False, elemental: str = "",
-                  elemental_full_key: bool = False, adjust: str = "") -> MergeSettings:
+                  elemental_full_key: bool = False, adjust: str = "", include_exclude: str = "") -> MergeSettings:
     """Parse user-facing settings (mode label, calc mode, block-weight and elemental text) for one architecture."""
     merge_mode, calc = resolve_modes(get_mode(mode), get_calc_mode(calcmode))
     return MergeSettings(
@@ -33,7 +34,7 @@ def make_settings(arch: Architecture, mode: str, alpha: float = 0.5, beta: float
         blocks_beta=parse_block_weights(blocks_beta, arch, "blocks_beta"),
         calc=calc, gamma=float(gamma), seed=int(seed), tensor2_corrected=bool(tensor2_corrected),
         elemental=parse_elemental(elemental, arch), elemental_full_key=bool(elemental_full_key),
-        adjust=parse_adjust(adjust),
+        adjust=parse_adjust(adjust), selection=parse_selection(include_exclude, arch),
     )
 
 
@@ -75,6 +76,7 @@ def recipe_metadata(plan: MergePlan, names: Mapping[str, str]) -> dict[str, str]
         "blocks_beta": s.blocks_beta.as_text() if (s.blocks_beta and s.beta_from_blocks) else None,
         "elemental": ",".join(r.text for r in s.elemental) or None,
         "adjust": s.adjust.text if s.adjust else None,
+        "include_exclude": s.selection.text if s.selection else None,
         "architecture": plan.arch.name,
         "models": dict(names),
     }

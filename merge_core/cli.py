@@ -14,7 +14,7 @@ from .methods import MODES
 MODE_CHOICES = [m.name for m in MODES.values()]
 # merge_core names inputs as the nodes do; on the command line they are options or positions
 OPTION_NAMES = {"blocks_alpha": "--blocks", "blocks_beta": "--blocks-beta", "dtype": "--dtype",
-                "calcmode": "--calc", "gamma": "--gamma", "block": "--block", "include": "--include", "elemental": "--elemental", "adjust": "--adjust", "alpha": "--alpha", "beta": "--beta",
+                "calcmode": "--calc", "gamma": "--gamma", "block": "--block", "include": "--include", "elemental": "--elemental", "adjust": "--adjust", "include_exclude": "--include/--exclude", "alpha": "--alpha", "beta": "--beta",
                 "model_a": "model A (1st file)", "model_b": "model B (2nd file)", "model_c": "model C (3rd file)"}
 
 
@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--adjust", default="",
                    help="Adjust after merging: 8 numbers IN,OUT,OUT2,CONT,BRI,COL1,COL2,COL3 (detail, contrast, "
                         "brightness, cyan/red, magenta/green, yellow/blue), e.g. '2,0,0,0,0,0,0,0'")
+    sel = m.add_mutually_exclusive_group()
+    sel.add_argument("--include", default="", metavar="TARGETS",
+                     help="merge only these: block ids/ranges, element substrings, VAE, Adjust (e.g. 'IN01-IN05 attn2')")
+    sel.add_argument("--exclude", default="", metavar="TARGETS",
+                     help="keep A for these: block ids/ranges, element substrings, VAE, Adjust (e.g. 'OUT03 VAE')")
     m.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES), default=None,
                    help="output dtype (default: model A's dtype; unmerged keys are then kept byte for byte)")
     m.add_argument("-o", "--output", required=True, help="output .safetensors path")
@@ -174,7 +179,9 @@ def main(argv=None) -> int:
                                overwrite=args.overwrite, progress=None if args.quiet else _progress(sys.stderr),
                                calcmode=args.calc, gamma=args.gamma, seed=args.seed,
                                tensor2_corrected=args.tensor2_corrected, elemental=args.elemental,
-                               elemental_full_key=args.elemental_full_key, adjust=args.adjust)
+                               elemental_full_key=args.elemental_full_key, adjust=args.adjust,
+                               include_exclude=(f"include: {args.include}" if args.include.strip() else
+                                                f"exclude: {args.exclude}" if args.exclude.strip() else ""))
         except MergeInputError as exc:
             exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
             print(f"error: {exc.describe('merge')}", file=sys.stderr)

@@ -14,6 +14,7 @@ from .block_weights import BlockWeights
 from .adjust import Adjust
 from .calcmodes import CalcMode, check_calc_parameters
 from .elemental import ElementalRule, elemental_alpha
+from .selection import Selection
 from .errors import MergeInputError
 from .methods import MergeMode
 
@@ -45,6 +46,7 @@ class MergeSettings:
     elemental: tuple[ElementalRule, ...] = ()
     elemental_full_key: bool = False  # SuperMerger's matching on the full key (prefix included)
     adjust: Optional[Adjust] = None
+    selection: Optional[Selection] = None  # include / exclude
 
     @property
     def beta_from_blocks(self) -> bool:
@@ -166,6 +168,9 @@ def build_plan(arch: Architecture, settings: MergeSettings,
                 "model_c", f"tensor '{key}' has shape {list(shapes_c[key])} "
                 f"but model B has {list(shapes_b[key])}.",
                 "use a model C with the same layout as model B.")
+        if settings.selection is not None and not settings.selection.merges(key, block, settings.elemental_full_key):
+            plan.keys.append(KeyPlan(key, KEEP_A, block, reason=f"{settings.selection.mode}d"))
+            continue
         alpha, beta = settings.ratios(block)
         rule = None
         if settings.elemental:

@@ -75,9 +75,14 @@ def settings_inputs() -> list:
                         tooltip="Adjust after merging (SuperMerger): 8 numbers IN, OUT, OUT2 (detail/noise, about "
                                 "-6..6), CONT (contrast), BRI (brightness), COL1 (cyan-/red+), COL2 (magenta-/green+), "
                                 "COL3 (yellow-/blue+), e.g. '2,0,0,0,0,0,0,0'. Empty or all 0: off."),
+        io.String.Input("include_exclude", default="",
+                        tooltip="Limit the merge: 'exclude: OUT03-OUT05 VAE attn2' keeps A for those, 'include: "
+                                "IN01 IN02 proj_in' merges only those. Targets: block ids and ranges, element "
+                                "substrings, VAE, Adjust (the six Adjust keys). Excluded keys also get no Adjust."),
         io.Boolean.Input("elemental_full_key", default=False,
-                         tooltip="Match element substrings against the full key, prefix included, as SuperMerger "
-                                 "does (then 'ff' matches every key through 'diffusion'). Off: prefix stripped."),
+                         tooltip="Match element substrings (elemental and include/exclude) against the full key, "
+                                 "prefix included, as SuperMerger does (then 'ff' matches every key through "
+                                 "'diffusion'). Off: prefix stripped."),
     ]
 
 

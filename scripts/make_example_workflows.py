@@ -82,9 +82,9 @@ def sampler_tail(g, model, model_slot, clip, clip_slot, vae, prefix, x=1100):
 
 def merge_widgets(mode, alpha, beta, preset_a="custom", blocks_a="", preset_b="custom", blocks_b="",
                   calcmode="normal", gamma=0.3, seed=0, tensor2_corrected=False, elemental="",
-                  adjust="", elemental_full_key=False):
+                  adjust="", include_exclude="", elemental_full_key=False):
     return [mode, alpha, beta, preset_a, blocks_a, preset_b, blocks_b, calcmode, gamma, seed, tensor2_corrected,
-            elemental, adjust, elemental_full_key]
+            elemental, adjust, include_exclude, elemental_full_key]
 
 
 def checkpoint_block_merge():
@@ -108,7 +108,7 @@ def add_difference_merge():
     blocks = "0.5,1,1,1,1,1,1,0.5,0.5,0.5,0.5,0.5,0.5,0.3,0.5,0.5,0.5,0.5,0.5,0.5,1,1,1,1,1,1"
     m = g.add("MergeSuite_ModelMerge", merge_widgets("Add difference", 1.0, 0.25, "custom", blocks,
                                                      elemental="OUT03-OUT05:attn2:0.5\nNOT M00:ff.net:0.8",
-                                                     adjust="1.5,0,0,0,0,0,0,0"),
+                                                     adjust="1.5,0,0,0,0,0,0,0", include_exclude="exclude: OUT11"),
               (400, 0), (400, 420))
     c = g.add("MergeSuite_CLIPMerge", merge_widgets("Add difference", 0.5, 0.25), (400, 360), (400, 300))
     for src, name in zip(loaders, "abc"):

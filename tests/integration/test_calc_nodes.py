@@ -150,3 +150,18 @@ def test_adjust_node_and_merge_input(layout, tiny):
     assert not a.patches
     with pytest.raises(MergeNodeError, match=r"input 'adjust': has 3 values"):
         node_merge(a, b, None, "normal", "Weight sum", 0.4, 0.0, "", adjust="1,2,3")
+
+
+def test_include_exclude_in_the_node(tiny):
+    a, b = tiny("model", "sdxl", 1), tiny("model", "sdxl", 2)
+    wa, wb = base_weights(a, "diffusion_model."), base_weights(b, "diffusion_model.")
+    text = "exclude: IN04-IN05 attn2 Adjust"
+    merged = node_merge(a, b, None, "normal", "Weight sum", 0.5, 0.0, "", include_exclude=text,
+                        adjust="2,2,2,0,0,0,0,0")
+    got = effective(merged, "diffusion_model.")
+    want = merge_state_dicts(wa, wb, alpha=0.5, include_exclude=text, adjust="2,2,2,0,0,0,0,0")
+    for key in got:
+        torch.testing.assert_close(got[key], want[key].float(), rtol=1e-5, atol=1e-6, msg=key)
+    assert torch.equal(got["diffusion_model.out.2.bias"], wa["diffusion_model.out.2.bias"])
+    with pytest.raises(MergeNodeError, match=r"input 'include_exclude': 'IN04' does not start with"):
+        node_merge(a, b, None, "normal", "Weight sum", 0.5, 0.0, "", include_exclude="IN04")

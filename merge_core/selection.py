@@ -1,0 +1,72 @@
+"""Include / Exclude (spec §7): which keys take part in the merge at all.
+
+A selection is a mode (include or exclude) and a list of targets: block ids and
+ranges (``OUT03-OUT05``), ``VAE``, ``Adjust`` (the six Adjust keys) and element
+substrings. The first matching test decides, in SuperMerger's order: block,
+Adjust key, element substring, VAE. With exclude, a hit keeps A (and gets no
+Adjust); with include, only hits are merged. Element strings are trimmed (quirk 30
+fixed) and, like elemental rules, match the key without its U-Net prefix unless
+full-key matching is asked for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .adjust import SCALED, SHIFTED
+from .architectures import Architecture, unet_relative
+from .elemental import _strip_prefix
+from .errors import MergeInputError
+
+MODES = ("include", "exclude")
+
+
+@dataclass(frozen=True)
+class Selection:
+    mode: str
+    blocks: frozenset
+    elements: tuple[str, ...]
+    vae: bool
+    adjust: bool
+    text: str
+
+    def merges(self, key: str, block: str, full_key: bool = False) -> bool:
+        hit = (block in self.blocks
+               or (self.adjust and unet_relative(key) in (*SCALED, SHIFTED))
+               or any(e in (key if full_key else _strip_prefix(key)) for e in self.elements)
+               or (self.vae and key.startswith(("first_stage_model.", "vae."))))
+        return hit if self.mode == "include" else not hit
+
+
+def parse_selection(text: Optional[str], arch: Architecture, input_name: str = "include_exclude",
+                    mode: Optional[str] = None) -> Optional[Selection]:
+    """``"include: IN01 M00 attn2"`` or ``"exclude: OUT03-OUT05, VAE"`` (targets separated by spaces or
+    commas); with ``mode`` given, the text is the target list alone. None when empty."""
+    if text is None or not text.strip():
+        return None
+    body = text.strip()
+    if mode is None:
+        head, sep, rest = body.partition(":")
+        if not sep or head.strip().lower() not in MODES:
+            raise MergeInputError(input_name, f"'{body[:40]}' does not start with 'include:' or 'exclude:'.",
+                                  "write e.g. 'exclude: OUT03-OUT05 VAE' or 'include: IN01 IN02 attn2'.")
+        mode, body = head.strip().lower(), rest
+    blocks, elements, vae, adjust = set(), [], False, False
+    for token in body.replace(",", " ").split():
+        ends = token.split("-")
+        if token == "VAE":
+            vae = True
+        elif token == "Adjust":
+            adjust = True
+        elif all(e in arch.blocks for e in ends) and len(ends) <= 2:
+            i, j = sorted(arch.blocks.index(e) for e in ends) if len(ends) == 2 else (arch.blocks.index(token),) * 2
+            blocks.update(arch.blocks[i:j + 1])
+        elif len(ends) == 2 and any(e in arch.blocks for e in ends):
+            bad = next(e for e in ends if e not in arch.blocks)
+            raise MergeInputError(input_name, f"range '{token}' has an unknown block id '{bad}' for {arch.label}.",
+                                  f"use ids such as {', '.join(arch.blocks[:3])}, ..., {arch.blocks[-1]}.")
+        else:
+            elements.append(token)
+    if not (blocks or elements or vae or adjust):
+        return None
+    return Selection(mode, frozenset(blocks), tuple(elements), vae, adjust, text.strip())
