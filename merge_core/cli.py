@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="merge only these: block ids/ranges, element substrings, VAE, Adjust (e.g. 'IN01-IN05 attn2')")
     sel.add_argument("--exclude", default="", metavar="TARGETS",
                      help="keep A for these: block ids/ranges, element substrings, VAE, Adjust (e.g. 'OUT03 VAE')")
+    m.add_argument("--report", choices=["blocks", "keys"], default=None,
+                   help="print what was applied: per block and per elemental rule, or also per key")
     m.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES), default=None,
                    help="output dtype (default: model A's dtype; unmerged keys are then kept byte for byte)")
     m.add_argument("-o", "--output", required=True, help="output .safetensors path")
@@ -189,6 +191,9 @@ def main(argv=None) -> int:
         except (FileExistsError, FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        if args.report:
+            from .report import applied_report
+            print(applied_report(plan, per_key=args.report == "keys"))
         if not args.quiet:
             print(f"wrote {args.output}: {plan.count('merge')} keys merged, {plan.count('keep_a')} kept from A, "
                   f"{plan.count('from_b')} copied from B ({plan.arch.label}, {time.perf_counter() - start:.1f} s)",

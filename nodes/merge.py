@@ -17,6 +17,7 @@ from ..merge_core.errors import MergeInputError
 from ..merge_core.methods import MODE_LABELS, get_mode
 from ..merge_core.plan import MERGE, MergeSettings, build_plan
 from ..merge_core.presets import preset_names
+from ..merge_core.report import applied_report
 from .comfy_models import (apply_plan, architecture_of, base_layout, check_same_architecture, effective_weight,
                            key_patches, make_calc_adapter, shapes_of)
 from .errors import named_errors
@@ -34,6 +35,8 @@ BLOCKS_TIP = ("Per-block {what}: 26 comma-separated values for SD1/SD2 (BASE, IN
               "20 for SDXL (BASE, IN00-IN08, M00, OUT00-OUT08; a 26-value list is converted), or a preset name. "
               "Empty: the scalar {scalar} applies everywhere. BASE is the text encoder's ratio. "
               "Overrides the scalar {scalar}.")
+REPORT_TIP = ("What was applied: per block the ratios and how many keys were merged or kept, and per "
+              "elemental rule how many keys it set. Connect to 'Preview as Text'.")
 CALC_TIP = ("How each tensor is combined. normal: the mode's formula. Weight sum only: cosineA, cosineB "
             "(similarity-weighted blend, alpha shifts toward B), tensor, tensor2 (swap slices: B fills a fraction "
             "alpha from offset beta), self (A*alpha), plus random (A + alpha*noise). Add difference only: "
@@ -155,8 +158,8 @@ def prepare_calc(plan, a, kind: str, patches: dict, dtypes_a: dict) -> dict:
     return prepared
 
 
-def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict) -> Any:
-    """Merge two or three MODELs (kind "model") or CLIPs (kind "clip"); returns a patched clone of A."""
+def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict):
+    """Merge two or three MODELs (kind "model") or CLIPs (kind "clip"); returns (patched clone of A, plan)."""
     mode, calc = resolve_modes(get_mode(params["mode"]), get_calc_mode(params.get("calcmode", "normal")))
     needs_c = mode.needs_c or (calc is not None and calc.needs_c)
     if needs_c and c is None:
@@ -177,8 +180,8 @@ def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict) -> 
             exc = MergeInputError(kind + exc.input_name[5:], exc.problem, exc.fix)
         raise exc from None
     if settings.calc is None:
-        return apply_plan(a, plan, patches)
-    return apply_plan(a, plan, patches, prepare_calc(plan, a, kind, patches, dtypes_a))
+        return apply_plan(a, plan, patches), plan
+    return apply_plan(a, plan, patches, prepare_calc(plan, a, kind, patches, dtypes_a)), plan
 
 
 class _PairMerge(io.ComfyNode):
@@ -196,7 +199,8 @@ class _PairMerge(io.ComfyNode):
             node_id=cls.NODE_ID, display_name=cls.DISPLAY, category=CATEGORY, description=cls.DESCRIPTION,
             inputs=[cls.IO.Input(f"{k}_a", tooltip=cls.TIPS["a"]), cls.IO.Input(f"{k}_b", tooltip=cls.TIPS["b"]),
                     *settings_inputs(), cls.IO.Input(f"{k}_c", optional=True, tooltip=cls.TIPS["c"])],
-            outputs=[cls.IO.Output(display_name=k.upper())],
+            outputs=[cls.IO.Output(display_name=k.upper()),
+                     io.String.Output(display_name="report", tooltip=REPORT_TIP)],
         )
 
     @classmethod
@@ -204,7 +208,8 @@ class _PairMerge(io.ComfyNode):
         k = cls.KIND
         a, b, c = inputs.pop(f"{k}_a"), inputs.pop(f"{k}_b"), inputs.pop(f"{k}_c", None)
         with named_errors(cls.DISPLAY):
-            return io.NodeOutput(merge_objects(k, a, b, c, inputs))
+            merged, plan = merge_objects(k, a, b, c, inputs)
+            return io.NodeOutput(merged, applied_report(plan))
 
 
 class ModelMerge(_PairMerge):
@@ -239,14 +244,17 @@ class CheckpointMerge(io.ComfyNode):
                     *settings_inputs(),
                     io.Model.Input("model_c", optional=True, tooltip="Required by Add difference, Triple sum, sum Twice."),
                     io.Clip.Input("clip_c", optional=True, tooltip="Required by Add difference, Triple sum, sum Twice.")],
-            outputs=[io.Model.Output(display_name="MODEL"), io.Clip.Output(display_name="CLIP")],
+            outputs=[io.Model.Output(display_name="MODEL"), io.Clip.Output(display_name="CLIP"),
+                     io.String.Output(display_name="report", tooltip=REPORT_TIP)],
         )
 
     @classmethod
     def execute(cls, model_a, clip_a, model_b, clip_b, model_c=None, clip_c=None, **params) -> io.NodeOutput:
         with named_errors(cls.DISPLAY):
-            return io.NodeOutput(merge_objects("model", model_a, model_b, model_c, params),
-                                 merge_objects("clip", clip_a, clip_b, clip_c, params))
+            model, model_plan = merge_objects("model", model_a, model_b, model_c, params)
+            clip, clip_plan = merge_objects("clip", clip_a, clip_b, clip_c, params)
+            report = applied_report(model_plan) + "\n\ntext encoder:\n" + applied_report(clip_plan)
+            return io.NodeOutput(model, clip, report)
 
 
 NODES = [ModelMerge, CLIPMerge, CheckpointMerge]

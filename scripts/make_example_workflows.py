@@ -12,9 +12,9 @@ OUT = Path(__file__).resolve().parents[1] / "example_workflows"
 
 OUTPUTS = {
     "CheckpointLoaderSimple": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-    "MergeSuite_ModelMerge": [("MODEL", "MODEL")],
-    "MergeSuite_CLIPMerge": [("CLIP", "CLIP")],
-    "MergeSuite_CheckpointMerge": [("MODEL", "MODEL"), ("CLIP", "CLIP")],
+    "MergeSuite_ModelMerge": [("MODEL", "MODEL"), ("report", "STRING")],
+    "MergeSuite_CLIPMerge": [("CLIP", "CLIP"), ("report", "STRING")],
+    "MergeSuite_CheckpointMerge": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("report", "STRING")],
     "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
     "EmptyLatentImage": [("LATENT", "LATENT")],
     "KSampler": [("LATENT", "LATENT")],
@@ -115,6 +115,8 @@ def add_difference_merge():
         g.link(src, 0, m, f"model_{name}")
         g.link(src, 1, c, f"clip_{name}")
     sampler_tail(g, m, 0, c, 0, loaders[0], "merge_suite/add_difference")
+    shown = g.add("PreviewAny", [], (400, 780), (600, 300), "What was applied")
+    g.link(m, 1, shown, "source")
     return g
 
 

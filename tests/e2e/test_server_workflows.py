@@ -54,6 +54,8 @@ def test_example_workflow_runs(path, server):
             assert im.size == ((64, 64) if sampled else (1024, 512))  # samples, or analysis charts
             assert len(set(im.convert("L").tobytes())) > 1, "a blank image means NaNs or a dead model"
     texts = [t for out in entry["outputs"].values() for t in out.get("text", [])]
+    if path.stem == "merge_add_difference":  # the applied-ratio report of the merge node
+        assert any("by elemental" in t and "OUT04" in t for t in texts), texts
     if any(n["type"] == "MergeSuite_ModelSimilarity" for n in workflow["nodes"]):
         assert any("similarity %" in t and "OUT11" in t for t in texts), texts
     assert "invalid value encountered" not in server.log_tail(200)

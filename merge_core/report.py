@@ -1,0 +1,47 @@
+"""The applied-ratio report: what a merge actually did, per block, per elemental rule and per key.
+
+Built from the plan alone (no tensor is read), so it is exact and free; SuperMerger's
+"print change" as a table users can read on a node or in a terminal.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from .analysis import format_table
+from .plan import FROM_B, KEEP_A, MERGE, MergePlan
+
+
+def applied_report(plan: MergePlan, per_key: bool = False) -> str:
+    s = plan.settings
+    calc = s.calc.name if s.calc is not None else "normal"
+    lines = [f"{plan.arch.label} - {s.mode.label}, calcmode {calc}: {plan.count(MERGE)} keys merged, "
+             f"{plan.count(KEEP_A)} kept from A, {plan.count(FROM_B)} copied from B"]
+    rows = []
+    for block in plan.arch.blocks:
+        keys = [k for k in plan.keys if k.block == block]
+        if not keys:
+            continue
+        alpha, beta = s.ratios(block)
+        merged = [k for k in keys if k.action == MERGE]
+        rows.append([block, alpha, beta if (s.beta_from_blocks or s.mode.uses_beta) else "-", len(merged),
+                     len(keys) - len(merged), sum(1 for k in merged if k.rule is not None)])
+    lines += ["", format_table(rows, ["block", "alpha", "beta", "merged", "kept", "by elemental"])]
+    if s.elemental:
+        hits = Counter(k.rule.position for k in plan.keys if k.rule is not None)
+        erows = [[r.position, r.text, r.ratio, hits.get(r.position, 0)] for r in s.elemental]
+        lines += ["", format_table(erows, ["rule", "elemental", "alpha", "keys hit (last match)"])]
+        unused = [r.text for r in s.elemental if not hits.get(r.position)]
+        if unused:
+            lines.append(f"note: {len(unused)} rule(s) matched no key, e.g. '{unused[0]}'")
+    reasons = Counter(k.reason for k in plan.keys if k.action == KEEP_A and k.reason)
+    if reasons:
+        lines += ["", "kept from A: " + ", ".join(f"{n} {why}" for why, n in reasons.most_common())]
+    adjusted = [k.key for k in plan.keys if k.adjust is not None]
+    if adjusted:
+        lines.append(f"adjusted: {len(adjusted)} keys")
+    if per_key:
+        krows = [[k.key, k.block, k.action, k.alpha if k.action == MERGE else "-",
+                  k.beta if k.action == MERGE else "-", k.rule.position if k.rule else "", k.reason]
+                 for k in plan.keys]
+        lines += ["", format_table(krows, ["key", "block", "action", "alpha", "beta", "rule", "note"])]
+    return "\n".join(lines)
