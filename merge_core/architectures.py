@@ -126,11 +126,6 @@ def detect(keys: Iterable[str]) -> Optional[Architecture]:
     return None
 
 
-def same_block_map(a: Architecture, b: Architecture) -> bool:
-    """SD1 and SD2 share one layout; merging them is refused by shapes, not here."""
-    return a.blocks == b.blocks
-
-
 def require_compatible(arch_a: Optional[Architecture], arch_b: Optional[Architecture],
                        input_name: str) -> None:
     if arch_a is None or arch_b is None:

@@ -40,12 +40,7 @@ class BlockWeights:
         return self.values[self.blocks.index(block)]
 
     def as_text(self) -> str:
-        return ",".join(_fmt(v) for v in self.values)
-
-
-def _fmt(v: float) -> str:
-    text = f"{v:.10g}"
-    return text
+        return ",".join(f"{v:.10g}" for v in self.values)
 
 
 def _parse_numbers(text: str, input_name: str) -> list[float]:

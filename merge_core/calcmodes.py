@@ -82,11 +82,6 @@ def cosine_similarities(a: Tensor, b: Tensor, variant: str) -> tuple[Tensor, Ten
     return (cos0 if variant == "cosineA" else combined), combined
 
 
-def cosine_stage0_values(a: Tensor, b: Tensor, variant: str) -> Tensor:
-    """Stage-0 similarity values of one key, flattened, float64."""
-    return cosine_similarities(a, b, variant)[0].detach().reshape(-1).to(torch.float64)
-
-
 def cosine_stats(values: Tensor) -> tuple[float, float]:
     """Min and max after dropping NaNs and values outside the 1st..99th percentile.
 
