@@ -1,0 +1,310 @@
+"""Save Checkpoint, streamed: one key's effective weight at a time, straight to disk.
+
+ComfyUI's CheckpointSave patches the whole model, then builds the complete
+state dict before writing; merging and saving two SDXL checkpoints that way
+needs a second full copy in RAM. Here each key's weight is computed from its
+patch list (the merge is still lazy), cast to the chosen precision, written and
+freed. Key names come from ComfyUI's own model-config functions
+(process_*_state_dict_for_saving), run first on shape-only "meta" tensors to
+lay out the header: most keys map one to one, and the few that are built from
+several (SD2/SDXL text-encoder q/k/v -> in_proj) are produced one layer group
+at a time. The file is written to a temporary name and renamed at the end.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from comfy_api.latest import io
+
+from ..merge_core import recipe as core_recipe
+from ..merge_core.errors import MergeInputError
+from ..merge_core.filehash import file_sha256
+from ..merge_core.safetensors_io import SafetensorsWriter
+from .comfy_models import UNET_PREFIX, effective_weight
+from .errors import named_errors
+from .merge import CATEGORY
+from .recipe_tags import get_recipe
+
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
+              "fp8_e4m3fn": torch.float8_e4m3fn, "as loaded": None}
+PRUNE_KEEP = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
+SAMPLING_MARKERS = ("v_pred", "ztsnr", "edm_vpred.")
+
+Getter = Callable[[], torch.Tensor]
+
+
+def _group_of(key: str) -> str:
+    """Keys up to their last numeric component share a group (one layer)."""
+    parts = key.split(".")
+    last = max((i for i, p in enumerate(parts) if p.isdigit()), default=None)
+    return key if last is None else ".".join(parts[:last + 1])
+
+
+class Part:
+    """One component (U-Net, text encoder, VAE): its input keys and ComfyUI's renaming function."""
+
+    def __init__(self, name: str, items: "OrderedDict[str, tuple[tuple, torch.dtype, Getter]]",
+                 process: Callable[[dict], dict], dtype: Optional[torch.dtype]):
+        self.name, self.items, self.process, self.dtype = name, items, process, dtype
+        self.groups = self._layout()
+
+    def _meta(self, keys) -> dict:
+        return {k: torch.empty(self.items[k][0], dtype=self.items[k][1], device="meta") for k in keys}
+
+    def _layout(self) -> list[tuple[list[str], list[tuple[str, Optional[str], torch.Tensor]]]]:
+        """[(input keys, [(output key, input key or None if derived, meta tensor)])], in write order."""
+        full = self.process(self._meta(self.items))
+        grouped: "OrderedDict[str, list[str]]" = OrderedDict()
+        for key in self.items:
+            grouped.setdefault(_group_of(key), []).append(key)
+        groups, seen = [], set()
+        for keys in grouped.values():
+            metas = self._meta(keys)
+            origin = {id(v): k for k, v in metas.items()}
+            entries = []
+            for out_key, value in self.process(dict(metas)).items():
+                if out_key not in seen:
+                    seen.add(out_key)
+                    entries.append((out_key, origin.get(id(value)), value))
+            groups.append((keys, entries))
+        same = seen == set(full) and all(tuple(full[k].shape) == tuple(v.shape)
+                                         for _, entries in groups for k, _, v in entries)
+        if not same:  # renaming is not local to a layer: build this component whole (not seen for SD/SDXL)
+            logging.warning("merge_suite save: %s keys are converted as a whole (more memory)", self.name)
+            metas = self._meta(self.items)
+            origin = {id(v): k for k, v in metas.items()}
+            groups = [(list(self.items), [(k, origin.get(id(v)), v) for k, v in self.process(metas).items()])]
+        return groups
+
+    def out_dtype(self, value: torch.Tensor) -> torch.dtype:
+        return self.dtype if (self.dtype is not None and value.dtype.is_floating_point) else value.dtype
+
+    def layout(self):
+        for _, entries in self.groups:
+            for out_key, _, value in entries:
+                yield out_key, self.out_dtype(value), tuple(value.shape)
+
+    def tensors(self):
+        """(output key, tensor at the output dtype), one at a time (one layer at a time for derived keys)."""
+        for keys, entries in self.groups:
+            if all(src is not None for _, src, _ in entries):
+                for out_key, src, value in entries:
+                    yield out_key, self.items[src][2]().to(self.out_dtype(value))
+                continue
+            built = self.process({k: self.items[k][2]() for k in keys})
+            for out_key, _, value in entries:
+                yield out_key, built[out_key].to(self.out_dtype(value))
+            del built
+
+
+def _floating(dtype: torch.dtype, fallback: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else fallback
+
+
+def checkpoint_parts(model: Any, clip: Any, vae: Any, precision: str) -> list[Part]:
+    """The U-Net, text encoder and VAE of a checkpoint as streamable parts, with ComfyUI's save names."""
+    target = PRECISIONS[precision]
+    config = model.model.model_config
+    side = torch.float16 if target == torch.float8_e4m3fn else target  # fp8: U-Net only
+    parts = []
+
+    def from_patches(patches: dict, strip: str = "") -> "OrderedDict":
+        items = OrderedDict()
+        for key, plist in patches.items():
+            base = plist[0][0]
+            dtype = _floating(base.dtype, torch.float16) if base.dtype.is_floating_point else base.dtype
+            items[key[len(strip):]] = (tuple(base.shape), dtype, (lambda p=plist: effective_weight(p)))
+        return items
+
+    unet = from_patches(model.get_key_patches(UNET_PREFIX), UNET_PREFIX)
+    parts.append(Part("U-Net", unet, config.process_unet_state_dict_for_saving, target))
+    if clip is not None:
+        items = from_patches(clip.get_key_patches())
+        for key, tensor in clip.tokenizer.state_dict().items():
+            items[key] = (tuple(tensor.shape), tensor.dtype, (lambda t=tensor: t))
+        parts.append(Part("text encoder", items, config.process_clip_state_dict_for_saving, side))
+    if vae is not None:
+        items = OrderedDict((k, (tuple(t.shape), t.dtype, (lambda t=t: t))) for k, t in vae.get_sd().items())
+        parts.append(Part("VAE", items, config.process_vae_state_dict_for_saving, side))
+    return parts
+
+
+def sampling_metadata(model: Any) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """modelspec entries and marker keys (v_pred, ztsnr, edm_vpred.*) as ComfyUI's CheckpointSave writes them."""
+    import comfy.model_base
+    import comfy.model_sampling
+    meta, extra = {}, {}
+    base = model.model
+    arch = None
+    if isinstance(base, comfy.model_base.SDXL):
+        arch = ("stable-diffusion-xl-v1-edit" if isinstance(base, comfy.model_base.SDXL_instructpix2pix)
+                else "stable-diffusion-xl-v1-base")
+    elif isinstance(base, comfy.model_base.SDXLRefiner):
+        arch = "stable-diffusion-xl-v1-refiner"
+    elif isinstance(base, comfy.model_base.SVD_img2vid):
+        arch = "stable-video-diffusion-img2vid-v1"
+    elif isinstance(base, comfy.model_base.SD3):
+        arch = "stable-diffusion-v3-medium"
+    if arch:
+        meta.update({"modelspec.architecture": arch, "modelspec.sai_model_spec": "1.0.0",
+                     "modelspec.implementation": "sgm"})
+    sampling = model.get_model_object("model_sampling")
+    if isinstance(sampling, comfy.model_sampling.ModelSamplingContinuousEDM) and \
+            isinstance(sampling, comfy.model_sampling.V_PREDICTION):
+        extra["edm_vpred.sigma_max"] = torch.tensor(sampling.sigma_max).float()
+        extra["edm_vpred.sigma_min"] = torch.tensor(sampling.sigma_min).float()
+    if base.model_type == comfy.model_base.ModelType.EPS:
+        meta["modelspec.predict_key"] = "epsilon"
+    elif base.model_type == comfy.model_base.ModelType.V_PREDICTION:
+        meta["modelspec.predict_key"] = "v"
+        extra["v_pred"] = torch.tensor([])
+        if getattr(sampling, "zsnr", False):
+            extra["ztsnr"] = torch.tensor([])
+    return meta, extra
+
+
+def _with_hashes(tree: Optional[dict], hash_file: Callable[[str], str]) -> Optional[dict]:
+    if not tree:
+        return tree
+    if "file" in tree:
+        return dict(tree, sha256=tree.get("sha256") or hash_file(tree["file"]))
+    return {k: (_with_hashes(v, hash_file) if k in ("a", "b", "c") else v) for k, v in tree.items()}
+
+
+def checkpoint_hash(name: str) -> str:
+    """sha256 of a file in ComfyUI's checkpoints folders ('' when it cannot be found)."""
+    import folder_paths
+    path = folder_paths.get_full_path("checkpoints", name)
+    if not path:
+        return ""
+    return file_sha256(path, Path(folder_paths.get_user_directory()) / "merge_suite" / "sha256_cache.json")
+
+
+def save_streaming(path: Path, parts: list[Part], extra: dict[str, torch.Tensor], metadata: dict[str, str],
+                   prune: bool, progress: Optional[Callable[[int, int], None]] = None) -> Path:
+    """Write every part key by key into ``path`` (atomic: a temporary file renamed at the end)."""
+    def kept(key: str) -> bool:
+        return not prune or key.startswith(PRUNE_KEEP) or key.startswith(SAMPLING_MARKERS)
+    layout = [(k, d, s) for part in parts for k, d, s in part.layout() if kept(k)]
+    layout += [(k, t.dtype, tuple(t.shape)) for k, t in extra.items()]
+    total = len(layout)
+    writer = SafetensorsWriter(path, layout, metadata)
+    try:
+        done = 0
+        for part in parts:
+            for key, tensor in part.tensors():
+                if kept(key):
+                    writer.write(key, tensor)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                del tensor
+        for key, tensor in extra.items():
+            writer.write(key, tensor)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def output_path(filename_prefix: str) -> Path:
+    """Next free '<prefix>_00001.safetensors' in the first checkpoints folder (never an existing file)."""
+    import folder_paths
+    root = folder_paths.get_folder_paths("checkpoints")[0]
+    prefix = (filename_prefix or "").strip()
+    if not prefix:
+        raise MergeInputError("filename_prefix", "is empty.", "give a name such as 'merge_suite/my_merge'.")
+    target = os.path.abspath(os.path.join(root, os.path.normpath(prefix)))
+    if os.path.isabs(prefix) or os.path.commonpath((os.path.abspath(root), target)) != os.path.abspath(root):
+        raise MergeInputError("filename_prefix", f"'{prefix}' points outside the checkpoints folder {root}.",
+                              "use a relative name without '..', e.g. 'merge_suite/my_merge'.")
+    try:
+        folder, name, counter, _sub, _ = folder_paths.get_save_image_path(prefix, root)
+    except OSError as exc:
+        raise MergeInputError("filename_prefix", f"cannot use folder '{os.path.dirname(target)}': "
+                              f"{exc.strerror or exc}.", "choose a folder you can write to.") from None
+    while True:
+        candidate = Path(folder) / f"{name}_{counter:05}_.safetensors"
+        if not candidate.exists():
+            return candidate
+        counter += 1
+
+
+class SaveCheckpoint(io.ComfyNode):
+    DISPLAY = "Save Checkpoint (streamed, with recipe)"
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="MergeSuite_SaveCheckpoint", display_name=cls.DISPLAY, category=CATEGORY,
+            description="Save MODEL + CLIP + VAE as a .safetensors checkpoint in the checkpoints folder, "
+                        "computing and writing one weight at a time (no second full copy in memory), at the "
+                        "chosen precision, atomically, with the merge recipe in the metadata.",
+            inputs=[
+                io.Model.Input("model", tooltip="The (merged) model to save. Its recipe travels with it."),
+                io.Clip.Input("clip", tooltip="The text encoder to save."),
+                io.Vae.Input("vae", tooltip="The VAE baked into the file: connect a Load VAE node to bake another "
+                                            "VAE than model A's."),
+                io.String.Input("filename_prefix", default="merge_suite/merged",
+                                tooltip="Name inside ComfyUI's checkpoints folder; '_00001_.safetensors' and up is "
+                                        "appended, so no file is ever overwritten. Subfolders allowed."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="fp16",
+                               tooltip="fp16 (half the size of fp32), bf16, fp32, or fp8_e4m3fn (U-Net in fp8, "
+                                       "text encoder and VAE in fp16). 'as loaded' keeps each tensor's dtype."),
+                io.Boolean.Input("prune", default=False,
+                                 tooltip="Keep only U-Net, text-encoder and VAE keys (SuperMerger's prune); "
+                                         "sampling markers such as v_pred are kept."),
+                io.Boolean.Input("save_workflow", default=True,
+                                 tooltip="Also store the prompt and workflow, as ComfyUI's CheckpointSave does "
+                                         "(never when ComfyUI runs with --disable-metadata)."),
+                io.Boolean.Input("hash_inputs", default=True,
+                                 tooltip="Record the sha256 of each input checkpoint (SuperMerger's "
+                                         "sd_merge_models), so Load Recipe can find them; hashing a large file "
+                                         "takes a while the first time (cached)."),
+            ],
+            outputs=[io.String.Output(display_name="path", tooltip="The file written.")],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, filename_prefix="merge_suite/merged", precision="fp16", prune=False,
+                save_workflow=True, hash_inputs=True) -> io.NodeOutput:
+        from comfy.cli_args import args
+
+        from .merge import _progress
+        with named_errors(cls.DISPLAY):
+            if precision not in PRECISIONS:
+                raise MergeInputError("precision", f"unknown precision '{precision}'.",
+                                      f"choose one of {', '.join(PRECISIONS)}.")
+            path = output_path(filename_prefix)
+            meta, extra = sampling_metadata(model)
+            meta = {"format": "pt", **meta, "modelspec.title": path.stem} if "modelspec.architecture" in meta \
+                else {"format": "pt", **meta}
+            hash_file = checkpoint_hash if hash_inputs else (lambda name: "")
+            trees = {k: _with_hashes(get_recipe(o, k), hash_file) for k, o in (("model", model), ("clip", clip))}
+            meta.update(core_recipe.file_metadata(trees["model"], trees["clip"]))
+            hidden = getattr(cls, "hidden", None)
+            if save_workflow and not args.disable_metadata and hidden is not None:
+                if hidden.prompt is not None:
+                    meta["prompt"] = json.dumps(hidden.prompt)
+                for key, value in (hidden.extra_pnginfo or {}).items():
+                    meta[key] = json.dumps(value)
+            parts = checkpoint_parts(model, clip, vae, precision)
+            total = sum(1 for p in parts for _ in p.layout())
+            try:
+                written = save_streaming(path, parts, extra, meta, prune, _progress(total))
+            except OSError as exc:
+                raise MergeInputError("filename_prefix", f"cannot write '{path}': {exc.strerror or exc}.",
+                                      "choose a folder you can write to, or free disk space.") from None
+            logging.info("merge_suite: saved %s", written)
+            return io.NodeOutput(str(written))
+
+
+NODES = [SaveCheckpoint]

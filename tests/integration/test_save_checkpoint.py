@@ -1,0 +1,165 @@
+"""Streaming Save Checkpoint on real ComfyUI objects: reload with CheckpointLoaderSimple, precision,
+recipe metadata, atomic write, bad input."""
+import json
+
+import pytest
+import torch
+
+import comfy.lora  # noqa: F401  (ComfyUI imported through conftest)
+import folder_paths
+import nodes as comfy_nodes
+
+from merge_suite.merge_core import recipe as core_recipe
+from merge_suite.merge_core.safetensors_io import SafetensorsReader
+from merge_suite.nodes import save as save_mod
+from merge_suite.nodes.errors import MergeNodeError
+from merge_suite.nodes.merge import CheckpointMerge
+from merge_suite.nodes.save import SaveCheckpoint
+
+
+def effective(obj, prefix=None):
+    patches = obj.get_key_patches(prefix) if prefix else obj.get_key_patches()
+    out = {}
+    for key, kp in patches.items():
+        base, convert = kp[0]
+        out[key] = comfy.lora.calculate_weight(kp[1:], convert(base.float().clone()), key)
+    return out
+
+
+@pytest.fixture()
+def ckpt_dir(tmp_path, monkeypatch):
+    import tiny_models
+    tiny_models.register()
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "checkpoints",
+                        ([str(folder)], folder_paths.supported_pt_extensions))
+    for name, seed in (("tiny_sd1_a.safetensors", 1), ("tiny_sd1_b.safetensors", 2)):
+        tiny_models.save_checkpoint(folder / name, "sd1", seed)
+    return folder
+
+
+def load(name):
+    return comfy_nodes.CheckpointLoaderSimple().load_checkpoint(name)[:3]
+
+
+class Hidden:
+    def __init__(self, **kw):
+        self.prompt, self.extra_pnginfo, self.unique_id = kw.get("prompt"), kw.get("extra_pnginfo"), kw.get("uid")
+
+
+def merged_pair(monkeypatch):
+    (ma, ca, vae), (mb, cb, _) = load("tiny_sd1_a.safetensors"), load("tiny_sd1_b.safetensors")
+    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd1_a.safetensors"}},
+              "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny_sd1_b.safetensors"}},
+              "3": {"class_type": "MergeSuite_CheckpointMerge",
+                    "inputs": {"model_a": ["1", 0], "clip_a": ["1", 1], "model_b": ["2", 0], "clip_b": ["2", 1]}}}
+    monkeypatch.setattr(CheckpointMerge, "hidden", Hidden(prompt=prompt, uid="3"), raising=False)
+    model, clip, _report, recipe = CheckpointMerge.execute(
+        model_a=ma, clip_a=ca, model_b=mb, clip_b=cb, mode="Weight sum", alpha=0.3, beta=0.0,
+        blocks_alpha_preset="GRAD_V").result
+    return model, clip, vae, recipe
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32", "bf16", "fp8_e4m3fn"])
+def test_saved_file_reloads_with_the_merged_weights(precision, ckpt_dir, monkeypatch):
+    model, clip, vae, recipe = merged_pair(monkeypatch)
+    assert recipe.startswith("Weight sum(tiny_sd1_a, tiny_sd1_b)") and "blocks_alpha=GRAD_V" in recipe
+    monkeypatch.setattr(SaveCheckpoint, "hidden", Hidden(prompt={"p": 1}, extra_pnginfo={"workflow": {"w": 2}}),
+                        raising=False)
+    path = SaveCheckpoint.execute(model, clip, vae, filename_prefix="out/merged", precision=precision).result[0]
+    assert path.endswith("merged_00001_.safetensors") and (ckpt_dir / "out").is_dir()
+    dtype = save_mod.PRECISIONS[precision]
+    with SafetensorsReader(path) as r:
+        unet_dtypes = {r.tensors[k].dtype for k in r.keys() if k.startswith("model.diffusion_model.")}
+        assert unet_dtypes == {dtype}
+        meta = r.metadata
+    assert json.loads(meta["prompt"]) == {"p": 1} and json.loads(meta["workflow"]) == {"w": 2}
+    sm = json.loads(meta["sd_merge_recipe"])
+    assert sm["type"] == "sd-webui-supermerger" and sm["mbw"] is True and len(sm["weights_alpha"]) == 25
+    models = json.loads(meta["sd_merge_models"])
+    assert sm["model_a"] in models and models[sm["model_b"]]["name"] == "tiny_sd1_b.safetensors"
+    import hashlib
+    assert sm["model_a"] == hashlib.sha256((ckpt_dir / "tiny_sd1_a.safetensors").read_bytes()).hexdigest()
+
+    rmodel, rclip, rvae = load("out/" + path.rsplit("/", 1)[-1])
+    want, got = effective(model, "diffusion_model."), effective(rmodel, "diffusion_model.")
+    assert set(want) == set(got)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key].to(dtype).float(), rtol=0, atol=0, msg=key)
+    want_c, got_c = effective(clip), effective(rclip)
+    side = torch.float16 if dtype == torch.float8_e4m3fn else dtype
+    for key in want_c:
+        if key.endswith(("position_ids", "logit_scale", "text_projection.weight")):
+            continue
+        torch.testing.assert_close(got_c[key], want_c[key].to(side).float(), rtol=0, atol=0, msg=key)
+    for key, value in vae.get_sd().items():
+        torch.testing.assert_close(rvae.get_sd()[key].float(), value.to(side).float(), rtol=0, atol=0)
+
+
+def test_save_never_overwrites_and_prunes_nothing_needed(ckpt_dir, monkeypatch):
+    model, clip, vae, _ = merged_pair(monkeypatch)
+    first = SaveCheckpoint.execute(model, clip, vae, filename_prefix="m", precision="fp16").result[0]
+    second = SaveCheckpoint.execute(model, clip, vae, filename_prefix="m", precision="fp16", prune=True).result[0]
+    assert first != second and first.endswith("m_00001_.safetensors") and second.endswith("m_00002_.safetensors")
+    with SafetensorsReader(first) as a, SafetensorsReader(second) as b:
+        assert set(b.keys()) <= set(a.keys())
+        assert all(k.startswith(save_mod.PRUNE_KEEP) for k in b.keys())
+
+
+def test_interrupted_save_leaves_no_file(ckpt_dir, monkeypatch):
+    import comfy.model_management
+    model, clip, vae, _ = merged_pair(monkeypatch)
+    calls = {"n": 0}
+
+    def interrupt():
+        calls["n"] += 1
+        if calls["n"] == 50:
+            raise comfy.model_management.InterruptProcessingException()
+    monkeypatch.setattr(comfy.model_management, "throw_exception_if_processing_interrupted", interrupt)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        SaveCheckpoint.execute(model, clip, vae, filename_prefix="partial/x", precision="fp16")
+    assert calls["n"] == 50
+    assert list((ckpt_dir / "partial").iterdir()) == [], "no partial or temporary file is left"
+
+
+@pytest.mark.parametrize("prefix,match", [
+    ("../escape", r"input 'filename_prefix': '../escape' points outside the checkpoints folder"),
+    ("  ", r"input 'filename_prefix': is empty"),
+    ("locked/x", r"input 'filename_prefix': cannot (use folder|write)"),
+])
+def test_bad_output_path_names_the_input(prefix, match, ckpt_dir, monkeypatch):
+    model, clip, vae, _ = merged_pair(monkeypatch)
+    if prefix.startswith("locked"):
+        (ckpt_dir / "locked").write_text("a file where a folder is needed (chmod does not stop root)")
+    with pytest.raises(MergeNodeError, match=match) as info:
+        SaveCheckpoint.execute(model, clip, vae, filename_prefix=prefix, precision="fp16")
+    assert "Save Checkpoint (streamed, with recipe)" in str(info.value) and "Fix:" in str(info.value)
+
+
+def test_sdxl_text_encoder_groups_match_comfyui_whole_conversion(tiny):
+    """SDXL's CLIP-G q/k/v are fused per layer; the per-layer conversion equals ComfyUI's whole-dict one."""
+    import tiny_models
+    model, clip = tiny("model", "sdxl", 5), tiny("clip", "sdxl", 5)
+    parts = save_mod.checkpoint_parts(model, clip, tiny_models.build_vae(0), "fp32")
+    te = parts[1]
+    assert any(src is None for _, entries in te.groups for _, src, _ in entries), "fused keys exist"
+    whole = model.model.model_config.process_clip_state_dict_for_saving(
+        {k: effective_weight_of(clip, k) for k in clip.get_key_patches()})
+    streamed = dict(te.tensors())
+    assert set(streamed) == set(whole)
+    for key, value in whole.items():
+        torch.testing.assert_close(streamed[key], value.to(streamed[key].dtype), msg=key)
+
+
+def effective_weight_of(clip, key):
+    from merge_suite.nodes.comfy_models import effective_weight
+    return effective_weight(clip.get_key_patches()[key])
+
+
+def test_recipe_metadata_round_trips():
+    leaf_a, leaf_b = core_recipe.leaf("a.safetensors", "aa" * 32), core_recipe.leaf("b.safetensors", "bb" * 32)
+    tree = {"kind": "checkpoint", "settings": core_recipe.settings_dict({"alpha": 0.3}),
+            "supermerger": {"type": "sd-webui-supermerger"}, "a": leaf_a, "b": leaf_b}
+    meta = core_recipe.file_metadata(tree, tree)
+    assert core_recipe.parse_file_recipe(meta) == {"model": tree, "clip": tree}
