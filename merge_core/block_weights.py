@@ -43,7 +43,7 @@ class BlockWeights:
         return ",".join(f"{v:.10g}" for v in self.values)
 
 
-def _parse_numbers(text: str, input_name: str) -> list[float]:
+def parse_numbers(text: str, input_name: str) -> list[float]:
     values = []
     for pos, raw in enumerate(text.replace("\n", ",").split(",")):
         token = raw.strip()
@@ -54,8 +54,8 @@ def _parse_numbers(text: str, input_name: str) -> list[float]:
         try:
             value = float(token)
         except ValueError:
-            hint = ("random tokens (R, U, X) are not supported in block weights yet; "
-                    if token.upper() in ("R", "U", "X") else "")
+            hint = ("random tokens (R, U, X, D) are drawn by the Random Block Weights node "
+                    "(merge_core.dice), not inside a merge; " if token.upper() in ("R", "U", "X", "D") else "")
             raise MergeInputError(
                 input_name, f"value #{pos + 1} '{token}' is not a number.",
                 hint + "write numbers such as 0.5, or a preset name such as GRAD_V.") from None
@@ -88,13 +88,13 @@ def parse_block_weights(text: Optional[str], arch: Architecture,
                     input_name, f"'{stripped}' is neither a preset name nor a list of numbers.{hint}",
                     "use one of the preset names (GRAD_V, FLAT_25, ALL_A, ...) or "
                     f"{arch.n_blocks} comma-separated numbers.") from None
-            values = _parse_numbers(stripped, input_name)
+            values = parse_numbers(stripped, input_name)
     else:
-        values = _parse_numbers(stripped, input_name)
-    return BlockWeights(arch.blocks, tuple(_fit_to_layout(values, arch, input_name)))
+        values = parse_numbers(stripped, input_name)
+    return BlockWeights(arch.blocks, tuple(fit_to_layout(values, arch, input_name)))
 
 
-def _fit_to_layout(values: list[float], arch: Architecture, input_name: str) -> list[float]:
+def fit_to_layout(values: list[float], arch: Architecture, input_name: str) -> list[float]:
     n = len(values)
     if n == arch.n_blocks:
         return values

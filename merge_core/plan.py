@@ -174,7 +174,8 @@ def build_plan(arch: Architecture, settings: MergeSettings,
         alpha, beta = settings.ratios(block)
         rule = None
         if settings.elemental:
-            alpha, rule = elemental_alpha(settings.elemental, key, block, alpha, settings.elemental_full_key)
+            alpha, rule = elemental_alpha(settings.elemental, key, block, alpha, settings.elemental_full_key,
+                                          settings.seed)
         if settings.calc is not None:
             check_calc_parameters(settings.calc, alpha, beta, settings.gamma,
                                   "blocks_alpha" if settings.blocks_alpha is not None else "alpha")

@@ -28,7 +28,7 @@ def applied_report(plan: MergePlan, per_key: bool = False) -> str:
     lines += ["", format_table(rows, ["block", "alpha", "beta", "merged", "kept", "by elemental"])]
     if s.elemental:
         hits = Counter(k.rule.position for k in plan.keys if k.rule is not None)
-        erows = [[r.position, r.text, r.ratio, hits.get(r.position, 0)] for r in s.elemental]
+        erows = [[r.position, r.text, r.ratio_text, hits.get(r.position, 0)] for r in s.elemental]
         lines += ["", format_table(erows, ["rule", "elemental", "alpha", "keys hit (last match)"])]
         unused = [r.text for r in s.elemental if not hits.get(r.position)]
         if unused:

@@ -15,6 +15,7 @@ from typing import Optional
 
 from .adjust import SCALED, SHIFTED
 from .architectures import Architecture, unet_relative
+from .block_specs import expand_token, unknown_block_error
 from .elemental import _strip_prefix
 from .errors import MergeInputError
 
@@ -58,13 +59,10 @@ def parse_selection(text: Optional[str], arch: Architecture, input_name: str = "
             vae = True
         elif token == "Adjust":
             adjust = True
-        elif all(e in arch.blocks for e in ends) and len(ends) <= 2:
-            i, j = sorted(arch.blocks.index(e) for e in ends) if len(ends) == 2 else (arch.blocks.index(token),) * 2
-            blocks.update(arch.blocks[i:j + 1])
+        elif (named := expand_token(token, arch)) is not None:
+            blocks.update(named)
         elif len(ends) == 2 and any(e in arch.blocks for e in ends):
-            bad = next(e for e in ends if e not in arch.blocks)
-            raise MergeInputError(input_name, f"range '{token}' has an unknown block id '{bad}' for {arch.label}.",
-                                  f"use ids such as {', '.join(arch.blocks[:3])}, ..., {arch.blocks[-1]}.")
+            raise unknown_block_error(token, arch, input_name, f"range '{token}': ")
         else:
             elements.append(token)
     if not (blocks or elements or vae or adjust):

@@ -65,7 +65,7 @@ def settings_inputs() -> list:
         io.Float.Input("gamma", default=0.3, min=0.0, max=20.0, step=0.1,
                        tooltip="extract only: how strictly features count as similar (high: only very similar ones)."),
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
-                     tooltip="plus random only: seed of the noise (the same seed gives the same merge)."),
+                     tooltip="Seed of plus random's noise and of random elemental ratios (R, U, low~up, e.g. from 'Random Block Weights'): the same seed gives the same merge."),
         io.Boolean.Input("tensor2_corrected", default=False,
                          tooltip="tensor2 only: slice dim 1 with bounds from shape[1] for every tensor. Off: "
                                  "SuperMerger's rule (shape[0] bounds when shape[1] <= 100) for exact parity."),
@@ -73,7 +73,8 @@ def settings_inputs() -> list:
                         tooltip="Per-element alpha overrides, one 'blocks:elements:ratio' entry per line or comma, "
                                 "applied after block weights, last match wins. E.g. 'OUT03-OUT05:attn2:0.5', "
                                 "'NOT M00:ff.net:0', 'OUT05::1' (whole block). Elements are substrings of the key "
-                                "without its diffusion_model. prefix."),
+                                "without its diffusion_model. prefix. Random ratios: R (0..1), U (-1..1), low~up, drawn per key "
+                                "from the seed."),
         io.String.Input("adjust", default="",
                         tooltip="Adjust after merging (SuperMerger): 8 numbers IN, OUT, OUT2 (detail/noise, about "
                                 "-6..6), CONT (contrast), BRI (brightness), COL1 (cyan-/red+), COL2 (magenta-/green+), "

@@ -26,6 +26,9 @@ OUTPUTS = {
     "MergeSuite_Elements": [("elements", "STRING")],
     "MergeSuite_TextEncoderTokens": [("tokens", "STRING"), ("csv", "STRING")],
     "MergeSuite_Adjust": [("MODEL", "MODEL")],
+    "MergeSuite_PinpointBlocks": [("blocks", "STRING"), ("x_label", "STRING"), ("y_label", "STRING")],
+    "MergeSuite_RandomBlockWeights": [("blocks_alpha", "STRING"), ("blocks_beta", "STRING"),
+                                      ("elemental", "STRING"), ("seed", "INT"), ("label", "STRING")],
 }
 TITLES = {"MergeSuite_ModelSimilarity": "Model Similarity per Block", "MergeSuite_Elements": "Elements Browser",
           "MergeSuite_TextEncoderTokens": "Text Encoder Token Norms","MergeSuite_ModelMerge": "Merge Models (SuperMerger modes)",
@@ -34,8 +37,9 @@ TITLES = {"MergeSuite_ModelSimilarity": "Model Similarity per Block", "MergeSuit
 
 
 class Graph:
-    def __init__(self):
+    def __init__(self, expect_images=None):
         self.nodes, self.links = [], []
+        self.expect_images = expect_images  # list outputs: more images than SaveImage nodes
 
     def add(self, type_, widgets, pos, size=(320, 200), title=None):
         node = {"id": len(self.nodes) + 1, "type": type_, "pos": list(pos), "size": list(size), "flags": {},
@@ -48,17 +52,20 @@ class Graph:
         self.nodes.append(node)
         return node
 
-    def link(self, src, slot, dst, name):
+    def link(self, src, slot, dst, name, widget=False):
         type_ = src["outputs"][slot]["type"]
         link_id = len(self.links) + 1
         self.links.append([link_id, src["id"], slot, dst["id"], len(dst["inputs"]), type_])
         src["outputs"][slot]["links"].append(link_id)
-        dst["inputs"].append({"name": name, "type": type_, "link": link_id})
+        dst["inputs"].append({"name": name, "type": type_, "link": link_id,
+                              **({"widget": {"name": name}} if widget else {})})
 
     def to_json(self):
         return {"id": "00000000-0000-4000-8000-000000000000", "revision": 0,
                 "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-                "links": self.links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+                "links": self.links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]},
+                                                               **({"merge_suite": {"images": self.expect_images}}
+                                                                  if self.expect_images else {})},
                 "version": 0.4}
 
 
@@ -190,6 +197,43 @@ def adjust_only():
     return g
 
 
+def random_block_weights():
+    """Let the Dice Roll: two seeded draws (OUT blocks random, IN blocks per-key random), two merges, one run."""
+    g = Graph(expect_images=2)
+    a = g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A")
+    b = g.add("CheckpointLoaderSimple", ["tiny_sd1_b.safetensors"], (0, 160), (320, 100), "Model B")
+    custom = "0.5," + ",".join(["ER"] * 12) + ",0.5," + ",".join(["R"] * 12)
+    dice = g.add("MergeSuite_RandomBlockWeights", ["SD1/SD2 (26 blocks)", "custom", "alpha", 5, "fixed", 2, 3,
+                                                   custom, "1", "0", "1", "0", ""], (0, 320), (360, 420),
+                 "Random Block Weights (Let the Dice Roll)")
+    m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25), (400, 0), (400, 380))
+    g.link(a, 0, m, "model_a")
+    g.link(b, 0, m, "model_b")
+    for slot, name in ((0, "blocks_alpha"), (2, "elemental"), (3, "seed")):
+        g.link(dice, slot, m, name, widget=True)
+    sampler_tail(g, m, 0, a, 1, a, "merge_suite/random_block_weights")
+    shown = g.add("PreviewAny", [], (400, 420), (400, 200), "Drawn weights")
+    g.link(dice, 0, shown, "source")
+    return g
+
+
+def pinpoint_blocks():
+    """Pinpoint blocks: merge B into A only in IN04-IN08, then only in OUT03-OUT05; one image per target."""
+    g = Graph(expect_images=2)
+    a = g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A")
+    b = g.add("CheckpointLoaderSimple", ["tiny_sd1_b.safetensors"], (0, 160), (320, 100), "Model B")
+    pin = g.add("MergeSuite_PinpointBlocks", ["SD1/SD2 (26 blocks)", "IN04-IN08, OUT03-OUT05", "1", ""],
+                (0, 320), (360, 220), "Pinpoint Blocks (sweep list)")
+    m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25), (400, 0), (400, 380))
+    g.link(a, 0, m, "model_a")
+    g.link(b, 0, m, "model_b")
+    g.link(pin, 0, m, "blocks_alpha", widget=True)
+    sampler_tail(g, m, 0, a, 1, a, "merge_suite/pinpoint_blocks")
+    shown = g.add("PreviewAny", [], (400, 420), (400, 200), "Targets")
+    g.link(pin, 1, shown, "source")
+    return g
+
+
 WORKFLOWS = {
     "adjust_model": adjust_only,
     "analysis_similarity_per_block": analysis,
@@ -211,6 +255,8 @@ WORKFLOWS = {
     "merge_checkpoints_block_weights": checkpoint_block_merge,
     "merge_add_difference": add_difference_merge,
     "merge_sdxl_triple_sum": sdxl_triple_sum,
+    "merge_random_block_weights": random_block_weights,
+    "merge_pinpoint_blocks": pinpoint_blocks,
 }
 
 if __name__ == "__main__":
