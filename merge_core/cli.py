@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--png", help="write the similarity bar chart (PNG)")
     an.add_argument("--diff-png", help="write the difference map ||B-A||/||A|| per block (PNG)")
 
+    from .lora_cli import add_parsers as add_lora_parsers
+    add_lora_parsers(sub)
+
     el = sub.add_parser("elements", help="list keys with their block and element name, for elemental rules")
     el.add_argument("file")
     el.add_argument("--block", default="", help="only these blocks, e.g. IN04 or 'IN04 OUT05'")
@@ -158,6 +161,9 @@ def run_elements(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command.startswith("lora-"):
+        from .lora_cli import run as run_lora
+        return run_lora(args)
     if args.command in ("analyze", "elements"):
         try:
             return run_analyze(args) if args.command == "analyze" else run_elements(args)
