@@ -6,7 +6,9 @@ Both reproduce ``scipy.ndimage.median_filter(x, size=3)`` and
 kernel is wider than the axis), on float32 input.
 
 Medians drop length-1 axes (they only repeat values), use exact min/max
-networks for 1-D and 2-D windows, and otherwise gather the 3^N neighbourhood
+networks for 1-D and 2-D windows, a compiled kernel for 3x3 conv kernels
+(merge_core/native.py; a leading length-1 axis only triples every value, which
+keeps the median), and otherwise gather the 3^N neighbourhood
 of a slab of the tensor and select its middle value; slabs along dim 0 bound
 the temporary memory. The Gaussian is separable, with SciPy's kernel (radius
 int(4*sigma + 0.5), weights exp(-x^2 / 2 sigma^2) normalised to sum 1).
@@ -14,11 +16,14 @@ int(4*sigma + 0.5), weights exp(-x^2 / 2 sigma^2) normalised to sum 1).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import itertools
 import os
 
 import numpy as np
 import torch
+
+from .native import median3_kernel4d
 
 MEDIAN_BUDGET = 1 << 24  # elements of the neighbourhood stack held at once (64 MiB in float32)
 THREADS = max(1, min(8, os.cpu_count() or 1))
@@ -85,6 +90,10 @@ def median_filter3(x: torch.Tensor) -> torch.Tensor:
         return _median1d(core).reshape(x.shape)
     if core.dim() == 2:
         return _median2d(core).reshape(x.shape)
+    if core.dim() <= 4 and core.shape[-1] <= 3 and core.shape[-2] <= 3:  # conv kernels: the C kernel
+        fast = median3_kernel4d(core.reshape((1,) * (4 - core.dim()) + tuple(core.shape)))
+        if fast is not None:
+            return fast.reshape(x.shape)
     return _median_gather(core).reshape(x.shape)
 
 
@@ -134,17 +143,45 @@ def gaussian_kernel(sigma: float = 1.0, truncate: float = 4.0) -> torch.Tensor:
     return k / k.sum()
 
 
+SMALL_AXIS = 8  # axes up to this length (conv kernel axes) are filtered by one small matrix
+
+
+def gaussian_matrix(n: int, sigma: float = 1.0, truncate: float = 4.0) -> torch.Tensor:
+    """The 1-D reflect-mode Gaussian on an axis of length n as an n x n matrix (taps folded back)."""
+    weights = gaussian_kernel(sigma, truncate)
+    radius = (len(weights) - 1) // 2
+    src = reflect_index(n, radius, radius)
+    g = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        g[i].index_add_(0, src[i:i + 2 * radius + 1], weights)
+    return g
+
+
+@functools.lru_cache(maxsize=64)
+def _tail_matrix(tail: tuple[int, ...], sigma: float, truncate: float) -> torch.Tensor:
+    """Transposed Kronecker product of the trailing axes' matrices, for ``flat @ matrix``."""
+    matrix = torch.ones(1, 1, dtype=torch.float64)
+    for n in tail:
+        matrix = torch.kron(matrix, gaussian_matrix(n, sigma, truncate))
+    return matrix.t().contiguous()
+
+
 def gaussian_filter(x: torch.Tensor, sigma: float = 1.0, truncate: float = 4.0) -> torch.Tensor:
     """Separable Gaussian over every axis (SciPy gaussian_filter, mode "reflect").
 
-    Each axis is a weighted sum of shifted slices of the reflect-padded tensor,
-    pairing the symmetric taps (half the multiplies). Accumulation is float32;
+    Long axes: a weighted sum of shifted slices of the reflect-padded tensor, pairing
+    the symmetric taps (half the multiplies). Short trailing axes (the 3x3 of a conv
+    kernel): one matrix product with the Kronecker product of their folded 1-D
+    filters, since shifting tiny strided slices is slow. Accumulation is float32;
     SciPy's float64 lines differ from it by about one float32 rounding step.
     """
     weights = gaussian_kernel(sigma, truncate).tolist()
     radius = (len(weights) - 1) // 2
+    small = 0  # how many trailing axes go through the matrix
+    while small < x.dim() and x.shape[x.dim() - 1 - small] <= SMALL_AXIS and small < 2:
+        small += 1
     out = x
-    for d in range(x.dim()):
+    for d in range(x.dim() - small):
         n = out.shape[d]
         if n == 1:
             continue  # a length-1 axis reflects onto itself; the weights sum to 1
@@ -154,6 +191,10 @@ def gaussian_filter(x: torch.Tensor, sigma: float = 1.0, truncate: float = 4.0) 
             pair = padded.narrow(d, radius - k, n) + padded.narrow(d, radius + k, n)
             acc.add_(pair, alpha=weights[radius + k])
         out = acc
+    if small:
+        matrix = _tail_matrix(tuple(x.shape[x.dim() - small:]), sigma, truncate)
+        flat = out.reshape(-1, matrix.shape[0])
+        out = (flat @ matrix.to(flat.dtype).to(flat.device)).reshape(x.shape)
     return out if out is not x else x.clone()
 
 
