@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .lora_cli import add_parsers as add_lora_parsers
     add_lora_parsers(sub)
+    from .weights_cli import add_parsers as add_weights_parsers
+    add_weights_parsers(sub)
 
     el = sub.add_parser("elements", help="list keys with their block and element name, for elemental rules")
     el.add_argument("file")
@@ -164,6 +166,9 @@ def main(argv=None) -> int:
     if args.command.startswith("lora-"):
         from .lora_cli import run as run_lora
         return run_lora(args)
+    if args.command in ("dice", "pinpoint"):
+        from .weights_cli import run as run_weights
+        return run_weights(args)
     if args.command in ("analyze", "elements"):
         try:
             return run_analyze(args) if args.command == "analyze" else run_elements(args)

@@ -217,3 +217,34 @@ def test_fuzzed_text_gives_results_or_clear_errors(targets, values, custom, lowe
             call()
         except MergeInputError as exc:
             assert exc.input_name and exc.problem
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+def test_cli_dice_and_pinpoint_print_json_lines(capsys):
+    import json
+
+    from merge_core.cli import main
+    assert main(["dice", "--layout", "sdxl", "--mode", "EX", "--seed", "9", "--count", "2", "--randomize", "both",
+                 "--upper", "0.9", "--lower", "0.1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = [roll(DiceSettings("EX", upper="0.9", lower="0.1"), SDXL, s, True, True) for s in (9, 10)]
+    assert [(d["seed"], d["blocks"], d["blocks_beta"], d["elemental"]) for d in lines] == \
+        [(r.seed, r.alpha, r.beta, r.elemental) for r in want]
+    assert main(["pinpoint", "IN01, OUT05", "0, 1", "--template", "FLAT_25"]) == 0
+    cells = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [c["blocks"] for c in cells] == [c.text for c in pinpoint_blocks("IN01, OUT05", "0, 1", SD1, "FLAT_25")]
+    assert main(["pinpoint", "OUT03:attn2", "0.5", "--elements", "--base", "M00::1"]) == 0
+    assert json.loads(capsys.readouterr().out)["elemental"] == "M00::1\nOUT03:attn2:0.5"
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["pinpoint", "IN13", "1"], "input 'targets': target 'IN13': unknown block id"),
+    (["dice", "--mode", "X", "--lower", "0.8", "--upper", "0.2"], "input '--lower': block BASE"),
+    (["dice", "--count", "0"], "input '--count'"),
+])
+def test_cli_errors_exit_2_with_the_option_named(argv, fragment, capsys):
+    from merge_core.cli import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Fix:" in err and "Traceback" not in err
