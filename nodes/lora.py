@@ -41,7 +41,7 @@ PREFIX_TIP = ("File name in the loras folder; a counter is added (_00001_) so no
 DTYPE_TIP = "Precision of the saved tensors (alpha is always fp32)."
 CLAMP_TIP = ("Clip both factors to +-this quantile of their values (kohya and ComfyUI's LoraSave use 0.99). "
              "0 = off (default): clamping adds error.")
-SVD_TIP = ("full: exact truncated SVD. randomized: torch.svd_lowrank (2 power iterations), several times faster "
+SVD_TIP = ("full: exact truncated SVD. randomized: torch.svd_lowrank (4 power iterations), many times faster "
            "on large layers; the report states the reconstruction error either way.")
 
 

@@ -257,3 +257,52 @@ def test_bad_inputs_name_the_lora_and_the_fix(tiny, loras):
         LoraMerge.execute(f"{sd1_lora}:1, {xl_lora}:1")
     with pytest.raises(MergeNodeError, match=r"'missing_lora' is not in the loras folder"):
         LoraMerge.execute("missing_lora:1")
+
+
+def write_lycoris(folder, name, model, clip, layout, seed):
+    """LoHa, LoKr and DoRA modules on the 2-D targets, in turn (ComfyUI's adapters read them)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for i, (kname, _, _, shape) in enumerate(t for t in targets(model, clip, layout) if len(t[3]) == 2):
+        out_dim, in_dim = shape
+        kind = ("loha", "lokr", "dora")[i % 3]
+        if kind == "loha":
+            for part in ("1", "2"):
+                sd[f"{kname}.hada_w{part}_a"] = torch.randn(out_dim, 2, generator=gen) * 0.2
+                sd[f"{kname}.hada_w{part}_b"] = torch.randn(2, in_dim, generator=gen) * 0.2
+            sd[f"{kname}.alpha"] = torch.tensor(1.0)
+        elif kind == "lokr" and out_dim % 2 == 0 and in_dim % 2 == 0:
+            sd[f"{kname}.lokr_w1"] = torch.randn(2, 2, generator=gen) * 0.2
+            sd[f"{kname}.lokr_w2"] = torch.randn(out_dim // 2, in_dim // 2, generator=gen) * 0.2
+        else:
+            sd[f"{kname}.lora_up.weight"] = torch.randn(out_dim, 2, generator=gen) * 0.1
+            sd[f"{kname}.lora_down.weight"] = torch.randn(2, in_dim, generator=gen) * 0.1
+            sd[f"{kname}.dora_scale"] = 1.0 + torch.rand(out_dim, 1, generator=gen) * 0.1
+    save_file(sd, str(folder / f"{name}.safetensors"))
+    return f"{name}.safetensors"
+
+
+@pytest.mark.parametrize("layout", ["sd1", "sdxl"])
+def test_lycoris_types_match_lora_loader_and_zero_blocks(layout, tiny, loras, caplog):
+    model, clip = tiny("model", layout, 9), tiny("clip", layout, 9)
+    name = write_lycoris(loras, f"lyco_{layout}", model, clip, layout, seed=18)
+    caplog.set_level(logging.WARNING)
+    ours = LoraApply.execute(model, lora_name=name, strength_model=0.8, strength_clip=0.8, clip=clip).result
+    assert no_missing_keys(caplog)
+    ref_model, ref_clip = comfy_nodes.LoraLoader().load_lora(model, clip, name, 0.8, 0.8)
+    for got, ref in ((effective(ours[0], "diffusion_model."), effective(ref_model, "diffusion_model.")),
+                     (effective(ours[1]), effective(ref_clip))):
+        for key, w in ref.items():
+            torch.testing.assert_close(got[key], w, rtol=0, atol=0)
+    names, block_of = (SD1_NAMES, sd1_block) if layout == "sd1" else (SDXL_NAMES, sdxl_block)
+    values = [0.0 if b.startswith("OUT") else 1.0 for b in names]
+    zeroed = LoraApply.execute(model, lora_name=name, block_weights=",".join(map(str, values))).result[0]
+    got, base, full = (effective(m, "diffusion_model.") for m in (zeroed, model, ours[0]))
+    changed = 0
+    for key in got:
+        if block_of(key).startswith("OUT"):
+            assert torch.equal(got[key], base[key])
+        elif not torch.equal(full[key], base[key]):
+            torch.testing.assert_close(got[key], base[key] + (full[key] - base[key]) / 0.8, rtol=1e-4, atol=1e-5)
+            changed += 1
+    assert changed > 0
