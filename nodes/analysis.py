@@ -11,6 +11,7 @@ from ..merge_core.errors import MergeInputError
 from .comfy_models import base_layout, effective_weight, key_patches, shapes_of
 from .errors import named_errors
 from .merge import CATEGORY, _progress
+from .ui import text_ui
 
 
 def _image(pil) -> "torch.Tensor":
@@ -78,7 +79,8 @@ class ModelSimilarity(io.ComfyNode):
                 labels = [s.replace("diffusion_model.", "").split(".transformer")[0] for s, _ in rows]
                 sim = bar_chart(labels, [v for _, v in rows], "ASimilarity per self-attention site (%)", "%")
                 diff = bar_chart([], [], "difference map: use method cosine")
-                return io.NodeOutput(format_table(rows, header), _image(sim), _image(diff), format_csv(rows, header))
+                table = format_table(rows, header)
+                return io.NodeOutput(table, _image(sim), _image(diff), format_csv(rows, header), ui=text_ui(table))
             result = compare_keys(shapes_a, shapes_b, arch, fetch, ("te", "unet"), progress=_progress(len(shapes_a)))
             sims, diffs, counts = result.block_similarity(block_method), result.block_difference(), result.counts()
             header = ["block", "similarity %", "difference", "keys"]
@@ -92,7 +94,7 @@ class ModelSimilarity(io.ComfyNode):
             sim = bar_chart([r[0] for r in rows], [r[1] for r in rows],
                             f"cosine similarity per block ({block_method}, %), {arch.label}", "%")
             diff = bar_chart(list(diffs), list(diffs.values()), "difference ||B-A|| / ||A|| per block")
-            return io.NodeOutput(report, _image(sim), _image(diff), csv)
+            return io.NodeOutput(report, _image(sim), _image(diff), csv, ui=text_ui(report))
 
 
 class ElementsBrowser(io.ComfyNode):
@@ -124,7 +126,8 @@ class ElementsBrowser(io.ComfyNode):
                     dtypes.update(d)
             arch = analysis_architecture(shapes, shapes)
             rows = list_elements(shapes, dtypes, arch, block, match)
-            return io.NodeOutput(format_table(rows, ["block", "element", "key", "shape", "dtype"]))
+            table = format_table(rows, ["block", "element", "key", "shape", "dtype"])
+            return io.NodeOutput(table, ui=text_ui(table))
 
 
 def clip_l_token_norms(clip, batch: int = 4096):
@@ -187,7 +190,8 @@ class TextEncoderTokens(io.ComfyNode):
             norms, vocab = clip_l_token_norms(clip)
             rows = token_norm_rows(norms, vocab, top_k, words, alnum_only)
             header = ["rank", "word", "token id", "norm"]
-            return io.NodeOutput(format_table(rows, header), format_csv(rows, header))
+            table = format_table(rows, header)
+            return io.NodeOutput(table, format_csv(rows, header), ui=text_ui(table))
 
 
 NODES = [ModelSimilarity, ElementsBrowser, TextEncoderTokens]

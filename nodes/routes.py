@@ -1,0 +1,148 @@
+"""HTTP routes behind the web extension (web/js): presets, block layouts and validation.
+
+Every answer comes from merge_core (presets.py, architectures.py, block_weights.py,
+elemental.py), so the browser never re-implements a list or a grammar: the editor
+shows what the node will do when it runs. The payload functions are plain so tests
+can call them without a server; register() mounts them on ComfyUI's PromptServer.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from ..merge_core.analysis import element_name
+from ..merge_core.architectures import SD1, SDXL
+from ..merge_core.block_weights import parse_block_weights
+from ..merge_core.elemental import parse_elemental
+from ..merge_core.errors import MergeInputError
+from ..merge_core.presets import presets
+
+PREFIX = "/merge_suite"
+LAYOUTS = {"sd1": SD1, "sdxl": SDXL}  # SD2 shares SD1's block list
+KEYSETS = Path(__file__).resolve().parents[1] / "bench" / "keysets"  # key inventories of full SD1.5 / SDXL
+
+
+def _groups(blocks: tuple[str, ...]) -> dict[str, list[str]]:
+    """SuperMerger's helper groups: BASE, IN*, MID (M00), OUT*."""
+    groups = {"BASE": [], "IN": [], "MID": [], "OUT": []}
+    for b in blocks:
+        groups["BASE" if b == "BASE" else "MID" if b.startswith("M") else b.rstrip("0123456789")].append(b)
+    return groups
+
+
+def editor_data() -> dict:
+    """Everything the block-weight editor needs at start: layouts, groups and presets."""
+    return {
+        "layouts": {name: {"label": "SD1/SD2" if name == "sd1" else arch.label, "blocks": list(arch.blocks),
+                           "groups": _groups(arch.blocks)} for name, arch in LAYOUTS.items()},
+        "presets": {name: list(values) for name, values in presets().items()},
+    }
+
+
+def check_block_weights(text: str, layout: str = "auto") -> dict:
+    """Parse block-weight text as the merge node will. layout "auto" tries SD1/SD2, then SDXL."""
+    names = [layout] if layout in LAYOUTS else list(LAYOUTS)
+    errors = []
+    for name in names:
+        try:
+            weights = parse_block_weights(text, LAYOUTS[name], "blocks")
+        except MergeInputError as exc:
+            errors.append(exc)
+            continue
+        if weights is None:
+            return {"ok": True, "empty": True, "layout": names[0] if layout in LAYOUTS else None}
+        stripped = text.strip()
+        return {"ok": True, "empty": False, "layout": name, "values": list(weights.values),
+                "preset": stripped if stripped in presets() else None}
+    error = errors[0]
+    if len({e.problem for e in errors}) > 1:  # "auto" and a wrong count: name both layouts
+        return {"ok": False, "error": error.problem, "fix": "give 26 values for SD1/SD2 or 20 for SDXL, BASE first."}
+    return {"ok": False, "error": error.problem, "fix": error.fix}
+
+
+def entry_spans(text: str) -> list[tuple[int, int]]:
+    """Character span of each elemental entry, numbered as parse_elemental numbers them
+    (it splits at commas and newlines; a carriage return stays inside an entry)."""
+    spans, start = [], 0
+    for i, ch in enumerate(text):
+        if ch in ",\n":
+            spans.append((start, i))
+            start = i + 1
+    spans.append((start, len(text)))
+    return spans
+
+
+def check_elemental(text: str, layout: str = "sd1") -> dict:
+    """Parse elemental text as the merge node will; on error, the entry number and its span in the text."""
+    arch = LAYOUTS.get(layout, SD1)
+    try:
+        rules = parse_elemental(text, arch, "elemental")
+    except MergeInputError as exc:
+        out = {"ok": False, "error": exc.problem, "fix": exc.fix}
+        m = re.match(r"entry #(\d+)", exc.problem)
+        if m:
+            entry = int(m.group(1))
+            spans = entry_spans(text)
+            if 1 <= entry <= len(spans):
+                out.update(entry=entry, start=spans[entry - 1][0], end=spans[entry - 1][1])
+        return out
+    return {"ok": True, "rules": len(rules), "layout": layout if layout in LAYOUTS else "sd1"}
+
+
+@lru_cache(maxsize=None)
+def _keys(layout: str) -> tuple[str, ...]:
+    path = KEYSETS / f"{layout}.json.gz"
+    if not path.is_file():
+        return ()
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return tuple(json.load(f))
+
+
+def block_elements(layout: str, block: str) -> dict:
+    """Element names (what an elemental rule matches, less .weight/.bias) of one block of a full-size model."""
+    arch = LAYOUTS.get(layout)
+    if arch is None or block not in arch.blocks:
+        return {"ok": False, "error": f"unknown layout '{layout}' or block '{block}'", "elements": []}
+    seen = {}
+    for key in _keys(layout):
+        if arch.block_of(key) == block:
+            seen.setdefault(re.sub(r"\.(weight|bias)$", "", element_name(key, arch)), None)
+    return {"ok": True, "layout": layout, "block": block, "elements": list(seen)}
+
+
+def register(routes) -> None:
+    """Mount the routes on an aiohttp RouteTableDef (ComfyUI also serves them under /api)."""
+    from aiohttp import web
+
+    @routes.get(PREFIX + "/editor_data")
+    async def _editor_data(request):
+        return web.json_response(editor_data())
+
+    @routes.post(PREFIX + "/check/block_weights")
+    async def _check_blocks(request):
+        body = await request.json()
+        return web.json_response(check_block_weights(str(body.get("text", "")), str(body.get("layout", "auto"))))
+
+    @routes.post(PREFIX + "/check/elemental")
+    async def _check_elemental(request):
+        body = await request.json()
+        return web.json_response(check_elemental(str(body.get("text", "")), str(body.get("layout", "sd1"))))
+
+    @routes.get(PREFIX + "/elements")
+    async def _elements(request):
+        q = request.rel_url.query
+        return web.json_response(block_elements(q.get("layout", "sd1"), q.get("block", "")))
+
+
+def register_with_server() -> bool:
+    """Register on the running ComfyUI server; False when there is none (library use, tests)."""
+    server = sys.modules.get("server")  # ComfyUI's main.py imports it before loading packs
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    if instance is None:
+        return False
+    register(instance.routes)
+    return True

@@ -1,0 +1,176 @@
+// Drives the real ComfyUI frontend in the system Chromium and reports what it saw as JSON on stdout.
+// The assertions live in test_web_extension.py; this script only acts and observes.
+// usage: node editor_check.mjs SERVER_URL WORKFLOW_JSON OUT_DIR
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const [url, workflowPath, outDir] = process.argv.slice(2);
+const workflow = JSON.parse(readFileSync(workflowPath, "utf8"));
+const MERGE = String(workflow.nodes.find((n) => n.type === "MergeSuite_CheckpointMerge").id);
+const result = { steps: [], console: [] };
+const step = (name, data) => result.steps.push({ name, ...data });
+
+const profile = mkdtempSync(join(tmpdir(), "merge-suite-chromium-"));
+// A fresh profile (--user-data-dir) every run; Playwright passes it from the first argument.
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  viewport: { width: 1400, height: 2000 },
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+try {
+  const page = browser.pages()[0] ?? await browser.newPage();
+  page.on("console", (m) => { if (m.type() === "error") result.console.push(m.text()); });
+  page.on("pageerror", (e) => result.console.push(`pageerror: ${e.message}`));
+  const prompts = [];
+  page.on("request", (r) => {
+    if (r.method() === "POST" && r.url().endsWith("/api/prompt")) prompts.push(JSON.parse(r.postData()));
+  });
+  const answers = [];
+  page.on("response", async (r) => {
+    if (r.request().method() === "POST" && r.url().endsWith("/api/prompt")) answers.push({ status: r.status(), body: await r.text() });
+  });
+
+  // A fresh server has no settings: skip the first-run template browser.
+  await page.request.post(`${url}/api/settings`, { data: { "Comfy.TutorialCompleted": true } });
+  await page.goto(url);
+  // Ready when the node definitions are registered and the start-up workflow is in place.
+  await page.waitForFunction(() => {
+    const LG = window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph;
+    return window.comfyAPI?.app?.app?.graph && LG?.registered_node_types?.MergeSuite_CheckpointMerge
+      && window.comfyAPI.app.app.graph.nodes.length > 0;
+  }, null, { timeout: 90000 });
+  result.extensions = await page.evaluate(() => window.comfyAPI.app.app.extensions.map((e) => e.name).filter((n) => n.startsWith("merge_suite")));
+
+  await page.evaluate(async (wf) => { await window.comfyAPI.app.app.loadGraphData(wf); }, workflow);
+  const editor = page.locator(`.ms-block-editor[data-input=blocks_alpha]`);
+  await editor.waitFor({ state: "attached", timeout: 30000 });
+  // Put the merge node at the top left of the screen (clear of the side bar) at 100 % zoom.
+  const showNode = () => page.evaluate((id) => {
+    const app = window.comfyAPI.app.app;
+    const node = app.graph.getNodeById(Number(id));
+    app.canvas.ds.scale = 1;
+    app.canvas.ds.offset = [-node.pos[0] + 110, -node.pos[1] + 150];
+    app.canvas.setDirty(true, true);
+  }, MERGE);
+  await showNode();
+  await page.waitForFunction(() => document.querySelector(".ms-block-editor[data-input=blocks_alpha]")?.dataset.state === "ok");
+  await page.waitForTimeout(300);
+
+  const widgetValues = (names) => page.evaluate(([id, names]) => {
+    const node = window.comfyAPI.app.app.graph.getNodeById(Number(id));
+    return Object.fromEntries(names.map((n) => [n, node.widgets.find((w) => w.name === n)?.value]));
+  }, [MERGE, names]);
+  const status = (sel) => page.locator(`${sel} .ms-status`).textContent();
+
+  step("loaded", {
+    widgets: await widgetValues(["blocks_alpha", "blocks_alpha_preset"]),
+    sliders: await editor.locator("input[type=range]").count(),
+    status: await status(".ms-block-editor[data-input=blocks_alpha]"),
+    in05: await editor.locator("input[data-block=IN05]").inputValue(),
+  });
+
+  // Move a slider the way a user does: focus it and press a key.
+  const slider = editor.locator("input[data-block=IN05]");
+  await slider.focus();
+  for (let i = 0; i < 5; i++) await page.keyboard.press("ArrowUp");
+  await page.waitForTimeout(600);
+  step("slider", {
+    widgets: await widgetValues(["blocks_alpha", "blocks_alpha_preset"]),
+    in05: await slider.inputValue(),
+    status: await status(".ms-block-editor[data-input=blocks_alpha]"),
+  });
+
+  const apiPrompt = await page.evaluate(async () => (await window.comfyAPI.app.app.graphToPrompt()).output);
+  step("graphToPrompt", { inputs: apiPrompt[MERGE].inputs });
+  await page.evaluate(() => window.comfyAPI.app.app.queuePrompt(0, 1));
+  // The run finishes when the merge node shows its report (text outputs on nodes).
+  const output = page.locator(".ms-output");
+  await page.waitForFunction(() => [...document.querySelectorAll(".ms-output")].some((t) => t.value.includes("OUT")), null, { timeout: 120000 })
+    .catch(() => { throw new Error(`no report on the node; /prompt answered ${JSON.stringify(answers).slice(0, 2000)}`); });
+  step("queued", { prompt: prompts[0]?.prompt?.[MERGE]?.inputs, answer: answers[0]?.status, report: await output.first().inputValue() });
+
+  // Pick a preset from the editor's dropdown.
+  await editor.locator("select").nth(1).selectOption("FLAT_25");
+  await page.waitForTimeout(600);
+  step("preset", { widgets: await widgetValues(["blocks_alpha", "blocks_alpha_preset"]), status: await status(".ms-block-editor[data-input=blocks_alpha]") });
+
+  // Group helper: multiply the OUT group by 2.
+  await editor.locator("select").nth(2).selectOption("OUT");
+  await editor.locator("input[type=number]").fill("2");
+  await editor.locator("button", { hasText: "mul" }).click();
+  await page.waitForTimeout(600);
+  step("group", { widgets: await widgetValues(["blocks_alpha"]) });
+
+  // A hand-edited string with junk: an error on the widget, the text left as typed.
+  await page.evaluate((id) => {
+    const node = window.comfyAPI.app.app.graph.getNodeById(Number(id));
+    node.widgets.find((w) => w.name === "blocks_alpha").value = "0.5,0.5,junk";
+  }, MERGE);
+  await page.waitForFunction(() => document.querySelector(".ms-block-editor[data-input=blocks_alpha]")?.dataset.state === "error");
+  step("junk", { widgets: await widgetValues(["blocks_alpha"]), status: await status(".ms-block-editor[data-input=blocks_alpha]") });
+  await page.evaluate((id) => {
+    const node = window.comfyAPI.app.app.graph.getNodeById(Number(id));
+    node.widgets.find((w) => w.name === "blocks_alpha").value = "0.5,0.5";
+  }, MERGE);
+  await page.waitForFunction(() => document.querySelector(".ms-block-editor[data-input=blocks_alpha] .ms-status")?.textContent.includes("2 values"));
+  step("count", { status: await status(".ms-block-editor[data-input=blocks_alpha]") });
+  await page.evaluate((id) => {
+    const node = window.comfyAPI.app.app.graph.getNodeById(Number(id));
+    node.widgets.find((w) => w.name === "blocks_alpha").value = "SMOOTHSTEP";
+  }, MERGE);
+  await page.waitForFunction(() => document.querySelector(".ms-block-editor[data-input=blocks_alpha]")?.dataset.state === "ok");
+
+  // Elemental: type a malformed rule into the node's own textarea.
+  const handle = await page.evaluateHandle((id) => {
+    const node = window.comfyAPI.app.app.graph.getNodeById(Number(id));
+    const w = node.widgets.find((x) => x.name === "elemental");
+    return w.element ?? w.inputEl;
+  }, MERGE);
+  await handle.asElement().click();
+  await handle.asElement().fill("");
+  await page.keyboard.type("OUT03-OUT05:attn2:0.5\nIN99:attn:1");
+  const helper = page.locator(".ms-elemental-helper");
+  await page.waitForFunction(() => document.querySelector(".ms-elemental-helper")?.dataset.state === "error");
+  step("elemental_bad", { status: await status(".ms-elemental-helper") });
+  await page.keyboard.press("Control+A");
+  await page.keyboard.type("OUT03-OUT05:attn2:0.5\nIN09:attn:1");
+  await page.waitForFunction(() => document.querySelector(".ms-elemental-helper")?.dataset.state === "ok");
+  await helper.locator("select").nth(1).selectOption("OUT04");
+  await page.waitForFunction(() => document.querySelectorAll(".ms-elemental-helper .ms-elements div").length > 0);
+  await helper.locator(".ms-elements div", { hasText: "attn2.to_k" }).first().click();
+  await page.waitForTimeout(500);
+  step("elemental_ok", {
+    status: await status(".ms-elemental-helper"),
+    elements: await helper.locator(".ms-elements div").allTextContents(),
+    value: (await widgetValues(["elemental"])).elemental,
+  });
+
+  // Screenshot of the merge node with its editor, for the README and the test output.
+  await showNode();
+  await page.waitForTimeout(500);
+  const clip = await page.evaluate((id) => {
+    const app = window.comfyAPI.app.app;
+    const node = app.graph.getNodeById(Number(id));
+    const rect = app.canvas.canvas.getBoundingClientRect();
+    const [x, y] = app.canvas.ds.convertOffsetToCanvas(node.pos);
+    const s = app.canvas.ds.scale;
+    return { x: rect.left + x - 12, y: rect.top + y - 42, width: node.size[0] * s + 24, height: node.size[1] * s + 54 };
+  }, MERGE);
+  result.screenshot = join(outDir, "block_editor.png");
+  await page.screenshot({ path: result.screenshot, clip });
+  await page.screenshot({ path: join(outDir, "page.png") });
+
+  result.workflow = await page.evaluate(() => window.comfyAPI.app.app.graph.serialize());
+} catch (e) {
+  result.error = String(e?.stack || e);
+  await browser.pages()[0]?.screenshot({ path: join(outDir, "failure.png") }).catch(() => {});
+  result.dialogs = await browser.pages()[0]?.evaluate(() => [...document.querySelectorAll(".p-dialog")].map((d) => d.innerText.slice(0, 500))).catch(() => []);
+} finally {
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+process.stdout.write(JSON.stringify(result));

@@ -1,0 +1,151 @@
+"""The web extension in a real browser: headless Debian Chromium, driven by playwright-core,
+against the real ComfyUI server and its shipped frontend (1.32.9).
+
+editor_check.mjs acts like a user (loads an example workflow, moves a slider, picks a
+preset, uses a group helper, types a bad elemental rule) and reports what it saw; the
+checks are here, against values computed by merge_core on the Python side.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO / "demo"))
+from server import ComfyServer  # noqa: E402
+from workflow_api import to_prompt  # noqa: E402
+
+from merge_core.presets import presets  # noqa: E402
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+WORKFLOW = REPO / "example_workflows" / "merge_checkpoints_block_weights.json"
+SD1 = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
+SHOTS = REPO / "out" / "browser"
+
+
+def _why_not_runnable():
+    if not Path(CHROMIUM).is_file():
+        return (f"no Chromium at {CHROMIUM}: scripts/setup_host.sh installs Debian's 'chromium' package "
+                "when it runs as root with apt-get; otherwise install it or set CHROMIUM=/path")
+    if shutil.which("node") is None:
+        return "Node.js is not installed (needed to run playwright-core)"
+    return None
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_why_not_runnable() is not None,
+                                                   reason=_why_not_runnable() or "")]
+
+
+def _floats(text):
+    return [float(v) for v in text.split(",")]
+
+
+@pytest.fixture(scope="module")
+def seen(tmp_path_factory):
+    assert (HERE / "node_modules" / "playwright-core").is_dir(), \
+        "playwright-core is missing: run `npm ci` in tests/browser (scripts/setup_host.sh does)"
+    base = tmp_path_factory.mktemp("comfy_browser")
+    out = tmp_path_factory.mktemp("browser_out")
+    subprocess.run([sys.executable, str(REPO / "demo" / "make_checkpoints.py"), str(base / "models" / "checkpoints")],
+                   check=True, stdout=subprocess.DEVNULL)
+    with ComfyServer(base) as server:
+        run = subprocess.run(["node", str(HERE / "editor_check.mjs"), server.url, str(WORKFLOW), str(out)],
+                             cwd=HERE, capture_output=True, text=True, timeout=480,
+                             env=dict(os.environ, CHROMIUM=CHROMIUM))
+        object_info = server.get("/object_info")
+        log = server.log_tail(60)
+    assert run.returncode == 0, f"node failed:\n{run.stderr[-3000:]}"
+    result = json.loads(run.stdout)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for name in ("block_editor.png", "page.png", "failure.png"):
+        if (out / name).is_file():
+            shutil.copy(out / name, SHOTS / name)
+    assert "error" not in result, f"{result['error']}\ndialogs: {result.get('dialogs')}\nserver log:\n{log}"
+    result["by_step"] = {s["name"]: s for s in result["steps"]}
+    result["object_info"] = object_info
+    return result
+
+
+def test_extensions_load_without_errors(seen):
+    assert sorted(seen["extensions"]) == ["merge_suite.block_editor", "merge_suite.elemental_helper",
+                                          "merge_suite.text_outputs"]
+    ours = [m for m in seen["console"] if "merge_suite" in m or ".mjs" in m]
+    assert not ours, ours
+
+
+def test_editor_shows_the_chosen_preset(seen):
+    step = seen["by_step"]["loaded"]
+    assert step["widgets"] == {"blocks_alpha": "", "blocks_alpha_preset": "GRAD_V"}
+    assert step["sliders"] == 26
+    assert "GRAD_V" in step["status"]
+    assert abs(float(step["in05"]) - presets()["GRAD_V"][SD1.index("IN05")]) <= 0.01  # slider step
+
+
+def test_moving_a_slider_writes_the_string_and_the_queued_prompt_carries_it(seen):
+    step = seen["by_step"]["slider"]
+    text = step["widgets"]["blocks_alpha"]
+    values, grad_v = _floats(text), presets()["GRAD_V"]
+    assert len(values) == 26
+    i = SD1.index("IN05")
+    assert values[i] == pytest.approx(float(step["in05"])) and values[i] > grad_v[i] + 0.03  # five key presses up
+    assert [v for j, v in enumerate(values) if j != i] == pytest.approx([v for j, v in enumerate(grad_v) if j != i],
+                                                                        abs=1e-6)
+    assert step["widgets"]["blocks_alpha_preset"] == "custom"  # the node refuses a preset and text together
+    assert seen["by_step"]["graphToPrompt"]["inputs"]["blocks_alpha"] == text
+    queued = seen["by_step"]["queued"]
+    assert queued["answer"] == 200 and queued["prompt"]["blocks_alpha"] == text
+    declared = seen["object_info"]["MergeSuite_CheckpointMerge"]["input"]
+    assert set(queued["prompt"]) <= set(declared["required"]) | set(declared.get("optional", {})), \
+        "editor panels must not be sent as inputs"
+
+
+def test_the_run_report_appears_on_the_node_with_the_slider_value(seen):
+    report = seen["by_step"]["queued"]["report"]
+    value = _floats(seen["by_step"]["slider"]["widgets"]["blocks_alpha"])[SD1.index("IN05")]
+    row = next(line for line in report.splitlines() if line.startswith("IN05"))
+    assert f"{value:.4f}" in row, row
+
+
+def test_preset_picker_and_group_helper(seen):
+    preset = seen["by_step"]["preset"]["widgets"]["blocks_alpha"]
+    assert _floats(preset) == pytest.approx(list(presets()["FLAT_25"]))
+    doubled = _floats(seen["by_step"]["group"]["widgets"]["blocks_alpha"])
+    expect = [v * 2 if b.startswith("OUT") else v for b, v in zip(SD1, presets()["FLAT_25"])]
+    assert doubled == pytest.approx(expect)
+
+
+def test_bad_text_is_an_error_on_the_widget_and_is_kept(seen):
+    junk = seen["by_step"]["junk"]
+    assert junk["widgets"]["blocks_alpha"] == "0.5,0.5,junk"
+    assert "value #3 'junk' is not a number" in junk["status"]
+    assert "has 2 values" in seen["by_step"]["count"]["status"]
+
+
+def test_elemental_errors_point_at_the_entry_and_elements_are_listed(seen):
+    bad = seen["by_step"]["elemental_bad"]["status"]
+    assert "entry #2" in bad and "IN99" in bad and "line 2, column 1" in bad
+    ok = seen["by_step"]["elemental_ok"]
+    assert "3 rule(s)" in ok["status"]
+    assert ok["elements"] and all("input_blocks" not in e for e in ok["elements"])
+    assert ok["value"].splitlines()[-1] == "OUT04:1.transformer_blocks.0.attn2.to_k:0.5"
+
+
+def test_a_workflow_saved_with_the_editor_loads_without_it(seen):
+    saved = seen["workflow"]
+    original = json.loads(WORKFLOW.read_text())
+    node = next(n for n in saved["nodes"] if n["type"] == "MergeSuite_CheckpointMerge")
+    before = next(n for n in original["nodes"] if n["type"] == "MergeSuite_CheckpointMerge")
+    assert len(node["widgets_values"]) == len(before["widgets_values"])  # no panel values stored
+    prompt = to_prompt(saved, seen["object_info"])
+    inputs = prompt[str(node["id"])]["inputs"]
+    assert inputs["blocks_alpha"] == "SMOOTHSTEP" and inputs["elemental"].startswith("OUT03-OUT05:attn2:0.5")
+
+
+def test_screenshot_of_the_editor_was_taken(seen):
+    shot = SHOTS / "block_editor.png"
+    assert shot.is_file() and shot.stat().st_size > 10_000

@@ -1,0 +1,105 @@
+"""The web extension's HTTP routes (nodes/routes.py): the browser sees merge_core's own answers."""
+import asyncio
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from merge_suite.merge_core.architectures import SD1, SDXL
+from merge_suite.merge_core.block_weights import SDXL_FROM_26
+from merge_suite.merge_core.elemental import parse_elemental
+from merge_suite.merge_core.presets import presets
+from merge_suite.nodes import routes
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_editor_data_is_the_python_side_data():
+    data = routes.editor_data()
+    assert data["layouts"]["sd1"]["blocks"] == list(SD1.blocks)
+    assert data["layouts"]["sdxl"]["blocks"] == list(SDXL.blocks)
+    assert data["presets"] == {k: list(v) for k, v in presets().items()}
+    for layout in data["layouts"].values():
+        grouped = [b for g in ("BASE", "IN", "MID", "OUT") for b in layout["groups"][g]]
+        assert grouped == layout["blocks"], "groups partition the blocks in order"
+        assert layout["groups"]["MID"] == ["M00"]
+
+
+def test_block_weights_are_parsed_as_the_node_parses_them():
+    grad_v = routes.check_block_weights("GRAD_V")
+    assert grad_v["ok"] and grad_v["layout"] == "sd1" and grad_v["preset"] == "GRAD_V"
+    assert grad_v["values"] == list(presets()["GRAD_V"])
+    xl = routes.check_block_weights("GRAD_V", "sdxl")
+    assert xl["values"] == [presets()["GRAD_V"][i] for i in SDXL_FROM_26]
+    twenty = routes.check_block_weights(",".join(str(i / 20) for i in range(20)))
+    assert twenty["layout"] == "sdxl" and twenty["values"] == [i / 20 for i in range(20)]
+    assert routes.check_block_weights("  ")["empty"]
+
+
+@pytest.mark.parametrize("text, layout, expect", [
+    ("0.5,0.5,junk", "auto", "value #3 'junk' is not a number"),
+    ("0.5,0.5", "auto", "has 2 values"),
+    (",".join(["0.1"] * 20), "sd1", "has 20 values"),
+    ("GRADV", "auto", "neither a preset name"),
+])
+def test_bad_block_weights_give_the_nodes_message(text, layout, expect):
+    answer = routes.check_block_weights(text, layout)
+    assert not answer["ok"] and expect in answer["error"] and answer["fix"]
+    if text == "0.5,0.5":
+        assert "26" in answer["fix"] and "20" in answer["fix"]
+
+
+@pytest.mark.parametrize("text, bad", [
+    ("OUT03-OUT05:attn2:0.5\nIN99:attn:1", "IN99:attn:1"),
+    ("OUT03::1,,OUT04:attn2", "OUT04:attn2"),
+    ("OUT03::1\r\nOUT04:ff:x\r\n", "OUT04:ff:x"),
+    ("IN01:attn:1, NOT :ff:0", "NOT :ff:0"),
+])
+def test_elemental_errors_carry_the_span_of_the_bad_entry(text, bad):
+    answer = routes.check_elemental(text, "sd1")
+    assert not answer["ok"]
+    assert text[answer["start"]:answer["end"]].strip() == bad
+    assert f"entry #{answer['entry']}" in answer["error"]
+
+
+def test_valid_elemental_counts_rules_per_layout():
+    assert routes.check_elemental("OUT03-OUT05:attn2:0.5\nIN01::1", "sd1") == {"ok": True, "rules": 2,
+                                                                               "layout": "sd1"}
+    assert not routes.check_elemental("OUT10::1", "sdxl")["ok"]  # SDXL has OUT00-OUT08
+
+
+@pytest.mark.parametrize("layout, arch, block", [("sd1", SD1, "OUT04"), ("sdxl", SDXL, "IN04"), ("sd1", SD1, "M00")])
+def test_listed_elements_match_keys_of_that_block(layout, arch, block):
+    elements = routes.block_elements(layout, block)["elements"]
+    assert elements and len(set(elements)) == len(elements)
+    with gzip.open(REPO / "bench" / "keysets" / f"{layout}.json.gz") as f:
+        keys = [k for k in json.loads(f.read()) if arch.block_of(k) == block]
+    for element in elements:
+        rules = parse_elemental(f"{block}:{element}:0.5", arch)
+        assert any(rules[0].matches(k, block) for k in keys), element
+    assert not routes.block_elements(layout, "NOPE")["ok"]
+
+
+def test_routes_answer_over_http():
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    async def scenario():
+        table = web.RouteTableDef()
+        routes.register(table)
+        app = web.Application()
+        app.add_routes(table)
+        async with TestClient(TestServer(app)) as client:
+            data = await (await client.get("/merge_suite/editor_data")).json()
+            checked = await (await client.post("/merge_suite/check/block_weights",
+                                               json={"text": "FLAT_25", "layout": "auto"})).json()
+            bad = await (await client.post("/merge_suite/check/elemental", json={"text": "OUT03:x"})).json()
+            elements = await (await client.get("/merge_suite/elements?layout=sdxl&block=M00")).json()
+        return data, checked, bad, elements
+
+    data, checked, bad, elements = asyncio.run(scenario())
+    assert len(data["presets"]) == len(presets())
+    assert checked["values"] == list(presets()["FLAT_25"])
+    assert bad["entry"] == 1 and bad["start"] == 0 and bad["end"] == 7
+    assert elements["elements"]

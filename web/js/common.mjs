@@ -1,0 +1,132 @@
+// Shared helpers of the Merge Suite web extension: server calls, widget lookup, DOM widgets.
+// .mjs so ComfyUI does not load it as an extension of its own (it imports every *.js).
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+
+export const PACK_PREFIX = "MergeSuite_";
+
+export function isPackNode(node) {
+  return typeof node?.comfyClass === "string" && node.comfyClass.startsWith(PACK_PREFIX);
+}
+
+export function findWidget(node, name) {
+  return node.widgets?.find((w) => w.name === name);
+}
+
+async function json(response) {
+  if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+  return response.json();
+}
+
+export function getJson(path) {
+  return api.fetchApi(path).then(json);
+}
+
+export function postJson(path, body) {
+  return api.fetchApi(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  }).then(json);
+}
+
+let editorData = null;
+/** Layouts, groups and presets, fetched once (they come from merge_core). */
+export function getEditorData() {
+  editorData ??= getJson("/merge_suite/editor_data");
+  return editorData;
+}
+
+/** Set a widget's value the way a user edit does, so the graph and the next prompt see it. */
+export function setWidgetValue(node, widget, value) {
+  widget.value = value;
+  widget.callback?.(value, app.canvas, node);
+  node.setDirtyCanvas?.(true, true);
+  app.graph?.setDirtyCanvas(true, true);
+}
+
+/** A DOM widget that is never saved in the workflow nor sent in the prompt. */
+export function addPanel(node, name, element, height) {
+  const widget = node.addDOMWidget(name, "merge_suite_panel", element, {
+    serialize: false,
+    hideOnZoom: false,
+    getValue: () => undefined,
+    setValue: () => {},
+    getMinHeight: () => (typeof height === "function" ? height() : height),
+    getMaxHeight: () => (typeof height === "function" ? height() : height),
+  });
+  widget.serialize = false;
+  return widget;
+}
+
+/** Call fn when the widget's value changes, however it was changed (typed, loaded, pasted, by API). */
+export function watchValue(node, widget, fn) {
+  let last = widget.value;
+  const chained = widget.callback;
+  widget.callback = function (...args) {
+    const r = chained?.apply(this, args);
+    if (widget.value !== last) {
+      last = widget.value;
+      fn(last);
+    }
+    return r;
+  };
+  const timer = setInterval(() => {
+    if (!node.graph) return clearInterval(timer); // node removed
+    if (widget.value !== last) {
+      last = widget.value;
+      fn(last);
+    }
+  }, 300);
+}
+
+export function debounce(fn, ms) {
+  let t = null;
+  return (...args) => {
+    clearTimeout(t);
+    t = setTimeout(() => fn(...args), ms);
+  };
+}
+
+export function el(tag, props = {}, children = []) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "style") Object.assign(e.style, v);
+    else if (k === "dataset") Object.assign(e.dataset, v);
+    else if (k in e) e[k] = v;
+    else e.setAttribute(k, v);
+  }
+  for (const c of [].concat(children)) e.append(c);
+  return e;
+}
+
+let styled = false;
+export function injectStyle() {
+  if (styled) return;
+  styled = true;
+  document.head.append(el("style", { textContent: `
+.ms-panel { font: 11px sans-serif; color: var(--input-text, #ddd); display: flex; flex-direction: column;
+  gap: 3px; box-sizing: border-box; padding: 2px 4px; overflow: hidden; width: 100%; }
+.ms-row { display: flex; gap: 3px; align-items: center; flex-wrap: nowrap; }
+.ms-row select, .ms-row input, .ms-row button { font-size: 11px; background: var(--comfy-input-bg, #222);
+  color: var(--input-text, #ddd); border: 1px solid var(--border-color, #555); border-radius: 3px; padding: 1px 3px; }
+.ms-row input[type=number] { width: 52px; }
+.ms-row select { min-width: 0; flex: 0 1 auto; }
+.ms-row select:last-child { flex: 1 1 auto; }
+.ms-status { min-height: 14px; white-space: pre-wrap; overflow-wrap: anywhere; }
+.ms-status.ms-error { color: #ff6b6b; }
+.ms-status.ms-ok { color: #8fd18f; }
+.ms-sliders { display: grid; gap: 0 1px; align-items: end; }
+.ms-sliders.ms-disabled { opacity: 0.35; }
+.ms-block { display: flex; flex-direction: column; align-items: center; min-width: 0; }
+.ms-block input[type=range] { writing-mode: vertical-lr; direction: rtl; width: 14px; height: 78px; margin: 0; }
+.ms-block span { font-size: 8px; writing-mode: vertical-lr; transform: rotate(180deg); height: 30px; opacity: 0.8; }
+.ms-block.ms-BASE input { accent-color: #c9a13b; } .ms-block.ms-MID input { accent-color: #b765d6; }
+.ms-block.ms-IN input { accent-color: #4a90d9; } .ms-block.ms-OUT input { accent-color: #4fb37a; }
+.ms-elements { overflow-y: auto; border: 1px solid var(--border-color, #555); border-radius: 3px; flex: 1; }
+.ms-elements div { cursor: pointer; padding: 0 3px; white-space: nowrap; }
+.ms-elements div:hover { background: var(--comfy-menu-bg, #333); }
+.ms-output { width: 100%; height: 100%; box-sizing: border-box; font: 10px monospace; resize: none;
+  background: var(--comfy-input-bg, #222); color: var(--input-text, #ddd); border: 1px solid var(--border-color, #555); }
+` }));
+}
