@@ -63,4 +63,21 @@ link="$comfy/custom_nodes/merge_suite"
 if [ ! -e "$link" ]; then
   ln -s "$repo" "$link"
 fi
+
+# Browser test of the web extension (tests/browser): Debian's Chromium, never a downloaded
+# browser, driven by playwright-core from npm. Without Chromium that test is skipped.
+if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "[setup] installing chromium (Debian package) for the browser test"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq chromium >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; } \
+    || echo "[setup] could not install chromium: the browser test will be skipped" >&2
+fi
+browser="$repo/tests/browser"
+if command -v npm >/dev/null && { [ ! -f "$browser/node_modules/.package-lock.json" ] \
+     || [ "$browser/package-lock.json" -nt "$browser/node_modules/.package-lock.json" ]; }; then
+  echo "[setup] installing playwright-core for the browser test"
+  (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error --cache "$cache/npm" >/dev/null) \
+    || echo "[setup] npm ci failed in tests/browser: the browser test will fail until it works" >&2
+fi
 echo "[setup] ok: python=$venv/bin/python comfyui=$comfy"
