@@ -163,14 +163,14 @@ def run_elements(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command.startswith("lora-"):
-        from .lora_cli import run as run_lora
-        return run_lora(args)
     if args.command in ("dice", "pinpoint"):
         from .weights_cli import run as run_weights
         return run_weights(args)
-    if args.command in ("analyze", "elements"):
+    if args.command in ("analyze", "elements") or args.command.startswith("lora-"):
         try:
+            if args.command.startswith("lora-"):
+                from .lora_cli import run as run_lora
+                return run_lora(args)
             return run_analyze(args) if args.command == "analyze" else run_elements(args)
         except MergeInputError as exc:
             exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)

@@ -74,6 +74,7 @@ def _inputs_meta(items, presets_text, mode, output, dtype, dims):
 
 
 def run(args) -> int:
+    """Run a lora-* command; bad input raises MergeInputError (and file errors), which cli.main reports."""
     start = time.perf_counter()
     presets_text = Path(args.presets).read_text(encoding="utf-8") if args.presets else ""
     try:
@@ -101,13 +102,9 @@ def run(args) -> int:
             meta = extraction_metadata(arch, args.rank, args.conv_rank, Path(args.output).stem)
             meta["ss_output_name"] = Path(args.output).stem
         path = save_lora(result, args.output, meta, args.dtype, overwrite=args.overwrite)
-    except MergeInputError as exc:
+    except MergeInputError as exc:  # cli.main prints it, with the option's name
         exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
-        print(f"error: {exc.describe(args.command)}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise
     for line in result.report:
         print(line, file=sys.stderr)
     print(f"wrote {path} ({len(result.tensors) // 3} modules, {time.perf_counter() - start:.1f} s)", file=sys.stderr)
