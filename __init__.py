@@ -23,3 +23,7 @@ if ComfyExtension is not None:
     async def comfy_entrypoint() -> "MergeSuiteExtension":
         return MergeSuiteExtension()
 
+    from .nodes.routes import register_with_server as _register_routes
+
+    _register_routes()  # the web editor's presets, layouts and validation (web/js)
+

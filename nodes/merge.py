@@ -21,6 +21,7 @@ from ..merge_core.report import applied_report
 from .comfy_models import (apply_plan, architecture_of, base_layout, check_same_architecture, effective_weight,
                            key_patches, make_calc_adapter, shapes_of)
 from .errors import named_errors
+from .ui import text_ui
 
 CATEGORY = "merge_suite"
 CUSTOM = "custom"
@@ -64,7 +65,7 @@ def settings_inputs() -> list:
         io.Combo.Input("calcmode", options=CALC_MODE_NAMES, default="normal", tooltip=CALC_TIP),
         io.Float.Input("gamma", default=0.3, min=0.0, max=20.0, step=0.1,
                        tooltip="extract only: how strictly features count as similar (high: only very similar ones)."),
-        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,  # else the UI randomizes it
                      tooltip="Seed of plus random's noise and of random elemental ratios (R, U, low~up, e.g. from 'Random Block Weights'): the same seed gives the same merge."),
         io.Boolean.Input("tensor2_corrected", default=False,
                          tooltip="tensor2 only: slice dim 1 with bounds from shape[1] for every tensor. Off: "
@@ -210,7 +211,8 @@ class _PairMerge(io.ComfyNode):
         a, b, c = inputs.pop(f"{k}_a"), inputs.pop(f"{k}_b"), inputs.pop(f"{k}_c", None)
         with named_errors(cls.DISPLAY):
             merged, plan = merge_objects(k, a, b, c, inputs)
-            return io.NodeOutput(merged, applied_report(plan))
+            report = applied_report(plan)
+            return io.NodeOutput(merged, report, ui=text_ui(report))
 
 
 class ModelMerge(_PairMerge):
@@ -255,7 +257,7 @@ class CheckpointMerge(io.ComfyNode):
             model, model_plan = merge_objects("model", model_a, model_b, model_c, params)
             clip, clip_plan = merge_objects("clip", clip_a, clip_b, clip_c, params)
             report = applied_report(model_plan) + "\n\ntext encoder:\n" + applied_report(clip_plan)
-            return io.NodeOutput(model, clip, report)
+            return io.NodeOutput(model, clip, report, ui=text_ui(report))
 
 
 NODES = [ModelMerge, CLIPMerge, CheckpointMerge]
