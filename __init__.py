@@ -13,12 +13,14 @@ except ImportError:  # imported outside ComfyUI (e.g. as a library): no nodes to
 if ComfyExtension is not None:
     from .nodes.adjust import NODES as _ADJUST_NODES
     from .nodes.analysis import NODES as _ANALYSIS_NODES
+    from .nodes.lora import NODES as _LORA_NODES
     from .nodes.merge import NODES as _MERGE_NODES
     from .nodes.random_weights import NODES as _WEIGHT_LIST_NODES
 
     class MergeSuiteExtension(ComfyExtension):
         async def get_node_list(self):
-            return list(_MERGE_NODES) + list(_ADJUST_NODES) + list(_ANALYSIS_NODES) + list(_WEIGHT_LIST_NODES)
+            return (list(_MERGE_NODES) + list(_ADJUST_NODES) + list(_ANALYSIS_NODES) + list(_WEIGHT_LIST_NODES)
+                    + list(_LORA_NODES))
 
     async def comfy_entrypoint() -> "MergeSuiteExtension":
         return MergeSuiteExtension()

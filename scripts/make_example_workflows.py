@@ -26,6 +26,12 @@ OUTPUTS = {
     "MergeSuite_Elements": [("elements", "STRING")],
     "MergeSuite_TextEncoderTokens": [("tokens", "STRING"), ("csv", "STRING")],
     "MergeSuite_Adjust": [("MODEL", "MODEL")],
+    "MergeSuite_LoraApply": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("report", "STRING")],
+    "MergeSuite_LoraBake": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("report", "STRING")],
+    "MergeSuite_LoraExtract": [("lora_name", "STRING"), ("lora_list", "STRING"), ("report", "STRING")],
+    "MergeSuite_LoraMerge": [("lora_name", "STRING"), ("lora_list", "STRING"), ("report", "STRING")],
+    "MergeSuite_LoraExtractFromLoras": [("lora_name", "STRING"), ("lora_list", "STRING"), ("report", "STRING")],
+    "StringConcatenate": [("STRING", "STRING")],
     "MergeSuite_PinpointBlocks": [("blocks", "STRING"), ("x_label", "STRING"), ("y_label", "STRING")],
     "MergeSuite_RandomBlockWeights": [("blocks_alpha", "STRING"), ("blocks_beta", "STRING"),
                                       ("elemental", "STRING"), ("seed", "INT"), ("label", "STRING")],
@@ -234,6 +240,108 @@ def pinpoint_blocks():
     return g
 
 
+# --- LoRA (issue #5) ---------------------------------------------------------------------------
+# Each graph makes its LoRA files itself (extraction from the tiny checkpoints), so no LoRA needs to be
+# installed; a LoRA node's lora_list output ("<file>:1") feeds the next node's list input.
+
+def lora_extract(g, tuned, original, prefix, pos, rank=8):
+    ex = g.add("MergeSuite_LoraExtract", [1.0, 1.0, rank, 0, "full", 0.0, 0.0, prefix, "fp16"], pos, (360, 330))
+    g.link(tuned, 0, ex, "model_a")
+    g.link(original, 0, ex, "model_b")
+    g.link(tuned, 1, ex, "clip_a")
+    g.link(original, 1, ex, "clip_b")
+    return ex
+
+
+def lora_apply(g, model, lora_list_src, slot, pos):
+    ap = g.add("MergeSuite_LoraApply", ["None", 1.0, 1.0, "", "", ""], pos, (360, 330))
+    g.link(model, 0, ap, "model")
+    g.link(lora_list_src, slot, ap, "lora_list", widget=True)
+    g.link(model, 1, ap, "clip")
+    return ap
+
+
+def lora_loaders(g, names):
+    return [g.add("CheckpointLoaderSimple", [f"tiny_sd1_{t}.safetensors"], (0, i * 160), (320, 100),
+                  f"Model {t.upper()}") for i, t in enumerate(names)]
+
+
+def show(g, src, slot, pos, title):
+    shown = g.add("PreviewAny", [], pos, (420, 160), title)
+    g.link(src, slot, shown, "source")
+
+
+def lora_extract_from_models():
+    """Make LoRA: rank-8 LoRA of A - B (U-Net and text encoder), applied to B, which then samples like A."""
+    g = Graph()
+    a, b = lora_loaders(g, "ab")
+    ex = lora_extract(g, a, b, "merge_suite/example_extracted", (400, 0))
+    ap = lora_apply(g, b, ex, 1, (400, 380))
+    show(g, ex, 2, (800, 600), "Extraction report")
+    sampler_tail(g, ap, 0, ap, 1, a, "merge_suite/lora_extracted", x=1250)
+    return g
+
+
+def lora_apply_block_weights_bake():
+    """Apply a LoRA with the OUTALL block preset at 0.8 (text encoder and OUT blocks only), then bake it."""
+    g = Graph()
+    a, b = lora_loaders(g, "ab")
+    ex = lora_extract(g, a, b, "merge_suite/example_for_blocks", (400, 0))
+    spec = g.add("StringConcatenate", ["", ":OUTALL", ""], (400, 380), (300, 150), "name:ratio + :OUTALL")
+    g.link(ex, 1, spec, "string_a", widget=True)
+    ap = lora_apply(g, b, spec, 0, (800, 0))
+    bake = g.add("MergeSuite_LoraBake", [], (800, 380), (300, 100))
+    g.link(ap, 0, bake, "model")
+    g.link(ap, 1, bake, "clip")
+    show(g, ap, 2, (800, 520), "What was applied")
+    sampler_tail(g, bake, 0, bake, 1, a, "merge_suite/lora_blocks_baked", x=1250)
+    return g
+
+
+def two_extracted(g, rank_1, rank_2):
+    a, b, c = lora_loaders(g, "abc")
+    l1 = lora_extract(g, a, c, "merge_suite/example_l1", (400, 0), rank=rank_1)
+    l2 = lora_extract(g, b, c, "merge_suite/example_l2", (400, 380), rank=rank_2)
+    return a, c, l1, l2
+
+
+def lora_merge():
+    """Merge LoRAs: two extracted LoRAs (ranks 4 and 6) at 0.6 and 0.4, exact SVD merge at rank 10, applied to C."""
+    g = Graph()
+    a, c, l1, l2 = two_extracted(g, 4, 6)
+    listing = g.add("StringConcatenate", ["", "", ", "], (800, 0), (300, 150), "LoRA list")
+    g.link(l1, 1, listing, "string_a", widget=True)
+    g.link(l2, 1, listing, "string_b", widget=True)
+    m = g.add("MergeSuite_LoraMerge", ["", "exact", 10, "full", 0.0, True, "merge", "merge_suite/example_merged",
+                                       "fp16", ""], (800, 200), (360, 380))
+    g.link(listing, 0, m, "lora_list", widget=True)
+    ap = lora_apply(g, c, m, 1, (1200, 0))
+    show(g, m, 2, (1200, 380), "Merge report")
+    sampler_tail(g, ap, 0, ap, 1, a, "merge_suite/lora_merged", x=1650)
+    return g
+
+
+def lora_extract_from_two_loras():
+    """Extract from two LoRAs: what LoRA 2 has that LoRA 1 does not (alpha = beta = gamma = 1), applied to C."""
+    g = Graph()
+    a, c, l1, l2 = two_extracted(g, 4, 4)  # extract works tensor by tensor: equal ranks
+    ex = g.add("MergeSuite_LoraExtractFromLoras", ["", "", 1.0, 1.0, 1.0, True, "merge_suite/example_dissimilar",
+                                                   "fp16", "create new", ""], (800, 0), (360, 380))
+    g.link(l1, 1, ex, "lora_1", widget=True)
+    g.link(l2, 1, ex, "lora_2", widget=True)
+    ap = lora_apply(g, c, ex, 1, (1200, 0))
+    show(g, ex, 2, (1200, 380), "Extraction report")
+    sampler_tail(g, ap, 0, ap, 1, a, "merge_suite/lora_dissimilar", x=1650)
+    return g
+
+
+LORA_WORKFLOWS = {
+    "lora_extract_from_models": lora_extract_from_models,
+    "lora_apply_block_weights_bake": lora_apply_block_weights_bake,
+    "lora_merge_exact": lora_merge,
+    "lora_extract_from_two_loras": lora_extract_from_two_loras,
+}
+
 WORKFLOWS = {
     "adjust_model": adjust_only,
     "analysis_similarity_per_block": analysis,
@@ -257,6 +365,7 @@ WORKFLOWS = {
     "merge_sdxl_triple_sum": sdxl_triple_sum,
     "merge_random_block_weights": random_block_weights,
     "merge_pinpoint_blocks": pinpoint_blocks,
+    **LORA_WORKFLOWS,
 }
 
 if __name__ == "__main__":
