@@ -1,13 +1,14 @@
 // Drives the real ComfyUI frontend in the system Chromium and reports what it saw as JSON on stdout.
 // The assertions live in test_web_extension.py; this script only acts and observes.
 // usage: node editor_check.mjs SERVER_URL WORKFLOW_JSON OUT_DIR
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { chromium } from "playwright-core";
 
 const [url, workflowPath, outDir] = process.argv.slice(2);
 const workflow = JSON.parse(readFileSync(workflowPath, "utf8"));
+const examplesDir = dirname(workflowPath);
 const MERGE = String(workflow.nodes.find((n) => n.type === "MergeSuite_CheckpointMerge").id);
 const result = { steps: [], console: [] };
 const step = (name, data) => result.steps.push({ name, ...data });
@@ -165,6 +166,17 @@ try {
   await page.screenshot({ path: join(outDir, "page.png") });
 
   result.workflow = await page.evaluate(() => window.comfyAPI.app.app.graph.serialize());
+
+  // Every example workflow as the frontend turns it into a prompt (widget values in the right inputs).
+  result.examples = {};
+  for (const name of readdirSync(examplesDir).filter((f) => f.endsWith(".json")).sort()) {
+    const wf = JSON.parse(readFileSync(join(examplesDir, name), "utf8"));
+    result.examples[name] = await page.evaluate(async (w) => {
+      const app = window.comfyAPI.app.app;
+      await app.loadGraphData(w);
+      return (await app.graphToPrompt()).output;
+    }, wf);
+  }
 } catch (e) {
   result.error = String(e?.stack || e);
   await browser.pages()[0]?.screenshot({ path: join(outDir, "failure.png") }).catch(() => {});

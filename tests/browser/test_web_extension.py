@@ -149,3 +149,16 @@ def test_a_workflow_saved_with_the_editor_loads_without_it(seen):
 def test_screenshot_of_the_editor_was_taken(seen):
     shot = SHOTS / "block_editor.png"
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_every_example_workflow_gives_the_frontend_the_prompt_the_tests_run(seen):
+    """The frontend assigns widgets_values by position, with extra slots for seed controls: the
+    example workflows must line up with what it builds, not only with demo/workflow_api.py."""
+    examples = seen["examples"]
+    assert sorted(examples) == sorted(p.name for p in WORKFLOW.parent.glob("*.json"))
+    for name, frontend in examples.items():
+        expected = to_prompt(json.loads((WORKFLOW.parent / name).read_text()), seen["object_info"])
+        for node_id, node in expected.items():
+            got = frontend[node_id]["inputs"]
+            for key, value in node["inputs"].items():
+                assert got.get(key) == value, f"{name} node {node_id} ({node['class_type']}) input {key}"
