@@ -172,6 +172,13 @@ def lora_architecture(names) -> Optional[str]:
     that never go past block 8. SD1/SD2: ``lora_te_``, diffusers U-Net names, or blocks 9-11.
     """
     max_block, unet = -1, False
+    names = list(names)
+    comfy_named = [n + ".weight" for n in names if n.startswith("diffusion_model.")]
+    if comfy_named:  # ComfyUI's own naming (LoraSave): the model keys themselves
+        from .architectures import detect
+        arch = detect(comfy_named)
+        if arch is not None:
+            return "sdxl" if arch.name == "sdxl" else "sd1"
     for n in names:
         if n.startswith(("lora_te1_", "lora_te2_")):
             return "sdxl"

@@ -302,3 +302,10 @@ def test_cli_extract_from_two_loras(tmp_path):
     assert float(got[f"{name}.alpha"]) == mods1[name].alpha
     bad = write(tmp_path / "l3.safetensors", {n: low_rank(6, 5, 3, i) for i, n in enumerate(SD1_MODULES)})
     assert main(["lora-extract", "--loras", f"{p1}:1", f"{bad}:1", "-o", str(tmp_path / "f.safetensors")]) == 2
+
+
+def test_comfy_named_loras_are_recognised(sd1_keys, sdxl_keys):
+    for keys, expected in ((sd1_keys, "sd1"), (sdxl_keys, "sdxl")):
+        names = [k[len("model."):-len(".weight")] for k in keys if k.startswith("model.diffusion_model.")
+                 and k.endswith(".weight")]
+        assert lora_architecture(names) == expected
