@@ -36,7 +36,10 @@ try {
   });
 
   // A fresh server has no settings: skip the first-run template browser.
-  await page.request.post(`${url}/api/settings`, { data: { "Comfy.TutorialCompleted": true } });
+  // VUE_NODES=1: the same checks with the frontend's Vue node rendering ("Nodes 2.0").
+  await page.request.post(`${url}/api/settings`, {
+    data: { "Comfy.TutorialCompleted": true, "Comfy.VueNodes.Enabled": process.env.VUE_NODES === "1" },
+  });
   await page.goto(url);
   // Ready when the node definitions are registered and the start-up workflow is in place.
   await page.waitForFunction(() => {
@@ -126,13 +129,15 @@ try {
   await page.waitForFunction(() => document.querySelector(".ms-block-editor[data-input=blocks_alpha]")?.dataset.state === "ok");
 
   // Elemental: type a malformed rule into the node's own textarea.
-  const handle = await page.evaluateHandle((id) => {
+  // Vue-rendered nodes draw their own textarea inside the node's element; LiteGraph ones use the widget's.
+  const vueBox = page.locator(`[data-node-id="${MERGE}"] textarea:not(.ms-output)`);
+  const box = (await vueBox.count()) ? vueBox.first() : (await page.evaluateHandle((id) => {
     const node = window.comfyAPI.app.app.graph.getNodeById(Number(id));
     const w = node.widgets.find((x) => x.name === "elemental");
     return w.element ?? w.inputEl;
-  }, MERGE);
-  await handle.asElement().click();
-  await handle.asElement().fill("");
+  }, MERGE)).asElement();
+  await box.click();
+  await box.fill("");
   await page.keyboard.type("OUT03-OUT05:attn2:0.5\nIN99:attn:1");
   const helper = page.locator(".ms-elemental-helper");
   await page.waitForFunction(() => document.querySelector(".ms-elemental-helper")?.dataset.state === "error");

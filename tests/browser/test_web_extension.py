@@ -45,8 +45,10 @@ def _floats(text):
     return [float(v) for v in text.split(",")]
 
 
-@pytest.fixture(scope="module")
-def seen(tmp_path_factory):
+@pytest.fixture(scope="module", params=["litegraph", "vue"])
+def seen(request, tmp_path_factory):
+    """One browser session per rendering mode of frontend 1.32: LiteGraph canvas, and Vue nodes ("Nodes 2.0")."""
+    mode = request.param
     assert (HERE / "node_modules" / "playwright-core").is_dir(), \
         "playwright-core is missing: run `npm ci` in tests/browser (scripts/setup_host.sh does)"
     base = tmp_path_factory.mktemp("comfy_browser")
@@ -56,7 +58,7 @@ def seen(tmp_path_factory):
     with ComfyServer(base) as server:
         run = subprocess.run(["node", str(HERE / "editor_check.mjs"), server.url, str(WORKFLOW), str(out)],
                              cwd=HERE, capture_output=True, text=True, timeout=480,
-                             env=dict(os.environ, CHROMIUM=CHROMIUM))
+                             env=dict(os.environ, CHROMIUM=CHROMIUM, VUE_NODES="1" if mode == "vue" else "0"))
         object_info = server.get("/object_info")
         log = server.log_tail(60)
     assert run.returncode == 0, f"node failed:\n{run.stderr[-3000:]}"
@@ -64,10 +66,11 @@ def seen(tmp_path_factory):
     SHOTS.mkdir(parents=True, exist_ok=True)
     for name in ("block_editor.png", "page.png", "failure.png"):
         if (out / name).is_file():
-            shutil.copy(out / name, SHOTS / name)
-    assert "error" not in result, f"{result['error']}\ndialogs: {result.get('dialogs')}\nserver log:\n{log}"
+            shutil.copy(out / name, SHOTS / name.replace(".png", f"_{mode}.png"))
+    assert "error" not in result, f"{mode}: {result['error']}\ndialogs: {result.get('dialogs')}\nserver log:\n{log}"
     result["by_step"] = {s["name"]: s for s in result["steps"]}
     result["object_info"] = object_info
+    result["mode"] = mode
     return result
 
 
@@ -147,7 +150,7 @@ def test_a_workflow_saved_with_the_editor_loads_without_it(seen):
 
 
 def test_screenshot_of_the_editor_was_taken(seen):
-    shot = SHOTS / "block_editor.png"
+    shot = SHOTS / f"block_editor_{seen['mode']}.png"
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 
