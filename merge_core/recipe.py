@@ -101,7 +101,7 @@ def _short_name(node: Mapping) -> str:
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, str) and any(c in value for c in " ,:\n"):
+    if isinstance(value, str) and any(c in value for c in " \n"):
         return json.dumps(value)
     return str(value)
 

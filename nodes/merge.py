@@ -22,6 +22,7 @@ from .comfy_models import (apply_plan, architecture_of, base_layout, check_same_
                            key_patches, make_calc_adapter, shapes_of)
 from .errors import named_errors
 from .ui import text_ui
+from .recipe_tags import loader_file_names, set_recipe, source_of
 
 CATEGORY = "merge_suite"
 CUSTOM = "custom"
@@ -36,6 +37,8 @@ BLOCKS_TIP = ("Per-block {what}: 26 comma-separated values for SD1/SD2 (BASE, IN
               "20 for SDXL (BASE, IN00-IN08, M00, OUT00-OUT08; a 26-value list is converted), or a preset name. "
               "Empty: the scalar {scalar} applies everywhere. BASE is the text encoder's ratio. "
               "Overrides the scalar {scalar}.")
+RECIPE_TIP = ("What was merged, compactly: models, mode, calc mode, alpha/beta, blocks, elemental, adjust; "
+              "chains through successive merges ([1], [2] ...). For grid labels, notes and saved files.")
 REPORT_TIP = ("What was applied: per block the ratios and how many keys were merged or kept, and per "
               "elemental rule how many keys it set. Connect to 'Preview as Text'.")
 CALC_TIP = ("How each tensor is combined. normal: the mode's formula. Weight sum only: cosineA, cosineB "
@@ -108,6 +111,21 @@ def make_settings(arch, mode: str, alpha: float, beta: float, blocks_alpha_prese
     return core_settings(arch, mode, alpha, beta,
                          _block_text(blocks_alpha_preset, blocks_alpha, "blocks_alpha"),
                          _block_text(blocks_beta_preset, blocks_beta, "blocks_beta"), **calc)
+
+
+def tag_recipe(kind: str, merged: Any, plan, params: dict, objects: dict, hidden: Any, scope: str = "") -> str:
+    """Attach the merge's recipe to the result (it chains into later merges and saves); returns its text."""
+    from ..merge_core import recipe as core
+    resolved = dict(params, blocks_alpha=_block_text(params.get("blocks_alpha_preset", CUSTOM),
+                                                     params.get("blocks_alpha", ""), "blocks_alpha"),
+                    blocks_beta=_block_text(params.get("blocks_beta_preset", CUSTOM),
+                                            params.get("blocks_beta", ""), "blocks_beta"))
+    files = loader_file_names(hidden)
+    used = ("a", "b", "c") if plan.settings.needs_c else ("a", "b")
+    inputs = {n: source_of(objects[n], kind, f"{kind}_{n}", files) for n in used if objects.get(n) is not None}
+    tree = core.merge_step(scope or kind, resolved, plan.settings, inputs)
+    set_recipe(merged, kind, tree)
+    return core.recipe_text(tree)
 
 
 def _progress(total: int):
@@ -202,7 +220,9 @@ class _PairMerge(io.ComfyNode):
             inputs=[cls.IO.Input(f"{k}_a", tooltip=cls.TIPS["a"]), cls.IO.Input(f"{k}_b", tooltip=cls.TIPS["b"]),
                     *settings_inputs(), cls.IO.Input(f"{k}_c", optional=True, tooltip=cls.TIPS["c"])],
             outputs=[cls.IO.Output(display_name=k.upper()),
-                     io.String.Output(display_name="report", tooltip=REPORT_TIP)],
+                     io.String.Output(display_name="report", tooltip=REPORT_TIP),
+                     io.String.Output(display_name="recipe", tooltip=RECIPE_TIP)],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
@@ -211,8 +231,9 @@ class _PairMerge(io.ComfyNode):
         a, b, c = inputs.pop(f"{k}_a"), inputs.pop(f"{k}_b"), inputs.pop(f"{k}_c", None)
         with named_errors(cls.DISPLAY):
             merged, plan = merge_objects(k, a, b, c, inputs)
+            recipe = tag_recipe(k, merged, plan, inputs, {"a": a, "b": b, "c": c}, getattr(cls, "hidden", None))
             report = applied_report(plan)
-            return io.NodeOutput(merged, report, ui=text_ui(report))
+            return io.NodeOutput(merged, report, recipe, ui=text_ui(report, recipe))
 
 
 class ModelMerge(_PairMerge):
@@ -248,7 +269,9 @@ class CheckpointMerge(io.ComfyNode):
                     io.Model.Input("model_c", optional=True, tooltip="Required by Add difference, Triple sum, sum Twice."),
                     io.Clip.Input("clip_c", optional=True, tooltip="Required by Add difference, Triple sum, sum Twice.")],
             outputs=[io.Model.Output(display_name="MODEL"), io.Clip.Output(display_name="CLIP"),
-                     io.String.Output(display_name="report", tooltip=REPORT_TIP)],
+                     io.String.Output(display_name="report", tooltip=REPORT_TIP),
+                     io.String.Output(display_name="recipe", tooltip=RECIPE_TIP)],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
@@ -257,7 +280,11 @@ class CheckpointMerge(io.ComfyNode):
             model, model_plan = merge_objects("model", model_a, model_b, model_c, params)
             clip, clip_plan = merge_objects("clip", clip_a, clip_b, clip_c, params)
             report = applied_report(model_plan) + "\n\ntext encoder:\n" + applied_report(clip_plan)
-            return io.NodeOutput(model, clip, report, ui=text_ui(report))
+            hidden = getattr(cls, "hidden", None)
+            recipe = tag_recipe("model", model, model_plan, params, {"a": model_a, "b": model_b, "c": model_c},
+                                hidden, "checkpoint")
+            tag_recipe("clip", clip, clip_plan, params, {"a": clip_a, "b": clip_b, "c": clip_c}, hidden, "checkpoint")
+            return io.NodeOutput(model, clip, report, recipe, ui=text_ui(report, recipe))
 
 
 NODES = [ModelMerge, CLIPMerge, CheckpointMerge]

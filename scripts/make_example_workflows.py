@@ -12,9 +12,9 @@ OUT = Path(__file__).resolve().parents[1] / "example_workflows"
 
 OUTPUTS = {
     "CheckpointLoaderSimple": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
-    "MergeSuite_ModelMerge": [("MODEL", "MODEL"), ("report", "STRING")],
-    "MergeSuite_CLIPMerge": [("CLIP", "CLIP"), ("report", "STRING")],
-    "MergeSuite_CheckpointMerge": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("report", "STRING")],
+    "MergeSuite_ModelMerge": [("MODEL", "MODEL"), ("report", "STRING"), ("recipe", "STRING")],
+    "MergeSuite_CLIPMerge": [("CLIP", "CLIP"), ("report", "STRING"), ("recipe", "STRING")],
+    "MergeSuite_CheckpointMerge": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("report", "STRING"), ("recipe", "STRING")],
     "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
     "EmptyLatentImage": [("LATENT", "LATENT")],
     "KSampler": [("LATENT", "LATENT")],
@@ -32,6 +32,13 @@ OUTPUTS = {
     "MergeSuite_LoraMerge": [("lora_name", "STRING"), ("lora_list", "STRING"), ("report", "STRING")],
     "MergeSuite_LoraExtractFromLoras": [("lora_name", "STRING"), ("lora_list", "STRING"), ("report", "STRING")],
     "StringConcatenate": [("STRING", "STRING")],
+    "MergeSuite_SweepFloats": [("values", "FLOAT"), ("labels", "STRING")],
+    "MergeSuite_SweepBlockWeights": [("values", "STRING"), ("labels", "STRING")],
+    "MergeSuite_SweepSeeds": [("values", "INT"), ("labels", "STRING")],
+    "MergeSuite_SweepCrossProduct": [("x", "*"), ("y", "*"), ("z", "*"), ("x_labels", "STRING"),
+                                     ("y_labels", "STRING"), ("z_labels", "STRING"), ("count", "INT")],
+    "MergeSuite_SweepGrid": [("grids", "IMAGE"), ("layout", "STRING")],
+    "MergeSuite_SaveCheckpoint": [("path", "STRING")],
     "MergeSuite_PinpointBlocks": [("blocks", "STRING"), ("x_label", "STRING"), ("y_label", "STRING")],
     "MergeSuite_RandomBlockWeights": [("blocks_alpha", "STRING"), ("blocks_beta", "STRING"),
                                       ("elemental", "STRING"), ("seed", "INT"), ("label", "STRING")],
@@ -91,6 +98,7 @@ def sampler_tail(g, model, model_slot, clip, clip_slot, vae, prefix, x=1100):
     g.link(vae, 2, dec, "vae")
     save = g.add("SaveImage", [prefix], (x + 800, 120), (300, 300))
     g.link(dec, 0, save, "images")
+    return dec
 
 
 def merge_widgets(mode, alpha, beta, preset_a="custom", blocks_a="", preset_b="custom", blocks_b="",
@@ -240,6 +248,80 @@ def pinpoint_blocks():
     return g
 
 
+def sweep_alpha_x_blocks():
+    """X x Y sweep: alpha (3 values) x beta block preset (2), sum Twice of three checkpoints, one queue run,
+    ending in a grid. (A block list replaces the scalar of the same ratio, so the axes are alpha and beta.)"""
+    g = Graph(expect_images=7)  # 6 cells + 1 grid
+    a, b, c = (g.add("CheckpointLoaderSimple", [f"tiny_sd1_{t}.safetensors"], (0, i * 140), (320, 100),
+                     f"Model {t.upper()}") for i, t in enumerate("abc"))
+    xs = g.add("MergeSuite_SweepFloats", ["0.2, 0.5, 0.8", "alpha"], (0, 420), (320, 100), "X: alpha")
+    ys = g.add("MergeSuite_SweepBlockWeights", ["GRAD_V\nGRAD_A", "blocks_beta"], (0, 560), (320, 140),
+               "Y: beta block preset")
+    cross = g.add("MergeSuite_SweepCrossProduct", [], (360, 420), (300, 200))
+    g.link(xs, 0, cross, "x")
+    g.link(xs, 1, cross, "x_labels")
+    g.link(ys, 0, cross, "y")
+    g.link(ys, 1, cross, "y_labels")
+    m = g.add("MergeSuite_CheckpointMerge", merge_widgets("sum Twice", 0.5, 0.25), (700, 0), (400, 420))
+    for src, name in ((a, "a"), (b, "b"), (c, "c")):
+        g.link(src, 0, m, f"model_{name}")
+        g.link(src, 1, m, f"clip_{name}")
+    g.link(cross, 0, m, "alpha", widget=True)
+    g.link(cross, 1, m, "blocks_beta", widget=True)
+    decode = sampler_tail(g, m, 0, m, 1, a, "merge_suite/sweep_cells", x=1150)
+    grid = g.add("MergeSuite_SweepGrid", ["alpha x beta block preset"], (1950, 400), (320, 160))
+    g.link(decode, 0, grid, "images")
+    g.link(cross, 3, grid, "x_labels")
+    g.link(cross, 4, grid, "y_labels")
+    g.link(m, 3, grid, "recipes")
+    save = g.add("SaveImage", ["merge_suite/sweep_grid"], (2300, 400), (400, 300))
+    g.link(grid, 0, save, "images")
+    shown = g.add("PreviewAny", [], (1950, 600), (320, 160), "Grid layout")
+    g.link(grid, 1, shown, "source")
+    return g
+
+
+def sweep_seeds_one_merge():
+    """A seed sweep over one merge: the merged MODEL is reused for every seed (the merge runs once)."""
+    g = Graph(expect_images=4)  # 3 seeds + 1 grid
+    a = g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A")
+    b = g.add("CheckpointLoaderSimple", ["tiny_sd1_b.safetensors"], (0, 160), (320, 100), "Model B")
+    m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.4, 0.25, "GRAD_V"), (400, 0), (400, 420))
+    g.link(a, 0, m, "model_a")
+    g.link(b, 0, m, "model_b")
+    seeds = g.add("MergeSuite_SweepSeeds", ["11, 22, 33", "seed"], (400, 460), (320, 100), "Seeds")
+    decode = sampler_tail(g, m, 0, a, 1, a, "merge_suite/seed_sweep")
+    ks = next(n for n in g.nodes if n["type"] == "KSampler")
+    g.link(seeds, 0, ks, "seed", widget=True)
+    grid = g.add("MergeSuite_SweepGrid", ["one merge, three seeds"], (1900, 400), (320, 160))
+    g.link(decode, 0, grid, "images")
+    g.link(seeds, 1, grid, "x_labels")
+    g.link(m, 2, grid, "recipes")
+    save = g.add("SaveImage", ["merge_suite/seed_sweep_grid"], (2250, 400), (400, 300))
+    g.link(grid, 0, save, "images")
+    return g
+
+
+def save_merged_checkpoint():
+    """Merge two checkpoints and save the result as fp16 with the recipe in its metadata (streamed)."""
+    g = Graph()
+    a = g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A")
+    b = g.add("CheckpointLoaderSimple", ["tiny_sd1_b.safetensors"], (0, 160), (320, 100), "Model B")
+    m = g.add("MergeSuite_CheckpointMerge", merge_widgets("Weight sum", 0.3, 0.25, "GRAD_V"), (400, 0), (400, 420))
+    for src, name in ((a, "a"), (b, "b")):
+        g.link(src, 0, m, f"model_{name}")
+        g.link(src, 1, m, f"clip_{name}")
+    save = g.add("MergeSuite_SaveCheckpoint", ["merge_suite/example_merge", "fp16", False, True, True],
+                 (850, 500), (360, 220), "Save Checkpoint (streamed, with recipe)")
+    g.link(m, 0, save, "model")
+    g.link(m, 1, save, "clip")
+    g.link(a, 2, save, "vae")
+    shown = g.add("PreviewAny", [], (1250, 500), (400, 120), "Saved file")
+    g.link(save, 0, shown, "source")
+    sampler_tail(g, m, 0, m, 1, a, "merge_suite/saved_merge")
+    return g
+
+
 # --- LoRA (issue #5) ---------------------------------------------------------------------------
 # Each graph makes its LoRA files itself (extraction from the tiny checkpoints), so no LoRA needs to be
 # installed; a LoRA node's lora_list output ("<file>:1") feeds the next node's list input.
@@ -365,6 +447,9 @@ WORKFLOWS = {
     "merge_sdxl_triple_sum": sdxl_triple_sum,
     "merge_random_block_weights": random_block_weights,
     "merge_pinpoint_blocks": pinpoint_blocks,
+    "sweep_alpha_x_beta_blocks": sweep_alpha_x_blocks,
+    "sweep_seeds_one_merge": sweep_seeds_one_merge,
+    "save_merged_checkpoint_fp16": save_merged_checkpoint,
     **LORA_WORKFLOWS,
 }
 

@@ -52,14 +52,52 @@ def test_example_workflow_runs(path, server):
     sampled = any(n["type"] == "KSampler" for n in workflow["nodes"])
     for image in images:
         with Image.open(image) as im:
-            assert im.size == ((64, 64) if sampled else (1024, 512))  # samples, or analysis charts
+            if "grid" not in image.name:  # sweep grids are checked in check_sweep_outputs
+                assert im.size == ((64, 64) if sampled else (1024, 512))  # samples, or analysis charts
             assert len(set(im.convert("L").tobytes())) > 1, "a blank image means NaNs or a dead model"
     texts = [t for out in entry["outputs"].values() for t in out.get("text", [])]
     if path.stem == "merge_add_difference":  # the applied-ratio report of the merge node
         assert any("by elemental" in t and "OUT04" in t for t in texts), texts
     if any(n["type"] == "MergeSuite_ModelSimilarity" for n in workflow["nodes"]):
         assert any("similarity %" in t and "OUT11" in t for t in texts), texts
+    check_sweep_outputs(path.stem, workflow, entry, images, texts, server)
     assert "invalid value encountered" not in server.log_tail(200)
+
+
+def check_sweep_outputs(stem, workflow, entry, images, texts, server):
+    """Sweeps: one grid with the right labels; a seed sweep merges once; a save writes the recipe."""
+    cells = sorted(p for p in images if "grid" not in p.name)
+    if stem == "sweep_alpha_x_beta_blocks":
+        assert len(cells) == 6 and len({p.read_bytes() for p in cells}) == 6, "six different merges"
+        layout = next(t for t in texts if t.startswith("grid"))
+        assert layout.splitlines() == ["grid: 2 rows x 3 cols", "X: alpha=0.2 | alpha=0.5 | alpha=0.8",
+                                       "Y: blocks_beta=GRAD_V | blocks_beta=GRAD_A"]
+    if stem == "sweep_seeds_one_merge":
+        merge_id = next(str(n["id"]) for n in workflow["nodes"] if n["type"] == "MergeSuite_ModelMerge")
+        assert len(entry["outputs"][merge_id]["text"]) == 2, "one merge (report + recipe), not one per seed"
+        assert len(cells) == 3 and len({p.read_bytes() for p in cells}) == 3
+    if stem == "save_merged_checkpoint_fp16":
+        check_saved_checkpoint(texts, server)
+    if stem.startswith("sweep"):
+        grids = [p for p in images if "grid" in p.name]
+        assert len(grids) == 1
+        with Image.open(grids[0]) as im:
+            assert im.width > 64 * 3 and im.height > 64
+
+
+def check_saved_checkpoint(texts, server):
+    """The save example wrote an fp16 file into the checkpoints folder, with SuperMerger's recipe metadata."""
+    import hashlib
+    saved = [t for t in texts if t.endswith(".safetensors")]
+    assert len(saved) == 1 and Path(saved[0]).parent.name == "merge_suite"
+    header = Path(saved[0]).read_bytes()
+    head = json.loads(header[8:8 + int.from_bytes(header[:8], "little")])
+    meta = head.pop("__metadata__")
+    assert {v["dtype"] for k, v in head.items() if k.startswith("model.diffusion_model.")} == {"F16"}
+    recipe = json.loads(meta["sd_merge_recipe"])
+    a = server.base / "models" / "checkpoints" / "tiny_sd1_a.safetensors"
+    assert recipe["model_a"] == hashlib.sha256(a.read_bytes()).hexdigest() and recipe["mbw"] is True
+    assert "Weight sum(tiny_sd1_a, tiny_sd1_b)" in recipe["merge_suite"]["text"] and "prompt" in meta
 
 
 def test_bad_block_weights_fail_with_a_clear_message(server):

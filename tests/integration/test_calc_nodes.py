@@ -47,7 +47,7 @@ def test_node_equals_library(layout, calcmode, mode, alpha, beta, blocks, tiny):
 def test_lazy_calc_merge_samples(tiny):
     import tiny_models
     ma, mb, ca, cb = tiny("model", "sd1", 21), tiny("model", "sd1", 22), tiny("clip", "sd1", 21), tiny("clip", "sd1", 22)
-    model, clip, _report = CheckpointMerge.execute(model_a=ma, clip_a=ca, model_b=mb, clip_b=cb, mode="Weight sum",
+    model, clip, _report, _recipe = CheckpointMerge.execute(model_a=ma, clip_a=ca, model_b=mb, clip_b=cb, mode="Weight sum",
                                           alpha=0.3, beta=0.0, calcmode="cosineA").result
     latent, image = sample(model, clip, tiny_models.build_vae(0))
     assert torch.isfinite(latent).all() and torch.isfinite(image).all()

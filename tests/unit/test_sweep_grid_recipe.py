@@ -1,0 +1,132 @@
+"""Sweep lists, cross product, grid layout/drawing and recipe text/metadata (pure merge_core)."""
+import json
+import random
+
+import pytest
+from PIL import Image
+
+from merge_core import grid, recipe, sweep
+from merge_core.api import make_settings
+from merge_core.architectures import detect
+from merge_core.errors import MergeInputError
+
+
+def test_float_lists_and_ranges():
+    assert sweep.float_list("0.1, 0.3\n0.5") == [0.1, 0.3, 0.5]
+    assert sweep.float_range(0.0, 1.0, 5) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert sweep.float_range(0.3, 0.9, 1) == [0.3]
+    assert sweep.labels("alpha", [0.25, 0.5]) == ["alpha=0.25", "alpha=0.5"]
+
+
+def test_seeds_blank_line_lists_calcmodes_adjust_blocks():
+    rng = random.Random(3)
+    seeds = sweep.seed_list("1, -1, 7", rng=rng)
+    assert seeds[0] == 1 and seeds[2] == 7 and 0 <= seeds[1] < 2 ** 32
+    assert sweep.blank_line_list("none\n\nOUT03:attn2:0.5\nIN01::1\n\n\n-") == ["", "OUT03:attn2:0.5\nIN01::1", ""]
+    assert sweep.calcmode_list("Normal, cosineA") == ["normal", "cosineA"]
+    assert sweep.adjust_list("0,0,0,0,0,0,0,0\n2,0,0,0,0,0,0,0") == ["0,0,0,0,0,0,0,0", "2,0,0,0,0,0,0,0"]
+    line26 = ",".join(["0.5"] * 26)
+    assert sweep.block_weight_list(f"GRAD_V\n{line26}") == ["GRAD_V", line26]
+
+
+@pytest.mark.parametrize("call,input_name,problem", [
+    (lambda: sweep.float_list(" , "), "values", "is empty"),
+    (lambda: sweep.float_list("0.1, x", "alpha"), "alpha", "'x' is not a number"),
+    (lambda: sweep.block_weight_list("GRAD_V\ngrad_a"), "block_weights", "Did you mean 'GRAD_A'"),
+    (lambda: sweep.block_weight_list("0.1,0.2,0.3"), "block_weights", "has 3 values"),
+    (lambda: sweep.calcmode_list("normal, cosine"), "calcmodes", "'cosine' is not a calc mode"),
+    (lambda: sweep.adjust_list("1,2,3"), "adjust", "line 1: has 3 values"),
+    (lambda: sweep.blank_line_list("\n\n"), "elemental", "is empty"),
+    (lambda: sweep.float_range(0, 1, 0), "count", "is 0"),
+    (lambda: sweep.seed_list("-5"), "seeds", "is not a seed"),
+])
+def test_bad_lists_name_the_input(call, input_name, problem):
+    with pytest.raises(MergeInputError) as info:
+        call()
+    assert info.value.input_name == input_name and problem in info.value.problem and info.value.fix
+
+
+def test_cross_product_order_is_z_then_y_then_x():
+    pairs = sweep.cross_product([1, 2, 3], ["a", "b"])
+    assert pairs == [(1, "a", None), (2, "a", None), (3, "a", None), (1, "b", None), (2, "b", None), (3, "b", None)]
+    assert len(sweep.cross_product([1, 2], [3, 4], [5, 6, 7])) == 12
+    assert sweep.cross_product([1]) == [(1, None, None)]
+
+
+def test_long_block_strings_are_shortened():
+    text = ",".join(["0"] * 13 + ["1"] * 13)
+    assert sweep.abbreviate(text) == "0x13,1x13"
+    assert sweep.abbreviate("GRAD_V") == "GRAD_V"
+
+
+def test_grid_layout_and_drawing():
+    xs = ["a=0.1", "a=0.5", "a=0.9"] * 2
+    ys = ["GRAD_V"] * 3 + ["GRAD_A"] * 3
+    [layout] = grid.layouts(xs, ys, [])
+    assert layout.x_labels == ("a=0.1", "a=0.5", "a=0.9") and layout.y_labels == ("GRAD_V", "GRAD_A")
+    assert layout.cells == ((0, 1, 2), (3, 4, 5))
+    colors = [(i * 40, 0, 0) for i in range(6)]
+    images = [Image.new("RGB", (64, 64), c) for c in colors]
+    img = grid.draw_grid(images, layout, "Weight sum(A, B)")
+    assert img.width == 180 + 3 * 120
+    # each cell shows its own image: sample the centre of the cell for image 4 (row 1, col 1)
+    top = img.height - 2 * 64
+    assert img.getpixel((180 + 120 + 60, top + 64 + 32)) == colors[4]
+    two = grid.layouts(xs * 2, ys * 2, ["z1"] * 6 + ["z2"] * 6)
+    assert [g.z for g in two] == ["z1", "z2"] and two[1].cells == ((6, 7, 8), (9, 10, 11))
+
+
+def test_common_title_keeps_shared_words():
+    r = ["Weight sum(a, b) alpha=0.1 calcmode=cosineA", "Weight sum(a, b) alpha=0.5 calcmode=cosineA"]
+    assert grid.common_title(r) == "Weight sum(a, b) calcmode=cosineA"
+
+
+SD1_SHAPES = {"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+              "model.diffusion_model.middle_block.1.proj_in.weight": (1280, 1280, 1, 1),
+              "model.diffusion_model.output_blocks.11.1.proj_out.weight": (320, 320, 1, 1),
+              "model.diffusion_model.input_blocks.11.0.in_layers.2.weight": (1280, 1280, 3, 3),
+              "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight": (3072, 768)}
+
+
+def test_recipe_text_chains_and_metadata_follow_supermerger():
+    arch = detect(SD1_SHAPES)
+    params = {"mode": "Weight sum", "alpha": 0.3, "blocks_alpha": "GRAD_V", "elemental": "OUT03:attn2:0.5"}
+    settings = make_settings(arch, "Weight sum", 0.3, 0.25, "GRAD_V", None, elemental="OUT03:attn2:0.5")
+    first = recipe.merge_step("checkpoint", params, settings,
+                              {"a": recipe.leaf("m/a.safetensors", "a" * 64), "b": recipe.leaf("b.ckpt", "b" * 64)})
+    assert recipe.recipe_text(first) == 'Weight sum(a, b) alpha=0.3 blocks_alpha=GRAD_V elemental=OUT03:attn2:0.5'
+    s2 = make_settings(arch, "Add difference", 1.0, 0.25)
+    second = recipe.merge_step("model", {"mode": "Add difference", "alpha": 1.0}, s2,
+                               {"a": first, "b": recipe.leaf("c.safetensors"), "c": recipe.unknown("model_c")})
+    assert recipe.recipe_text(second).splitlines() == [
+        "[1] Weight sum(a, b) alpha=0.3 blocks_alpha=GRAD_V elemental=OUT03:attn2:0.5",
+        "[2] Add difference([1], c, ?model_c) alpha=1"]
+    meta = recipe.file_metadata(second, None)
+    sm = json.loads(meta["sd_merge_recipe"])
+    assert sm["mode"] == "Add difference:A+(B-C)*alpha" and sm["mbw"] is False and sm["model_a"] == ""
+    models = json.loads(meta["sd_merge_models"])
+    assert set(models) == {"a" * 64, "b" * 64} and models["b" * 64]["name"] == "b.ckpt"
+    # the first step's SuperMerger fields: per-block list without base, orig string with base
+    sm1 = json.loads(recipe.file_metadata(first, first)["sd_merge_recipe"])
+    assert sm1["mbw"] is True and len(sm1["weights_alpha"]) == 25 and sm1["model_c"] == "a" * 64
+    assert sm1["weights_alpha_orig"].count(",") == 25 and sm1["elemental_merge"] == ["OUT03:attn2:0.5"]
+    assert recipe.parse_file_recipe(meta) == {"model": second, "clip": None}
+
+
+def test_supermerger_made_recipe_parses_to_one_step():
+    sm = {"type": "sd-webui-supermerger", "weights_alpha": None, "weights_beta": None, "model_a": "a" * 64,
+          "model_b": "b" * 64, "model_c": "a" * 64, "base_alpha": 0.4, "base_beta": 0.1, "mode": "Add",
+          "mbw": False, "elemental_merge": "", "calcmode": "trainDifference"}
+    models = {"a" * 64: {"name": "A.safetensors"}, "b" * 64: {"name": "B.safetensors"}}
+    parsed = recipe.parse_file_recipe({"sd_merge_recipe": json.dumps(sm), "sd_merge_models": json.dumps(models)})
+    step = parsed["model"]
+    assert step["settings"]["mode"] == "Add difference" and step["settings"]["alpha"] == 0.4
+    assert step["a"] == recipe.leaf("A.safetensors", "a" * 64) and step["c"]["sha256"] == "a" * 64
+    with pytest.raises(MergeInputError, match="no 'sd_merge_recipe'"):
+        recipe.parse_file_recipe({})
+
+
+def test_grid_without_rows_and_with_unbreakable_labels():
+    [layout] = grid.layouts(["seed=1", "x" * 300], [], [])
+    img = grid.draw_grid([Image.new("RGB", (64, 64), "red")] * 2, layout, "t" * 500)
+    assert img.width == 2 * 120 and img.getpixel((60, img.height - 32)) == (255, 0, 0)
