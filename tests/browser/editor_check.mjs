@@ -69,6 +69,11 @@ try {
     return Object.fromEntries(names.map((n) => [n, node.widgets.find((w) => w.name === n)?.value]));
   }, [MERGE, names]);
   const status = (sel) => page.locator(`${sel} .ms-status`).textContent();
+  // A hand edit of the text input, as a paste or another extension would do it.
+  const setBlocksAlpha = (text) => page.evaluate(([id, text]) => {
+    const node = window.comfyAPI.app.app.graph.getNodeById(Number(id));
+    node.widgets.find((w) => w.name === "blocks_alpha").value = text;
+  }, [MERGE, text]);
 
   step("loaded", {
     widgets: await widgetValues(["blocks_alpha", "blocks_alpha_preset"]),
@@ -110,22 +115,13 @@ try {
   step("group", { widgets: await widgetValues(["blocks_alpha"]) });
 
   // A hand-edited string with junk: an error on the widget, the text left as typed.
-  await page.evaluate((id) => {
-    const node = window.comfyAPI.app.app.graph.getNodeById(Number(id));
-    node.widgets.find((w) => w.name === "blocks_alpha").value = "0.5,0.5,junk";
-  }, MERGE);
+  await setBlocksAlpha("0.5,0.5,junk");
   await page.waitForFunction(() => document.querySelector(".ms-block-editor[data-input=blocks_alpha]")?.dataset.state === "error");
   step("junk", { widgets: await widgetValues(["blocks_alpha"]), status: await status(".ms-block-editor[data-input=blocks_alpha]") });
-  await page.evaluate((id) => {
-    const node = window.comfyAPI.app.app.graph.getNodeById(Number(id));
-    node.widgets.find((w) => w.name === "blocks_alpha").value = "0.5,0.5";
-  }, MERGE);
+  await setBlocksAlpha("0.5,0.5");
   await page.waitForFunction(() => document.querySelector(".ms-block-editor[data-input=blocks_alpha] .ms-status")?.textContent.includes("2 values"));
   step("count", { status: await status(".ms-block-editor[data-input=blocks_alpha]") });
-  await page.evaluate((id) => {
-    const node = window.comfyAPI.app.app.graph.getNodeById(Number(id));
-    node.widgets.find((w) => w.name === "blocks_alpha").value = "SMOOTHSTEP";
-  }, MERGE);
+  await setBlocksAlpha("SMOOTHSTEP");
   await page.waitForFunction(() => document.querySelector(".ms-block-editor[data-input=blocks_alpha]")?.dataset.state === "ok");
 
   // Elemental: type a malformed rule into the node's own textarea.
