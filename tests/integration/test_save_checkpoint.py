@@ -17,6 +17,9 @@ from merge_suite.nodes.merge import CheckpointMerge
 from merge_suite.nodes.save import SaveCheckpoint
 
 
+UNSAVED = ("position_ids", "logit_scale", "text_projection.weight")  # SD1 CLIP: ComfyUI drops these on save
+
+
 def effective(obj, prefix=None):
     patches = obj.get_key_patches(prefix) if prefix else obj.get_key_patches()
     out = {}
@@ -90,7 +93,7 @@ def test_saved_file_reloads_with_the_merged_weights(precision, ckpt_dir, monkeyp
     want_c, got_c = effective(clip), effective(rclip)
     side = torch.float16 if dtype == torch.float8_e4m3fn else dtype
     for key in want_c:
-        if key.endswith(("position_ids", "logit_scale", "text_projection.weight")):
+        if key.endswith(UNSAVED):
             continue
         torch.testing.assert_close(got_c[key], want_c[key].to(side).float(), rtol=0, atol=0, msg=key)
     for key, value in vae.get_sd().items():
@@ -163,3 +166,28 @@ def test_recipe_metadata_round_trips():
             "supermerger": {"type": "sd-webui-supermerger"}, "a": leaf_a, "b": leaf_b}
     meta = core_recipe.file_metadata(tree, tree)
     assert core_recipe.parse_file_recipe(meta) == {"model": tree, "clip": tree}
+
+
+def test_load_recipe_recreates_the_merge_and_finds_renamed_inputs(ckpt_dir, monkeypatch):
+    from merge_suite.nodes.recipe import LoadRecipe
+    model, clip, vae, recipe = merged_pair(monkeypatch)
+    path = SaveCheckpoint.execute(model, clip, vae, filename_prefix="rt", precision="fp32").result[0]
+    (ckpt_dir / "tiny_sd1_b.safetensors").rename(ckpt_dir / "renamed_b.safetensors")  # found by sha256
+    rmodel, rclip, rvae, rtext = LoadRecipe.execute(path.rsplit("/", 1)[-1]).result
+    assert rtext == recipe.replace("tiny_sd1_b", "renamed_b")
+    want, got = effective(model, "diffusion_model."), effective(rmodel, "diffusion_model.")
+    with SafetensorsReader(path) as saved:
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+            torch.testing.assert_close(saved.get("model." + key), want[key], rtol=0, atol=0)
+    want_c, got_c = effective(clip), effective(rclip)
+    bad = [k for k in want_c if not k.endswith(UNSAVED) and not torch.allclose(got_c[k], want_c[k], rtol=0, atol=0, equal_nan=True)]
+    assert not bad, bad
+    assert set(rvae.get_sd()) == set(vae.get_sd())
+    (ckpt_dir / "renamed_b.safetensors").unlink()
+    with pytest.raises(MergeNodeError, match=r"Load Recipe \(re-create a merge\): input 'ckpt_name': its recipe "
+                                             r"needs 'tiny_sd1_b.safetensors' \(sha256 [0-9a-f]{12}\.\.\.\)") as info:
+        LoadRecipe.execute(path.rsplit("/", 1)[-1])
+    assert "Fix:" in str(info.value)
+    with pytest.raises(MergeNodeError, match=r"input 'ckpt_name': has no 'sd_merge_recipe'"):
+        LoadRecipe.execute("tiny_sd1_a.safetensors")
