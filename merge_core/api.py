@@ -65,7 +65,10 @@ def plan_merge(sources: Mapping[str, KeySource], mode: str, alpha: float = 0.5, 
                       sources["c"].shapes() if "c" in sources else None, copy_b_only_keys)
 
 
-def recipe_metadata(plan: MergePlan, names: Mapping[str, str]) -> dict[str, str]:
+def recipe_metadata(plan: MergePlan, names: Mapping[str, str],
+                    hashes: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """merge_suite_recipe (flat JSON) plus SuperMerger's sd_merge_recipe / sd_merge_models (spec §11.5);
+    names and hashes are keyed by "A", "B", "C"."""
     s = plan.settings
     recipe = {
         "type": "merge-suite", "mode": s.mode.label, "calcmode": s.calc.name if s.calc else "normal",
@@ -80,7 +83,12 @@ def recipe_metadata(plan: MergePlan, names: Mapping[str, str]) -> dict[str, str]
         "architecture": plan.arch.name,
         "models": dict(names),
     }
-    return {"merge_suite_recipe": json.dumps(recipe, sort_keys=True)}
+    from . import recipe as recipes
+    params = {k: recipe[k] for k in recipes.SETTING_DEFAULTS if recipe.get(k) is not None}
+    params.update(tensor2_corrected=s.tensor2_corrected, elemental_full_key=s.elemental_full_key)
+    leaves = {k.lower(): recipes.leaf(name, (hashes or {}).get(k, "")) for k, name in names.items()}
+    tree = recipes.merge_step("checkpoint", params, s, leaves)
+    return {"merge_suite_recipe": json.dumps(recipe, sort_keys=True), **recipes.file_metadata(tree, tree)}
 
 
 def merge_state_dicts(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
@@ -103,7 +111,7 @@ def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "W
                 alpha: float = 0.5, beta: float = 0.25, blocks_alpha: Optional[str] = None,
                 blocks_beta: Optional[str] = None, dtype: Optional[str] = None, overwrite: bool = False,
                 progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None,
-                **calc) -> MergePlan:
+                hash_inputs: bool = False, **calc) -> MergePlan:
     """Merge safetensors files key by key into ``output`` (written atomically).
 
     calc: calcmode, gamma, seed, tensor2_corrected (see make_settings).
@@ -114,7 +122,11 @@ def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "W
     sources = {name: open_source(path) for name, path in paths.items()}
     try:
         plan = plan_merge(sources, mode, alpha, beta, blocks_alpha, blocks_beta, **calc)
-        meta = recipe_metadata(plan, {k.upper(): s.name for k, s in sources.items()})
+        hashes = {}
+        if hash_inputs:  # SuperMerger's sd_merge_models: lets Load Recipe find the inputs after a rename
+            from .filehash import file_sha256
+            hashes = {k.upper(): file_sha256(p) for k, p in paths.items()}
+        meta = recipe_metadata(plan, {k.upper(): s.name for k, s in sources.items()}, hashes)
         run_merge(plan, sources, FileSink(output, meta, overwrite),
                   OUTPUT_DTYPES[dtype] if dtype else None, progress, should_stop)
         return plan

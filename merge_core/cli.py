@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output dtype (default: model A's dtype; unmerged keys are then kept byte for byte)")
     m.add_argument("-o", "--output", required=True, help="output .safetensors path")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    m.add_argument("--hash-inputs", action="store_true",
+                   help="record each input's sha256 in sd_merge_models (SuperMerger metadata; takes a while)")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
     an = sub.add_parser("analyze", help="similarity of two checkpoints per block (and per key)")
@@ -190,6 +192,7 @@ def main(argv=None) -> int:
             plan = merge_files(a, b, c, args.output, mode=args.mode, alpha=args.alpha, beta=args.beta,
                                blocks_alpha=args.blocks, blocks_beta=args.blocks_beta, dtype=args.dtype,
                                overwrite=args.overwrite, progress=None if args.quiet else _progress(sys.stderr),
+                               hash_inputs=args.hash_inputs,
                                calcmode=args.calc, gamma=args.gamma, seed=args.seed,
                                tensor2_corrected=args.tensor2_corrected, elemental=args.elemental,
                                elemental_full_key=args.elemental_full_key, adjust=args.adjust,

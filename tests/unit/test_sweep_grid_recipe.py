@@ -130,3 +130,28 @@ def test_grid_without_rows_and_with_unbreakable_labels():
     [layout] = grid.layouts(["seed=1", "x" * 300], [], [])
     img = grid.draw_grid([Image.new("RGB", (64, 64), "red")] * 2, layout, "t" * 500)
     assert img.width == 2 * 120 and img.getpixel((60, img.height - 32)) == (255, 0, 0)
+
+
+def test_cli_merge_writes_supermerger_recipe_with_hashes(tmp_path, sd1_keys):
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from test_merge_api import small_model
+
+    from merge_core.api import merge_files
+    paths = []
+    for tag, seed in (("a", 1), ("b", 2)):
+        paths.append(tmp_path / f"{tag}.safetensors")
+        save_file(small_model(sd1_keys, seed), paths[-1])
+    out = tmp_path / "out.safetensors"
+    merge_files(str(paths[0]), str(paths[1]), None, str(out), alpha=0.3, blocks_alpha="GRAD_V", hash_inputs=True)
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    sm = json.loads(meta["sd_merge_recipe"])
+    sha_a = hashlib.sha256(paths[0].read_bytes()).hexdigest()
+    assert sm["model_a"] == sha_a == sm["model_c"] and sm["mbw"] and len(sm["weights_alpha"]) == 25
+    assert json.loads(meta["sd_merge_models"])[sha_a]["name"] == "a.safetensors"
+    tree = recipe.parse_file_recipe(meta)["model"]
+    assert tree["settings"]["blocks_alpha"] == sm["weights_alpha_orig"] and tree["settings"]["alpha"] == 0.3
+    assert recipe.recipe_text(tree).startswith("Weight sum(a, b) alpha=0.3 blocks_alpha=")
