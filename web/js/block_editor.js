@@ -24,6 +24,7 @@ class BlockEditor {
     const refresh = debounce(() => this.refresh(), 150);
     watchValue(node, text, refresh);
     if (presetCombo) watchValue(node, presetCombo, refresh);
+    if (scalar) watchValue(node, scalar, refresh); // shown on the sliders while the text is empty
     this.refresh();
   }
 
