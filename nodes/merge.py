@@ -91,6 +91,9 @@ def settings_inputs() -> list:
                          tooltip="Match element substrings (elemental and include/exclude) against the full key, "
                                  "prefix included, as SuperMerger does (then 'ff' matches every key through "
                                  "'diffusion'). Off: prefix stripped."),
+        io.Boolean.Input("report_keys", default=False, optional=True,
+                         tooltip="Add a line per key to the report: its block, whether it was merged, its alpha "
+                                 "and beta, and the elemental rule that set it (SuperMerger's 'print change')."),
     ]
 
 
@@ -229,10 +232,11 @@ class _PairMerge(io.ComfyNode):
     def execute(cls, **inputs) -> io.NodeOutput:
         k = cls.KIND
         a, b, c = inputs.pop(f"{k}_a"), inputs.pop(f"{k}_b"), inputs.pop(f"{k}_c", None)
+        per_key = bool(inputs.pop("report_keys", False))
         with named_errors(cls.DISPLAY):
             merged, plan = merge_objects(k, a, b, c, inputs)
             recipe = tag_recipe(k, merged, plan, inputs, {"a": a, "b": b, "c": c}, getattr(cls, "hidden", None))
-            report = applied_report(plan)
+            report = applied_report(plan, per_key)
             return io.NodeOutput(merged, report, recipe, ui=text_ui(report, recipe))
 
 
@@ -276,10 +280,12 @@ class CheckpointMerge(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_a, clip_a, model_b, clip_b, model_c=None, clip_c=None, **params) -> io.NodeOutput:
+        per_key = bool(params.pop("report_keys", False))
         with named_errors(cls.DISPLAY):
             model, model_plan = merge_objects("model", model_a, model_b, model_c, params)
             clip, clip_plan = merge_objects("clip", clip_a, clip_b, clip_c, params)
-            report = applied_report(model_plan) + "\n\ntext encoder:\n" + applied_report(clip_plan)
+            report = (applied_report(model_plan, per_key) + "\n\ntext encoder:\n"
+                      + applied_report(clip_plan, per_key))
             hidden = getattr(cls, "hidden", None)
             recipe = tag_recipe("model", model, model_plan, params, {"a": model_a, "b": model_b, "c": model_c},
                                 hidden, "checkpoint")

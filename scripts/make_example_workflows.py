@@ -103,9 +103,9 @@ def sampler_tail(g, model, model_slot, clip, clip_slot, vae, prefix, x=1100):
 
 def merge_widgets(mode, alpha, beta, preset_a="custom", blocks_a="", preset_b="custom", blocks_b="",
                   calcmode="normal", gamma=0.3, seed=0, tensor2_corrected=False, elemental="",
-                  adjust="", include_exclude="", elemental_full_key=False):
+                  adjust="", include_exclude="", elemental_full_key=False, report_keys=False):
     return [mode, alpha, beta, preset_a, blocks_a, preset_b, blocks_b, calcmode, gamma, seed, tensor2_corrected,
-            elemental, adjust, include_exclude, elemental_full_key]
+            elemental, adjust, include_exclude, elemental_full_key, report_keys]
 
 
 def checkpoint_block_merge():
