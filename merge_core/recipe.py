@@ -139,7 +139,8 @@ def recipe_text(node: Optional[Mapping]) -> str:
             return _short_name(n)
         args = ", ".join(visit(n[k]) for k in ("a", "b", "c") if k in n)
         scope = {"model": "", "clip": " [text encoder]", "checkpoint": ""}.get(n.get("kind", ""), "")
-        lines.append(f"{n['settings'].get('mode', 'Weight sum')}({args}){scope} {settings_text(n['settings'])}")
+        later = " (changed after this merge, e.g. a LoRA)" if n.get("modified_after") else ""
+        lines.append(f"{n['settings'].get('mode', 'Weight sum')}({args}){scope} {settings_text(n['settings'])}{later}")
         return f"[{len(lines)}]"
 
     visit(node)

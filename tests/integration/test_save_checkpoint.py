@@ -191,3 +191,22 @@ def test_load_recipe_recreates_the_merge_and_finds_renamed_inputs(ckpt_dir, monk
     assert "Fix:" in str(info.value)
     with pytest.raises(MergeNodeError, match=r"input 'ckpt_name': has no 'sd_merge_recipe'"):
         LoadRecipe.execute("tiny_sd1_a.safetensors")
+
+
+def test_recipe_chains_through_merges_and_flags_later_patches(tiny):
+    from merge_suite.nodes.merge import ModelMerge
+    from merge_suite.nodes.recipe_tags import get_recipe
+    a, b, c = (tiny("model", "sd1", s) for s in (1, 2, 3))
+    kw = dict(beta=0.0, blocks_alpha_preset="custom", blocks_alpha="", blocks_beta_preset="custom", blocks_beta="")
+    merged, _report, text = ModelMerge.execute(model_a=a, model_b=b, mode="Weight sum", alpha=0.4, **kw).result
+    assert text == "Weight sum(?model_a, ?model_b) alpha=0.4"
+    assert get_recipe(merged.clone(), "model") == get_recipe(merged, "model"), "clones carry the recipe"
+    assert get_recipe(a, "model") is None, "inputs are not tagged"
+    again = ModelMerge.execute(model_a=merged, model_b=c, mode="Weight sum", alpha=0.2, **kw).result[2]
+    assert again.splitlines() == ["[1] Weight sum(?model_a, ?model_b) alpha=0.4",
+                                  "[2] Weight sum([1], ?model_b) alpha=0.2"]
+    key = "diffusion_model.out.2.bias"
+    lora_like = merged.clone()
+    lora_like.add_patches({key: (torch.full((4,), 0.01),)}, 1.0)
+    after = ModelMerge.execute(model_a=lora_like, model_b=c, mode="Weight sum", alpha=0.2, **kw).result[2]
+    assert "[1] Weight sum(?model_a, ?model_b) alpha=0.4 (changed after this merge" in after
