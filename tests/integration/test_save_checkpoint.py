@@ -210,3 +210,18 @@ def test_recipe_chains_through_merges_and_flags_later_patches(tiny):
     lora_like.add_patches({key: (torch.full((4,), 0.01),)}, 1.0)
     after = ModelMerge.execute(model_a=lora_like, model_b=c, mode="Weight sum", alpha=0.2, **kw).result[2]
     assert "[1] Weight sum(?model_a, ?model_b) alpha=0.4 (changed after this merge" in after
+
+
+def test_sdxl_save_reloads_exactly_with_modelspec(ckpt_dir, tiny):
+    import tiny_models
+    model, clip, vae = tiny("model", "sdxl", 7), tiny("clip", "sdxl", 7), tiny_models.build_vae(1)
+    path = SaveCheckpoint.execute(model, clip, vae, filename_prefix="xl", precision="fp32").result[0]
+    with SafetensorsReader(path) as r:
+        assert r.metadata["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
+        assert r.metadata["modelspec.predict_key"] == "epsilon" and "sd_merge_recipe" not in r.metadata
+        assert any(k.endswith("in_proj_weight") for k in r.keys()), "CLIP-G q/k/v fused as ComfyUI saves them"
+    rmodel, rclip, _ = load(path.rsplit("/", 1)[-1])
+    want, got = effective(model, "diffusion_model."), effective(rmodel, "diffusion_model.")
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    want_c, got_c = effective(clip), effective(rclip)
+    assert all(torch.equal(got_c[k], want_c[k].half().float()) for k in want_c if not k.endswith(UNSAVED))
