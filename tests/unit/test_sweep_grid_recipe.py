@@ -155,3 +155,19 @@ def test_cli_merge_writes_supermerger_recipe_with_hashes(tmp_path, sd1_keys):
     tree = recipe.parse_file_recipe(meta)["model"]
     assert tree["settings"]["blocks_alpha"] == sm["weights_alpha_orig"] and tree["settings"]["alpha"] == 0.3
     assert recipe.recipe_text(tree).startswith("Weight sum(a, b) alpha=0.3 blocks_alpha=")
+
+
+def test_file_sha256_is_cached_by_path_size_and_mtime(tmp_path):
+    import hashlib
+    import os
+
+    from merge_core import filehash
+    f, cache = tmp_path / "m.safetensors", tmp_path / "cache" / "sha.json"
+    f.write_bytes(b"x" * 1000)
+    want = hashlib.sha256(f.read_bytes()).hexdigest()
+    assert filehash.file_sha256(f, cache) == want and want in cache.read_text()
+    filehash._MEMORY.clear()
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns))  # unchanged stamp: answered from the cache file
+    assert filehash.file_sha256(f, cache) == want
+    f.write_bytes(b"y" * 1000)  # new content and stamp: hashed again
+    assert filehash.file_sha256(f, cache) == hashlib.sha256(b"y" * 1000).hexdigest()
