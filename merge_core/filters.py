@@ -166,8 +166,17 @@ def _tail_matrix(tail: tuple[int, ...], sigma: float, truncate: float) -> torch.
     return matrix.t().contiguous()
 
 
-def gaussian_filter(x: torch.Tensor, sigma: float = 1.0, truncate: float = 4.0) -> torch.Tensor:
-    """Separable Gaussian over every axis (SciPy gaussian_filter, mode "reflect").
+def _blur_axis(padded: torch.Tensor, d: int, n: int, weights: list, radius: int) -> torch.Tensor:
+    """One Gaussian pass along axis d of a tensor already reflect-padded by radius on that axis."""
+    acc = padded.narrow(d, radius, n) * weights[radius]
+    for k in range(1, radius + 1):
+        pair = padded.narrow(d, radius - k, n) + padded.narrow(d, radius + k, n)
+        acc.add_(pair, alpha=weights[radius + k])
+    return acc
+
+
+def gaussian_filter(x: torch.Tensor, sigma: float = 1.0, truncate: float = 4.0, from_axis: int = 0) -> torch.Tensor:
+    """Separable Gaussian over every axis from ``from_axis`` on (SciPy gaussian_filter, mode "reflect").
 
     Long axes: a weighted sum of shifted slices of the reflect-padded tensor, pairing
     the symmetric taps (half the multiplies). Short trailing axes (the 3x3 of a conv
@@ -178,19 +187,14 @@ def gaussian_filter(x: torch.Tensor, sigma: float = 1.0, truncate: float = 4.0) 
     weights = gaussian_kernel(sigma, truncate).tolist()
     radius = (len(weights) - 1) // 2
     small = 0  # how many trailing axes go through the matrix
-    while small < x.dim() and x.shape[x.dim() - 1 - small] <= SMALL_AXIS and small < 2:
+    while small < x.dim() - from_axis and x.shape[x.dim() - 1 - small] <= SMALL_AXIS and small < 2:
         small += 1
     out = x
-    for d in range(x.dim() - small):
+    for d in range(from_axis, x.dim() - small):
         n = out.shape[d]
         if n == 1:
             continue  # a length-1 axis reflects onto itself; the weights sum to 1
-        padded = out.index_select(d, reflect_index(n, radius, radius, out.device))
-        acc = padded.narrow(d, radius, n) * weights[radius]
-        for k in range(1, radius + 1):
-            pair = padded.narrow(d, radius - k, n) + padded.narrow(d, radius + k, n)
-            acc.add_(pair, alpha=weights[radius + k])
-        out = acc
+        out = _blur_axis(out.index_select(d, reflect_index(n, radius, radius, out.device)), d, n, weights, radius)
     if small:
         matrix = _tail_matrix(tuple(x.shape[x.dim() - small:]), sigma, truncate)
         flat = out.reshape(-1, matrix.shape[0])
@@ -198,6 +202,30 @@ def gaussian_filter(x: torch.Tensor, sigma: float = 1.0, truncate: float = 4.0) 
     return out if out is not x else x.clone()
 
 
-def smooth(x: torch.Tensor) -> torch.Tensor:
-    """smoothAdd's filter: Gaussian(sigma 1) of the 3^N median."""
-    return gaussian_filter(median_filter3(x))
+SMOOTH_BUDGET = 1 << 22  # elements filtered at once (16 MiB in float32): bounds the temporaries
+
+
+def smooth(x: torch.Tensor, budget: int = SMOOTH_BUDGET) -> torch.Tensor:
+    """smoothAdd's filter: Gaussian(sigma 1) of the 3^N median.
+
+    Large tensors (a text encoder's token embedding is 38-63 M values) are done in
+    slabs of rows with a halo: output rows [s, e) need median rows s-4 .. e+3 (the
+    Gaussian's radius), which need input rows s-5 .. e+4. Every value is computed
+    exactly as in the whole-tensor filter, with about a tenth of the memory.
+    """
+    rows = x.shape[0] if x.dim() else 0
+    if x.dim() < 2 or rows < 2 or x.numel() <= budget:
+        return gaussian_filter(median_filter3(x))
+    weights = gaussian_kernel().tolist()
+    radius = (len(weights) - 1) // 2
+    step = max(1, budget // (x.numel() // rows))
+    source_rows = reflect_index(rows, radius, radius, x.device)
+    out = torch.empty_like(x)
+    for s in range(0, rows, step):
+        e = min(rows, s + step)
+        lo, hi = max(0, s - radius), min(rows, e + radius)     # median rows the Gaussian reads
+        first, last = max(0, lo - 1), min(rows, hi + 1)        # input rows those medians read
+        med = median_filter3(x[first:last]).narrow(0, lo - first, hi - lo)
+        padded = med.index_select(0, source_rows[s:e + 2 * radius] - lo)
+        out[s:e] = gaussian_filter(_blur_axis(padded, 0, e - s, weights, radius), from_axis=1)
+    return out

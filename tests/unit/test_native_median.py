@@ -69,3 +69,15 @@ def test_disabled_kernel_falls_back_to_the_same_values(monkeypatch):
     assert native.median3_kernel4d(torch.from_numpy(x)) is None
     assert np.array_equal(median_filter3(torch.from_numpy(x)).numpy(), with_kernel)
     assert np.array_equal(_median_gather(torch.from_numpy(x)).numpy(), with_kernel)
+
+
+@pytest.mark.parametrize("shape,budget", [((50, 7), 40), ((33, 5, 3, 3), 100), ((9, 4, 3), 20), ((12, 3), 3),
+                                          ((6, 2, 3, 3), 18), ((40, 1, 30), 31)])
+def test_smooth_in_slabs_equals_the_whole_tensor_filter_and_scipy(shape, budget):
+    from merge_core.filters import smooth
+    x = rng.standard_normal(shape).astype(np.float32)
+    slabbed = smooth(torch.from_numpy(x), budget=budget).numpy()
+    whole = smooth(torch.from_numpy(x), budget=10 ** 9).numpy()
+    ref = ndi.gaussian_filter(ndi.median_filter(x, size=3), sigma=1)
+    assert np.abs(slabbed - whole).max() <= 1e-6 * np.abs(ref).max()
+    assert np.abs(slabbed - ref).max() <= 1e-5 * np.abs(ref).max()
