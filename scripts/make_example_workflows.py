@@ -101,6 +101,12 @@ def sampler_tail(g, model, model_slot, clip, clip_slot, vae, prefix, x=1100):
     return dec
 
 
+def sd1_loaders(g):
+    """The two tiny SD1 checkpoint loaders most examples start from."""
+    return (g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A"),
+            g.add("CheckpointLoaderSimple", ["tiny_sd1_b.safetensors"], (0, 160), (320, 100), "Model B"))
+
+
 def merge_widgets(mode, alpha, beta, preset_a="custom", blocks_a="", preset_b="custom", blocks_b="",
                   calcmode="normal", gamma=0.3, seed=0, tensor2_corrected=False, elemental="",
                   adjust="", include_exclude="", elemental_full_key=False, report_keys=False):
@@ -111,8 +117,7 @@ def merge_widgets(mode, alpha, beta, preset_a="custom", blocks_a="", preset_b="c
 def checkpoint_block_merge():
     """SD1: weight sum of two checkpoints with the GRAD_V block preset -> KSampler."""
     g = Graph()
-    a = g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A")
-    b = g.add("CheckpointLoaderSimple", ["tiny_sd1_b.safetensors"], (0, 160), (320, 100), "Model B")
+    a, b = sd1_loaders(g)
     m = g.add("MergeSuite_CheckpointMerge", merge_widgets("Weight sum", 0.5, 0.25, "GRAD_V"), (400, 0), (400, 330))
     for src, name in ((a, "a"), (b, "b")):
         g.link(src, 0, m, f"model_{name}")
@@ -174,8 +179,7 @@ def calc_family(name, calcmode, mode, alpha, beta=0.25, preset="custom", blocks=
 def analysis():
     """Similarity and difference of a merge against its parent, per block, as charts and a table."""
     g = Graph()
-    a = g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A")
-    b = g.add("CheckpointLoaderSimple", ["tiny_sd1_b.safetensors"], (0, 160), (320, 100), "Model B")
+    a, b = sd1_loaders(g)
     m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25, "GRAD_V"), (400, 0), (400, 380))
     g.link(a, 0, m, "model_a")
     g.link(b, 0, m, "model_b")
@@ -214,8 +218,7 @@ def adjust_only():
 def random_block_weights():
     """Let the Dice Roll: two seeded draws (OUT blocks random, IN blocks per-key random), two merges, one run."""
     g = Graph(expect_images=2)
-    a = g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A")
-    b = g.add("CheckpointLoaderSimple", ["tiny_sd1_b.safetensors"], (0, 160), (320, 100), "Model B")
+    a, b = sd1_loaders(g)
     custom = "0.5," + ",".join(["ER"] * 12) + ",0.5," + ",".join(["R"] * 12)
     dice = g.add("MergeSuite_RandomBlockWeights", ["SD1/SD2 (26 blocks)", "custom", "alpha", 5, "fixed", 2, 3,
                                                    custom, "1", "0", "1", "0", ""], (0, 320), (360, 420),
@@ -234,8 +237,7 @@ def random_block_weights():
 def pinpoint_blocks():
     """Pinpoint blocks: merge B into A only in IN04-IN08, then only in OUT03-OUT05; one image per target."""
     g = Graph(expect_images=2)
-    a = g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A")
-    b = g.add("CheckpointLoaderSimple", ["tiny_sd1_b.safetensors"], (0, 160), (320, 100), "Model B")
+    a, b = sd1_loaders(g)
     pin = g.add("MergeSuite_PinpointBlocks", ["SD1/SD2 (26 blocks)", "IN04-IN08, OUT03-OUT05", "1", ""],
                 (0, 320), (360, 220), "Pinpoint Blocks (sweep list)")
     m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25), (400, 0), (400, 380))
@@ -284,8 +286,7 @@ def sweep_alpha_x_blocks():
 def sweep_seeds_one_merge():
     """A seed sweep over one merge: the merged MODEL is reused for every seed (the merge runs once)."""
     g = Graph(expect_images=4)  # 3 seeds + 1 grid
-    a = g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A")
-    b = g.add("CheckpointLoaderSimple", ["tiny_sd1_b.safetensors"], (0, 160), (320, 100), "Model B")
+    a, b = sd1_loaders(g)
     m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.4, 0.25, "GRAD_V"), (400, 0), (400, 420))
     g.link(a, 0, m, "model_a")
     g.link(b, 0, m, "model_b")
@@ -305,8 +306,7 @@ def sweep_seeds_one_merge():
 def save_merged_checkpoint():
     """Merge two checkpoints and save the result as fp16 with the recipe in its metadata (streamed)."""
     g = Graph()
-    a = g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A")
-    b = g.add("CheckpointLoaderSimple", ["tiny_sd1_b.safetensors"], (0, 160), (320, 100), "Model B")
+    a, b = sd1_loaders(g)
     m = g.add("MergeSuite_CheckpointMerge", merge_widgets("Weight sum", 0.3, 0.25, "GRAD_V"), (400, 0), (400, 420))
     for src, name in ((a, "a"), (b, "b")):
         g.link(src, 0, m, f"model_{name}")
