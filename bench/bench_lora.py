@@ -1,7 +1,7 @@
 """LoRA extraction benchmark: rank-r LoRA from two synthetic full-size SD1.5 U-Nets.
 
 Model A (tuned) and B (original) have every key a U-Net LoRA targets, at full
-SD1.5 shapes (from keysets/sd1.json.gz), stored fp16. B is random; A = B + a
+SD1.5 shapes (from merge_core/data/keysets/sd1.json.gz), stored fp16. B is random; A = B + a
 fine-tune-like delta whose singular values decay as 1/i^0.8 (full rank, so a
 rank-64 LoRA has a real truncation error). Timed in the same run:
 

@@ -23,7 +23,7 @@ from ..merge_core.presets import presets
 
 PREFIX = "/merge_suite"
 LAYOUTS = {"sd1": SD1, "sdxl": SDXL}  # SD2 shares SD1's block list
-KEYSETS = Path(__file__).resolve().parents[1] / "bench" / "keysets"  # key inventories of full SD1.5 / SDXL
+KEYSETS = Path(__file__).resolve().parents[1] / "merge_core" / "data" / "keysets"  # key inventories of full SD1.5 / SDXL
 
 
 def _groups(blocks: tuple[str, ...]) -> dict[str, list[str]]:

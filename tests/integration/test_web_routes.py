@@ -73,7 +73,7 @@ def test_valid_elemental_counts_rules_per_layout():
 def test_listed_elements_match_keys_of_that_block(layout, arch, block):
     elements = routes.block_elements(layout, block)["elements"]
     assert elements and len(set(elements)) == len(elements)
-    with gzip.open(REPO / "bench" / "keysets" / f"{layout}.json.gz") as f:
+    with gzip.open(REPO / "merge_core" / "data" / "keysets" / f"{layout}.json.gz") as f:
         keys = [k for k in json.loads(f.read()) if arch.block_of(k) == block]
     for element in elements:
         rules = parse_elemental(f"{block}:{element}:0.5", arch)
