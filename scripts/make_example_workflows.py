@@ -101,10 +101,10 @@ def sampler_tail(g, model, model_slot, clip, clip_slot, vae, prefix, x=1100):
     return dec
 
 
-def sd1_loaders(g):
-    """The two tiny SD1 checkpoint loaders most examples start from."""
-    return (g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Model A"),
-            g.add("CheckpointLoaderSimple", ["tiny_sd1_b.safetensors"], (0, 160), (320, 100), "Model B"))
+def loaders(g, names="ab", layout="sd1"):
+    """The tiny checkpoint loaders the examples start from, one per model letter, stacked on the left."""
+    return [g.add("CheckpointLoaderSimple", [f"tiny_{layout}_{t}.safetensors"], (0, i * 160), (320, 100),
+                  f"Model {t.upper()}") for i, t in enumerate(names)]
 
 
 def merge_widgets(mode, alpha, beta, preset_a="custom", blocks_a="", preset_b="custom", blocks_b="",
@@ -117,7 +117,7 @@ def merge_widgets(mode, alpha, beta, preset_a="custom", blocks_a="", preset_b="c
 def checkpoint_block_merge():
     """SD1: weight sum of two checkpoints with the GRAD_V block preset -> KSampler."""
     g = Graph()
-    a, b = sd1_loaders(g)
+    a, b = loaders(g)
     m = g.add("MergeSuite_CheckpointMerge", merge_widgets("Weight sum", 0.5, 0.25, "GRAD_V"), (400, 0), (400, 330))
     for src, name in ((a, "a"), (b, "b")):
         g.link(src, 0, m, f"model_{name}")
@@ -129,18 +129,17 @@ def checkpoint_block_merge():
 def add_difference_merge():
     """SD1: A + alpha(B - C) on the U-Net with custom block weights, and on the text encoder."""
     g = Graph()
-    loaders = [g.add("CheckpointLoaderSimple", [f"tiny_sd1_{t}.safetensors"], (0, i * 160), (320, 100),
-                     f"Model {t.upper()}") for i, t in enumerate("abc")]
+    srcs = loaders(g, "abc")
     blocks = "0.5,1,1,1,1,1,1,0.5,0.5,0.5,0.5,0.5,0.5,0.3,0.5,0.5,0.5,0.5,0.5,0.5,1,1,1,1,1,1"
     m = g.add("MergeSuite_ModelMerge", merge_widgets("Add difference", 1.0, 0.25, "custom", blocks,
                                                      elemental="OUT03-OUT05:attn2:0.5\nNOT M00:ff.net:0.8",
                                                      adjust="1.5,0,0,0,0,0,0,0", include_exclude="exclude: OUT11"),
               (400, 0), (400, 420))
     c = g.add("MergeSuite_CLIPMerge", merge_widgets("Add difference", 0.5, 0.25), (400, 360), (400, 300))
-    for src, name in zip(loaders, "abc"):
+    for src, name in zip(srcs, "abc"):
         g.link(src, 0, m, f"model_{name}")
         g.link(src, 1, c, f"clip_{name}")
-    sampler_tail(g, m, 0, c, 0, loaders[0], "merge_suite/add_difference")
+    sampler_tail(g, m, 0, c, 0, srcs[0], "merge_suite/add_difference")
     shown = g.add("PreviewAny", [], (400, 780), (600, 300), "What was applied")
     g.link(m, 1, shown, "source")
     return g
@@ -149,14 +148,13 @@ def add_difference_merge():
 def sdxl_triple_sum():
     """SDXL: triple sum of three checkpoints, SD1 preset converted to the 20-block SDXL layout."""
     g = Graph()
-    loaders = [g.add("CheckpointLoaderSimple", [f"tiny_sdxl_{t}.safetensors"], (0, i * 160), (320, 100),
-                     f"Model {t.upper()}") for i, t in enumerate("abc")]
+    srcs = loaders(g, "abc", "sdxl")
     m = g.add("MergeSuite_CheckpointMerge", merge_widgets("Triple sum", 0.4, 0.2, "FLAT_25", "", "custom", ""),
               (400, 0), (400, 380))
-    for src, name in zip(loaders, "abc"):
+    for src, name in zip(srcs, "abc"):
         g.link(src, 0, m, f"model_{name}")
         g.link(src, 1, m, f"clip_{name}")
-    sampler_tail(g, m, 0, m, 1, loaders[0], "merge_suite/sdxl_triple_sum")
+    sampler_tail(g, m, 0, m, 1, srcs[0], "merge_suite/sdxl_triple_sum")
     return g
 
 
@@ -165,13 +163,12 @@ def calc_family(name, calcmode, mode, alpha, beta=0.25, preset="custom", blocks=
     """One calc mode on the U-Net of two or three SD1 checkpoints, text encoder from A."""
     def build():
         g = Graph()
-        loaders = [g.add("CheckpointLoaderSimple", [f"tiny_{layout}_{t}.safetensors"], (0, i * 160), (320, 100),
-                         f"Model {t.upper()}") for i, t in enumerate(models)]
+        srcs = loaders(g, models, layout)
         m = g.add("MergeSuite_ModelMerge", merge_widgets(mode, alpha, beta, preset, blocks, calcmode=calcmode,
                                                          gamma=gamma, seed=seed), (400, 0), (400, 380))
-        for src, tag in zip(loaders, models):
+        for src, tag in zip(srcs, models):
             g.link(src, 0, m, f"model_{tag}")
-        sampler_tail(g, m, 0, loaders[0], 1, loaders[0], f"merge_suite/{name}")
+        sampler_tail(g, m, 0, srcs[0], 1, srcs[0], f"merge_suite/{name}")
         return g
     return build
 
@@ -179,7 +176,7 @@ def calc_family(name, calcmode, mode, alpha, beta=0.25, preset="custom", blocks=
 def analysis():
     """Similarity and difference of a merge against its parent, per block, as charts and a table."""
     g = Graph()
-    a, b = sd1_loaders(g)
+    a, b = loaders(g)
     m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25, "GRAD_V"), (400, 0), (400, 380))
     g.link(a, 0, m, "model_a")
     g.link(b, 0, m, "model_b")
@@ -218,7 +215,7 @@ def adjust_only():
 def random_block_weights():
     """Let the Dice Roll: two seeded draws (OUT blocks random, IN blocks per-key random), two merges, one run."""
     g = Graph(expect_images=2)
-    a, b = sd1_loaders(g)
+    a, b = loaders(g)
     custom = "0.5," + ",".join(["ER"] * 12) + ",0.5," + ",".join(["R"] * 12)
     dice = g.add("MergeSuite_RandomBlockWeights", ["SD1/SD2 (26 blocks)", "custom", "alpha", 5, "fixed", 2, 3,
                                                    custom, "1", "0", "1", "0", ""], (0, 320), (360, 420),
@@ -237,7 +234,7 @@ def random_block_weights():
 def pinpoint_blocks():
     """Pinpoint blocks: merge B into A only in IN04-IN08, then only in OUT03-OUT05; one image per target."""
     g = Graph(expect_images=2)
-    a, b = sd1_loaders(g)
+    a, b = loaders(g)
     pin = g.add("MergeSuite_PinpointBlocks", ["SD1/SD2 (26 blocks)", "IN04-IN08, OUT03-OUT05", "1", ""],
                 (0, 320), (360, 220), "Pinpoint Blocks (sweep list)")
     m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25), (400, 0), (400, 380))
@@ -286,7 +283,7 @@ def sweep_alpha_x_blocks():
 def sweep_seeds_one_merge():
     """A seed sweep over one merge: the merged MODEL is reused for every seed (the merge runs once)."""
     g = Graph(expect_images=4)  # 3 seeds + 1 grid
-    a, b = sd1_loaders(g)
+    a, b = loaders(g)
     m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.4, 0.25, "GRAD_V"), (400, 0), (400, 420))
     g.link(a, 0, m, "model_a")
     g.link(b, 0, m, "model_b")
@@ -306,7 +303,7 @@ def sweep_seeds_one_merge():
 def save_merged_checkpoint():
     """Merge two checkpoints and save the result as fp16 with the recipe in its metadata (streamed)."""
     g = Graph()
-    a, b = sd1_loaders(g)
+    a, b = loaders(g)
     m = g.add("MergeSuite_CheckpointMerge", merge_widgets("Weight sum", 0.3, 0.25, "GRAD_V"), (400, 0), (400, 420))
     for src, name in ((a, "a"), (b, "b")):
         g.link(src, 0, m, f"model_{name}")
@@ -343,11 +340,6 @@ def lora_apply(g, model, lora_list_src, slot, pos):
     return ap
 
 
-def lora_loaders(g, names):
-    return [g.add("CheckpointLoaderSimple", [f"tiny_sd1_{t}.safetensors"], (0, i * 160), (320, 100),
-                  f"Model {t.upper()}") for i, t in enumerate(names)]
-
-
 def show(g, src, slot, pos, title):
     shown = g.add("PreviewAny", [], pos, (420, 160), title)
     g.link(src, slot, shown, "source")
@@ -356,7 +348,7 @@ def show(g, src, slot, pos, title):
 def lora_extract_from_models():
     """Make LoRA: rank-8 LoRA of A - B (U-Net and text encoder), applied to B, which then samples like A."""
     g = Graph()
-    a, b = lora_loaders(g, "ab")
+    a, b = loaders(g, "ab")
     ex = lora_extract(g, a, b, "merge_suite/example_extracted", (400, 0))
     ap = lora_apply(g, b, ex, 1, (400, 380))
     show(g, ex, 2, (800, 600), "Extraction report")
@@ -367,7 +359,7 @@ def lora_extract_from_models():
 def lora_apply_block_weights_bake():
     """Apply a LoRA with the OUTALL block preset at 0.8 (text encoder and OUT blocks only), then bake it."""
     g = Graph()
-    a, b = lora_loaders(g, "ab")
+    a, b = loaders(g, "ab")
     ex = lora_extract(g, a, b, "merge_suite/example_for_blocks", (400, 0))
     spec = g.add("StringConcatenate", ["", ":OUTALL", ""], (400, 380), (300, 150), "name:ratio + :OUTALL")
     g.link(ex, 1, spec, "string_a", widget=True)
@@ -381,7 +373,7 @@ def lora_apply_block_weights_bake():
 
 
 def two_extracted(g, rank_1, rank_2):
-    a, b, c = lora_loaders(g, "abc")
+    a, b, c = loaders(g, "abc")
     l1 = lora_extract(g, a, c, "merge_suite/example_l1", (400, 0), rank=rank_1)
     l2 = lora_extract(g, b, c, "merge_suite/example_l2", (400, 380), rank=rank_2)
     return a, c, l1, l2
