@@ -167,3 +167,11 @@ def roll(settings: DiceSettings, arch: Architecture, seed: int, alpha: bool = Tr
     beta_text = resolve(BETA_OFFSET) if beta else ""
     elemental = "\n".join(f"{' '.join(dict.fromkeys(blocks))}::{ratio}" for ratio, blocks in entries.items())
     return Roll(int(seed), alpha_text, beta_text, elemental)
+
+
+def roll_many(settings: DiceSettings, arch: Architecture, seed: int, count: int, alpha: bool = True,
+              beta: bool = False) -> list[Roll]:
+    """``count`` draws with seeds seed, seed+1, ... (wrapping at 2^32): one queue run, many random merges."""
+    if count < 1:
+        raise MergeInputError("count", f"is {count}.", "draw at least 1.")
+    return [roll(settings, arch, (seed + i) & 0xFFFFFFFF, alpha, beta) for i in range(count)]

@@ -9,7 +9,7 @@ import json
 import sys
 
 from .architectures import SD1, SDXL
-from .dice import DEFAULT_CUSTOM, MODES, DiceSettings, roll
+from .dice import DEFAULT_CUSTOM, MODES, DiceSettings, roll_many
 from .errors import MergeInputError
 from .pinpoint import pinpoint_blocks, pinpoint_elements
 
@@ -44,13 +44,10 @@ def run(args) -> int:
     arch = LAYOUTS[args.layout]
     try:
         if args.command == "dice":
-            if args.count < 1:
-                raise MergeInputError("count", f"is {args.count}.", "draw at least 1.")
             settings = DiceSettings(args.mode, args.custom, args.upper, args.lower, args.clamp_upper,
                                     args.clamp_lower, args.decimals)
-            for i in range(args.count):
-                r = roll(settings, arch, (args.seed + i) & 0xFFFFFFFF, args.randomize in ("alpha", "both"),
-                         args.randomize in ("beta", "both"))
+            for r in roll_many(settings, arch, args.seed, args.count, args.randomize in ("alpha", "both"),
+                               args.randomize in ("beta", "both")):
                 print(json.dumps({"seed": r.seed, "blocks": r.alpha, "blocks_beta": r.beta, "elemental": r.elemental}))
         else:
             cells = (pinpoint_elements(args.targets, args.values, arch, args.base) if args.elements

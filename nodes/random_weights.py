@@ -8,8 +8,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..merge_core.architectures import SD1, SDXL
-from ..merge_core.dice import DEFAULT_CUSTOM, MODES, DiceSettings, roll
-from ..merge_core.errors import MergeInputError
+from ..merge_core.dice import DEFAULT_CUSTOM, MODES, DiceSettings, roll_many
 from ..merge_core.pinpoint import pinpoint_blocks, pinpoint_elements
 from .errors import named_errors
 from .merge import CATEGORY
@@ -145,11 +144,8 @@ class RandomBlockWeights(io.ComfyNode):
     def execute(cls, layout, mode, randomize, seed, count, decimals, custom, upper, lower, clamp_upper,
                 clamp_lower, elemental_base="") -> io.NodeOutput:
         with named_errors(cls.DISPLAY):
-            if count < 1:
-                raise MergeInputError("count", f"is {count}.", "draw at least 1.")
             settings = DiceSettings(mode, custom, upper, lower, clamp_upper, clamp_lower, decimals)
-            rolls = [roll(settings, LAYOUTS[layout], (seed + i) & 0xFFFFFFFF, "alpha" in randomize,
-                          "beta" in randomize) for i in range(count)]
+            rolls = roll_many(settings, LAYOUTS[layout], seed, count, "alpha" in randomize, "beta" in randomize)
             base = elemental_base.strip() if elemental_base else ""
             elementals = ["\n".join(t for t in (base, r.elemental) if t) for r in rolls]
             return io.NodeOutput([r.alpha for r in rolls], [r.beta for r in rolls], elementals,
