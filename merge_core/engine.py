@@ -15,7 +15,7 @@ import torch
 
 from .adjust import apply_adjust
 from .calcmodes import KeyContext, cosine_similarities, cosine_stats
-from .plan import FROM_B, KEEP_A, MERGE, KeyPlan, MergePlan, MergeSettings
+from .plan import FROM_B, MERGE, KeyPlan, MergePlan, MergeSettings
 from .sources import KeySource
 
 CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32 per operand

@@ -182,7 +182,7 @@ def extract_from_loras(first: tuple[LoraItem, LoraFile], second: tuple[LoraItem,
             raise MergeInputError(name, f"is {value}; extract needs 0 <= {name} <= 1.", f"set {name} in [0, 1].")
     if gamma < 0:
         raise MergeInputError("gamma", f"is {gamma}; it must be >= 0.", "set gamma >= 0 (1 is the default).")
-    (item1, lora1), (item2, lora2) = first, second
+    (_, lora1), (_, lora2) = first, second
     for lora in (lora1, lora2):
         require_plain(lora, "Extract from two LoRAs", "lora_2" if lora is lora2 else "lora_1")
     arch = common_architecture([lora1, lora2], "lora_2")
