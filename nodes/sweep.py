@@ -23,6 +23,9 @@ from .recipe_tags import set_recipe
 SWEEP_CATEGORY = CATEGORY + "/sweep"
 NAME_TIP = "Axis name shown in the labels, e.g. 'alpha' gives 'alpha=0.3'. Empty: the bare values."
 LABELS_TIP = "One label per value, for the grid (connect to Sweep Cross Product or Sweep Grid)."
+# A combo input (calcmode) accepts a link whose output type is the plain string "COMBO"; io.Combo.Output
+# would declare its option list instead, which ComfyUI's validation refuses as a type mismatch.
+COMBO = io.Custom("COMBO")
 
 
 class _TextSweep(io.ComfyNode):
@@ -92,7 +95,7 @@ class SweepCalcModes(_TextSweep):
     NODE_ID, DISPLAY = "MergeSuite_SweepCalcModes", "Sweep Calc Modes"
     DESCRIPTION = "Calc modes for the merge nodes' calcmode input (convert the widget to an input)."
     TEXT_TIP, DEFAULT, NAME, OUT, MULTILINE = "Calc mode names separated by commas, e.g. normal, cosineA.", \
-        "normal, cosineA", "calcmode", io.Combo, False
+        "normal, cosineA", "calcmode", COMBO, False
     parse = staticmethod(core.calcmode_list)
 
 
