@@ -3,7 +3,9 @@
     python demo/make_checkpoints.py DIR
 
 Files: tiny_sd1_{a,b,c}.safetensors and tiny_sdxl_{a,b,c}.safetensors (about
-45 MB each). Existing files are kept. Needs ComfyUI (scripts/setup_host.sh).
+45 MB each), and tiny_sd1_merged.safetensors: A and B merged by the CLI, with the
+SuperMerger recipe (and input hashes) that the Load Recipe example re-creates.
+Existing files are kept. Needs ComfyUI (scripts/setup_host.sh).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from server import comfy_path  # noqa: E402
 
 NAMES = {f"tiny_{layout}_{tag}.safetensors": (layout, seed)
          for layout in ("sd1", "sdxl") for tag, seed in (("a", 1), ("b", 2), ("c", 3))}
+MERGED = "tiny_sd1_merged.safetensors"
 
 
 def main(folder: str) -> list[Path]:
@@ -31,7 +34,13 @@ def main(folder: str) -> list[Path]:
             tmp = out / f".{name}.part"
             tiny_models.save_checkpoint(tmp, layout, seed)
             tmp.rename(out / name)
-    return [out / n for n in NAMES]
+    merged = out / MERGED
+    if not merged.exists():
+        sys.path.insert(0, str(HERE.parent))
+        from merge_core.api import merge_files
+        merge_files(str(out / "tiny_sd1_a.safetensors"), str(out / "tiny_sd1_b.safetensors"), None, str(merged),
+                    mode="Weight sum", alpha=0.4, blocks_alpha="GRAD_V", hash_inputs=True)
+    return [out / n for n in NAMES] + [merged]
 
 
 if __name__ == "__main__":

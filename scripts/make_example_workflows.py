@@ -40,6 +40,13 @@ OUTPUTS = {
     "MergeSuite_SweepGrid": [("grids", "IMAGE"), ("layout", "STRING")],
     "MergeSuite_SaveCheckpoint": [("path", "STRING")],
     "MergeSuite_PinpointBlocks": [("blocks", "STRING"), ("x_label", "STRING"), ("y_label", "STRING")],
+    "MergeSuite_PinpointElements": [("elemental", "STRING"), ("x_label", "STRING"), ("y_label", "STRING")],
+    "MergeSuite_SweepFloatRange": [("values", "FLOAT"), ("labels", "STRING")],
+    "MergeSuite_SweepCalcModes": [("values", "COMBO"), ("labels", "STRING")],
+    "MergeSuite_SweepElemental": [("values", "STRING"), ("labels", "STRING")],
+    "MergeSuite_SweepAdjust": [("values", "STRING"), ("labels", "STRING")],
+    "MergeSuite_SweepModels": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE"), ("labels", "STRING")],
+    "MergeSuite_LoadRecipe": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE"), ("recipe", "STRING")],
     "MergeSuite_RandomBlockWeights": [("blocks_alpha", "STRING"), ("blocks_beta", "STRING"),
                                       ("elemental", "STRING"), ("seed", "INT"), ("label", "STRING")],
 }
@@ -300,6 +307,54 @@ def sweep_seeds_one_merge():
     return g
 
 
+def paired_lists():
+    """Four lists of two, paired element by element: (alpha 0.3, normal, no elemental, no Adjust) and
+    (alpha 0.6, cosineA, OUT03-OUT05 attention from B, more detail). Two merges, two images, one run."""
+    g = Graph(expect_images=2)
+    a, b = loaders(g)
+    m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25), (400, 0), (400, 420))
+    g.link(a, 0, m, "model_a")
+    g.link(b, 0, m, "model_b")
+    lists = [("MergeSuite_SweepFloatRange", [0.3, 0.6, 2, "alpha"], "alpha"),
+             ("MergeSuite_SweepCalcModes", ["normal, cosineA", "calcmode"], "calcmode"),
+             ("MergeSuite_SweepElemental", ["none\n\nOUT03-OUT05:attn2:1", "elemental"], "elemental"),
+             ("MergeSuite_SweepAdjust", ["0,0,0,0,0,0,0,0\n2,0,0,0,0,0,0,0", "adjust"], "adjust")]
+    for i, (node_type, widgets, name) in enumerate(lists):
+        src = g.add(node_type, widgets, (0, 340 + i * 150), (320, 120))
+        g.link(src, 0, m, name, widget=True)
+    sampler_tail(g, m, 0, a, 1, a, "merge_suite/paired_lists")
+    return g
+
+
+def model_list_pinpoint_elements():
+    """Model B from a checkpoint list (B, then C) paired with pinpoint elements: B's (or C's) cross-attention
+    in OUT03-OUT05 only, then its feed-forward in IN04-IN08 only. Two merges, two images, one run."""
+    g = Graph(expect_images=2)
+    a = loaders(g, "a")[0]
+    models = g.add("MergeSuite_SweepModels", ["tiny_sd1_b.safetensors\ntiny_sd1_c.safetensors"], (0, 160),
+                   (320, 120), "Sweep Checkpoints (model B)")
+    pin = g.add("MergeSuite_PinpointElements", ["SD1/SD2 (26 blocks)", "OUT03-OUT05:attn2, IN04-IN08:ff.net",
+                                                "1", "::0"], (0, 320), (360, 220), "Pinpoint Elements (sweep list)")
+    m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25), (400, 0), (400, 420))
+    g.link(a, 0, m, "model_a")
+    g.link(models, 0, m, "model_b")
+    g.link(pin, 0, m, "elemental", widget=True)
+    sampler_tail(g, m, 0, a, 1, a, "merge_suite/models_pinpoint_elements")
+    return g
+
+
+def load_recipe():
+    """Load Recipe: re-create tiny_sd1_merged (A and B merged by the CLI, GRAD_V at 0.4) from the recipe in its
+    metadata, finding A and B among the checkpoints, and sample it with its baked VAE."""
+    g = Graph()
+    r = g.add("MergeSuite_LoadRecipe", ["tiny_sd1_merged.safetensors"], (0, 0), (360, 120),
+              "Load Recipe (re-create a merge)")
+    sampler_tail(g, r, 0, r, 1, r, "merge_suite/load_recipe", x=450)
+    show = g.add("PreviewAny", [], (0, 200), (400, 200), "Re-created recipe")
+    g.link(r, 3, show, "source")
+    return g
+
+
 def save_merged_checkpoint():
     """Merge two checkpoints and save the result as fp16 with the recipe in its metadata (streamed)."""
     g = Graph()
@@ -439,6 +494,9 @@ WORKFLOWS = {
     "merge_sdxl_triple_sum": sdxl_triple_sum,
     "merge_random_block_weights": random_block_weights,
     "merge_pinpoint_blocks": pinpoint_blocks,
+    "merge_paired_lists": paired_lists,
+    "merge_model_list_pinpoint_elements": model_list_pinpoint_elements,
+    "load_recipe": load_recipe,
     "sweep_alpha_x_beta_blocks": sweep_alpha_x_blocks,
     "sweep_seeds_one_merge": sweep_seeds_one_merge,
     "save_merged_checkpoint_fp16": save_merged_checkpoint,

@@ -78,6 +78,12 @@ def check_sweep_outputs(stem, workflow, entry, images, texts, server):
         assert len(cells) == 3 and len({p.read_bytes() for p in cells}) == 3
     if stem == "save_merged_checkpoint_fp16":
         check_saved_checkpoint(texts, server)
+    if stem in ("merge_paired_lists", "merge_model_list_pinpoint_elements"):  # two different merges per run
+        assert len(images) == 2 and len({p.read_bytes() for p in images}) == 2
+    if stem == "merge_paired_lists":
+        assert any("calcmode normal" in t for t in texts) and any("calcmode cosineA" in t for t in texts), texts
+    if stem == "load_recipe":  # the inputs were found among the checkpoints and merged again
+        assert any("Weight sum(tiny_sd1_a, tiny_sd1_b) alpha=0.4" in t for t in texts), texts
     if stem.startswith("sweep"):
         grids = [p for p in images if "grid" in p.name]
         assert len(grids) == 1
