@@ -30,7 +30,7 @@ class AdjustModel(io.ComfyNode):
             description="SuperMerger's Adjust: scales the input conv, the final norm and the output conv, and "
                         "shifts the output bias, for more or less detail, contrast, brightness and colour casts. "
                         "Values around +-5 are safe. Lazy: nothing is copied.",
-            inputs=[io.Model.Input("model")] + [
+            inputs=[io.Model.Input("model", tooltip="The model to adjust (merged or not); it is not modified.")] + [
                 io.Float.Input(name, default=0.0, min=lo, max=hi, step=0.1, tooltip=tip)
                 for name, lo, hi, tip in KNOBS],
             outputs=[io.Model.Output(display_name="MODEL")],

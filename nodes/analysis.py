@@ -40,7 +40,8 @@ class ModelSimilarity(io.ComfyNode):
                         "(||B-A|| / ||A|| per block), on the weights as they would sample (merges and LoRAs "
                         "included). Or ASimilarity, SuperMerger's attention-based measure.",
             inputs=[
-                io.Model.Input("model_a"), io.Model.Input("model_b"),
+                io.Model.Input("model_a", tooltip="The reference model (e.g. a parent of a merge)."),
+                io.Model.Input("model_b", tooltip="The model compared with A (e.g. the merge)."),
                 io.Combo.Input("method", options=["cosine", "asimilarity"], default="cosine",
                                tooltip="cosine: per-key cosine similarity of the flattened tensors, aggregated per "
                                        "block. asimilarity: a toy attention output of every self-attention site, "
@@ -52,7 +53,7 @@ class ModelSimilarity(io.ComfyNode):
                                tooltip="Models of different architectures: stop with an error, or compare only "
                                        "the keys both have (the report says how many were skipped)."),
                 io.Clip.Input("clip_a", optional=True, tooltip="Also compare the text encoders (BASE block)."),
-                io.Clip.Input("clip_b", optional=True),
+                io.Clip.Input("clip_b", optional=True, tooltip="Text encoder of B, compared with clip_a."),
             ],
             outputs=[io.String.Output(display_name="report"), io.Image.Output(display_name="similarity_chart"),
                      io.Image.Output(display_name="difference_chart"), io.String.Output(display_name="csv")],
@@ -109,7 +110,8 @@ class ElementsBrowser(io.ComfyNode):
             inputs=[io.String.Input("block", default="", tooltip="Only these blocks, e.g. 'IN04' or 'IN04 OUT05'. "
                                                                   "Empty: all."),
                     io.String.Input("match", default="", tooltip="Only keys containing this text, e.g. attn2."),
-                    io.Model.Input("model", optional=True), io.Clip.Input("clip", optional=True)],
+                    io.Model.Input("model", optional=True, tooltip="List the U-Net keys of this model."),
+                    io.Clip.Input("clip", optional=True, tooltip="List the text-encoder keys of this CLIP.")],
             outputs=[io.String.Output(display_name="elements")],
         )
 

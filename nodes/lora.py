@@ -88,7 +88,7 @@ class LoraApply(io.ComfyNode):
                         "per-block weights (LoRA Block Weight presets and layouts). Strength is linear, as in "
                         "ComfyUI's LoRA loader; with all blocks at 1 the result is the same. Lazy: nothing is copied.",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="The model to apply the LoRAs to; it is not modified."),
                 io.Combo.Input("lora_name", options=[NONE] + folder_paths.get_filename_list("loras"),
                                default=NONE, tooltip="A LoRA to apply ('None': only those in lora_list)."),
                 io.Float.Input("strength_model", default=1.0, min=-20.0, max=20.0, step=0.01,
@@ -208,7 +208,8 @@ class LoraBake(io.ComfyNode):
             description="Computes the weights of a LoRA'd (or merged) model now and keeps them as plain weights, "
                         "so later merges, extractions and saves see fixed weights and no longer depend on the "
                         "LoRA files. Costs one copy of every patched weight in memory.",
-            inputs=[io.Model.Input("model", optional=True), io.Clip.Input("clip", optional=True)],
+            inputs=[io.Model.Input("model", optional=True, tooltip="A model with LoRA (or merge) patches to bake."),
+                    io.Clip.Input("clip", optional=True, tooltip="A CLIP with patches to bake.")],
             outputs=[io.Model.Output(display_name="MODEL"), io.Clip.Output(display_name="CLIP"),
                      io.String.Output(display_name="report")],
         )

@@ -267,8 +267,8 @@ class CheckpointMerge(io.ComfyNode):
             node_id="MergeSuite_CheckpointMerge", display_name=cls.DISPLAY, category=CATEGORY,
             description="Merge MODEL and CLIP of two or three checkpoints in one node, as SuperMerger does: "
                         "the U-Net by block, the text encoder with the BASE ratio. alpha = weight of B.",
-            inputs=[io.Model.Input("model_a"), io.Clip.Input("clip_a"),
-                    io.Model.Input("model_b"), io.Clip.Input("clip_b"),
+            inputs=[io.Model.Input("model_a", tooltip="Model A: the base."), io.Clip.Input("clip_a", tooltip="CLIP A."),
+                    io.Model.Input("model_b", tooltip="Model B."), io.Clip.Input("clip_b", tooltip="CLIP B."),
                     *settings_inputs(),
                     io.Model.Input("model_c", optional=True, tooltip="Required by Add difference, Triple sum, sum Twice."),
                     io.Clip.Input("clip_c", optional=True, tooltip="Required by Add difference, Triple sum, sum Twice.")],
