@@ -9,6 +9,8 @@ try:
     from comfy_api.latest import ComfyExtension
 except ImportError:  # imported outside ComfyUI (e.g. as a library): no nodes to register
     ComfyExtension = None
+if not __package__:  # loaded as a plain file, not as the pack (pytest does this to a checkout's root
+    ComfyExtension = None  # when the folder name is not a valid package name): nothing to register
 
 if ComfyExtension is not None:
     from .nodes.adjust import NODES as _ADJUST_NODES
