@@ -26,3 +26,15 @@ class MergeInputError(ValueError):
         if self.fix:
             text += f" Fix: {self.fix}"
         return text
+
+
+def require_finite(input_name: str, value: float, fix: str = "give a finite number.") -> float:
+    """Return value as a float, or raise: NaN or infinity in a setting would give an all-NaN model."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise MergeInputError(input_name, f"is {value!r}, not a number.", fix) from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise MergeInputError(input_name, f"is {number!r}: a non-finite value would make every merged weight NaN.",
+                              fix)
+    return number
