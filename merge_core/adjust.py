@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from .architectures import Architecture, unet_relative
-from .errors import MergeInputError
+from .errors import MergeInputError, require_ratio
 
 NAMES = ("IN", "OUT", "OUT2", "CONT", "BRI", "COL1", "COL2", "COL3")
 COLOURS = {  # rows: BRI, COL1, COL2, COL3; columns: latent channels 1..3
@@ -35,6 +35,14 @@ SHIFTED = "out.2.bias"
 class Adjust:
     values: tuple[float, ...]  # 8 values, or 7 in the old form
     text: str = ""
+    input_name: str = "adjust"
+
+    def __post_init__(self):
+        """Every entry point (text, node knobs, recipes) gets the same check: NaN or a huge value
+        here would turn the output convolution into NaN or infinities."""
+        for i, value in enumerate(self.values):
+            name = NAMES[i] if len(self.values) == 8 else f"value #{i + 1}"
+            require_ratio(self.input_name, value, f"{name} ")
 
     def op(self, key: str, arch: Architecture):
         """("scale", factor), ("add", 4 values) or None for a key in either naming."""
@@ -76,7 +84,7 @@ def parse_adjust(text: Optional[str], input_name: str = "adjust") -> Optional[Ad
             raise MergeInputError(input_name, f"{name} '{part}' is not a number.", "write a number, 0 for none.") from None
     if not any(values):
         return None
-    return Adjust(tuple(values), text.strip())
+    return Adjust(tuple(values), text.strip(), input_name)
 
 
 def apply_adjust(tensor: torch.Tensor, op) -> torch.Tensor:

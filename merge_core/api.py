@@ -13,7 +13,7 @@ from .adjust import parse_adjust
 from .elemental import parse_elemental
 from .selection import parse_selection
 from .engine import DictSink, FileSink, ProgressFn, StopFn, run_merge
-from .errors import MergeInputError
+from .errors import MergeInputError, require_finite, require_ratio
 from .methods import get_mode
 from .plan import MergePlan, MergeSettings, build_plan
 from .sources import KeySource, open_source
@@ -29,13 +29,23 @@ def make_settings(arch: Architecture, mode: str, alpha: float = 0.5, beta: float
     """Parse user-facing settings (mode label, calc mode, block-weight and elemental text) for one architecture."""
     merge_mode, calc = resolve_modes(get_mode(mode), get_calc_mode(calcmode))
     return MergeSettings(
-        mode=merge_mode, alpha=float(alpha), beta=float(beta),
+        mode=merge_mode, alpha=require_ratio("alpha", alpha), beta=require_ratio("beta", beta),
         blocks_alpha=parse_block_weights(blocks_alpha, arch, "blocks_alpha"),
         blocks_beta=parse_block_weights(blocks_beta, arch, "blocks_beta"),
-        calc=calc, gamma=float(gamma), seed=int(seed), tensor2_corrected=bool(tensor2_corrected),
+        calc=calc, gamma=require_ratio("gamma", gamma), seed=_seed(seed), tensor2_corrected=bool(tensor2_corrected),
         elemental=parse_elemental(elemental, arch), elemental_full_key=bool(elemental_full_key),
         adjust=parse_adjust(adjust), selection=parse_selection(include_exclude, arch),
     )
+
+
+def _seed(value) -> int:
+    if isinstance(value, float):
+        require_finite("seed", value, "give a whole number such as 0.")
+    try:
+        seed = int(value)
+    except (TypeError, ValueError):
+        raise MergeInputError("seed", f"is {value!r}, not a whole number.", "give a whole number such as 0.") from None
+    return seed
 
 
 def detect_architecture(sources: Mapping[str, KeySource]) -> Architecture:

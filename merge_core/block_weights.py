@@ -10,12 +10,11 @@ The first value is BASE and is also the base ratio (text encoder, VAE).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
 from .architectures import SD1_BLOCKS, Architecture
-from .errors import MergeInputError
+from .errors import MergeInputError, require_ratio
 from .presets import presets
 
 SDXL_FROM_26 = tuple(i for i in range(26) if SD1_BLOCKS[i] not in (
@@ -59,10 +58,7 @@ def parse_numbers(text: str, input_name: str) -> list[float]:
             raise MergeInputError(
                 input_name, f"value #{pos + 1} '{token}' is not a number.",
                 hint + "write numbers such as 0.5, or a preset name such as GRAD_V.") from None
-        if not math.isfinite(value):
-            raise MergeInputError(input_name, f"value #{pos + 1} '{token}' is not finite.",
-                                  "write a finite number.")
-        values.append(value)
+        values.append(require_ratio(input_name, value, f"value #{pos + 1} '{token}' "))
     return values
 
 

@@ -9,12 +9,13 @@ import time
 from .api import OUTPUT_DTYPES, analyze_files, merge_files
 from .errors import MergeInputError
 from .calcmodes import CALC_MODE_NAMES
+from .cli_types import OneLineParser, ratio
 from .methods import MODES
 
 MODE_CHOICES = [m.name for m in MODES.values()]
 # merge_core names inputs as the nodes do; on the command line they are options or positions
 OPTION_NAMES = {"blocks_alpha": "--blocks", "blocks_beta": "--blocks-beta", "dtype": "--dtype",
-                "calcmode": "--calc", "gamma": "--gamma", "block": "--block", "include": "--include", "elemental": "--elemental", "adjust": "--adjust", "include_exclude": "--include/--exclude", "alpha": "--alpha", "beta": "--beta",
+                "calcmode": "--calc", "gamma": "--gamma", "block": "--block", "include": "--include", "elemental": "--elemental", "adjust": "--adjust", "include_exclude": "--include/--exclude", "alpha": "--alpha", "beta": "--beta", "seed": "--seed",
                 "model_a": "model A (1st file)", "model_b": "model B (2nd file)", "model_c": "model C (3rd file)"}
 
 
@@ -30,7 +31,7 @@ def _progress(stream):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m merge_core",
+    parser = OneLineParser(prog="python -m merge_core",
                                      description="SuperMerger-compatible checkpoint merging, key by key.")
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("merge", help="merge two or three safetensors checkpoints",
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--mode", default="weight_sum", choices=MODE_CHOICES,
                    help="weight_sum: (1-a)A+aB; add_difference: A+a(B-C); triple_sum: (1-a-b)A+aB+bC; "
                         "sum_twice: (1-b)((1-a)A+aB)+bC")
-    m.add_argument("--alpha", type=float, default=0.5, help="weight of B (default 0.5)")
-    m.add_argument("--beta", type=float, default=0.25, help="weight of C for triple_sum/sum_twice (default 0.25)")
+    m.add_argument("--alpha", type=ratio, default=0.5, help="weight of B (default 0.5)")
+    m.add_argument("--beta", type=ratio, default=0.25, help="weight of C for triple_sum/sum_twice (default 0.25)")
     m.add_argument("--blocks", default=None,
                    help="alpha block weights: 26 (SD1/SD2) or 20 (SDXL) comma-separated values, or a preset name; "
                         "overrides --alpha")
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--calc", default="normal", metavar="CALCMODE",
                    help="calc mode: " + ", ".join(CALC_MODE_NAMES) + " (trainDifference and extract switch the "
                         "mode to add_difference; 'smoothAdd MT' is accepted as smoothAdd)")
-    m.add_argument("--gamma", type=float, default=0.3, help="extract: similarity sharpness, >= 0 (default 0.3)")
+    m.add_argument("--gamma", type=ratio, default=0.3, help="extract: similarity sharpness, >= 0 (default 0.3)")
     m.add_argument("--seed", type=int, default=0, help="plus random: noise seed (default 0)")
     m.add_argument("--tensor2-corrected", action="store_true",
                    help="tensor2: bounds from shape[1] always (default: SuperMerger's rule, for parity)")

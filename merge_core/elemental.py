@@ -19,13 +19,12 @@ full-key matching for exact parity).
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from .architectures import UNET_PREFIXES, Architecture
 from .block_specs import expand_tokens
-from .errors import MergeInputError
+from .errors import MergeInputError, require_ratio
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,7 @@ def _parse_ratio(text: str, entry: str, pos: int, input_name: str) -> tuple[floa
         raise MergeInputError(input_name, f"entry #{pos} '{entry}': ratio '{token}' is not a number.",
                               "end the entry with a number such as 0.5, or a random ratio: R, U or low~up "
                               "(e.g. 0~0.5).")
-    if not all(math.isfinite(v) for v in parts):
-        raise MergeInputError(input_name, f"entry #{pos} '{entry}': ratio '{token}' is not finite.",
-                              "use a finite number.")
+    parts = [require_ratio(input_name, v, f"entry #{pos} '{entry}': ratio ") for v in parts]
     return (0.0, RandomRatio("X", *parts)) if len(parts) == 2 else (parts[0], None)
 
 @dataclass(frozen=True)

@@ -28,13 +28,29 @@ class MergeInputError(ValueError):
         return text
 
 
-def require_finite(input_name: str, value: float, fix: str = "give a finite number.") -> float:
-    """Return value as a float, or raise: NaN or infinity in a setting would give an all-NaN model."""
+# Largest |ratio| (alpha, beta, block weight, elemental, Adjust or LoRA ratio) a setting may have: weights
+# times a larger factor leave the float16 range, and 1e308 is already infinite in float32.
+RATIO_LIMIT = 1000.0
+
+
+def require_finite(input_name: str, value: float, fix: str = "give a finite number.", what: str = "") -> float:
+    """Return value as a float, or raise: NaN or infinity in a setting would give an all-NaN model.
+    ``what`` places the value inside a list, e.g. "value #3 "."""
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise MergeInputError(input_name, f"is {value!r}, not a number.", fix) from None
+    except (TypeError, ValueError, OverflowError):
+        raise MergeInputError(input_name, f"{what}is {value!r}, not a number.", fix) from None
     if number != number or number in (float("inf"), float("-inf")):
-        raise MergeInputError(input_name, f"is {number!r}: a non-finite value would make every merged weight NaN.",
-                              fix)
+        raise MergeInputError(input_name, f"{what}is {number!r}, not finite: a non-finite setting makes every "
+                                          "merged weight NaN.", fix)
+    return number
+
+
+def require_ratio(input_name: str, value: float, what: str = "", limit: float = RATIO_LIMIT) -> float:
+    """A finite ratio within +-limit, as a float (larger ones overflow the merged weights)."""
+    number = require_finite(input_name, value, "give a finite number such as 0.5.", what)
+    if abs(number) > limit:
+        raise MergeInputError(input_name, f"{what}is {number:g}: beyond +-{limit:g} the merged weights overflow "
+                                          "(float16/float32 turn them into infinities).",
+                              f"give a value between {-limit:g} and {limit:g}.")
     return number

@@ -8,12 +8,11 @@ the ratio when values are given inline).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
 from .architectures import Architecture
-from .errors import MergeInputError
+from .errors import MergeInputError, require_ratio
 
 _SD1_LORA = ("BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00") + tuple(
     f"OUT{i:02d}" for i in range(3, 12))
@@ -47,9 +46,7 @@ def _numbers(parts: list[str], input_name: str, where: str) -> list[float]:
         except ValueError:
             raise MergeInputError(input_name, f"{where}: value #{pos + 1} '{raw.strip()}' is not a number.",
                                   "write numbers such as 0.5, or a preset name such as ALL or INS.") from None
-        if not math.isfinite(value):
-            raise MergeInputError(input_name, f"{where}: value #{pos + 1} is not finite.", "write finite numbers.")
-        out.append(value)
+        out.append(require_ratio(input_name, value, f"{where}: value #{pos + 1} "))
     return out
 
 
@@ -88,6 +85,7 @@ def block_values(spec: str, ratio: float, arch: Architecture, presets: dict[str,
     ``spec``: empty (every block = ratio), a preset name, or comma-separated values.
     """
     where = f"LoRA '{lora}' block weights" if lora else "block weights"
+    ratio = require_ratio(input_name, ratio, f"LoRA '{lora}': ratio " if lora else "strength ")
     text = (spec or "").strip().strip(",").strip()
     if not text:
         return {b: ratio for b in arch.blocks}
@@ -148,6 +146,7 @@ def parse_lora_list(text: str, input_name: str = "lora_list") -> list[LoraItem]:
         except ValueError:
             raise MergeInputError(input_name, f"LoRA '{name}': ratio '{parts[1].strip()}' is not a number.",
                                   "write name:ratio, e.g. my_lora:0.8.") from None
+        ratio = require_ratio(input_name, ratio, f"LoRA '{name}': ratio ")
         out.append(LoraItem(name, ratio, parts[2].strip() if len(parts) > 2 else ""))
     return out
 

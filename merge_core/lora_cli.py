@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from .architectures import detect
+from .cli_types import finite, non_negative_int, positive_int, quantile, ratio
 from .errors import MergeInputError
 from .lora_blocks import parse_lora_list, parse_presets, block_values
 from .lora_files import (METADATA_MODES, SAVE_DTYPES, common_architecture, extract_from_loras, extract_from_models,
@@ -15,7 +16,8 @@ from .safetensors_io import SafetensorsReader
 
 OPTION_NAMES = {"lora_list": "the LoRA list", "lora_1": "LoRA 1", "lora_2": "LoRA 2", "rank": "--rank",
                 "model_a": "TUNED", "model_b": "ORIGINAL", "filename": "-o", "alpha": "--alpha", "beta": "--beta",
-                "gamma": "--gamma", "block_weights": "the LoRA list", "lbw_presets": "--presets"}
+                "gamma": "--gamma", "block_weights": "the LoRA list", "lbw_presets": "--presets",
+                "conv_rank": "--conv-rank", "clamp_quantile": "--clamp", "te_min_diff": "--te-min-diff"}
 LIST_HELP = "'file:ratio[:blocks]' items, comma-separated; blocks = a preset name or 12/17/20/26 values"
 
 
@@ -25,7 +27,8 @@ def add_parsers(sub) -> None:
     m.add_argument("-o", "--output", required=True)
     m.add_argument("--method", choices=["exact", "naive"], default="exact",
                    help="exact: SVD of sum r_i*dW_i (default); naive: kohya's factor-wise sum (equal ranks)")
-    m.add_argument("--rank", type=int, default=0, help="exact: output rank (default: the largest input rank)")
+    m.add_argument("--rank", type=positive_int, default=0,
+                   help="exact: output rank, 1 or more (default: the largest input rank)")
     m.add_argument("--kohya-strength", action="store_true",
                    help="naive: kohya's ratio semantics (effect = ratio squared); default: linear")
     m.add_argument("--metadata", choices=METADATA_MODES, default="create new")
@@ -36,20 +39,20 @@ def add_parsers(sub) -> None:
     e.add_argument("b", metavar="ORIGINAL", help="original checkpoint (with --loras: LoRA 2)")
     e.add_argument("-o", "--output", required=True)
     e.add_argument("--loras", action="store_true", help="A and B are LoRAs: SuperMerger's extract (alpha, beta, gamma)")
-    e.add_argument("--alpha", type=float, default=1.0, help="models: factor of A (delta = alpha*A - beta*B); "
+    e.add_argument("--alpha", type=ratio, default=1.0, help="models: factor of A (delta = alpha*A - beta*B); "
                                                             "LoRAs: 0 = LoRA 1, 1 = LoRA 2")
-    e.add_argument("--beta", type=float, default=1.0, help="models: factor of B; LoRAs: 1 keeps dissimilar features")
-    e.add_argument("--gamma", type=float, default=1.0, help="LoRAs: similarity sharpness (>= 0)")
-    e.add_argument("--rank", type=int, default=64, help="rank of linear and 1x1 layers (default 64)")
-    e.add_argument("--conv-rank", type=int, default=0, help="rank of 3x3 convolutions (default 0: skipped)")
-    e.add_argument("--te-min-diff", type=float, default=0.1,
+    e.add_argument("--beta", type=ratio, default=1.0, help="models: factor of B; LoRAs: 1 keeps dissimilar features")
+    e.add_argument("--gamma", type=ratio, default=1.0, help="LoRAs: similarity sharpness (>= 0)")
+    e.add_argument("--rank", type=positive_int, default=64, help="rank of linear and 1x1 layers (default 64)")
+    e.add_argument("--conv-rank", type=non_negative_int, default=0, help="rank of 3x3 convolutions (default 0: skipped)")
+    e.add_argument("--te-min-diff", type=finite, default=0.1,
                    help="keep the text encoder only if some weight differs by more than this (default 0.1, kohya)")
     _common(e)
 
 
 def _common(p) -> None:
     p.add_argument("--svd", choices=SVD_METHODS, default="full", help="full or randomized (torch.svd_lowrank)")
-    p.add_argument("--clamp", type=float, default=None, metavar="Q",
+    p.add_argument("--clamp", type=quantile, default=None, metavar="Q",
                    help="clip factors to the Q quantile (kohya/LoraSave use 0.99; default off)")
     p.add_argument("--presets", default=None, help="file of extra block-weight presets, NAME:values per line")
     p.add_argument("--dtype", choices=list(SAVE_DTYPES), default="fp16", help="save precision (default fp16)")

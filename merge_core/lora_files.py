@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from .architectures import ARCHITECTURES, Architecture
-from .errors import MergeInputError
+from .errors import MergeInputError, require_finite, require_ratio
 from .lora_blocks import LoraItem, blocks26_text, block_values, parse_presets
 from .lora_keys import lora_architecture, module_block, te_modules, unet_module
 from .lora_math import LoraModule, decompose, exact_merge, extract_two, naive_merge, scaled_factors
@@ -121,6 +121,22 @@ class LoraResult:
         self.sq_norm += dec.norm ** 2
 
 
+def check_svd_settings(rank: int, clamp_quantile: Optional[float], conv_rank: int = 0, min_rank: int = 0) -> None:
+    """Ranks and the clamp quantile, before any SVD: a negative rank silently became 1, and a quantile
+    outside (0, 1] (or NaN) failed deep inside torch.quantile."""
+    rank_fix = "use 0 (the largest input rank) or a rank such as 32." if min_rank == 0 else \
+        "use a rank of at least 1 (e.g. 32 or 64)."
+    for value, name, low, fix in ((rank, "rank", min_rank, rank_fix),
+                                  (conv_rank, "conv_rank", 0, "use 0 (no 3x3 convolutions) or a rank such as 16.")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise MergeInputError(name, f"is {value!r}.", fix)
+    if clamp_quantile is not None and clamp_quantile != 0:
+        q = require_finite("clamp_quantile", clamp_quantile, "give a quantile such as 0.99 (0 = off).")
+        if not 0 < q <= 1:
+            raise MergeInputError("clamp_quantile", f"is {q:g}, outside (0, 1].",
+                                  "give a quantile such as 0.99 (0 = off).")
+
+
 def _ratios(items: list[tuple[LoraItem, LoraFile]], arch: Architecture, presets) -> list[dict[str, float]]:
     return [block_values(item.blocks, item.ratio, arch, presets, "lora_list", item.name) for item, _ in items]
 
@@ -140,6 +156,7 @@ def merge_loras(items: list[tuple[LoraItem, LoraFile]], method: str = "exact", r
     naive: kohya's factor-wise sum (equal ranks; r^2 unless same_to_strength)."""
     if not items:
         raise MergeInputError("lora_list", "is empty.", "list at least one LoRA as name:ratio.")
+    check_svd_settings(rank, clamp_quantile)
     loras = [f for _, f in items]
     for lora in loras:
         require_plain(lora, "Merge LoRAs")
@@ -177,8 +194,9 @@ def extract_from_loras(first: tuple[LoraItem, LoraFile], second: tuple[LoraItem,
                        beta: float, gamma: float, same_to_strength: bool = True, lbw_presets: str = "") -> LoraResult:
     """Spec §10.5: each LoRA scaled alone by its block ratios (and sqrt(alpha_i/alpha_1)), then the extract
     formula per tensor (up and down separately); alphas are LoRA 1's."""
+    gamma = require_ratio("gamma", gamma)
     for value, name in ((alpha, "alpha"), (beta, "beta")):
-        if not 0.0 <= value <= 1.0:
+        if not 0.0 <= require_finite(name, value) <= 1.0:
             raise MergeInputError(name, f"is {value}; extract needs 0 <= {name} <= 1.", f"set {name} in [0, 1].")
     if gamma < 0:
         raise MergeInputError("gamma", f"is {gamma}; it must be >= 0.", "set gamma >= 0 (1 is the default).")
@@ -214,8 +232,9 @@ def extract_from_models(shapes: Mapping[str, tuple[int, ...]], get_a: Callable[[
     """Spec §10.7: delta = alpha*A - beta*B per targeted module, SVD to ``rank`` (3x3 convs to ``conv_rank``,
     0 = skip them), alpha = rank. The text encoder is kept only if some module differs by more than
     ``te_min_diff`` (max |delta|), as kohya does."""
-    if rank < 1:
-        raise MergeInputError("rank", f"is {rank}.", "use a rank of at least 1 (e.g. 32 or 64).")
+    check_svd_settings(rank, clamp_quantile, conv_rank, min_rank=1)
+    alpha, beta = require_ratio("alpha", alpha), require_ratio("beta", beta)
+    te_min_diff = require_finite("te_min_diff", te_min_diff)
     unet, te = [], []
     for key, shape in shapes.items():
         name = unet_module(key, arch, shape, conv=conv_rank > 0)

@@ -15,7 +15,7 @@ from .architectures import Architecture
 from .block_specs import parse_block_spec
 from .block_weights import BlockWeights, parse_block_weights
 from .elemental import parse_elemental
-from .errors import MergeInputError
+from .errors import MergeInputError, require_ratio
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,11 @@ def parse_values(text: str, input_name: str = "values") -> list[float]:
     values = []
     for token in split_items(text):
         try:
-            values.append(float(token))
+            value = float(token)
         except ValueError:
             raise MergeInputError(input_name, f"'{token}' is not a number.",
                                   "give comma-separated numbers such as 0, 0.5, 1.") from None
+        values.append(require_ratio(input_name, value, f"value '{token}' "))
     if not values:
         raise MergeInputError(input_name, "is empty.", "give at least one number, e.g. 1.")
     return values

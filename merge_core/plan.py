@@ -14,7 +14,7 @@ from .block_weights import BlockWeights
 from .adjust import Adjust
 from .calcmodes import CalcMode, check_calc_parameters
 from .elemental import ElementalRule, elemental_alpha
-from .selection import Selection
+from .selection import Selection, is_vae
 from .errors import MergeInputError
 from .methods import MergeMode
 
@@ -104,10 +104,6 @@ class MergePlan:
         return sum(1 for k in self.keys if k.action == action)
 
 
-def _is_vae(key: str) -> bool:
-    return key.startswith(("first_stage_model.", "vae."))
-
-
 def is_mergeable_name(key: str) -> bool:
     return ("weight" in key or "bias" in key) and not key.endswith(NEVER_MERGED_SUFFIXES)
 
@@ -147,6 +143,9 @@ def build_plan(arch: Architecture, settings: MergeSettings,
     if needs_c and shapes_c is None:
         raise MergeInputError("model_c", f"is required by '{what}' but is not connected.",
                               "connect a model C, or choose Weight sum.")
+    if settings.selection is not None:
+        settings.selection.require_matches(((k, arch.block_of(k)) for k in shapes_a if is_mergeable_name(k)), arch,
+                                           settings.elemental_full_key)
     plan = MergePlan(arch, settings)
     for key, shape_a in shapes_a.items():
         block = arch.block_of(key)
@@ -156,7 +155,7 @@ def build_plan(arch: Architecture, settings: MergeSettings,
         if key not in shapes_b:
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason="absent from B"))
             continue
-        if settings.calc is not None and settings.calc.keeps_vae and _is_vae(key):
+        if settings.calc is not None and settings.calc.keeps_vae and is_vae(key):
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason="VAE kept by cosine modes"))
             continue
         if needs_c and key not in shapes_c:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Optional
 
-from .errors import MergeInputError
+from .calcmodes import get_calc_mode
+from .errors import MergeInputError, require_ratio
+from .methods import get_mode
 from .plan import MergeSettings
 
 SETTING_DEFAULTS: dict[str, Any] = {
@@ -35,6 +37,10 @@ SUPERMERGER_MODES = {
     "sum Twice": "sum Twice:(A*(1-alpha)+B*alpha)*(1-beta)+C*beta",
 }
 MERGE_SUITE_KEY = "merge_suite"
+# Limits on a file's recipe metadata: it comes from whoever made the file.
+MAX_RECIPE_CHARS = 1_000_000
+MAX_STEPS = 64
+MAX_TEXT_CHARS = 20_000
 
 
 def leaf(name: str, sha256: str = "") -> dict:
@@ -179,38 +185,131 @@ def file_metadata(model: Optional[Mapping], clip: Optional[Mapping]) -> dict[str
     return {"sd_merge_recipe": json.dumps(recipe), "sd_merge_models": json.dumps(models)}
 
 
-def parse_file_recipe(metadata: Mapping[str, str], input_name: str = "recipe") -> dict:
-    """{"model": tree, "clip": tree} from a file's metadata; SuperMerger-made files become one merge step."""
+def parse_file_recipe(metadata: Mapping[str, str], input_name: str = "recipe", source: str = "") -> dict:
+    """{"model": tree, "clip": tree} from a file's metadata; SuperMerger-made files become one merge step.
+    Every field is checked (types, sizes, step count, finite numbers, known modes): errors name ``source``
+    (the file) and the field."""
     raw = metadata.get("sd_merge_recipe")
     if not raw:
         raise MergeInputError(input_name, "has no 'sd_merge_recipe' metadata: it was not saved by a merge.",
                               "choose a checkpoint saved by Merge Suite's Save Checkpoint or by SuperMerger.")
+    check = RecipeCheck(input_name, source)
+    for field in ("sd_merge_recipe", "sd_merge_models"):
+        if len(metadata.get(field) or "") > MAX_RECIPE_CHARS:
+            raise check.error(field, f"has {len(metadata[field])} characters (at most {MAX_RECIPE_CHARS}).")
     try:
         recipe = json.loads(raw)
         models = json.loads(metadata.get("sd_merge_models") or "{}")
-    except (TypeError, ValueError) as exc:
-        raise MergeInputError(input_name, f"has unreadable recipe metadata ({exc}).",
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise MergeInputError(input_name, f"{check.where}has unreadable recipe metadata ({str(exc)[:200]}).",
                               "choose another file; this one's metadata is damaged.") from None
+    check.mapping(recipe, "sd_merge_recipe")
+    check.mapping(models, "sd_merge_models")
     if isinstance(recipe.get(MERGE_SUITE_KEY), dict):
         ours = recipe[MERGE_SUITE_KEY]
-        return {"model": ours.get("model"), "clip": ours.get("clip")}
-    return {"model": _from_supermerger(recipe, models, "model"), "clip": _from_supermerger(recipe, models, "clip")}
+        trees = {"model": ours.get("model"), "clip": ours.get("clip")}
+    else:
+        trees = {"model": _from_supermerger(recipe, models, "model", check),
+                 "clip": _from_supermerger(recipe, models, "clip", check)}
+    for kind, tree in trees.items():
+        if tree is not None:
+            check.tree(tree, f"{MERGE_SUITE_KEY}.{kind}")
+    return trees
 
 
-def _from_supermerger(recipe: Mapping, models: Mapping, kind: str) -> dict:
-    mode = str(recipe.get("mode", "Weight sum")).split(":", 1)[0]
+class RecipeCheck:
+    """Checks one file's recipe tree; errors read "input 'ckpt_name': 'x.safetensors': recipe field 'f' ..."."""
+
+    def __init__(self, input_name: str, source: str):
+        self.input_name, self.where, self.steps = input_name, f"'{source}': " if source else "", 0
+
+    def error(self, field: str, problem: str, fix: str = "") -> MergeInputError:
+        return MergeInputError(self.input_name, f"{self.where}recipe field '{field}' {problem}",
+                               fix or "choose another file, or re-create this merge by hand; this file's recipe "
+                                      "metadata is damaged or was written by another tool.")
+
+    def mapping(self, value: Any, field: str) -> Mapping:
+        if not isinstance(value, dict):
+            raise self.error(field, f"is a {type(value).__name__}, not a JSON object.")
+        return value
+
+    def text(self, value: Any, field: str) -> str:
+        if not isinstance(value, str):
+            raise self.error(field, f"is a {type(value).__name__}, not text.")
+        if len(value) > MAX_TEXT_CHARS:
+            raise self.error(field, f"has {len(value)} characters (at most {MAX_TEXT_CHARS}).")
+        return value
+
+    def number(self, value: Any, field: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(field, f"is {value!r}, not a number.")
+        try:
+            return require_ratio(field, value)
+        except MergeInputError as exc:
+            raise self.error(field, exc.problem, exc.fix) from None
+
+    def tree(self, node: Any, field: str) -> None:
+        node = self.mapping(node, field)
+        if not is_merge(node):
+            if set(node) - {"file", "sha256", "unknown"} or not ({"file", "unknown"} & set(node)):
+                raise self.error(field, "is neither a merge step nor a file ({'file', 'sha256'} or {'unknown'}).")
+            for key, value in node.items():
+                self.text(value, f"{field}.{key}")
+            return
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise self.error(field, f"is merge step {self.steps}; a recipe may have at most {MAX_STEPS}.")
+        if node.get("kind", "model") not in ("model", "clip", "checkpoint"):
+            raise self.error(f"{field}.kind", f"is {node.get('kind')!r}, not model, clip or checkpoint.")
+        self.settings(self.mapping(node["settings"], f"{field}.settings"), f"{field}.settings")
+        if "a" not in node or "b" not in node:
+            raise self.error(field, "lacks its model A or B.")
+        for name in ("a", "b", "c"):
+            if name in node:
+                self.tree(node[name], f"{field}.{name}")
+
+    def settings(self, settings: Mapping, field: str) -> None:
+        for key, value in settings.items():
+            where = f"{field}.{key}"
+            if key not in SETTING_DEFAULTS:
+                raise self.error(where, "is not a merge setting.",
+                                 "choose another file; known settings are " + ", ".join(SETTING_DEFAULTS) + ".")
+            default = SETTING_DEFAULTS[key]
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise self.error(where, f"is {value!r}, not true or false.")
+            elif key == "seed":
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 64:
+                    raise self.error(where, f"is {value!r}, not a seed (a whole number from 0).")
+            elif isinstance(default, float):
+                self.number(value, where)
+            else:
+                self.text(value, where)
+        try:
+            get_mode(settings.get("mode", "Weight sum"))
+            get_calc_mode(settings.get("calcmode", "normal"))
+        except MergeInputError as exc:
+            raise self.error(f"{field}.{exc.input_name}", exc.problem, exc.fix) from None
+
+
+def _from_supermerger(recipe: Mapping, models: Mapping, kind: str, check: RecipeCheck) -> dict:
+    mode = check.text(recipe.get("mode", "Weight sum"), "mode").split(":", 1)[0]
     if mode == "Add":
         mode = "Add difference"  # a mode forced by the calc mode (spec §11.4 quirk)
-    settings = {"mode": mode, "alpha": float(recipe.get("base_alpha", 0.5)),
-                "beta": float(recipe.get("base_beta", 0.25)), "calcmode": recipe.get("calcmode", "normal")}
+    settings = {"mode": mode, "alpha": check.number(recipe.get("base_alpha", 0.5), "base_alpha"),
+                "beta": check.number(recipe.get("base_beta", 0.25), "base_beta"),
+                "calcmode": check.text(recipe.get("calcmode", "normal"), "calcmode")}
     if recipe.get("mbw"):
-        settings["blocks_alpha"] = recipe.get("weights_alpha_orig") or ""
-        settings["blocks_beta"] = recipe.get("weights_beta_orig") or ""
+        settings["blocks_alpha"] = check.text(recipe.get("weights_alpha_orig") or "", "weights_alpha_orig")
+        settings["blocks_beta"] = check.text(recipe.get("weights_beta_orig") or "", "weights_beta_orig")
     elemental = recipe.get("elemental_merge")
-    settings["elemental"] = "\n".join(elemental) if isinstance(elemental, list) else (elemental or "")
+    if isinstance(elemental, list):
+        elemental = "\n".join(check.text(e, "elemental_merge") for e in elemental)
+    settings["elemental"] = check.text(elemental or "", "elemental_merge")
     node = {"kind": kind, "settings": settings_dict(settings), "supermerger": dict(recipe)}
     uses_c = mode in ("Add difference", "Triple sum", "sum Twice")
     for name in ("a", "b") + (("c",) if uses_c else ()):
-        sha = recipe.get(f"model_{name}") or ""
-        node[name] = leaf(models.get(sha, {}).get("name", ""), sha)
+        sha = check.text(recipe.get(f"model_{name}") or "", f"model_{name}")
+        entry = check.mapping(models.get(sha, {}), f"sd_merge_models.{sha[:12]}")
+        node[name] = leaf(check.text(entry.get("name", ""), f"sd_merge_models.{sha[:12]}.name"), sha)
     return node

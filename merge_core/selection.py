@@ -30,13 +30,42 @@ class Selection:
     vae: bool
     adjust: bool
     text: str
+    targets: tuple[str, ...] = ()  # the tokens as written, each checked to select some key
 
     def merges(self, key: str, block: str, full_key: bool = False) -> bool:
         hit = (block in self.blocks
                or (self.adjust and unet_relative(key) in (*SCALED, SHIFTED))
                or any(e in (key if full_key else _strip_prefix(key)) for e in self.elements)
-               or (self.vae and key.startswith(("first_stage_model.", "vae."))))
+               or (self.vae and is_vae(key)))
         return hit if self.mode == "include" else not hit
+
+    def require_matches(self, keys_and_blocks, arch: Architecture, full_key: bool = False,
+                        input_name: str = "include_exclude") -> None:
+        """Raise for the first target that selects no key of this model: a typo (``--include 💥``)
+        would otherwise merge nothing (include) or everything (exclude) and look like success."""
+        pairs = list(keys_and_blocks)
+        for token in self.targets:
+            if not any(_target_hits(token, key, block, arch, full_key) for key, block in pairs):
+                raise MergeInputError(
+                    input_name, f"target '{token}' selects no key of this {arch.label} model.",
+                    f"use block ids or ranges ({', '.join(arch.blocks[:2])}, ..., {arch.blocks[-1]}, "
+                    f"{arch.blocks[4]}-{arch.blocks[6]}), VAE, Adjust, or part of a key name such as attn2 "
+                    "(the Elements node and 'python -m merge_core elements FILE' list them).")
+
+
+def is_vae(key: str) -> bool:
+    return key.startswith(("first_stage_model.", "vae."))
+
+
+def _target_hits(token: str, key: str, block: str, arch: Architecture, full_key: bool) -> bool:
+    if token == "VAE":
+        return is_vae(key)
+    if token == "Adjust":
+        return unet_relative(key) in (*SCALED, SHIFTED)
+    named = expand_token(token, arch)
+    if named is not None:
+        return block in named
+    return token in (key if full_key else _strip_prefix(key))
 
 
 def parse_selection(text: Optional[str], arch: Architecture, input_name: str = "include_exclude",
@@ -53,7 +82,8 @@ def parse_selection(text: Optional[str], arch: Architecture, input_name: str = "
                                   "write e.g. 'exclude: OUT03-OUT05 VAE' or 'include: IN01 IN02 attn2'.")
         mode, body = head.strip().lower(), rest
     blocks, elements, vae, adjust = set(), [], False, False
-    for token in body.replace(",", " ").split():
+    targets = tuple(dict.fromkeys(body.replace(",", " ").split()))
+    for token in targets:
         ends = token.split("-")
         if token == "VAE":
             vae = True
@@ -67,4 +97,4 @@ def parse_selection(text: Optional[str], arch: Architecture, input_name: str = "
             elements.append(token)
     if not (blocks or elements or vae or adjust):
         return None
-    return Selection(mode, frozenset(blocks), tuple(elements), vae, adjust, text.strip())
+    return Selection(mode, frozenset(blocks), tuple(elements), vae, adjust, text.strip(), targets)

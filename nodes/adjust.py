@@ -4,8 +4,10 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..merge_core.adjust import Adjust
+from ..merge_core.errors import require_ratio
 from .comfy_models import add_adjust_patches, architecture_of, base_layout
 from .errors import named_errors
+from .validation import settings_problems
 from .merge import CATEGORY
 
 KNOBS = [
@@ -37,9 +39,14 @@ class AdjustModel(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, IN=0.0, OUT=0.0, OUT2=0.0, CONT=0.0, BRI=0.0, COL1=0.0, COL2=0.0, COL3=0.0):
+        return settings_problems(cls, dict(IN=IN, OUT=OUT, OUT2=OUT2, CONT=CONT, BRI=BRI, COL1=COL1, COL2=COL2,
+                                           COL3=COL3))
+
+    @classmethod
     def execute(cls, model, **knobs) -> io.NodeOutput:
         with named_errors(cls.DISPLAY):
-            values = tuple(float(knobs.get(name, 0.0)) for name, *_ in KNOBS)
+            values = tuple(require_ratio(name, knobs.get(name, 0.0)) for name, *_ in KNOBS)
             shapes, _ = base_layout(model, "model")
             arch = architecture_of(shapes, "model")
             adjust = Adjust(values)

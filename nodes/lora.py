@@ -13,7 +13,8 @@ from collections import defaultdict
 
 from comfy_api.latest import io
 
-from ..merge_core.errors import MergeInputError
+from ..merge_core.architectures import SD1
+from ..merge_core.errors import MergeInputError, require_ratio
 from ..merge_core.lora_blocks import block_values, parse_lora_list, parse_presets
 from ..merge_core.lora_files import (METADATA_MODES, SAVE_DTYPES, LoraResult, extract_from_loras,
                                      extract_from_models, extraction_metadata, merge_loras, merged_metadata,
@@ -21,6 +22,7 @@ from ..merge_core.lora_files import (METADATA_MODES, SAVE_DTYPES, LoraResult, ex
 from ..merge_core.lora_math import SVD_METHODS
 from .comfy_models import architecture_of, base_layout, effective_weight, key_patches, shapes_of
 from .errors import named_errors
+from .validation import settings_problems
 from .merge import CATEGORY, _progress
 
 LORA_CATEGORY = CATEGORY + "/lora"
@@ -43,6 +45,13 @@ CLAMP_TIP = ("Clip both factors to +-this quantile of their values (kohya and Co
              "0 = off (default): clamping adds error.")
 SVD_TIP = ("full: exact truncated SVD. randomized: torch.svd_lowrank (4 power iterations), many times faster "
            "on large layers; the report states the reconstruction error either way.")
+
+
+def check_lora_list(text: str, lbw_presets: str, input_name: str = "lora_list") -> None:
+    """Ratios and inline block values of a LoRA list, without reading any file (validate_inputs)."""
+    presets = parse_presets(lbw_presets)
+    for item in parse_lora_list(text, input_name):
+        block_values(item.blocks, item.ratio, SD1, presets, input_name, item.name)  # every layout's names fit SD1
 
 
 def lora_path(name: str, input_name: str) -> str:
@@ -106,9 +115,19 @@ class LoraApply(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, strength_model=1.0, strength_clip=1.0, block_weights="", lora_list="", lbw_presets=""):
+        return settings_problems(
+            cls, {"strength_model": strength_model, "strength_clip": strength_clip, "block_weights": block_weights,
+                  "lora_list": lora_list, "lbw_presets": lbw_presets},
+            lambda: block_values(block_weights, 1.0, SD1, parse_presets(lbw_presets), "block_weights"),
+            lambda: check_lora_list(lora_list, lbw_presets))
+
+    @classmethod
     def execute(cls, model, lora_name=NONE, strength_model=1.0, strength_clip=1.0, block_weights="",
                 lora_list="", lbw_presets="", clip=None) -> io.NodeOutput:
         with named_errors(cls.DISPLAY):
+            strength_model = require_ratio("strength_model", strength_model)
+            strength_clip = require_ratio("strength_clip", strength_clip)
             presets = parse_presets(lbw_presets)
             jobs = []  # (name, path, model strength, clip strength, block spec, its input, the file's input)
             if lora_name and lora_name != NONE:
@@ -264,6 +283,11 @@ class LoraExtract(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, alpha=1.0, beta=1.0, clamp_quantile=0.0, te_min_diff=0.1):
+        return settings_problems(cls, {"alpha": alpha, "beta": beta, "clamp_quantile": clamp_quantile,
+                                       "te_min_diff": te_min_diff})
+
+    @classmethod
     def execute(cls, model_a, model_b, alpha=1.0, beta=1.0, rank=64, conv_rank=0, svd="full", clamp_quantile=0.0,
                 te_min_diff=0.1, filename_prefix="merge_suite/extracted", save_dtype="fp16", clip_a=None,
                 clip_b=None) -> io.NodeOutput:
@@ -328,6 +352,12 @@ class LoraMerge(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, lora_list="", clamp_quantile=0.0, lbw_presets=""):
+        return settings_problems(cls, {"lora_list": lora_list, "clamp_quantile": clamp_quantile,
+                                       "lbw_presets": lbw_presets},
+                                 lambda: check_lora_list(lora_list, lbw_presets))
+
+    @classmethod
     def execute(cls, lora_list, method="exact", rank=0, svd="full", clamp_quantile=0.0, same_to_strength=True,
                 metadata="create new", filename_prefix="merge_suite/merged", save_dtype="fp16",
                 lbw_presets="") -> io.NodeOutput:
@@ -382,6 +412,13 @@ class LoraExtractFromLoras(io.ComfyNode):
             ],
             outputs=FILE_OUTPUTS, is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, lora_1="", lora_2="", alpha=1.0, beta=1.0, gamma=1.0, lbw_presets=""):
+        return settings_problems(cls, {"lora_1": lora_1, "lora_2": lora_2, "alpha": alpha, "beta": beta,
+                                       "gamma": gamma, "lbw_presets": lbw_presets},
+                                 lambda: check_lora_list(lora_1, lbw_presets, "lora_1"),
+                                 lambda: check_lora_list(lora_2, lbw_presets, "lora_2"))
 
     @classmethod
     def execute(cls, lora_1, lora_2, alpha=1.0, beta=1.0, gamma=1.0, same_to_strength=True,

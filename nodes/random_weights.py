@@ -11,6 +11,7 @@ from ..merge_core.architectures import SD1, SDXL
 from ..merge_core.dice import DEFAULT_CUSTOM, MODES, DiceSettings, roll_many
 from ..merge_core.pinpoint import pinpoint_blocks, pinpoint_elements
 from .errors import named_errors
+from .validation import settings_problems
 from .merge import CATEGORY
 
 LAYOUTS = {"SD1/SD2 (26 blocks)": SD1, "SDXL (20 blocks)": SDXL}
@@ -57,6 +58,11 @@ class PinpointBlocks(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, layout=None, targets="", values="", template=""):
+        return settings_problems(cls, {"layout": layout, "targets": targets, "values": values, "template": template},
+                                 lambda: pinpoint_blocks(targets, values, LAYOUTS[layout], template))
+
+    @classmethod
     def execute(cls, layout, targets, values, template) -> io.NodeOutput:
         with named_errors(cls.DISPLAY):
             return _cells_output(pinpoint_blocks(targets, values, LAYOUTS[layout], template))
@@ -83,6 +89,12 @@ class PinpointElements(io.ComfyNode):
             ],
             outputs=_list_outputs("elemental", "Elemental text per cell, for a merge node's elemental input."),
         )
+
+    @classmethod
+    def validate_inputs(cls, layout=None, targets="", values="", elemental_base=""):
+        return settings_problems(cls, {"layout": layout, "targets": targets, "values": values,
+                                       "elemental_base": elemental_base},
+                                 lambda: pinpoint_elements(targets, values, LAYOUTS[layout], elemental_base))
 
     @classmethod
     def execute(cls, layout, targets, values, elemental_base) -> io.NodeOutput:
@@ -139,6 +151,13 @@ class RandomBlockWeights(io.ComfyNode):
                 io.String.Output(display_name="label", is_output_list=True, tooltip="'seed N', per draw."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, layout=None, mode=None, custom="", upper="", lower="", clamp_upper="", clamp_lower=""):
+        settings = {"layout": layout, "mode": mode, "custom": custom, "upper": upper, "lower": lower,
+                    "clamp_upper": clamp_upper, "clamp_lower": clamp_lower}
+        return settings_problems(cls, settings, lambda: roll_many(DiceSettings(mode, custom, upper, lower, clamp_upper,
+                                                                               clamp_lower, 3), LAYOUTS[layout], 0, 1))
 
     @classmethod
     def execute(cls, layout, mode, randomize, seed, count, decimals, custom, upper, lower, clamp_upper,

@@ -105,7 +105,7 @@ class LoadRecipe(io.ComfyNode):
                 raise MergeInputError("ckpt_name", f"'{ckpt_name}' is not in the checkpoints folder.",
                                       "choose a file from the list.")
             with SafetensorsReader(path) as reader:
-                trees = core.parse_file_recipe(reader.metadata, "ckpt_name")
+                trees = core.parse_file_recipe(reader.metadata, "ckpt_name", ckpt_name)
             cache: dict = {}
             model = replay(trees["model"], "model", cache)
             clip = replay(trees["clip"], "clip", cache) if trees.get("clip") else None

@@ -22,6 +22,7 @@ from ..merge_core.errors import MergeInputError
 from ..merge_core.presets import presets
 
 PREFIX = "/merge_suite"
+MAX_BODY_BYTES = 1 << 20  # a block list or an elemental text is a few KB; more is a mistake or an attack
 LAYOUTS = {"sd1": SD1, "sdxl": SDXL}  # SD2 shares SD1's block list
 KEYSETS = Path(__file__).resolve().parents[1] / "merge_core" / "data" / "keysets"  # key inventories of full SD1.5 / SDXL
 
@@ -114,9 +115,58 @@ def block_elements(layout: str, block: str) -> dict:
     return {"ok": True, "layout": layout, "block": block, "elements": list(seen)}
 
 
+class BadRequest(ValueError):
+    """A malformed check request: answered 400 (413 when too large) with a JSON error."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def text_fields(raw: bytes, default_layout: str) -> tuple[str, str]:
+    """(text, layout) from a check request's body: a JSON object with a string "text" and an optional
+    string "layout"."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not JSON ({str(exc)[:120]}); send {{\"text\": \"...\"}}.") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"the body is a JSON {type(body).__name__}, not an object; send {{\"text\": \"...\"}}.")
+    text, layout = body.get("text", ""), body.get("layout", default_layout)
+    for name, value in (("text", text), ("layout", layout)):
+        if not isinstance(value, str):
+            raise BadRequest(f"'{name}' is a JSON {type(value).__name__}, not a string.")
+    return text, layout
+
+
+async def read_body(request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused by its Content-Length or after reading limit + 1 bytes at most."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BadRequest(f"the body has {request.content_length} bytes; at most {limit} are accepted.", 413)
+    chunks, size = [], 0
+    while True:
+        chunk = await request.content.read(min(65536, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"the body is larger than {limit} bytes.", 413)
+
+
 def register(routes) -> None:
     """Mount the routes on an aiohttp RouteTableDef (ComfyUI also serves them under /api)."""
+    import asyncio
+
     from aiohttp import web
+
+    async def answer(request, check, default_layout: str):
+        """Read (size-capped), then parse and check in a worker thread: the event loop keeps serving."""
+        try:
+            raw = await read_body(request)
+            return web.json_response(await asyncio.to_thread(lambda: check(*text_fields(raw, default_layout))))
+        except BadRequest as exc:
+            return web.json_response({"ok": False, "error": str(exc)}, status=exc.status)
 
     @routes.get(PREFIX + "/editor_data")
     async def _editor_data(request):
@@ -124,13 +174,11 @@ def register(routes) -> None:
 
     @routes.post(PREFIX + "/check/block_weights")
     async def _check_blocks(request):
-        body = await request.json()
-        return web.json_response(check_block_weights(str(body.get("text", "")), str(body.get("layout", "auto"))))
+        return await answer(request, check_block_weights, "auto")
 
     @routes.post(PREFIX + "/check/elemental")
     async def _check_elemental(request):
-        body = await request.json()
-        return web.json_response(check_elemental(str(body.get("text", "")), str(body.get("layout", "sd1"))))
+        return await answer(request, check_elemental, "sd1")
 
     @routes.get(PREFIX + "/elements")
     async def _elements(request):

@@ -17,6 +17,7 @@ from ..merge_core import sweep as core
 from ..merge_core.errors import MergeInputError
 from ..merge_core.recipe import leaf
 from .errors import named_errors
+from .validation import settings_problems
 from .merge import CATEGORY
 from .recipe_tags import set_recipe
 
@@ -49,6 +50,10 @@ class _TextSweep(io.ComfyNode):
                                     tooltip="One element per value: each runs the connected nodes once."),
                      io.String.Output(display_name="labels", is_output_list=True, tooltip=LABELS_TIP)],
         )
+
+    @classmethod
+    def validate_inputs(cls, values=""):
+        return settings_problems(cls, {"values": values}, lambda: cls.parse(values, "values"))
 
     @classmethod
     def execute(cls, values: str, name: str = "") -> io.NodeOutput:
@@ -122,6 +127,10 @@ class SweepFloatRange(io.ComfyNode):
             outputs=[io.Float.Output(display_name="values", is_output_list=True),
                      io.String.Output(display_name="labels", is_output_list=True, tooltip=LABELS_TIP)],
         )
+
+    @classmethod
+    def validate_inputs(cls, start=0.0, stop=1.0):
+        return settings_problems(cls, {"start": start, "stop": stop})
 
     @classmethod
     def execute(cls, start: float, stop: float, count: int, name: str = "alpha") -> io.NodeOutput:

@@ -103,3 +103,11 @@ def test_routes_answer_over_http():
     assert checked["values"] == list(presets()["FLAT_25"])
     assert bad["entry"] == 1 and bad["start"] == 0 and bad["end"] == 7
     assert elements["elements"]
+
+
+def test_route_bodies_are_typed():
+    """Malformed JSON and wrong types are a BadRequest (answered 400), never a server exception."""
+    assert routes.text_fields(b'{"text": "GRAD_V"}', "auto") == ("GRAD_V", "auto")
+    for body in (b"{", b"[1]", b'{"text": 1}', b'{"text": "x", "layout": 3}', b"[" * 100000):
+        with pytest.raises(routes.BadRequest):
+            routes.text_fields(body, "auto")
