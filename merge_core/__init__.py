@@ -1,17 +1,27 @@
 """merge_core: SuperMerger-compatible model merging on plain tensors and files.
 
-Pure torch; never imports ComfyUI. See README.md for the conventions (alpha is
-the weight of model B) and `python -m merge_core --help` for the CLI.
+Pure torch; never imports ComfyUI. See README.md ("Command line and library") for the API and its
+conventions (alpha is the weight of model B), and `merge-suite --help` (or `python -m merge_core --help`)
+for the CLI.
 """
-from .api import merge_files, merge_state_dicts, plan_merge
+try:
+    import torch  # noqa: F401
+except ModuleNotFoundError as exc:  # a plain `pip install merge-suite` outside ComfyUI's environment
+    raise ModuleNotFoundError("merge_core needs PyTorch: pip install 'merge-suite[cli]' "
+                              "(or install the torch build for your GPU first).") from exc
+
+from .api import analyze_files, merge_files, merge_state_dicts, plan_merge
 from .architectures import ARCHITECTURES, SD1, SD2, SDXL, Architecture, detect
 from .block_weights import BlockWeights, parse_block_weights
 from .errors import MergeInputError
+from .lora_api import extract_lora_files, extract_lora_from_loras, merge_lora_files
 from .methods import MODE_LABELS, MODES, get_mode
 from .presets import preset_names, presets
+from .version import __version__
 
 __all__ = [
-    "merge_files", "merge_state_dicts", "plan_merge", "ARCHITECTURES", "SD1", "SD2", "SDXL",
-    "Architecture", "detect", "BlockWeights", "parse_block_weights", "MergeInputError",
-    "MODE_LABELS", "MODES", "get_mode", "preset_names", "presets",
+    "merge_files", "merge_state_dicts", "plan_merge", "analyze_files", "merge_lora_files", "extract_lora_files",
+    "extract_lora_from_loras", "ARCHITECTURES", "SD1", "SD2", "SDXL", "Architecture", "detect", "BlockWeights",
+    "parse_block_weights", "MergeInputError", "MODE_LABELS", "MODES", "get_mode", "preset_names", "presets",
+    "__version__",
 ]

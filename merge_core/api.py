@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -10,6 +10,7 @@ from .architectures import Architecture, detect, require_compatible
 from .block_weights import parse_block_weights
 from .calcmodes import get_calc_mode, resolve_modes
 from .adjust import parse_adjust
+from .analysis import Analysis, asimilarity, attention_sites, compare_keys
 from .elemental import parse_elemental
 from .selection import parse_selection
 from .engine import DictSink, FileSink, ProgressFn, StopFn, run_merge
@@ -63,7 +64,7 @@ def detect_architecture(sources: Mapping[str, KeySource]) -> Architecture:
 
 def plan_merge(sources: Mapping[str, KeySource], mode: str, alpha: float = 0.5, beta: float = 0.25,
                blocks_alpha: Optional[str] = None, blocks_beta: Optional[str] = None,
-               copy_b_only_keys: bool = True, **calc) -> MergePlan:
+               copy_b_only_keys: bool = True, **calc: Any) -> MergePlan:
     """calc: calcmode, gamma, seed, tensor2_corrected (see make_settings)."""
     arch = detect_architecture(sources)
     settings = make_settings(arch, mode, alpha, beta, blocks_alpha, blocks_beta, **calc)
@@ -105,7 +106,7 @@ def merge_state_dicts(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tenso
                       c: Optional[Mapping[str, torch.Tensor]] = None, *, mode: str = "Weight sum",
                       alpha: float = 0.5, beta: float = 0.25, blocks_alpha: Optional[str] = None,
                       blocks_beta: Optional[str] = None, dtype: Optional[torch.dtype] = None,
-                      **calc) -> dict[str, torch.Tensor]:
+                      **calc: Any) -> dict[str, torch.Tensor]:
     """Merge in-memory state dicts; returns a new dict (inputs are not modified).
 
     calc: calcmode ("normal", "cosineA", ...), gamma, seed, tensor2_corrected.
@@ -121,7 +122,7 @@ def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "W
                 alpha: float = 0.5, beta: float = 0.25, blocks_alpha: Optional[str] = None,
                 blocks_beta: Optional[str] = None, dtype: Optional[str] = None, overwrite: bool = False,
                 progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None,
-                hash_inputs: bool = False, **calc) -> MergePlan:
+                hash_inputs: bool = False, **calc: Any) -> MergePlan:
     """Merge safetensors files key by key into ``output`` (written atomically).
 
     calc: calcmode, gamma, seed, tensor2_corrected (see make_settings).
@@ -145,7 +146,8 @@ def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "W
             src.close()
 
 
-def analysis_architecture(shapes_a, shapes_b, mismatch: str = "error") -> Architecture:
+def analysis_architecture(shapes_a: Mapping[str, Sequence[int]], shapes_b: Mapping[str, Sequence[int]],
+                          mismatch: str = "error") -> Architecture:
     """A's architecture; B of another one is an error unless mismatch == "common" (compare shared keys)."""
     arch_a, arch_b = detect(shapes_a), detect(shapes_b)
     arch = arch_a or arch_b
@@ -157,10 +159,11 @@ def analysis_architecture(shapes_a, shapes_b, mismatch: str = "error") -> Archit
     return arch
 
 
-def analyze_files(a: str, b: str, *, method: str = "cosine", include=("te", "unet"), mismatch: str = "error",
-                  progress: Optional[ProgressFn] = None):
-    """Similarity of two safetensors files: an Analysis (cosine) or ASimilarity rows ("asim")."""
-    from .analysis import asimilarity, attention_sites, compare_keys
+def analyze_files(a: str, b: str, *, method: str = "cosine", include: Iterable[str] = ("te", "unet"),
+                  mismatch: str = "error", progress: Optional[ProgressFn] = None
+                  ) -> tuple[Architecture, Union[Analysis, list[tuple[str, float]]]]:
+    """Similarity of two safetensors files: (architecture, an Analysis) for "cosine", or (architecture,
+    ASimilarity rows (site, %)) for "asim". mismatch="common" compares two architectures on shared keys."""
     sources = {"a": open_source(a), "b": open_source(b)}
     try:
         shapes_a, shapes_b = sources["a"].shapes(), sources["b"].shapes()

@@ -1,16 +1,19 @@
-"""Command line: ``python -m merge_core merge A B [C] --mode ... -o OUT``."""
+"""Command line: ``merge-suite merge A B [C] --mode ... -o OUT`` (or ``python -m merge_core merge ...``)."""
 from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 import time
+from pathlib import Path
 
 from .api import OUTPUT_DTYPES, analyze_files, merge_files
 from .errors import MergeInputError
 from .calcmodes import CALC_MODE_NAMES
 from .cli_types import OneLineParser, ratio
 from .methods import MODES
+from .version import __version__
 
 MODE_CHOICES = [m.name for m in MODES.values()]
 # merge_core names inputs as the nodes do; on the command line they are options or positions
@@ -30,10 +33,31 @@ def _progress(stream):
     return report
 
 
+def program_name() -> str:
+    """How the user called us: the installed console script, or the module from a checkout."""
+    return "merge-suite" if Path(sys.argv[0]).stem.startswith("merge-suite") else "python -m merge_core"
+
+
+class _OneLinePerCommand(argparse.HelpFormatter):
+    """Wide enough that the command list keeps one line per command (argparse measures the commands'
+    names without their extra indent, which would push the longest one's help onto a second line)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=24, width=max(100, shutil.get_terminal_size().columns))
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            self._action_max_length += 4
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m merge_core",
-                                     description="SuperMerger-compatible checkpoint merging, key by key.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    prog = program_name()
+    parser = OneLineParser(prog=prog, formatter_class=_OneLinePerCommand,
+                           description="SuperMerger-compatible checkpoint merging, key by key.",
+                           epilog=f"'{prog} COMMAND --help' shows a command's options.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     m = sub.add_parser("merge", help="merge two or three safetensors checkpoints",
                        description="alpha is the weight of model B: 0 gives A, 1 gives B.")
     m.add_argument("models", nargs="+", metavar="MODEL", help="A.safetensors B.safetensors [C.safetensors]")

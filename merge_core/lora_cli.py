@@ -5,14 +5,11 @@ import sys
 import time
 from pathlib import Path
 
-from .architectures import detect
 from .cli_types import finite, non_negative_int, positive_int, quantile, ratio
 from .errors import MergeInputError
-from .lora_blocks import parse_lora_list, parse_presets, block_values
-from .lora_files import (METADATA_MODES, SAVE_DTYPES, common_architecture, extract_from_loras, extract_from_models,
-                         extraction_metadata, merge_loras, merged_metadata, read_lora, save_lora)
+from .lora_api import extract_lora_files, extract_lora_from_loras, merge_lora_files
+from .lora_files import METADATA_MODES, SAVE_DTYPES
 from .lora_math import SVD_METHODS
-from .safetensors_io import SafetensorsReader
 
 OPTION_NAMES = {"lora_list": "the LoRA list", "lora_1": "LoRA 1", "lora_2": "LoRA 2", "rank": "--rank",
                 "model_a": "TUNED", "model_b": "ORIGINAL", "filename": "-o", "alpha": "--alpha", "beta": "--beta",
@@ -59,52 +56,25 @@ def _common(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
-def _items(text: str, presets_text: str, input_name: str = "lora_list"):
-    items = parse_lora_list(text, input_name)
-    loaded = []
-    for item in items:
-        if not Path(item.name).is_file():
-            raise MergeInputError(input_name, f"LoRA file '{item.name}' does not exist.", "give a path to a .safetensors LoRA.")
-        loaded.append((item, read_lora(item.name, Path(item.name).stem)))
-    return loaded
-
-
-def _inputs_meta(items, presets_text, mode, output, dtype, dims):
-    arch = common_architecture([f for _, f in items])
-    presets = parse_presets(presets_text)
-    inputs = [(i, f, block_values(i.blocks, i.ratio, arch, presets, "lora_list", i.name)) for i, f in items]
-    return merged_metadata(inputs, mode, Path(output).stem, dtype, dims)
-
-
 def run(args) -> int:
     """Run a lora-* command; bad input raises MergeInputError (and file errors), which cli.main reports."""
     start = time.perf_counter()
     presets_text = Path(args.presets).read_text(encoding="utf-8") if args.presets else ""
     try:
         if args.command == "lora-merge":
-            items = _items(args.loras, presets_text)
-            result = merge_loras(items, args.method, args.rank, args.svd, args.clamp, not args.kohya_strength,
-                                 presets_text)
-            meta = _inputs_meta(items, presets_text, args.metadata, args.output, args.dtype, result.dims)
+            path, result = merge_lora_files(args.loras, args.output, method=args.method, rank=args.rank, svd=args.svd,
+                                            clamp_quantile=args.clamp, kohya_strength=args.kohya_strength,
+                                            metadata=args.metadata, lbw_presets=presets_text, save_dtype=args.dtype,
+                                            overwrite=args.overwrite)
         elif args.loras:
-            items = _items(args.a, presets_text, "lora_1") + _items(args.b, presets_text, "lora_2")
-            if len(items) != 2:
-                raise MergeInputError("lora_1", "A and B must name one LoRA each.", "give 'file:ratio' twice.")
-            result = extract_from_loras(items[0], items[1], args.alpha, args.beta, args.gamma, True, presets_text)
-            meta = _inputs_meta(items, presets_text, "create new", args.output, args.dtype, result.dims)
+            path, result = extract_lora_from_loras(args.a, args.b, args.output, alpha=args.alpha, beta=args.beta,
+                                                   gamma=args.gamma, lbw_presets=presets_text, save_dtype=args.dtype,
+                                                   overwrite=args.overwrite)
         else:
-            with SafetensorsReader(args.a) as ra, SafetensorsReader(args.b) as rb:
-                sb = rb.shapes()
-                shapes = {k: s for k, s in ra.shapes().items() if sb.get(k) == s}
-                arch = detect(ra.shapes())
-                if arch is None or detect(sb) is None or detect(sb).blocks != arch.blocks:
-                    raise MergeInputError("model_b", "the two files are not SD1/SD2/SDXL checkpoints of one family.",
-                                          "extract from a fine-tune and its base model.")
-                result = extract_from_models(shapes, ra.get, rb.get, arch, args.alpha, args.beta, args.rank,
-                                             args.conv_rank, args.svd, args.clamp, args.te_min_diff)
-            meta = extraction_metadata(arch, args.rank, args.conv_rank, Path(args.output).stem)
-            meta["ss_output_name"] = Path(args.output).stem
-        path = save_lora(result, args.output, meta, args.dtype, overwrite=args.overwrite)
+            path, result = extract_lora_files(args.a, args.b, args.output, alpha=args.alpha, beta=args.beta,
+                                              rank=args.rank, conv_rank=args.conv_rank, svd=args.svd,
+                                              clamp_quantile=args.clamp, te_min_diff=args.te_min_diff,
+                                              save_dtype=args.dtype, overwrite=args.overwrite)
     except MergeInputError as exc:  # cli.main prints it, with the option's name
         exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
         raise
