@@ -1,11 +1,11 @@
 """How many threads merge_core's math uses: chosen per step, scoped to it, restored afterwards.
 
-Why (figures from bench/bench_busy.py, bench/RESULTS.md): torch's default is one
+Why (bench/bench_busy.py measures it; bench/RESULTS.md has the figures): torch's default is one
 OpenMP worker per core. Per-key merge math is memory-bound and runs in ~1 MiB
 chunks, so every operation is a short parallel region that ends at a barrier.
 When another process holds a core, the worker on that core is descheduled and
 the others spin at the barrier until it gets a time slice back: a two-file
-weight sum went from 5 s to 69 s with one busy core. One math thread (with the
+weight sum went from 5 s to 69 s with one busy core (63 s of it CPU). One math thread (with the
 file read-ahead on its own thread) is as fast on a quiet machine, because the
 step is bound by memory and I/O, and does not depend on the other cores at all.
 
