@@ -26,7 +26,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from bench_cli import WORK, run_measured  # noqa: E402
+from bench_cli import WORK, run_measured, synthetic_inputs  # noqa: E402
 from synth import keyset  # noqa: E402
 
 from merge_core.filters import smooth  # noqa: E402
@@ -78,19 +78,8 @@ def filter_bench(stride: int) -> None:
 
 def cli_bench() -> None:
     py = sys.executable
-    paths = []
-    for tag, seed in (("a", 1), ("b", 2), ("c", 3)):
-        path = WORK / f"sd1_{tag}.safetensors"
-        if not path.exists():
-            import subprocess
-            subprocess.run([py, str(HERE / "synth.py"), "sd1", str(path), str(seed)], check=True,
-                           stdout=subprocess.DEVNULL)
-        paths.append(str(path))
+    paths = synthetic_inputs("sd1", warm=True)
     out = str(WORK / "out_calc.safetensors")
-    for path in paths:  # read once, so the first job does not pay for a cold page cache
-        with open(path, "rb") as f:
-            while f.read(1 << 24):
-                pass
     jobs = [("weight_sum (baseline)", ["--mode", "weight_sum"], paths[:2]),
             ("cosineA", ["--calc", "cosineA"], paths[:2]),
             ("cosineB", ["--calc", "cosineB"], paths[:2]),

@@ -15,6 +15,7 @@ filter() { grep -E '^(#|\||$)' || true; }
   "$py" "$repo/bench/bench_cli.py" --arch sd1 2>>"$out.log" | filter
   "$py" "$repo/bench/bench_cli.py" --arch sdxl --skip-naive 2>>"$out.log" | filter
   "$py" "$repo/bench/bench_calc.py" --stride 10 2>>"$out.log" | filter
+  "$py" "$repo/bench/bench_busy.py" 2>>"$out.log" | filter
 } > "$out.tmp"
 mv "$out.tmp" "$out"
 rm -f "$out.log"

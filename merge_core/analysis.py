@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .architectures import TEXT_ENCODER_PREFIXES, VAE_PREFIXES, Architecture, unet_relative
 from .errors import MergeInputError
 from .plan import is_mergeable_name
+from .threads import MERGE_THREADS, compute_threads, torch_threads
 
 BLOCK_METHODS = ("mean", "min", "attn2")
 PARTS = ("te", "unet", "vae")
@@ -106,7 +107,14 @@ def compare_keys(keys_a: Mapping[str, Sequence[int]], keys_b: Mapping[str, Seque
                  fetch: Callable[[str], tuple[torch.Tensor, torch.Tensor]],
                  include: Iterable[str] = ("te", "unet"),
                  progress: Optional[Callable[[int, int], None]] = None) -> Analysis:
-    """Cosine similarity (x100) and squared norms per key common to A and B, streamed key by key."""
+    """Cosine similarity (x100) and squared norms per key common to A and B, streamed key by key.
+
+    Memory-bound reductions: one torch thread (threads.py)."""
+    with torch_threads(MERGE_THREADS):
+        return _compare_keys(keys_a, keys_b, arch, fetch, include, progress)
+
+
+def _compare_keys(keys_a, keys_b, arch, fetch, include, progress) -> Analysis:
     include = set(include)
     unknown = include - set(PARTS)
     if unknown:
@@ -151,7 +159,13 @@ def attention_sites(keys: Iterable[str]) -> list[str]:
 def asimilarity(sites: Sequence[str], fetch: Callable[[str], tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[str, float]]:
     """ASimilarity (spec §13.1): per self-attention site, the mean row cosine (x100, 3 decimals)
     of a toy attention output O = softmax(Q K^T) * colsum(V) computed with each model's
-    q/k/v weights on one shared random input (torch seed 2244096, one draw per site)."""
+    q/k/v weights on one shared random input (torch seed 2244096, one draw per site).
+    Matrix products: the cores idle when it starts (threads.py)."""
+    with torch_threads(compute_threads()):
+        return _asimilarity(sites, fetch)
+
+
+def _asimilarity(sites, fetch) -> list[tuple[str, float]]:
     gen = torch.Generator().manual_seed(ASIM_SEED)
     rows = []
     for site in sites:

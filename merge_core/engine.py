@@ -5,6 +5,8 @@ ahead on a helper thread while this one computes) and one output tensor. Inputs
 are read-only: every result is a new tensor. Elementwise methods run over
 cache-sized chunks, which keeps float32 accuracy at close to native-dtype speed
 (large float32 temporaries cost more in memory traffic than the arithmetic).
+The math runs on one torch thread, scoped to the merge (merge_core/threads.py
+says why: many short parallel regions collapse when another process holds a core).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 
 from .adjust import apply_adjust
 from .calcmodes import KeyContext, cosine_similarities, cosine_stats
+from . import threads as thread_policy
 from .plan import FROM_B, MERGE, KeyPlan, MergePlan, MergeSettings
 from .sources import KeySource
 
@@ -167,6 +170,11 @@ def cosine_statistics(plan: MergePlan, fetch: Callable[[str], tuple[torch.Tensor
     values (one per column of each key, far smaller than the weights), which give
     (s_min, s_max), and each key's combined similarity, which stage 1 reuses.
     """
+    with thread_policy.torch_threads(thread_policy.MERGE_THREADS):
+        return _cosine_statistics(plan, fetch, progress, should_stop)
+
+
+def _cosine_statistics(plan, fetch, progress, should_stop):
     variant = plan.settings.calc.name
     merged = plan.merged()
     values, combined = [], {}
@@ -188,6 +196,11 @@ def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
               progress: Optional[ProgressFn] = None,
               should_stop: Optional[StopFn] = None):
     """Stream every key of the plan into the sink; returns what the sink commits."""
+    with thread_policy.torch_threads(thread_policy.MERGE_THREADS):
+        return _run_merge(plan, sources, sink, out_dtype, progress, should_stop)
+
+
+def _run_merge(plan, sources, sink, out_dtype, progress, should_stop):
     settings = plan.settings
     mode = settings.mode
     needs_c = settings.needs_c

@@ -18,15 +18,14 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import itertools
-import os
 
 import numpy as np
 import torch
 
-from .native import median3_kernel4d
+from .native import MAX_THREADS, median3_kernel4d
+from .threads import compute_threads, torch_threads
 
 MEDIAN_BUDGET = 1 << 24  # elements of the neighbourhood stack held at once (64 MiB in float32)
-THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 def reflect_index(n: int, before: int, after: int, device=None) -> torch.Tensor:
@@ -129,7 +128,8 @@ def _median_gather(x: torch.Tensor, use_numpy: bool | None = None) -> torch.Tens
 
 def _select_middle(rows: np.ndarray) -> np.ndarray:
     k = rows.shape[1] // 2
-    parts = np.array_split(rows, THREADS) if rows.shape[0] >= 4096 * THREADS else [rows]
+    threads = compute_threads(MAX_THREADS)
+    parts = np.array_split(rows, threads) if rows.shape[0] >= 4096 * threads else [rows]
     if len(parts) == 1:
         return np.partition(rows, k, axis=1)[:, k].copy()
     with cf.ThreadPoolExecutor(len(parts)) as pool:
@@ -212,7 +212,13 @@ def smooth(x: torch.Tensor, budget: int = SMOOTH_BUDGET) -> torch.Tensor:
     slabs of rows with a halo: output rows [s, e) need median rows s-4 .. e+3 (the
     Gaussian's radius), which need input rows s-5 .. e+4. Every value is computed
     exactly as in the whole-tensor filter, with about a tenth of the memory.
+    Compute-bound: torch uses the cores idle when the filter starts (threads.py).
     """
+    with torch_threads(compute_threads()):
+        return _smooth(x, budget)
+
+
+def _smooth(x: torch.Tensor, budget: int) -> torch.Tensor:
     rows = x.shape[0] if x.dim() else 0
     if x.dim() < 2 or rows < 2 or x.numel() <= budget:
         return gaussian_filter(median_filter3(x))

@@ -22,6 +22,7 @@ from .lora_blocks import LoraItem, blocks26_text, block_values, parse_presets
 from .lora_keys import lora_architecture, module_block, te_modules, unet_module
 from .lora_math import LoraModule, decompose, exact_merge, extract_two, naive_merge, scaled_factors
 from .safetensors_io import SafetensorsReader, SafetensorsWriter
+from .threads import MERGE_THREADS, torch_threads
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 METADATA_MODES = ("create new", "create new without output_name", "merge", "save all", "use first lora")
@@ -231,10 +232,17 @@ def extract_from_models(shapes: Mapping[str, tuple[int, ...]], get_a: Callable[[
                         progress: Progress = None) -> LoraResult:
     """Spec §10.7: delta = alpha*A - beta*B per targeted module, SVD to ``rank`` (3x3 convs to ``conv_rank``,
     0 = skip them), alpha = rank. The text encoder is kept only if some module differs by more than
-    ``te_min_diff`` (max |delta|), as kohya does."""
+    ``te_min_diff`` (max |delta|), as kohya does. Deltas on one torch thread, SVDs on the idle cores (threads.py)."""
     check_svd_settings(rank, clamp_quantile, conv_rank, min_rank=1)
     alpha, beta = require_ratio("alpha", alpha), require_ratio("beta", beta)
     te_min_diff = require_finite("te_min_diff", te_min_diff)
+    with torch_threads(MERGE_THREADS):
+        return _extract_from_models(shapes, get_a, get_b, arch, alpha, beta, rank, conv_rank, svd, clamp_quantile,
+                                    te_min_diff, progress)
+
+
+def _extract_from_models(shapes, get_a, get_b, arch, alpha, beta, rank, conv_rank, svd, clamp_quantile, te_min_diff,
+                         progress) -> LoraResult:
     unet, te = [], []
     for key, shape in shapes.items():
         name = unet_module(key, arch, shape, conv=conv_rank > 0)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .calcmodes import KeyContext, extract
 from .errors import MergeInputError
+from .threads import compute_threads, torch_threads
 
 SVD_METHODS = ("full", "randomized")
 
@@ -69,7 +70,13 @@ def decompose(delta: Tensor, rank: int, method: str = "full", clamp_quantile: Op
     its error is measured and returned, never assumed. ``clamp_quantile`` (e.g. 0.99)
     clips both factors to +-the quantile of their joint values, as kohya and
     ComfyUI's LoraSave do; off by default because it adds error.
+    Compute-bound: torch uses the cores idle when the call starts (threads.py).
     """
+    with torch_threads(compute_threads()):
+        return _decompose(delta, rank, method, clamp_quantile, niter, oversample, generator_seed)
+
+
+def _decompose(delta, rank, method, clamp_quantile, niter, oversample, generator_seed) -> Decomposition:
     shape = tuple(delta.shape)
     mat = delta.float().reshape(shape[0], -1)
     limit = max_rank(shape)

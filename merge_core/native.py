@@ -24,8 +24,10 @@ from typing import Optional
 
 import torch
 
+from .threads import compute_threads
+
 SOURCE = Path(__file__).with_name("native") / "median3.c"
-THREADS = max(1, min(8, os.cpu_count() or 1))
+MAX_THREADS = 8
 PARALLEL_MIN = 1 << 16  # smaller tensors are not worth a thread pool
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
@@ -89,7 +91,8 @@ def median3_kernel4d(x: torch.Tensor) -> Optional[torch.Tensor]:
     src = x.contiguous()
     out = torch.empty_like(src)
     n0 = src.shape[0]
-    threads = THREADS if src.numel() >= PARALLEL_MIN else 1
+    # only the cores idle now: a span on a core another process holds would finish last (threads.py)
+    threads = compute_threads(MAX_THREADS) if src.numel() >= PARALLEL_MIN else 1
     bounds = [n0 * i // threads for i in range(threads + 1)]
     spans = [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
 

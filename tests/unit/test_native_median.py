@@ -46,7 +46,7 @@ def test_threads_split_rows_without_changing_the_result(monkeypatch):
     x = rng.standard_normal((301, 40, 3, 3)).astype(np.float32)
     want = ndi.median_filter(x, size=3)
     for threads in (1, 2, 5):
-        monkeypatch.setattr(native, "THREADS", threads)
+        monkeypatch.setattr(native, "compute_threads", lambda limit=None, n=threads: n)
         monkeypatch.setattr(native, "PARALLEL_MIN", 1)
         assert np.array_equal(kernel(x), want)
 
