@@ -14,7 +14,7 @@ from ..merge_core.errors import MergeInputError
 def number_problems(cls: Any, values: dict) -> bool | str:
     """True when every float/int value in `values` is finite and inside its input's min/max, else a message
     naming the node and the input. Values not given (linked inputs are None at validation time) pass."""
-    schema = cls.GET_SCHEMA()
+    schema = cls.define_schema()  # not GET_SCHEMA: it caches on the class, and ComfyUI passes a locked copy
     limits = {inp.id: (getattr(inp, "min", None), getattr(inp, "max", None)) for inp in schema.inputs}
     name = schema.display_name or schema.node_id
     for key, value in values.items():
