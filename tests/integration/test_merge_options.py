@@ -89,3 +89,19 @@ def test_help_pages_list_each_node_s_own_inputs():
                 (schema.node_id, inp.id)
         if schema.node_id != "MergeSuite_OptionCalcMode":
             assert "**calcmode**" not in section, schema.node_id
+
+
+def test_swept_alpha_under_block_weights_is_labelled_as_overridden(tiny):
+    """Three alphas with a block list are one merge: the recipes agree, the report says alpha was not used,
+    and the grid labels say so instead of claiming three different merges."""
+    from merge_suite.nodes.sweep import SweepGrid
+    a, b = tiny("model", "sd1", 1), tiny("model", "sd1", 2)
+    runs = [ModelMerge.execute(model_a=a, model_b=b, mode="Weight sum", alpha=x, beta=0.25,
+                               blocks_alpha_preset="GRAD_V").result for x in (0.1, 0.5, 0.9)]
+    recipes = [r[2] for r in runs]
+    assert len(set(recipes)) == 1 and "alpha=" not in recipes[0].replace("blocks_alpha=", "")
+    assert "blocks_alpha=GRAD_V" in recipes[0] and "alpha 0.1 not used" in runs[0][1]
+    labels = ["alpha=0.1", "alpha=0.5", "alpha=0.9"]
+    images = [torch.full((1, 8, 8, 3), v) for v in (0.2, 0.5, 0.8)]
+    layout = SweepGrid.execute(images=images, x_labels=labels, recipes=recipes).result[1]
+    assert "X: " + " | ".join(f"{x} (overridden by blocks_alpha)" for x in labels) in layout
