@@ -49,16 +49,13 @@ class _OptionNode(io.ComfyNode):
     """One capability's settings as a MERGE_OPTIONS value; subclasses declare their inputs."""
 
     NODE_ID = DISPLAY = DESCRIPTION = ""
-
-    @classmethod
-    def setting_inputs(cls) -> list:
-        raise NotImplementedError
+    INPUTS: list = []  # this node's settings (the optional options input follows them)
 
     @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id=cls.NODE_ID, display_name=cls.DISPLAY, category=CATEGORY, description=cls.DESCRIPTION,
-            inputs=[*cls.setting_inputs(), options_input()],
+            inputs=[*cls.INPUTS, options_input()],
             outputs=[OPTIONS.Output(display_name="options",
                                     tooltip="Connect to a merge node's options input, or to another option node.")],
         )
@@ -74,20 +71,18 @@ class CalcModeOption(_OptionNode):
     DESCRIPTION = ("SuperMerger's calc modes (cosineA/B, tensor, tensor2, self, plus random, smoothAdd, "
                    "trainDifference, extract) with their parameters, for the merge nodes' options input.")
 
-    @classmethod
-    def setting_inputs(cls) -> list:
-        return [
-            io.Combo.Input("calcmode", options=CALC_MODE_NAMES, default="normal", tooltip=CALC_TIP),
-            io.Float.Input("gamma", default=0.3, min=0.0, max=20.0, step=0.1,
-                           tooltip="extract only: how strictly features count as similar (high: only very "
-                                   "similar ones)."),
-            io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,  # else the UI randomizes it
-                         tooltip="Seed of plus random's noise and of random elemental ratios (R, U, low~up, e.g. "
-                                 "from 'Random Block Weights'): the same seed gives the same merge."),
-            io.Boolean.Input("tensor2_corrected", default=False,
-                             tooltip="tensor2 only: slice dim 1 with bounds from shape[1] for every tensor. Off: "
-                                     "SuperMerger's rule (shape[0] bounds when shape[1] <= 100) for exact parity."),
-        ]
+    INPUTS = [
+        io.Combo.Input("calcmode", options=CALC_MODE_NAMES, default="normal", tooltip=CALC_TIP),
+        io.Float.Input("gamma", default=0.3, min=0.0, max=20.0, step=0.1,
+                       tooltip="extract only: how strictly features count as similar (high: only very "
+                               "similar ones)."),
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,  # else the UI randomizes it
+                     tooltip="Seed of plus random's noise and of random elemental ratios (R, U, low~up, e.g. "
+                             "from 'Random Block Weights'): the same seed gives the same merge."),
+        io.Boolean.Input("tensor2_corrected", default=False,
+                         tooltip="tensor2 only: slice dim 1 with bounds from shape[1] for every tensor. Off: "
+                                 "SuperMerger's rule (shape[0] bounds when shape[1] <= 100) for exact parity."),
+    ]
 
     @classmethod
     def validate_inputs(cls, gamma=None, seed=None) -> bool | str:
@@ -99,34 +94,31 @@ class ElementalOption(_OptionNode):
     DESCRIPTION = ("SuperMerger's elemental merge: per-element alpha rules applied after block weights, with a "
                    "helper that checks the rules and lists a block's elements.")
 
-    @classmethod
-    def setting_inputs(cls) -> list:  # the text box last, so the helper panel (added at the end) sits under it
-        return [
-            io.Boolean.Input("elemental_full_key", default=False,
-                             tooltip="Match element substrings (elemental and include/exclude) against the full "
-                                     "key, prefix included, as SuperMerger does (then 'ff' matches every key "
-                                     "through 'diffusion'). Off: prefix stripped."),
-            io.String.Input("elemental", default="", multiline=True,
-                            tooltip="Per-element alpha overrides, one 'blocks:elements:ratio' entry per line or "
-                                    "comma, applied after block weights, last match wins. E.g. "
-                                    "'OUT03-OUT05:attn2:0.5', 'NOT M00:ff.net:0', 'OUT05::1' (whole block). "
-                                    "Elements are substrings of the key without its diffusion_model. prefix. "
-                                    "Random ratios: R (0..1), U (-1..1), low~up, drawn per key from the seed "
-                                    "(Merge Option: Calc Mode)."),
-        ]
+    # the text box last, so the helper panel (added at the end) sits right under it
+    INPUTS = [
+        io.Boolean.Input("elemental_full_key", default=False,
+                         tooltip="Match element substrings (elemental and include/exclude) against the full "
+                                 "key, prefix included, as SuperMerger does (then 'ff' matches every key "
+                                 "through 'diffusion'). Off: prefix stripped."),
+        io.String.Input("elemental", default="", multiline=True,
+                        tooltip="Per-element alpha overrides, one 'blocks:elements:ratio' entry per line or "
+                                "comma, applied after block weights, last match wins. E.g. "
+                                "'OUT03-OUT05:attn2:0.5', 'NOT M00:ff.net:0', 'OUT05::1' (whole block). "
+                                "Elements are substrings of the key without its diffusion_model. prefix. "
+                                "Random ratios: R (0..1), U (-1..1), low~up, drawn per key from the seed "
+                                "(Merge Option: Calc Mode)."),
+    ]
 
 
 class IncludeExcludeOption(_OptionNode):
     NODE_ID, DISPLAY = "MergeSuite_OptionIncludeExclude", "Merge Option: Include/Exclude"
     DESCRIPTION = "Limit a merge to some blocks or elements, or keep A for some (SuperMerger's include/exclude)."
 
-    @classmethod
-    def setting_inputs(cls) -> list:
-        return [io.String.Input(
-            "include_exclude", default="",
-            tooltip="'exclude: OUT03-OUT05 VAE attn2' keeps A for those, 'include: IN01 IN02 proj_in' merges only "
-                    "those. Targets: block ids and ranges, element substrings, VAE, Adjust (the six Adjust keys). "
-                    "Excluded keys also get no Adjust.")]
+    INPUTS = [io.String.Input(
+        "include_exclude", default="",
+        tooltip="'exclude: OUT03-OUT05 VAE attn2' keeps A for those, 'include: IN01 IN02 proj_in' merges only "
+                "those. Targets: block ids and ranges, element substrings, VAE, Adjust (the six Adjust keys). "
+                "Excluded keys also get no Adjust.")]
 
 
 class AdjustOption(_OptionNode):
@@ -134,25 +126,21 @@ class AdjustOption(_OptionNode):
     DESCRIPTION = ("SuperMerger's Adjust after merging: detail, contrast, brightness and colour (the standalone "
                    "'Adjust Model' node does the same on any model).")
 
-    @classmethod
-    def setting_inputs(cls) -> list:
-        return [io.String.Input(
-            "adjust", default="",
-            tooltip="8 numbers IN, OUT, OUT2 (detail/noise, about -6..6), CONT (contrast), BRI (brightness), COL1 "
-                    "(cyan-/red+), COL2 (magenta-/green+), COL3 (yellow-/blue+), e.g. '2,0,0,0,0,0,0,0'. Empty or "
-                    "all 0: off.")]
+    INPUTS = [io.String.Input(
+        "adjust", default="",
+        tooltip="8 numbers IN, OUT, OUT2 (detail/noise, about -6..6), CONT (contrast), BRI (brightness), COL1 "
+                "(cyan-/red+), COL2 (magenta-/green+), COL3 (yellow-/blue+), e.g. '2,0,0,0,0,0,0,0'. Empty or "
+                "all 0: off.")]
 
 
 class ReportOption(_OptionNode):
     NODE_ID, DISPLAY = "MergeSuite_OptionReport", "Merge Option: Report"
     DESCRIPTION = "What the merge node's report shows."
 
-    @classmethod
-    def setting_inputs(cls) -> list:
-        return [io.Boolean.Input(
-            "report_keys", default=False,
-            tooltip="Add a line per key to the report: its block, whether it was merged, its alpha and beta, and "
-                    "the elemental rule that set it (SuperMerger's 'print change').")]
+    INPUTS = [io.Boolean.Input(
+        "report_keys", default=False,
+        tooltip="Add a line per key to the report: its block, whether it was merged, its alpha and beta, and "
+                "the elemental rule that set it (SuperMerger's 'print change').")]
 
 
 NODES = [CalcModeOption, ElementalOption, IncludeExcludeOption, AdjustOption, ReportOption]
