@@ -17,6 +17,7 @@ if ComfyExtension is not None:
     from .nodes.analysis import NODES as _ANALYSIS_NODES
     from .nodes.lora import NODES as _LORA_NODES
     from .nodes.merge import NODES as _MERGE_NODES
+    from .nodes.merge_options import NODES as _OPTION_NODES
     from .nodes.recipe import NODES as _RECIPE_NODES
     from .nodes.save import NODES as _SAVE_NODES
     from .nodes.sweep import NODES as _SWEEP_NODES
@@ -24,8 +25,8 @@ if ComfyExtension is not None:
 
     class MergeSuiteExtension(ComfyExtension):
         async def get_node_list(self):
-            return (list(_MERGE_NODES) + list(_ADJUST_NODES) + list(_ANALYSIS_NODES) + list(_WEIGHT_LIST_NODES)
-                    + list(_SAVE_NODES) + list(_LORA_NODES) + list(_SWEEP_NODES)
+            return (list(_MERGE_NODES) + list(_OPTION_NODES) + list(_ADJUST_NODES) + list(_ANALYSIS_NODES)
+                    + list(_WEIGHT_LIST_NODES) + list(_SAVE_NODES) + list(_LORA_NODES) + list(_SWEEP_NODES)
                     + list(_RECIPE_NODES))
 
     async def comfy_entrypoint() -> "MergeSuiteExtension":

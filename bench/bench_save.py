@@ -89,9 +89,7 @@ def ours_prompt(names):
     p["m"] = {"class_type": "MergeSuite_CheckpointMerge", "inputs": {
         "model_a": ["1", 0], "clip_a": ["1", 1], "model_b": ["2", 0], "clip_b": ["2", 1], "mode": "Weight sum",
         "alpha": 0.5, "beta": 0.25, "blocks_alpha_preset": "custom", "blocks_alpha": "",
-        "blocks_beta_preset": "custom", "blocks_beta": "", "calcmode": "normal", "gamma": 0.3, "seed": 0,
-        "tensor2_corrected": False, "elemental": "", "adjust": "", "include_exclude": "",
-        "elemental_full_key": False}}
+        "blocks_beta_preset": "custom", "blocks_beta": ""}}
     p["s"] = {"class_type": "MergeSuite_SaveCheckpoint", "inputs": {
         "model": ["m", 0], "clip": ["m", 1], "vae": ["1", 2], "filename_prefix": "bench/ours", "precision": "fp16",
         "prune": False, "save_workflow": True, "hash_inputs": False}}

@@ -56,6 +56,22 @@ def common_title(texts: Sequence[str]) -> str:
     return " ".join(w for w in words[0] if w in common)
 
 
+def mark_overridden(labels: Sequence[str], recipes: Sequence[str]) -> list[str]:
+    """Labels of a scalar ratio that block weights overrode, marked so: 'alpha=0.2 (overridden by
+    blocks_alpha)'. A cell's recipe (the one at its index, or every recipe when their counts differ) omits
+    alpha and names blocks_alpha when the blocks replaced it; differing labels would claim different merges."""
+    out = []
+    for i, label in enumerate(labels):
+        name = label.split("=", 1)[0] if "=" in label else ""
+        texts = [recipes[i]] if len(recipes) == len(labels) else list(recipes)
+        words = [w for t in texts for w in t.split()]
+        if (name in ("alpha", "beta") and texts and any(w.startswith(f"blocks_{name}=") for w in words)
+                and not any(w.startswith(f"{name}=") for w in words)):
+            label += f" (overridden by blocks_{name})"
+        out.append(label)
+    return out
+
+
 def _font(size: int):
     from PIL import ImageFont
     try:

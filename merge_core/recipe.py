@@ -113,11 +113,15 @@ def _fmt(value: Any) -> str:
 
 
 def settings_text(settings: Mapping[str, Any]) -> str:
-    """The non-default settings of one step, 'alpha=0.5 blocks_alpha=GRAD_V ...'."""
-    parts = [f"alpha={_fmt(float(settings.get('alpha', 0.5)))}"]
+    """The settings one step applied, non-default ones only: 'alpha=0.5', or 'blocks_alpha=GRAD_V' without
+    alpha, since block weights override the scalar (a swept alpha under fixed blocks changes nothing)."""
     mode = settings.get("mode", "Weight sum")
     calcmode = settings.get("calcmode", "normal")
-    if mode in ("Triple sum", "sum Twice") or calcmode in ("tensor", "tensor2", "extract"):
+    beta_from_blocks = mode in ("Triple sum", "sum Twice") or calcmode in ("tensor", "tensor2")
+    parts = []
+    if not settings.get("blocks_alpha"):
+        parts.append(f"alpha={_fmt(float(settings.get('alpha', 0.5)))}")
+    if (beta_from_blocks or calcmode == "extract") and not (beta_from_blocks and settings.get("blocks_beta")):
         parts.append(f"beta={_fmt(float(settings.get('beta', 0.25)))}")
     for key in ("blocks_alpha", "blocks_beta", "calcmode", "gamma", "seed", "tensor2_corrected", "elemental",
                 "elemental_full_key", "adjust", "include_exclude"):
@@ -126,7 +130,7 @@ def settings_text(settings: Mapping[str, Any]) -> str:
             continue
         if key == "gamma" and calcmode != "extract" or key == "seed" and calcmode != "plus random":
             continue
-        if key == "blocks_beta" and not (mode in ("Triple sum", "sum Twice") or calcmode in ("tensor", "tensor2")):
+        if key == "blocks_beta" and not beta_from_blocks:
             continue
         parts.append(f"{key}={_fmt(value)}")
     return " ".join(parts)

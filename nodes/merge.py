@@ -11,7 +11,7 @@ from typing import Any, Optional
 from comfy_api.latest import io
 
 from ..merge_core.api import make_settings as core_settings
-from ..merge_core.calcmodes import CALC_MODE_NAMES, get_calc_mode, resolve_modes, smooth_delta
+from ..merge_core.calcmodes import get_calc_mode, resolve_modes, smooth_delta
 from ..merge_core.engine import cosine_statistics
 from ..merge_core.errors import MergeInputError
 from ..merge_core.methods import MODE_LABELS, get_mode
@@ -21,6 +21,8 @@ from ..merge_core.report import applied_report
 from .comfy_models import (apply_plan, architecture_of, base_layout, check_same_architecture, effective_weight,
                            key_patches, make_calc_adapter, shapes_of)
 from .errors import named_errors
+from .merge_options import options_input
+from .validation import number_problems
 from .ui import text_ui
 from .recipe_tags import loader_file_names, set_recipe, source_of
 
@@ -41,11 +43,6 @@ RECIPE_TIP = ("What was merged, compactly: models, mode, calc mode, alpha/beta, 
               "chains through successive merges ([1], [2] ...). For grid labels, notes and saved files.")
 REPORT_TIP = ("What was applied: per block the ratios and how many keys were merged or kept, and per "
               "elemental rule how many keys it set. Connect to 'Preview as Text'.")
-CALC_TIP = ("How each tensor is combined. normal: the mode's formula. Weight sum only: cosineA, cosineB "
-            "(similarity-weighted blend, alpha shifts toward B), tensor, tensor2 (swap slices: B fills a fraction "
-            "alpha from offset beta), self (A*alpha), plus random (A + alpha*noise). Add difference only: "
-            "smoothAdd (A + alpha*smoothed(B-C)), trainDifference and extract (both switch the mode to Add "
-            "difference; extract uses beta and gamma).")
 PRESET_TIP = ("Fill the {what} block weights from a SuperMerger preset. '" + CUSTOM + "' uses the text field; "
               "choose a preset only when the text field is empty.")
 
@@ -65,36 +62,19 @@ def settings_inputs() -> list:
         io.String.Input("blocks_beta", default="", multiline=False,
                         tooltip=BLOCKS_TIP.format(what="beta (weight of C, Triple sum / sum Twice only)",
                                                   scalar="beta")),
-        io.Combo.Input("calcmode", options=CALC_MODE_NAMES, default="normal", tooltip=CALC_TIP),
-        io.Float.Input("gamma", default=0.3, min=0.0, max=20.0, step=0.1,
-                       tooltip="extract only: how strictly features count as similar (high: only very similar ones)."),
-        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,  # else the UI randomizes it
-                     tooltip="Seed of plus random's noise and of random elemental ratios (R, U, low~up, e.g. from 'Random Block Weights'): the same seed gives the same merge."),
-        io.Boolean.Input("tensor2_corrected", default=False,
-                         tooltip="tensor2 only: slice dim 1 with bounds from shape[1] for every tensor. Off: "
-                                 "SuperMerger's rule (shape[0] bounds when shape[1] <= 100) for exact parity."),
-        io.String.Input("elemental", default="", multiline=True,
-                        tooltip="Per-element alpha overrides, one 'blocks:elements:ratio' entry per line or comma, "
-                                "applied after block weights, last match wins. E.g. 'OUT03-OUT05:attn2:0.5', "
-                                "'NOT M00:ff.net:0', 'OUT05::1' (whole block). Elements are substrings of the key "
-                                "without its diffusion_model. prefix. Random ratios: R (0..1), U (-1..1), low~up, drawn per key "
-                                "from the seed."),
-        io.String.Input("adjust", default="",
-                        tooltip="Adjust after merging (SuperMerger): 8 numbers IN, OUT, OUT2 (detail/noise, about "
-                                "-6..6), CONT (contrast), BRI (brightness), COL1 (cyan-/red+), COL2 (magenta-/green+), "
-                                "COL3 (yellow-/blue+), e.g. '2,0,0,0,0,0,0,0'. Empty or all 0: off."),
-        io.String.Input("include_exclude", default="",
-                        tooltip="Limit the merge: 'exclude: OUT03-OUT05 VAE attn2' keeps A for those, 'include: "
-                                "IN01 IN02 proj_in' merges only those. Targets: block ids and ranges, element "
-                                "substrings, VAE, Adjust (the six Adjust keys). Excluded keys also get no Adjust."),
-        io.Boolean.Input("elemental_full_key", default=False,
-                         tooltip="Match element substrings (elemental and include/exclude) against the full key, "
-                                 "prefix included, as SuperMerger does (then 'ff' matches every key through "
-                                 "'diffusion'). Off: prefix stripped."),
-        io.Boolean.Input("report_keys", default=False, optional=True,
-                         tooltip="Add a line per key to the report: its block, whether it was merged, its alpha "
-                                 "and beta, and the elemental rule that set it (SuperMerger's 'print change')."),
+        options_input(),
     ]
+
+
+def merge_params(inputs: dict) -> tuple[dict, bool]:
+    """(settings for merge_objects, report_keys) from a merge node's widgets and its options input."""
+    inputs = dict(inputs)
+    params = dict(inputs.pop("options", None) or {}) | inputs
+    return params, bool(params.pop("report_keys", False))
+
+
+def _check_numbers(cls, alpha, beta) -> bool | str:
+    return number_problems(cls, {"alpha": alpha, "beta": beta})
 
 
 def _block_text(preset: str, text: str, input_name: str) -> str:
@@ -229,10 +209,14 @@ class _PairMerge(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, alpha=None, beta=None) -> bool | str:
+        return _check_numbers(cls, alpha, beta)
+
+    @classmethod
     def execute(cls, **inputs) -> io.NodeOutput:
         k = cls.KIND
         a, b, c = inputs.pop(f"{k}_a"), inputs.pop(f"{k}_b"), inputs.pop(f"{k}_c", None)
-        per_key = bool(inputs.pop("report_keys", False))
+        inputs, per_key = merge_params(inputs)
         with named_errors(cls.DISPLAY):
             merged, plan = merge_objects(k, a, b, c, inputs)
             recipe = tag_recipe(k, merged, plan, inputs, {"a": a, "b": b, "c": c}, getattr(cls, "hidden", None))
@@ -242,7 +226,7 @@ class _PairMerge(io.ComfyNode):
 
 class ModelMerge(_PairMerge):
     KIND, IO = "model", io.Model
-    NODE_ID, DISPLAY = "MergeSuite_ModelMerge", "Merge Models (SuperMerger modes)"
+    NODE_ID, DISPLAY = "MergeSuite_ModelMerge", "Merge Models"
     DESCRIPTION = ("Merge two or three diffusion models with SuperMerger's merge modes and per-block weights. "
                    "alpha = weight of B. The result is a lazy patch of A: no weights are copied.")
     TIPS = {"a": "Model A: the base. The result keeps its sampling settings.", "b": "Model B.",
@@ -251,7 +235,7 @@ class ModelMerge(_PairMerge):
 
 class CLIPMerge(_PairMerge):
     KIND, IO = "clip", io.Clip
-    NODE_ID, DISPLAY = "MergeSuite_CLIPMerge", "Merge CLIP (SuperMerger modes)"
+    NODE_ID, DISPLAY = "MergeSuite_CLIPMerge", "Merge CLIP"
     DESCRIPTION = ("Merge two or three text encoders with SuperMerger's merge modes. The text encoder is "
                    "SuperMerger's BASE block: block weights contribute their first (BASE) value. alpha = weight of B.")
     TIPS = {"a": "CLIP A: the base.", "b": "CLIP B.",
@@ -259,7 +243,7 @@ class CLIPMerge(_PairMerge):
 
 
 class CheckpointMerge(io.ComfyNode):
-    DISPLAY = "Merge Checkpoints (SuperMerger modes)"
+    DISPLAY = "Merge Checkpoints"
 
     @classmethod
     def define_schema(cls):
@@ -279,8 +263,12 @@ class CheckpointMerge(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model_a, clip_a, model_b, clip_b, model_c=None, clip_c=None, **params) -> io.NodeOutput:
-        per_key = bool(params.pop("report_keys", False))
+    def validate_inputs(cls, alpha=None, beta=None) -> bool | str:
+        return _check_numbers(cls, alpha, beta)
+
+    @classmethod
+    def execute(cls, model_a, clip_a, model_b, clip_b, model_c=None, clip_c=None, **inputs) -> io.NodeOutput:
+        params, per_key = merge_params(inputs)
         with named_errors(cls.DISPLAY):
             model, model_plan = merge_objects("model", model_a, model_b, model_c, params)
             clip, clip_plan = merge_objects("clip", clip_a, clip_b, clip_c, params)

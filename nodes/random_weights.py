@@ -11,8 +11,8 @@ from ..merge_core.architectures import SD1, SDXL
 from ..merge_core.dice import DEFAULT_CUSTOM, MODES, DiceSettings, roll_many
 from ..merge_core.pinpoint import pinpoint_blocks, pinpoint_elements
 from .errors import named_errors
+from .sweep import SWEEP_CATEGORY
 from .validation import settings_problems
-from .merge import CATEGORY
 
 LAYOUTS = {"SD1/SD2 (26 blocks)": SD1, "SDXL (20 blocks)": SDXL}
 LAYOUT_TIP = "Block layout of the models you will merge: 26 values (BASE, IN00-IN11, M00, OUT00-OUT11) or 20 (SDXL)."
@@ -39,7 +39,7 @@ class PinpointBlocks(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="MergeSuite_PinpointBlocks", display_name=cls.DISPLAY, category=CATEGORY,
+            node_id="MergeSuite_PinpointBlocks", display_name=cls.DISPLAY, category=SWEEP_CATEGORY,
             description="SuperMerger's 'pinpoint blocks' axis: for every target and value, block weights equal to "
                         "the template with the target blocks set to the value. Outputs a list: wire 'blocks' to a "
                         "merge node's blocks_alpha and every cell is merged and sampled in one queue run.",
@@ -74,7 +74,7 @@ class PinpointElements(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="MergeSuite_PinpointElements", display_name=cls.DISPLAY, category=CATEGORY,
+            node_id="MergeSuite_PinpointElements", display_name=cls.DISPLAY, category=SWEEP_CATEGORY,
             description="SuperMerger's 'pinpoint element' axis: for every BLOCKS:ELEMENTS item and value, elemental "
                         "text '<base>' plus '<item>:<value>'. Outputs a list for a merge node's elemental input.",
             inputs=[
@@ -109,7 +109,7 @@ class RandomBlockWeights(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="MergeSuite_RandomBlockWeights", display_name=cls.DISPLAY, category=CATEGORY,
+            node_id="MergeSuite_RandomBlockWeights", display_name=cls.DISPLAY, category=SWEEP_CATEGORY,
             description="SuperMerger's Let the Dice Roll: random block weights from a seed, reproducible. With "
                         "count > 1 it outputs a list of draws (seeds seed, seed+1, ...), so one queue run samples "
                         "that many random merges. Wire 'seed' to the merge node's seed when E modes are used.",

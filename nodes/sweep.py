@@ -90,7 +90,7 @@ class SweepBlockWeights(_TextSweep):
 
 class SweepElemental(_TextSweep):
     NODE_ID, DISPLAY = "MergeSuite_SweepElemental", "Sweep Elemental"
-    DESCRIPTION = "Elemental texts separated by blank lines, for the merge nodes' elemental input."
+    DESCRIPTION = "Elemental texts separated by blank lines, for the elemental input of 'Merge Option: Elemental'."
     TEXT_TIP, DEFAULT, NAME = "Entries separated by a blank line; each may have several lines. 'none' = no " \
         "elemental.", "none\n\nOUT03-OUT05:attn2:0.5", "elemental"
     parse = staticmethod(core.blank_line_list)
@@ -98,7 +98,7 @@ class SweepElemental(_TextSweep):
 
 class SweepCalcModes(_TextSweep):
     NODE_ID, DISPLAY = "MergeSuite_SweepCalcModes", "Sweep Calc Modes"
-    DESCRIPTION = "Calc modes for the merge nodes' calcmode input (convert the widget to an input)."
+    DESCRIPTION = "Calc modes for the calcmode input of 'Merge Option: Calc Mode'."
     TEXT_TIP, DEFAULT, NAME, OUT, MULTILINE = "Calc mode names separated by commas, e.g. normal, cosineA.", \
         "normal, cosineA", "calcmode", COMBO, False
     parse = staticmethod(core.calcmode_list)
@@ -106,7 +106,8 @@ class SweepCalcModes(_TextSweep):
 
 class SweepAdjust(_TextSweep):
     NODE_ID, DISPLAY = "MergeSuite_SweepAdjust", "Sweep Adjust"
-    DESCRIPTION = "Adjust strings (8 values: IN, OUT, OUT2, CONT, BRI, COL1, COL2, COL3), one per line."
+    DESCRIPTION = ("Adjust strings (8 values: IN, OUT, OUT2, CONT, BRI, COL1, COL2, COL3), one per line, for the adjust "
+                   "input of 'Merge Option: Adjust'.")
     TEXT_TIP, DEFAULT, NAME = "One 8-value Adjust string per line.", "0,0,0,0,0,0,0,0\n2,0,0,0,0,0,0,0", "adjust"
     parse = staticmethod(core.adjust_list)
 
@@ -270,7 +271,9 @@ class SweepGrid(io.ComfyNode):
             shared = core_grid.common_title(list(recipes)) if recipes else ""
             full_title = " | ".join(t for t in (user, shared) if t)
             grids, texts = [], []
-            for layout in core_grid.layouts(list(x_labels), list(y_labels or []), list(z_labels or [])):
+            marked = [core_grid.mark_overridden(list(labels or []), list(recipes or []))
+                      for labels in (x_labels, y_labels, z_labels)]
+            for layout in core_grid.layouts(*marked):
                 img = core_grid.draw_grid(pil, layout, full_title)
                 grids.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)[None])
                 texts.append(layout.describe())

@@ -10,6 +10,14 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "example_workflows"
 
+# The Merge Option nodes, in chaining order, with their widgets and defaults.
+OPTION_NODES = [
+    ("CalcMode", {"calcmode": "normal", "gamma": 0.3, "seed": 0, "tensor2_corrected": False}),
+    ("Elemental", {"elemental_full_key": False, "elemental": ""}),
+    ("IncludeExclude", {"include_exclude": ""}),
+    ("Adjust", {"adjust": ""}),
+    ("Report", {"report_keys": False}),
+]
 OUTPUTS = {
     "CheckpointLoaderSimple": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
     "MergeSuite_ModelMerge": [("MODEL", "MODEL"), ("report", "STRING"), ("recipe", "STRING")],
@@ -47,13 +55,14 @@ OUTPUTS = {
     "MergeSuite_SweepAdjust": [("values", "STRING"), ("labels", "STRING")],
     "MergeSuite_SweepModels": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE"), ("labels", "STRING")],
     "MergeSuite_LoadRecipe": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE"), ("recipe", "STRING")],
+    **{f"MergeSuite_Option{kind}": [("options", "MERGE_OPTIONS")] for kind, _ in OPTION_NODES},
     "MergeSuite_RandomBlockWeights": [("blocks_alpha", "STRING"), ("blocks_beta", "STRING"),
                                       ("elemental", "STRING"), ("seed", "INT"), ("label", "STRING")],
 }
 TITLES = {"MergeSuite_ModelSimilarity": "Model Similarity per Block", "MergeSuite_Elements": "Elements Browser",
-          "MergeSuite_TextEncoderTokens": "Text Encoder Token Norms","MergeSuite_ModelMerge": "Merge Models (SuperMerger modes)",
-          "MergeSuite_CLIPMerge": "Merge CLIP (SuperMerger modes)",
-          "MergeSuite_CheckpointMerge": "Merge Checkpoints (SuperMerger modes)"}
+          "MergeSuite_TextEncoderTokens": "Text Encoder Token Norms","MergeSuite_ModelMerge": "Merge Models",
+          "MergeSuite_CLIPMerge": "Merge CLIP",
+          "MergeSuite_CheckpointMerge": "Merge Checkpoints"}
 
 
 class Graph:
@@ -114,11 +123,27 @@ def loaders(g, names="ab", layout="sd1"):
                   f"Model {t.upper()}") for i, t in enumerate(names)]
 
 
-def merge_widgets(mode, alpha, beta, preset_a="custom", blocks_a="", preset_b="custom", blocks_b="",
-                  calcmode="normal", gamma=0.3, seed=0, tensor2_corrected=False, elemental="",
-                  adjust="", include_exclude="", elemental_full_key=False, report_keys=False):
-    return [mode, alpha, beta, preset_a, blocks_a, preset_b, blocks_b, calcmode, gamma, seed, tensor2_corrected,
-            elemental, adjust, include_exclude, elemental_full_key, report_keys]
+def merge_widgets(mode, alpha, beta, preset_a="custom", blocks_a="", preset_b="custom", blocks_b=""):
+    return [mode, alpha, beta, preset_a, blocks_a, preset_b, blocks_b]
+
+
+def merge_options(g, merges, pos, **settings):
+    """A chain of Merge Option nodes (one per kind named in settings, stacked down from pos) feeding the
+    options input of each merge node in merges; returns {kind: option node} for wiring lists into them."""
+    made, last = {}, None
+    x, y = pos
+    for kind, defaults in OPTION_NODES:
+        if not set(defaults) & set(settings):
+            continue
+        values = [settings.get(k, v) for k, v in defaults.items()]
+        height = 60 + 26 * len(defaults) + (160 if kind == "Elemental" else 0)
+        node = g.add(f"MergeSuite_Option{kind}", values, (x, y), (360, height))
+        if last is not None:
+            g.link(last, 0, node, "options")
+        made[kind], last, y = node, node, y + height + 40
+    for merge in merges:
+        g.link(last, 0, merge, "options")
+    return made
 
 
 def checkpoint_block_merge():
@@ -126,6 +151,7 @@ def checkpoint_block_merge():
     g = Graph()
     a, b = loaders(g)
     m = g.add("MergeSuite_CheckpointMerge", merge_widgets("Weight sum", 0.5, 0.25, "GRAD_V"), (400, 0), (400, 330))
+    merge_options(g, [m], (0, 340), elemental="")  # the elemental helper, for rules on top of the blocks
     for src, name in ((a, "a"), (b, "b")):
         g.link(src, 0, m, f"model_{name}")
         g.link(src, 1, m, f"clip_{name}")
@@ -138,11 +164,11 @@ def add_difference_merge():
     g = Graph()
     srcs = loaders(g, "abc")
     blocks = "0.5,1,1,1,1,1,1,0.5,0.5,0.5,0.5,0.5,0.5,0.3,0.5,0.5,0.5,0.5,0.5,0.5,1,1,1,1,1,1"
-    m = g.add("MergeSuite_ModelMerge", merge_widgets("Add difference", 1.0, 0.25, "custom", blocks,
-                                                     elemental="OUT03-OUT05:attn2:0.5\nNOT M00:ff.net:0.8",
-                                                     adjust="1.5,0,0,0,0,0,0,0", include_exclude="exclude: OUT11"),
+    m = g.add("MergeSuite_ModelMerge", merge_widgets("Add difference", 1.0, 0.25, "custom", blocks),
               (400, 0), (400, 420))
-    c = g.add("MergeSuite_CLIPMerge", merge_widgets("Add difference", 0.5, 0.25), (400, 360), (400, 300))
+    merge_options(g, [m], (0, 520), elemental="OUT03-OUT05:attn2:0.5\nNOT M00:ff.net:0.8",
+                  adjust="1.5,0,0,0,0,0,0,0", include_exclude="exclude: OUT11")
+    c = g.add("MergeSuite_CLIPMerge", merge_widgets("Add difference", 0.5, 0.25), (400, 460), (400, 300))
     for src, name in zip(srcs, "abc"):
         g.link(src, 0, m, f"model_{name}")
         g.link(src, 1, c, f"clip_{name}")
@@ -171,8 +197,8 @@ def calc_family(name, calcmode, mode, alpha, beta=0.25, preset="custom", blocks=
     def build():
         g = Graph()
         srcs = loaders(g, models, layout)
-        m = g.add("MergeSuite_ModelMerge", merge_widgets(mode, alpha, beta, preset, blocks, calcmode=calcmode,
-                                                         gamma=gamma, seed=seed), (400, 0), (400, 380))
+        m = g.add("MergeSuite_ModelMerge", merge_widgets(mode, alpha, beta, preset, blocks), (400, 0), (400, 380))
+        merge_options(g, [m], (0, 520), calcmode=calcmode, gamma=gamma, seed=seed)
         for src, tag in zip(srcs, models):
             g.link(src, 0, m, f"model_{tag}")
         sampler_tail(g, m, 0, srcs[0], 1, srcs[0], f"merge_suite/{name}")
@@ -230,8 +256,10 @@ def random_block_weights():
     m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25), (400, 0), (400, 380))
     g.link(a, 0, m, "model_a")
     g.link(b, 0, m, "model_b")
-    for slot, name in ((0, "blocks_alpha"), (2, "elemental"), (3, "seed")):
-        g.link(dice, slot, m, name, widget=True)
+    g.link(dice, 0, m, "blocks_alpha", widget=True)
+    opts = merge_options(g, [m], (0, 780), seed=0, elemental="")  # seed: random elemental ratios
+    g.link(dice, 2, opts["Elemental"], "elemental", widget=True)
+    g.link(dice, 3, opts["CalcMode"], "seed", widget=True)
     sampler_tail(g, m, 0, a, 1, a, "merge_suite/random_block_weights")
     shown = g.add("PreviewAny", [], (400, 420), (400, 200), "Drawn weights")
     g.link(dice, 0, shown, "source")
@@ -315,13 +343,15 @@ def paired_lists():
     m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25), (400, 0), (400, 420))
     g.link(a, 0, m, "model_a")
     g.link(b, 0, m, "model_b")
-    lists = [("MergeSuite_SweepFloatRange", [0.3, 0.6, 2, "alpha"], "alpha"),
-             ("MergeSuite_SweepCalcModes", ["normal, cosineA", "calcmode"], "calcmode"),
-             ("MergeSuite_SweepElemental", ["none\n\nOUT03-OUT05:attn2:1", "elemental"], "elemental"),
-             ("MergeSuite_SweepAdjust", ["0,0,0,0,0,0,0,0\n2,0,0,0,0,0,0,0", "adjust"], "adjust")]
-    for i, (node_type, widgets, name) in enumerate(lists):
+    opts = merge_options(g, [m], (400, 460), calcmode="normal", elemental="", adjust="")
+    lists = [("MergeSuite_SweepFloatRange", [0.3, 0.6, 2, "alpha"], "alpha", m),
+             ("MergeSuite_SweepCalcModes", ["normal, cosineA", "calcmode"], "calcmode", opts["CalcMode"]),
+             ("MergeSuite_SweepElemental", ["none\n\nOUT03-OUT05:attn2:1", "elemental"], "elemental",
+              opts["Elemental"]),
+             ("MergeSuite_SweepAdjust", ["0,0,0,0,0,0,0,0\n2,0,0,0,0,0,0,0", "adjust"], "adjust", opts["Adjust"])]
+    for i, (node_type, widgets, name, target) in enumerate(lists):
         src = g.add(node_type, widgets, (0, 340 + i * 150), (320, 120))
-        g.link(src, 0, m, name, widget=True)
+        g.link(src, 0, target, name, widget=True)
     sampler_tail(g, m, 0, a, 1, a, "merge_suite/paired_lists")
     return g
 
@@ -338,7 +368,8 @@ def model_list_pinpoint_elements():
     m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25), (400, 0), (400, 420))
     g.link(a, 0, m, "model_a")
     g.link(models, 0, m, "model_b")
-    g.link(pin, 0, m, "elemental", widget=True)
+    opts = merge_options(g, [m], (400, 460), elemental="")
+    g.link(pin, 0, opts["Elemental"], "elemental", widget=True)
     sampler_tail(g, m, 0, a, 1, a, "merge_suite/models_pinpoint_elements")
     return g
 

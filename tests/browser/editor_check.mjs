@@ -10,6 +10,7 @@ const [url, workflowPath, outDir] = process.argv.slice(2);
 const workflow = JSON.parse(readFileSync(workflowPath, "utf8"));
 const examplesDir = dirname(workflowPath);
 const MERGE = String(workflow.nodes.find((n) => n.type === "MergeSuite_CheckpointMerge").id);
+const ELEMENTAL = String(workflow.nodes.find((n) => n.type === "MergeSuite_OptionElemental").id);
 const result = { steps: [], console: [] };
 const step = (name, data) => result.steps.push({ name, ...data });
 
@@ -48,18 +49,73 @@ try {
       && window.comfyAPI.app.app.graph.nodes.length > 0;
   }, null, { timeout: 90000 });
   result.extensions = await page.evaluate(() => window.comfyAPI.app.app.extensions.map((e) => e.name).filter((n) => n.startsWith("merge_suite")));
+  // The frontend's own node search (Fuse plus its ranking), as the search box runs it for "merge".
+  result.search = await page.evaluate(() => {
+    const host = document.querySelector("#vue-app") ?? [...document.querySelectorAll("body > *")].find((e) => e.__vue_app__);
+    const store = host?.__vue_app__?.config?.globalProperties?.$pinia?._s?.get("nodeDef");
+    const found = store?.nodeSearchService?.searchNode("merge");
+    return found ? found.slice(0, 10).map((d) => d.name) : null;
+  });
 
   await page.evaluate(async (wf) => { await window.comfyAPI.app.app.loadGraphData(wf); }, workflow);
   const editor = page.locator(`.ms-block-editor[data-input=blocks_alpha]`);
   await editor.waitFor({ state: "attached", timeout: 30000 });
-  // Put the merge node at the top left of the screen (clear of the side bar) at 100 % zoom.
-  const showNode = () => page.evaluate((id) => {
+  await page.locator(".ms-elemental-helper").waitFor({ state: "attached", timeout: 30000 });
+
+  // Right after loading, without panning or moving the mouse: every panel (block editors, elemental
+  // helper, text outputs) must lie inside its node's box on screen, as drawn by either renderer.
+  await page.waitForTimeout(1500);
+  const placement = () => page.evaluate(() => {
+    const app = window.comfyAPI.app.app;
+    const LG = window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph;
+    const rect = app.canvas.canvas.getBoundingClientRect();
+    const s = app.canvas.ds.scale;
+    const out = [];
+    for (const node of app.graph.nodes) {
+      const vue = document.querySelector(`[data-node-id="${node.id}"]`);
+      let box;
+      if (vue) {
+        const r = vue.getBoundingClientRect();
+        box = { left: r.left, top: r.top, right: r.right, bottom: r.bottom };
+      } else {
+        const [x, y] = app.canvas.ds.convertOffsetToCanvas(node.pos);
+        const title = (LG?.NODE_TITLE_HEIGHT ?? 30) * s;
+        box = { left: rect.left + x, top: rect.top + y - title, right: rect.left + x + node.size[0] * s,
+          bottom: rect.top + y + node.size[1] * s };
+      }
+      for (const w of node.widgets ?? []) {
+        if (w.type !== "merge_suite_panel" || !w.element?.isConnected) continue;
+        const r = w.element.getBoundingClientRect();
+        const shown = r.width > 0 && r.height > 0 && getComputedStyle(w.element).visibility !== "hidden"
+          && w.element.closest("[style*='display: none']") === null;
+        if (!shown) continue;
+        out.push({ node: String(node.id), type: node.type, widget: w.name, box,
+          panel: { left: r.left, top: r.top, right: r.right, bottom: r.bottom } });
+      }
+    }
+    return out;
+  });
+  result.placementAfterLoad = await placement();
+  await page.screenshot({ path: join(outDir, "after_load.png") });
+  // The merge node's height at 100 % zoom (title included), as loaded and after a run shows its report.
+  const nodeHeight = (id) => page.evaluate((id) => {
+    const app = window.comfyAPI.app.app;
+    const LG = window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph;
+    const node = app.graph.getNodeById(Number(id));
+    const vue = document.querySelector(`[data-node-id="${id}"]`);
+    if (vue) return vue.getBoundingClientRect().height / app.canvas.ds.scale;
+    return node.size[1] + (LG?.NODE_TITLE_HEIGHT ?? 30);
+  }, id);
+  result.heightAfterLoad = await nodeHeight(MERGE);
+
+  // Put a node at the top left of the screen (clear of the side bar) at 100 % zoom.
+  const showNode = (id = MERGE) => page.evaluate((id) => {
     const app = window.comfyAPI.app.app;
     const node = app.graph.getNodeById(Number(id));
     app.canvas.ds.scale = 1;
     app.canvas.ds.offset = [-node.pos[0] + 110, -node.pos[1] + 150];
     app.canvas.setDirty(true, true);
-  }, MERGE);
+  }, id);
   await showNode();
   await page.waitForFunction(() => document.querySelector(".ms-block-editor[data-input=blocks_alpha]")?.dataset.state === "ok");
   await page.waitForTimeout(300);
@@ -101,6 +157,8 @@ try {
   await page.waitForFunction(() => [...document.querySelectorAll(".ms-output")].some((t) => t.value.includes("OUT")), null, { timeout: 120000 })
     .catch(() => { throw new Error(`no report on the node; /prompt answered ${JSON.stringify(answers).slice(0, 2000)}`); });
   step("queued", { prompt: prompts[0]?.prompt?.[MERGE]?.inputs, answer: answers[0]?.status, report: await output.first().inputValue() });
+  await page.waitForTimeout(300);
+  result.heightAfterRun = await nodeHeight(MERGE);
 
   // Pick a preset from the editor's dropdown.
   await editor.locator("select").nth(1).selectOption("FLAT_25");
@@ -112,7 +170,7 @@ try {
   await editor.locator("input[type=number]").fill("2");
   await editor.locator("button", { hasText: "mul" }).click();
   await page.waitForTimeout(600);
-  step("group", { widgets: await widgetValues(["blocks_alpha"]) });
+  step("group", { widgets: await widgetValues(["blocks_alpha", "blocks_alpha_preset"]) });
 
   // A hand-edited string with junk: an error on the widget, the text left as typed.
   await setBlocksAlpha("0.5,0.5,junk");
@@ -124,14 +182,16 @@ try {
   await setBlocksAlpha("SMOOTHSTEP");
   await page.waitForFunction(() => document.querySelector(".ms-block-editor[data-input=blocks_alpha]")?.dataset.state === "ok");
 
-  // Elemental: type a malformed rule into the node's own textarea.
+  // Elemental: type a malformed rule into the option node's own textarea.
   // Vue-rendered nodes draw their own textarea inside the node's element; LiteGraph ones use the widget's.
-  const vueBox = page.locator(`[data-node-id="${MERGE}"] textarea:not(.ms-output)`);
+  await showNode(ELEMENTAL);
+  await page.waitForTimeout(300);
+  const vueBox = page.locator(`[data-node-id="${ELEMENTAL}"] textarea:not(.ms-output)`);
   const box = (await vueBox.count()) ? vueBox.first() : (await page.evaluateHandle((id) => {
     const node = window.comfyAPI.app.app.graph.getNodeById(Number(id));
     const w = node.widgets.find((x) => x.name === "elemental");
     return w.element ?? w.inputEl;
-  }, MERGE)).asElement();
+  }, ELEMENTAL)).asElement();
   await box.click();
   await box.fill("");
   await page.keyboard.type("OUT03-OUT05:attn2:0.5\nIN99:attn:1");
@@ -148,7 +208,16 @@ try {
   step("elemental_ok", {
     status: await status(".ms-elemental-helper"),
     elements: await helper.locator(".ms-elements div").allTextContents(),
-    value: (await widgetValues(["elemental"])).elemental,
+    value: await page.evaluate((id) => window.comfyAPI.app.app.graph.getNodeById(Number(id)).widgets
+      .find((w) => w.name === "elemental").value, ELEMENTAL),
+    // the helper sits right under the text box it checks
+    gap: await page.evaluate((id) => {
+      const node = window.comfyAPI.app.app.graph.getNodeById(Number(id));
+      const text = node.widgets.find((w) => w.name === "elemental");
+      const textEl = document.querySelector(`[data-node-id="${id}"] textarea:not(.ms-output)`) ?? text.element ?? text.inputEl;
+      const helperEl = document.querySelector(".ms-elemental-helper");
+      return helperEl.getBoundingClientRect().top - textEl.getBoundingClientRect().bottom;
+    }, ELEMENTAL),
   });
 
   // Screenshot of the merge node with its editor, for the README and the test output.

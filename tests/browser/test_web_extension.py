@@ -64,7 +64,7 @@ def seen(request, tmp_path_factory):
     assert run.returncode == 0, f"node failed:\n{run.stderr[-3000:]}"
     result = json.loads(run.stdout)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    for name in ("block_editor.png", "page.png", "failure.png"):
+    for name in ("block_editor.png", "page.png", "after_load.png", "failure.png"):
         if (out / name).is_file():
             shutil.copy(out / name, SHOTS / name.replace(".png", f"_{mode}.png"))
     assert "error" not in result, f"{mode}: {result['error']}\ndialogs: {result.get('dialogs')}\nserver log:\n{log}"
@@ -114,12 +114,14 @@ def test_the_run_report_appears_on_the_node_with_the_slider_value(seen):
     assert f"{value:.4f}" in row, row
 
 
-def test_preset_picker_and_group_helper(seen):
-    preset = seen["by_step"]["preset"]["widgets"]["blocks_alpha"]
-    assert _floats(preset) == pytest.approx(list(presets()["FLAT_25"]))
-    doubled = _floats(seen["by_step"]["group"]["widgets"]["blocks_alpha"])
+def test_preset_picker_keeps_the_name_and_group_helper_writes_values(seen):
+    """A preset picked in the editor is chosen by name (recipes and grid labels say FLAT_25, not 26 numbers)."""
+    picked = seen["by_step"]["preset"]
+    assert picked["widgets"] == {"blocks_alpha": "", "blocks_alpha_preset": "FLAT_25"}
+    assert "preset FLAT_25" in picked["status"]
+    group = seen["by_step"]["group"]["widgets"]
     expect = [v * 2 if b.startswith("OUT") else v for b, v in zip(SD1, presets()["FLAT_25"])]
-    assert doubled == pytest.approx(expect)
+    assert _floats(group["blocks_alpha"]) == pytest.approx(expect) and group["blocks_alpha_preset"] == "custom"
 
 
 def test_bad_text_is_an_error_on_the_widget_and_is_kept(seen):
@@ -136,17 +138,61 @@ def test_elemental_errors_point_at_the_entry_and_elements_are_listed(seen):
     assert "3 rule(s)" in ok["status"]
     assert ok["elements"] and all("input_blocks" not in e for e in ok["elements"])
     assert ok["value"].splitlines()[-1] == "OUT04:1.transformer_blocks.0.attn2.to_k:0.5"
+    assert 0 <= ok["gap"] < 30, f"the helper is {ok['gap']} px below its text box"
 
 
 def test_a_workflow_saved_with_the_editor_loads_without_it(seen):
     saved = seen["workflow"]
     original = json.loads(WORKFLOW.read_text())
-    node = next(n for n in saved["nodes"] if n["type"] == "MergeSuite_CheckpointMerge")
-    before = next(n for n in original["nodes"] if n["type"] == "MergeSuite_CheckpointMerge")
-    assert len(node["widgets_values"]) == len(before["widgets_values"])  # no panel values stored
+    for node_type in ("MergeSuite_CheckpointMerge", "MergeSuite_OptionElemental"):
+        node = next(n for n in saved["nodes"] if n["type"] == node_type)
+        before = next(n for n in original["nodes"] if n["type"] == node_type)
+        assert len(node["widgets_values"]) == len(before["widgets_values"])  # no panel values stored
     prompt = to_prompt(saved, seen["object_info"])
-    inputs = prompt[str(node["id"])]["inputs"]
-    assert inputs["blocks_alpha"] == "SMOOTHSTEP" and inputs["elemental"].startswith("OUT03-OUT05:attn2:0.5")
+    merge = next(n for n in saved["nodes"] if n["type"] == "MergeSuite_CheckpointMerge")
+    elemental = next(n for n in saved["nodes"] if n["type"] == "MergeSuite_OptionElemental")
+    assert prompt[str(merge["id"])]["inputs"]["blocks_alpha"] == "SMOOTHSTEP"
+    assert prompt[str(elemental["id"])]["inputs"]["elemental"].startswith("OUT03-OUT05:attn2:0.5")
+
+
+def test_panels_lie_inside_their_nodes_right_after_loading(seen):
+    """No pan, no mouse move after loading a workflow: the editors and helpers are drawn on their nodes
+    (they used to sit unplaced, full window width at the canvas' left edge, until the canvas was panned)."""
+    placed = seen["placementAfterLoad"]
+    names = {p["widget"] for p in placed}
+    assert {"blocks_alpha_editor", "elemental_helper"} <= names, names
+    for p in placed:
+        box, panel = p["box"], p["panel"]
+        inside = (panel["left"] >= box["left"] - 2 and panel["right"] <= box["right"] + 2
+                  and panel["top"] >= box["top"] - 2 and panel["bottom"] <= box["bottom"] + 2)
+        assert inside, f"{seen['mode']}: {p['widget']} of {p['type']} at {panel} is outside its node {box}"
+
+
+def test_merge_checkpoints_fits_the_screen(seen):
+    """Merge Checkpoints at 100 % zoom, title included: under a 1,000 px window (it was 1,120 px)."""
+    heights = {"after_load": round(seen["heightAfterLoad"]), "after_run": round(seen["heightAfterRun"])}
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    (SHOTS / f"merge_checkpoints_height_{seen['mode']}.json").write_text(json.dumps(heights))
+    # Vue nodes ("Nodes 2.0") draw each widget row 34 px tall instead of 24: 7 rows add about 70 px there
+    load_limit, run_limit = (600, 760) if seen["mode"] == "litegraph" else (680, 840)
+    assert heights["after_load"] < load_limit, heights
+    assert heights["after_run"] < run_limit, heights  # the report panel opens under the node after a run
+
+
+def test_searching_merge_lists_the_merge_nodes_before_the_rest_of_the_pack(seen):
+    """The frontend ranks names that start with the query by length (then its own popularity data): the
+    merge nodes' short display names ("Merge CLIP", "Merge Models", "Merge Checkpoints") beat every other
+    pack node's MergeSuite_* id. Only "Merge LoRAs" (11 characters) and ComfyUI's own MergeTextLists and
+    MergeImageLists (14, 15) are shorter than "Merge Checkpoints" (17)."""
+    found = seen["search"]
+    assert found, "the frontend's node search service was not reachable"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    (SHOTS / f"search_merge_{seen['mode']}.json").write_text(json.dumps(found))
+    merges = ["MergeSuite_CLIPMerge", "MergeSuite_ModelMerge", "MergeSuite_CheckpointMerge"]
+    assert found[0] == "MergeSuite_CLIPMerge" and "MergeSuite_ModelMerge" in found[:3], found
+    pack = [n for n in found if n.startswith("MergeSuite_") and n != "MergeSuite_LoraMerge"]
+    assert pack[:3] == merges, found
+    assert found.index("MergeSuite_CheckpointMerge") <= 5, found
 
 
 def test_screenshot_of_the_editor_was_taken(seen):

@@ -83,7 +83,7 @@ def check_sweep_outputs(stem, workflow, entry, images, texts, server):
     if stem == "merge_paired_lists":
         assert any("calcmode normal" in t for t in texts) and any("calcmode cosineA" in t for t in texts), texts
     if stem == "load_recipe":  # the inputs were found among the checkpoints and merged again
-        assert any("Weight sum(tiny_sd1_a, tiny_sd1_b) alpha=0.4" in t for t in texts), texts
+        assert any("Weight sum(tiny_sd1_a, tiny_sd1_b) blocks_alpha=" in t for t in texts), texts  # alpha overridden
     if stem.startswith("sweep"):
         grids = [p for p in images if "grid" in p.name]
         assert len(grids) == 1
@@ -115,5 +115,22 @@ def test_bad_block_weights_fail_with_a_clear_message(server):
     with pytest.raises(RuntimeError) as info:
         server.run_prompt(prompt)
     message = str(info.value)
-    assert "Merge Checkpoints (SuperMerger modes): input 'blocks_alpha': has 3 values" in message
+    assert "Merge Checkpoints: input 'blocks_alpha': has 3 values" in message
     assert "Fix:" in message
+
+
+@pytest.mark.parametrize("example,node_type,name,value", [
+    ("merge_checkpoints_block_weights", "MergeSuite_CheckpointMerge", "alpha", float("nan")),
+    ("merge_checkpoints_block_weights", "MergeSuite_CheckpointMerge", "beta", float("inf")),
+    ("calc_extract_features", "MergeSuite_OptionCalcMode", "gamma", float("-inf")),
+])
+def test_non_finite_numbers_are_refused_before_the_run(example, node_type, name, value, server):
+    """validate_inputs of the merge and option nodes runs on ComfyUI's locked copies of the node classes."""
+    workflow = json.loads((REPO / "example_workflows" / f"{example}.json").read_text())
+    prompt = to_prompt(workflow, server.get("/object_info"))
+    node_id = next(k for k, v in prompt.items() if v["class_type"] == node_type)
+    prompt[node_id]["inputs"][name] = value
+    with pytest.raises(RuntimeError) as info:
+        server.run_prompt(prompt)
+    message = str(info.value)
+    assert "refused" in message and f"input '{name}'" in message and "finite" in message, message

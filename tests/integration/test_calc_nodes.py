@@ -55,7 +55,7 @@ def test_lazy_calc_merge_samples(tiny):
 
 def test_calc_mode_errors_name_the_node(tiny):
     a, b = tiny("model", "sd1", 1), tiny("model", "sd1", 2)
-    with pytest.raises(MergeNodeError, match=r"Merge Models \(SuperMerger modes\): input 'calcmode': 'smoothAdd' "
+    with pytest.raises(MergeNodeError, match=r"Merge Models: input 'calcmode': 'smoothAdd' "
                                              r"does not work with 'Weight sum'"):
         node_merge(a, b, None, "smoothAdd", "Weight sum", 0.5, 0.0, "")
     with pytest.raises(MergeNodeError, match=r"input 'model_c': is required by 'trainDifference'"):

@@ -141,7 +141,7 @@ def test_checkpoint_merge_samples_and_leaves_a_intact(layout, tiny):
 
 
 @pytest.mark.parametrize("case,match", [
-    ("arch", r"Merge Models \(SuperMerger modes\): input 'model_b': is an SDXL model but model A is SD1"),
+    ("arch", r"Merge Models: input 'model_b': is an SDXL model but model A is SD1"),
     ("missing_c", r"input 'model_c': is required by 'Add difference'"),
     ("count", r"input 'blocks_alpha': has 3 values"),
     ("preset_and_text", r"input 'blocks_alpha': has text"),

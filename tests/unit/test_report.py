@@ -30,6 +30,13 @@ def test_report_counts_blocks_rules_and_exclusions(sd1_keys):
     n_vae = sum(1 for k in sd1_keys if k.startswith("first_stage_model."))
     assert f"{n_vae} excluded" in text
     assert "model.diffusion_model.out.2.weight" in text  # per-key rows
+    assert "alpha 0.5 not used: blocks_alpha gives every block's alpha" in text
+
+
+def test_report_says_nothing_of_an_override_without_block_weights(sd1_keys):
+    a, b = small_model(sd1_keys, 1), small_model(sd1_keys, 2)
+    text = applied_report(plan_merge({"a": DictSource(a), "b": DictSource(b)}, "Weight sum", alpha=0.3))
+    assert "not used" not in text
 
 
 def test_cli_report(tmp_path, sd1_keys):

@@ -81,6 +81,33 @@ def test_common_title_keeps_shared_words():
     assert grid.common_title(r) == "Weight sum(a, b) calcmode=cosineA"
 
 
+def test_recipe_states_what_was_applied_when_block_weights_override_the_scalars():
+    """A block list replaces alpha (and, where beta comes from blocks, beta): the recipe omits the scalar."""
+    text = recipe.settings_text
+    assert text({"alpha": 0.1, "blocks_alpha": "GRAD_V"}) == "blocks_alpha=GRAD_V"
+    assert text({"alpha": 0.1, "blocks_alpha": ""}) == "alpha=0.1"
+    assert text({"mode": "sum Twice", "alpha": 0.2, "beta": 0.7, "blocks_beta": "GRAD_A"}) == \
+        "alpha=0.2 blocks_beta=GRAD_A"
+    # extract uses the scalar beta even with a beta block list (SuperMerger), so beta stays
+    assert text({"mode": "Add difference", "calcmode": "extract", "beta": 0.7, "blocks_beta": "GRAD_A"}) == \
+        "alpha=0.5 beta=0.7 calcmode=extract"
+    # a 3 x 2 sweep of alpha under fixed blocks: identical recipes per column
+    cells = [text({"alpha": a, "blocks_alpha": b}) for b in ("GRAD_V", "GRAD_A") for a in (0.1, 0.5, 0.9)]
+    assert len(set(cells)) == 2
+
+
+def test_grid_marks_labels_of_a_scalar_that_block_weights_overrode():
+    labels = ["alpha=0.1", "alpha=0.5", "alpha=0.9"] * 2
+    recipes = ["Weight sum(a, b) blocks_alpha=GRAD_V"] * 3 + ["Weight sum(a, b) alpha=0.1"] * 3
+    marked = grid.mark_overridden(labels, recipes)
+    assert marked[:3] == [f"alpha={v} (overridden by blocks_alpha)" for v in ("0.1", "0.5", "0.9")]
+    assert marked[3:] == labels[3:]
+    # when the counts differ (one merge, several seeds), every recipe must show the override
+    assert grid.mark_overridden(["alpha=0.1"], recipes[:3]) == ["alpha=0.1 (overridden by blocks_alpha)"]
+    assert grid.mark_overridden(["seed=1", "seed=2"], recipes[:1]) == ["seed=1", "seed=2"]
+    assert grid.mark_overridden(labels, []) == labels  # no recipes connected: nothing to tell
+
+
 SD1_SHAPES = {"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
               "model.diffusion_model.middle_block.1.proj_in.weight": (1280, 1280, 1, 1),
               "model.diffusion_model.output_blocks.11.1.proj_out.weight": (320, 320, 1, 1),
@@ -94,12 +121,12 @@ def test_recipe_text_chains_and_metadata_follow_supermerger():
     settings = make_settings(arch, "Weight sum", 0.3, 0.25, "GRAD_V", None, elemental="OUT03:attn2:0.5")
     first = recipe.merge_step("checkpoint", params, settings,
                               {"a": recipe.leaf("m/a.safetensors", "a" * 64), "b": recipe.leaf("b.ckpt", "b" * 64)})
-    assert recipe.recipe_text(first) == 'Weight sum(a, b) alpha=0.3 blocks_alpha=GRAD_V elemental=OUT03:attn2:0.5'
+    assert recipe.recipe_text(first) == 'Weight sum(a, b) blocks_alpha=GRAD_V elemental=OUT03:attn2:0.5'
     s2 = make_settings(arch, "Add difference", 1.0, 0.25)
     second = recipe.merge_step("model", {"mode": "Add difference", "alpha": 1.0}, s2,
                                {"a": first, "b": recipe.leaf("c.safetensors"), "c": recipe.unknown("model_c")})
     assert recipe.recipe_text(second).splitlines() == [
-        "[1] Weight sum(a, b) alpha=0.3 blocks_alpha=GRAD_V elemental=OUT03:attn2:0.5",
+        "[1] Weight sum(a, b) blocks_alpha=GRAD_V elemental=OUT03:attn2:0.5",
         "[2] Add difference([1], c, ?model_c) alpha=1"]
     meta = recipe.file_metadata(second, None)
     sm = json.loads(meta["sd_merge_recipe"])
@@ -154,7 +181,7 @@ def test_cli_merge_writes_supermerger_recipe_with_hashes(tmp_path, sd1_keys):
     assert json.loads(meta["sd_merge_models"])[sha_a]["name"] == "a.safetensors"
     tree = recipe.parse_file_recipe(meta)["model"]
     assert tree["settings"]["blocks_alpha"] == sm["weights_alpha_orig"] and tree["settings"]["alpha"] == 0.3
-    assert recipe.recipe_text(tree).startswith("Weight sum(a, b) alpha=0.3 blocks_alpha=")
+    assert recipe.recipe_text(tree).startswith("Weight sum(a, b) blocks_alpha=")
 
 
 def test_file_sha256_is_cached_by_path_size_and_mtime(tmp_path):

@@ -1,7 +1,7 @@
 // Block-weight editor: one slider per block, a preset picker and set / add / multiply on groups,
 // under every block-weight STRING input of the merge nodes. The STRING stays the source of truth:
 // the editor reads it (parsed by the server with merge_core, so it shows what the node will use)
-// and writes plain comma-separated numbers back. Without this file the nodes work as before.
+// and writes plain comma-separated numbers back; a preset picked in its list is written by name. Without this file the nodes work as before.
 import { app } from "../../../scripts/app.js";
 import {
   addPanel, debounce, el, findWidget, getEditorData, injectStyle, isPackNode, postJson, setWidgetValue, watchValue,
@@ -9,17 +9,21 @@ import {
 
 const BLOCK_INPUTS = ["blocks_alpha", "blocks_beta"];
 const CUSTOM = "custom";
-const HEIGHT = 200;
+const HEIGHT = 158;
+const FOLDED_HEIGHT = 30; // the header row alone
+// Modes whose result uses beta; elsewhere an empty beta editor starts folded to keep the node short.
+const BETA_MODES = ["Triple sum", "sum Twice"];
 
 function fmt(v) {
   return String(Number(v.toFixed(6)));
 }
 
 class BlockEditor {
-  constructor(node, text, presetCombo, scalar, data) {
-    Object.assign(this, { node, text, presetCombo, scalar, data });
+  constructor(node, text, presetCombo, scalar, data, foldUnless) {
+    Object.assign(this, { node, text, presetCombo, scalar, data, foldUnless });
     this.layout = "sd1";
     this.values = null;
+    this.folded = Boolean(foldUnless) && !foldUnless() && !this.effectiveText();
     this.build();
     const refresh = debounce(() => this.refresh(), 150);
     watchValue(node, text, refresh);
@@ -34,7 +38,7 @@ class BlockEditor {
       el("option", { value: "auto", textContent: "auto" }),
       ...Object.entries(data.layouts).map(([k, l]) => el("option", { value: k, textContent: `${l.label} (${l.blocks.length})` })),
     ]);
-    this.presetSelect = el("select", { title: "Write a SuperMerger preset's values into the text" }, [
+    this.presetSelect = el("select", { title: "Use a SuperMerger preset (by name, so recipes and grid labels show it)" }, [
       el("option", { value: "", textContent: "preset…" }),
       ...Object.keys(data.presets).map((n) => el("option", { value: n, textContent: n })),
     ]);
@@ -44,16 +48,42 @@ class BlockEditor {
     const op = (name, f) => el("button", { textContent: name, title: `${name} the group's values`, onclick: () => this.apply(f) });
     this.status = el("div", { className: "ms-status" });
     this.sliders = el("div", { className: "ms-sliders" });
-    this.root = el("div", { className: "ms-panel ms-block-editor", dataset: { input: this.text.name } }, [
-      el("div", { className: "ms-row" }, [el("b", { textContent: this.text.name }), this.layoutSelect, this.presetSelect]),
+    this.foldButton = el("button", { title: "Show or hide this editor", onclick: () => this.setFolded(!this.folded) });
+    this.body = el("div", { className: "ms-editor-body" }, [
       this.sliders,
       el("div", { className: "ms-row" }, [el("span", { textContent: "group" }), this.groupSelect, this.amount,
         op("set", (v, x) => x), op("add", (v, x) => v + x), op("mul", (v, x) => v * x)]),
       this.status,
     ]);
+    this.root = el("div", { className: "ms-panel ms-block-editor", dataset: { input: this.text.name } }, [
+      el("div", { className: "ms-row" }, [this.foldButton, el("b", { textContent: this.text.name }), this.layoutSelect, this.presetSelect]),
+      this.body,
+    ]);
     this.layoutSelect.onchange = () => this.refresh();
     this.presetSelect.onchange = () => this.pickPreset(this.presetSelect.value);
-    this.widget = addPanel(this.node, `${this.text.name}_editor`, this.root, HEIGHT);
+    this.widget = addPanel(this.node, `${this.text.name}_editor`, this.root, () => (this.folded ? FOLDED_HEIGHT : HEIGHT));
+    this.showFolded();
+  }
+
+  showFolded() {
+    this.body.style.display = this.folded ? "none" : "";
+    this.foldButton.textContent = this.folded ? "▸" : "▾";
+    this.root.dataset.folded = String(this.folded);
+  }
+
+  /** Fold to one line or open; the node's height follows. */
+  setFolded(folded) {
+    if (folded === this.folded) return;
+    this.folded = folded;
+    this.showFolded();
+    this.widget.fitPanel();
+    this.node.setSize?.([this.node.size[0], this.node.computeSize()[1]]);
+    this.node.setDirtyCanvas?.(true, true);
+  }
+
+  /** Open a folded editor once its ratio matters (a mode that uses it, or text / a preset to show). */
+  unfoldIfUsed() {
+    if (this.folded && (this.foldUnless?.() || this.effectiveText())) this.setFolded(false);
   }
 
   /** What the node will use: the text, or the chosen preset when the text is empty. */
@@ -64,6 +94,7 @@ class BlockEditor {
   }
 
   async refresh() {
+    this.unfoldIfUsed();
     const text = this.effectiveText();
     let answer;
     try {
@@ -148,13 +179,18 @@ class BlockEditor {
     this.write(this.values.map((v, i) => (chosen.includes(blocks[i]) ? f(v, x) : v)));
   }
 
+  /** Choose a preset by name (the node's preset combo, else the text), so recipes and labels keep the name. */
   async pickPreset(name) {
     if (!name) return;
     this.presetSelect.value = "";
-    const layout = this.layoutSelect.value === "auto" ? this.layout : this.layoutSelect.value;
-    const answer = await postJson("/merge_suite/check/block_weights", { text: name, layout });
-    if (!answer.ok) return this.showStatus(answer.error, true);
-    this.write(answer.values);
+    const choices = this.presetCombo?.options?.values;
+    if (this.presetCombo && (!Array.isArray(choices) || choices.includes(name))) {
+      setWidgetValue(this.node, this.text, "");
+      setWidgetValue(this.node, this.presetCombo, name);
+    } else {
+      setWidgetValue(this.node, this.text, name);
+    }
+    await this.refresh();
   }
 }
 
@@ -166,10 +202,15 @@ app.registerExtension({
     if (!inputs.length) return;
     injectStyle();
     const data = await getEditorData();
+    const mode = findWidget(node, "mode");
+    const usesBeta = () => BETA_MODES.includes(mode?.value);
     for (const text of inputs) {
       const scalar = findWidget(node, text.name.replace("blocks_", ""));
       node.mergeSuiteEditors ??= {};
-      node.mergeSuiteEditors[text.name] = new BlockEditor(node, text, findWidget(node, `${text.name}_preset`), scalar, data);
+      const foldUnless = text.name === "blocks_beta" ? usesBeta : null;
+      const editor = new BlockEditor(node, text, findWidget(node, `${text.name}_preset`), scalar, data, foldUnless);
+      node.mergeSuiteEditors[text.name] = editor;
+      if (mode && foldUnless) watchValue(node, mode, () => editor.unfoldIfUsed());
     }
     node.setSize?.([Math.max(node.size[0], 420), node.computeSize()[1]]);
   },

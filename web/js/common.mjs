@@ -45,17 +45,31 @@ export function setWidgetValue(node, widget, value) {
   app.graph?.setDirtyCanvas(true, true);
 }
 
-/** A DOM widget that is never saved in the workflow nor sent in the prompt. */
+// Space around a panel inside its node (the frontend's default is 10 px on every side).
+const PANEL_MARGIN = 4;
+
+/** A DOM widget that is never saved in the workflow nor sent in the prompt; height includes the margins. */
 export function addPanel(node, name, element, height) {
+  const total = () => (typeof height === "function" ? height() : height);
   const widget = node.addDOMWidget(name, "merge_suite_panel", element, {
     serialize: false,
     hideOnZoom: false,
+    margin: PANEL_MARGIN,
     getValue: () => undefined,
     setValue: () => {},
-    getMinHeight: () => (typeof height === "function" ? height() : height),
-    getMaxHeight: () => (typeof height === "function" ? height() : height),
+    getMinHeight: total,
+    getMaxHeight: total,
   });
   widget.serialize = false;
+  // The element's own height, so Vue-rendered nodes (which size a DOM widget by its content) match the
+  // canvas ones; call widget.fitPanel() after the height changes.
+  widget.fitPanel = () => { element.style.height = `${total() - 2 * PANEL_MARGIN}px`; };
+  widget.fitPanel();
+  // The frontend registers a DOM widget as visible but unplaced (no position, no size) and places it
+  // only when the canvas next draws its foreground. Panels are added after an await (editor data),
+  // often after the loaded graph's last draw, so without a redraw they would sit unplaced, full width
+  // at the canvas' left edge, until the user pans. Ask for that draw now.
+  app.canvas?.setDirty(true, true);
   return widget;
 }
 
@@ -116,11 +130,12 @@ export function injectStyle() {
 .ms-status { min-height: 14px; white-space: pre-wrap; overflow-wrap: anywhere; }
 .ms-status.ms-error { color: #ff6b6b; }
 .ms-status.ms-ok { color: #8fd18f; }
+.ms-editor-body { display: flex; flex-direction: column; gap: 3px; }
 .ms-sliders { display: grid; gap: 0 1px; align-items: end; }
 .ms-sliders.ms-disabled { opacity: 0.35; }
 .ms-block { display: flex; flex-direction: column; align-items: center; min-width: 0; }
-.ms-block input[type=range] { writing-mode: vertical-lr; direction: rtl; width: 14px; height: 78px; margin: 0; }
-.ms-block span { font-size: 8px; writing-mode: vertical-lr; transform: rotate(180deg); height: 30px; opacity: 0.8; }
+.ms-block input[type=range] { writing-mode: vertical-lr; direction: rtl; width: 14px; height: 56px; margin: 0; }
+.ms-block span { font-size: 8px; writing-mode: vertical-lr; transform: rotate(180deg); height: 26px; opacity: 0.8; }
 .ms-block.ms-BASE input { accent-color: #c9a13b; } .ms-block.ms-MID input { accent-color: #b765d6; }
 .ms-block.ms-IN input { accent-color: #4a90d9; } .ms-block.ms-OUT input { accent-color: #4fb37a; }
 .ms-elements { overflow-y: auto; border: 1px solid var(--border-color, #555); border-radius: 3px; flex: 1; }

@@ -14,7 +14,7 @@ function outputPanel(node) {
     injectStyle();
     const area = el("textarea", { className: "ms-output", readOnly: true, spellcheck: false,
       placeholder: "the report appears here after a run" });
-    const height = () => (area.value ? HEIGHT : 34);
+    const height = () => (area.value ? HEIGHT : 26);
     const widget = addPanel(node, "merge_suite_output", el("div", { className: "ms-panel", style: { height: "100%" } }, [area]), height);
     node.mergeSuiteOutput = { area, widget };
   }
@@ -25,6 +25,7 @@ function showText(node, texts) {
   const { area } = outputPanel(node);
   const grow = !area.value;
   area.value = texts.join("\n\n");
+  node.mergeSuiteOutput.widget.fitPanel();
   if (grow) node.setSize?.([Math.max(node.size[0], 420), Math.max(node.size[1], node.computeSize()[1])]);
   node.setDirtyCanvas?.(true, true);
 }
