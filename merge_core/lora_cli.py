@@ -11,6 +11,7 @@ from .lora_blocks import parse_lora_list, parse_presets, block_values
 from .lora_files import (METADATA_MODES, SAVE_DTYPES, common_architecture, extract_from_loras, extract_from_models,
                          extraction_metadata, merge_loras, merged_metadata, read_lora, save_lora)
 from .lora_math import SVD_METHODS
+from .output_file import check_target
 from .safetensors_io import SafetensorsReader
 
 OPTION_NAMES = {"lora_list": "the LoRA list", "lora_1": "LoRA 1", "lora_2": "LoRA 2", "rank": "--rank",
@@ -62,7 +63,7 @@ def _items(text: str, presets_text: str, input_name: str = "lora_list"):
     for item in items:
         if not Path(item.name).is_file():
             raise MergeInputError(input_name, f"LoRA file '{item.name}' does not exist.", "give a path to a .safetensors LoRA.")
-        loaded.append((item, read_lora(item.name, Path(item.name).stem)))
+        loaded.append((item, read_lora(item.name, Path(item.name).stem, input_name)))
     return loaded
 
 
@@ -73,11 +74,24 @@ def _inputs_meta(items, presets_text, mode, output, dtype, dims):
     return merged_metadata(inputs, mode, Path(output).stem, dtype, dims)
 
 
+def input_files(args) -> list[str]:
+    """The files a lora-* command reads (its output may never be one of them)."""
+    if args.command == "lora-merge":
+        lists = [(args.loras, "lora_list")]
+    elif args.loras:
+        lists = [(args.a, "lora_1"), (args.b, "lora_2")]
+    else:
+        return [args.a, args.b]
+    return [item.name for text, name in lists for item in parse_lora_list(text, name)]
+
+
 def run(args) -> int:
     """Run a lora-* command; bad input raises MergeInputError (and file errors), which cli.main reports."""
     start = time.perf_counter()
     presets_text = Path(args.presets).read_text(encoding="utf-8") if args.presets else ""
     try:
+        inputs = input_files(args)
+        check_target(args.output, inputs, args.overwrite, "filename")  # before any work
         if args.command == "lora-merge":
             items = _items(args.loras, presets_text)
             result = merge_loras(items, args.method, args.rank, args.svd, args.clamp, not args.kohya_strength,
@@ -90,7 +104,7 @@ def run(args) -> int:
             result = extract_from_loras(items[0], items[1], args.alpha, args.beta, args.gamma, True, presets_text)
             meta = _inputs_meta(items, presets_text, "create new", args.output, args.dtype, result.dims)
         else:
-            with SafetensorsReader(args.a) as ra, SafetensorsReader(args.b) as rb:
+            with SafetensorsReader(args.a, "model_a") as ra, SafetensorsReader(args.b, "model_b") as rb:
                 sb = rb.shapes()
                 shapes = {k: s for k, s in ra.shapes().items() if sb.get(k) == s}
                 arch = detect(ra.shapes())
@@ -101,7 +115,7 @@ def run(args) -> int:
                                              args.conv_rank, args.svd, args.clamp, args.te_min_diff)
             meta = extraction_metadata(arch, args.rank, args.conv_rank, Path(args.output).stem)
             meta["ss_output_name"] = Path(args.output).stem
-        path = save_lora(result, args.output, meta, args.dtype, overwrite=args.overwrite)
+        path = save_lora(result, args.output, meta, args.dtype, overwrite=args.overwrite, inputs=inputs)
     except MergeInputError as exc:  # cli.main prints it, with the option's name
         exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
         raise
