@@ -101,7 +101,9 @@ def _load_cached(cc: str, digest: str) -> Optional[ctypes.CDLL]:
     from .output_file import write_bytes
     folder = _cache_dir()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not _private(os.lstat(folder), stat.S_ISDIR):
+    if _private(os.lstat(folder), stat.S_ISDIR):
+        os.chmod(folder, 0o700)  # ours and writable by us only: also keep others from reading it
+    else:
         log.warning("merge_suite: %s is not a private folder of this user; the native kernel is built elsewhere",
                     folder)
         return None
