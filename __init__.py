@@ -36,3 +36,7 @@ if ComfyExtension is not None:
 
     _register_routes()  # the web editor's presets, layouts and validation (web/js)
 
+    from .nodes.save import startup_cleanup as _startup_cleanup
+
+    _startup_cleanup()  # partial files of stopped saves; SIGTERM/SIGHUP remove the live ones
+

@@ -17,6 +17,7 @@ from .engine import DictSink, FileSink, ProgressFn, StopFn, run_merge
 from .errors import MergeInputError, require_finite, require_ratio
 from .methods import get_mode
 from .plan import MergePlan, MergeSettings, build_plan
+from .output_file import check_target
 from .sources import KeySource, open_source
 
 OUTPUT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -118,19 +119,33 @@ def merge_state_dicts(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tenso
     return run_merge(plan, sources, DictSink(), dtype)
 
 
+def open_files(paths: Mapping[str, str]) -> dict[str, KeySource]:
+    """{"a": source, ...} for {"a": path, ...}; a damaged file names its input (model_a, ...)."""
+    sources: dict[str, KeySource] = {}
+    try:
+        for name, path in paths.items():
+            sources[name] = open_source(path, input_name=f"model_{name}")
+    except BaseException:
+        for src in sources.values():
+            src.close()
+        raise
+    return sources
+
+
 def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "Weight sum",
                 alpha: float = 0.5, beta: float = 0.25, blocks_alpha: Optional[str] = None,
                 blocks_beta: Optional[str] = None, dtype: Optional[str] = None, overwrite: bool = False,
                 progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None,
                 hash_inputs: bool = False, **calc: Any) -> MergePlan:
-    """Merge safetensors files key by key into ``output`` (written atomically).
+    """Merge safetensors files key by key into ``output`` (written atomically, never onto an input).
 
     calc: calcmode, gamma, seed, tensor2_corrected (see make_settings).
     """
     if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise MergeInputError("dtype", f"unknown output dtype '{dtype}'.", "use fp16, bf16 or fp32.")
     paths = {"a": a, "b": b} | ({"c": c} if c else {})
-    sources = {name: open_source(path) for name, path in paths.items()}
+    check_target(output, paths.values(), overwrite)  # before any work: an input, a directory, an existing file
+    sources = open_files(paths)
     try:
         plan = plan_merge(sources, mode, alpha, beta, blocks_alpha, blocks_beta, **calc)
         hashes = {}
@@ -138,7 +153,7 @@ def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "W
             from .filehash import file_sha256
             hashes = {k.upper(): file_sha256(p) for k, p in paths.items()}
         meta = recipe_metadata(plan, {k.upper(): s.name for k, s in sources.items()}, hashes)
-        run_merge(plan, sources, FileSink(output, meta, overwrite),
+        run_merge(plan, sources, FileSink(output, meta, overwrite, list(paths.values())),
                   OUTPUT_DTYPES[dtype] if dtype else None, progress, should_stop)
         return plan
     finally:
@@ -164,7 +179,7 @@ def analyze_files(a: str, b: str, *, method: str = "cosine", include: Iterable[s
                   ) -> tuple[Architecture, Union[Analysis, list[tuple[str, float]]]]:
     """Similarity of two safetensors files: (architecture, an Analysis) for "cosine", or (architecture,
     ASimilarity rows (site, %)) for "asim". mismatch="common" compares two architectures on shared keys."""
-    sources = {"a": open_source(a), "b": open_source(b)}
+    sources = open_files({"a": a, "b": b})
     try:
         shapes_a, shapes_b = sources["a"].shapes(), sources["b"].shapes()
         arch = analysis_architecture(shapes_a, shapes_b, mismatch)

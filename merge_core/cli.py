@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import sys
 import time
@@ -13,13 +14,15 @@ from .errors import MergeInputError
 from .calcmodes import CALC_MODE_NAMES
 from .cli_types import OneLineParser, ratio
 from .methods import MODES
+from .output_file import Stopped, check_target, install_signal_cleanup, write_bytes
 from .version import __version__
 
 MODE_CHOICES = [m.name for m in MODES.values()]
 # merge_core names inputs as the nodes do; on the command line they are options or positions
 OPTION_NAMES = {"blocks_alpha": "--blocks", "blocks_beta": "--blocks-beta", "dtype": "--dtype",
                 "calcmode": "--calc", "gamma": "--gamma", "block": "--block", "include": "--include", "elemental": "--elemental", "adjust": "--adjust", "include_exclude": "--include/--exclude", "alpha": "--alpha", "beta": "--beta", "seed": "--seed",
-                "model_a": "model A (1st file)", "model_b": "model B (2nd file)", "model_c": "model C (3rd file)"}
+                "model_a": "model A (1st file)", "model_b": "model B (2nd file)", "model_c": "model C (3rd file)",
+                "output": "-o", "file": "FILE"}
 
 
 def _progress(stream):
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--csv", help="write the table as CSV")
     an.add_argument("--png", help="write the similarity bar chart (PNG)")
     an.add_argument("--diff-png", help="write the difference map ||B-A||/||A|| per block (PNG)")
+    an.add_argument("--overwrite", action="store_true", help="replace existing --csv/--png/--diff-png files")
 
     from .lora_cli import add_parsers as add_lora_parsers
     add_lora_parsers(sub)
@@ -140,6 +144,13 @@ def run_analyze(args) -> int:
     from .analysis import format_csv, format_table
     from .charts import bar_chart
     include = [p.strip() for p in args.include.split(",") if p.strip()]
+    outputs = {"--csv": args.csv, "--png": args.png, "--diff-png": args.diff_png}
+    for option, path in outputs.items():  # before any work
+        if path:
+            check_target(path, (args.model_a, args.model_b), args.overwrite, option)
+    if len({os.path.realpath(p) for p in outputs.values() if p}) < sum(1 for p in outputs.values() if p):
+        raise MergeInputError("--csv", "two of --csv, --png and --diff-png name the same file.",
+                              "give each output its own name.")
     arch, result = analyze_files(args.model_a, args.model_b, method=args.method, include=include,
                                  mismatch="common" if args.common_keys else "error")
     if args.method == "asim":
@@ -155,15 +166,23 @@ def run_analyze(args) -> int:
             print(f"note: {len(result.skipped)} keys skipped (absent from B or other shape), "
                   f"e.g. {result.skipped[0][0]}", file=sys.stderr)
     print(format_table(rows, header))
+    inputs = (args.model_a, args.model_b)
     if args.csv:
-        with open(args.csv, "w", encoding="utf-8") as f:
-            f.write(format_csv(rows, header))
+        write_bytes(args.csv, format_csv(rows, header).encode("utf-8"), inputs, args.overwrite, "--csv")
     if args.png:
-        bar_chart(labels, values, title, "%").save(args.png)
+        write_bytes(args.png, png_bytes(bar_chart(labels, values, title, "%")), inputs, args.overwrite, "--png")
     if args.diff_png and args.method != "asim":
         diffs = result.block_difference()
-        bar_chart(list(diffs), list(diffs.values()), "difference ||B-A|| / ||A|| per block").save(args.diff_png)
+        chart = bar_chart(list(diffs), list(diffs.values()), "difference ||B-A|| / ||A|| per block")
+        write_bytes(args.diff_png, png_bytes(chart), inputs, args.overwrite, "--diff-png")
     return 0
+
+
+def png_bytes(image) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def run_elements(args) -> int:
@@ -190,51 +209,52 @@ def run_elements(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    install_signal_cleanup(then_raise=True)  # SIGTERM/SIGHUP: like Ctrl+C, the output's temporary file goes
+    try:
+        return run_command(args)
+    except KeyboardInterrupt as exc:
+        print(f"error: {args.command}: {exc or 'interrupted'}; no output was written.", file=sys.stderr)
+        return 128 + exc.signum if isinstance(exc, Stopped) else 130
+    except MergeInputError as exc:
+        exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
+        print(f"error: {exc.describe(args.command)}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"error: {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_command(args) -> int:
     if args.command in ("dice", "pinpoint"):
         from .weights_cli import run as run_weights
         return run_weights(args)
-    if args.command in ("analyze", "elements") or args.command.startswith("lora-"):
-        try:
-            if args.command.startswith("lora-"):
-                from .lora_cli import run as run_lora
-                return run_lora(args)
-            return run_analyze(args) if args.command == "analyze" else run_elements(args)
-        except MergeInputError as exc:
-            exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
-            print(f"error: {exc.describe(args.command)}", file=sys.stderr)
-            return 2
-        except (FileNotFoundError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    if args.command == "merge":
-        if len(args.models) not in (2, 3):
-            print("error: give two or three model files (A B [C])", file=sys.stderr)
-            return 2
-        a, b = args.models[:2]
-        c = args.models[2] if len(args.models) == 3 else None
-        start = time.perf_counter()
-        try:
-            plan = merge_files(a, b, c, args.output, mode=args.mode, alpha=args.alpha, beta=args.beta,
-                               blocks_alpha=args.blocks, blocks_beta=args.blocks_beta, dtype=args.dtype,
-                               overwrite=args.overwrite, progress=None if args.quiet else _progress(sys.stderr),
-                               hash_inputs=args.hash_inputs,
-                               calcmode=args.calc, gamma=args.gamma, seed=args.seed,
-                               tensor2_corrected=args.tensor2_corrected, elemental=args.elemental,
-                               elemental_full_key=args.elemental_full_key, adjust=args.adjust,
-                               include_exclude=(f"include: {args.include}" if args.include.strip() else
-                                                f"exclude: {args.exclude}" if args.exclude.strip() else ""))
-        except MergeInputError as exc:
-            exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
-            print(f"error: {exc.describe('merge')}", file=sys.stderr)
-            return 2
-        except (FileExistsError, FileNotFoundError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        if args.report:
-            from .report import applied_report
-            print(applied_report(plan, per_key=args.report == "keys"))
-        if not args.quiet:
-            print(f"wrote {args.output}: {plan.count('merge')} keys merged, {plan.count('keep_a')} kept from A, "
-                  f"{plan.count('from_b')} copied from B ({plan.arch.label}, {time.perf_counter() - start:.1f} s)",
-                  file=sys.stderr)
+    if args.command.startswith("lora-"):
+        from .lora_cli import run as run_lora
+        return run_lora(args)
+    if args.command == "analyze":
+        return run_analyze(args)
+    if args.command == "elements":
+        return run_elements(args)
+    if len(args.models) not in (2, 3):
+        print("error: give two or three model files (A B [C])", file=sys.stderr)
+        return 2
+    a, b = args.models[:2]
+    c = args.models[2] if len(args.models) == 3 else None
+    start = time.perf_counter()
+    plan = merge_files(a, b, c, args.output, mode=args.mode, alpha=args.alpha, beta=args.beta,
+                       blocks_alpha=args.blocks, blocks_beta=args.blocks_beta, dtype=args.dtype,
+                       overwrite=args.overwrite, progress=None if args.quiet else _progress(sys.stderr),
+                       hash_inputs=args.hash_inputs,
+                       calcmode=args.calc, gamma=args.gamma, seed=args.seed,
+                       tensor2_corrected=args.tensor2_corrected, elemental=args.elemental,
+                       elemental_full_key=args.elemental_full_key, adjust=args.adjust,
+                       include_exclude=(f"include: {args.include}" if args.include.strip() else
+                                        f"exclude: {args.exclude}" if args.exclude.strip() else ""))
+    if args.report:
+        from .report import applied_report
+        print(applied_report(plan, per_key=args.report == "keys"))
+    if not args.quiet:
+        print(f"wrote {args.output}: {plan.count('merge')} keys merged, {plan.count('keep_a')} kept from A, "
+              f"{plan.count('from_b')} copied from B ({plan.arch.label}, {time.perf_counter() - start:.1f} s)",
+              file=sys.stderr)
     return 0

@@ -255,13 +255,14 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop):
 class FileSink:
     """Streams into a safetensors file through a temporary name."""
 
-    def __init__(self, path, metadata=None, overwrite: bool = False):
+    def __init__(self, path, metadata=None, overwrite: bool = False, inputs=(), input_name: str = "output"):
         self.path, self.metadata, self.overwrite = path, metadata, overwrite
+        self.inputs, self.input_name = inputs, input_name  # the output may never be one of the inputs
         self.writer = None
 
     def begin(self, layout) -> None:
         from .safetensors_io import SafetensorsWriter
-        self.writer = SafetensorsWriter(self.path, layout, self.metadata, self.overwrite)
+        self.writer = SafetensorsWriter(self.path, layout, self.metadata, self.overwrite, self.inputs, self.input_name)
 
     def put(self, key, tensor) -> None:
         self.writer.write(key, tensor)

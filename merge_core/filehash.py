@@ -13,6 +13,9 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from .errors import MergeInputError
+from .output_file import write_bytes
+
 _LOCK = threading.Lock()
 _MEMORY: dict[str, str] = {}
 
@@ -23,12 +26,16 @@ def _stamp(path: Path) -> str:
 
 
 def _load(cache_file: Optional[Path]) -> dict:
+    """The cache's entries; a missing, unreadable or damaged cache is empty (it is rebuilt on the next write)."""
     if cache_file is None or not cache_file.is_file():
         return {}
     try:
-        return json.loads(cache_file.read_text())
+        data = json.loads(cache_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, str) and len(v) == 64}
 
 
 def file_sha256(path: str | os.PathLike, cache_file: Optional[str | os.PathLike] = None) -> str:
@@ -53,10 +60,7 @@ def file_sha256(path: str | os.PathLike, cache_file: Optional[str | os.PathLike]
             data = _load(cache_path)
             data[stamp] = value
             try:
-                cache_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(data, indent=0))
-                os.replace(tmp, cache_path)
-            except OSError:
+                write_bytes(cache_path, json.dumps(data, indent=0).encode("utf-8"), overwrite=True)
+            except (OSError, MergeInputError):
                 pass  # the cache is an optimisation only
     return value

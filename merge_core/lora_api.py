@@ -1,7 +1,8 @@
 """Library entry points for LoRA files: merge LoRAs, extract one from two checkpoints or from two LoRAs.
 
-Each reads its inputs, runs the lora_files operation, writes the output atomically and returns the
-written path with the LoraResult (its ``report`` lines say what was done). The CLI's lora-* commands
+Each checks its output path first (never one of its inputs, never an existing file unless overwrite), reads
+its inputs, runs the lora_files operation, writes the output atomically and returns the written path with the
+LoraResult (its ``report`` lines say what was done). The CLI's lora-* commands
 are these functions plus option parsing.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Optional
 from .architectures import detect
 from .errors import MergeInputError
 from .lora_blocks import LoraItem, block_values, parse_lora_list, parse_presets
+from .output_file import check_target
 from .lora_files import (LoraFile, LoraResult, common_architecture, extract_from_loras, extract_from_models,
                          extraction_metadata, merge_loras, merged_metadata, read_lora, save_lora)
 from .safetensors_io import SafetensorsReader
@@ -27,8 +29,13 @@ def read_lora_list(text: str, input_name: str = "lora_list") -> list[tuple[LoraI
         if not Path(item.name).is_file():
             raise MergeInputError(input_name, f"LoRA file '{item.name}' does not exist.",
                                   "give a path to a .safetensors LoRA.")
-        loaded.append((item, read_lora(item.name, Path(item.name).stem)))
+        loaded.append((item, read_lora(item.name, Path(item.name).stem, input_name)))
     return loaded
+
+
+def _list_files(*lists: tuple[str, str]) -> list[str]:
+    """The files named by 'file:ratio[:blocks]' lists, for the output check before any work."""
+    return [item.name for text, name in lists for item in parse_lora_list(text, name)]
 
 
 def _merged_metadata(items, lbw_presets: str, mode: str, output: PathLike, save_dtype: str, dims) -> dict[str, str]:
@@ -47,10 +54,12 @@ def merge_lora_files(loras: str, output: PathLike, *, method: str = "exact", ran
     method "exact": SVD of the ratio-weighted sum to ``rank`` (0: the largest input rank); "naive": kohya's
     factor-wise sum (equal ranks; ratio squared with kohya_strength). lbw_presets: extra 'NAME:values' lines.
     """
+    inputs = _list_files((loras, "lora_list"))
+    check_target(output, inputs, overwrite, "filename")
     items = read_lora_list(loras)
     result = merge_loras(items, method, rank, svd, clamp_quantile, not kohya_strength, lbw_presets)
     meta = _merged_metadata(items, lbw_presets, metadata, output, save_dtype, result.dims)
-    return save_lora(result, output, meta, save_dtype, overwrite=overwrite), result
+    return save_lora(result, output, meta, save_dtype, overwrite=overwrite, inputs=inputs), result
 
 
 def extract_lora_from_loras(lora_1: str, lora_2: str, output: PathLike, *, alpha: float = 1.0, beta: float = 1.0,
@@ -58,12 +67,14 @@ def extract_lora_from_loras(lora_1: str, lora_2: str, output: PathLike, *, alpha
                             overwrite: bool = False) -> tuple[Path, LoraResult]:
     """SuperMerger's extract between two LoRAs, each given as 'file:ratio[:blocks]': alpha 0 leans to
     LoRA 1, 1 to LoRA 2; beta 1 keeps dissimilar features; gamma sharpens the similarity."""
+    inputs = _list_files((lora_1, "lora_1"), (lora_2, "lora_2"))
+    check_target(output, inputs, overwrite, "filename")
     items = read_lora_list(lora_1, "lora_1") + read_lora_list(lora_2, "lora_2")
     if len(items) != 2:
         raise MergeInputError("lora_1", "A and B must name one LoRA each.", "give 'file:ratio' twice.")
     result = extract_from_loras(items[0], items[1], alpha, beta, gamma, True, lbw_presets)
     meta = _merged_metadata(items, lbw_presets, "create new", output, save_dtype, result.dims)
-    return save_lora(result, output, meta, save_dtype, overwrite=overwrite), result
+    return save_lora(result, output, meta, save_dtype, overwrite=overwrite, inputs=inputs), result
 
 
 def extract_lora_files(tuned: PathLike, original: PathLike, output: PathLike, *, alpha: float = 1.0,
@@ -72,7 +83,9 @@ def extract_lora_files(tuned: PathLike, original: PathLike, output: PathLike, *,
                        overwrite: bool = False) -> tuple[Path, LoraResult]:
     """A LoRA of alpha*tuned - beta*original from two checkpoint files, reading one tensor pair at a time:
     linear and 1x1 layers to ``rank``, 3x3 convolutions to ``conv_rank`` (0: skipped)."""
-    with SafetensorsReader(tuned) as ra, SafetensorsReader(original) as rb:
+    inputs = [tuned, original]
+    check_target(output, inputs, overwrite, "filename")
+    with SafetensorsReader(tuned, "model_a") as ra, SafetensorsReader(original, "model_b") as rb:
         sa, sb = ra.shapes(), rb.shapes()
         shapes = {k: s for k, s in sa.items() if sb.get(k) == s}
         arch, arch_b = detect(sa), detect(sb)
@@ -83,4 +96,4 @@ def extract_lora_files(tuned: PathLike, original: PathLike, output: PathLike, *,
                                      clamp_quantile, te_min_diff)
     meta = extraction_metadata(arch, rank, conv_rank, Path(output).stem)
     meta["ss_output_name"] = Path(output).stem
-    return save_lora(result, output, meta, save_dtype, overwrite=overwrite), result
+    return save_lora(result, output, meta, save_dtype, overwrite=overwrite, inputs=inputs), result

@@ -21,6 +21,7 @@ from .errors import MergeInputError, require_finite, require_ratio
 from .lora_blocks import LoraItem, blocks26_text, block_values, parse_presets
 from .lora_keys import lora_architecture, module_block, te_modules, unet_module
 from .lora_math import LoraModule, decompose, exact_merge, extract_two, naive_merge, scaled_factors
+from .output_file import check_target, disk_error
 from .safetensors_io import SafetensorsReader, SafetensorsWriter
 from .threads import MERGE_THREADS, torch_threads
 
@@ -51,12 +52,12 @@ def _split(key: str) -> tuple[str, str]:
     return (key.split(".")[0] if key.startswith("lora_") else key.rsplit(".", 1)[0]), "other"
 
 
-def read_lora(path: str | os.PathLike, name: Optional[str] = None) -> LoraFile:
+def read_lora(path: str | os.PathLike, name: Optional[str] = None, input_name: str = "lora_list") -> LoraFile:
     """Modules of a LoRA file; LyCORIS and other module types are listed, not loaded."""
     name = name or Path(path).stem
     parts: dict[str, dict[str, torch.Tensor]] = {}
     unsupported: dict[str, str] = {}
-    with SafetensorsReader(path) as reader:
+    with SafetensorsReader(path, input_name) as reader:
         for key in reader.keys():
             module, kind = _split(key)
             if kind == "other":
@@ -352,9 +353,10 @@ def merged_metadata(inputs: list[tuple[LoraItem, LoraFile, dict[str, float]]], m
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
 
-def _write(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], overwrite: bool) -> Path:
+def _write(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], overwrite: bool,
+           inputs=(), input_name: str = "filename") -> Path:
     writer = SafetensorsWriter(path, [(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()], metadata,
-                               overwrite=overwrite)
+                               overwrite, inputs, input_name)
     try:
         for k, t in tensors.items():
             writer.write(k, t)
@@ -377,30 +379,36 @@ def network_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, s
 
 
 def save_lora(result: LoraResult, path: str | os.PathLike, metadata: Mapping[str, str], save_dtype: str = "fp16",
-              overwrite: bool = False, hashes: bool = True) -> Path:
-    """Atomic write (temporary file, then rename); refuses to replace a file unless ``overwrite``."""
+              overwrite: bool = False, hashes: bool = True, inputs=(), input_name: str = "filename") -> Path:
+    """Written through output_file.OutputFile: complete or absent, never onto one of ``inputs``, an existing
+    file replaced only with ``overwrite``."""
     if save_dtype not in SAVE_DTYPES:
         raise MergeInputError("save_dtype", f"'{save_dtype}' is not a save precision.", "use fp16, bf16 or fp32.")
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise MergeInputError("filename", f"'{path}' already exists.", "choose another name (or allow overwriting).")
+    check_target(path, inputs, overwrite, input_name)
     dtype = SAVE_DTYPES[save_dtype]
     tensors = {k: (t.float() if k.endswith(".alpha") else t.to(dtype)).contiguous() for k, t in result.tensors.items()}
     meta = dict(metadata)
     meta["ss_mixed_precision"] = save_dtype
     if hashes:
         meta.update(network_hashes(tensors, meta))
-    return _write(path, tensors, meta, overwrite)
+    return _write(path, tensors, meta, overwrite, inputs, input_name)
 
 
-def next_free_path(folder: str | os.PathLike, prefix: str) -> Path:
-    """``<folder>/<prefix>_00001_.safetensors``, the first counter not taken (ComfyUI's save naming)."""
+def next_free_path(folder: str | os.PathLike, prefix: str, create: bool = True) -> Path:
+    """``<folder>/<prefix>_00001_.safetensors``, the first counter not taken (ComfyUI's save naming).
+    The prefix is checked before any folder is created (create=False: none is)."""
     folder = Path(folder)
     base = folder / prefix
-    base.parent.mkdir(parents=True, exist_ok=True)
-    if os.path.commonpath([os.path.abspath(base.parent), os.path.abspath(folder)]) != os.path.abspath(folder):
+    inside = os.path.abspath(folder)
+    if os.path.isabs(prefix) or os.path.commonpath([os.path.abspath(base.parent), inside]) != inside:
         raise MergeInputError("filename_prefix", f"'{prefix}' leaves the LoRA folder.",
                               "use a plain name or a sub-folder such as merged/my_lora.")
+    if create:
+        try:
+            base.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, base.parent, "filename_prefix") from None
     counter = 1
     while (path := base.parent / f"{base.name}_{counter:05d}_.safetensors").exists():
         counter += 1

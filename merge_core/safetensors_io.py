@@ -5,20 +5,24 @@ The format is an 8-byte little-endian header length, a JSON header
 tensor bytes. Reading one tensor with a positioned read (no mmap) keeps a
 file's pages out of the process's resident memory; writing the header first
 and then each tensor as it is produced means no merged state dict ever exists
-in RAM. The writer goes to a temporary file renamed into place at the end, so
-an interrupted merge leaves no partial output.
+in RAM. The header is checked in full at open (a damaged file is a one-line
+error naming it, not a traceback later). The writer goes through
+output_file.OutputFile: complete file or none, never onto an input.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 import torch
+
+from .errors import MergeInputError
+from .output_file import OutputFile
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -27,6 +31,7 @@ DTYPES = {
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+MAX_HEADER = 100 * 1024 * 1024  # the safetensors reference refuses larger headers too
 
 
 @dataclass(frozen=True)
@@ -42,30 +47,78 @@ class TensorInfo:
 
 
 class SafetensorsReader:
-    """Lazy access to one file: headers at open, tensors one at a time."""
+    """Lazy access to one file: headers at open, tensors one at a time.
 
-    def __init__(self, path: str | os.PathLike):
+    input_name: the input or option that named the file, for the error of a damaged file.
+    """
+
+    def __init__(self, path: str | os.PathLike, input_name: str = "file"):
         self.path = Path(path)
-        self._fd = os.open(self.path, os.O_RDONLY)
         try:
-            head = os.pread(self._fd, 8, 0)
-            if len(head) != 8:
-                raise ValueError("file is shorter than a safetensors header")
-            (n,) = struct.unpack("<Q", head)
-            size = os.fstat(self._fd).st_size
-            if n > size - 8:
-                raise ValueError("header length is larger than the file")
-            header = json.loads(os.pread(self._fd, n, 8))
-        except Exception as exc:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise MergeInputError(input_name, f"'{self.path}' does not exist.", "check the path.") from None
+        except OSError as exc:
+            raise MergeInputError(input_name, f"cannot open '{self.path}': {exc.strerror or exc}.",
+                                  "check the path and its permissions.") from None
+        try:
+            header, base = self._header()
+            self.metadata, self.tensors = self._entries(header, base, os.fstat(self._fd).st_size)
+        except (ValueError, OSError) as exc:
             os.close(self._fd)
-            raise ValueError(f"'{self.path}' is not a readable safetensors file ({exc})") from None
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        base = 8 + n
-        self.tensors: dict[str, TensorInfo] = {}
+            self._fd = -1
+            problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise MergeInputError(input_name, f"'{self.path}' is not a readable safetensors file: {problem}.",
+                                  "the file is damaged or truncated (an unfinished download?); download or save "
+                                  "it again.") from None
+
+    def _header(self) -> tuple[dict, int]:
+        head = os.pread(self._fd, 8, 0)
+        if len(head) != 8:
+            raise ValueError("it is shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", head)
+        size = os.fstat(self._fd).st_size
+        if n > MAX_HEADER:
+            raise ValueError(f"the header length {n} is absurd (over {MAX_HEADER // 2**20} MB)")
+        if n > size - 8:
+            raise ValueError(f"the header length {n} runs past the end of the file ({size} bytes)")
+        raw = os.pread(self._fd, n, 8)
+        try:
+            header = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"the header is not valid JSON ({exc})") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
+        return header, 8 + n
+
+    def _entries(self, header: dict, base: int, size: int):
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("__metadata__ is not a JSON object")
+        tensors: dict[str, TensorInfo] = {}
         for key, info in header.items():
-            begin, end = info["data_offsets"]
-            self.tensors[key] = TensorInfo(DTYPES[info["dtype"]], tuple(info["shape"]),
-                                           base + begin, base + end)
+            where = f"tensor '{key}'"
+            if not isinstance(info, dict):
+                raise ValueError(f"{where}: its entry is not a JSON object")
+            dtype = DTYPES.get(info.get("dtype"))
+            if dtype is None:
+                raise ValueError(f"{where}: unknown dtype {info.get('dtype')!r}")
+            shape, offsets = info.get("shape"), info.get("data_offsets")
+            if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+                raise ValueError(f"{where}: bad shape {shape!r}")
+            if (not isinstance(offsets, list) or len(offsets) != 2
+                    or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+                raise ValueError(f"{where}: bad data_offsets {offsets!r}")
+            begin, end = base + offsets[0], base + offsets[1]
+            if end > size:
+                raise ValueError(f"{where}: its data ends at byte {end}, past the end of the file ({size} bytes; "
+                                 "truncated?)")
+            expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            if end - begin != expected:
+                raise ValueError(f"{where}: {end - begin} bytes of data for shape {shape} in {info['dtype']} "
+                                 f"({expected} expected)")
+            tensors[key] = TensorInfo(dtype, tuple(shape), begin, end)
+        return {str(k): str(v) for k, v in metadata.items()}, tensors
 
     def keys(self) -> list[str]:
         return list(self.tensors)
@@ -117,13 +170,15 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
 
 
 class SafetensorsWriter:
-    """Writes tensors in a declared order; the header is written before any data."""
+    """Writes tensors in a declared order; the header is written before any data.
+
+    inputs: the files being read (the output may never be one of them); input_name: the option
+    or node input that named the path, for errors.
+    """
 
     def __init__(self, path: str | os.PathLike, layout: Iterable[tuple[str, torch.dtype, tuple[int, ...]]],
-                 metadata: Optional[Mapping[str, str]] = None, overwrite: bool = False):
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"'{self.path}' exists; choose another name or allow overwriting")
+                 metadata: Optional[Mapping[str, str]] = None, overwrite: bool = False,
+                 inputs: Iterable = (), input_name: str = "output"):
         self.order: list[str] = []
         self.sizes: dict[str, int] = {}
         header: dict[str, object] = {}
@@ -139,11 +194,13 @@ class SafetensorsWriter:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
         blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
         blob += b" " * (-len(blob) % 8)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
-        self._tmp = Path(tmp)
-        self._file = os.fdopen(fd, "wb", buffering=0)
-        self._file.write(struct.pack("<Q", len(blob)) + blob)
+        self._out = OutputFile(path, inputs, overwrite, input_name).__enter__()
+        self.path = self._out.path
+        try:
+            self._out.write(struct.pack("<Q", len(blob)) + blob)
+        except BaseException:
+            self._out.discard()
+            raise
         self._next = 0
 
     def _expect(self, key: str, nbytes: int) -> None:
@@ -157,27 +214,20 @@ class SafetensorsWriter:
     def write(self, key: str, tensor: torch.Tensor) -> None:
         data = _tensor_bytes(tensor)
         self._expect(key, data.nbytes)
-        self._write_all(data)
+        self._out.write(data)
 
     def write_raw(self, key: str, data: bytes | bytearray | memoryview) -> None:
         data = memoryview(data)
         self._expect(key, data.nbytes)
-        self._write_all(data)
-
-    def _write_all(self, data: memoryview) -> None:
-        done = 0
-        while done < data.nbytes:
-            done += self._file.write(data[done:])
+        self._out.write(data)
 
     def commit(self) -> Path:
+        """Make the file appear (fsynced, never over a file that appeared meanwhile); on failure nothing is left."""
         if self._next != len(self.order):
+            self._out.discard()
             raise RuntimeError(f"only {self._next} of {len(self.order)} tensors were written")
-        self._file.close()
-        os.replace(self._tmp, self.path)
+        self._out.__exit__(None, None, None)
         return self.path
 
     def abort(self) -> None:
-        try:
-            self._file.close()
-        finally:
-            self._tmp.unlink(missing_ok=True)
+        self._out.discard()

@@ -30,8 +30,8 @@ class KeySource(Protocol):
 class FileSource:
     """A safetensors file, opened lazily."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.reader = SafetensorsReader(path)
+    def __init__(self, path: str | os.PathLike, input_name: str = "file"):
+        self.reader = SafetensorsReader(path, input_name)
         self.name = os.path.basename(str(path))
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -73,10 +73,10 @@ class DictSource:
         pass
 
 
-def open_source(path_or_dict, name: str = "model") -> KeySource:
+def open_source(path_or_dict, name: str = "model", input_name: str = "file") -> KeySource:
     if isinstance(path_or_dict, Mapping):
         return DictSource(path_or_dict, name)
     path = str(path_or_dict)
     if not path.endswith(".safetensors"):
         raise ValueError(f"'{path}': only .safetensors files are read (pickled .ckpt files can run code)")
-    return FileSource(path)
+    return FileSource(path, input_name)

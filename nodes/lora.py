@@ -20,6 +20,7 @@ from ..merge_core.lora_files import (METADATA_MODES, SAVE_DTYPES, LoraResult, ex
                                      extract_from_models, extraction_metadata, merge_loras, merged_metadata,
                                      next_free_path, read_lora, save_lora)
 from ..merge_core.lora_math import SVD_METHODS
+from ..merge_core.safetensors_io import SafetensorsReader
 from .comfy_models import architecture_of, base_layout, effective_weight, key_patches, shapes_of
 from .errors import named_errors
 from .validation import settings_problems
@@ -70,7 +71,7 @@ def _save(result: LoraResult, prefix: str, metadata: dict, save_dtype: str) -> s
     path = next_free_path(folder, prefix.strip() or "merge_suite/lora")
     metadata = dict(metadata)
     metadata.setdefault("ss_output_name", path.stem)
-    save_lora(result, path, metadata, save_dtype)
+    save_lora(result, path, metadata, save_dtype, input_name="filename_prefix")
     return str(path.relative_to(folder)).replace("\\", "/")
 
 
@@ -156,6 +157,8 @@ def apply_lora(model, clip, name: str, path: str, s_model: float, s_clip: float,
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     if clip is not None:
         key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+    if path.endswith(".safetensors"):  # a damaged file: a one-line error naming it, not ComfyUI's traceback
+        SafetensorsReader(path, input_name).close()
     sd = comfy.lora_convert.convert_lora(comfy.utils.load_torch_file(path, safe_load=True))
     from ..merge_core.lora_keys import lora_architecture
     kind = lora_architecture({k.split(".")[0] for k in sd})
@@ -313,7 +316,7 @@ class LoraExtract(io.ComfyNode):
 
 def _read_items(text: str, input_name: str) -> list:
     items = parse_lora_list(text, input_name)
-    return [(item, read_lora(lora_path(item.name, input_name), item.name)) for item in items]
+    return [(item, read_lora(lora_path(item.name, input_name), item.name, input_name)) for item in items]
 
 
 class LoraMerge(io.ComfyNode):
@@ -377,7 +380,7 @@ def _save_with_inputs(result, items, mode, prefix, save_dtype, lbw_presets) -> s
     inputs = [(item, lora, block_values(item.blocks, item.ratio, arch, presets, "lora_list", item.name))
               for item, lora in items]
     folder = folder_paths.get_folder_paths("loras")[0]
-    name = next_free_path(folder, prefix.strip() or "merge_suite/merged").stem
+    name = next_free_path(folder, prefix.strip() or "merge_suite/merged", create=False).stem
     meta = merged_metadata(inputs, mode, name, save_dtype, result.dims)
     return _save(result, prefix, meta, save_dtype)
 

@@ -104,7 +104,7 @@ class LoadRecipe(io.ComfyNode):
             if path is None:
                 raise MergeInputError("ckpt_name", f"'{ckpt_name}' is not in the checkpoints folder.",
                                       "choose a file from the list.")
-            with SafetensorsReader(path) as reader:
+            with SafetensorsReader(path, "ckpt_name") as reader:
                 trees = core.parse_file_recipe(reader.metadata, "ckpt_name", ckpt_name)
             cache: dict = {}
             model = replay(trees["model"], "model", cache)

@@ -8,7 +8,8 @@ freed. Key names come from ComfyUI's own model-config functions
 (process_*_state_dict_for_saving), run first on shape-only "meta" tensors to
 lay out the header: most keys map one to one, and the few that are built from
 several (SD2/SDXL text-encoder q/k/v -> in_proj) are produced one layer group
-at a time. The file is written to a temporary name and renamed at the end.
+at a time. The file goes through merge_core.output_file (temporary name, fsync,
+no-clobber rename, removed on failure or SIGTERM/SIGHUP).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from comfy_api.latest import io
 from ..merge_core import recipe as core_recipe
 from ..merge_core.errors import MergeInputError
 from ..merge_core.filehash import file_sha256
+from ..merge_core.output_file import install_signal_cleanup, remove_stale_parts
 from ..merge_core.safetensors_io import SafetensorsWriter
 from .comfy_models import UNET_PREFIX, effective_weight
 from .errors import named_errors
@@ -194,7 +196,7 @@ def save_streaming(path: Path, parts: list[Part], extra: dict[str, torch.Tensor]
     layout = [(k, d, s) for part in parts for k, d, s in part.layout() if kept(k)]
     layout += [(k, t.dtype, tuple(t.shape)) for k, t in extra.items()]
     total = len(layout)
-    writer = SafetensorsWriter(path, layout, metadata)
+    writer = SafetensorsWriter(path, layout, metadata, input_name="filename_prefix")
     try:
         done = 0
         for part in parts:
@@ -221,6 +223,7 @@ def output_path(filename_prefix: str) -> Path:
     if not prefix:
         raise MergeInputError("filename_prefix", "is empty.", "give a name such as 'merge_suite/my_merge'.")
     target = os.path.abspath(os.path.join(root, os.path.normpath(prefix)))
+    # checked before any folder is made; symlinks an admin put inside the folder are followed on purpose
     if os.path.isabs(prefix) or os.path.commonpath((os.path.abspath(root), target)) != os.path.abspath(root):
         raise MergeInputError("filename_prefix", f"'{prefix}' points outside the checkpoints folder {root}.",
                               "use a relative name without '..', e.g. 'merge_suite/my_merge'.")
@@ -234,6 +237,17 @@ def output_path(filename_prefix: str) -> Path:
         if not candidate.exists():
             return candidate
         counter += 1
+
+
+def startup_cleanup() -> None:
+    """At pack load: remove partial files that killed processes left in the folders we save to, and
+    make SIGTERM/SIGHUP remove the ones being written (then the signal acts as before)."""
+    import folder_paths
+    install_signal_cleanup()
+    for kind in ("checkpoints", "loras"):
+        for folder in folder_paths.get_folder_paths(kind)[:1]:
+            for path in remove_stale_parts(folder, depth=3):
+                logging.info("merge_suite: removed a partial file left by a stopped save: %s", path)
 
 
 class SaveCheckpoint(io.ComfyNode):

@@ -163,7 +163,7 @@ def test_merge_files_refuses_to_overwrite_and_leaves_nothing_on_error(tmp_path, 
     save_file(b, tmp_path / "b.safetensors")
     out = tmp_path / "out.safetensors"
     out.write_bytes(b"keep me")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(MergeInputError, match="already exists"):
         merge_files(str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), None, str(out))
     assert out.read_bytes() == b"keep me"
     with pytest.raises(MergeInputError):

@@ -1,0 +1,137 @@
+"""merge_core.output_file and the file-safety rules around it: inputs, no-clobber, partial files, damaged files."""
+import json
+import os
+import shutil
+import stat
+import time
+
+import pytest
+import torch
+
+from merge_core import filehash, native
+from merge_core.errors import MergeInputError
+from merge_core.filehash import file_sha256
+from merge_core.lora_files import next_free_path
+from merge_core.output_file import PART_RE, OutputFile, remove_stale_parts, write_bytes
+from merge_core.safetensors_io import SafetensorsReader, SafetensorsWriter
+
+HAS_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
+
+
+def test_sink_refuses_inputs_by_real_path_and_inode(tmp_path):
+    a = tmp_path / "a.bin"
+    a.write_bytes(b"input")
+    (tmp_path / "link").symlink_to(a)
+    os.link(a, tmp_path / "hard")
+    for target in (tmp_path / "sub" / ".." / "a.bin", tmp_path / "link", tmp_path / "hard"):
+        with pytest.raises(MergeInputError, match="input file"):
+            write_bytes(target, b"x", inputs=[a], overwrite=True)
+    assert a.read_bytes() == b"input" and not (tmp_path / "sub").exists()
+
+
+def test_commit_never_clobbers_a_file_that_appeared(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(MergeInputError, match="appeared while"):
+        with OutputFile(target) as out:
+            out.write(b"merged")
+            target.write_bytes(b"someone else's")
+    assert target.read_bytes() == b"someone else's"
+    assert sorted(os.listdir(tmp_path)) == ["out.bin"]
+
+
+def test_ordinary_permissions_and_cleanup_on_error(tmp_path):
+    path = write_bytes(tmp_path / "new" / "f.bin", b"data")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    with pytest.raises(RuntimeError):
+        with OutputFile(tmp_path / "deep" / "er" / "g.bin") as out:
+            out.write(b"half")
+            raise RuntimeError("boom")
+    assert sorted(os.listdir(tmp_path)) == ["new"], "temporary file and the folders made for it are gone"
+
+
+def test_writer_commit_failure_leaves_nothing(tmp_path):
+    writer = SafetensorsWriter(tmp_path / "m.safetensors", [("k", torch.float32, (2,))])
+    with pytest.raises(RuntimeError, match="only 0 of 1"):
+        writer.commit()
+    assert os.listdir(tmp_path) == []
+
+
+def test_stale_parts_only_ours_and_only_stale(tmp_path):
+    old = time.time() - 3600
+    dead = tmp_path / ".x.safetensors.merge-suite-999999999-0123abcd.part"
+    idle_live = tmp_path / f".y.safetensors.merge-suite-{os.getppid()}-0123abcd.part"
+    fresh_live = tmp_path / f".z.safetensors.merge-suite-{os.getppid()}-89abcdef.part"
+    fresh_dead = tmp_path / ".w.safetensors.merge-suite-999999998-89abcdef.part"
+    foreign = tmp_path / ".x.safetensors.abc123.part"
+    for p in (dead, idle_live, fresh_live, fresh_dead, foreign):
+        p.write_bytes(b"")
+    for p in (dead, idle_live, foreign):
+        os.utime(p, (old, old))
+    assert PART_RE.match(dead.name) and not PART_RE.match(foreign.name)
+    removed = remove_stale_parts(tmp_path)
+    assert sorted(removed) == sorted([dead, idle_live])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (fresh_live, fresh_dead, foreign))
+
+
+def test_lora_prefix_is_checked_before_folders_are_made(tmp_path):
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    for prefix in ("../outside/x", "/abs/x", "a/../../b/x"):
+        with pytest.raises(MergeInputError, match="leaves the LoRA folder"):
+            next_free_path(loras, prefix)
+    assert sorted(os.listdir(tmp_path)) == ["loras"] and not os.listdir(loras)
+
+
+@pytest.mark.parametrize("blob,words", [
+    (b"\x10\x00\x00\x00\x00\x00\x00\x00[1,2]           ", "not an object"),
+    (b"\x08\x00\x00\x00\x00\x00\x00\x00{\"k\": 3}", "not a JSON object"),
+    (b"\x00\x00\x00\x00\x00\x01\x00\x00" + b" " * 32, "absurd"),
+])
+def test_damaged_headers_are_one_line_errors(tmp_path, blob, words):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(blob)
+    with pytest.raises(MergeInputError, match=words) as info:
+        SafetensorsReader(path, "model_b")
+    assert info.value.input_name == "model_b" and "bad.safetensors" in str(info.value)
+
+
+def test_damaged_hash_cache_is_rebuilt(tmp_path):
+    data = tmp_path / "m.bin"
+    data.write_bytes(b"model")
+    cache = tmp_path / "cache.json"
+    for junk in ("[1, 2]", "{not json", '{"x": 5}', "null"):
+        cache.write_text(junk)
+        filehash._MEMORY.clear()
+        digest = file_sha256(data, cache)
+        assert len(digest) == 64
+        assert digest in json.loads(cache.read_text()).values()
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+def test_native_cache_refuses_a_shared_folder_and_unverified_library(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    folder = native._cache_dir()
+    folder.mkdir(parents=True)
+    lib = native.library()
+    assert lib is not None
+    assert stat.S_IMODE(folder.stat().st_mode) & 0o077 == 0, "the cache folder is private"
+    built = sorted(folder.glob("median3-*.so"))
+    assert len(built) == 1
+    planted = built[0].read_bytes()
+    swap = folder / "swap"
+    swap.write_bytes(b"\x7fELF not the library we built")
+    os.replace(swap, built[0])  # swapped behind our back (a new file: the loaded one stays mapped): hash differs
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    assert native.library() is not None and built[0].read_bytes() == planted, "rebuilt, not loaded"
+    folder.chmod(0o777)  # anyone may write here: nothing is loaded from it
+    before = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    lib = native.library()
+    assert lib is not None and str(folder) not in lib._name
+    assert built[0].stat().st_mtime_ns == before
