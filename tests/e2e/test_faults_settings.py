@@ -23,7 +23,6 @@ sys.path.insert(0, str(REPO / "demo"))
 sys.path.insert(0, str(REPO / "tests" / "unit"))
 from server import ComfyServer  # noqa: E402
 from test_merge_api import small_model  # noqa: E402
-from conftest import load_keyset  # noqa: E402
 
 NAN = float("nan")
 BLOCKS26_NAN = ",".join(["0.5"] * 25 + ["nan"])
@@ -101,9 +100,9 @@ def write_lora(path: Path, seed: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, sd1_keys):
     folder = tmp_path_factory.mktemp("fault_inputs")
-    keys = load_keyset("sd1")
+    keys = sd1_keys
     for i in range(2):
         save_file(small_model(keys, i, torch.float32), str(folder / f"m{i}.safetensors"))
     write_lora(folder / "lora_a.safetensors", 1)
