@@ -14,7 +14,8 @@ from typing import Callable, Mapping, Optional, Protocol
 import torch
 
 from .adjust import apply_adjust
-from .calcmodes import KeyContext, cosine_similarities, cosine_stats
+from .architectures import fused_tensor_of
+from .calcmodes import KeyContext, column_sums, cosine_stats, similarities_from_sums
 from .plan import FROM_B, MERGE, KeyPlan, MergePlan, MergeSettings
 from .sources import KeySource
 
@@ -160,26 +161,36 @@ def calc_tensor(kp: KeyPlan, settings: MergeSettings, a, b, c, out_dtype, stats=
 
 
 def cosine_statistics(plan: MergePlan, fetch: Callable[[str], tuple[torch.Tensor, torch.Tensor]],
-                      progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None):
+                      progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None,
+                      also: tuple = ()):
     """Stage 0 of cosineA/B: similarity statistics over every merged key, streamed.
 
-    ``fetch(key)`` returns A's and B's tensors of one key. Kept: the similarity
-    values (one per column of each key, far smaller than the weights), which give
-    (s_min, s_max), and each key's combined similarity, which stage 1 reuses.
+    ``fetch(key)`` returns A's and B's tensors of one key. Kept: per-column sums (far
+    smaller than the weights) per checkpoint tensor, a tensor that ComfyUI splits into
+    parts being summed over its parts (fused_tensor_of), which give (s_min, s_max) and
+    each key's combined similarity, which stage 1 reuses. ``also``: more (plan, fetch)
+    pairs sharing the statistics, as a checkpoint's U-Net and text encoder do in SuperMerger.
     """
     variant = plan.settings.calc.name
-    merged = plan.merged()
-    values, combined = [], {}
-    for i, kp in enumerate(merged):
+    jobs = [(kp, f) for p, f in ((plan, fetch), *also) for kp in p.merged()]
+    sums, members = {}, {}
+    for i, (kp, fetch_key) in enumerate(jobs):
         if should_stop is not None and should_stop():
             raise MergeCancelled("merge cancelled")
-        a, b = fetch(kp.key)
+        a, b = fetch_key(kp.key)
         if kp.input_channels is not None:
             a = a[:, :kp.input_channels]
-        stage0, combined[kp.key] = cosine_similarities(a, b, variant)
-        values.append(stage0.detach().reshape(-1).to(torch.float64))
+        whole = fused_tensor_of(kp.key)
+        part = column_sums(a, b)
+        sums[whole] = part if whole not in sums else tuple(x + y for x, y in zip(sums[whole], part))
+        members.setdefault(whole, []).append(kp.key)
         if progress is not None:
-            progress(i + 1, len(merged))
+            progress(i + 1, len(jobs))
+    values, combined = [], {}
+    for whole, total in sums.items():
+        stage0, similarity = similarities_from_sums(*total, variant)
+        values.append(stage0.detach().reshape(-1).to(torch.float64))
+        combined.update((key, similarity) for key in members[whole])
     return cosine_stats(torch.cat(values) if values else torch.empty(0, dtype=torch.float64)), combined
 
 

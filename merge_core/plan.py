@@ -18,12 +18,24 @@ from .selection import Selection
 from .errors import MergeInputError
 from .methods import MergeMode
 
-# Keys without "weight" or "bias" are never merged (spec §1, quirk 4, kept). The
-# HF-named text projection of ComfyUI's CLIP-G is SGM's bare `text_projection`,
-# which SuperMerger leaves alone, so it is listed for parity; fp8 scale keys are
-# quantisation bookkeeping, not weights.
-NEVER_MERGED_SUFFIXES = ("position_ids", "logit_scale", "text_projection.weight",
-                         "text_projection", "scale_weight", "scale_input")
+# The one list of keys that are never merged, in both namings (spec §1, quirk 4, kept).
+# SuperMerger's rule is on checkpoint names: a key without "weight" or "bias" keeps A.
+# ComfyUI renames some of those OpenCLIP tensors (SD2's CLIP-H, SDXL's CLIP-G) with a
+# ".weight", so the rule alone would merge them in the nodes and keep them in the CLI:
+# each entry pairs SuperMerger's name with ComfyUI's, relative to the encoder's prefix.
+NEVER_MERGED_OPENCLIP = (
+    # (checkpoint name after OPENCLIP_PREFIXES, ComfyUI name after COMFY_OPENCLIP_PREFIXES)
+    ("positional_embedding", "transformer.text_model.embeddings.position_embedding.weight"),
+    ("text_projection", "transformer.text_projection.weight"),  # ComfyUI stores it transposed
+    ("logit_scale", "logit_scale"),
+)
+OPENCLIP_PREFIXES = ("cond_stage_model.model.", "conditioner.embedders.0.model.", "conditioner.embedders.1.model.")
+COMFY_OPENCLIP_PREFIXES = ("clip_h.", "clip_g.")
+# ComfyUI-only keys with no checkpoint counterpart (its CLIP-L projection, dropped on save),
+# and fp8 scale keys (quantisation bookkeeping, not weights).
+NEVER_MERGED_COMFY_ONLY = ("clip_l.transformer.text_projection.weight",)
+NEVER_MERGED_SUFFIXES = ("scale_weight", "scale_input")
+_COMFY_NEVER = frozenset(comfy for _, comfy in NEVER_MERGED_OPENCLIP)
 
 MERGE, KEEP_A, FROM_B = "merge", "keep_a", "from_b"
 
@@ -109,7 +121,12 @@ def _is_vae(key: str) -> bool:
 
 
 def is_mergeable_name(key: str) -> bool:
-    return ("weight" in key or "bias" in key) and not key.endswith(NEVER_MERGED_SUFFIXES)
+    """False for the never-merged keys above, in checkpoint or ComfyUI naming."""
+    if not ("weight" in key or "bias" in key) or key.endswith(NEVER_MERGED_SUFFIXES):
+        return False
+    if key in NEVER_MERGED_COMFY_ONLY:
+        return False
+    return not any(key.startswith(p) and key[len(p):] in _COMFY_NEVER for p in COMFY_OPENCLIP_PREFIXES)
 
 
 def _shape_rule(key: str, sa: Sequence[int], sb: Sequence[int], other: str) -> Optional[int]:
