@@ -148,8 +148,17 @@ def train_difference(a: Tensor, b: Tensor, c: Tensor, ctx: KeyContext) -> Option
 
 
 def smooth_delta(b: Tensor, c: Tensor) -> Tensor:
-    """gaussian(median(B - C, 3 in every axis), sigma 1), SciPy's "reflect" boundaries."""
-    return smooth(b - c)
+    """gaussian(median(B - C, 3 in every axis), sigma 1), SciPy's "reflect" boundaries.
+
+    A NaN/inf in B - C stays where it is (A + alpha * NaN is NaN there, as the formula
+    says) and is not spread over its filter neighbourhood: the filters see 0 in its place.
+    """
+    delta = b - c
+    bad = ~torch.isfinite(delta)
+    if not bool(bad.any()):
+        return smooth(delta)
+    out = smooth(torch.where(bad, torch.zeros((), dtype=delta.dtype), delta))
+    return torch.where(bad, delta, out)
 
 
 def smooth_add(a: Tensor, b: Tensor, c: Tensor, ctx: KeyContext) -> Tensor:

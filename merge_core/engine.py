@@ -16,6 +16,7 @@ import torch
 from .adjust import apply_adjust
 from .architectures import fused_tensor_of
 from .calcmodes import KeyContext, column_sums, cosine_stats, similarities_from_sums
+from .nonfinite import record as record_nonfinite
 from .plan import FROM_B, MERGE, KeyPlan, MergePlan, MergeSettings
 from .sources import KeySource
 
@@ -232,6 +233,7 @@ def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
                 pending = pool.submit(load, plan.keys[i + 1]) if i + 1 < total else None
                 if kp.action == MERGE:
                     a, b, c = loaded
+                    record_nonfinite(plan.nonfinite, kp.key, {"A": a, "B": b, "C": c})
                     if settings.calc is None:
                         result = merge_tensor(kp, mode.fn, a, b, c, dtypes[kp.key])
                     else:

@@ -7,7 +7,7 @@ applied-ratio report.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from .architectures import Architecture
 from .block_weights import BlockWeights
@@ -38,6 +38,7 @@ NEVER_MERGED_SUFFIXES = ("scale_weight", "scale_input")
 _COMFY_NEVER = frozenset(comfy for _, comfy in NEVER_MERGED_OPENCLIP)
 
 MERGE, KEEP_A, FROM_B = "merge", "keep_a", "from_b"
+NOT_FLOAT = "integer or bool tensor"
 
 # Inpainting (9 input channels) and instruct-pix2pix (8) U-Nets merge their first
 # four input channels with a 4-channel model (spec §2.4).
@@ -108,6 +109,8 @@ class MergePlan:
     arch: Architecture
     settings: MergeSettings
     keys: list[KeyPlan] = field(default_factory=list)
+    # {key: {"A"/"B"/"C": count}} of NaN/inf input values, filled while merging (nonfinite.py)
+    nonfinite: dict = field(default_factory=dict)
 
     def merged(self) -> list[KeyPlan]:
         return [k for k in self.keys if k.action == MERGE]
@@ -151,12 +154,15 @@ def build_plan(arch: Architecture, settings: MergeSettings,
                shapes_a: Mapping[str, Sequence[int]],
                shapes_b: Mapping[str, Sequence[int]],
                shapes_c: Optional[Mapping[str, Sequence[int]]] = None,
-               copy_b_only_keys: bool = False) -> MergePlan:
+               copy_b_only_keys: bool = False,
+               dtypes: Optional[Mapping[str, Mapping[str, Any]]] = None) -> MergePlan:
     """Decide, per key of A, whether it is merged (and with which ratios) or kept.
 
     Keys of A that are not mergeable names, or absent from B (or C when the mode
     needs C), keep A's tensor. With copy_b_only_keys, keys present only in B are
     copied from B (SuperMerger's stage 2, with quirk 17 fixed: raw B, never B-C).
+    dtypes ({"a"/"b"/"c": {key: torch dtype}}): a key that is an integer or bool tensor in
+    any input keeps A, in every mode and calc mode (a formula would truncate or cast it).
     """
     mode = settings.mode
     needs_c = settings.needs_c
@@ -172,6 +178,9 @@ def build_plan(arch: Architecture, settings: MergeSettings,
             continue
         if key not in shapes_b:
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason="absent from B"))
+            continue
+        if dtypes is not None and not all(getattr(d.get(key), "is_floating_point", True) for d in dtypes.values()):
+            plan.keys.append(KeyPlan(key, KEEP_A, block, reason=NOT_FLOAT))
             continue
         if settings.calc is not None and settings.calc.keeps_vae and _is_vae(key):
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason="VAE kept by cosine modes"))

@@ -18,8 +18,8 @@ from ..merge_core.methods import MODE_LABELS, get_mode
 from ..merge_core.plan import MERGE, MergeSettings, build_plan
 from ..merge_core.presets import preset_names
 from ..merge_core.report import applied_report
-from .comfy_models import (apply_plan, architecture_of, base_layout, check_same_architecture, effective_weight,
-                           key_patches, make_calc_adapter, shapes_of)
+from .comfy_models import (apply_plan, architecture_of, base_layout, check_same_architecture,
+                           count_nonfinite_inputs, effective_weight, key_patches, make_calc_adapter, shapes_of)
 from .errors import named_errors
 from .ui import text_ui
 from .recipe_tags import loader_file_names, set_recipe, source_of
@@ -205,7 +205,8 @@ def plan_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict):
     arch = check_same_architecture(archs, kind)
     settings = make_settings(arch, **params)
     try:
-        plan = build_plan(arch, settings, shapes["a"], shapes["b"], shapes.get("c"))
+        dtypes = {"a": dtypes_a} | {name: {k: v[0][0].dtype for k, v in p.items()} for name, p in patches.items()}
+        plan = build_plan(arch, settings, shapes["a"], shapes["b"], shapes.get("c"), dtypes=dtypes)
     except MergeInputError as exc:  # plan errors speak of model_*; name this node's input
         if exc.input_name.startswith("model_"):
             exc = MergeInputError(kind + exc.input_name[5:], exc.problem, exc.fix)
@@ -217,6 +218,7 @@ def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, pla
     """Merge two or three MODELs or CLIPs; returns (patched clone of A, plan).
     planned: plan_objects' result when already made; stats: shared cosine statistics."""
     plan, patches, dtypes_a = planned or plan_objects(kind, a, b, c, params)
+    count_nonfinite_inputs(plan, a, kind, patches)
     if plan.settings.calc is None:
         return apply_plan(a, plan, patches), plan
     return apply_plan(a, plan, patches, prepare_calc(plan, a, kind, patches, dtypes_a, stats)), plan
