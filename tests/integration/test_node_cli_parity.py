@@ -81,9 +81,7 @@ def node_merge(layout, case, prefix):
                                   hash_inputs=False).result[0]
 
 
-# every layout with cosineA (global statistics, ComfyUI's split q/k/v) and one linear case
-RUNS = [("sd1", "blocks+elemental"), ("sd1", "cosineA"), ("sd2", "add difference"), ("sd2", "cosineA"),
-        ("sdxl", "blocks+elemental"), ("sdxl", "cosineA")]
+RUNS = [(layout, case) for layout in ("sd1", "sd2", "sdxl") for case in CASES]
 
 
 @pytest.mark.parametrize("layout,case", RUNS)
