@@ -59,11 +59,21 @@ class KeyStat:
     numel: int
 
 
+NONFINITE = "non-finite values"
+
+
 @dataclass
 class Analysis:
     arch: Architecture
     keys: list[KeyStat] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
+
+    def skipped_note(self) -> str:
+        """'N keys skipped: 2 absent from B, 1 non-finite values', each reason counted as it is."""
+        from collections import Counter
+        why = Counter(NONFINITE if reason == NONFINITE else "other shape" if reason.startswith("shape") else reason
+                      for _, reason in self.skipped)
+        return f"{len(self.skipped)} keys skipped: " + ", ".join(f"{n} {w}" for w, n in why.most_common())
 
     def blocks(self) -> list[str]:
         present = {k.block for k in self.keys}
@@ -135,7 +145,7 @@ def _compare_keys(keys_a, keys_b, arch, fetch, include, progress) -> Analysis:
         a, b = fetch(key)
         a, b = a.float().reshape(-1), b.float().reshape(-1)
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            result.skipped.append((key, "NaN or infinite values"))
+            result.skipped.append((key, NONFINITE))
             continue
         # equal tensors are 100 % alike even when all-zero (where the cosine itself is undefined)
         cos = 100.0 if torch.equal(a, b) else F.cosine_similarity(a, b, dim=0).item() * 100.0

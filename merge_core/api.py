@@ -73,8 +73,10 @@ def plan_merge(sources: Mapping[str, KeySource], mode: str, alpha: float = 0.5, 
         what = settings.calc.name if settings.calc is not None else settings.mode.label
         raise MergeInputError("model_c", f"is required by '{what}' but was not given.",
                               "pass a third model C, or use Weight sum.")
+    used = [n for n in ("a", "b", "c") if n in sources and (n != "c" or settings.needs_c)]
+    dtypes = {n: {k: sources[n].dtype(k) for k in sources[n].shapes()} for n in used}
     return build_plan(arch, settings, sources["a"].shapes(), sources["b"].shapes(),
-                      sources["c"].shapes() if "c" in sources else None, copy_b_only_keys)
+                      sources["c"].shapes() if "c" in sources else None, copy_b_only_keys, dtypes)
 
 
 def recipe_metadata(plan: MergePlan, names: Mapping[str, str],

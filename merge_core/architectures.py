@@ -27,6 +27,22 @@ _INPUT = re.compile(r"^input_blocks\.(\d+)\.")
 _OUTPUT = re.compile(r"^output_blocks\.(\d+)\.")
 
 
+_SPLIT_IN_PROJ = re.compile(r"^(clip_[gh]\.transformer\.text_model\.encoder\.layers\.\d+\.self_attn\.)"
+                            r"[qkv]_proj\.(weight|bias)$")
+
+
+def fused_tensor_of(key: str) -> str:
+    """The checkpoint tensor a key is one part of, in a name shared by its parts.
+
+    ComfyUI splits each OpenCLIP attention ``in_proj_weight`` / ``in_proj_bias`` (SD2's
+    CLIP-H, SDXL's CLIP-G) into q/k/v_proj; whole-tensor statistics (the cosine calc
+    modes') must see the three parts as the one tensor a checkpoint stores. Any other
+    key is its own tensor.
+    """
+    m = _SPLIT_IN_PROJ.match(key)
+    return f"{m.group(1)}in_proj_{m.group(2)}" if m else key
+
+
 def unet_relative(key: str) -> Optional[str]:
     """The key relative to the U-Net (``input_blocks.1...``), or None outside it."""
     for prefix in UNET_PREFIXES:

@@ -44,7 +44,7 @@ class KeyContext:
 NORM_EPS, COS_EPS = 1e-12, 1e-8
 
 
-def _column_sums(a: Tensor, b: Tensor, rows: int = 1 << 14) -> tuple[Tensor, Tensor, Tensor]:
+def column_sums(a: Tensor, b: Tensor, rows: int = 1 << 14) -> tuple[Tensor, Tensor, Tensor]:
     """Sums over dim 0 of A*B, A*A, B*B in float32, a slab of rows at a time (no full-size temporaries)."""
     if a.dim() == 0:
         a, b = a.reshape(1), b.reshape(1)
@@ -71,7 +71,12 @@ def cosine_similarities(a: Tensor, b: Tensor, variant: str) -> tuple[Tensor, Ten
     cosineB: the same on the raw tensors, and stage 0 already uses the combined value.
     Both have shape A.shape[1:] (a scalar for 1-D tensors).
     """
-    dot, na, nb = _column_sums(a, b)
+    return similarities_from_sums(*column_sums(a, b), variant)
+
+
+def similarities_from_sums(dot: Tensor, na: Tensor, nb: Tensor, variant: str) -> tuple[Tensor, Tensor]:
+    """cosine_similarities from column sums; sums of a tensor's row slabs add up, so a
+    tensor stored in parts (ComfyUI's q/k/v of an OpenCLIP in_proj) gets the whole tensor's values."""
     if variant == "cosineA":
         sa = torch.clamp_min(torch.sqrt(na), NORM_EPS)
         sb = torch.clamp_min(torch.sqrt(nb), NORM_EPS)
@@ -143,8 +148,17 @@ def train_difference(a: Tensor, b: Tensor, c: Tensor, ctx: KeyContext) -> Option
 
 
 def smooth_delta(b: Tensor, c: Tensor) -> Tensor:
-    """gaussian(median(B - C, 3 in every axis), sigma 1), SciPy's "reflect" boundaries."""
-    return smooth(b - c)
+    """gaussian(median(B - C, 3 in every axis), sigma 1), SciPy's "reflect" boundaries.
+
+    A NaN/inf in B - C stays where it is (A + alpha * NaN is NaN there, as the formula
+    says) and is not spread over its filter neighbourhood: the filters see 0 in its place.
+    """
+    delta = b - c
+    bad = ~torch.isfinite(delta)
+    if not bool(bad.any()):
+        return smooth(delta)
+    out = smooth(torch.where(bad, torch.zeros((), dtype=delta.dtype), delta))
+    return torch.where(bad, delta, out)
 
 
 def smooth_add(a: Tensor, b: Tensor, c: Tensor, ctx: KeyContext) -> Tensor:

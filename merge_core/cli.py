@@ -163,7 +163,7 @@ def run_analyze(args) -> int:
         labels, values = [r[0] for r in blocks], [r[2] for r in blocks]
         title = f"cosine similarity per block ({args.block_method}, %), {arch.label}"
         if result.skipped:
-            print(f"note: {len(result.skipped)} keys skipped (absent from B or other shape), "
+            print(f"note: {result.skipped_note()}, "
                   f"e.g. {result.skipped[0][0]}", file=sys.stderr)
     print(format_table(rows, header))
     inputs = (args.model_a, args.model_b)
@@ -255,6 +255,9 @@ def run_command(args) -> int:
         print(applied_report(plan, per_key=args.report == "keys"))
     if not args.quiet:
         print(f"wrote {args.output}: {plan.count('merge')} keys merged, {plan.count('keep_a')} kept from A, "
-              f"{plan.count('from_b')} copied from B ({plan.arch.label}, {time.perf_counter() - start:.1f} s)",
-              file=sys.stderr)
+              f"{plan.count('from_b')} copied from B, {len(plan.nonfinite)} with non-finite input values "
+              f"({plan.arch.label}, {time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    if plan.nonfinite and not args.report:  # --report already has the warning
+        from .nonfinite import warning
+        print(warning(plan.nonfinite), file=sys.stderr)
     return 0

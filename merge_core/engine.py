@@ -16,8 +16,10 @@ from typing import Callable, Mapping, Optional, Protocol
 import torch
 
 from .adjust import apply_adjust
-from .calcmodes import KeyContext, cosine_similarities, cosine_stats
 from . import threads as thread_policy
+from .architectures import fused_tensor_of
+from .calcmodes import KeyContext, column_sums, cosine_stats, similarities_from_sums
+from .nonfinite import record as record_nonfinite
 from .plan import FROM_B, MERGE, KeyPlan, MergePlan, MergeSettings
 from .sources import KeySource
 
@@ -163,31 +165,41 @@ def calc_tensor(kp: KeyPlan, settings: MergeSettings, a, b, c, out_dtype, stats=
 
 
 def cosine_statistics(plan: MergePlan, fetch: Callable[[str], tuple[torch.Tensor, torch.Tensor]],
-                      progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None):
+                      progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None,
+                      also: tuple = ()):
     """Stage 0 of cosineA/B: similarity statistics over every merged key, streamed.
 
-    ``fetch(key)`` returns A's and B's tensors of one key. Kept: the similarity
-    values (one per column of each key, far smaller than the weights), which give
-    (s_min, s_max), and each key's combined similarity, which stage 1 reuses.
+    ``fetch(key)`` returns A's and B's tensors of one key. Kept: per-column sums (far
+    smaller than the weights) per checkpoint tensor, a tensor that ComfyUI splits into
+    parts being summed over its parts (fused_tensor_of), which give (s_min, s_max) and
+    each key's combined similarity, which stage 1 reuses. ``also``: more (plan, fetch)
+    pairs sharing the statistics, as a checkpoint's U-Net and text encoder do in SuperMerger.
     """
     with thread_policy.torch_threads(thread_policy.MERGE_THREADS):
-        return _cosine_statistics(plan, fetch, progress, should_stop)
+        return _cosine_statistics(plan, fetch, progress, should_stop, also)
 
 
-def _cosine_statistics(plan, fetch, progress, should_stop):
+def _cosine_statistics(plan, fetch, progress, should_stop, also):
     variant = plan.settings.calc.name
-    merged = plan.merged()
-    values, combined = [], {}
-    for i, kp in enumerate(merged):
+    jobs = [(kp, f) for p, f in ((plan, fetch), *also) for kp in p.merged()]
+    sums, members = {}, {}
+    for i, (kp, fetch_key) in enumerate(jobs):
         if should_stop is not None and should_stop():
             raise MergeCancelled("merge cancelled")
-        a, b = fetch(kp.key)
+        a, b = fetch_key(kp.key)
         if kp.input_channels is not None:
             a = a[:, :kp.input_channels]
-        stage0, combined[kp.key] = cosine_similarities(a, b, variant)
-        values.append(stage0.detach().reshape(-1).to(torch.float64))
+        whole = fused_tensor_of(kp.key)
+        part = column_sums(a, b)
+        sums[whole] = part if whole not in sums else tuple(x + y for x, y in zip(sums[whole], part))
+        members.setdefault(whole, []).append(kp.key)
         if progress is not None:
-            progress(i + 1, len(merged))
+            progress(i + 1, len(jobs))
+    values, combined = [], {}
+    for whole, total in sums.items():
+        stage0, similarity = similarities_from_sums(*total, variant)
+        values.append(stage0.detach().reshape(-1).to(torch.float64))
+        combined.update((key, similarity) for key in members[whole])
     return cosine_stats(torch.cat(values) if values else torch.empty(0, dtype=torch.float64)), combined
 
 
@@ -234,6 +246,7 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop):
                 pending = pool.submit(load, plan.keys[i + 1]) if i + 1 < total else None
                 if kp.action == MERGE:
                     a, b, c = loaded
+                    record_nonfinite(plan.nonfinite, kp.key, {"A": a, "B": b, "C": c})
                     if settings.calc is None:
                         result = merge_tensor(kp, mode.fn, a, b, c, dtypes[kp.key])
                     else:

@@ -7,7 +7,7 @@ applied-ratio report.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from .architectures import Architecture
 from .block_weights import BlockWeights
@@ -18,14 +18,27 @@ from .selection import Selection, is_vae
 from .errors import MergeInputError
 from .methods import MergeMode
 
-# Keys without "weight" or "bias" are never merged (spec §1, quirk 4, kept). The
-# HF-named text projection of ComfyUI's CLIP-G is SGM's bare `text_projection`,
-# which SuperMerger leaves alone, so it is listed for parity; fp8 scale keys are
-# quantisation bookkeeping, not weights.
-NEVER_MERGED_SUFFIXES = ("position_ids", "logit_scale", "text_projection.weight",
-                         "text_projection", "scale_weight", "scale_input")
+# The one list of keys that are never merged, in both namings (spec §1, quirk 4, kept).
+# SuperMerger's rule is on checkpoint names: a key without "weight" or "bias" keeps A.
+# ComfyUI renames some of those OpenCLIP tensors (SD2's CLIP-H, SDXL's CLIP-G) with a
+# ".weight", so the rule alone would merge them in the nodes and keep them in the CLI:
+# each entry pairs SuperMerger's name with ComfyUI's, relative to the encoder's prefix.
+NEVER_MERGED_OPENCLIP = (
+    # (checkpoint name after OPENCLIP_PREFIXES, ComfyUI name after COMFY_OPENCLIP_PREFIXES)
+    ("positional_embedding", "transformer.text_model.embeddings.position_embedding.weight"),
+    ("text_projection", "transformer.text_projection.weight"),  # ComfyUI stores it transposed
+    ("logit_scale", "logit_scale"),
+)
+OPENCLIP_PREFIXES = ("cond_stage_model.model.", "conditioner.embedders.0.model.", "conditioner.embedders.1.model.")
+COMFY_OPENCLIP_PREFIXES = ("clip_h.", "clip_g.")
+# ComfyUI-only keys with no checkpoint counterpart (its CLIP-L projection, dropped on save),
+# and fp8 scale keys (quantisation bookkeeping, not weights).
+NEVER_MERGED_COMFY_ONLY = ("clip_l.transformer.text_projection.weight",)
+NEVER_MERGED_SUFFIXES = ("scale_weight", "scale_input")
+_COMFY_NEVER = frozenset(comfy for _, comfy in NEVER_MERGED_OPENCLIP)
 
 MERGE, KEEP_A, FROM_B = "merge", "keep_a", "from_b"
+NOT_FLOAT = "integer or bool tensor"
 
 # Inpainting (9 input channels) and instruct-pix2pix (8) U-Nets merge their first
 # four input channels with a 4-channel model (spec §2.4).
@@ -96,6 +109,8 @@ class MergePlan:
     arch: Architecture
     settings: MergeSettings
     keys: list[KeyPlan] = field(default_factory=list)
+    # {key: {"A"/"B"/"C": count}} of NaN/inf input values, filled while merging (nonfinite.py)
+    nonfinite: dict = field(default_factory=dict)
 
     def merged(self) -> list[KeyPlan]:
         return [k for k in self.keys if k.action == MERGE]
@@ -105,7 +120,12 @@ class MergePlan:
 
 
 def is_mergeable_name(key: str) -> bool:
-    return ("weight" in key or "bias" in key) and not key.endswith(NEVER_MERGED_SUFFIXES)
+    """False for the never-merged keys above, in checkpoint or ComfyUI naming."""
+    if not ("weight" in key or "bias" in key) or key.endswith(NEVER_MERGED_SUFFIXES):
+        return False
+    if key in NEVER_MERGED_COMFY_ONLY:
+        return False
+    return not any(key.startswith(p) and key[len(p):] in _COMFY_NEVER for p in COMFY_OPENCLIP_PREFIXES)
 
 
 def _shape_rule(key: str, sa: Sequence[int], sb: Sequence[int], other: str) -> Optional[int]:
@@ -130,12 +150,15 @@ def build_plan(arch: Architecture, settings: MergeSettings,
                shapes_a: Mapping[str, Sequence[int]],
                shapes_b: Mapping[str, Sequence[int]],
                shapes_c: Optional[Mapping[str, Sequence[int]]] = None,
-               copy_b_only_keys: bool = False) -> MergePlan:
+               copy_b_only_keys: bool = False,
+               dtypes: Optional[Mapping[str, Mapping[str, Any]]] = None) -> MergePlan:
     """Decide, per key of A, whether it is merged (and with which ratios) or kept.
 
     Keys of A that are not mergeable names, or absent from B (or C when the mode
     needs C), keep A's tensor. With copy_b_only_keys, keys present only in B are
     copied from B (SuperMerger's stage 2, with quirk 17 fixed: raw B, never B-C).
+    dtypes ({"a"/"b"/"c": {key: torch dtype}}): a key that is an integer or bool tensor in
+    any input keeps A, in every mode and calc mode (a formula would truncate or cast it).
     """
     mode = settings.mode
     needs_c = settings.needs_c
@@ -154,6 +177,9 @@ def build_plan(arch: Architecture, settings: MergeSettings,
             continue
         if key not in shapes_b:
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason="absent from B"))
+            continue
+        if dtypes is not None and not all(getattr(d.get(key), "is_floating_point", True) for d in dtypes.values()):
+            plan.keys.append(KeyPlan(key, KEEP_A, block, reason=NOT_FLOAT))
             continue
         if settings.calc is not None and settings.calc.keeps_vae and is_vae(key):
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason="VAE kept by cosine modes"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 
 from .analysis import format_table
+from .nonfinite import warning as nonfinite_warning
 from .plan import FROM_B, KEEP_A, MERGE, MergePlan
 
 
@@ -40,6 +41,8 @@ def applied_report(plan: MergePlan, per_key: bool = False) -> str:
     reasons = Counter(k.reason for k in plan.keys if k.action == KEEP_A and k.reason)
     if reasons:
         lines += ["", "kept from A: " + ", ".join(f"{n} {why}" for why, n in reasons.most_common())]
+    if plan.nonfinite:
+        lines += ["", nonfinite_warning(plan.nonfinite)]
     adjusted = [k.key for k in plan.keys if k.adjust is not None]
     if adjusted:
         lines.append(f"adjusted: {len(adjusted)} keys")

@@ -88,8 +88,7 @@ class ModelSimilarity(io.ComfyNode):
             rows = [[b, sims[b], diffs[b], counts[b]] for b in result.blocks() if b in sims]
             report = format_table(rows, header)
             if result.skipped:
-                report += f"\n\n{len(result.skipped)} keys skipped (absent from B or another shape), e.g. " \
-                          f"{result.skipped[0][0]} ({result.skipped[0][1]})"
+                report += f"\n\n{result.skipped_note()}, e.g. {result.skipped[0][0]} ({result.skipped[0][1]})"
             key_rows = [[k.block, k.key, k.cosine] for k in result.keys]
             csv = format_csv(rows, header) + "\n" + format_csv(key_rows, ["block", "key", "similarity %"])
             sim = bar_chart([r[0] for r in rows], [r[1] for r in rows],

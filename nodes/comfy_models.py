@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from ..merge_core.architectures import Architecture, detect, require_compatible
 from ..merge_core.errors import MergeInputError
+from ..merge_core.nonfinite import record as record_nonfinite
 from ..merge_core.plan import MERGE, MergePlan
 
 UNET_PREFIX = "diffusion_model."
@@ -102,6 +103,22 @@ def add_adjust_patches(obj: Any, ops: list[tuple[str, tuple]]) -> None:
             _add(obj, {key: (torch.zeros(()),)}, 0.0, op[1])
         else:  # the 4 latent channels of out.2.bias
             _add(obj, {key: (torch.tensor(op[1], dtype=torch.float32),)}, 1.0, 1.0)
+
+
+def count_nonfinite_inputs(plan: MergePlan, a: Any, kind: str, patches: dict[str, dict[str, list]]) -> None:
+    """NaN/inf counts of every merged key's inputs into plan.nonfinite (the report's warning).
+
+    One pass over each input weight (its effective weight when the input is itself patched),
+    done when the node runs, since the merge itself only runs when a sampler loads the model.
+    """
+    lists = {"A": key_patches(a, kind)} | {name.upper(): p for name, p in patches.items()}
+    for kp in plan.merged():
+        weights = {}
+        for name, per_key in lists.items():
+            plist = per_key.get(kp.key)
+            if plist is not None:
+                weights[name] = plist[0][0] if len(plist) == 1 else effective_weight(plist)
+        record_nonfinite(plan.nonfinite, kp.key, weights)
 
 
 # --- non-linear calc modes -------------------------------------------------------------

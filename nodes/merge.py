@@ -18,8 +18,8 @@ from ..merge_core.methods import MODE_LABELS, get_mode
 from ..merge_core.plan import MERGE, MergeSettings, build_plan
 from ..merge_core.presets import preset_names
 from ..merge_core.report import applied_report
-from .comfy_models import (apply_plan, architecture_of, base_layout, check_same_architecture, effective_weight,
-                           key_patches, make_calc_adapter, shapes_of)
+from .comfy_models import (apply_plan, architecture_of, base_layout, check_same_architecture,
+                           count_nonfinite_inputs, effective_weight, key_patches, make_calc_adapter, shapes_of)
 from .errors import named_errors
 from .merge_options import options_input
 from .validation import number_problems
@@ -123,7 +123,7 @@ def _progress(total: int):
     return update
 
 
-def prepare_calc(plan, a, kind: str, patches: dict, dtypes_a: dict) -> dict:
+def prepare_calc(plan, a, kind: str, patches: dict, dtypes_a: dict, stats=None) -> dict:
     """Per-key patches for a non-linear calc mode.
 
     smoothAdd is computed here, once: its filters take seconds per large tensor,
@@ -150,19 +150,27 @@ def prepare_calc(plan, a, kind: str, patches: dict, dtypes_a: dict) -> dict:
             prepared[kp.key] = (kp.alpha, ("diff", (delta,)))
             progress(i + 1, len(merged))
         return prepared
-    stats = None
-    if settings.calc.needs_stats:
-        a_patches = key_patches(a, kind)
-        stats = cosine_statistics(plan, lambda k: (effective_weight(a_patches[k]), effective_weight(patches["b"][k])),
-                                  progress=_progress(len(merged)))
+    if settings.calc.needs_stats and stats is None:
+        stats = shared_cosine_statistics([(plan, a, kind, patches)])
     for kp in merged:
         c_list = patches["c"][kp.key] if "c" in patches else None
         prepared[kp.key] = (1.0, make_calc_adapter(settings, kp, patches["b"][kp.key], c_list, stats))
     return prepared
 
 
-def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict):
-    """Merge two or three MODELs (kind "model") or CLIPs (kind "clip"); returns (patched clone of A, plan)."""
+def shared_cosine_statistics(jobs: list) -> tuple:
+    """cosineA/B statistics over every (plan, A, kind, patches of B) job together: Merge Checkpoints
+    takes them over U-Net and text encoder at once, as SuperMerger and the CLI do."""
+    def fetcher(a, kind, patches):
+        a_patches = key_patches(a, kind)
+        return lambda k: (effective_weight(a_patches[k]), effective_weight(patches["b"][k]))
+    pairs = [(plan, fetcher(a, kind, patches)) for plan, a, kind, patches in jobs]
+    total = sum(len(plan.merged()) for plan, *_ in jobs)
+    return cosine_statistics(*pairs[0], progress=_progress(total), also=tuple(pairs[1:]))
+
+
+def plan_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict):
+    """The merge plan of two or three MODELs (kind "model") or CLIPs (kind "clip"): (plan, B/C patches, A's dtypes)."""
     mode, calc = resolve_modes(get_mode(params["mode"]), get_calc_mode(params.get("calcmode", "normal")))
     needs_c = mode.needs_c or (calc is not None and calc.needs_c)
     if needs_c and c is None:
@@ -177,14 +185,23 @@ def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict):
     arch = check_same_architecture(archs, kind)
     settings = make_settings(arch, **params)
     try:
-        plan = build_plan(arch, settings, shapes["a"], shapes["b"], shapes.get("c"))
+        dtypes = {"a": dtypes_a} | {name: {k: v[0][0].dtype for k, v in p.items()} for name, p in patches.items()}
+        plan = build_plan(arch, settings, shapes["a"], shapes["b"], shapes.get("c"), dtypes=dtypes)
     except MergeInputError as exc:  # plan errors speak of model_*; name this node's input
         if exc.input_name.startswith("model_"):
             exc = MergeInputError(kind + exc.input_name[5:], exc.problem, exc.fix)
         raise exc from None
-    if settings.calc is None:
+    return plan, patches, dtypes_a
+
+
+def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, planned=None, stats=None):
+    """Merge two or three MODELs or CLIPs; returns (patched clone of A, plan).
+    planned: plan_objects' result when already made; stats: shared cosine statistics."""
+    plan, patches, dtypes_a = planned or plan_objects(kind, a, b, c, params)
+    count_nonfinite_inputs(plan, a, kind, patches)
+    if plan.settings.calc is None:
         return apply_plan(a, plan, patches), plan
-    return apply_plan(a, plan, patches, prepare_calc(plan, a, kind, patches, dtypes_a)), plan
+    return apply_plan(a, plan, patches, prepare_calc(plan, a, kind, patches, dtypes_a, stats)), plan
 
 
 class _PairMerge(io.ComfyNode):
@@ -270,8 +287,14 @@ class CheckpointMerge(io.ComfyNode):
     def execute(cls, model_a, clip_a, model_b, clip_b, model_c=None, clip_c=None, **inputs) -> io.NodeOutput:
         params, per_key = merge_params(inputs)
         with named_errors(cls.DISPLAY):
-            model, model_plan = merge_objects("model", model_a, model_b, model_c, params)
-            clip, clip_plan = merge_objects("clip", clip_a, clip_b, clip_c, params)
+            planned = {"model": plan_objects("model", model_a, model_b, model_c, params),
+                       "clip": plan_objects("clip", clip_a, clip_b, clip_c, params)}
+            stats = None
+            if planned["model"][0].settings.calc is not None and planned["model"][0].settings.calc.needs_stats:
+                stats = shared_cosine_statistics([(planned[k][0], a, k, planned[k][1])
+                                                  for k, a in (("model", model_a), ("clip", clip_a))])
+            model, model_plan = merge_objects("model", model_a, model_b, model_c, params, planned["model"], stats)
+            clip, clip_plan = merge_objects("clip", clip_a, clip_b, clip_c, params, planned["clip"], stats)
             report = (applied_report(model_plan, per_key) + "\n\ntext encoder:\n"
                       + applied_report(clip_plan, per_key))
             hidden = getattr(cls, "hidden", None)

@@ -1,0 +1,43 @@
+"""Non-finite values (NaN, inf) in the input tensors of a merge: counted per key and input, reported loudly.
+
+What a merge does with them: it merges as the formula says. A NaN or inf in A, B or C
+makes the merged value at that position NaN/inf (as any sum with it does), and nowhere
+else: smoothAdd's filters are kept from spreading one bad value over its neighbourhood
+(filters.smooth). Refusing would block a user who merges a model with a few broken
+values on purpose (e.g. to see which keys are hit, or with alpha 0 on those blocks);
+silently replacing them would hide a broken input. So the values pass through the
+formula unchanged, and every report (CLI summary line, --report, the node's report)
+names the keys and counts.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+import torch
+
+
+def count_nonfinite(t: torch.Tensor) -> int:
+    """NaN and inf values of a float tensor (0 for other dtypes)."""
+    if not t.is_floating_point():
+        return 0
+    finite = torch.isfinite(t)
+    return 0 if bool(finite.all()) else int(finite.numel() - finite.sum())
+
+
+def record(counts: dict, key: str, tensors: Mapping[str, Optional[torch.Tensor]]) -> None:
+    """Add one key's counts per input ("A", "B", "C") to counts {key: {input: n}}."""
+    found = {name: n for name, t in tensors.items() if t is not None and (n := count_nonfinite(t))}
+    if found:
+        counts[key] = found
+
+
+def warning(counts: Mapping[str, Mapping[str, int]], shown: int = 5) -> str:
+    """One line naming the keys and counts; empty when every input value was finite."""
+    if not counts:
+        return ""
+    items = [f"{key} ({', '.join(f'{name}: {n}' for name, n in per.items())})"
+             for key, per in list(counts.items())[:shown]]
+    more = f" and {len(counts) - shown} more" if len(counts) > shown else ""
+    return (f"warning: non-finite values (NaN/inf) in the inputs at {len(counts)} merged keys: "
+            f"{'; '.join(items)}{more}. They are merged as the formula says (the result is NaN/inf at those "
+            f"positions): fix or replace the broken model.")
