@@ -17,7 +17,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1].parent
 HOOKS = Path(__file__).resolve().parent / "fault_hooks"
 sys.path.insert(0, str(REPO / "demo"))
 from server import ComfyServer  # noqa: E402
+from fault_inputs import tiny_lora as tiny_lora_of  # noqa: E402
 
 PART = ".merge-suite-"  # our temporary-file pattern (merge_core.output_file)
 LORA_MODULES = ["lora_unet_down_blocks_0_attentions_0_proj_in", "lora_unet_up_blocks_3_attentions_2_proj_out",
@@ -48,13 +48,7 @@ def tiny_model(keys, seed):
 
 
 def tiny_lora(seed):
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for name in LORA_MODULES:
-        sd[f"{name}.lora_up.weight"] = torch.randn(4, 2, generator=gen)
-        sd[f"{name}.lora_down.weight"] = torch.randn(2, 4, generator=gen)
-        sd[f"{name}.alpha"] = torch.tensor(2.0)
-    return sd
+    return tiny_lora_of(LORA_MODULES, seed)
 
 
 def _split(data: bytes):

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "demo"))
 sys.path.insert(0, str(REPO / "tests" / "unit"))
 from server import ComfyServer  # noqa: E402
+from fault_inputs import tiny_lora  # noqa: E402
 from test_merge_api import small_model  # noqa: E402
 
 NAN = float("nan")
@@ -90,13 +91,7 @@ def digest(folder: Path) -> dict:
 
 
 def write_lora(path: Path, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for name in LORA_MODULES:
-        sd[f"{name}.lora_up.weight"] = torch.randn(4, 2, generator=gen)
-        sd[f"{name}.lora_down.weight"] = torch.randn(2, 4, generator=gen)
-        sd[f"{name}.alpha"] = torch.tensor(2.0)
-    save_file(sd, str(path))
+    save_file(tiny_lora(LORA_MODULES, seed), str(path))
 
 
 @pytest.fixture(scope="module")
