@@ -167,7 +167,7 @@ def add_difference_merge():
     m = g.add("MergeSuite_ModelMerge", merge_widgets("Add difference", 1.0, 0.25, "custom", blocks),
               (400, 0), (400, 420))
     merge_options(g, [m], (0, 520), elemental="OUT03-OUT05:attn2:0.5\nNOT M00:ff.net:0.8",
-                  adjust="1.5,0,0,0,0,0,0,0", include_exclude="exclude: OUT11")
+                  adjust="1.5,0,0,0,0,0,0,0", include_exclude="exclude: OUT11", report_keys=True)
     c = g.add("MergeSuite_CLIPMerge", merge_widgets("Add difference", 0.5, 0.25), (400, 460), (400, 300))
     for src, name in zip(srcs, "abc"):
         g.link(src, 0, m, f"model_{name}")
