@@ -63,3 +63,23 @@ def test_detect_checkpoint_and_comfy_naming(sd1_keys, sdxl_keys):
                                  "model.diffusion_model.output_blocks.10.1.proj_in.bias"])
 def test_two_digit_block_numbers(key):
     assert SD1.block_of(key) in ("IN11", "OUT10")
+
+
+def test_a_declaration_is_interpreted_generically():
+    from merge_core.architectures import Architecture
+
+    toy = Architecture("toy", "Toy", ("BASE", "IN", "D00", "D01", "OUT"),
+                       ((r"img_in\.", "IN"), (r"double_blocks\.(\d+)\.", "D{0:02d}"), (r"final_layer\.", "OUT")),
+                       components=(("text_encoders.t5xxl.", "BASE"),))
+    assert toy.block_of("diffusion_model.double_blocks.1.img_attn.qkv.weight") == "D01"
+    assert toy.block_of("model.diffusion_model.img_in.weight") == "IN"
+    assert toy.block_of("final_layer.linear.weight") == "BASE", "outside the diffusion model without a component"
+    assert toy.block_of("diffusion_model.final_layer.linear.weight") == "OUT"
+    assert toy.block_index("diffusion_model.double_blocks.0.x.weight") == 2
+
+
+def test_a_declaration_naming_blocks_outside_its_list_is_refused():
+    from merge_core.architectures import Architecture
+
+    with pytest.raises(ValueError, match="MID"):
+        Architecture("bad", "Bad", ("BASE", "IN"), ((r"middle\.", "MID"),))
