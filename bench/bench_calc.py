@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent))
 from bench_cli import WORK, run_measured, synthetic_inputs  # noqa: E402
 from synth import keyset  # noqa: E402
 
-from merge_core.filters import smooth  # noqa: E402
+from merge_core.methods.filters import smooth  # noqa: E402
 
 
 def scipy_smooth(x: np.ndarray) -> np.ndarray:

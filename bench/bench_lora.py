@@ -1,7 +1,7 @@
 """LoRA extraction benchmark: rank-r LoRA from two synthetic full-size SD1.5 U-Nets.
 
 Model A (tuned) and B (original) have every key a U-Net LoRA targets, at full
-SD1.5 shapes (from merge_core/data/keysets/sd1.json.gz), stored fp16. B is random; A = B + a
+SD1.5 shapes (from merge_core/architectures/keysets/sd1.json.gz), stored fp16. B is random; A = B + a
 fine-tune-like delta whose singular values decay as 1/i^0.8 (full rank, so a
 rank-64 LoRA has a real truncation error). Timed in the same run:
 
@@ -28,9 +28,9 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from merge_core.architectures import SD1  # noqa: E402
-from merge_core.lora_files import extract_from_models  # noqa: E402
-from merge_core.lora_keys import unet_module  # noqa: E402
-from merge_core.lora_math import decompose  # noqa: E402
+from merge_core.lora.operations import extract_from_models  # noqa: E402
+from merge_core.lora.keys import unet_module  # noqa: E402
+from merge_core.lora.linalg import decompose  # noqa: E402
 from synth import keyset  # noqa: E402
 
 

@@ -20,7 +20,7 @@ import full_size_models as fm  # sets up ComfyUI paths first
 
 import comfy.model_management as mm  # noqa: E402
 from comfy_extras.nodes_model_merging import ModelMergeBlocks, ModelMergeSimple  # noqa: E402
-from merge_suite.merge_core.presets import presets  # noqa: E402
+from merge_suite.merge_core.blocks.presets import presets  # noqa: E402
 from merge_suite.nodes.merge import ModelMerge  # noqa: E402
 
 

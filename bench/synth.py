@@ -1,6 +1,6 @@
 """Synthetic full-size checkpoints with real key names and shapes, for benchmarks.
 
-The key inventories in merge_core/data/keysets/ list every tensor of a full SD1.5 or SDXL
+The key inventories in merge_core/architectures/keysets/ list every tensor of a full SD1.5 or SDXL
 checkpoint (checkpoint naming). Values are seeded pseudo-random fp16: each
 tensor is a slice of one random pool at a seed-dependent offset, which is fast
 to generate and different between seeds. Never committed: made at bench time.
@@ -18,13 +18,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from merge_core.safetensors_io import SafetensorsWriter  # noqa: E402
+from merge_core.io.safetensors_file import SafetensorsWriter  # noqa: E402
 
 POOL = 1 << 25  # 32 Mi values
 
 
 def keyset(name: str) -> dict[str, tuple[int, ...]]:
-    with gzip.open(HERE.parent / "merge_core" / "data" / "keysets" / f"{name}.json.gz") as f:
+    with gzip.open(HERE.parent / "merge_core" / "architectures" / "keysets" / f"{name}.json.gz") as f:
         return {k: tuple(v[0]) for k, v in json.loads(f.read()).items()}
 
 

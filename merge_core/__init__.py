@@ -12,11 +12,11 @@ except ModuleNotFoundError as exc:  # a plain `pip install merge-suite` outside 
 
 from .api import analyze_files, merge_files, merge_state_dicts, plan_merge
 from .architectures import ARCHITECTURES, SD1, SD2, SDXL, Architecture, detect
-from .block_weights import BlockWeights, parse_block_weights
+from .blocks.presets import preset_names, presets
+from .blocks.weights import BlockWeights, parse_block_weights
 from .errors import MergeInputError
-from .lora_api import extract_lora_files, extract_lora_from_loras, merge_lora_files
-from .methods import MODE_LABELS, MODES, get_mode
-from .presets import preset_names, presets
+from .lora.api import extract_lora_files, extract_lora_from_loras, merge_lora_files
+from .methods.modes import MODE_LABELS, MODES, get_mode
 from .version import __version__
 
 __all__ = [

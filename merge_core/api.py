@@ -6,19 +6,19 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
+from .analysis.similarity import Analysis, asimilarity, attention_sites, compare_keys
 from .architectures import Architecture, detect, require_compatible
-from .block_weights import parse_block_weights
-from .calcmodes import get_calc_mode, resolve_modes
-from .adjust import parse_adjust
-from .analysis import Analysis, asimilarity, attention_sites, compare_keys
-from .elemental import parse_elemental
-from .selection import parse_selection
+from .blocks.elemental import parse_elemental
+from .blocks.selection import parse_selection
+from .blocks.weights import parse_block_weights
 from .engine import DictSink, FileSink, ProgressFn, StopFn, run_merge
 from .errors import MergeInputError, require_finite, require_ratio
-from .methods import get_mode
+from .io.output_file import check_target
+from .io.sources import KeySource, open_source
+from .methods.adjust import parse_adjust
+from .methods.calcmodes import get_calc_mode, resolve_modes
+from .methods.modes import get_mode
 from .plan import MergePlan, MergeSettings, build_plan
-from .output_file import check_target
-from .sources import KeySource, open_source
 
 OUTPUT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -152,7 +152,7 @@ def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "W
         plan = plan_merge(sources, mode, alpha, beta, blocks_alpha, blocks_beta, **calc)
         hashes = {}
         if hash_inputs:  # SuperMerger's sd_merge_models: lets Load Recipe find the inputs after a rename
-            from .filehash import file_sha256
+            from .io.filehash import file_sha256
             hashes = {k.upper(): file_sha256(p) for k, p in paths.items()}
         meta = recipe_metadata(plan, {k.upper(): s.name for k, s in sources.items()}, hashes)
         run_merge(plan, sources, FileSink(output, meta, overwrite, list(paths.values())),

@@ -15,13 +15,13 @@ from typing import Callable, Mapping, Optional, Protocol
 
 import torch
 
-from .adjust import apply_adjust
 from . import threads as thread_policy
 from .architectures import fused_tensor_of
-from .calcmodes import KeyContext, column_sums, cosine_stats, similarities_from_sums
+from .io.sources import KeySource
+from .methods.adjust import apply_adjust
+from .methods.calcmodes import KeyContext, column_sums, cosine_stats, similarities_from_sums
 from .nonfinite import record as record_nonfinite
 from .plan import FROM_B, MERGE, KeyPlan, MergePlan, MergeSettings
-from .sources import KeySource
 
 CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32 per operand
 
@@ -274,7 +274,7 @@ class FileSink:
         self.writer = None
 
     def begin(self, layout) -> None:
-        from .safetensors_io import SafetensorsWriter
+        from .io.safetensors_file import SafetensorsWriter
         self.writer = SafetensorsWriter(self.path, layout, self.metadata, self.overwrite, self.inputs, self.input_name)
 
     def put(self, key, tensor) -> None:

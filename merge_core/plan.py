@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 from .architectures import Architecture
-from .block_weights import BlockWeights
-from .adjust import Adjust
-from .calcmodes import CalcMode, check_calc_parameters
-from .elemental import ElementalRule, elemental_alpha
-from .selection import Selection, is_vae
+from .blocks.elemental import ElementalRule, elemental_alpha
+from .blocks.selection import Selection, is_vae
+from .blocks.weights import BlockWeights
 from .errors import MergeInputError
-from .methods import MergeMode
+from .methods.adjust import Adjust
+from .methods.calcmodes import CalcMode, check_calc_parameters
+from .methods.modes import MergeMode
 
 # The one list of keys that are never merged, in both namings (spec §1, quirk 4, kept).
 # SuperMerger's rule is on checkpoint names: a key without "weight" or "bias" keeps A.

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Optional
 
-from .calcmodes import get_calc_mode
 from .errors import MergeInputError, require_ratio
-from .methods import get_mode
+from .methods.calcmodes import get_calc_mode
+from .methods.modes import get_mode
 from .plan import MergeSettings
 
 SETTING_DEFAULTS: dict[str, Any] = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .analysis import format_table
+from .analysis.similarity import format_table
 from .nonfinite import warning as nonfinite_warning
 from .plan import FROM_B, KEEP_A, MERGE, MergePlan
 

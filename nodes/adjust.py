@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..merge_core.adjust import Adjust
 from ..merge_core.errors import require_ratio
+from ..merge_core.methods.adjust import Adjust
 from .comfy_models import add_adjust_patches, architecture_of, base_layout
 from .errors import named_errors
-from .validation import settings_problems
 from .merge import CATEGORY
+from .validation import settings_problems
 
 KNOBS = [
     ("IN", -6.0, 6.0, "Detail/noise at the input conv: positive = more detail (and noise)."),

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..merge_core.analysis import (BLOCK_METHODS, asimilarity, attention_sites, compare_keys, format_csv,
+from ..merge_core.analysis.charts import bar_chart
+from ..merge_core.analysis.similarity import (BLOCK_METHODS, asimilarity, attention_sites, compare_keys, format_csv,
                                    format_table, list_elements, token_norm_rows)
 from ..merge_core.api import analysis_architecture
-from ..merge_core.charts import bar_chart
 from ..merge_core.errors import MergeInputError
 from .comfy_models import base_layout, effective_weight, key_patches, shapes_of
 from .errors import named_errors

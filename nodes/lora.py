@@ -3,7 +3,7 @@
 Applying reuses ComfyUI's key maps and weight adapters (LoRA, LoCon, LoHa, LoKr,
 DoRA...): each patch is added with strength = ratio x the block value of the
 model key it patches, so the result equals LoraLoader at all-1 block weights.
-The file-producing nodes call merge_core.lora_files and save into ComfyUI's
+The file-producing nodes call merge_core.lora (operations, then files.save_lora) and save into ComfyUI's
 ``loras`` folder under a new numbered name (never overwriting).
 """
 from __future__ import annotations
@@ -15,16 +15,16 @@ from comfy_api.latest import io
 
 from ..merge_core.architectures import SD1
 from ..merge_core.errors import MergeInputError, require_ratio
-from ..merge_core.lora_blocks import block_values, parse_lora_list, parse_presets
-from ..merge_core.lora_files import (METADATA_MODES, SAVE_DTYPES, LoraResult, extract_from_loras,
-                                     extract_from_models, extraction_metadata, merge_loras, merged_metadata,
-                                     next_free_path, read_lora, save_lora)
-from ..merge_core.lora_math import SVD_METHODS
-from ..merge_core.safetensors_io import SafetensorsReader
+from ..merge_core.io.safetensors_file import SafetensorsReader
+from ..merge_core.lora.blocks import block_values, parse_lora_list, parse_presets
+from ..merge_core.lora.files import SAVE_DTYPES, next_free_path, read_lora, save_lora
+from ..merge_core.lora.linalg import SVD_METHODS
+from ..merge_core.lora.metadata import METADATA_MODES, extraction_metadata, merged_metadata
+from ..merge_core.lora.operations import LoraResult, extract_from_loras, extract_from_models, merge_loras
 from .comfy_models import architecture_of, base_layout, effective_weight, key_patches, shapes_of
 from .errors import named_errors
-from .validation import settings_problems
 from .merge import CATEGORY, _progress
+from .validation import settings_problems
 
 LORA_CATEGORY = CATEGORY + "/lora"
 NONE = "None"
@@ -160,7 +160,7 @@ def apply_lora(model, clip, name: str, path: str, s_model: float, s_clip: float,
     if path.endswith(".safetensors"):  # a damaged file: a one-line error naming it, not ComfyUI's traceback
         SafetensorsReader(path, input_name).close()
     sd = comfy.lora_convert.convert_lora(comfy.utils.load_torch_file(path, safe_load=True))
-    from ..merge_core.lora_keys import lora_architecture
+    from ..merge_core.lora.keys import lora_architecture
     kind = lora_architecture({k.split(".")[0] for k in sd})
     family = "sdxl" if arch.name == "sdxl" else "sd1"
     if kind is not None and kind != family:
@@ -374,7 +374,7 @@ class LoraMerge(io.ComfyNode):
 
 def _save_with_inputs(result, items, mode, prefix, save_dtype, lbw_presets) -> str:
     import folder_paths
-    from ..merge_core.lora_files import common_architecture
+    from ..merge_core.lora.files import common_architecture
     arch = common_architecture([f for _, f in items])
     presets = parse_presets(lbw_presets)
     inputs = [(item, lora, block_values(item.blocks, item.ratio, arch, presets, "lora_list", item.name))

@@ -11,20 +11,20 @@ from typing import Any, Optional
 from comfy_api.latest import io
 
 from ..merge_core.api import make_settings as core_settings
-from ..merge_core.calcmodes import get_calc_mode, resolve_modes, smooth_delta
+from ..merge_core.blocks.presets import preset_names
 from ..merge_core.engine import cosine_statistics
 from ..merge_core.errors import MergeInputError
-from ..merge_core.methods import MODE_LABELS, get_mode
+from ..merge_core.methods.calcmodes import get_calc_mode, resolve_modes, smooth_delta
+from ..merge_core.methods.modes import MODE_LABELS, get_mode
 from ..merge_core.plan import MERGE, MergeSettings, build_plan
-from ..merge_core.presets import preset_names
 from ..merge_core.report import applied_report
 from .comfy_models import (apply_plan, architecture_of, base_layout, check_same_architecture,
                            count_nonfinite_inputs, effective_weight, key_patches, make_calc_adapter, shapes_of)
 from .errors import named_errors
 from .merge_options import options_input
-from .validation import number_problems
-from .ui import text_ui
 from .recipe_tags import loader_file_names, set_recipe, source_of
+from .ui import text_ui
+from .validation import number_problems
 
 CATEGORY = "merge_suite"
 CUSTOM = "custom"

@@ -14,8 +14,8 @@ from typing import Any, Mapping, Optional
 
 from comfy_api.latest import io
 
-from ..merge_core.calcmodes import CALC_MODE_NAMES
 from ..merge_core.errors import MergeInputError
+from ..merge_core.methods.calcmodes import CALC_MODE_NAMES
 from .errors import named_errors
 from .validation import number_problems
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..merge_core.architectures import SD1, SDXL
-from ..merge_core.dice import DEFAULT_CUSTOM, MODES, DiceSettings, roll_many
-from ..merge_core.pinpoint import pinpoint_blocks, pinpoint_elements
+from ..merge_core.blocks.dice import DEFAULT_CUSTOM, MODES, DiceSettings, roll_many
+from ..merge_core.blocks.pinpoint import pinpoint_blocks, pinpoint_elements
 from .errors import named_errors
 from .sweep import SWEEP_CATEGORY
 from .validation import settings_problems

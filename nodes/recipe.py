@@ -14,7 +14,7 @@ from comfy_api.latest import io
 
 from ..merge_core import recipe as core
 from ..merge_core.errors import MergeInputError
-from ..merge_core.safetensors_io import SafetensorsReader
+from ..merge_core.io.safetensors_file import SafetensorsReader
 from .errors import named_errors
 from .merge import CATEGORY, merge_objects, tag_recipe
 from .recipe_tags import get_recipe, set_recipe

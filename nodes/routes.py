@@ -1,7 +1,7 @@
 """HTTP routes behind the web extension (web/js): presets, block layouts and validation.
 
-Every answer comes from merge_core (presets.py, architectures.py, block_weights.py,
-elemental.py), so the browser never re-implements a list or a grammar: the editor
+Every answer comes from merge_core (blocks/presets.py, architectures/, blocks/weights.py,
+blocks/elemental.py), so the browser never re-implements a list or a grammar: the editor
 shows what the node will do when it runs. The payload functions are plain so tests
 can call them without a server; register() mounts them on ComfyUI's PromptServer.
 """
@@ -14,17 +14,17 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-from ..merge_core.analysis import element_name
+from ..merge_core.analysis.similarity import element_name
 from ..merge_core.architectures import SD1, SDXL
-from ..merge_core.block_weights import parse_block_weights
-from ..merge_core.elemental import parse_elemental
+from ..merge_core.blocks.elemental import parse_elemental
+from ..merge_core.blocks.presets import presets
+from ..merge_core.blocks.weights import parse_block_weights
 from ..merge_core.errors import MergeInputError
-from ..merge_core.presets import presets
 
 PREFIX = "/merge_suite"
 MAX_BODY_BYTES = 1 << 20  # a block list or an elemental text is a few KB; more is a mistake or an attack
 LAYOUTS = {"sd1": SD1, "sdxl": SDXL}  # SD2 shares SD1's block list
-KEYSETS = Path(__file__).resolve().parents[1] / "merge_core" / "data" / "keysets"  # key inventories of full SD1.5 / SDXL
+KEYSETS = Path(__file__).resolve().parents[1] / "merge_core" / "architectures" / "keysets"  # key inventories of full SD1.5 / SDXL
 
 
 def _groups(blocks: tuple[str, ...]) -> dict[str, list[str]]:

@@ -8,7 +8,7 @@ freed. Key names come from ComfyUI's own model-config functions
 (process_*_state_dict_for_saving), run first on shape-only "meta" tensors to
 lay out the header: most keys map one to one, and the few that are built from
 several (SD2/SDXL text-encoder q/k/v -> in_proj) are produced one layer group
-at a time. The file goes through merge_core.output_file (temporary name, fsync,
+at a time. The file goes through merge_core.io.output_file (temporary name, fsync,
 no-clobber rename, removed on failure or SIGTERM/SIGHUP).
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ from comfy_api.latest import io
 
 from ..merge_core import recipe as core_recipe
 from ..merge_core.errors import MergeInputError
-from ..merge_core.filehash import file_sha256
-from ..merge_core.output_file import install_signal_cleanup, remove_stale_parts
-from ..merge_core.safetensors_io import SafetensorsWriter
+from ..merge_core.io.filehash import file_sha256
+from ..merge_core.io.output_file import install_signal_cleanup, remove_stale_parts
+from ..merge_core.io.safetensors_file import SafetensorsWriter
 from .comfy_models import UNET_PREFIX, effective_weight
 from .errors import named_errors
 from .merge import CATEGORY

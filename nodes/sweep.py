@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..merge_core import grid as core_grid
-from ..merge_core import sweep as core
 from ..merge_core.errors import MergeInputError
 from ..merge_core.recipe import leaf
+from ..merge_core.sweep import grid as core_grid
+from ..merge_core.sweep import lists as core
 from .errors import named_errors
-from .validation import settings_problems
 from .merge import CATEGORY
 from .recipe_tags import set_recipe
+from .validation import settings_problems
 
 SWEEP_CATEGORY = CATEGORY + "/sweep"
 NAME_TIP = "Axis name shown in the labels, e.g. 'alpha' gives 'alpha=0.3'. Empty: the bare values."

@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:
 
 def load_keyset(name: str) -> dict[str, tuple[int, ...]]:
     """Every key and shape of a full SD1.5 ("sd1") or SDXL ("sdxl") checkpoint."""
-    with gzip.open(REPO / "merge_core" / "data" / "keysets" / f"{name}.json.gz") as f:
+    with gzip.open(REPO / "merge_core" / "architectures" / "keysets" / f"{name}.json.gz") as f:
         return {k: tuple(v[0]) for k, v in json.loads(f.read()).items()}
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO / "demo"))
 from server import ComfyServer  # noqa: E402
 from workflow_api import to_prompt  # noqa: E402
 
-from merge_core.presets import presets  # noqa: E402
+from merge_core.blocks.presets import presets  # noqa: E402
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 WORKFLOW = REPO / "example_workflows" / "merge_checkpoints_block_weights.json"

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "demo"))
 from server import ComfyServer  # noqa: E402
 from fault_inputs import tiny_lora as tiny_lora_of  # noqa: E402
 
-PART = ".merge-suite-"  # our temporary-file pattern (merge_core.output_file)
+PART = ".merge-suite-"  # our temporary-file pattern (merge_core.io.output_file)
 LORA_MODULES = ["lora_unet_down_blocks_0_attentions_0_proj_in", "lora_unet_up_blocks_3_attentions_2_proj_out",
                 "lora_te_text_model_encoder_layers_0_mlp_fc1"]
 
@@ -278,7 +278,7 @@ def test_cli_fault(case, cli_results):
         out = ws / case.output
         assert out.stat().st_mode & 0o777 == 0o666 & ~_umask(), oct(out.stat().st_mode)
         if out.suffix == ".safetensors":
-            from merge_core.safetensors_io import SafetensorsReader
+            from merge_core.io.safetensors_file import SafetensorsReader
             with SafetensorsReader(out) as reader:
                 assert reader.keys() and all(reader.get(k) is not None for k in reader.keys()[:5])
     if case.name == "merge_removes_stale_parts_only":

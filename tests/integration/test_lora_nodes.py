@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from spec_blocks import sd1_block, sdxl_block  # noqa: E402
 
 from merge_suite.merge_core.architectures import SD1, SDXL  # noqa: E402
-from merge_suite.merge_core.lora_keys import te_modules, unet_module  # noqa: E402
+from merge_suite.merge_core.lora.keys import te_modules, unet_module  # noqa: E402
 from merge_suite.nodes.errors import MergeNodeError  # noqa: E402
 from merge_suite.nodes.lora import (LoraApply, LoraBake, LoraExtract, LoraExtractFromLoras,  # noqa: E402
                                     LoraMerge)

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 import nodes as comfy_nodes
 
 from merge_suite.merge_core import cli
-from merge_suite.merge_core.safetensors_io import SafetensorsReader
+from merge_suite.merge_core.io.safetensors_file import SafetensorsReader
 from merge_suite.nodes.merge import CheckpointMerge
 from merge_suite.nodes.save import SaveCheckpoint
 

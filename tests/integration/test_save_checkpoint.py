@@ -10,7 +10,7 @@ import folder_paths
 import nodes as comfy_nodes
 
 from merge_suite.merge_core import recipe as core_recipe
-from merge_suite.merge_core.safetensors_io import SafetensorsReader
+from merge_suite.merge_core.io.safetensors_file import SafetensorsReader
 from merge_suite.nodes import save as save_mod
 from merge_suite.nodes.errors import MergeNodeError
 from merge_suite.nodes.merge import CheckpointMerge

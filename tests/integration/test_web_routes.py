@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from merge_suite.merge_core.architectures import SD1, SDXL
-from merge_suite.merge_core.block_weights import SDXL_FROM_26
-from merge_suite.merge_core.elemental import parse_elemental
-from merge_suite.merge_core.presets import presets
+from merge_suite.merge_core.blocks.weights import SDXL_FROM_26
+from merge_suite.merge_core.blocks.elemental import parse_elemental
+from merge_suite.merge_core.blocks.presets import presets
 from merge_suite.nodes import routes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ def test_valid_elemental_counts_rules_per_layout():
 def test_listed_elements_match_keys_of_that_block(layout, arch, block):
     elements = routes.block_elements(layout, block)["elements"]
     assert elements and len(set(elements)) == len(elements)
-    with gzip.open(REPO / "merge_core" / "data" / "keysets" / f"{layout}.json.gz") as f:
+    with gzip.open(REPO / "merge_core" / "architectures" / "keysets" / f"{layout}.json.gz") as f:
         keys = [k for k in json.loads(f.read()) if arch.block_of(k) == block]
     for element in elements:
         rules = parse_elemental(f"{block}:{element}:0.5", arch)

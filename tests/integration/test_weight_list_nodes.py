@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from spec_blocks import sd1_block, sdxl_block  # noqa: E402
 from test_merge_nodes import SD1_NAMES, SDXL_NAMES, base_weights, effective, merge  # noqa: E402
 
-from merge_suite.merge_core.elemental import keyed_uniform  # noqa: E402
+from merge_suite.merge_core.blocks.elemental import keyed_uniform  # noqa: E402
 from merge_suite.nodes.errors import MergeNodeError  # noqa: E402
 from merge_suite.nodes.random_weights import PinpointBlocks, PinpointElements, RandomBlockWeights  # noqa: E402
 

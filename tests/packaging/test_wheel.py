@@ -97,9 +97,9 @@ def test_wheel_holds_the_engine_only(wheel):
         meta = zf.read(dist_info + "METADATA").decode()
     assert all(n.startswith(("merge_core/", dist_info)) for n in names), [n for n in names if "merge_core" not in n]
     assert not any(n.startswith(("nodes/", "web/", "tests/")) or n == "__init__.py" for n in names)
-    for needed in ("merge_core/native/median3.c", "merge_core/data/mbw_presets.tsv",
-                   "merge_core/data/keysets/sd1.json.gz", "merge_core/data/keysets/sdxl.json.gz",
-                   "merge_core/py.typed", "merge_core/cli.py", "merge_core/__main__.py"):
+    for needed in ("merge_core/methods/median3.c", "merge_core/blocks/mbw_presets.tsv",
+                   "merge_core/architectures/keysets/sd1.json.gz", "merge_core/architectures/keysets/sdxl.json.gz",
+                   "merge_core/py.typed", "merge_core/cli/app.py", "merge_core/__main__.py"):
         assert needed in names
     assert len(sources) >= 30
     offending = {n: m.group(0).strip() for n, text in sources.items() if (m := COMFY_IMPORTS.search(text))}

@@ -4,7 +4,7 @@ import torch
 from test_merge_api import small_model
 
 from merge_core import merge_state_dicts
-from merge_core.adjust import parse_adjust
+from merge_core.methods.adjust import parse_adjust
 from merge_core.errors import MergeInputError
 
 P = "model.diffusion_model."

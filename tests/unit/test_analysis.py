@@ -11,9 +11,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from spec_blocks import sd1_block, sdxl_block
 
-from merge_core.analysis import asimilarity, attention_sites, compare_keys, list_elements
+from merge_core.analysis.similarity import asimilarity, attention_sites, compare_keys, list_elements
 from merge_core.architectures import SD1, SDXL
-from merge_core.charts import bar_chart
+from merge_core.analysis.charts import bar_chart
 from merge_core.errors import MergeInputError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,9 +1,9 @@
 import pytest
 
 from merge_core.architectures import SD1, SDXL
-from merge_core.block_weights import parse_block_weights
+from merge_core.blocks.weights import parse_block_weights
 from merge_core.errors import MergeInputError
-from merge_core.presets import presets
+from merge_core.blocks.presets import presets
 
 SDXL_KEPT = ["BASE"] + [f"IN{i:02d}" for i in range(9)] + ["M00"] + [f"OUT{i:02d}" for i in range(9)]
 

@@ -7,10 +7,10 @@ from spec_blocks import sd1_block
 from test_merge_api import SD1_NAMES, small_model
 
 from merge_core import merge_state_dicts
-from merge_core.calcmodes import (CALC_MODES, KeyContext, cosine_stats, extract, get_calc_mode, plus_random,
+from merge_core.methods.calcmodes import (CALC_MODES, KeyContext, cosine_stats, extract, get_calc_mode, plus_random,
                                   self_scale, smooth_add, tensor2_exchange, tensor_exchange, train_difference)
 from merge_core.errors import MergeInputError
-from merge_core.filters import _median_gather, gaussian_filter, median_filter3
+from merge_core.methods.filters import _median_gather, gaussian_filter, median_filter3
 
 rng = np.random.default_rng(0)
 SHAPES = [(7,), (6, 5), (8, 4, 3, 3), (5, 3, 1, 1), (130, 120)]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from merge_core import __version__
-from merge_core.cli import build_parser, main
+from merge_core.cli.app import build_parser, main
 from merge_core.version import package_version, pyproject_version
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from test_merge_api import small_model
 
 from merge_core import merge_state_dicts
 from merge_core.architectures import SD1, SDXL
-from merge_core.elemental import elemental_alpha, parse_elemental
+from merge_core.blocks.elemental import elemental_alpha, parse_elemental
 from merge_core.errors import MergeInputError
 
 K = "model.diffusion_model.output_blocks.{}.1.transformer_blocks.0.{}.weight"

@@ -5,14 +5,14 @@ import torch
 from safetensors.torch import save_file
 
 from merge_core import cli
-from merge_core.analysis import compare_keys
+from merge_core.analysis.similarity import compare_keys
 from merge_core.api import make_settings, plan_merge
 from merge_core.architectures import SD2, SDXL
 from merge_core.engine import DictSink, run_merge
 from merge_core.plan import (COMFY_OPENCLIP_PREFIXES, KEEP_A, MERGE, NEVER_MERGED_OPENCLIP, OPENCLIP_PREFIXES,
                              build_plan)
 from merge_core.report import applied_report
-from merge_core.sources import open_source
+from merge_core.io.sources import open_source
 
 UNET = "model.diffusion_model."
 FLOAT_KEY = UNET + "input_blocks.11.0.in_layers.2.weight"  # 12 input blocks: SD1

@@ -15,10 +15,12 @@ from safetensors.torch import load_file, save_file
 from merge_core.architectures import SD1, SDXL
 from merge_core.cli import main
 from merge_core.errors import MergeInputError
-from merge_core.lora_blocks import block_values, parse_lora_list, parse_presets
-from merge_core.lora_files import (LoraResult, merged_metadata, next_free_path, read_lora, save_lora)
-from merge_core.lora_keys import lora_architecture, module_block, te_modules, unet_module
-from merge_core.lora_math import LoraModule, decompose, exact_merge, extract_two, naive_merge
+from merge_core.lora.blocks import block_values, parse_lora_list, parse_presets
+from merge_core.lora.files import next_free_path, read_lora, save_lora
+from merge_core.lora.metadata import merged_metadata
+from merge_core.lora.operations import LoraResult
+from merge_core.lora.keys import lora_architecture, module_block, te_modules, unet_module
+from merge_core.lora.linalg import LoraModule, decompose, exact_merge, extract_two, naive_merge
 
 from spec_blocks import sd1_block
 

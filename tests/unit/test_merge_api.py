@@ -11,7 +11,7 @@ from test_methods import FORMULAS
 
 from merge_core import merge_files, merge_state_dicts
 from merge_core.errors import MergeInputError
-from merge_core.presets import presets
+from merge_core.blocks.presets import presets
 
 SD1_NAMES = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
 SDXL_NAMES = ["BASE"] + [f"IN{i:02d}" for i in range(9)] + ["M00"] + [f"OUT{i:02d}" for i in range(9)]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from merge_core.errors import MergeInputError
-from merge_core.methods import MODES, get_mode
+from merge_core.methods.modes import MODES, get_mode
 
 torch.manual_seed(0)
 A, B, C = (torch.randn(64, 33) for _ in range(3))

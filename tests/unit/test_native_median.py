@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from merge_core import native
-from merge_core.filters import _median_gather, median_filter3
+from merge_core.methods import native
+from merge_core.methods.filters import _median_gather, median_filter3
 
 rng = np.random.default_rng(7)
 HAS_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
@@ -74,7 +74,7 @@ def test_disabled_kernel_falls_back_to_the_same_values(monkeypatch):
 @pytest.mark.parametrize("shape,budget", [((50, 7), 40), ((33, 5, 3, 3), 100), ((9, 4, 3), 20), ((12, 3), 3),
                                           ((6, 2, 3, 3), 18), ((40, 1, 30), 31)])
 def test_smooth_in_slabs_equals_the_whole_tensor_filter_and_scipy(shape, budget):
-    from merge_core.filters import smooth
+    from merge_core.methods.filters import smooth
     x = rng.standard_normal(shape).astype(np.float32)
     slabbed = smooth(torch.from_numpy(x), budget=budget).numpy()
     whole = smooth(torch.from_numpy(x), budget=10 ** 9).numpy()

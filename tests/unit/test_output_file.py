@@ -1,4 +1,4 @@
-"""merge_core.output_file and the file-safety rules around it: inputs, no-clobber, partial files, damaged files."""
+"""merge_core.io.output_file and the file-safety rules around it: inputs, no-clobber, partial files, damaged files."""
 import json
 import os
 import shutil
@@ -8,12 +8,13 @@ import time
 import pytest
 import torch
 
-from merge_core import filehash, native
+from merge_core.io import filehash
+from merge_core.methods import native
 from merge_core.errors import MergeInputError
-from merge_core.filehash import file_sha256
-from merge_core.lora_files import next_free_path
-from merge_core.output_file import PART_RE, OutputFile, remove_stale_parts, write_bytes
-from merge_core.safetensors_io import SafetensorsReader, SafetensorsWriter
+from merge_core.io.filehash import file_sha256
+from merge_core.lora.files import next_free_path
+from merge_core.io.output_file import PART_RE, OutputFile, remove_stale_parts, write_bytes
+from merge_core.io.safetensors_file import SafetensorsReader, SafetensorsWriter
 
 HAS_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
 

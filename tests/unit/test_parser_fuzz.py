@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from merge_core.architectures import SD1, SDXL
-from merge_core.block_weights import parse_block_weights
+from merge_core.blocks.weights import parse_block_weights
 from merge_core.errors import MergeInputError
 
 tokens = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(str), st.sampled_from(

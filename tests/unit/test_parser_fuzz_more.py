@@ -2,10 +2,10 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from merge_core.adjust import parse_adjust
+from merge_core.methods.adjust import parse_adjust
 from merge_core.architectures import SD1, SDXL
 from merge_core.errors import MergeInputError
-from merge_core.selection import parse_selection
+from merge_core.blocks.selection import parse_selection
 
 numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(str),
                     st.sampled_from(["", " ", "x", "1e999", "-0", "R"]), st.text(max_size=3))

@@ -8,11 +8,11 @@ from test_merge_api import small_model
 
 from merge_core import merge_state_dicts
 from merge_core.architectures import SD1, SDXL
-from merge_core.block_weights import parse_block_weights
-from merge_core.dice import DiceSettings, roll
-from merge_core.elemental import elemental_alpha, keyed_uniform, parse_elemental
+from merge_core.blocks.weights import parse_block_weights
+from merge_core.blocks.dice import DiceSettings, roll
+from merge_core.blocks.elemental import elemental_alpha, keyed_uniform, parse_elemental
 from merge_core.errors import MergeInputError
-from merge_core.pinpoint import pinpoint_blocks, pinpoint_elements
+from merge_core.blocks.pinpoint import pinpoint_blocks, pinpoint_elements
 
 SD1_IDS = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
 

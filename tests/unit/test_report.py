@@ -9,7 +9,7 @@ from test_merge_api import small_model
 
 from merge_core.api import plan_merge
 from merge_core.report import applied_report
-from merge_core.sources import DictSource
+from merge_core.io.sources import DictSource
 
 REPO = Path(__file__).resolve().parents[2]
 

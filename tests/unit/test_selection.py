@@ -7,7 +7,7 @@ from test_merge_api import small_model
 from merge_core import merge_state_dicts
 from merge_core.architectures import SD1, SDXL
 from merge_core.errors import MergeInputError
-from merge_core.selection import parse_selection
+from merge_core.blocks.selection import parse_selection
 
 P = "model.diffusion_model."
 

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from merge_core.adjust import Adjust, parse_adjust
+from merge_core.methods.adjust import Adjust, parse_adjust
 from merge_core.api import make_settings, merge_state_dicts
 from merge_core.architectures import SD1
 from merge_core.errors import MergeInputError
-from merge_core.lora_files import check_svd_settings
-from merge_core.lora_blocks import block_values, parse_lora_list
+from merge_core.lora.operations import check_svd_settings
+from merge_core.lora.blocks import block_values, parse_lora_list
 from merge_core.plan import build_plan
 from merge_core.recipe import MAX_STEPS, parse_file_recipe
 

@@ -5,7 +5,9 @@ import random
 import pytest
 from PIL import Image
 
-from merge_core import grid, recipe, sweep
+from merge_core.sweep import grid
+from merge_core import recipe
+from merge_core.sweep import lists as sweep
 from merge_core.api import make_settings
 from merge_core.architectures import detect
 from merge_core.errors import MergeInputError
@@ -188,7 +190,7 @@ def test_file_sha256_is_cached_by_path_size_and_mtime(tmp_path):
     import hashlib
     import os
 
-    from merge_core import filehash
+    from merge_core.io import filehash
     f, cache = tmp_path / "m.safetensors", tmp_path / "cache" / "sha.json"
     f.write_bytes(b"x" * 1000)
     want = hashlib.sha256(f.read_bytes()).hexdigest()

@@ -6,11 +6,12 @@ import pytest
 import torch
 from test_merge_api import small_model
 
-from merge_core import filters, native
+from merge_core.methods import filters
+from merge_core.methods import native
 from merge_core import threads as thread_policy
 from merge_core.api import plan_merge
 from merge_core.engine import DictSink, run_merge
-from merge_core.sources import open_source
+from merge_core.io.sources import open_source
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Fault injection for tests/e2e/test_faults_files.py, loaded through PYTHONPATH into a CLI or server process.
 
-It wraps os.fsync, which merge_core.output_file calls on a complete temporary file just before the
+It wraps os.fsync, which merge_core.io.output_file calls on a complete temporary file just before the
 rename: "slow" sleeps there (so a signal lands while the .part file exists, deterministically),
 "appear" creates the target file there (another program saving to the same name mid-merge).
 The mode comes from MERGE_SUITE_FAULT, or from the file named by MERGE_SUITE_FAULT_FILE (read at

@@ -1,0 +1,72 @@
+"""The one argparse application: global options, the subcommand table, and how errors are printed.
+
+Each subcommand lives in its own module with ``add_parser(sub)`` (which sets ``run``) and ``run(args)``.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from ..errors import MergeInputError
+from ..io.output_file import Stopped, install_signal_cleanup
+from ..version import __version__
+from . import analyze, dice, elements, lora_extract, lora_merge, merge, pinpoint
+from .options import OneLineParser
+
+COMMANDS = (merge, analyze, lora_merge, lora_extract, dice, pinpoint, elements)  # order of --help
+# merge_core names inputs as the nodes do; on the command line they are options or positions
+OPTION_NAMES = {"blocks_alpha": "--blocks", "blocks_beta": "--blocks-beta", "dtype": "--dtype",
+                "calcmode": "--calc", "gamma": "--gamma", "block": "--block", "include": "--include",
+                "elemental": "--elemental", "adjust": "--adjust", "include_exclude": "--include/--exclude",
+                "alpha": "--alpha", "beta": "--beta", "seed": "--seed",
+                "model_a": "model A (1st file)", "model_b": "model B (2nd file)", "model_c": "model C (3rd file)",
+                "output": "-o", "file": "FILE"}
+
+
+def program_name() -> str:
+    """How the user called us: the installed console script, or the module from a checkout."""
+    return "merge-suite" if Path(sys.argv[0]).stem.startswith("merge-suite") else "python -m merge_core"
+
+
+class _OneLinePerCommand(argparse.HelpFormatter):
+    """Wide enough that the command list keeps one line per command (argparse measures the commands'
+    names without their extra indent, which would push the longest one's help onto a second line)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=24, width=max(100, shutil.get_terminal_size().columns))
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            self._action_max_length += 4
+
+
+def build_parser() -> argparse.ArgumentParser:
+    prog = program_name()
+    parser = OneLineParser(prog=prog, formatter_class=_OneLinePerCommand,
+                           description="SuperMerger-compatible checkpoint merging, key by key.",
+                           epilog=f"'{prog} COMMAND --help' shows a command's options.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    install_signal_cleanup(then_raise=True)  # SIGTERM/SIGHUP: like Ctrl+C, the output's temporary file goes
+    try:
+        return args.run(args)
+    except KeyboardInterrupt as exc:
+        print(f"error: {args.command}: {exc or 'interrupted'}; no output was written.", file=sys.stderr)
+        return 128 + exc.signum if isinstance(exc, Stopped) else 130
+    except MergeInputError as exc:
+        exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
+        print(f"error: {exc.describe(args.command)}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"error: {args.command}: {exc}", file=sys.stderr)
+        return 2

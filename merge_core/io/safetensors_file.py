@@ -1,0 +1,233 @@
+"""Streaming safetensors reader and writer.
+
+The format is an 8-byte little-endian header length, a JSON header
+(``{key: {dtype, shape, data_offsets}}`` plus ``__metadata__``), then the raw
+tensor bytes. Reading one tensor with a positioned read (no mmap) keeps a
+file's pages out of the process's resident memory; writing the header first
+and then each tensor as it is produced means no merged state dict ever exists
+in RAM. The header is checked in full at open (a damaged file is a one-line
+error naming it, not a traceback later). The writer goes through
+output_file.OutputFile: complete file or none, never onto an input.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+import torch
+
+from ..errors import MergeInputError
+from .output_file import OutputFile
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+MAX_HEADER = 100 * 1024 * 1024  # the safetensors reference refuses larger headers too
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # absolute file offset
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+class SafetensorsReader:
+    """Lazy access to one file: headers at open, tensors one at a time.
+
+    input_name: the input or option that named the file, for the error of a damaged file.
+    """
+
+    def __init__(self, path: str | os.PathLike, input_name: str = "file"):
+        self.path = Path(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise MergeInputError(input_name, f"'{self.path}' does not exist.", "check the path.") from None
+        except OSError as exc:
+            raise MergeInputError(input_name, f"cannot open '{self.path}': {exc.strerror or exc}.",
+                                  "check the path and its permissions.") from None
+        try:
+            header, base = self._header()
+            self.metadata, self.tensors = self._entries(header, base, os.fstat(self._fd).st_size)
+        except (ValueError, OSError) as exc:
+            os.close(self._fd)
+            self._fd = -1
+            problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise MergeInputError(input_name, f"'{self.path}' is not a readable safetensors file: {problem}.",
+                                  "the file is damaged or truncated (an unfinished download?); download or save "
+                                  "it again.") from None
+
+    def _header(self) -> tuple[dict, int]:
+        head = os.pread(self._fd, 8, 0)
+        if len(head) != 8:
+            raise ValueError("it is shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", head)
+        size = os.fstat(self._fd).st_size
+        if n > MAX_HEADER:
+            raise ValueError(f"the header length {n} is absurd (over {MAX_HEADER // 2**20} MB)")
+        if n > size - 8:
+            raise ValueError(f"the header length {n} runs past the end of the file ({size} bytes)")
+        raw = os.pread(self._fd, n, 8)
+        try:
+            header = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"the header is not valid JSON ({exc})") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
+        return header, 8 + n
+
+    def _entries(self, header: dict, base: int, size: int):
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("__metadata__ is not a JSON object")
+        tensors: dict[str, TensorInfo] = {}
+        for key, info in header.items():
+            where = f"tensor '{key}'"
+            if not isinstance(info, dict):
+                raise ValueError(f"{where}: its entry is not a JSON object")
+            dtype = DTYPES.get(info.get("dtype"))
+            if dtype is None:
+                raise ValueError(f"{where}: unknown dtype {info.get('dtype')!r}")
+            shape, offsets = info.get("shape"), info.get("data_offsets")
+            if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+                raise ValueError(f"{where}: bad shape {shape!r}")
+            if (not isinstance(offsets, list) or len(offsets) != 2
+                    or not all(type(o) is int for o in offsets) or not 0 <= offsets[0] <= offsets[1]):
+                raise ValueError(f"{where}: bad data_offsets {offsets!r}")
+            begin, end = base + offsets[0], base + offsets[1]
+            if end > size:
+                raise ValueError(f"{where}: its data ends at byte {end}, past the end of the file ({size} bytes; "
+                                 "truncated?)")
+            expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            if end - begin != expected:
+                raise ValueError(f"{where}: {end - begin} bytes of data for shape {shape} in {info['dtype']} "
+                                 f"({expected} expected)")
+            tensors[key] = TensorInfo(dtype, tuple(shape), begin, end)
+        return {str(k): str(v) for k, v in metadata.items()}, tensors
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: v.shape for k, v in self.tensors.items()}
+
+    def raw(self, key: str) -> bytearray:
+        info = self.tensors[key]
+        buf = bytearray(info.nbytes)
+        view = memoryview(buf)
+        done = 0
+        while done < info.nbytes:  # pread may return short reads on huge tensors
+            got = os.preadv(self._fd, [view[done:]], info.begin + done)
+            if got <= 0:
+                raise OSError(f"unexpected end of file reading '{key}' from {self.path}")
+            done += got
+        return buf
+
+    def get(self, key: str) -> torch.Tensor:
+        info = self.tensors[key]
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=info.dtype)
+        return torch.frombuffer(self.raw(key), dtype=info.dtype).reshape(info.shape)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    t = t.detach().contiguous().cpu()
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())  # reshape first: a 0-d tensor cannot be viewed
+
+
+class SafetensorsWriter:
+    """Writes tensors in a declared order; the header is written before any data.
+
+    inputs: the files being read (the output may never be one of them); input_name: the option
+    or node input that named the path, for errors.
+    """
+
+    def __init__(self, path: str | os.PathLike, layout: Iterable[tuple[str, torch.dtype, tuple[int, ...]]],
+                 metadata: Optional[Mapping[str, str]] = None, overwrite: bool = False,
+                 inputs: Iterable = (), input_name: str = "output"):
+        self.order: list[str] = []
+        self.sizes: dict[str, int] = {}
+        header: dict[str, object] = {}
+        offset = 0
+        for key, dtype, shape in layout:
+            nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+            header[key] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape),
+                           "data_offsets": [offset, offset + nbytes]}
+            self.order.append(key)
+            self.sizes[key] = nbytes
+            offset += nbytes
+        if metadata:
+            header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        blob += b" " * (-len(blob) % 8)
+        self._out = OutputFile(path, inputs, overwrite, input_name).__enter__()
+        self.path = self._out.path
+        try:
+            self._out.write(struct.pack("<Q", len(blob)) + blob)
+        except BaseException:
+            self._out.discard()
+            raise
+        self._next = 0
+
+    def _expect(self, key: str, nbytes: int) -> None:
+        if self._next >= len(self.order) or self.order[self._next] != key:
+            expected = self.order[self._next] if self._next < len(self.order) else "nothing"
+            raise RuntimeError(f"writer expected '{expected}', got '{key}'")
+        if nbytes != self.sizes[key]:
+            raise RuntimeError(f"'{key}': {nbytes} bytes, header says {self.sizes[key]}")
+        self._next += 1
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        data = _tensor_bytes(tensor)
+        self._expect(key, data.nbytes)
+        self._out.write(data)
+
+    def write_raw(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        data = memoryview(data)
+        self._expect(key, data.nbytes)
+        self._out.write(data)
+
+    def commit(self) -> Path:
+        """Make the file appear (fsynced, never over a file that appeared meanwhile); on failure nothing is left."""
+        if self._next != len(self.order):
+            self._out.discard()
+            raise RuntimeError(f"only {self._next} of {len(self.order)} tensors were written")
+        self._out.__exit__(None, None, None)
+        return self.path
+
+    def abort(self) -> None:
+        self._out.discard()

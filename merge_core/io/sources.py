@@ -1,0 +1,82 @@
+"""Key sources: anything that hands out one tensor at a time by key.
+
+The engine only needs shapes up front (to plan and to write a header) and one
+tensor at a time afterwards. A file source reads lazily; a dict source serves
+tests and small in-memory models.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional, Protocol
+
+import torch
+
+from .safetensors_file import SafetensorsReader
+
+
+class KeySource(Protocol):
+    name: str
+
+    def shapes(self) -> dict[str, tuple[int, ...]]: ...
+
+    def dtype(self, key: str) -> torch.dtype: ...
+
+    def get(self, key: str) -> torch.Tensor: ...
+
+    def raw(self, key: str) -> Optional[bytes | bytearray]:
+        """The stored bytes, for byte-exact copies; None when not available."""
+
+
+class FileSource:
+    """A safetensors file, opened lazily."""
+
+    def __init__(self, path: str | os.PathLike, input_name: str = "file"):
+        self.reader = SafetensorsReader(path, input_name)
+        self.name = os.path.basename(str(path))
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.reader.shapes()
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.reader.tensors[key].dtype
+
+    def get(self, key: str) -> torch.Tensor:
+        return self.reader.get(key)
+
+    def raw(self, key: str) -> bytearray:
+        return self.reader.raw(key)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class DictSource:
+    """An in-memory state dict (tests, small models). Tensors are never modified."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], name: str = "dict"):
+        self.tensors = tensors
+        self.name = name
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self.tensors.items()}
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.tensors[key].dtype
+
+    def get(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+    def raw(self, key: str) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(path_or_dict, name: str = "model", input_name: str = "file") -> KeySource:
+    if isinstance(path_or_dict, Mapping):
+        return DictSource(path_or_dict, name)
+    path = str(path_or_dict)
+    if not path.endswith(".safetensors"):
+        raise ValueError(f"'{path}': only .safetensors files are read (pickled .ckpt files can run code)")
+    return FileSource(path, input_name)
