@@ -113,3 +113,18 @@ def test_cli_summary_warns_about_nonfinite_inputs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 with non-finite input values" in err
     assert f"warning: non-finite values (NaN/inf) in the inputs at 1 merged keys: {FLOAT_KEY} (B: 1)" in err
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_nonfinite_count_matches_isfinite_for_every_kind_of_bad_value(dtype):
+    from merge_core.nonfinite import count_nonfinite
+
+    g = torch.Generator().manual_seed(3)
+    for bad in ([], [float("nan")], [float("inf")], [float("-inf")], [float("nan"), float("-inf"), float("inf")]):
+        t = torch.randn(1000, generator=g).to(dtype)
+        where = torch.randperm(1000, generator=g)[:len(bad)]
+        t[where] = torch.tensor(bad, dtype=dtype) if bad else t[where]
+        assert count_nonfinite(t) == int((~torch.isfinite(t)).sum()) == len(bad)
+    assert count_nonfinite(torch.empty(0, dtype=dtype)) == 0
+    assert count_nonfinite(torch.tensor([65504.0, -65504.0], dtype=dtype)) == 0, "largest finite fp16 values"
+    assert count_nonfinite(torch.arange(5)) == 0, "integer tensors have no NaN"
