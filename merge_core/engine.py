@@ -20,7 +20,7 @@ from .architectures import fused_tensor_of
 from .io.sources import KeySource
 from .methods.adjust import apply_adjust
 from .methods.calcmodes import KeyContext, column_sums, cosine_stats, similarities_from_sums
-from .nonfinite import record as record_nonfinite
+from .nonfinite import count_inputs as count_nonfinite_inputs
 from .plan import FROM_B, MERGE, KeyPlan, MergePlan, MergeSettings
 
 CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32 per operand
@@ -227,8 +227,10 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop):
 
     def load(kp: KeyPlan):
         if kp.action == MERGE:
-            return (sources["a"].get(kp.key), sources["b"].get(kp.key),
-                    sources["c"].get(kp.key) if needs_c else None)
+            a, b = sources["a"].get(kp.key), sources["b"].get(kp.key)
+            c = sources["c"].get(kp.key) if needs_c else None
+            # counted here, on the read-ahead thread, so the check overlaps the previous key's math
+            return a, b, c, count_nonfinite_inputs({"A": a, "B": b, "C": c})
         src = sources["b" if kp.action == FROM_B else "a"]
         if dtypes[kp.key] == src.dtype(kp.key):
             raw = src.raw(kp.key)
@@ -245,8 +247,9 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop):
                 loaded = pending.result()
                 pending = pool.submit(load, plan.keys[i + 1]) if i + 1 < total else None
                 if kp.action == MERGE:
-                    a, b, c = loaded
-                    record_nonfinite(plan.nonfinite, kp.key, {"A": a, "B": b, "C": c})
+                    a, b, c, nonfinite = loaded
+                    if nonfinite:
+                        plan.nonfinite[kp.key] = nonfinite
                     if settings.calc is None:
                         result = merge_tensor(kp, mode.fn, a, b, c, dtypes[kp.key])
                     else:

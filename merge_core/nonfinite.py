@@ -37,9 +37,14 @@ def count_nonfinite(t: torch.Tensor) -> int:
     return int(t.numel() - torch.isfinite(t).sum())
 
 
+def count_inputs(tensors: Mapping[str, Optional[torch.Tensor]]) -> dict[str, int]:
+    """{input: n} for the inputs ("A", "B", "C") of one key that hold non-finite values."""
+    return {name: n for name, t in tensors.items() if t is not None and (n := count_nonfinite(t))}
+
+
 def record(counts: dict, key: str, tensors: Mapping[str, Optional[torch.Tensor]]) -> None:
     """Add one key's counts per input ("A", "B", "C") to counts {key: {input: n}}."""
-    found = {name: n for name, t in tensors.items() if t is not None and (n := count_nonfinite(t))}
+    found = count_inputs(tensors)
     if found:
         counts[key] = found
 
