@@ -239,13 +239,18 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop):
         return ("tensor", src.get(kp.key))
 
     try:
-        with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as pool:
-            pending = pool.submit(load, plan.keys[0]) if plan.keys else None
+        # Three stages on three threads: read (and check) key i+1, compute key i, write key i-1. Each
+        # stage holds at most one key, so memory stays at a few tensors; on a quiet machine reading,
+        # math and writing overlap, and on a busy one the threads simply take turns on the free core.
+        with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as reader, \
+                cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") as writer:
+            pending = reader.submit(load, plan.keys[0]) if plan.keys else None
+            written = None
             for i, kp in enumerate(plan.keys):
                 if should_stop is not None and should_stop():
                     raise MergeCancelled("merge cancelled")
                 loaded = pending.result()
-                pending = pool.submit(load, plan.keys[i + 1]) if i + 1 < total else None
+                pending = reader.submit(load, plan.keys[i + 1]) if i + 1 < total else None
                 if kp.action == MERGE:
                     a, b, c, nonfinite = loaded
                     if nonfinite:
@@ -254,16 +259,22 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop):
                         result = merge_tensor(kp, mode.fn, a, b, c, dtypes[kp.key])
                     else:
                         result = calc_tensor(kp, settings, a, b, c, dtypes[kp.key], stats)
-                    sink.put(kp.key, result if kp.adjust is None else apply_adjust(result, kp.adjust))
+                    put = (sink.put, kp.key, result if kp.adjust is None else apply_adjust(result, kp.adjust))
                 elif loaded[0] == "raw":
-                    sink.put_raw(kp.key, loaded[1])
+                    put = (sink.put_raw, kp.key, loaded[1])
                 else:
-                    sink.put(kp.key, loaded[1].to(dtypes[kp.key]))
+                    put = (sink.put, kp.key, loaded[1].to(dtypes[kp.key]))
                 del loaded
+                if written is not None:
+                    written.result()  # keys reach the sink in plan order; a write error stops the merge here
+                written = writer.submit(*put)
+                del put
                 if progress is not None:
                     progress(i + 1, total)
+            if written is not None:
+                written.result()
     except BaseException:
-        sink.abort()
+        sink.abort()  # after both pools have finished their task in flight (the with block waits for them)
         raise
     return sink.commit()
 
