@@ -4,7 +4,19 @@ Written from the issue text (families and their block ids), separately from
 merge_core.architectures, so tests compare two implementations instead of one with itself.
 Keys are relative to the diffusion model; components (text encoders, VAE) are handled by `flux1_block`.
 """
+import gzip
+import json
 import re
+from pathlib import Path
+
+KEYSETS = Path(__file__).resolve().parents[2] / "merge_core" / "architectures" / "keysets"
+
+
+def load_keyset(name):
+    """{key: shape} of one inventory (read here, not through tests/conftest.py: both conftests are
+    named 'conftest' and the integration one wins when suites run together)."""
+    with gzip.open(KEYSETS / f"{name}.json.gz") as f:
+        return {k: tuple(v[0]) for k, v in json.loads(f.read()).items()}
 
 KEEP = "keep A"
 

@@ -2,7 +2,7 @@
 model classes on the meta device, scripts/make_keysets.py), automatic blocks, and block-weight text."""
 import pytest
 import spec_families as spec
-from conftest import load_keyset
+from spec_families import load_keyset
 
 from merge_core.architectures import (CHROMA, FLUX1, FLUX2, HIDREAM, KEPT, LUMINA2, NO_BLOCK, QWEN_IMAGE, SD3,
                                       SDXL, SDXL_EXTENDED, WAN, detect, detect_or_auto)
