@@ -7,7 +7,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import torch
 
 from .analysis.similarity import Analysis, asimilarity, attention_sites, compare_keys
-from .architectures import Architecture, detect, require_compatible
+from .architectures import Architecture, detect, detect_or_auto, require_compatible
 from .blocks.elemental import parse_elemental
 from .blocks.selection import parse_selection
 from .blocks.weights import parse_block_weights
@@ -32,8 +32,8 @@ def make_settings(arch: Architecture, mode: str, alpha: float = 0.5, beta: float
     merge_mode, calc = resolve_modes(get_mode(mode), get_calc_mode(calcmode))
     return MergeSettings(
         mode=merge_mode, alpha=require_ratio("alpha", alpha), beta=require_ratio("beta", beta),
-        blocks_alpha=parse_block_weights(blocks_alpha, arch, "blocks_alpha"),
-        blocks_beta=parse_block_weights(blocks_beta, arch, "blocks_beta"),
+        blocks_alpha=parse_block_weights(blocks_alpha, arch, "blocks_alpha", alpha),
+        blocks_beta=parse_block_weights(blocks_beta, arch, "blocks_beta", beta),
         calc=calc, gamma=require_ratio("gamma", gamma), seed=_seed(seed), tensor2_corrected=bool(tensor2_corrected),
         elemental=parse_elemental(elemental, arch), elemental_full_key=bool(elemental_full_key),
         adjust=parse_adjust(adjust), selection=parse_selection(include_exclude, arch),
@@ -52,11 +52,12 @@ def _seed(value) -> int:
 
 def detect_architecture(sources: Mapping[str, KeySource]) -> Architecture:
     """The architecture of A, checked against B and C."""
-    archs = {name: detect(src.shapes()) for name, src in sources.items()}
+    archs = {name: detect_or_auto(src.shapes()) for name, src in sources.items()}
     arch = archs["a"] or archs.get("b")
     if arch is None:
-        raise MergeInputError("model_a", "is not a recognised SD1, SD2 or SDXL model (no U-Net or text-encoder keys).",
-                              "pass a Stable Diffusion checkpoint or U-Net file.")
+        raise MergeInputError("model_a", "has no diffusion-model or text-encoder keys this tool recognises.",
+                              "pass a checkpoint or diffusion-model file (python -m merge_core blocks FILE "
+                              "shows how a file is read).")
     for name in ("b", "c"):
         if name in archs:
             require_compatible(arch, archs[name], f"model_{name}")
