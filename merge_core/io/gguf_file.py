@@ -13,6 +13,7 @@ bf16 keeps fp32's range), F32/F16/BF16 tensors in their own dtype.
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional
 
 import numpy as np
@@ -52,8 +53,9 @@ class GGUFSource:
         except ValueError as exc:
             text = str(exc)
             if "is not a valid GGMLQuantizationType" in text:
+                code = re.sub(r"^\w+\.\w+\((\d+)\)$", r"\1", text.split()[0])  # np.uint32(250) -> 250
                 raise MergeInputError(input_name, f"'{self.name}' uses the unknown GGUF quantisation type "
-                                      f"{text.split()[0]}.", "convert it with a quantisation type the gguf "
+                                      f"{code}.", "convert it with a quantisation type the gguf "
                                       "package reads (Q8_0, Q5_K, Q4_K, ...) or use a safetensors file.") from None
             raise self._damaged(text) from None
         except (OSError, IndexError, KeyError, EOFError, TypeError) as exc:

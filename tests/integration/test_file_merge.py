@@ -75,7 +75,7 @@ def test_checkpoint_file_merge_loads_and_equals_the_model_merge_node(folders, pr
     assert name.startswith(os.path.join("merged", "x_")) and name.endswith("_.safetensors")
     assert clip is not None and vae is not None
     got = effective(model)
-    assert set(got) == set(ref)
+    assert set(ref) <= set(got) and all(k.endswith(("scale_weight", "scale_input")) for k in set(got) - set(ref))
     rel, floor = TOLERANCE[precision]
     for key, want in ref.items():
         err = (got[key] - want).abs()
@@ -115,9 +115,9 @@ def test_interrupt_leaves_no_file(folders):
 
 
 def test_diffusion_model_file_merge_scaled_fp8_loads_with_unet_loader(folders):
-    ref_model = ModelMerge.execute(*(
-        __import__("nodes").UNETLoader().load_unet(f"unet_{n}.safetensors", "default")[0] for n in "ab"),
-        **SETTINGS).result[0]
+    import nodes as comfy_nodes
+    ma, mb = (comfy_nodes.UNETLoader().load_unet(f"unet_{n}.safetensors", "default")[0] for n in "ab")
+    ref_model = ModelMerge.execute(model_a=ma, model_b=mb, **SETTINGS).result[0]
     ref = effective(ref_model)
     model, name = DiffusionModelFileMerge.execute("unet_a.safetensors", "unet_b.safetensors",
                                                   precision="scaled_fp8", **SETTINGS).result

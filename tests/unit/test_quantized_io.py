@@ -235,8 +235,11 @@ def random_kquant_gguf(path, sd, qtype, seed):
             continue
         rows = v.numel() // v.shape[-1]
         raw = rng.integers(0, 256, size=(rows, v.shape[-1] // block, size), dtype=np.uint8)
-        raw[..., 0:2] = np.frombuffer(np.float16(0.001).tobytes(), np.uint8)  # d
-        raw[..., 2:4] = np.frombuffer(np.float16(0.0005).tobytes(), np.uint8)  # dmin
+        if qtype == Q.Q6_K:  # ql, qh, int8 scales, then d
+            raw[..., -2:] = np.frombuffer(np.float16(0.001).tobytes(), np.uint8)
+        else:  # d, dmin, packed scales, quants
+            raw[..., 0:2] = np.frombuffer(np.float16(0.001).tobytes(), np.uint8)
+            raw[..., 2:4] = np.frombuffer(np.float16(0.0005).tobytes(), np.uint8)
         raw = raw.reshape(rows, -1)
         w.add_tensor(k, raw, raw_dtype=qtype)
         values[k] = torch.from_numpy(gguf.quants.dequantize(raw, qtype)).reshape(v.shape)
@@ -319,7 +322,7 @@ def test_bad_gguf_inputs_are_one_line_errors_naming_the_input(tmp_path, pair):
                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
                              os.path.abspath(__file__)))))
     assert run.returncode != 0 and "Traceback" not in run.stderr
-    assert len(run.stderr.strip().splitlines()) == 1 and "model_b" in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "model B" in run.stderr and "250" in run.stderr
 
 
 def test_scale_without_weight_is_a_one_line_error(tmp_path, pair):
