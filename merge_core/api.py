@@ -7,20 +7,23 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import torch
 
 from .analysis.similarity import Analysis, asimilarity, attention_sites, compare_keys
-from .architectures import Architecture, detect, require_compatible
+from .architectures import Architecture, detect, detect_or_auto, require_compatible
 from .blocks.elemental import parse_elemental
 from .blocks.selection import parse_selection
 from .blocks.weights import parse_block_weights
 from .engine import DictSink, FileSink, ProgressFn, StopFn, run_merge
 from .errors import MergeInputError, require_finite, require_ratio
+from .io.bare_unet import StrippingSink, prefix_bare
 from .io.output_file import check_target
+from .io.precision import PRECISIONS, output_format
 from .io.sources import KeySource, open_source
 from .methods.adjust import parse_adjust
 from .methods.calcmodes import get_calc_mode, resolve_modes
 from .methods.modes import get_mode
 from .plan import MergePlan, MergeSettings, build_plan
 
-OUTPUT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+OUTPUT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}  # plain casts
+OUTPUT_PRECISIONS = PRECISIONS  # every precision a written file can take (io/precision.py); None: as in A
 
 
 def make_settings(arch: Architecture, mode: str, alpha: float = 0.5, beta: float = 0.25,
@@ -32,8 +35,8 @@ def make_settings(arch: Architecture, mode: str, alpha: float = 0.5, beta: float
     merge_mode, calc = resolve_modes(get_mode(mode), get_calc_mode(calcmode))
     return MergeSettings(
         mode=merge_mode, alpha=require_ratio("alpha", alpha), beta=require_ratio("beta", beta),
-        blocks_alpha=parse_block_weights(blocks_alpha, arch, "blocks_alpha"),
-        blocks_beta=parse_block_weights(blocks_beta, arch, "blocks_beta"),
+        blocks_alpha=parse_block_weights(blocks_alpha, arch, "blocks_alpha", alpha),
+        blocks_beta=parse_block_weights(blocks_beta, arch, "blocks_beta", beta),
         calc=calc, gamma=require_ratio("gamma", gamma), seed=_seed(seed), tensor2_corrected=bool(tensor2_corrected),
         elemental=parse_elemental(elemental, arch), elemental_full_key=bool(elemental_full_key),
         adjust=parse_adjust(adjust), selection=parse_selection(include_exclude, arch),
@@ -52,11 +55,12 @@ def _seed(value) -> int:
 
 def detect_architecture(sources: Mapping[str, KeySource]) -> Architecture:
     """The architecture of A, checked against B and C."""
-    archs = {name: detect(src.shapes()) for name, src in sources.items()}
+    archs = {name: detect_or_auto(src.shapes()) for name, src in sources.items()}
     arch = archs["a"] or archs.get("b")
     if arch is None:
-        raise MergeInputError("model_a", "is not a recognised SD1, SD2 or SDXL model (no U-Net or text-encoder keys).",
-                              "pass a Stable Diffusion checkpoint or U-Net file.")
+        raise MergeInputError("model_a", "has no diffusion-model or text-encoder keys this tool recognises.",
+                              "pass a checkpoint or diffusion-model file (python -m merge_core blocks FILE "
+                              "shows how a file is read).")
     for name in ("b", "c"):
         if name in archs:
             require_compatible(arch, archs[name], f"model_{name}")
@@ -134,29 +138,43 @@ def open_files(paths: Mapping[str, str]) -> dict[str, KeySource]:
     return sources
 
 
+def kept_metadata(source: KeySource) -> dict[str, str]:
+    """A's modelspec entries (architecture, prediction type, title...), kept in the merged file."""
+    meta = getattr(getattr(source, "reader", None), "metadata", None) or {}
+    return {k: v for k, v in meta.items() if k.startswith("modelspec.")}
+
+
 def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "Weight sum",
                 alpha: float = 0.5, beta: float = 0.25, blocks_alpha: Optional[str] = None,
                 blocks_beta: Optional[str] = None, dtype: Optional[str] = None, overwrite: bool = False,
                 progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None,
-                hash_inputs: bool = False, **calc: Any) -> MergePlan:
-    """Merge safetensors files key by key into ``output`` (written atomically, never onto an input).
+                hash_inputs: bool = False, device: Optional[str] = "cpu",
+                extra_metadata: Optional[Mapping[str, str]] = None, **calc: Any) -> MergePlan:
+    """Merge safetensors or GGUF files key by key into ``output`` (written atomically, never onto an input).
 
+    dtype: an output precision (OUTPUT_PRECISIONS) or None: as in A (io/precision.py says what that
+    means for quantised inputs). device: auto, cpu or cuda (merge_core/device.py).
     calc: calcmode, gamma, seed, tensor2_corrected (see make_settings).
     """
-    if dtype is not None and dtype not in OUTPUT_DTYPES:
-        raise MergeInputError("dtype", f"unknown output dtype '{dtype}'.", "use fp16, bf16 or fp32.")
+    from .device import resolve_device
+    if dtype is not None and dtype not in OUTPUT_PRECISIONS:
+        raise MergeInputError("dtype", f"unknown output dtype '{dtype}'.", "use " + ", ".join(OUTPUT_PRECISIONS) + ".")
+    math_on = resolve_device(device)
     paths = {"a": a, "b": b} | ({"c": c} if c else {})
     check_target(output, paths.values(), overwrite)  # before any work: an input, a directory, an existing file
-    sources = open_files(paths)
+    sources, bare = prefix_bare(open_files(paths))  # a diffusion-model file: its keys lack the checkpoint prefix
     try:
         plan = plan_merge(sources, mode, alpha, beta, blocks_alpha, blocks_beta, **calc)
         hashes = {}
         if hash_inputs:  # SuperMerger's sd_merge_models: lets Load Recipe find the inputs after a rename
             from .io.filehash import file_sha256
             hashes = {k.upper(): file_sha256(p) for k, p in paths.items()}
-        meta = recipe_metadata(plan, {k.upper(): s.name for k, s in sources.items()}, hashes)
-        run_merge(plan, sources, FileSink(output, meta, overwrite, list(paths.values())),
-                  OUTPUT_DTYPES[dtype] if dtype else None, progress, should_stop)
+        fmt = output_format(dtype, plan, sources)
+        meta = kept_metadata(sources["a"]) | fmt.metadata | recipe_metadata(
+            plan, {k.upper(): s.name for k, s in sources.items()}, hashes) | dict(extra_metadata or {})
+        sink = FileSink(output, meta, overwrite, list(paths.values()))
+        run_merge(plan, sources, fmt.wrap(StrippingSink(sink) if bare else sink),
+                  fmt.engine_dtype, progress, should_stop, math_on)
         return plan
     finally:
         for src in sources.values():

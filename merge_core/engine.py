@@ -17,6 +17,7 @@ import torch
 
 from . import threads as thread_policy
 from .architectures import fused_tensor_of
+from .device import Transfer, math_device
 from .io.sources import KeySource
 from .methods.adjust import apply_adjust
 from .methods.calcmodes import KeyContext, column_sums, cosine_stats, similarities_from_sums
@@ -100,7 +101,7 @@ def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[
         part = fn(a[:, :n].float(), b.float(), None if c is None else c.float(), kp.alpha, kp.beta)
         out[:, :n] = part.to(out_dtype)
         return out
-    out = torch.empty(a.shape, dtype=out_dtype)
+    out = torch.empty(a.shape, dtype=out_dtype, device=a.device)
     fa, fb, fo = a.reshape(-1), b.reshape(-1), out.view(-1)
     fc = None if c is None else c.reshape(-1)
     total = fa.numel()
@@ -140,7 +141,7 @@ def calc_tensor(kp: KeyPlan, settings: MergeSettings, a, b, c, out_dtype, stats=
         chunking = ""  # cosine rows need the key's similarity from stage 0; 1-D extract is one row
     if chunking:
         ctx = key_context(kp, settings, stats)
-        out = torch.empty(a.shape, dtype=out_dtype)
+        out = torch.empty(a.shape, dtype=out_dtype, device=a.device)
         if chunking == "flat":
             views = [a.reshape(-1), b.reshape(-1), None if c is None else c.reshape(-1), out.view(-1)]
             step = chunk
@@ -206,19 +207,22 @@ def _cosine_statistics(plan, fetch, progress, should_stop, also):
 def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
               out_dtype: Optional[torch.dtype] = None,
               progress: Optional[ProgressFn] = None,
-              should_stop: Optional[StopFn] = None):
-    """Stream every key of the plan into the sink; returns what the sink commits."""
+              should_stop: Optional[StopFn] = None, device: torch.device | str = "cpu"):
+    """Stream every key of the plan into the sink; returns what the sink commits.
+
+    device: where the per-key math runs (merge_core/device.py; resolve "auto" with resolve_device)."""
     with thread_policy.torch_threads(thread_policy.MERGE_THREADS):
-        return _run_merge(plan, sources, sink, out_dtype, progress, should_stop)
+        return _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device)
 
 
-def _run_merge(plan, sources, sink, out_dtype, progress, should_stop):
+def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device):
     settings = plan.settings
     mode = settings.mode
     needs_c = settings.needs_c
+    move = Transfer(math_device(torch.device(device), settings))
     stats = None
     if settings.calc is not None and settings.calc.needs_stats:
-        stats = cosine_statistics(plan, lambda k: (sources["a"].get(k), sources["b"].get(k)),
+        stats = cosine_statistics(plan, lambda k: move.inputs(*map(move.prepare, (sources["a"].get(k), sources["b"].get(k)))),
                                   should_stop=should_stop)
     layout = output_layout(plan, sources, out_dtype)
     dtypes = {k: d for k, d, _ in layout}
@@ -230,7 +234,8 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop):
             a, b = sources["a"].get(kp.key), sources["b"].get(kp.key)
             c = sources["c"].get(kp.key) if needs_c else None
             # counted here, on the read-ahead thread, so the check overlaps the previous key's math
-            return a, b, c, count_nonfinite_inputs({"A": a, "B": b, "C": c})
+            nonfinite = count_nonfinite_inputs({"A": a, "B": b, "C": c})
+            return move.prepare(a), move.prepare(b), move.prepare(c), nonfinite
         src = sources["b" if kp.action == FROM_B else "a"]
         if dtypes[kp.key] == src.dtype(kp.key):
             raw = src.raw(kp.key)
@@ -252,13 +257,15 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop):
                 loaded = pending.result()
                 pending = reader.submit(load, plan.keys[i + 1]) if i + 1 < total else None
                 if kp.action == MERGE:
-                    a, b, c, nonfinite = loaded
+                    *inputs, nonfinite = loaded
+                    a, b, c = move.inputs(*inputs)
                     if nonfinite:
                         plan.nonfinite[kp.key] = nonfinite
                     if settings.calc is None:
                         result = merge_tensor(kp, mode.fn, a, b, c, dtypes[kp.key])
                     else:
                         result = calc_tensor(kp, settings, a, b, c, dtypes[kp.key], stats)
+                    result = move.output(result)  # Adjust touches a few small keys: on the host
                     put = (sink.put, kp.key, result if kp.adjust is None else apply_adjust(result, kp.adjust))
                 elif loaded[0] == "raw":
                     put = (sink.put_raw, kp.key, loaded[1])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
-from .architectures import Architecture
+from .architectures import KEPT, NO_BLOCK, Architecture
 from .blocks.elemental import ElementalRule, elemental_alpha
 from .blocks.selection import Selection, is_vae
 from .blocks.weights import BlockWeights
@@ -73,12 +73,12 @@ class MergeSettings:
     def needs_c(self) -> bool:
         return self.mode.needs_c or (self.calc is not None and self.calc.needs_c)
 
-    def ratios(self, block: str) -> tuple[float, float]:
-        """alpha and beta for a block: block weights override the scalars."""
-        alpha = self.blocks_alpha.of(block) if self.blocks_alpha is not None else self.alpha
+    def ratios(self, block: str, key: Optional[str] = None) -> tuple[float, float]:
+        """alpha and beta for a block (and key, for a list on a finer layout): block weights override the scalars."""
+        alpha = self.blocks_alpha.at(block, key) if self.blocks_alpha is not None else self.alpha
         beta = self.beta
         if self.beta_from_blocks and self.blocks_beta is not None:
-            beta = self.blocks_beta.of(block)
+            beta = self.blocks_beta.at(block, key)
         return alpha, beta
 
     def is_identity(self, alpha: float, beta: float) -> bool:
@@ -128,6 +128,25 @@ def is_mergeable_name(key: str) -> bool:
     return not any(key.startswith(p) and key[len(p):] in _COMFY_NEVER for p in COMFY_OPENCLIP_PREFIXES)
 
 
+def kept_reason(arch: Architecture, key: str) -> Optional[str]:
+    """Why a key keeps A whatever the settings, or None when it takes part in the merge.
+
+    The one rule of the CLI and the nodes, in every naming. SD1/SD2/SDXL keep SuperMerger's name
+    filter (parity); the other families merge every tensor (floating-point: build_plan checks dtypes)
+    except fp8 scales, a component the family keeps (the VAE) and keys no rule of the family names.
+    """
+    if arch.name_filter:
+        return None if is_mergeable_name(key) else "not a weight or bias"
+    if key.endswith(NEVER_MERGED_SUFFIXES):
+        return "quantisation scale"
+    block = arch.block_of(key)
+    if block == KEPT:
+        return "VAE kept from A"
+    if block == NO_BLOCK:
+        return f"matches no {arch.label} block rule"
+    return None
+
+
 def _shape_rule(key: str, sa: Sequence[int], sb: Sequence[int], other: str) -> Optional[int]:
     """None when shapes agree; the channel count to merge for inpainting; else raise."""
     if tuple(sa) == tuple(sb):
@@ -167,13 +186,14 @@ def build_plan(arch: Architecture, settings: MergeSettings,
         raise MergeInputError("model_c", f"is required by '{what}' but is not connected.",
                               "connect a model C, or choose Weight sum.")
     if settings.selection is not None:
-        settings.selection.require_matches(((k, arch.block_of(k)) for k in shapes_a if is_mergeable_name(k)), arch,
+        settings.selection.require_matches(((k, arch.block_of(k)) for k in shapes_a if kept_reason(arch, k) is None), arch,
                                            settings.elemental_full_key)
     plan = MergePlan(arch, settings)
     for key, shape_a in shapes_a.items():
         block = arch.block_of(key)
-        if not is_mergeable_name(key):
-            plan.keys.append(KeyPlan(key, KEEP_A, block, reason="not a weight or bias"))
+        kept = kept_reason(arch, key)
+        if kept is not None:
+            plan.keys.append(KeyPlan(key, KEEP_A, block, reason=kept))
             continue
         if key not in shapes_b:
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason="absent from B"))
@@ -196,7 +216,7 @@ def build_plan(arch: Architecture, settings: MergeSettings,
         if settings.selection is not None and not settings.selection.merges(key, block, settings.elemental_full_key):
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason=f"{settings.selection.mode}d"))
             continue
-        alpha, beta = settings.ratios(block)
+        alpha, beta = settings.ratios(block, key)
         rule = None
         if settings.elemental:
             alpha, rule = elemental_alpha(settings.elemental, key, block, alpha, settings.elemental_full_key,
@@ -211,7 +231,7 @@ def build_plan(arch: Architecture, settings: MergeSettings,
             plan.keys.append(KeyPlan(key, KEEP_A, block, alpha, beta, reason="ratio 0", rule=rule))
             continue
         plan.keys.append(KeyPlan(key, MERGE, block, alpha, beta, channels, rule=rule, adjust=adjust))
-    if copy_b_only_keys:
+    if copy_b_only_keys and arch.name_filter:  # SD only: elsewhere a B-only module would change A's architecture
         for key in shapes_b:
             if key not in shapes_a and not key.endswith("position_ids"):
                 plan.keys.append(KeyPlan(key, FROM_B, arch.block_of(key), reason="only in B"))

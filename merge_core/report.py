@@ -12,6 +12,9 @@ from .nonfinite import warning as nonfinite_warning
 from .plan import FROM_B, KEEP_A, MERGE, MergePlan
 
 
+LISTED_REASONS = ("absent from B", "absent from C", "matches no")
+
+
 def applied_report(plan: MergePlan, per_key: bool = False) -> str:
     s = plan.settings
     calc = s.calc.name if s.calc is not None else "normal"
@@ -26,7 +29,7 @@ def applied_report(plan: MergePlan, per_key: bool = False) -> str:
         keys = [k for k in plan.keys if k.block == block]
         if not keys:
             continue
-        alpha, beta = s.ratios(block)
+        alpha, beta = s.ratios(block, keys[0].key)
         merged = [k for k in keys if k.action == MERGE]
         rows.append([block, alpha, beta if (s.beta_from_blocks or s.mode.uses_beta) else "-", len(merged),
                      len(keys) - len(merged), sum(1 for k in merged if k.rule is not None)])
@@ -41,6 +44,11 @@ def applied_report(plan: MergePlan, per_key: bool = False) -> str:
     reasons = Counter(k.reason for k in plan.keys if k.action == KEEP_A and k.reason)
     if reasons:
         lines += ["", "kept from A: " + ", ".join(f"{n} {why}" for why, n in reasons.most_common())]
+        for why in LISTED_REASONS:  # keys one model lacks or no block names: say which
+            named = [k.key for k in plan.keys if k.action == KEEP_A and k.reason.startswith(why)]
+            if named:
+                more = f" (and {len(named) - 20} more)" if len(named) > 20 else ""
+                lines.append(f"  {why}: " + ", ".join(named[:20]) + more)
     if plan.nonfinite:
         lines += ["", nonfinite_warning(plan.nonfinite)]
     adjusted = [k.key for k in plan.keys if k.adjust is not None]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Optional
 
-from ..merge_core.architectures import Architecture, detect, require_compatible
+from ..merge_core.architectures import Architecture, detect_or_auto, require_compatible
 from ..merge_core.errors import MergeInputError
 from ..merge_core.nonfinite import record as record_nonfinite
 from ..merge_core.plan import MERGE, MergePlan
@@ -42,10 +42,11 @@ def base_layout(obj: Any, kind: str) -> tuple[dict[str, tuple[int, ...]], dict[s
 
 
 def architecture_of(shapes: dict[str, tuple], input_name: str) -> Architecture:
-    arch = detect(shapes)
+    """The model's family (declared, else automatic blocks), read from ComfyUI's key names."""
+    arch = detect_or_auto(shapes)
     if arch is None:
-        raise MergeInputError(input_name, "is not an SD1, SD2 or SDXL model this node knows how to split into blocks.",
-                              "connect an SD1.x, SD2.x or SDXL model.")
+        raise MergeInputError(input_name, "has no diffusion-model or text-encoder keys this node can split into blocks.",
+                              "connect a MODEL from a checkpoint or diffusion-model loader, or a CLIP.")
     return arch
 
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..merge_core.analysis.similarity import element_name
-from ..merge_core.architectures import SD1, SDXL
+from ..merge_core.architectures import SD1, SDXL, TRANSFORMERS, Architecture, Numbered
 from ..merge_core.blocks.elemental import parse_elemental
 from ..merge_core.blocks.presets import presets
 from ..merge_core.blocks.weights import parse_block_weights
@@ -23,7 +23,12 @@ from ..merge_core.errors import MergeInputError
 
 PREFIX = "/merge_suite"
 MAX_BODY_BYTES = 1 << 20  # a block list or an elemental text is a few KB; more is a mistake or an attack
-LAYOUTS = {"sd1": SD1, "sdxl": SDXL}  # SD2 shares SD1's block list
+LAYOUTS = {"sd1": SD1, "sdxl": SDXL}  # SD2 shares SD1's block list; "auto" block-weight checks try these
+# The transformer families at full size (a connected model's own layout comes from /merge_suite/layout).
+FAMILIES: dict[str, Architecture] = {a.name: a for a in TRANSFORMERS}
+ALL_LAYOUTS = LAYOUTS | FAMILIES
+FAMILY_KEYSETS = {"flux1": "flux1-dev", "chroma": "chroma", "flux2": "flux2-dev", "sd3": "sd35-large",
+                  "hidream": "hidream-full", "lumina2": "z-image", "qwen_image": "qwen-image", "wan": "wan21-14b"}
 KEYSETS = Path(__file__).resolve().parents[1] / "merge_core" / "architectures" / "keysets"  # key inventories of full SD1.5 / SDXL
 
 
@@ -35,27 +40,57 @@ def _groups(blocks: tuple[str, ...]) -> dict[str, list[str]]:
     return groups
 
 
+def family_groups(arch: Architecture) -> dict[str, list[str]]:
+    """A long layout's groups: the base slots, then each run of fixed ids or of one numbered container."""
+    groups: dict[str, list[str]] = {"BASE": list(arch.blocks[:arch.base_blocks])}
+    rest = iter(arch.blocks[arch.base_blocks:])
+    counts = dict(arch.counts)
+    for part in arch.layout[arch.base_blocks:]:
+        if isinstance(part, Numbered):
+            n = counts.get(part.container, part.default)
+            if n:
+                groups[part.prefix] = [next(rest) for _ in range(n)]
+        else:
+            groups[next(rest)] = [part]
+    return groups
+
+
+def layout_payload(arch: Architecture) -> dict:
+    return {"label": "SD1/SD2" if arch.name == "sd1" else arch.label, "blocks": list(arch.blocks),
+            "groups": _groups(arch.blocks) if arch.name_filter else family_groups(arch),
+            "layout": arch.layout_text()}
+
+
 def editor_data() -> dict:
-    """Everything the block-weight editor needs at start: layouts, groups and presets."""
+    """Everything the block-weight editor needs at start: layouts, groups and presets ("families": the
+    transformer families at full size, kept apart so the SD editor's layout picker is unchanged)."""
     return {
-        "layouts": {name: {"label": "SD1/SD2" if name == "sd1" else arch.label, "blocks": list(arch.blocks),
-                           "groups": _groups(arch.blocks)} for name, arch in LAYOUTS.items()},
+        "layouts": {name: layout_payload(arch) for name, arch in LAYOUTS.items()},
+        "families": {name: layout_payload(arch) for name, arch in FAMILIES.items()},
         "presets": {name: list(values) for name, values in presets().items()},
     }
 
 
+def family_layout(name: str) -> dict:
+    """One layout by name (SD or a transformer family, full size), for the editor of a long layout."""
+    arch = ALL_LAYOUTS.get(name)
+    if arch is None:
+        return {"ok": False, "error": f"unknown layout '{name}'; known: {', '.join(ALL_LAYOUTS)}"}
+    return {"ok": True, "family": name, **layout_payload(arch)}
+
+
 def check_block_weights(text: str, layout: str = "auto") -> dict:
     """Parse block-weight text as the merge node will. layout "auto" tries SD1/SD2, then SDXL."""
-    names = [layout] if layout in LAYOUTS else list(LAYOUTS)
+    names = [layout] if layout in ALL_LAYOUTS else list(LAYOUTS)
     errors = []
     for name in names:
         try:
-            weights = parse_block_weights(text, LAYOUTS[name], "blocks")
+            weights = parse_block_weights(text, ALL_LAYOUTS[name], "blocks", 0.5)
         except MergeInputError as exc:
             errors.append(exc)
             continue
         if weights is None:
-            return {"ok": True, "empty": True, "layout": names[0] if layout in LAYOUTS else None}
+            return {"ok": True, "empty": True, "layout": names[0] if layout in ALL_LAYOUTS else None}
         stripped = text.strip()
         return {"ok": True, "empty": False, "layout": name, "values": list(weights.values),
                 "preset": stripped if stripped in presets() else None}
@@ -79,7 +114,7 @@ def entry_spans(text: str) -> list[tuple[int, int]]:
 
 def check_elemental(text: str, layout: str = "sd1") -> dict:
     """Parse elemental text as the merge node will; on error, the entry number and its span in the text."""
-    arch = LAYOUTS.get(layout, SD1)
+    arch = ALL_LAYOUTS.get(layout, SD1)
     try:
         rules = parse_elemental(text, arch, "elemental")
     except MergeInputError as exc:
@@ -91,12 +126,12 @@ def check_elemental(text: str, layout: str = "sd1") -> dict:
             if 1 <= entry <= len(spans):
                 out.update(entry=entry, start=spans[entry - 1][0], end=spans[entry - 1][1])
         return out
-    return {"ok": True, "rules": len(rules), "layout": layout if layout in LAYOUTS else "sd1"}
+    return {"ok": True, "rules": len(rules), "layout": layout if layout in ALL_LAYOUTS else "sd1"}
 
 
 @lru_cache(maxsize=None)
 def _keys(layout: str) -> tuple[str, ...]:
-    path = KEYSETS / f"{layout}.json.gz"
+    path = KEYSETS / f"{FAMILY_KEYSETS.get(layout, layout)}.json.gz"
     if not path.is_file():
         return ()
     with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -105,7 +140,9 @@ def _keys(layout: str) -> tuple[str, ...]:
 
 def block_elements(layout: str, block: str) -> dict:
     """Element names (what an elemental rule matches, less .weight/.bias) of one block of a full-size model."""
-    arch = LAYOUTS.get(layout)
+    arch = ALL_LAYOUTS.get(layout)
+    if arch is not None and layout in FAMILIES:
+        arch = arch.sized(_keys(layout), bare=layout != "flux1")
     if arch is None or block not in arch.blocks:
         return {"ok": False, "error": f"unknown layout '{layout}' or block '{block}'", "elements": []}
     seen = {}
@@ -171,6 +208,10 @@ def register(routes) -> None:
     @routes.get(PREFIX + "/editor_data")
     async def _editor_data(request):
         return web.json_response(editor_data())
+
+    @routes.get(PREFIX + "/layout")
+    async def _layout(request):
+        return web.json_response(family_layout(request.rel_url.query.get("family", "sd1")))
 
     @routes.post(PREFIX + "/check/block_weights")
     async def _check_blocks(request):

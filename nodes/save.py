@@ -215,17 +215,17 @@ def save_streaming(path: Path, parts: list[Part], extra: dict[str, torch.Tensor]
         raise
 
 
-def output_path(filename_prefix: str) -> Path:
-    """Next free '<prefix>_00001.safetensors' in the first checkpoints folder (never an existing file)."""
+def output_path(filename_prefix: str, kind: str = "checkpoints") -> Path:
+    """Next free '<prefix>_00001.safetensors' in the first folder of a model kind (never an existing file)."""
     import folder_paths
-    root = folder_paths.get_folder_paths("checkpoints")[0]
+    root = folder_paths.get_folder_paths(kind)[0]
     prefix = (filename_prefix or "").strip()
     if not prefix:
         raise MergeInputError("filename_prefix", "is empty.", "give a name such as 'merge_suite/my_merge'.")
     target = os.path.abspath(os.path.join(root, os.path.normpath(prefix)))
     # checked before any folder is made; symlinks an admin put inside the folder are followed on purpose
     if os.path.isabs(prefix) or os.path.commonpath((os.path.abspath(root), target)) != os.path.abspath(root):
-        raise MergeInputError("filename_prefix", f"'{prefix}' points outside the checkpoints folder {root}.",
+        raise MergeInputError("filename_prefix", f"'{prefix}' points outside the {kind} folder {root}.",
                               "use a relative name without '..', e.g. 'merge_suite/my_merge'.")
     try:
         folder, name, counter, _sub, _ = folder_paths.get_save_image_path(prefix, root)
@@ -244,7 +244,7 @@ def startup_cleanup() -> None:
     make SIGTERM/SIGHUP remove the ones being written (then the signal acts as before)."""
     import folder_paths
     install_signal_cleanup()
-    for kind in ("checkpoints", "loras"):
+    for kind in ("checkpoints", "diffusion_models", "loras"):
         for folder in folder_paths.get_folder_paths(kind)[:1]:
             for path in remove_stale_parts(folder, depth=3):
                 logging.info("merge_suite: removed a partial file left by a stopped save: %s", path)

@@ -51,7 +51,7 @@ PY
 fi
 
 stamp="$venv/.comfy-requirements-ok"
-if [ ! -f "$stamp" ] || [ "$comfy/requirements.txt" -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ "$comfy/requirements.txt" -nt "$stamp" ] || [ "$repo/requirements-test.txt" -nt "$stamp" ]; then
   echo "[setup] installing ComfyUI requirements and test tools"
   # torch stays as installed above; requests is imported by ComfyUI but not listed.
   grep -v -E '^(torch|torchvision|torchaudio)\s*$' "$comfy/requirements.txt" > "$cache/comfy-req.txt"

@@ -38,13 +38,15 @@ def part_of(key: str) -> Optional[str]:
 
 def element_name(key: str, arch: Architecture) -> str:
     """The key as an elemental rule sees it: without the model prefix and the block's own prefix."""
-    rel = unet_relative(key)
+    rel = arch.relative(key)
     if rel is None:
         for prefix in TEXT_ENCODER_PREFIXES + VAE_PREFIXES:
             if key.startswith(prefix):
                 return key[len(prefix):]
         return key
-    m = re.match(r"^(input_blocks|output_blocks)\.\d+\.|^middle_block\.", rel)
+    containers = "|".join(re.escape(n.container) for n in arch.numbered)
+    m = re.match(r"^(input_blocks|output_blocks" + (f"|{containers}" if containers else "") + r")\.\d+\.|^middle_block\.",
+                 rel)
     return rel[m.end():] if m else rel
 
 

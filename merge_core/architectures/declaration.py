@@ -1,17 +1,46 @@
 """What a model family declares, and the one interpreter that turns a declaration into key -> block.
 
-A family is data: its block list in weight-list order, ordered (pattern -> block) rules over keys
-relative to the diffusion model, the prefixes of its other components (text encoders, VAE) with the
-block they belong to, and a detection signature. Adding a family means adding a declaration; nothing
-here branches on a family's name.
+A family is data: its layout (block ids in weight-list order, where a numbered container such as
+``double_blocks`` stands for one block per index), ordered (pattern -> block) rules over keys relative
+to the diffusion model, the prefixes of its other components (text encoders, VAE) with the block they
+belong to (or kept from A), what is merged (SuperMerger's weight/bias name filter, or every float
+tensor), and a detection signature. Adding a family means adding a declaration; nothing here
+branches on a family's name.
+
+A declaration is a template: the counts of its numbered containers are the full-size model's until
+`sized` reads them from a model's keys (SD3 medium has 24 joint blocks, large 38), so the layout is
+fixed per model.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Optional, Union
 
-from .keys import unet_relative
+from .keys import UNET_PREFIXES, unet_relative
+
+# block_of's answer for a diffusion-model key that no rule of a family names (families without a
+# catch-all block): such a key keeps A and is listed in the report; it never borrows a block's ratio.
+NO_BLOCK = "(no block)"
+# block_of's answer for a component the family keeps from A (Flux's VAE, SuperMerger's rule).
+KEPT = "(kept)"
+
+
+@dataclass(frozen=True)
+class Numbered:
+    """A numbered container of the diffusion model: ``<container>.N.`` is block ``<prefix>NN``."""
+
+    container: str
+    prefix: str
+    default: int  # the count of the full-size model, used until `sized` reads the keys
+
+    def ids(self, count: int) -> tuple[str, ...]:
+        return tuple(f"{self.prefix}{i:02d}" for i in range(count))
+
+    @property
+    def rule(self) -> tuple[str, str]:
+        return re.escape(self.container) + r"\.(\d+)\.", self.prefix + "{0:02d}"
 
 
 @dataclass(frozen=True)
@@ -22,6 +51,7 @@ class Signature:
         diffusion-model keys must lie in [lowest, highest] (highest None: no upper bound).
     any_of: regexes over diffusion-relative keys; when given, one of them (or one of the
         text-encoder markers) must be present.
+    all_of / none_of: regexes over diffusion-relative keys that must all be present / all be absent.
     text_encoder_markers: key prefixes that only this family's text encoders have; they decide
         on their own for a text-encoder-only source (a ComfyUI CLIP).
     needs_text_encoder: the diffusion layout is shared with another family, so only the text
@@ -30,46 +60,91 @@ class Signature:
 
     numbered: tuple[tuple[str, int, Optional[int]], ...] = ()
     any_of: tuple[str, ...] = ()
+    all_of: tuple[str, ...] = ()
+    none_of: tuple[str, ...] = ()
     text_encoder_markers: tuple[str, ...] = ()
     needs_text_encoder: bool = False
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """One model family, declared: its blocks, its key -> block rules and its signature.
+    """One model family, declared: its layout, its key -> block rules and its signature.
 
-    rules: ordered (regex, block template) pairs over diffusion-relative keys, first match wins; the
-        template is a block id or a format string fed the regex's groups as integers (``IN{0:02d}``).
+    layout: block ids and `Numbered` containers, in weight-list order; the first `base_blocks`
+        blocks are the text-encoder slots (the first is the base ratio).
+    rules: ordered (regex, block template) pairs over diffusion-relative keys, first match wins
+        (numbered containers' rules come first); the template is a block id or a format string fed
+        the regex's groups as integers (``IN{0:02d}``).
     components: (prefix, block) pairs for keys outside the diffusion model (text encoders, VAE);
-        keys that match none belong to `outside_block`.
-    unmatched_block: the block of a diffusion-model key that no rule names.
+        block `KEPT` keeps the component from A. Keys that match none belong to `outside_block`.
+    unmatched_block: the block of a diffusion-model key that no rule names (`NO_BLOCK`: kept from A).
+    name_filter: SuperMerger's rule (only keys named weight/bias are merged) — SD1/SD2/SDXL, for
+        parity; without it every floating-point tensor is merged.
+    counts / bare: set by `sized` — container counts read from a model, and whether that model's
+        diffusion keys carry no prefix (a diffusion-model-only file).
     """
 
     name: str
     label: str
-    blocks: tuple[str, ...]
+    layout: tuple[Union[str, Numbered], ...]
     rules: tuple[tuple[str, str], ...]
     signature: Signature = Signature()
     components: tuple[tuple[str, str], ...] = ()
     outside_block: str = "BASE"
     unmatched_block: str = "BASE"
+    name_filter: bool = False
+    base_blocks: int = 1
+    counts: tuple[tuple[str, int], ...] = ()
+    bare: bool = False
     _compiled: tuple = field(default=(), init=False, repr=False, compare=False)
+    _blocks: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "_compiled", tuple((re.compile(p), t) for p, t in self.rules))
+        numbered = [part.rule for part in self.layout if isinstance(part, Numbered)]
+        object.__setattr__(self, "_compiled", tuple((re.compile(p), t) for p, t in (*numbered, *self.rules)))
+        counts = dict(self.counts)
+        blocks: list[str] = []
+        for part in self.layout:
+            blocks.extend(part.ids(counts.get(part.container, part.default)) if isinstance(part, Numbered) else (part,))
+        object.__setattr__(self, "_blocks", tuple(blocks))
         named = {t for _, t in self.rules if "{" not in t} | {b for _, b in self.components}
         named |= {self.outside_block, self.unmatched_block}
-        unknown = named - set(self.blocks)
+        unknown = named - set(blocks) - {NO_BLOCK, KEPT}
         if unknown:
             raise ValueError(f"architecture {self.name}: rules name blocks outside its list: {sorted(unknown)}")
+
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        return self._blocks
 
     @property
     def n_blocks(self) -> int:
         return len(self.blocks)
 
-    def block_of(self, key: str) -> str:
-        """Block id of a key in either naming."""
+    @property
+    def numbered(self) -> tuple[Numbered, ...]:
+        return tuple(p for p in self.layout if isinstance(p, Numbered))
+
+    def sized(self, keys: Iterable[str], bare: bool = False) -> "Architecture":
+        """This family's layout for one model: container counts read from its keys (indices 0..max)."""
+        rel = [key if bare else unet_relative(key) for key in keys]
+        counts = []
+        for part in self.numbered:
+            pattern = re.compile(re.escape(part.container) + r"\.(\d+)\.")
+            found = [int(m.group(1)) for m in map(pattern.match, filter(None, rel)) if m]
+            counts.append((part.container, max(found) + 1 if found else 0))
+        return dataclasses.replace(self, counts=tuple(counts), bare=bare)
+
+    def relative(self, key: str) -> Optional[str]:
+        """The key relative to the diffusion model, or None for a component (text encoder, VAE)."""
         rel = unet_relative(key)
+        if rel is None and self.bare and not any(key.startswith(p) for p, _ in self.components):
+            return key
+        return rel
+
+    def block_of(self, key: str) -> str:
+        """Block id of a key in any naming (`NO_BLOCK` / `KEPT` for keys that keep A)."""
+        rel = self.relative(key)
         if rel is None:
             for prefix, block in self.components:
                 if key.startswith(prefix):
@@ -83,3 +158,19 @@ class Architecture:
 
     def block_index(self, key: str) -> int:
         return self.blocks.index(self.block_of(key))
+
+    def layout_text(self) -> str:
+        """The block ids, with runs of a numbered container shortened to a range (``D00-D18``)."""
+        parts, counts = [], dict(self.counts)
+        for part in self.layout:
+            if isinstance(part, Numbered):
+                ids = part.ids(counts.get(part.container, part.default))
+                if ids:
+                    parts.append(ids[0] if len(ids) == 1 else f"{ids[0]}-{ids[-1]}")
+            else:
+                parts.append(part)
+        return ", ".join(parts)
+
+
+def has_prefixed_keys(keys: Iterable[str]) -> bool:
+    return any(k.startswith(UNET_PREFIXES) for k in keys)

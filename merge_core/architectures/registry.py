@@ -1,18 +1,32 @@
-"""Every declared family, and detection by walking the declarations' signatures."""
+"""Every declared family, and detection by walking the declarations' signatures.
+
+Detection reads the diffusion model's layout (numbered containers and marker keys) in any of the three
+namings: ``model.diffusion_model.`` (checkpoints), ``diffusion_model.`` (ComfyUI) or bare keys (a
+diffusion-model-only file, read as such only when no key carries a prefix). The family found is sized
+to the model (Architecture.sized); a model no declaration matches gets automatic blocks
+(`detect_or_auto`).
+"""
 from __future__ import annotations
 
 import re
 from typing import Iterable, Optional
 
 from ..errors import MergeInputError
-from .declaration import Architecture
+from .auto import auto_architecture
+from .declaration import Architecture, has_prefixed_keys
 from .keys import unet_relative
-from .sd import SD1, SD2, SDXL
+from .sd import SD1, SD2, SDXL, SDXL_EXTENDED
+from .transformers import CHROMA, FLUX1, FLUX2, HIDREAM, LUMINA2, QWEN_IMAGE, SD3, TRANSFORMERS, WAN
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (SD1, SD2, SDXL)}
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (SD1, SD2, SDXL, *TRANSFORMERS)}
+# Layouts a block-weight list may select instead of its family's own (by its length).
+ALTERNATE_LAYOUTS: dict[str, tuple[Architecture, ...]] = {"sdxl": (SDXL_EXTENDED,)}
 # When several signatures match, the first family here wins: a family whose text encoders include
 # another's (SDXL has SD1's CLIP-L) or that needs its text encoder to be told apart (SD2) comes first.
-DETECTION_ORDER: tuple[Architecture, ...] = (SDXL, SD2, SD1)
+# The transformer families' signatures exclude one another (Flux.2 and Chroma by their own modules,
+# Flux.1 by their absence), so their order only matters for speed.
+DETECTION_ORDER: tuple[Architecture, ...] = (SDXL, SD2, SD1, FLUX2, CHROMA, FLUX1, SD3, HIDREAM, LUMINA2,
+                                             QWEN_IMAGE, WAN)
 
 
 def _highest_indices(rel_keys: list[str], containers: set[str]) -> dict[str, int]:
@@ -25,18 +39,44 @@ def _highest_indices(rel_keys: list[str], containers: set[str]) -> dict[str, int
     return highest
 
 
+def _split(keys: Iterable[str]) -> tuple[list[str], list[str], bool]:
+    """(diffusion-relative keys, other keys, bare): bare keys count as the diffusion model only when no
+    key has a diffusion prefix."""
+    keys = list(keys)
+    if not has_prefixed_keys(keys):
+        return keys, keys, True
+    rel_keys, outside = [], []
+    for key in keys:
+        rel = unet_relative(key)
+        (outside if rel is None else rel_keys).append(key if rel is None else rel)
+    return rel_keys, outside, False
+
+
+def _layout_matches(arch: Architecture, rel_keys: list[str], highest: dict[str, int], te: bool) -> bool:
+    sig = arch.signature
+    if not sig.numbered or not all(
+            c in highest and lo <= highest[c] and (hi is None or highest[c] <= hi) for c, lo, hi in sig.numbered):
+        return False
+    if sig.needs_text_encoder and not te:
+        return False
+
+    def present(pattern: str) -> bool:
+        regex = re.compile(pattern)
+        return any(regex.match(k) for k in rel_keys)
+    if sig.any_of and not te and not any(map(present, sig.any_of)):
+        return False
+    return all(map(present, sig.all_of)) and not any(map(present, sig.none_of))
+
+
 def detect(keys: Iterable[str]) -> Optional[Architecture]:
-    """Guess the family from key names alone (None when nothing is recognised).
+    """Guess the family from key names alone, sized to the model (None when nothing is recognised).
 
     The diffusion model's layout (its numbered containers and marker keys) decides; a text encoder
     breaks ties between families with the same layout, and decides on its own for a source that has
     no diffusion-model keys (a ComfyUI CLIP).
     """
-    rel_keys: list[str] = []
-    outside: list[str] = []
-    for key in keys:
-        rel = unet_relative(key)
-        (outside if rel is None else rel_keys).append(key if rel is None else rel)
+    keys = list(keys)
+    rel_keys, outside, bare = _split(keys)
     families = DETECTION_ORDER
 
     def has_text_encoder(arch: Architecture) -> bool:
@@ -46,32 +86,49 @@ def detect(keys: Iterable[str]) -> Optional[Architecture]:
     containers = {c for a in families for c, _, _ in a.signature.numbered}
     highest = _highest_indices(rel_keys, containers)
     if highest:
-        candidates = []
-        for arch in families:
-            sig = arch.signature
-            if not sig.numbered or not all(
-                    c in highest and lo <= highest[c] and (hi is None or highest[c] <= hi) for c, lo, hi in sig.numbered):
-                continue
-            te = has_text_encoder(arch)
-            if sig.needs_text_encoder and not te:
-                continue
-            if sig.any_of and not te and not any(re.match(p, k) for p in sig.any_of for k in rel_keys):
-                continue
-            candidates.append((arch, te))
+        candidates = [(a, te) for a in families
+                      if _layout_matches(a, rel_keys, highest, te := has_text_encoder(a))]
         with_te = [a for a, te in candidates if te]
-        return (with_te or [a for a, _ in candidates] or [None])[0]
+        found = (with_te or [a for a, _ in candidates] or [None])[0]
+        if found is not None:
+            return found.sized(keys, bare) if found.numbered else _with_bare(found, bare)
     for arch in families:
         if has_text_encoder(arch):
             return arch
     return None
 
 
+def _with_bare(arch: Architecture, bare: bool) -> Architecture:
+    return arch.sized((), bare) if bare else arch
+
+
+def detect_or_auto(keys: Iterable[str]) -> Optional[Architecture]:
+    """The declared family of these keys, else automatic blocks (None when there is no diffusion model)."""
+    keys = list(keys)
+    found = detect(keys)
+    if found is not None:
+        return found
+    return auto_architecture(keys, not has_prefixed_keys(keys))
+
+
 def require_compatible(arch_a: Optional[Architecture], arch_b: Optional[Architecture],
                        input_name: str) -> None:
+    """Models of two families, or of two sizes of one family, cannot be merged key by key."""
     if arch_a is None or arch_b is None:
         return
     if arch_a.name != arch_b.name and not {arch_a.name, arch_b.name} <= {"sd1", "sd2"}:
         raise MergeInputError(
             input_name,
-            f"is an {arch_b.label} model but model A is {arch_a.label}.",
-            "merge models of the same architecture (SD1 with SD1, SDXL with SDXL).")
+            f"is {_article(arch_b.label)} {arch_b.label} model but model A is {arch_a.label}: "
+            "two different families cannot be merged.",
+            f"merge models of the same family ({arch_a.label} with {arch_a.label}).")
+    if arch_a.blocks != arch_b.blocks:
+        raise MergeInputError(
+            input_name,
+            f"has the {arch_b.label} layout {arch_b.layout_text()} but model A has {arch_a.layout_text()}.",
+            "merge models of the same size (the same number of blocks).")
+
+
+def _article(label: str) -> str:
+    """'an SDXL' (read as letters), 'an automatic', 'a Flux.1'."""
+    return "an" if label.startswith(("SD", "a", "A", "E", "I", "O", "U")) else "a"

@@ -29,14 +29,42 @@ SD1_BLOCKS = unet_blocks(12)
 SDXL_BLOCKS = unet_blocks(9)
 
 SD1 = Architecture(
-    "sd1", "SD1.x", SD1_BLOCKS, unet_rules("OUT11"),
-    Signature(numbered=(("input_blocks", 9, None),),
-              text_encoder_markers=("cond_stage_model.transformer.", "clip_l.")))
+    "sd1", "SD1.x", SD1_BLOCKS, unet_rules("OUT11"), name_filter=True,
+    signature=Signature(numbered=(("input_blocks", 9, None),),
+                        text_encoder_markers=("cond_stage_model.transformer.", "clip_l.")))
 SD2 = Architecture(
-    "sd2", "SD2.x", SD1_BLOCKS, unet_rules("OUT11"),
-    Signature(numbered=(("input_blocks", 9, None),),
-              text_encoder_markers=("cond_stage_model.model.", "clip_h."), needs_text_encoder=True))
+    "sd2", "SD2.x", SD1_BLOCKS, unet_rules("OUT11"), name_filter=True,
+    signature=Signature(numbered=(("input_blocks", 9, None),),
+                        text_encoder_markers=("cond_stage_model.model.", "clip_h."), needs_text_encoder=True))
 SDXL = Architecture(
-    "sdxl", "SDXL", SDXL_BLOCKS, unet_rules("OUT08"),
-    Signature(numbered=(("input_blocks", 0, 8),), any_of=(r"label_emb", r"input_blocks\.8\."),
-              text_encoder_markers=("conditioner.embedders.1.", "clip_g.")))
+    "sdxl", "SDXL", SDXL_BLOCKS, unet_rules("OUT08"), name_filter=True,
+    signature=Signature(numbered=(("input_blocks", 0, 8),), any_of=(r"label_emb", r"input_blocks\.8\."),
+                        text_encoder_markers=("conditioner.embedders.1.", "clip_g.")))
+
+
+def _extended_blocks() -> tuple[str, ...]:
+    """SuperMerger's 110 fine names (spec §4.2), in the order of a 110-value weight list."""
+    def run(head: str) -> list[str]:
+        return [f"{head}{t}" for t in range(10)]
+    return tuple(["CLIPL", "CLIPG", "IN0", "IN00", "IN10", "IN20", "IN30", "IN40", "IN41", "IN410", "IN411",
+                  "IN50", "IN51", "IN510", "IN511", "IN60", "IN70", "IN71", *run("IN71"), "IN80", "IN81", *run("IN81"),
+                  "MID00", "MID10", *run("MID10"), "MID20", "OUT00", "OUT01", *run("OUT01"), "OUT10", "OUT11",
+                  *run("OUT11"), "OUT20", "OUT21", *run("OUT21"), "OUT22", "OUT30", "OUT31", "OUT310", "OUT311",
+                  "OUT40", "OUT41", "OUT410", "OUT411", "OUT50", "OUT51", "OUT510", "OUT511", "OUT52", "OUT60",
+                  "OUT70", "OUT80", "OUT9", "TIME", "LABEL", "VAE"])
+
+
+# SDXL's extended layout (SuperMerger 2025-11-27, spec §4.2, §4.4): a 110-value list gives each key the
+# value of its fine name — section, block and sub-block digits, plus the transformer block. The VAE's
+# coarse block is BASE, so it takes the first value (CLIPL's), not the VAE slot, as in SuperMerger.
+SDXL_EXTENDED = Architecture(
+    "sdxl_extended", "SDXL (110 extended)", _extended_blocks(),
+    ((r"label_emb", "LABEL"), (r".*time_embed", "TIME"), (r"out\.", "OUT9"),
+     (r"input_blocks\.(\d)\.(\d)\.transformer_blocks\.(\d+)\.", "IN{0}{1}{2}"),
+     (r"input_blocks\.(\d)\.(\d)\.", "IN{0}{1}"),
+     (r"middle_block\.(\d)\.transformer_blocks\.(\d+)\.", "MID{0}0{1}"), (r"middle_block\.(\d)\.", "MID{0}0"),
+     (r"output_blocks\.(\d)\.(\d)\.transformer_blocks\.(\d+)\.", "OUT{0}{1}{2}"),
+     (r"output_blocks\.(\d)\.(\d)\.", "OUT{0}{1}")),
+    components=(("conditioner.embedders.0.", "CLIPL"), ("clip_l.", "CLIPL"),
+                ("conditioner.embedders.1.", "CLIPG"), ("clip_g.", "CLIPG")),
+    outside_block="CLIPL", unmatched_block="CLIPL", name_filter=True)

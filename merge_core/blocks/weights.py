@@ -3,19 +3,24 @@
 Accepted forms, resolved in this order (spec §5.5, with quirk 35 fixed: presets
 are looked up before anything else):
   * empty text -> no block weights (the scalar alpha/beta apply everywhere);
-  * a single preset name (no comma) -> that preset's 26 values;
-  * comma-separated numbers: 26 (SD1/SD2 layout) or 20 (SDXL layout).
-A 26-value list for SDXL keeps BASE, IN00-IN08, M00 and OUT00-OUT08 (spec §4.3).
-The first value is BASE and is also the base ratio (text encoder, VAE).
+  * the named form ``ID=value, FIRST-LAST=value, ALL=value`` (any text with ``=``): block ids and
+    ranges in layout order (blocks/specs.py), later pairs override earlier ones, blocks not named take
+    the scalar (alpha or beta);
+  * a single preset name (no comma) -> that preset on the layout (see `preset_on_layout`);
+  * comma-separated numbers, exactly one per block of the layout (SD1/SD2 26, SDXL 20, Flux.1 61, ...),
+    else an error that prints the layout; SDXL also takes 26 (its BASE, IN00-IN08, M00 and OUT00-OUT08
+    are kept, spec §4.3) and SuperMerger's 110-value extended list (architectures.SDXL_EXTENDED).
+The first value is the base slot and is also the base ratio (text encoder).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-from ..architectures import SD1_BLOCKS, Architecture
+from ..architectures import ALTERNATE_LAYOUTS, SD1_BLOCKS, Architecture
 from ..errors import MergeInputError, require_ratio
 from .presets import presets
+from .specs import expand_token
 
 SDXL_FROM_26 = tuple(i for i in range(26) if SD1_BLOCKS[i] not in (
     "IN09", "IN10", "IN11", "OUT09", "OUT10", "OUT11"))
@@ -27,6 +32,7 @@ class BlockWeights:
 
     blocks: tuple[str, ...]
     values: tuple[float, ...]
+    fine: Optional[Architecture] = None  # a finer layout of the same model (SDXL's 110): values follow its ids
 
     def __post_init__(self):
         assert len(self.blocks) == len(self.values)
@@ -37,6 +43,12 @@ class BlockWeights:
 
     def of(self, block: str) -> float:
         return self.values[self.blocks.index(block)]
+
+    def at(self, block: str, key: Optional[str] = None) -> float:
+        """The value for a key of `block`; on a finer layout, the key's own fine block decides."""
+        if self.fine is not None and key is not None:
+            return self.of(self.fine.block_of(key))
+        return self.of(block)
 
     def as_text(self) -> str:
         return ",".join(f"{v:.10g}" for v in self.values)
@@ -62,32 +74,80 @@ def parse_numbers(text: str, input_name: str) -> list[float]:
     return values
 
 
-def parse_block_weights(text: Optional[str], arch: Architecture,
-                        input_name: str = "block_weights") -> Optional[BlockWeights]:
-    """Parse MBW text for ``arch``; None when the text is empty."""
+def parse_block_weights(text: Optional[str], arch: Architecture, input_name: str = "block_weights",
+                        default: Optional[float] = None) -> Optional[BlockWeights]:
+    """Parse MBW text for ``arch``; None when the text is empty. default: the scalar that blocks the
+    named form leaves out take (required for that form)."""
     if text is None:
         return None
     stripped = text.strip().strip(",").strip()
     if not stripped:
         return None
+    if "=" in stripped:
+        return parse_named(stripped, arch, input_name, default)
     if "," not in stripped and "\n" not in stripped:
         table = presets()
         if stripped in table:
-            values = list(table[stripped])
-        else:
-            try:
-                float(stripped)
-            except ValueError:
-                close = [n for n in table if n.upper() == stripped.upper()]
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise MergeInputError(
-                    input_name, f"'{stripped}' is neither a preset name nor a list of numbers.{hint}",
-                    "use one of the preset names (GRAD_V, FLAT_25, ALL_A, ...) or "
-                    f"{arch.n_blocks} comma-separated numbers.") from None
-            values = parse_numbers(stripped, input_name)
-    else:
-        values = parse_numbers(stripped, input_name)
+            return BlockWeights(arch.blocks, tuple(preset_on_layout(table[stripped], arch)))
+        try:
+            float(stripped)
+        except ValueError:
+            close = [n for n in table if n.upper() == stripped.upper()]
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise MergeInputError(
+                input_name, f"'{stripped}' is neither a preset name nor a list of numbers.{hint}",
+                "use one of the preset names (GRAD_V, FLAT_25, ALL_A, ...), "
+                f"{arch.n_blocks} comma-separated numbers, or named values such as {named_example(arch)}.") from None
+    values = parse_numbers(stripped, input_name)
+    for alternate in ALTERNATE_LAYOUTS.get(arch.name, ()):
+        if len(values) == alternate.n_blocks:
+            return BlockWeights(alternate.blocks, tuple(values), fine=alternate)
     return BlockWeights(arch.blocks, tuple(fit_to_layout(values, arch, input_name)))
+
+
+def parse_named(text: str, arch: Architecture, input_name: str, default: Optional[float]) -> BlockWeights:
+    """``D00-D18=0.3, S00-S37=0.7, OUT=1``: later pairs override earlier ones, other blocks take `default`."""
+    if default is None:
+        raise MergeInputError(input_name, "named block weights need the scalar that unnamed blocks take.",
+                              "give the full list of numbers instead.")
+    values = dict.fromkeys(arch.blocks, float(default))
+    for pos, raw in enumerate(text.replace("\n", ",").split(",")):
+        ids, sep, number = raw.partition("=")
+        ids = ids.strip()
+        if not sep or not ids:
+            raise MergeInputError(input_name, f"pair #{pos + 1} '{raw.strip()}' is not ID=value.",
+                                  f"write pairs such as {named_example(arch)}.")
+        named = arch.blocks if ids.upper() == "ALL" else expand_token(ids, arch)
+        if named is None:
+            raise MergeInputError(
+                input_name, f"pair #{pos + 1}: unknown block id '{ids}' for {arch.label}.",
+                f"use ids or ranges of its layout: {arch.layout_text()}, or ALL.")
+        value = parse_numbers(number, input_name)
+        if len(value) != 1:
+            raise MergeInputError(input_name, f"pair #{pos + 1} '{raw.strip()}' needs one number.",
+                                  f"write pairs such as {named_example(arch)}.")
+        values.update(dict.fromkeys(named, value[0]))
+    return BlockWeights(arch.blocks, tuple(values.values()))
+
+
+def named_example(arch: Architecture) -> str:
+    mid = arch.blocks[len(arch.blocks) // 2]
+    return f"'{arch.blocks[1]}=0.3, {mid}-{arch.blocks[-2]}=0.7, {arch.blocks[-1]}=1'"
+
+
+def preset_on_layout(values: tuple[float, ...], arch: Architecture) -> list[float]:
+    """A 26-value preset on a layout: exact on SD1/SD2 (26) and SDXL (20, converted); elsewhere the
+    base value goes to the base slots and the curve over IN00..OUT11 (positions 0..24) is resampled
+    linearly over the other blocks in layout order — block j of m sits at 24·j/(m-1)."""
+    if arch.name_filter:  # the SD families
+        return fit_to_layout(list(values), arch, "preset")
+    curve, m = values[1:], arch.n_blocks - arch.base_blocks
+    out = [values[0]] * arch.base_blocks
+    for j in range(m):
+        x = (len(curve) - 1) * j / (m - 1) if m > 1 else 0.0
+        i = min(int(x), len(curve) - 2)
+        out.append(curve[i] + (curve[i + 1] - curve[i]) * (x - i))
+    return out
 
 
 def fit_to_layout(values: list[float], arch: Architecture, input_name: str) -> list[float]:
@@ -98,9 +158,10 @@ def fit_to_layout(values: list[float], arch: Architecture, input_name: str) -> l
         return [values[i] for i in SDXL_FROM_26]
     if arch.n_blocks == 20 and n == 21:
         return values[:20]  # SuperMerger's lists may carry the unused trailing VAE slot
-    accepted = "26 (SD1/SD2 layout, converted) or 20" if arch.n_blocks == 20 else str(arch.n_blocks)
+    alternates = "".join(f"{a.n_blocks} (extended), " for a in ALTERNATE_LAYOUTS.get(arch.name, ()))
+    accepted = alternates + ("26 (SD1/SD2 layout, converted) or 20" if arch.n_blocks == 20 else str(arch.n_blocks))
     raise MergeInputError(
         input_name,
-        f"has {n} values, but {arch.label} block weights need {accepted} "
-        f"({', '.join(arch.blocks[:3])}, ..., {arch.blocks[-1]}).",
-        f"give exactly {arch.n_blocks} comma-separated values, starting with BASE.")
+        f"has {n} values, but {arch.label} block weights need {accepted} ({arch.layout_text()}).",
+        f"give exactly {arch.n_blocks} comma-separated values, starting with {arch.blocks[0]}, "
+        f"or named values such as {named_example(arch)}.")

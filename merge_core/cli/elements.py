@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..analysis.similarity import format_table, list_elements, list_lora_elements
-    from ..architectures import detect
+    from ..architectures import detect, detect_or_auto
     from ..io.sources import open_source
     src = open_source(args.file)
     try:
@@ -23,8 +23,8 @@ def run(args) -> int:
         arch = detect(shapes)
         if arch is None and any("lora" in k for k in shapes):  # a LoRA: keys and shapes, block "LoRA"
             rows = list_lora_elements(shapes, dtypes, args.match)
-        elif arch is None:
-            print("error: not a recognised SD1, SD2 or SDXL checkpoint, nor a LoRA", file=sys.stderr)
+        elif (arch := arch or detect_or_auto(shapes)) is None:
+            print("error: no diffusion-model or text-encoder keys, and not a LoRA", file=sys.stderr)
             return 2
         else:
             rows = list_elements(shapes, dtypes, arch, args.block, args.match)

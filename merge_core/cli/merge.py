@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 import time
 
-from ..api import OUTPUT_DTYPES, merge_files
+from ..api import OUTPUT_PRECISIONS, merge_files
+from ..device import DEVICES
 from ..methods.calcmodes import CALC_MODE_NAMES
 from ..methods.modes import MODES
 from .options import ratio
@@ -26,7 +27,7 @@ def _progress(stream):
 def add_parser(sub) -> None:
     m = sub.add_parser("merge", help="merge two or three safetensors checkpoints",
                        description="alpha is the weight of model B: 0 gives A, 1 gives B.")
-    m.add_argument("models", nargs="+", metavar="MODEL", help="A.safetensors B.safetensors [C.safetensors]")
+    m.add_argument("models", nargs="+", metavar="MODEL", help="A B [C]: .safetensors (fp8 and ComfyUI's scaled fp8 included) or .gguf files")
     m.add_argument("--mode", default="weight_sum", choices=MODE_CHOICES,
                    help="weight_sum: (1-a)A+aB; add_difference: A+a(B-C); triple_sum: (1-a-b)A+aB+bC; "
                         "sum_twice: (1-b)((1-a)A+aB)+bC")
@@ -58,8 +59,12 @@ def add_parser(sub) -> None:
                      help="keep A for these: block ids/ranges, element substrings, VAE, Adjust (e.g. 'OUT03 VAE')")
     m.add_argument("--report", choices=["blocks", "keys"], default=None,
                    help="print what was applied: per block and per elemental rule, or also per key")
-    m.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES), default=None,
-                   help="output dtype (default: model A's dtype; unmerged keys are then kept byte for byte)")
+    m.add_argument("--dtype", choices=OUTPUT_PRECISIONS, default=None,
+                   help="output precision (default: as model A stored each key; unmerged keys are then kept byte "
+                        "for byte, and quantised keys of A are written quantised again); scaled_fp8: ComfyUI's "
+                        "scaled fp8 layout (linear weights fp8 with a per-tensor scale, the rest bf16)")
+    m.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where the per-key math runs: auto (CUDA when present), cpu or cuda")
     m.add_argument("-o", "--output", required=True, help="output .safetensors path")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     m.add_argument("--hash-inputs", action="store_true",
@@ -78,7 +83,7 @@ def run(args) -> int:
     plan = merge_files(a, b, c, args.output, mode=args.mode, alpha=args.alpha, beta=args.beta,
                        blocks_alpha=args.blocks, blocks_beta=args.blocks_beta, dtype=args.dtype,
                        overwrite=args.overwrite, progress=None if args.quiet else _progress(sys.stderr),
-                       hash_inputs=args.hash_inputs,
+                       hash_inputs=args.hash_inputs, device=args.device,
                        calcmode=args.calc, gamma=args.gamma, seed=args.seed,
                        tensor2_corrected=args.tensor2_corrected, elemental=args.elemental,
                        elemental_full_key=args.elemental_full_key, adjust=args.adjust,

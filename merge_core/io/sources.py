@@ -30,6 +30,11 @@ class KeySource(Protocol):
 class FileSource:
     """A safetensors file, opened lazily."""
 
+    def stored_format(self, key: str) -> str:
+        """The stored dtype's name ("fp16", ...): what "output as in A" writes (io/precision.py)."""
+        from .quantized import dtype_name
+        return dtype_name(self.dtype(key))
+
     def __init__(self, path: str | os.PathLike, input_name: str = "file"):
         self.reader = SafetensorsReader(path, input_name)
         self.name = os.path.basename(str(path))
@@ -77,6 +82,14 @@ def open_source(path_or_dict, name: str = "model", input_name: str = "file") -> 
     if isinstance(path_or_dict, Mapping):
         return DictSource(path_or_dict, name)
     path = str(path_or_dict)
+    if path.lower().endswith(".gguf"):
+        from .gguf_file import GGUFSource
+        return GGUFSource(path, input_name)
     if not path.endswith(".safetensors"):
-        raise ValueError(f"'{path}': only .safetensors files are read (pickled .ckpt files can run code)")
-    return FileSource(path, input_name)
+        raise ValueError(f"'{path}': only .safetensors and .gguf files are read (pickled .ckpt files can run code)")
+    source = FileSource(path, input_name)
+    from .quantized import QuantizedFileSource, needs_dequantising
+    if needs_dequantising(source.reader):  # fp8 or scaled weights: float32 out, scale tensors consumed
+        source.close()
+        return QuantizedFileSource(path, input_name)
+    return source

@@ -1,0 +1,74 @@
+"""The transformer families, declared: Flux.1, Chroma, Flux.2, SD3/SD3.5, HiDream, Z-Image/Lumina 2,
+Qwen-Image and Wan 2.1/2.2 (VACE included).
+
+Key names are relative to the diffusion model. Every floating-point tensor is merged (no name
+filter); a key no rule names keeps A and is listed in the report; the VAE keeps A (SuperMerger's Flux
+rule, applied to every family here: a merged VAE is never what these merges are for). Block counts
+are the full-size model's until a model's keys size them (Architecture.sized).
+"""
+from __future__ import annotations
+
+from .declaration import KEPT, NO_BLOCK, Architecture, Numbered, Signature
+
+VAE_KEPT = (("vae.", KEPT), ("first_stage_model.", KEPT))
+
+
+def modules(*names: str) -> str:
+    """A rule pattern for top-level modules (``x_embedder.`` or a bare parameter ``pos_embed``)."""
+    return r"(?:" + "|".join(names) + r")(?:\.|$)"
+
+
+def transformer(name: str, label: str, layout, rules, signature: Signature, components=(), **kw) -> Architecture:
+    return Architecture(name, label, layout, rules, signature, components + VAE_KEPT,
+                        unmatched_block=kw.pop("unmatched_block", NO_BLOCK), **kw)
+
+
+DOUBLE, SINGLE = Numbered("double_blocks", "D", 19), Numbered("single_blocks", "S", 38)
+FLUX_LIKE = (r"double_blocks\.0\.img_attn\.norm\.key_norm\.scale$",)
+
+FLUX1 = transformer(
+    "flux1", "Flux.1", ("CLIP", "T5", "IN", DOUBLE, SINGLE, "OUT"),
+    ((r"\w+_in\.", "IN"), (modules("final_layer"), "OUT")),
+    Signature(numbered=(("double_blocks", 0, None), ("single_blocks", 0, None)),
+              all_of=(*FLUX_LIKE, r"img_in\.weight$"),
+              none_of=(r"double_stream_modulation_img\.", r"distilled_guidance_layer\.")),
+    (("text_encoders.clip_l.", "CLIP"), ("clip_l.", "CLIP"), ("text_encoders.t5xxl.", "T5"), ("t5xxl.", "T5")),
+    outside_block="CLIP", base_blocks=2)
+CHROMA = transformer(
+    "chroma", "Chroma", ("BASE", "IN", DOUBLE, SINGLE, "OUT"),
+    ((r"\w+_in\.", "IN"), (modules("distilled_guidance_layer", r"nerf_image_embedder"), "IN"),
+     (modules("final_layer", r"nerf_blocks", r"nerf_final_layer\w*"), "OUT")),
+    Signature(numbered=(("double_blocks", 0, None), ("single_blocks", 0, None)),
+              all_of=(*FLUX_LIKE, r"distilled_guidance_layer\.")))
+FLUX2 = transformer(
+    "flux2", "Flux.2", ("BASE", "IN", Numbered("double_blocks", "D", 8), Numbered("single_blocks", "S", 48), "OUT"),
+    ((r"\w+_in\.", "IN"), (r"(?:double|single)_stream_modulation\w*\.", "IN"), (modules("final_layer"), "OUT")),
+    Signature(numbered=(("double_blocks", 0, None), ("single_blocks", 0, None)),
+              all_of=(*FLUX_LIKE, r"double_stream_modulation_img\.")))
+SD3 = transformer(
+    "sd3", "SD3/SD3.5", ("BASE", "IN", Numbered("joint_blocks", "J", 38), "OUT"),
+    ((modules("pos_embed", "x_embedder", "context_embedder", "y_embedder", "t_embedder", "register",
+              "context_processor"), "IN"),
+     (modules("final_layer"), "OUT")),
+    Signature(numbered=(("joint_blocks", 0, None),), all_of=(r"x_embedder\.",)))
+HIDREAM = transformer(
+    "hidream", "HiDream", ("BASE", "IN", Numbered("double_stream_blocks", "D", 16),
+                           Numbered("single_stream_blocks", "S", 32), "OUT"),
+    ((modules(r"\w+_embedder", "caption_projection"), "IN"), (modules("final_layer"), "OUT")),
+    Signature(numbered=(("double_stream_blocks", 0, None), ("single_stream_blocks", 0, None))))
+LUMINA2 = transformer(
+    "lumina2", "Z-Image/Lumina 2", ("BASE", "IN", Numbered("noise_refiner", "NR", 2),
+                                    Numbered("context_refiner", "CR", 2), Numbered("layers", "L", 30), "OUT"),
+    ((modules("x_embedder", "t_embedder", "cap_embedder", r"\w+_pad_token"), "IN"),
+     (modules("norm_final", "final_layer"), "OUT")),
+    Signature(numbered=(("layers", 0, None), ("noise_refiner", 0, None)), all_of=(r"cap_embedder\.",)))
+QWEN_IMAGE = transformer(
+    "qwen_image", "Qwen-Image", ("BASE", "IN", Numbered("transformer_blocks", "T", 60), "OUT"),
+    ((modules("img_in", "txt_norm", "txt_in", "time_text_embed"), "IN"), (modules("norm_out", "proj_out"), "OUT")),
+    Signature(numbered=(("transformer_blocks", 0, None),), all_of=(r"txt_norm\.", r"img_in\.")))
+WAN = transformer(
+    "wan", "Wan 2.1/2.2", ("BASE", "IN", Numbered("blocks", "B", 40), Numbered("vace_blocks", "V", 0), "OUT"),
+    ((modules("head"), "OUT"), (r".", "IN")),  # every other input-side module (embeddings, VACE/camera inputs)
+    Signature(numbered=(("blocks", 0, None),), all_of=(r"head\.modulation$", r"patch_embedding\.")))
+
+TRANSFORMERS = (FLUX2, CHROMA, FLUX1, SD3, HIDREAM, LUMINA2, QWEN_IMAGE, WAN)

@@ -1,0 +1,85 @@
+"""Diffusion-model files (ComfyUI's diffusion_models folder) hold the U-Net's keys without the checkpoint
+prefix. The merge plan recognises models by checkpoint key names, so such inputs are read with the prefix
+added and the output is written with it removed again: the merged file has the inputs' naming."""
+from __future__ import annotations
+
+from typing import Mapping
+
+PREFIX = "model.diffusion_model."
+CHECKPOINT_PREFIXES = ("model.", "cond_stage_model.", "first_stage_model.", "conditioner.", "text_encoders.")
+
+
+def is_bare_unet(keys) -> bool:
+    keys = list(keys)
+    return bool(keys) and not any(k.startswith(CHECKPOINT_PREFIXES) for k in keys) and any(
+        k.startswith(("input_blocks.", "middle_block.", "output_blocks.")) for k in keys)
+
+
+class PrefixedSource:
+    """A key source seen with PREFIX on every key (reads and formats delegate to the file's source)."""
+
+    def __init__(self, inner):
+        self.inner, self.name = inner, inner.name
+        for attr in ("marker", "quant_metadata", "reader"):
+            if hasattr(inner, attr):
+                setattr(self, attr, getattr(inner, attr))
+        if getattr(self, "marker", None):
+            self.marker = PREFIX + self.marker
+
+    def shapes(self):
+        return {PREFIX + k: v for k, v in self.inner.shapes().items()}
+
+    def _own(self, key: str) -> str:
+        return key[len(PREFIX):]
+
+    def dtype(self, key):
+        return self.inner.dtype(self._own(key))
+
+    def stored_format(self, key):
+        fmt = getattr(self.inner, "stored_format", None)
+        if fmt is not None:
+            return fmt(self._own(key))
+        from .quantized import dtype_name
+        return dtype_name(self.dtype(key))
+
+    def get(self, key):
+        return self.inner.get(self._own(key))
+
+    def raw(self, key):
+        return self.inner.raw(self._own(key))
+
+    def close(self):
+        self.inner.close()
+
+
+class StrippingSink:
+    """Writes every key without PREFIX (the inverse of PrefixedSource)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    @staticmethod
+    def _own(key: str) -> str:
+        return key[len(PREFIX):] if key.startswith(PREFIX) else key
+
+    def begin(self, layout):
+        self.inner.begin([(self._own(k), d, s) for k, d, s in layout])
+
+    def put(self, key, tensor):
+        self.inner.put(self._own(key), tensor)
+
+    def put_raw(self, key, data):
+        self.inner.put_raw(self._own(key), data)
+
+    def commit(self):
+        return self.inner.commit()
+
+    def abort(self):
+        self.inner.abort()
+
+
+def prefix_bare(sources: Mapping) -> tuple[dict, bool]:
+    """(sources, whether they were bare U-Nets and are now prefixed)."""
+    if not all(is_bare_unet(s.shapes()) for s in sources.values()):
+        return dict(sources), False
+    return {n: PrefixedSource(s) for n, s in sources.items()}, True

@@ -1,0 +1,194 @@
+"""Merge from files: checkpoints or diffusion models merged key by key on disk, never loaded whole.
+
+ComfyUI's merge nodes need every input loaded (two Flux models are 48 GB of RAM); here merge_core's
+streamed engine reads one key of each file at a time and writes the result to a new numbered file
+in the same models folder (merge_core.io.output_file: atomic, never overwriting). The result is then
+loaded by ComfyUI's own loader, like any file in that folder. A content key (the inputs' names,
+sizes and modification times plus every setting) is stored in the file's metadata and its name,
+so a second run with the same inputs and settings loads the existing file instead of merging again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from comfy_api.latest import io
+
+from ..merge_core.api import merge_files
+from ..merge_core.errors import MergeInputError
+from ..merge_core.io.precision import PRECISIONS
+from ..merge_core.io.safetensors_file import SafetensorsReader
+from .errors import named_errors
+from .merge import CATEGORY, CUSTOM, _block_text, _check_numbers, _progress, merge_params, settings_inputs
+from .save import output_path
+
+AS_A = "as A"
+NONE = "none"
+EXTENSIONS = (".safetensors", ".gguf")
+CONTENT_KEY = "merge_suite_content_key"
+PRECISION_TIP = ("Output precision. 'as A': each tensor as model A stored it (fp8 and scaled fp8 stay so, "
+                 "re-scaled; quantised GGUF tensors become bf16). scaled_fp8: ComfyUI's scaled fp8 (linear "
+                 "weights fp8 with a per-tensor scale, the rest bf16), loads with the stock loaders.")
+
+
+def file_names(kind: str) -> list[str]:
+    """Safetensors and GGUF files in one of ComfyUI's model folders (GGUF is not in its own list)."""
+    import folder_paths
+    names = set()
+    for root in folder_paths.get_folder_paths(kind):
+        if os.path.isdir(root):
+            files, _ = folder_paths.recursive_search(root, excluded_dir_names=[".git"])
+            names.update(folder_paths.filter_files_extensions(files, EXTENSIONS))
+    return sorted(names)
+
+
+def _identity(path: str) -> list:
+    st = os.stat(path)
+    return [os.path.basename(path), st.st_size, st.st_mtime_ns]
+
+
+def content_key(paths: dict[str, str], settings: dict, precision: str) -> str:
+    """sha256 of the inputs' identities (name, size, mtime: hashing 24 GB files would take minutes) and
+    every setting that changes the result."""
+    body = {"inputs": {k: _identity(p) for k, p in paths.items()}, "settings": settings, "precision": precision}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def existing_result(folder: Path, name: str, key: str) -> Optional[Path]:
+    """A file written earlier by this node for the same content key, if one is still there."""
+    for candidate in sorted(folder.glob(f"{name}_*_.safetensors")):
+        try:
+            with SafetensorsReader(candidate) as reader:
+                if reader.metadata.get(CONTENT_KEY) == key:
+                    return candidate
+        except MergeInputError:
+            continue  # a damaged file is not a result
+    return None
+
+
+def core_settings(params: dict) -> dict:
+    """The Merge node's widgets and options as merge_files' keyword arguments."""
+    params = dict(params)
+    params["blocks_alpha"] = _block_text(params.pop("blocks_alpha_preset", CUSTOM), params.get("blocks_alpha", ""),
+                                         "blocks_alpha") or None
+    params["blocks_beta"] = _block_text(params.pop("blocks_beta_preset", CUSTOM), params.get("blocks_beta", ""),
+                                        "blocks_beta") or None
+    return params
+
+
+def _device() -> str:
+    import comfy.model_management
+    return "cuda" if comfy.model_management.get_torch_device().type == "cuda" else "cpu"
+
+
+class _FileMerge(io.ComfyNode):
+    """Shared shape of the checkpoint and diffusion-model file merges; subclasses declare the folder."""
+
+    FOLDER = ""
+    NODE_ID = DISPLAY = DESCRIPTION = ""
+    PREFIX = "merge_suite/merged"
+
+    @classmethod
+    def outputs(cls) -> list:
+        return []
+
+    @classmethod
+    def define_schema(cls):
+        names = file_names(cls.FOLDER)
+        return io.Schema(
+            node_id=cls.NODE_ID, display_name=cls.DISPLAY, category=CATEGORY, description=cls.DESCRIPTION,
+            inputs=[io.Combo.Input("file_a", options=names, tooltip=f"Model A (in {cls.FOLDER}): the base."),
+                    io.Combo.Input("file_b", options=names, tooltip="Model B."),
+                    *settings_inputs(),
+                    io.Combo.Input("precision", options=[AS_A, *PRECISIONS], default=AS_A, tooltip=PRECISION_TIP),
+                    io.String.Input("filename_prefix", default=cls.PREFIX,
+                                    tooltip=f"Name inside the {cls.FOLDER} folder; a content key and "
+                                            "'_00001_.safetensors' are appended, so nothing is overwritten."),
+                    io.Combo.Input("file_c", options=[NONE, *names], default=NONE, optional=True,
+                                   tooltip="Model C: required by Add difference, Triple sum and sum Twice.")],
+            outputs=[*cls.outputs(), io.String.Output(display_name="file_name",
+                                                      tooltip=f"The merged file, relative to {cls.FOLDER}.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, alpha=None, beta=None) -> bool | str:
+        return _check_numbers(cls, alpha, beta)
+
+    @classmethod
+    def load(cls, name: str) -> tuple:
+        return ()
+
+    @classmethod
+    def execute(cls, file_a, file_b, precision=AS_A, filename_prefix=PREFIX, file_c=NONE, **inputs):
+        import folder_paths
+        params, _ = merge_params(inputs)
+        with named_errors(cls.DISPLAY):
+            paths = {}
+            for name, value in (("a", file_a), ("b", file_b), ("c", file_c)):
+                if name == "c" and (not value or value == NONE):
+                    continue
+                full = folder_paths.get_full_path(cls.FOLDER, value)
+                if full is None:
+                    raise MergeInputError(f"file_{name}", f"'{value}' is not in the {cls.FOLDER} folder.",
+                                          "pick a file from the list (refresh it after adding files).")
+                paths[name] = full
+            settings = core_settings(params)
+            key = content_key(paths, settings, precision)
+            prefix = f"{(filename_prefix or '').strip()}_{key[:12]}"
+            target = output_path(prefix, cls.FOLDER)
+            done = existing_result(target.parent, os.path.basename(prefix), key)
+            if done is None:
+                merge_files(paths["a"], paths["b"], paths.get("c"), str(target),
+                            dtype=None if precision == AS_A else precision, progress=_progress(1),
+                            device=_device(), extra_metadata={CONTENT_KEY: key}, **settings)
+                done = target
+                logging.info("merge_suite: merged into %s", done)
+            else:
+                logging.info("merge_suite: same inputs and settings as %s: loading it", done)
+            root = next(r for r in folder_paths.get_folder_paths(cls.FOLDER)
+                        if os.path.commonpath((os.path.abspath(r), str(done))) == os.path.abspath(r))
+            name = os.path.relpath(done, root)
+            return io.NodeOutput(*cls.load(name), name)
+
+
+class CheckpointFileMerge(_FileMerge):
+    FOLDER, NODE_ID = "checkpoints", "MergeSuite_CheckpointFileMerge"
+    DISPLAY = "Merge Checkpoint Files (streamed)"
+    DESCRIPTION = ("Merge two or three checkpoint files key by key from disk into a new checkpoint (for models "
+                   "too large to load twice; fp8, scaled fp8 and GGUF inputs), then load it. Same settings as "
+                   "Merge Checkpoints; alpha = weight of B. A second run with the same inputs reuses the file.")
+
+    @classmethod
+    def outputs(cls) -> list:
+        return [io.Model.Output(display_name="MODEL"), io.Clip.Output(display_name="CLIP"),
+                io.Vae.Output(display_name="VAE")]
+
+    @classmethod
+    def load(cls, name: str) -> tuple:
+        import nodes as comfy_nodes
+        return tuple(comfy_nodes.CheckpointLoaderSimple().load_checkpoint(name)[:3])
+
+
+class DiffusionModelFileMerge(_FileMerge):
+    FOLDER, NODE_ID = "diffusion_models", "MergeSuite_DiffusionModelFileMerge"
+    DISPLAY = "Merge Diffusion Model Files (streamed)"
+    PREFIX = "merge_suite/merged_unet"
+    DESCRIPTION = ("Merge two or three diffusion-model files (the diffusion_models / unet folder) key by key "
+                   "from disk into a new file there, then load it with Load Diffusion Model. Same settings as "
+                   "Merge Models; alpha = weight of B. A second run with the same inputs reuses the file.")
+
+    @classmethod
+    def outputs(cls) -> list:
+        return [io.Model.Output(display_name="MODEL")]
+
+    @classmethod
+    def load(cls, name: str) -> tuple:
+        import nodes as comfy_nodes
+        return tuple(comfy_nodes.UNETLoader().load_unet(name, "default"))
+
+
+NODES = [CheckpointFileMerge, DiffusionModelFileMerge]
