@@ -153,3 +153,29 @@ def test_missing_file_is_a_one_line_error_naming_the_input(folders):
     with pytest.raises(MergeNodeError, match="file_b.*not in the checkpoints folder"):
         CheckpointFileMerge.execute("tiny_a.safetensors", "nope.safetensors", **SETTINGS)
     assert files_in(folders["checkpoints"]) == []
+
+
+def tiny_wan_file(path, seed):
+    """A Wan 2.1 text-to-video diffusion model at width 128 (one head, two blocks), bare keys as in the
+    diffusion_models folder; ComfyUI's own loader reads its size from the shapes."""
+    from comfy.ldm.wan.model import WanModel
+    import comfy.ops
+    gen = torch.Generator().manual_seed(seed)
+    net = WanModel(model_type="t2v", dim=128, ffn_dim=256, num_heads=1, num_layers=2,
+                   operations=comfy.ops.disable_weight_init)
+    save_file({k: torch.randn(v.shape, generator=gen) * 0.05 for k, v in net.state_dict().items()}, path)
+
+
+def test_bare_wan_diffusion_model_merges_keeping_its_naming_and_equals_the_model_merge_node(folders):
+    import nodes as comfy_nodes
+    folder = folders["diffusion_models"]
+    for seed, n in enumerate("ab"):
+        tiny_wan_file(folder / f"unet_wan_{n}.safetensors", seed)
+    ma, mb = (comfy_nodes.UNETLoader().load_unet(f"unet_wan_{n}.safetensors", "default")[0] for n in "ab")
+    ref = effective(ModelMerge.execute(model_a=ma, model_b=mb, **SETTINGS).result[0], UNET)
+    model, name = DiffusionModelFileMerge.execute("unet_wan_a.safetensors", "unet_wan_b.safetensors",
+                                                  precision="fp32", **SETTINGS).result
+    stored, inputs = load_file(folder / name), [load_file(folder / f"unet_wan_{n}.safetensors") for n in "ab"]
+    assert set(stored) == set(inputs[0])  # bare keys in, bare keys out
+    assert type(model.model).__name__ == "WAN21"
+    assert_within_rounding(model, ref, stored, inputs, lambda key: key[len(UNET):])
