@@ -13,7 +13,6 @@ from .blocks.selection import parse_selection
 from .blocks.weights import parse_block_weights
 from .engine import DictSink, FileSink, ProgressFn, StopFn, run_merge
 from .errors import MergeInputError, require_finite, require_ratio
-from .io.bare_unet import StrippingSink, prefix_bare
 from .io.output_file import check_target
 from .io.precision import PRECISIONS, output_format
 from .io.sources import KeySource, open_source
@@ -162,7 +161,7 @@ def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "W
     math_on = resolve_device(device)
     paths = {"a": a, "b": b} | ({"c": c} if c else {})
     check_target(output, paths.values(), overwrite)  # before any work: an input, a directory, an existing file
-    sources, bare = prefix_bare(open_files(paths))  # a diffusion-model file: its keys lack the checkpoint prefix
+    sources = open_files(paths)  # a diffusion-model file keeps its bare keys (Architecture.bare reads them)
     try:
         plan = plan_merge(sources, mode, alpha, beta, blocks_alpha, blocks_beta, **calc)
         hashes = {}
@@ -173,7 +172,7 @@ def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "W
         meta = kept_metadata(sources["a"]) | fmt.metadata | recipe_metadata(
             plan, {k.upper(): s.name for k, s in sources.items()}, hashes) | dict(extra_metadata or {})
         sink = FileSink(output, meta, overwrite, list(paths.values()))
-        run_merge(plan, sources, fmt.wrap(StrippingSink(sink) if bare else sink),
+        run_merge(plan, sources, fmt.wrap(sink),
                   fmt.engine_dtype, progress, should_stop, math_on)
         return plan
     finally:

@@ -32,9 +32,13 @@ def count_nonfinite(t: torch.Tensor) -> int:
         low, high = torch.aminmax(t)
         if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
             return 0
-    except (RuntimeError, NotImplementedError):  # a dtype without aminmax (some fp8 builds): count directly
+    except (RuntimeError, NotImplementedError):  # a dtype without aminmax (fp8 on CPU): count below
         pass
-    return int(t.numel() - torch.isfinite(t).sum())
+    try:
+        return int(t.numel() - torch.isfinite(t).sum())
+    except (RuntimeError, NotImplementedError):  # nor isfinite (fp8 on CPU): in float32 chunks (exact)
+        flat = t.reshape(-1)
+        return sum(int(part.numel() - torch.isfinite(part.float()).sum()) for part in flat.split(1 << 20))
 
 
 def count_inputs(tensors: Mapping[str, Optional[torch.Tensor]]) -> dict[str, int]:

@@ -213,7 +213,7 @@ def build_plan(arch: Architecture, settings: MergeSettings,
                 "model_c", f"tensor '{key}' has shape {list(shapes_c[key])} "
                 f"but model B has {list(shapes_b[key])}.",
                 "use a model C with the same layout as model B.")
-        if settings.selection is not None and not settings.selection.merges(key, block, settings.elemental_full_key):
+        if settings.selection is not None and not settings.selection.merges(key, block, settings.elemental_full_key, arch):
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason=f"{settings.selection.mode}d"))
             continue
         alpha, beta = settings.ratios(block, key)

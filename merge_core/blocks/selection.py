@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..architectures import Architecture, unet_relative
+from ..architectures import Architecture
 from ..errors import MergeInputError
-from ..methods.adjust import SCALED, SHIFTED
+from ..methods.adjust import adjust_target
 from .elemental import _strip_prefix
 from .specs import expand_token, unknown_block_error
 
@@ -32,9 +32,9 @@ class Selection:
     text: str
     targets: tuple[str, ...] = ()  # the tokens as written, each checked to select some key
 
-    def merges(self, key: str, block: str, full_key: bool = False) -> bool:
+    def merges(self, key: str, block: str, full_key: bool = False, arch: Optional[Architecture] = None) -> bool:
         hit = (block in self.blocks
-               or (self.adjust and unet_relative(key) in (*SCALED, SHIFTED))
+               or (self.adjust and adjust_target(key, arch) is not None)
                or any(e in (key if full_key else _strip_prefix(key)) for e in self.elements)
                or (self.vae and is_vae(key)))
         return hit if self.mode == "include" else not hit
@@ -61,7 +61,7 @@ def _target_hits(token: str, key: str, block: str, arch: Architecture, full_key:
     if token == "VAE":
         return is_vae(key)
     if token == "Adjust":
-        return unet_relative(key) in (*SCALED, SHIFTED)
+        return adjust_target(key, arch) is not None
     named = expand_token(token, arch)
     if named is not None:
         return block in named

@@ -45,8 +45,8 @@ class Adjust:
             require_ratio(self.input_name, value, f"{name} ")
 
     def op(self, key: str, arch: Architecture):
-        """("scale", factor), ("add", 4 values) or None for a key in either naming."""
-        rel = unet_relative(key)
+        """("scale", factor), ("add", 4 values) or None for a key in any naming."""
+        rel = adjust_target(key, arch)
         if rel in SCALED:
             index, rate = SCALED[rel]
             factor = 1.0 + rate * self.values[index]
@@ -63,6 +63,13 @@ class Adjust:
         colours = COLOURS["sdxl" if arch.name == "sdxl" else "sd1"]
         mixed = [sum(knob * row[ch] for knob, row in zip(v[4:8], colours)) for ch in range(3)]
         return (0.02 * v[3], 0.02 * mixed[0], 0.02 * mixed[1], 0.02 * mixed[2])
+
+
+def adjust_target(key: str, arch: Optional[Architecture]) -> Optional[str]:
+    """The key's name among the adjusted keys (SCALED, SHIFTED) in any naming, else None; with the
+    model's architecture, bare keys of a diffusion-model file count too."""
+    rel = arch.relative(key) if arch is not None else unet_relative(key)
+    return rel if rel in SCALED or rel == SHIFTED else None
 
 
 def parse_adjust(text: Optional[str], input_name: str = "adjust") -> Optional[Adjust]:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-import comfy.lora  # noqa: E402
 import nodes as comfy_nodes  # noqa: E402
+from effective_weights import effective  # noqa: E402
 from spec_blocks import sd1_block, sdxl_block  # noqa: E402
 from test_methods import FORMULAS  # noqa: E402
 
@@ -27,15 +27,6 @@ LABELS = {"weight_sum": "Weight sum", "add_difference": "Add difference",
 
 def key_patches(obj, prefix=None):
     return obj.get_key_patches(prefix) if prefix else obj.get_key_patches()
-
-
-def effective(patcher, prefix=None):
-    """Each key's weight as the patcher would load it (base weight + its patches), fp32."""
-    out = {}
-    for key, kp in key_patches(patcher, prefix).items():
-        base, convert = kp[0]
-        out[key] = comfy.lora.calculate_weight(kp[1:], convert(base.float().clone()), key)
-    return out
 
 
 def base_weights(patcher, prefix=None):

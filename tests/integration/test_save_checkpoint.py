@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-import comfy.lora  # noqa: F401  (ComfyUI imported through conftest)
-import folder_paths
+import folder_paths  # (ComfyUI imported through conftest)
 import nodes as comfy_nodes
+from effective_weights import effective
 
 from merge_suite.merge_core import recipe as core_recipe
 from merge_suite.merge_core.io.safetensors_file import SafetensorsReader
@@ -18,15 +18,6 @@ from merge_suite.nodes.save import SaveCheckpoint
 
 
 UNSAVED = ("position_ids", "logit_scale", "text_projection.weight")  # SD1 CLIP: ComfyUI drops these on save
-
-
-def effective(obj, prefix=None):
-    patches = obj.get_key_patches(prefix) if prefix else obj.get_key_patches()
-    out = {}
-    for key, kp in patches.items():
-        base, convert = kp[0]
-        out[key] = comfy.lora.calculate_weight(kp[1:], convert(base.float().clone()), key)
-    return out
 
 
 @pytest.fixture()

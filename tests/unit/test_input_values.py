@@ -128,3 +128,14 @@ def test_nonfinite_count_matches_isfinite_for_every_kind_of_bad_value(dtype):
     assert count_nonfinite(torch.empty(0, dtype=dtype)) == 0
     assert count_nonfinite(torch.tensor([65504.0, -65504.0], dtype=dtype)) == 0, "largest finite fp16 values"
     assert count_nonfinite(torch.arange(5)) == 0, "integer tensors have no NaN"
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_nonfinite_count_on_fp8_which_has_neither_aminmax_nor_isfinite_on_cpu(dtype):
+    """Models loaded in fp8 (Load Diffusion Model, weight_dtype fp8) reach the merge nodes' count."""
+    from merge_core.nonfinite import count_nonfinite
+
+    t = torch.randn(3000).to(dtype)
+    assert count_nonfinite(t) == 0
+    t[[5, 2999]] = torch.tensor([float("nan"), float("nan")]).to(dtype)
+    assert count_nonfinite(t) == 2
