@@ -156,6 +156,6 @@ def check_params(method: CombineMethod, params: MethodParams, n_models: int, mod
 def combine_key(method: CombineMethod, params: MethodParams, key: str, alpha: float, base: Tensor,
                 models: Sequence[Tensor], fallbacks: Optional[list] = None) -> Tensor:
     """C + alpha * d of one key, all float32 (C's shape); inputs are not modified."""
-    base32 = base.float()
-    delta = method.fn(base32, [m.float() for m in models], params, key, fallbacks)
+    base32 = base.detach().float()
+    delta = method.fn(base32, [m.detach().float() for m in models], params, key, fallbacks)
     return torch.add(base32, delta, alpha=alpha)
