@@ -69,6 +69,11 @@ def _connected(inputs: dict) -> list[tuple[str, Any]]:
 def plan_models(base: Any, models: list[tuple[str, Any]], params: dict):
     """(plan, the models' patch lists by source name) for a base MODEL and connected MODELs."""
     from ..merge_core.architectures import require_compatible
+    from ..merge_core.errors import MergeInputError
+    unused = [k for k in ("calcmode", "adjust") if params.get(k) not in (None, "", "normal")]
+    if unused:
+        raise MergeInputError("options", f"sets {unused[0]}, which Combine Models does not apply.",
+                              "connect only Elemental, Include/Exclude and Report options here.")
     patches = {f"m{i + 1}": key_patches(obj, "model") for i, (_, obj) in enumerate(models)}
     base_shapes, base_dtypes = base_layout(base, "model")
     arch = architecture_of(base_shapes, "base")

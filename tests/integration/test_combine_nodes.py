@@ -90,6 +90,7 @@ def test_recipe_round_trips_through_file_metadata(tiny):
     ("weights", r"Combine Models: input 'weights': has 3 value\(s\) for 2 models"),
     ("density", r"Combine Models: input 'density': is 1.5"),
     ("family", r"Combine Models: input 'model_2': is an SDXL model but model A is SD1"),
+    ("options", r"Combine Models: input 'options': sets calcmode"),
 ])
 def test_errors_name_the_input(case, match, tiny):
     base, m1, m2 = (tiny("model", "sd1", s) for s in (51, 52, 53))
@@ -100,6 +101,8 @@ def test_errors_name_the_input(case, match, tiny):
         kw["weights"] = "1,2,3"
     elif case == "density":
         kw["density"] = 1.5
+    elif case == "options":
+        kw["options"] = {"calcmode": "cosineA"}
     elif case == "family":
         models = [m1, tiny("model", "sdxl", 54)]
     with pytest.raises(MergeNodeError, match=match):

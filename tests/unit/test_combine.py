@@ -123,3 +123,27 @@ def test_cli_errors_are_one_line(tmp_path, sd1_keys, args, needle):
     assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_cli_slerp_and_add_perpendicular_count_their_fallbacks(tmp_path, sd1_keys):
+    from merge_core.methods.spherical import add_perpendicular, slerp
+    a, b, c = (small_model(sd1_keys, s, torch.float32) for s in (1, 2, 3))
+    parallel = "model.diffusion_model.out.2.weight"
+    b[parallel] = 2 * a[parallel]  # slerp is undefined: lerp, counted
+    c[parallel] = a[parallel].clone()  # A - C = 0: add_perpendicular keeps A, counted
+    paths = []
+    for i, sd in enumerate((a, b, c)):
+        paths.append(str(tmp_path / f"m{i}.safetensors"))
+        save_file(sd, paths[-1])
+    for calc, mode, files, want in (
+            ("slerp", "weight_sum", paths[:2], lambda k: slerp(a[k], b[k], 0.3)),
+            ("add_perpendicular", "add_difference", paths, lambda k: add_perpendicular(a[k], b[k], c[k], 0.3))):
+        out = tmp_path / f"{calc}.safetensors"
+        res = run_cli("merge", *files, "--mode", mode, "--calc", calc, "--alpha", "0.3", "--report", "blocks", "-o", str(out))
+        assert res.returncode == 0, res.stderr
+        assert "fallback: 1 key(s)" in res.stdout and parallel in res.stdout, res.stdout
+        with safe_open(str(out), "pt") as f:
+            for key in (UNET_KEY, parallel):
+                torch.testing.assert_close(f.get_tensor(key), want(key))
+            assert torch.isfinite(f.get_tensor(parallel)).all()
+    torch.testing.assert_close(slerp(a[parallel], b[parallel], 0.3), torch.lerp(a[parallel], b[parallel], 0.3))
