@@ -9,7 +9,7 @@ from ..combine import combine_files
 from ..errors import MergeInputError
 from ..methods.nway import METHODS
 from .merge import _progress
-from .options import non_negative_int, positive_int, ratio
+from .options import non_negative_int, positive_int, print_report, ratio, selection_text
 
 METHOD_HELP = "; ".join(f"{m.name}: {m.formula}" for m in METHODS.values())
 # merge_core's input names as this command spells them
@@ -66,15 +66,12 @@ def run(args) -> int:
                              weights=args.weights, density=args.density, drop_rate=args.drop_rate,
                              epsilon=args.epsilon, iterations=args.iterations, top=args.top, bottom=args.bottom,
                              seed=args.seed, blocks=args.blocks, elemental=args.elemental,
-                             include_exclude=(f"include: {args.include}" if args.include.strip() else
-                                              f"exclude: {args.exclude}" if args.exclude.strip() else ""),
+                             include_exclude=selection_text(args),
                              dtype=args.dtype, overwrite=args.overwrite,
                              progress=None if args.quiet else _progress(sys.stderr))
     except MergeInputError as exc:
         raise _rename(exc) from None
-    if args.report:
-        from ..report import applied_report
-        print(applied_report(plan, per_key=args.report == "keys"))
+    print_report(plan, args)
     if not args.quiet:
         print(f"wrote {args.output}: {args.method} of {len(args.models)} models, {plan.count('merge')} keys merged, "
               f"{plan.count('keep_a')} kept from the base, {len(plan.fallbacks)} fallbacks "
