@@ -107,3 +107,14 @@ def test_errors_name_the_input(case, match, tiny):
         models = [m1, tiny("model", "sdxl", 54)]
     with pytest.raises(MergeNodeError, match=match):
         combine(base, models, **kw)
+
+
+def test_method_sweep_feeds_combine_models(tiny):
+    from merge_suite.nodes.sweep import SweepMethods
+    methods, labels = SweepMethods.execute(values="TIES, model_stock", name="method").result
+    assert methods == ["ties", "model_stock"] and labels == ["method=ties", "method=model_stock"]
+    base, *models = (tiny("model", "sd1", s) for s in (61, 62, 63))
+    recipes = [combine(base, models, method=m)[2] for m in methods]
+    assert recipes[0].startswith("ties(") and recipes[1].startswith("model_stock(")
+    with pytest.raises(MergeNodeError, match=r"'magic' is not an n-model method"):
+        SweepMethods.execute(values="ties, magic", name="")
