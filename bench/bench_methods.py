@@ -25,11 +25,13 @@ MECHA = r"""
 import sys, torch
 sys.path.append(sys.argv[1])
 import sd_mecha
+from sd_mecha.extensions.builtin.merge_methods import linear  # the wrapper add_difference trips on a
+# merge-method node's not yet inferred merge space in 1.1.8; the merge method itself is the same formula
 method, out, base, models = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
-b = sd_mecha.model(base)
-ms = [sd_mecha.model(p) for p in models]
+b = sd_mecha.model(base, "sd1-ldm")
+ms = [sd_mecha.model(p, "sd1-ldm") for p in models]
 if method == "ties":
-    recipe = sd_mecha.add_difference(b, sd_mecha.ties_sum(*[sd_mecha.subtract(m, b) for m in ms], k=0.2,
+    recipe = linear.add_difference(b, sd_mecha.ties_sum(*[sd_mecha.subtract(m, b) for m in ms], k=0.2,
                                                            vote_sgn=True), alpha=1.0)
 else:
     recipe = sd_mecha.add_ties_with_dare(b, *ms, probability=0.5, k=1.0, vote_sgn=True, seed=0, alpha=1.0)
