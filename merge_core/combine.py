@@ -133,7 +133,8 @@ def combine_state_dicts(base: Mapping[str, torch.Tensor], models: Sequence[Mappi
 
 
 def combine_metadata(plan: MergePlan, names: Mapping[str, str]) -> dict[str, str]:
-    """merge_suite_recipe: the method, its parameters (those it uses) and the models, as flat JSON."""
+    """merge_suite_recipe: the method, its parameters (those it uses) and the models, as flat JSON; and the
+    recipe tree in sd_merge_recipe, which Load Recipe replays (names: base first, then the models in order)."""
     s, p = plan.settings, plan.settings.method_params
     used = {name: getattr(p, name) for name in s.method.uses if name != "weights"}
     recipe = {"type": "merge-suite-combine", "method": s.method.name, "alpha": s.alpha,
@@ -142,7 +143,10 @@ def combine_metadata(plan: MergePlan, names: Mapping[str, str]) -> dict[str, str
               "elemental": ",".join(r.text for r in s.elemental) or None,
               "include_exclude": s.selection.text if s.selection else None,
               "architecture": plan.arch.name, "models": dict(names)}
-    return {"merge_suite_recipe": json.dumps({k: v for k, v in recipe.items() if v is not None}, sort_keys=True)}
+    from . import recipe as recipes
+    tree = recipes.combine_step(s, [recipes.leaf(name) for name in names.values()])
+    return {"merge_suite_recipe": json.dumps({k: v for k, v in recipe.items() if v is not None}, sort_keys=True),
+            **recipes.file_metadata(tree, tree)}
 
 
 def combine_files(base: str, models: Sequence[str], output: str, *, method: str = "task_arithmetic",

@@ -61,21 +61,22 @@ def combine_inputs() -> list:
     ]
 
 
-def _connected(inputs: dict) -> list[tuple[str, Any]]:
-    return [(f"model_{i}", inputs.pop(f"model_{i}")) for i in range(1, MAX_MODELS + 1)
-            if inputs.get(f"model_{i}") is not None]
+def _connected(inputs: dict, kind: str) -> list[tuple[str, Any]]:
+    """The connected model inputs in order; unconnected ones are dropped from inputs."""
+    found = [(f"{kind}_{i}", inputs.pop(f"{kind}_{i}", None)) for i in range(1, MAX_MODELS + 1)]
+    return [(name, obj) for name, obj in found if obj is not None]
 
 
-def plan_models(base: Any, models: list[tuple[str, Any]], params: dict):
-    """(plan, the models' patch lists by source name) for a base MODEL and connected MODELs."""
+def plan_models(base: Any, models: list[tuple[str, Any]], params: dict, kind: str = "model"):
+    """(plan, the models' patch lists by source name) for a base and connected MODELs (kind "model") or CLIPs."""
     from ..merge_core.architectures import require_compatible
     from ..merge_core.errors import MergeInputError
     unused = [k for k in ("calcmode", "adjust") if params.get(k) not in (None, "", "normal")]
     if unused:
         raise MergeInputError("options", f"sets {unused[0]}, which Combine Models does not apply.",
                               "connect only Elemental, Include/Exclude and Report options here.")
-    patches = {f"m{i + 1}": key_patches(obj, "model") for i, (_, obj) in enumerate(models)}
-    base_shapes, base_dtypes = base_layout(base, "model")
+    patches = {f"m{i + 1}": key_patches(obj, kind) for i, (_, obj) in enumerate(models)}
+    base_shapes, base_dtypes = base_layout(base, kind)
     arch = architecture_of(base_shapes, "base")
     model_shapes = []
     for (input_name, _), p in zip(models, patches.values()):
@@ -106,30 +107,30 @@ def combine_adapter(plan, kp, lists: list):
     return lazy_adapter("merge_suite_combine", compute)
 
 
-def combine_models(base: Any, models: list[tuple[str, Any]], params: dict):
-    plan, patches = plan_models(base, models, params)
-    count_nonfinite_inputs(plan, base, "model", patches)
+def combine_models(base: Any, models: list[tuple[str, Any]], params: dict, kind: str = "model"):
+    plan, patches = plan_models(base, models, params, kind)
+    count_nonfinite_inputs(plan, base, kind, patches)
     prepared = {kp.key: (1.0, combine_adapter(plan, kp, [patches[n][kp.key] for n in plan.models]))
                 for kp in plan.merged()}
     return apply_plan(base, plan, {}, prepared), plan
 
 
-class CombineModels(io.ComfyNode):
-    DISPLAY = "Combine Models"
+class _Combine(io.ComfyNode):
+    """Shared shape of the MODEL and CLIP combine nodes; subclasses only declare data."""
+
+    KIND, IO, NODE_ID, DISPLAY, DESCRIPTION = "model", io.Model, "", "", ""
 
     @classmethod
     def define_schema(cls):
-        models = [io.Model.Input(f"model_{i}", optional=i > 1, tooltip=f"Model {i}: a fine-tune of the base"
-                                 + (" (required)." if i == 1 else " (optional; connect in order).")) for i in
+        k = cls.KIND
+        models = [cls.IO.Input(f"{k}_{i}", optional=i > 1, tooltip=f"{k.upper()} {i}: a fine-tune of the base"
+                               + (" (required)." if i == 1 else " (optional; connect in order).")) for i in
                   range(1, MAX_MODELS + 1)]
         return io.Schema(
-            node_id="MergeSuite_CombineModels", display_name=cls.DISPLAY, category=CATEGORY,
-            description="Merge a base and up to eight fine-tunes with TIES, DARE, DARE-TIES, DELLA, Model "
-                        "Breadcrumbs, Model Stock, geometric median or task arithmetic, with block weights and "
-                        "elemental rules. The result is a lazy patch of the base.",
-            inputs=[io.Model.Input("base", tooltip="The base model the fine-tunes were trained from."),
+            node_id=cls.NODE_ID, display_name=cls.DISPLAY, category=CATEGORY, description=cls.DESCRIPTION,
+            inputs=[cls.IO.Input("base", tooltip="The base the fine-tunes were trained from."),
                     *combine_inputs(), *models],
-            outputs=[io.Model.Output(display_name="MODEL"),
+            outputs=[cls.IO.Output(display_name=k.upper()),
                      io.String.Output(display_name="report", tooltip=REPORT_TIP),
                      io.String.Output(display_name="recipe", tooltip=RECIPE_TIP)],
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
@@ -141,23 +142,36 @@ class CombineModels(io.ComfyNode):
 
     @classmethod
     def execute(cls, base, **inputs) -> io.NodeOutput:
-        models = _connected(inputs)
+        models = _connected(inputs, cls.KIND)
         params, per_key = merge_params(inputs)
         with named_errors(cls.DISPLAY):
-            merged, plan = combine_models(base, models, params)
-            recipe = tag_combine(merged, plan, params, base, models, getattr(cls, "hidden", None))
+            merged, plan = combine_models(base, models, params, cls.KIND)
+            recipe = tag_combine(merged, plan, base, models, getattr(cls, "hidden", None), cls.KIND)
             report = applied_report(plan, per_key)
             return io.NodeOutput(merged, report, recipe, ui=text_ui(report, recipe))
 
 
-def tag_combine(merged, plan, params: dict, base, models, hidden) -> str:
+class CombineModels(_Combine):
+    KIND, IO, NODE_ID, DISPLAY = "model", io.Model, "MergeSuite_CombineModels", "Combine Models"
+    DESCRIPTION = ("Merge a base and up to eight fine-tunes with TIES, DARE, DARE-TIES, DELLA, Model Breadcrumbs, "
+                   "Model Stock, geometric median or task arithmetic, with block weights and elemental rules. The "
+                   "result is a lazy patch of the base.")
+
+
+class CombineCLIP(_Combine):
+    KIND, IO, NODE_ID, DISPLAY = "clip", io.Clip, "MergeSuite_CombineCLIP", "Combine CLIP"
+    DESCRIPTION = ("The text encoders of a base and up to eight fine-tunes through the same n-model methods; the "
+                   "text encoder is the BASE block, so block weights contribute their first value.")
+
+
+def tag_combine(merged, plan, base, models, hidden, kind: str = "model") -> str:
+    """Attach the combine step's recipe to the result (it chains into later merges and saves); returns its text."""
     from ..merge_core import recipe as core
     files = loader_file_names(hidden)
-    inputs = [source_of(base, "model", "base", files)] + [source_of(obj, "model", name, files)
-                                                         for name, obj in models]
+    inputs = [source_of(base, kind, "base", files)] + [source_of(obj, kind, name, files) for name, obj in models]
     tree = core.combine_step(plan.settings, inputs)
-    set_recipe(merged, "model", tree)
+    set_recipe(merged, kind, tree)
     return core.recipe_text(tree)
 
 
-NODES = [CombineModels]
+NODES = [CombineModels, CombineCLIP]

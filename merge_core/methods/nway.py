@@ -133,6 +133,9 @@ def check_params(method: CombineMethod, params: MethodParams, n_models: int, mod
                                             f"{method.min_models}.", f"connect {method.min_models} or more models "
                                                                      "besides the base, or choose task_arithmetic.")
     if params.weights is not None:
+        if "weights" not in method.uses:
+            raise MergeInputError("weights", f"are given, but {method.label} does not weigh its models.",
+                                  "leave weights empty for this method.")
         if len(params.weights) != n_models:
             raise MergeInputError("weights", f"has {len(params.weights)} value(s) for {n_models} models.",
                                   f"give one weight per model ({n_models}), or leave it empty for 1 each.")

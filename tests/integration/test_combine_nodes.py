@@ -118,3 +118,22 @@ def test_method_sweep_feeds_combine_models(tiny):
     assert recipes[0].startswith("ties(") and recipes[1].startswith("model_stock(")
     with pytest.raises(MergeNodeError, match=r"'magic' is not an n-model method"):
         SweepMethods.execute(values="ties, magic", name="")
+
+
+def test_combine_clip_uses_the_base_block(tiny):
+    from merge_suite.merge_core.plan import is_mergeable_name
+    from merge_suite.nodes.combine import CombineCLIP
+    base, *clips = (tiny("clip", "sd1", s) for s in (71, 72, 73))
+    wb, wc = base_weights(base), [base_weights(c) for c in clips]
+    inputs = dict(DEFAULTS, method="ties", density=0.5, blocks_alpha="0.6" + ",0" * 25)
+    merged, report, recipe = CombineCLIP.execute(base=base, clip_1=clips[0], clip_2=clips[1], **inputs).result
+    assert recipe.startswith("ties(") and "TIES of 2 models" in report
+    got, merged_keys = effective(merged), 0
+    for key, w in got.items():
+        if not is_mergeable_name(key):
+            torch.testing.assert_close(w, wb[key].float())
+            continue
+        want = combine_key(METHODS["ties"], MethodParams(density=0.5), key, 0.6, wb[key], [c[key] for c in wc])
+        torch.testing.assert_close(w.float(), want, rtol=1e-5, atol=1e-5, msg=key)
+        merged_keys += 1
+    assert merged_keys > 40

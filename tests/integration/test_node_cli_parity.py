@@ -136,3 +136,20 @@ def test_combine_node_and_cli_agree_on_the_unet(method, folder):
     assert len(unet) > 100
     differ = [k for k in unet if not torch.allclose(by_cli[k], by_node[k], rtol=1e-5, atol=1e-6)]
     assert not differ, differ[:5]
+
+
+def test_load_recipe_replays_a_cli_combine(folder):
+    """The CLI's recipe tree names the base and the models; Load Recipe combines them again, U-Net and CLIP."""
+    from merge_suite.nodes.recipe import LoadRecipe
+    files = [str(folder / f"sd1_{n}.safetensors") for n in "abc"]
+    out = folder / "cli_combine_ties_for_recipe.safetensors"
+    assert cli.main(["combine", "--base", files[0], *files[1:], "--method", "ties", "--density", "0.4",
+                     "--weights", "1,0.7", "--blocks", "GRAD_A", "--dtype", "fp32", "-q", "-o", str(out)]) == 0
+    model, clip, vae, text = LoadRecipe.execute(ckpt_name=out.name).result
+    assert text.startswith("ties(sd1_a, sd1_b, sd1_c)") and "density=0.4" in text, text
+    again = read(SaveCheckpoint.execute(model, clip, vae, filename_prefix="replayed_combine", precision="fp32",
+                                        hash_inputs=False).result[0])
+    by_cli = read(out)
+    keys = [k for k in by_cli if k.startswith(("model.diffusion_model.", "cond_stage_model."))]
+    differ = [k for k in keys if k in again and not torch.allclose(by_cli[k], again[k], rtol=1e-5, atol=1e-6)]
+    assert len(keys) > 100 and not differ, differ[:5]

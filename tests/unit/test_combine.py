@@ -2,6 +2,7 @@
 is base + alpha * the method's delta with its block / elemental alpha, everything else is the base's, the base and
 models are unchanged, errors name the input."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,6 +96,11 @@ def test_cli_ties_report_metadata_and_reproducible_dare(tmp_path, sd1_keys):
     torch.testing.assert_close(got, want)
     assert recipe["method"] == "ties" and recipe["density"] == 0.3 and recipe["weights"] == [1, 0.5, 0.8]
     assert set(recipe["models"]) == {"base", "M1", "M2", "M3"} and recipe["blocks_alpha"]
+    from merge_core.recipe import parse_file_recipe
+    with safe_open(str(out), "pt") as f:
+        tree = parse_file_recipe(f.metadata())["model"]  # what Load Recipe replays
+    assert tree["settings"]["method"] == "ties" and tree["settings"]["weights"] == "1,0.5,0.8"
+    assert [x["file"] for x in [tree["a"], *tree["models"]]] == [Path(p).name for p in paths]
 
     runs = []
     for name in ("d1", "d2"):

@@ -207,6 +207,7 @@ def test_della_probabilities_by_rank_and_rescaling():
     ("della", {"epsilon": 2.0}, 2, "epsilon"), ("breadcrumbs", {"top": 0.6, "bottom": 0.5}, 2, "top"),
     ("task_arithmetic", {"weights": (1.0, 2.0, 3.0)}, 2, "weights"),
     ("task_arithmetic", {"weights": (1.0, float("nan"))}, 2, "weights"),
+    ("model_stock", {"weights": (1.0, 2.0)}, 2, "weights"),
     ("geometric_median", {"median_eps": 0.0}, 3, "epsilon"), ("geometric_median", {"iterations": 0}, 3, "iterations"),
 ])
 def test_bad_parameters_are_named(name, params, n, field):
