@@ -266,7 +266,7 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop):
                 if kp.action == MERGE and settings.method is not None:
                     base, models = loaded
                     record_nonfinite(plan.nonfinite, kp.key,
-                                     {"base": base} | {f"M{i + 1}": m for i, m in enumerate(models)})
+                                     {"base": base} | {f"M{j + 1}": m for j, m in enumerate(models)})
                     notes: list = []
                     result = combine_tensor(kp, settings, base, models, dtypes[kp.key], notes)
                     if notes:
@@ -278,7 +278,7 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop):
                     if settings.calc is None:
                         result = merge_tensor(kp, mode.fn, a, b, c, dtypes[kp.key])
                     else:
-                        notes: list = []
+                        notes = []
                         result = calc_tensor(kp, settings, a, b, c, dtypes[kp.key], stats, fallbacks=notes)
                         if notes:
                             plan.fallbacks[kp.key] = notes[0]

@@ -36,13 +36,15 @@ def test_node_equals_the_method_per_key_under_cli_names(method, layout, tiny):
     wb, wm = base_weights(base, "diffusion_model."), [base_weights(m, "diffusion_model.") for m in models]
     alphas = [round(0.2 + 0.6 * i / len(names), 3) for i in range(len(names))]
     alphas[names.index("M00")] = 0.0
+    weighted = "weights" in METHODS[method].uses
     merged, report, recipe = combine(base, models, method=method, blocks_alpha=",".join(map(str, alphas)),
-                                     weights="1,0.5,0.75", density=0.4, drop_rate=0.5, seed=7, iterations=30)
+                                     weights="1,0.5,0.75" if weighted else "", density=0.4, drop_rate=0.5, seed=7,
+                                     iterations=30)
     assert f"{METHODS[method].label} of 3 models" in report and recipe.startswith(method + "(")
     strength, adapter = next(iter(merged.patches.values()))[0][:2]
     assert strength == 1.0 and adapter.name == "merge_suite_combine", "a lazy weight adapter, nothing computed"
     assert "diffusion_model.middle_block.1.proj_in.weight" not in merged.patches  # alpha 0: the base, untouched
-    params = MethodParams(weights=(1, 0.5, 0.75), density=0.4, drop_rate=0.5, seed=7, iterations=30)
+    params = MethodParams(weights=(1, 0.5, 0.75) if weighted else None, density=0.4, drop_rate=0.5, seed=7, iterations=30)
     got = effective(merged, "diffusion_model.")
     for k, w in got.items():
         alpha = alphas[names.index(block_of(k))]
