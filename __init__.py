@@ -15,6 +15,7 @@ if not __package__:  # loaded as a plain file, not as the pack (pytest does this
 if ComfyExtension is not None:
     from .nodes.adjust import NODES as _ADJUST_NODES
     from .nodes.analysis import NODES as _ANALYSIS_NODES
+    from .nodes.combine import NODES as _COMBINE_NODES
     from .nodes.file_merge import NODES as _FILE_MERGE_NODES
     from .nodes.lora import NODES as _LORA_NODES
     from .nodes.merge import NODES as _MERGE_NODES
@@ -26,9 +27,9 @@ if ComfyExtension is not None:
 
     class MergeSuiteExtension(ComfyExtension):
         async def get_node_list(self):
-            return (list(_MERGE_NODES) + list(_OPTION_NODES) + list(_ADJUST_NODES) + list(_ANALYSIS_NODES)
-                    + list(_WEIGHT_LIST_NODES) + list(_SAVE_NODES) + list(_LORA_NODES) + list(_SWEEP_NODES)
-                    + list(_RECIPE_NODES) + list(_FILE_MERGE_NODES))
+            return (list(_MERGE_NODES) + list(_COMBINE_NODES) + list(_OPTION_NODES) + list(_ADJUST_NODES)
+                    + list(_ANALYSIS_NODES) + list(_WEIGHT_LIST_NODES) + list(_SAVE_NODES) + list(_LORA_NODES)
+                    + list(_SWEEP_NODES) + list(_RECIPE_NODES) + list(_FILE_MERGE_NODES))
 
     async def comfy_entrypoint() -> "MergeSuiteExtension":
         return MergeSuiteExtension()

@@ -58,12 +58,15 @@ def synthetic_inputs(arch: str = "sd1", warm: bool = False) -> list[str]:
 
 def run_measured(cmd: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (GB) of one child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        raise RuntimeError(f"{cmd[:4]} failed: {proc.stderr.read().decode()[-2000:]}")
+    import tempfile
+    with tempfile.TemporaryFile() as err:  # a pipe would fill up with a chatty child's progress bars and block it
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        if status != 0:
+            err.seek(0)
+            raise RuntimeError(f"{cmd[:4]} failed: {err.read().decode(errors='replace')[-2000:]}")
     return wall, usage.ru_maxrss / 1024 / 1024
 
 

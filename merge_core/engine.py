@@ -21,6 +21,7 @@ from .device import Transfer, math_device
 from .io.sources import KeySource
 from .methods.adjust import apply_adjust
 from .methods.calcmodes import KeyContext, column_sums, cosine_stats, similarities_from_sums
+from .methods.nway import combine_key
 from .nonfinite import count_inputs as count_nonfinite_inputs
 from .plan import FROM_B, MERGE, KeyPlan, MergePlan, MergeSettings
 
@@ -113,15 +114,16 @@ def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[
     return out
 
 
-def key_context(kp: KeyPlan, settings: MergeSettings, stats=None) -> KeyContext:
-    """stats: cosine modes' ((s_min, s_max), {key: combined similarity}) from cosine_statistics."""
+def key_context(kp: KeyPlan, settings: MergeSettings, stats=None, fallbacks: Optional[list] = None) -> KeyContext:
+    """stats: cosine modes' ((s_min, s_max), {key: combined similarity}) from cosine_statistics;
+    fallbacks: a list the calc mode appends to where its documented fallback applied."""
     bounds, combined = stats if stats is not None else (None, {})
     return KeyContext(kp.key, kp.alpha, kp.beta, settings.gamma, settings.seed, bounds,
-                      settings.tensor2_corrected, combined.get(kp.key))
+                      settings.tensor2_corrected, combined.get(kp.key), fallbacks)
 
 
 def apply_calc(kp: KeyPlan, settings: MergeSettings, a: torch.Tensor, b: torch.Tensor,
-               c: Optional[torch.Tensor], stats=None) -> Optional[torch.Tensor]:
+               c: Optional[torch.Tensor], stats=None, fallbacks: Optional[list] = None) -> Optional[torch.Tensor]:
     """One key through the plan's calc mode, in float32; None means "keep A".
 
     For an inpainting A (kp.input_channels set) only A[:, :n] takes part and the
@@ -129,11 +131,12 @@ def apply_calc(kp: KeyPlan, settings: MergeSettings, a: torch.Tensor, b: torch.T
     """
     n = kp.input_channels
     a32 = a.float() if n is None else a[:, :n].float()
-    return settings.calc.fn(a32, b.float(), None if c is None else c.float(), key_context(kp, settings, stats))
+    return settings.calc.fn(a32, b.float(), None if c is None else c.float(),
+                            key_context(kp, settings, stats, fallbacks))
 
 
 def calc_tensor(kp: KeyPlan, settings: MergeSettings, a, b, c, out_dtype, stats=None,
-                chunk: int = CHUNK_ELEMENTS) -> torch.Tensor:
+                chunk: int = CHUNK_ELEMENTS, fallbacks: Optional[list] = None) -> torch.Tensor:
     """One key through the calc mode into a new tensor of out_dtype, chunked where the mode allows."""
     calc = settings.calc
     chunking = calc.chunking if kp.input_channels is None else ""
@@ -155,13 +158,27 @@ def calc_tensor(kp: KeyPlan, settings: MergeSettings, a, b, c, out_dtype, stats=
                         None if vc is None else vc[start:start + step].float(), ctx)
             vo[start:start + step].copy_(part_a if r is None else r)
         return out
-    result = apply_calc(kp, settings, a, b, c, stats)
+    result = apply_calc(kp, settings, a, b, c, stats, fallbacks)
     if result is None:
         return a.to(out_dtype, copy=True)
     if kp.input_channels is None:
         return result.to(out_dtype)
     out = a.to(out_dtype, copy=True)
     out[:, :kp.input_channels] = result.to(out_dtype)
+    return out
+
+
+def combine_tensor(kp: KeyPlan, settings: MergeSettings, base: torch.Tensor, models: list, out_dtype: torch.dtype,
+                   fallbacks: Optional[list] = None) -> torch.Tensor:
+    """One key through the n-model method: base + alpha * delta, whole tensors (the methods rank, trim
+    and take norms over the whole key). An inpainting base merges its first input channels only."""
+    n = kp.input_channels
+    part = combine_key(settings.method, settings.method_params, kp.key, kp.alpha,
+                       base if n is None else base[:, :n], models, fallbacks)
+    if n is None:
+        return part.to(out_dtype)
+    out = base.to(out_dtype, copy=True)
+    out[:, :n] = part.to(out_dtype)
     return out
 
 
@@ -230,6 +247,9 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device):
     total = len(plan.keys)
 
     def load(kp: KeyPlan):
+        if kp.action == MERGE and settings.method is not None:  # combine: base and n models, on the host
+            base, models = sources["a"].get(kp.key), [sources[name].get(kp.key) for name in plan.models]
+            return base, models, count_nonfinite_inputs({"base": base} | {f"M{j + 1}": m for j, m in enumerate(models)})
         if kp.action == MERGE:
             a, b = sources["a"].get(kp.key), sources["b"].get(kp.key)
             c = sources["c"].get(kp.key) if needs_c else None
@@ -256,7 +276,16 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device):
                     raise MergeCancelled("merge cancelled")
                 loaded = pending.result()
                 pending = reader.submit(load, plan.keys[i + 1]) if i + 1 < total else None
-                if kp.action == MERGE:
+                if kp.action == MERGE and settings.method is not None:
+                    base, models, nonfinite = loaded
+                    if nonfinite:
+                        plan.nonfinite[kp.key] = nonfinite
+                    notes: list = []
+                    result = combine_tensor(kp, settings, base, models, dtypes[kp.key], notes)
+                    if notes:
+                        plan.fallbacks[kp.key] = notes[0]
+                    put = (sink.put, kp.key, result)
+                elif kp.action == MERGE:
                     *inputs, nonfinite = loaded
                     a, b, c = move.inputs(*inputs)
                     if nonfinite:
@@ -264,7 +293,10 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device):
                     if settings.calc is None:
                         result = merge_tensor(kp, mode.fn, a, b, c, dtypes[kp.key])
                     else:
-                        result = calc_tensor(kp, settings, a, b, c, dtypes[kp.key], stats)
+                        notes = []
+                        result = calc_tensor(kp, settings, a, b, c, dtypes[kp.key], stats, fallbacks=notes)
+                        if notes:
+                            plan.fallbacks[kp.key] = notes[0]
                     result = move.output(result)  # Adjust touches a few small keys: on the host
                     put = (sink.put, kp.key, result if kp.adjust is None else apply_adjust(result, kp.adjust))
                 elif loaded[0] == "raw":

@@ -17,6 +17,7 @@ from .errors import MergeInputError
 from .methods.adjust import Adjust
 from .methods.calcmodes import CalcMode, check_calc_parameters
 from .methods.modes import MergeMode
+from .methods.nway import CombineMethod, MethodParams
 
 # The one list of keys that are never merged, in both namings (spec §1, quirk 4, kept).
 # SuperMerger's rule is on checkpoint names: a key without "weight" or "bias" keeps A.
@@ -60,6 +61,8 @@ class MergeSettings:
     elemental_full_key: bool = False  # SuperMerger's matching on the full key (prefix included)
     adjust: Optional[Adjust] = None
     selection: Optional[Selection] = None  # include / exclude
+    method: Optional[CombineMethod] = None  # n-model combine (nway.py): base + alpha * method's delta
+    method_params: Optional[MethodParams] = None
 
     @property
     def beta_from_blocks(self) -> bool:
@@ -83,9 +86,12 @@ class MergeSettings:
 
     def is_identity(self, alpha: float, beta: float) -> bool:
         """True when a key certainly ends up equal to A (so it is not touched at all)."""
+        if self.method is not None:
+            return alpha == 0
         if self.calc is None:
             return self.mode.is_identity(alpha, beta)
-        if self.calc.name in ("self", "plus random", "smoothAdd", "trainDifference"):
+        if self.calc.name in ("self", "plus random", "smoothAdd", "trainDifference", "add_perpendicular",
+                              "slerp"):
             return alpha == 0
         return False
 
@@ -111,6 +117,9 @@ class MergePlan:
     keys: list[KeyPlan] = field(default_factory=list)
     # {key: {"A"/"B"/"C": count}} of NaN/inf input values, filled while merging (nonfinite.py)
     nonfinite: dict = field(default_factory=dict)
+    # {key: reason} where a method's formula was undefined and its documented fallback applied
+    fallbacks: dict = field(default_factory=dict)
+    models: tuple[str, ...] = ()  # combine: the source names of M1..Mn (A is the base)
 
     def merged(self) -> list[KeyPlan]:
         return [k for k in self.keys if k.action == MERGE]

@@ -29,6 +29,13 @@ SETTING_DEFAULTS: dict[str, Any] = {
     "calcmode": "normal", "gamma": 0.3, "seed": 0, "tensor2_corrected": False, "elemental": "",
     "elemental_full_key": False, "adjust": "", "include_exclude": "",
 }
+# A combine step's settings (the Combine Models node's / combine CLI's), every key present.
+COMBINE_DEFAULTS: dict[str, Any] = {
+    "method": "task_arithmetic", "alpha": 1.0, "weights": "", "density": 0.2, "drop_rate": 0.9, "epsilon": 0.1,
+    "top": 0.01, "bottom": 0.1, "iterations": 100, "seed": 0, "blocks_alpha": "", "elemental": "",
+    "include_exclude": "",
+}
+COMBINE = "combine"
 # SuperMerger's mode strings in its history and metadata (spec §11.4)
 SUPERMERGER_MODES = {
     "Weight sum": "Weight sum:A*(1-alpha)+B*alpha",
@@ -95,6 +102,42 @@ def merge_step(kind: str, params: Mapping[str, Any], settings: MergeSettings, in
     return node
 
 
+def combine_settings(settings: MergeSettings) -> dict:
+    """A combine step's settings from its MergeSettings (the method's parameters as applied)."""
+    p = settings.method_params
+    return {"method": settings.method.name, "alpha": settings.alpha,
+            "weights": ",".join(f"{w:g}" for w in p.weights) if p.weights is not None else "",
+            "density": p.density, "drop_rate": p.drop_rate,
+            "epsilon": p.median_eps if settings.method.name == "geometric_median" else p.epsilon,
+            "top": p.top, "bottom": p.bottom, "iterations": p.iterations, "seed": p.seed,
+            "blocks_alpha": settings.blocks_alpha.as_text() if settings.blocks_alpha else "",
+            "elemental": ",".join(r.text for r in settings.elemental),
+            "include_exclude": settings.selection.text if settings.selection else ""}
+
+
+def combine_step(settings: MergeSettings, inputs: list) -> dict:
+    """{"kind": "combine", "settings": ..., "a": base, "models": [M1, ...]}: an n-model step."""
+    return {"kind": COMBINE, "settings": combine_settings(settings),
+            "supermerger": {"type": "sd-webui-supermerger", "generator": "comfyui-merge-suite",
+                            "mode": f"combine:{settings.method.name}"},
+            "a": inputs[0], "models": list(inputs[1:])}
+
+
+def combine_text(settings: Mapping[str, Any]) -> str:
+    """The parameters the step's method reads, and its block / elemental / include-exclude settings."""
+    from .methods.nway import get_method
+    method = get_method(settings.get("method", "task_arithmetic"))
+    keys = [n for n in method.uses if n != "median_eps"] + (["epsilon"] if "median_eps" in method.uses else [])
+    keys = (["alpha"] if not settings.get("blocks_alpha") else []) + keys + ["blocks_alpha", "elemental",
+                                                                              "include_exclude"]
+    return " ".join(f"{k}={_fmt(settings.get(k))}" for k in keys if settings.get(k) not in ("", None))
+
+
+def step_inputs(node: Mapping) -> list:
+    """The inputs of a merge step in order: a, b, c, or a combine step's base and models."""
+    return [node[k] for k in ("a", "b", "c") if k in node] + list(node.get("models") or [])
+
+
 # --- text for people -----------------------------------------------------------------
 
 def _short_name(node: Mapping) -> str:
@@ -147,7 +190,10 @@ def recipe_text(node: Optional[Mapping]) -> str:
     def visit(n: Mapping) -> str:
         if not is_merge(n):
             return _short_name(n)
-        args = ", ".join(visit(n[k]) for k in ("a", "b", "c") if k in n)
+        args = ", ".join(visit(x) for x in step_inputs(n))
+        if n.get("kind") == COMBINE:
+            lines.append(f"{n['settings'].get('method')}({args}) {combine_text(n['settings'])}")
+            return f"[{len(lines)}]"
         scope = {"model": "", "clip": " [text encoder]", "checkpoint": ""}.get(n.get("kind", ""), "")
         later = " (changed after this merge, e.g. a LoRA)" if n.get("modified_after") else ""
         lines.append(f"{n['settings'].get('mode', 'Weight sum')}({args}){scope} {settings_text(n['settings'])}{later}")
@@ -166,7 +212,7 @@ def leaves(node: Optional[Mapping]) -> list[dict]:
         return []
     if not is_merge(node):
         return [dict(node)]
-    return [leaf_ for k in ("a", "b", "c") if k in node for leaf_ in leaves(node[k])]
+    return [leaf_ for x in step_inputs(node) for leaf_ in leaves(x)]
 
 
 def file_metadata(model: Optional[Mapping], clip: Optional[Mapping]) -> dict[str, str]:
@@ -263,8 +309,11 @@ class RecipeCheck:
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise self.error(field, f"is merge step {self.steps}; a recipe may have at most {MAX_STEPS}.")
+        if node.get("kind") == COMBINE:
+            self.combine(node, field)
+            return
         if node.get("kind", "model") not in ("model", "clip", "checkpoint"):
-            raise self.error(f"{field}.kind", f"is {node.get('kind')!r}, not model, clip or checkpoint.")
+            raise self.error(f"{field}.kind", f"is {node.get('kind')!r}, not model, clip, checkpoint or combine.")
         self.settings(self.mapping(node["settings"], f"{field}.settings"), f"{field}.settings")
         if "a" not in node or "b" not in node:
             raise self.error(field, "lacks its model A or B.")
@@ -272,23 +321,41 @@ class RecipeCheck:
             if name in node:
                 self.tree(node[name], f"{field}.{name}")
 
-    def settings(self, settings: Mapping, field: str) -> None:
+    def combine(self, node: Mapping, field: str) -> None:
+        """A combine step: known settings of the right types, a known method, a base and 1..64 models."""
+        from .methods.nway import get_method
+        settings = self.mapping(node["settings"], f"{field}.settings")
+        self.settings(settings, f"{field}.settings", COMBINE_DEFAULTS)
+        try:
+            get_method(settings.get("method", "task_arithmetic"))
+        except MergeInputError as exc:
+            raise self.error(f"{field}.settings.method", exc.problem, exc.fix) from None
+        models = node.get("models")
+        if "a" not in node or not isinstance(models, list) or not 1 <= len(models) <= MAX_STEPS:
+            raise self.error(field, "lacks its base or its list of models.")
+        for i, item in enumerate([node["a"], *models]):
+            self.tree(item, f"{field}.{'a' if i == 0 else f'models[{i - 1}]'}")
+
+    def settings(self, settings: Mapping, field: str, defaults: Optional[Mapping] = None) -> None:
+        known = SETTING_DEFAULTS if defaults is None else defaults
         for key, value in settings.items():
             where = f"{field}.{key}"
-            if key not in SETTING_DEFAULTS:
+            if key not in known:
                 raise self.error(where, "is not a merge setting.",
-                                 "choose another file; known settings are " + ", ".join(SETTING_DEFAULTS) + ".")
-            default = SETTING_DEFAULTS[key]
+                                 "choose another file; known settings are " + ", ".join(known) + ".")
+            default = known[key]
             if isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise self.error(where, f"is {value!r}, not true or false.")
-            elif key == "seed":
+            elif key in ("seed", "iterations"):
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 64:
-                    raise self.error(where, f"is {value!r}, not a seed (a whole number from 0).")
+                    raise self.error(where, f"is {value!r}, not a {key} (a whole number from 0).")
             elif isinstance(default, float):
                 self.number(value, where)
             else:
                 self.text(value, where)
+        if defaults is not None:
+            return
         try:
             get_mode(settings.get("mode", "Weight sum"))
             get_calc_mode(settings.get("calcmode", "normal"))

@@ -15,11 +15,25 @@ from .plan import FROM_B, KEEP_A, MERGE, MergePlan
 LISTED_REASONS = ("absent from B", "absent from C", "matches no")
 
 
+def fallback_note(fallbacks: dict, shown: int = 3) -> str:
+    """One line: how many keys took their method's documented fallback, and why (e.g. slerp's lerp)."""
+    reasons = Counter(fallbacks.values())
+    keys = ", ".join(list(fallbacks)[:shown]) + (" ..." if len(fallbacks) > shown else "")
+    return (f"fallback: {len(fallbacks)} key(s) where the formula is undefined took the documented fallback ("
+            + "; ".join(f"{n}x {why}" for why, n in reasons.most_common()) + f"): {keys}")
+
+
 def applied_report(plan: MergePlan, per_key: bool = False) -> str:
     s = plan.settings
     calc = s.calc.name if s.calc is not None else "normal"
-    lines = [f"{plan.arch.label} - {s.mode.label}, calcmode {calc}: {plan.count(MERGE)} keys merged, "
-             f"{plan.count(KEEP_A)} kept from A, {plan.count(FROM_B)} copied from B"]
+    if s.method is not None:
+        used = ", ".join(f"{n} {getattr(s.method_params, n)}" for n in s.method.uses if n != "weights")
+        lines = [f"{plan.arch.label} - {s.method.label} of {len(plan.models)} models over the base"
+                 + (f" ({used})" if used else "") + f": {plan.count(MERGE)} keys merged, "
+                 f"{plan.count(KEEP_A)} kept from the base"]
+    else:
+        lines = [f"{plan.arch.label} - {s.mode.label}, calcmode {calc}: {plan.count(MERGE)} keys merged, "
+                 f"{plan.count(KEEP_A)} kept from A, {plan.count(FROM_B)} copied from B"]
     if s.blocks_alpha is not None:
         lines.append(f"alpha {s.alpha:g} not used: blocks_alpha gives every block's alpha (SuperMerger's rule)")
     if s.blocks_beta is not None and s.beta_from_blocks:
@@ -51,6 +65,8 @@ def applied_report(plan: MergePlan, per_key: bool = False) -> str:
                 lines.append(f"  {why}: " + ", ".join(named[:20]) + more)
     if plan.nonfinite:
         lines += ["", nonfinite_warning(plan.nonfinite)]
+    if plan.fallbacks:
+        lines += ["", fallback_note(plan.fallbacks)]
     adjusted = [k.key for k in plan.keys if k.adjust is not None]
     if adjusted:
         lines.append(f"adjusted: {len(adjusted)} keys")

@@ -137,30 +137,50 @@ def effective_weight(patch_list: list, device=None) -> "torch.Tensor":
         return comfy.lora.calculate_weight(patch_list[1:], w, "", intermediate_dtype=torch.float32).detach()
 
 
-def make_calc_adapter(settings, kp, b_list, c_list, stats):
-    """A ComfyUI weight adapter that runs one key's calc mode when the model is loaded."""
-    import dataclasses
-
+def lazy_adapter(name: str, compute):
+    """A ComfyUI weight adapter that runs ``compute(weight)`` (a new tensor, or None to keep the weight) when
+    the model is loaded, writing the result into the weight in place (with an offset, ComfyUI keeps the
+    outer tensor). Nothing is held but the closure's patch lists."""
     from comfy.weight_adapter.base import WeightAdapterBase
 
-    from ..merge_core.engine import apply_calc
-
-    class CalcModeAdapter(WeightAdapterBase):
-        name = "merge_suite_calcmode"
-
+    class LazyAdapter(WeightAdapterBase):
         def __init__(self):
+            self.name = name
             self.loaded_keys = set()
             self.weights = []
-            # an offset patch (inpainting A) hands over weight[:, :n] already narrowed
-            self.kp = dataclasses.replace(kp, input_channels=None)
 
         def calculate_weight(self, weight, key, strength, strength_model, offset, function,
                              intermediate_dtype=None, original_weight=None):
-            b = effective_weight(b_list, weight.device)
-            c = effective_weight(c_list, weight.device) if c_list is not None else None
-            result = apply_calc(self.kp, settings, weight, b, c, stats)
+            result = compute(weight)
             if result is not None:
-                weight.copy_(result)  # in place: with an offset, ComfyUI keeps the outer tensor
+                weight.copy_(result)
             return weight
 
-    return CalcModeAdapter()
+    return LazyAdapter()
+
+
+def note_fallbacks(fallbacks: Optional[dict], key: str, notes: list) -> None:
+    """A method's documented fallback, met at load time: into the plan's fallbacks and the console
+    (the node's report was written before the sampler loaded the model)."""
+    if notes and fallbacks is not None and key not in fallbacks:
+        import logging
+        fallbacks[key] = notes[0]
+        logging.warning("Merge Suite: %s at %s", notes[0], key)
+
+
+def make_calc_adapter(settings, kp, b_list, c_list, stats, fallbacks: Optional[dict] = None):
+    """A weight adapter that runs one key's calc mode when the model is loaded."""
+    import dataclasses
+
+    from ..merge_core.engine import apply_calc
+    narrowed = dataclasses.replace(kp, input_channels=None)  # an offset patch hands over weight[:, :n] already
+
+    def compute(weight):
+        b = effective_weight(b_list, weight.device)
+        c = effective_weight(c_list, weight.device) if c_list is not None else None
+        notes: list = []
+        result = apply_calc(narrowed, settings, weight, b, c, stats, notes)
+        note_fallbacks(fallbacks, kp.key, notes)
+        return result
+
+    return lazy_adapter("merge_suite_calcmode", compute)

@@ -154,7 +154,7 @@ def prepare_calc(plan, a, kind: str, patches: dict, dtypes_a: dict, stats=None) 
         stats = shared_cosine_statistics([(plan, a, kind, patches)])
     for kp in merged:
         c_list = patches["c"][kp.key] if "c" in patches else None
-        prepared[kp.key] = (1.0, make_calc_adapter(settings, kp, patches["b"][kp.key], c_list, stats))
+        prepared[kp.key] = (1.0, make_calc_adapter(settings, kp, patches["b"][kp.key], c_list, stats, plan.fallbacks))
     return prepared
 
 

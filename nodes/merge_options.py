@@ -26,8 +26,10 @@ OPTIONS_TIP = ("Merge options from other 'Merge Option' nodes (chain them); this
 
 CALC_TIP = ("How each tensor is combined. normal: the mode's formula. Weight sum only: cosineA, cosineB "
             "(similarity-weighted blend, alpha shifts toward B), tensor, tensor2 (swap slices: B fills a fraction "
-            "alpha from offset beta), self (A*alpha), plus random (A + alpha*noise). Add difference only: "
-            "smoothAdd (A + alpha*smoothed(B-C)), trainDifference and extract (both switch the mode to Add "
+            "alpha from offset beta), self (A*alpha), plus random (A + alpha*noise), slerp (spherical "
+            "interpolation of A and B, norm interpolated linearly; lerp where they are parallel). Add difference "
+            "only: smoothAdd (A + alpha*smoothed(B-C)), add_perpendicular (A + alpha * the part of B-C "
+            "orthogonal to A-C), trainDifference and extract (both switch the mode to Add "
             "difference; extract uses beta and gamma).")
 
 
@@ -69,7 +71,7 @@ class _OptionNode(io.ComfyNode):
 class CalcModeOption(_OptionNode):
     NODE_ID, DISPLAY = "MergeSuite_OptionCalcMode", "Merge Option: Calc Mode"
     DESCRIPTION = ("SuperMerger's calc modes (cosineA/B, tensor, tensor2, self, plus random, smoothAdd, "
-                   "trainDifference, extract) with their parameters, for the merge nodes' options input.")
+                   "trainDifference, extract), plus slerp and add_perpendicular, with their parameters, for the merge nodes' options input.")
 
     INPUTS = [
         io.Combo.Input("calcmode", options=CALC_MODE_NAMES, default="normal", tooltip=CALC_TIP),

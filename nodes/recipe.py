@@ -60,6 +60,14 @@ def replay(node: Optional[dict], kind: str, cache: dict, where: str = "model A")
         return None
     if not core.is_merge(node):
         return _load(_find_checkpoint(node, where), cache)[0 if kind == "model" else 1]
+    if node.get("kind") == core.COMBINE:
+        from .combine import combine_models, tag_combine
+        base = replay(node["a"], kind, cache, f"the base {kind} of a combine step")
+        models = [(f"{kind}_{i + 1}", replay(m, kind, cache, f"{kind} {i + 1} of a combine step"))
+                  for i, m in enumerate(node["models"])]
+        merged, plan = combine_models(base, models, dict(node["settings"]), kind)
+        tag_combine(merged, plan, base, models, None, kind)
+        return merged
     objects = {n: replay(node.get(n), kind, cache, f"{kind} {n.upper()} of a merge step") for n in ("a", "b", "c")}
     params = dict(node["settings"])
     merged, plan = merge_objects(kind, objects["a"], objects["b"], objects["c"], params)

@@ -104,6 +104,14 @@ class SweepCalcModes(_TextSweep):
     parse = staticmethod(core.calcmode_list)
 
 
+class SweepMethods(_TextSweep):
+    NODE_ID, DISPLAY = "MergeSuite_SweepMethods", "Sweep Combine Methods"
+    DESCRIPTION = "n-model methods (ties, dare_ties, model_stock, ...) for the method input of 'Combine Models'."
+    TEXT_TIP, DEFAULT, NAME, OUT, MULTILINE = "Method names separated by commas, e.g. ties, dare_ties.", \
+        "task_arithmetic, ties, dare_ties", "method", COMBO, False
+    parse = staticmethod(core.method_list)
+
+
 class SweepAdjust(_TextSweep):
     NODE_ID, DISPLAY = "MergeSuite_SweepAdjust", "Sweep Adjust"
     DESCRIPTION = ("Adjust strings (8 values: IN, OUT, OUT2, CONT, BRI, COL1, COL2, COL3), one per line, for the adjust "
@@ -280,5 +288,5 @@ class SweepGrid(io.ComfyNode):
             return io.NodeOutput(grids, "\n\n".join(texts))
 
 
-NODES = [SweepFloats, SweepFloatRange, SweepSeeds, SweepBlockWeights, SweepElemental, SweepCalcModes, SweepAdjust,
-         SweepModels, SweepCrossProduct, SweepGrid]
+NODES = [SweepFloats, SweepFloatRange, SweepSeeds, SweepBlockWeights, SweepElemental, SweepCalcModes, SweepMethods,
+         SweepAdjust, SweepModels, SweepCrossProduct, SweepGrid]

@@ -23,6 +23,7 @@ OUTPUTS = {
     "MergeSuite_ModelMerge": [("MODEL", "MODEL"), ("report", "STRING"), ("recipe", "STRING")],
     "MergeSuite_CLIPMerge": [("CLIP", "CLIP"), ("report", "STRING"), ("recipe", "STRING")],
     "MergeSuite_CheckpointMerge": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("report", "STRING"), ("recipe", "STRING")],
+    "MergeSuite_CombineModels": [("MODEL", "MODEL"), ("report", "STRING"), ("recipe", "STRING")],
     "CLIPTextEncode": [("CONDITIONING", "CONDITIONING")],
     "EmptyLatentImage": [("LATENT", "LATENT")],
     "KSampler": [("LATENT", "LATENT")],
@@ -502,8 +503,27 @@ LORA_WORKFLOWS = {
     "lora_extract_from_two_loras": lora_extract_from_two_loras,
 }
 
+def combine_ties():
+    """SD1: TIES of three fine-tunes over a base, with the GRAD_V block preset -> KSampler; the report shown."""
+    g = Graph()
+    base = g.add("CheckpointLoaderSimple", ["tiny_sd1_a.safetensors"], (0, 0), (320, 100), "Base")
+    tunes = [g.add("CheckpointLoaderSimple", [name], (0, 160 * (i + 1)), (320, 100), f"Fine-tune {i + 1}")
+             for i, name in enumerate(("tiny_sd1_b.safetensors", "tiny_sd1_c.safetensors",
+                                       "tiny_sd1_merged.safetensors"))]
+    widgets = ["ties", 1.0, "1,0.8,0.6", 0.3, 0.9, 0.1, 0.01, 0.1, 100, 0, "GRAD_V", ""]
+    m = g.add("MergeSuite_CombineModels", widgets, (400, 0), (400, 520), "Combine Models")
+    g.link(base, 0, m, "base")
+    for i, src in enumerate(tunes):
+        g.link(src, 0, m, f"model_{i + 1}")
+    sampler_tail(g, m, 0, base, 1, base, "merge_suite/combine_ties")
+    shown = g.add("PreviewAny", [], (400, 560), (600, 300), "What was applied")
+    g.link(m, 1, shown, "source")
+    return g
+
+
 WORKFLOWS = {
     "adjust_model": adjust_only,
+    "combine_ties_three_fine_tunes": combine_ties,
     "analysis_similarity_per_block": analysis,
     # similarity-weighted blend: cosineA (cosineB is the same graph with calcmode cosineB)
     "calc_cosine_similarity_blend": calc_family("cosine", "cosineA", "Weight sum", 0.1),

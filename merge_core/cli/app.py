@@ -12,10 +12,10 @@ from pathlib import Path
 from ..errors import MergeInputError
 from ..io.output_file import Stopped, install_signal_cleanup
 from ..version import __version__
-from . import analyze, blocks, dice, elements, lora_extract, lora_merge, merge, pinpoint
+from . import analyze, blocks, combine, dice, elements, lora_extract, lora_merge, merge, pinpoint
 from .options import OneLineParser
 
-COMMANDS = (merge, analyze, lora_merge, lora_extract, dice, pinpoint, elements, blocks)  # order of --help
+COMMANDS = (merge, combine, analyze, lora_merge, lora_extract, dice, pinpoint, elements, blocks)  # order of --help
 # merge_core names inputs as the nodes do; on the command line they are options or positions
 OPTION_NAMES = {"blocks_alpha": "--blocks", "blocks_beta": "--blocks-beta", "dtype": "--dtype",
                 "calcmode": "--calc", "gamma": "--gamma", "block": "--block", "include": "--include",

@@ -8,7 +8,7 @@ from ..api import OUTPUT_PRECISIONS, merge_files
 from ..device import DEVICES
 from ..methods.calcmodes import CALC_MODE_NAMES
 from ..methods.modes import MODES
-from .options import ratio
+from .options import print_report, ratio, selection_text
 
 MODE_CHOICES = [m.name for m in MODES.values()]
 
@@ -87,11 +87,8 @@ def run(args) -> int:
                        calcmode=args.calc, gamma=args.gamma, seed=args.seed,
                        tensor2_corrected=args.tensor2_corrected, elemental=args.elemental,
                        elemental_full_key=args.elemental_full_key, adjust=args.adjust,
-                       include_exclude=(f"include: {args.include}" if args.include.strip() else
-                                        f"exclude: {args.exclude}" if args.exclude.strip() else ""))
-    if args.report:
-        from ..report import applied_report
-        print(applied_report(plan, per_key=args.report == "keys"))
+                       include_exclude=selection_text(args))
+    print_report(plan, args)
     if not args.quiet:
         print(f"wrote {args.output}: {plan.count('merge')} keys merged, {plan.count('keep_a')} kept from A, "
               f"{plan.count('from_b')} copied from B, {len(plan.nonfinite)} with non-finite input values "

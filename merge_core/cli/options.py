@@ -77,3 +77,17 @@ def weight_generator_errors(command: str):
             else exc.input_name
         print(f"error: {exc.describe(command)}", file=sys.stderr)
         failed.append(True)
+
+
+def selection_text(args) -> str:
+    """--include / --exclude as merge_core's include_exclude text ("" for neither)."""
+    if args.include.strip():
+        return f"include: {args.include}"
+    return f"exclude: {args.exclude}" if args.exclude.strip() else ""
+
+
+def print_report(plan, args) -> None:
+    """--report blocks|keys: the applied-ratio report on stdout."""
+    if args.report:
+        from ..report import applied_report
+        print(applied_report(plan, per_key=args.report == "keys"))

@@ -17,6 +17,7 @@ import torch.nn.functional as F  # noqa: F401  (extract's cosine)
 
 from ..errors import MergeInputError
 from .filters import smooth
+from .spherical import add_perpendicular, slerp
 
 Tensor = torch.Tensor
 
@@ -33,6 +34,7 @@ class KeyContext:
     stats: Optional[tuple[float, float]] = None  # cosine modes: (s_min, s_max)
     corrected: bool = False  # tensor2: use shape[1] for the bounds always (quirk 9 fixed)
     combined: Optional[Tensor] = None  # cosine modes: this key's similarity, kept from stage 0
+    fallbacks: Optional[list] = None  # slerp, add_perpendicular: why a key fell back (the report counts them)
 
 
 # --- cosineA / cosineB ---------------------------------------------------------------
@@ -243,6 +245,18 @@ def plus_random(a: Tensor, b: Tensor, c: Optional[Tensor], ctx: KeyContext) -> O
     return a + ctx.alpha * noise.to(a.dtype)
 
 
+# --- slerp, add_perpendicular (spherical.py) -----------------------------------------------
+
+def slerp_mode(a: Tensor, b: Tensor, c: Optional[Tensor], ctx: KeyContext) -> Tensor:
+    """slerp(A, B, alpha) of the flattened tensors; lerp where undefined."""
+    return slerp(a, b, ctx.alpha, ctx.fallbacks)
+
+
+def add_perpendicular_mode(a: Tensor, b: Tensor, c: Tensor, ctx: KeyContext) -> Tensor:
+    """A + alpha * (B - C minus its projection on A - C); A where A = C."""
+    return add_perpendicular(a, b, c, ctx.alpha, ctx.fallbacks)
+
+
 @dataclass(frozen=True)
 class CalcMode:
     name: str
@@ -272,9 +286,12 @@ CALC_MODES: dict[str, CalcMode] = {m.name: m for m in (
     CalcMode("tensor2", tensor2_exchange, ("weight_sum",), uses_beta=True),
     CalcMode("self", self_scale, ("weight_sum",), chunking="flat"),
     CalcMode("plus random", plus_random, ("weight_sum",)),
+    CalcMode("slerp", slerp_mode, ("weight_sum",)),
+    CalcMode("add_perpendicular", add_perpendicular_mode, ("add_difference",), needs_c=True),
 )}
 ALIASES = {"smoothadd mt": "smoothAdd", "plus_random": "plus random", "traindifference": "trainDifference",
-           "cosinea": "cosineA", "cosineb": "cosineB"}
+           "cosinea": "cosineA", "cosineb": "cosineB",
+           "add perpendicular": "add_perpendicular"}
 CALC_MODE_NAMES = ["normal"] + list(CALC_MODES)
 
 

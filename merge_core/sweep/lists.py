@@ -113,15 +113,25 @@ def blank_line_list(text: str, input_name: str = "elemental") -> list[str]:
     return ["" if b.lower() in ("none", "-") else b for b in blocks]
 
 
-def calcmode_list(text: str, input_name: str = "calcmodes") -> list[str]:
+def _choice_list(text: str, names: list[str], what: str, input_name: str) -> list[str]:
+    """Names from a fixed list, case-insensitive, returned as the list spells them."""
     out = []
     for token in _split(text, input_name):
-        match = [n for n in CALC_MODE_NAMES if n.lower() == token.lower()]
+        match = [n for n in names if n.lower() == token.lower()]
         if not match:
-            raise MergeInputError(input_name, f"'{token}' is not a calc mode.",
-                                  f"use names from: {', '.join(CALC_MODE_NAMES)}.")
+            raise MergeInputError(input_name, f"'{token}' is not {what}.", f"use names from: {', '.join(names)}.")
         out.append(match[0])
     return out
+
+
+def calcmode_list(text: str, input_name: str = "calcmodes") -> list[str]:
+    return _choice_list(text, CALC_MODE_NAMES, "a calc mode", input_name)
+
+
+def method_list(text: str, input_name: str = "methods") -> list[str]:
+    """n-model method names (Combine Models' method input)."""
+    from ..methods.nway import METHOD_NAMES
+    return _choice_list(text, METHOD_NAMES, "an n-model method", input_name)
 
 
 def adjust_list(text: str, input_name: str = "adjust") -> list[str]:

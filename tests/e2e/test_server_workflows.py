@@ -58,6 +58,9 @@ def test_example_workflow_runs(path, server):
     texts = [t for out in entry["outputs"].values() for t in out.get("text", [])]
     if path.stem == "merge_add_difference":  # the applied-ratio report of the merge node
         assert any("by elemental" in t and "OUT04" in t for t in texts), texts
+    if path.stem == "combine_ties_three_fine_tunes":  # Combine Models' report and recipe
+        assert any("TIES of 3 models over the base (density 0.3)" in t for t in texts), texts
+        assert any(t.startswith("ties(tiny_sd1_a, tiny_sd1_b, tiny_sd1_c, tiny_sd1_merged)") for t in texts), texts
     if any(n["type"] == "MergeSuite_ModelSimilarity" for n in workflow["nodes"]):
         assert any("similarity %" in t and "OUT11" in t for t in texts), texts
     check_sweep_outputs(path.stem, workflow, entry, images, texts, server)

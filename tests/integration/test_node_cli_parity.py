@@ -81,7 +81,13 @@ def node_merge(layout, case, prefix):
                                   hash_inputs=False).result[0]
 
 
-RUNS = [(layout, case) for layout in ("sd1", "sd2", "sdxl") for case in CASES]
+# whole-tensor calc modes: on SD1 only, since ComfyUI splits the OpenCLIP in_proj of SD2/SDXL into q/k/v
+# (README: the nodes then see three tensors where the CLI sees one)
+WHOLE_TENSOR_CASES = {"slerp": dict(mode="Weight sum", alpha=0.4, calcmode="slerp"),
+                      "add perpendicular": dict(mode="Add difference", alpha=0.8, calcmode="add_perpendicular")}
+CASES.update(WHOLE_TENSOR_CASES)
+RUNS = [(layout, case) for layout in ("sd1", "sd2", "sdxl") for case in CASES
+        if layout == "sd1" or case not in WHOLE_TENSOR_CASES]
 
 
 @pytest.mark.parametrize("layout,case", RUNS)
@@ -108,3 +114,42 @@ def test_node_and_cli_agree_on_every_key(layout, case, folder):
             problems.append(f"{key}: max difference {(x.double() - y.double()).abs().max().item():.3g}")
     assert not problems, f"{len(problems)} keys differ, e.g.\n" + "\n".join(problems[:12])
 
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "della"])
+def test_combine_node_and_cli_agree_on_the_unet(method, folder):
+    """Seeded methods: the node's draws (ComfyUI key names) equal the CLI's (checkpoint names)."""
+    from merge_suite.nodes.combine import CombineModels
+    out = folder / f"cli_combine_{method}.safetensors"
+    files = [str(folder / f"sd1_{n}.safetensors") for n in "abc"]
+    assert cli.main(["combine", "--base", files[0], *files[1:], "--method", method, "--drop-rate", "0.5",
+                     "--seed", "11", "--blocks", "GRAD_V", "--dtype", "fp32", "-q", "-o", str(out)]) == 0
+    node_merge("sd1", CASES["add difference"], "warm")  # loads the three checkpoints into LOADED
+    (ma, ca, vae), (mb, _, _), (mc, _, _) = LOADED["sd1"]
+    model = CombineModels.execute(base=ma, model_1=mb, model_2=mc, method=method, alpha=1.0, weights="",
+                                  density=0.2, drop_rate=0.5, epsilon=0.1, top=0.01, bottom=0.1, iterations=100,
+                                  seed=11, blocks_alpha_preset="GRAD_V", blocks_alpha="").result[0]
+    by_node = read(SaveCheckpoint.execute(model, ca, vae, filename_prefix=f"node_combine_{method}", precision="fp32",
+                                          hash_inputs=False).result[0])
+    by_cli = read(out)
+    unet = [k for k in by_cli if k.startswith("model.diffusion_model.")]
+    assert len(unet) > 100
+    differ = [k for k in unet if not torch.allclose(by_cli[k], by_node[k], rtol=1e-5, atol=1e-6)]
+    assert not differ, differ[:5]
+
+
+def test_load_recipe_replays_a_cli_combine(folder):
+    """The CLI's recipe tree names the base and the models; Load Recipe combines them again, U-Net and CLIP."""
+    from merge_suite.nodes.recipe import LoadRecipe
+    files = [str(folder / f"sd1_{n}.safetensors") for n in "abc"]
+    out = folder / "cli_combine_ties_for_recipe.safetensors"
+    assert cli.main(["combine", "--base", files[0], *files[1:], "--method", "ties", "--density", "0.4",
+                     "--weights", "1,0.7", "--blocks", "GRAD_A", "--dtype", "fp32", "-q", "-o", str(out)]) == 0
+    model, clip, vae, text = LoadRecipe.execute(ckpt_name=out.name).result
+    assert text.startswith("ties(sd1_a, sd1_b, sd1_c)") and "density=0.4" in text, text
+    again = read(SaveCheckpoint.execute(model, clip, vae, filename_prefix="replayed_combine", precision="fp32",
+                                        hash_inputs=False).result[0])
+    by_cli = read(out)
+    keys = [k for k in by_cli if k.startswith(("model.diffusion_model.", "cond_stage_model."))]
+    differ = [k for k in keys if k in again and not torch.allclose(by_cli[k], again[k], rtol=1e-5, atol=1e-6)]
+    assert len(keys) > 100 and not differ, differ[:5]

@@ -7,6 +7,7 @@ const HEIGHT = 160;
 // Nodes that send ui.text: their panel exists from the start (Vue-rendered nodes show only the
 // widgets a node has when it is drawn); any other pack node gets one when text first arrives.
 const TEXT_NODES = new Set(["MergeSuite_ModelMerge", "MergeSuite_CLIPMerge", "MergeSuite_CheckpointMerge",
+  "MergeSuite_CombineModels", "MergeSuite_CombineCLIP",
   "MergeSuite_ModelSimilarity", "MergeSuite_Elements", "MergeSuite_TextEncoderTokens"]);
 
 function outputPanel(node) {

@@ -1,0 +1,79 @@
+"""``combine --base C M1 M2 [M3 ...]``: n-model merges (TIES, DARE, DELLA, Model Stock, ...) key by key."""
+from __future__ import annotations
+
+import re
+import sys
+import time
+
+from ..combine import combine_files
+from ..errors import MergeInputError
+from ..methods.nway import METHODS
+from .merge import _progress
+from .options import non_negative_int, positive_int, print_report, ratio, selection_text
+
+METHOD_HELP = "; ".join(f"{m.name}: {m.formula}" for m in METHODS.values())
+# merge_core's input names as this command spells them
+INPUTS = {"model_a": "--base", "base": "--base", "models": "MODEL", "blocks_alpha": "--blocks",
+          "drop_rate": "--drop-rate", "include_exclude": "--include/--exclude"}
+
+
+def add_parser(sub) -> None:
+    m = sub.add_parser("combine", help="merge a base and n models: TIES, DARE, DELLA, Model Stock, ...",
+                       description="result = base + alpha * delta, delta from the task vectors Mi - base. "
+                                   + METHOD_HELP)
+    m.add_argument("models", nargs="+", metavar="MODEL", help="M1.safetensors M2.safetensors [M3 ...]")
+    m.add_argument("--base", required=True, help="the base model C the task vectors are taken from")
+    m.add_argument("--method", required=True, choices=list(METHODS))
+    m.add_argument("--alpha", type=ratio, default=1.0, help="scale of the combined delta (default 1); "
+                   "model_stock: 1 is the paper's ratio t")
+    m.add_argument("--weights", default=None, help="one weight per model, comma-separated (default 1 each)")
+    m.add_argument("--density", type=ratio, default=0.2, help="ties: fraction of each task vector kept (default 0.2)")
+    m.add_argument("--drop-rate", type=ratio, default=0.9,
+                   help="dare, dare_ties, della: drop probability p (default 0.9)")
+    m.add_argument("--epsilon", type=ratio, default=None,
+                   help="della: spread of p by magnitude rank (default 0.1); geometric_median: smallest distance "
+                        "(default 1e-6)")
+    m.add_argument("--iterations", type=positive_int, default=100, help="geometric_median: Weiszfeld steps (100)")
+    m.add_argument("--top", type=ratio, default=0.01, help="breadcrumbs: largest fraction dropped (default 0.01)")
+    m.add_argument("--bottom", type=ratio, default=0.1, help="breadcrumbs: smallest fraction dropped (default 0.1)")
+    m.add_argument("--seed", type=non_negative_int, default=0, help="dare, dare_ties, della: seed (default 0)")
+    m.add_argument("--blocks", default=None, help="alpha block weights (as merge --blocks); overrides --alpha")
+    m.add_argument("--elemental", default="", help="per-element alpha overrides (as merge --elemental)")
+    sel = m.add_mutually_exclusive_group()
+    sel.add_argument("--include", default="", metavar="TARGETS", help="combine only these blocks / elements")
+    sel.add_argument("--exclude", default="", metavar="TARGETS", help="keep the base for these blocks / elements")
+    m.add_argument("--report", choices=["blocks", "keys"], default=None, help="print what was applied")
+    m.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default=None, help="output dtype (default: base's)")
+    m.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    m.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    m.set_defaults(run=run)
+
+
+def _rename(exc: MergeInputError) -> MergeInputError:
+    name = exc.input_name
+    found = re.fullmatch(r"model_m(\d+)|model (\d+)", name)
+    if found:
+        name = f"MODEL {found.group(1) or found.group(2)}"
+    exc.input_name = INPUTS.get(name, name if name.startswith("MODEL") else "--" + name.replace("_", "-"))
+    return exc
+
+
+def run(args) -> int:
+    start = time.perf_counter()
+    try:
+        plan = combine_files(args.base, args.models, args.output, method=args.method, alpha=args.alpha,
+                             weights=args.weights, density=args.density, drop_rate=args.drop_rate,
+                             epsilon=args.epsilon, iterations=args.iterations, top=args.top, bottom=args.bottom,
+                             seed=args.seed, blocks=args.blocks, elemental=args.elemental,
+                             include_exclude=selection_text(args),
+                             dtype=args.dtype, overwrite=args.overwrite,
+                             progress=None if args.quiet else _progress(sys.stderr))
+    except MergeInputError as exc:
+        raise _rename(exc) from None
+    print_report(plan, args)
+    if not args.quiet:
+        print(f"wrote {args.output}: {args.method} of {len(args.models)} models, {plan.count('merge')} keys merged, "
+              f"{plan.count('keep_a')} kept from the base, {len(plan.fallbacks)} fallbacks "
+              f"({plan.arch.label}, {time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    return 0

@@ -1,0 +1,177 @@
+"""Combine Models: a base and up to eight models through an n-model method (TIES, DARE, Model Stock, ...).
+
+Thin: merge_core.combine plans (block weights, elemental, include/exclude) and merge_core.methods.nway computes.
+Every method is per key, so the result is a lazy clone of the base: each merged key is a weight adapter that
+computes base + alpha * delta from the models' effective weights when the sampler loads the model.
+
+Why fixed model inputs: ComfyUI 0.3.75's io.AutogrowDynamic only pretends to grow: it expands to its `max`
+optional inputs with generated ids such as ``model1_$models_ag$`` and the frontend of that release does not
+add or remove slots; eight optional inputs with plain names are the same for users and stable in saved
+workflows.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from comfy_api.latest import io
+
+from ..merge_core.blocks.presets import preset_names
+from ..merge_core.combine import make_combine_settings, plan_combine
+from ..merge_core.methods.nway import METHOD_NAMES, METHODS, combine_key
+from ..merge_core.report import applied_report
+from .comfy_models import (apply_plan, architecture_of, base_layout, count_nonfinite_inputs, effective_weight,
+                           key_patches, lazy_adapter, note_fallbacks, shapes_of)
+from .errors import named_errors
+from .merge import BLOCKS_TIP, CATEGORY, CUSTOM, PRESET_TIP, RECIPE_TIP, REPORT_TIP, _block_text, merge_params
+from .merge_options import options_input
+from .recipe_tags import loader_file_names, set_recipe, source_of
+from .ui import text_ui
+from .validation import number_problems
+
+MAX_MODELS = 8
+METHOD_TIP = "Task vectors t_i = model_i - base; result = base + alpha * d. " + "  ".join(
+    f"{m.name}: {m.formula}." for m in METHODS.values())
+NUMBERS = ("alpha", "density", "drop_rate", "epsilon", "top", "bottom")
+
+
+def combine_inputs() -> list:
+    presets = [CUSTOM] + preset_names()
+    return [
+        io.Combo.Input("method", options=METHOD_NAMES, default="ties", tooltip=METHOD_TIP),
+        io.Float.Input("alpha", default=1.0, min=-2.0, max=4.0, step=0.01,
+                       tooltip="Scale of the combined delta: 0 gives the base. model_stock: 1 is the paper's ratio."),
+        io.String.Input("weights", default="", tooltip="One weight per connected model, in order, comma-separated "
+                        "(e.g. 1,0.5,0.8). Empty: 1 each. Scales each task vector before the method."),
+        io.Float.Input("density", default=0.2, min=0.0, max=1.0, step=0.01,
+                       tooltip="ties: fraction of each task vector kept (largest magnitudes)."),
+        io.Float.Input("drop_rate", default=0.9, min=0.0, max=1.0, step=0.01,
+                       tooltip="dare, dare_ties, della: probability p of dropping each element (kept ones x 1/(1-p))."),
+        io.Float.Input("epsilon", default=0.1, min=0.0, max=1.0, step=0.01,
+                       tooltip="della: spread of the drop probability by magnitude rank (p +- epsilon/2)."),
+        io.Float.Input("top", default=0.01, min=0.0, max=1.0, step=0.01,
+                       tooltip="breadcrumbs: largest-magnitude fraction of each task vector dropped."),
+        io.Float.Input("bottom", default=0.1, min=0.0, max=1.0, step=0.01,
+                       tooltip="breadcrumbs: smallest-magnitude fraction dropped."),
+        io.Int.Input("iterations", default=100, min=1, max=10000, tooltip="geometric_median: Weiszfeld steps at most."),
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
+                     tooltip="dare, dare_ties, della: seed; draws depend on (seed, key, model), as in the CLI."),
+        io.Combo.Input("blocks_alpha_preset", options=presets, default=CUSTOM, tooltip=PRESET_TIP.format(what="alpha")),
+        io.String.Input("blocks_alpha", default="", tooltip=BLOCKS_TIP.format(what="alpha", scalar="alpha")),
+        options_input(),
+    ]
+
+
+def _connected(inputs: dict, kind: str) -> list[tuple[str, Any]]:
+    """The connected model inputs in order; unconnected ones are dropped from inputs."""
+    found = [(f"{kind}_{i}", inputs.pop(f"{kind}_{i}", None)) for i in range(1, MAX_MODELS + 1)]
+    return [(name, obj) for name, obj in found if obj is not None]
+
+
+def plan_models(base: Any, models: list[tuple[str, Any]], params: dict, kind: str = "model"):
+    """(plan, the models' patch lists by source name) for a base and connected MODELs (kind "model") or CLIPs."""
+    from ..merge_core.architectures import require_compatible
+    from ..merge_core.errors import MergeInputError
+    unused = [k for k in ("calcmode", "adjust") if params.get(k) not in (None, "", "normal")]
+    if unused:
+        raise MergeInputError("options", f"sets {unused[0]}, which Combine Models does not apply.",
+                              "connect only Elemental, Include/Exclude and Report options here.")
+    patches = {f"m{i + 1}": key_patches(obj, kind) for i, (_, obj) in enumerate(models)}
+    base_shapes, base_dtypes = base_layout(base, kind)
+    arch = architecture_of(base_shapes, "base")
+    model_shapes = []
+    for (input_name, _), p in zip(models, patches.values()):
+        model_shapes.append(shapes_of(p))
+        require_compatible(arch, architecture_of(model_shapes[-1], input_name), input_name)
+    settings = make_combine_settings(
+        arch, len(models), params["method"], params["alpha"], params.get("weights", ""), params["density"],
+        params["drop_rate"], params["epsilon"] if params["method"] == "della" else None, params["top"],
+        params["bottom"], params["iterations"], params["seed"],
+        _block_text(params.get("blocks_alpha_preset", CUSTOM), params.get("blocks_alpha", ""), "blocks_alpha"),
+        params.get("elemental", ""), params.get("include_exclude", ""))
+    dtypes = {"a": base_dtypes} | {n: {k: v[0][0].dtype for k, v in p.items()} for n, p in patches.items()}
+    return plan_combine(settings, arch, base_shapes, model_shapes, dtypes), patches
+
+
+def combine_adapter(plan, kp, lists: list):
+    """base + alpha * delta of one key at load time (per key, so lazy: nothing is held but patch lists).
+    An inpainting base's offset patch hands over weight[:, :n] already narrowed."""
+    s = plan.settings
+
+    def compute(weight):
+        models = [effective_weight(plist, weight.device) for plist in lists]
+        notes: list = []
+        result = combine_key(s.method, s.method_params, kp.key, kp.alpha, weight, models, notes)
+        note_fallbacks(plan.fallbacks, kp.key, notes)
+        return result
+
+    return lazy_adapter("merge_suite_combine", compute)
+
+
+def combine_models(base: Any, models: list[tuple[str, Any]], params: dict, kind: str = "model"):
+    plan, patches = plan_models(base, models, params, kind)
+    count_nonfinite_inputs(plan, base, kind, patches)
+    prepared = {kp.key: (1.0, combine_adapter(plan, kp, [patches[n][kp.key] for n in plan.models]))
+                for kp in plan.merged()}
+    return apply_plan(base, plan, {}, prepared), plan
+
+
+class _Combine(io.ComfyNode):
+    """Shared shape of the MODEL and CLIP combine nodes; subclasses only declare data."""
+
+    KIND, IO, NODE_ID, DISPLAY, DESCRIPTION = "model", io.Model, "", "", ""
+
+    @classmethod
+    def define_schema(cls):
+        k = cls.KIND
+        models = [cls.IO.Input(f"{k}_{i}", optional=i > 1, tooltip=f"{k.upper()} {i}: a fine-tune of the base"
+                               + (" (required)." if i == 1 else " (optional; connect in order).")) for i in
+                  range(1, MAX_MODELS + 1)]
+        return io.Schema(
+            node_id=cls.NODE_ID, display_name=cls.DISPLAY, category=CATEGORY, description=cls.DESCRIPTION,
+            inputs=[cls.IO.Input("base", tooltip="The base the fine-tunes were trained from."),
+                    *combine_inputs(), *models],
+            outputs=[cls.IO.Output(display_name=k.upper()),
+                     io.String.Output(display_name="report", tooltip=REPORT_TIP),
+                     io.String.Output(display_name="recipe", tooltip=RECIPE_TIP)],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **values) -> bool | str:
+        return number_problems(cls, {k: values.get(k) for k in NUMBERS})
+
+    @classmethod
+    def execute(cls, base, **inputs) -> io.NodeOutput:
+        models = _connected(inputs, cls.KIND)
+        params, per_key = merge_params(inputs)
+        with named_errors(cls.DISPLAY):
+            merged, plan = combine_models(base, models, params, cls.KIND)
+            recipe = tag_combine(merged, plan, base, models, getattr(cls, "hidden", None), cls.KIND)
+            report = applied_report(plan, per_key)
+            return io.NodeOutput(merged, report, recipe, ui=text_ui(report, recipe))
+
+
+class CombineModels(_Combine):
+    KIND, IO, NODE_ID, DISPLAY = "model", io.Model, "MergeSuite_CombineModels", "Combine Models"
+    DESCRIPTION = ("Merge a base and up to eight fine-tunes with TIES, DARE, DARE-TIES, DELLA, Model Breadcrumbs, "
+                   "Model Stock, geometric median or task arithmetic, with block weights and elemental rules. The "
+                   "result is a lazy patch of the base.")
+
+
+class CombineCLIP(_Combine):
+    KIND, IO, NODE_ID, DISPLAY = "clip", io.Clip, "MergeSuite_CombineCLIP", "Combine CLIP"
+    DESCRIPTION = ("The text encoders of a base and up to eight fine-tunes through the same n-model methods; the "
+                   "text encoder is the BASE block, so block weights contribute their first value.")
+
+
+def tag_combine(merged, plan, base, models, hidden, kind: str = "model") -> str:
+    """Attach the combine step's recipe to the result (it chains into later merges and saves); returns its text."""
+    from ..merge_core import recipe as core
+    files = loader_file_names(hidden)
+    inputs = [source_of(base, kind, "base", files)] + [source_of(obj, kind, name, files) for name, obj in models]
+    tree = core.combine_step(plan.settings, inputs)
+    set_recipe(merged, kind, tree)
+    return core.recipe_text(tree)
+
+
+NODES = [CombineModels, CombineCLIP]
