@@ -6,6 +6,13 @@ set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$repo/scripts/setup_host.sh" || exit 1
 cd "$repo"
+# sd-mecha: a test-only reference for the n-model methods (tests/unit/test_sd_mecha_parity.py), pinned, kept
+# out of the venv (--no-deps: it must not pull another torch); without it those tests skip and say so.
+mecha="$HOME/.cache/merge-suite/sd-mecha-1.1.8"
+if [ ! -d "$mecha/sd_mecha" ]; then
+  "$repo/.venv/bin/python" -m pip install -q --no-deps --target "$mecha" sd-mecha==1.1.8 fuzzywuzzy python-Levenshtein \
+    || echo "sd-mecha could not be installed: its parity tests will skip" >&2
+fi
 "$repo/.venv/bin/python" -m pytest -q "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
