@@ -22,6 +22,7 @@ from merge_suite.merge_core import cli  # noqa: E402
 from merge_suite.merge_core.io.safetensors_file import SafetensorsReader  # noqa: E402
 from merge_suite.nodes.errors import MergeNodeError  # noqa: E402
 from merge_suite.nodes.merge import CheckpointMerge, ModelMerge  # noqa: E402
+from merge_suite.nodes.save import SaveCheckpoint  # noqa: E402
 
 UNET = "diffusion_model."
 # family: (block of a diffusion-relative key, named block weights, {block: ratio} they set, elemental rule)
@@ -201,3 +202,68 @@ def test_flux_clip_merge_uses_the_clip_and_t5_slots(folders):
                                    msg=key)
         checked[prefix] += 1
     assert min(checked.values()) > 5, checked
+
+
+def saved(path, folders):
+    with SafetensorsReader(str(path)) as r:
+        return {k: r.get(k).clone() for k in r.keys()}, dict(r.metadata or {})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_diffusion_model_only_reloads_through_unet_loader(family, folders):
+    """Without CLIP and VAE, Save Checkpoint writes what ComfyUI's ModelSave writes (model.diffusion_model.
+    keys) into the diffusion_models folder, and Load Diffusion Model gives the merged weights back."""
+    merged = ModelMerge.execute(model_a=unet(family, 1), model_b=unet(family, 2), mode="Weight sum", alpha=0.4,
+                                beta=0.0, blocks_alpha=FAMILIES[family][1]).result[0]
+    path = Path(SaveCheckpoint.execute(merged, filename_prefix=f"saved/{family}", precision="fp32",
+                                       hash_inputs=False).result[0])
+    assert path.parent.parent == folders / "diffusion_models"
+    tensors, meta = saved(path, folders)
+    assert all(k.startswith("model.diffusion_model.") for k in tensors)
+    assert "sd_merge_recipe" in meta
+    if family == "sd3":
+        assert meta["modelspec.architecture"] == "stable-diffusion-v3-medium"
+    reloaded = comfy_nodes.UNETLoader().load_unet(f"saved/{path.name}", "default")[0]
+    want = effective(merged, UNET)
+    got = base_weights(reloaded, UNET)
+    assert set(got) == set(want) and all(torch.equal(got[k].float(), want[k]) for k in want)
+
+
+def test_save_flux_checkpoint_is_forge_style_and_reloads(folders):
+    load = comfy_nodes.CheckpointLoaderSimple().load_checkpoint
+    (ma, ca, vae), (mb, cb, _) = (load(f"flux1-dev_{s}.safetensors")[:3] for s in (1, 2))
+    model, clip, _, _ = CheckpointMerge.execute(model_a=ma, clip_a=ca, model_b=mb, clip_b=cb, mode="Weight sum",
+                                                alpha=0.3, beta=0.0, blocks_alpha="D00=1").result
+    path = Path(SaveCheckpoint.execute(model, clip, vae, filename_prefix="saved/flux", precision="fp32",
+                                       hash_inputs=False).result[0])
+    assert path.parent.parent == folders / "checkpoints"
+    tensors, _ = saved(path, folders)
+    assert {k.split(".")[0] if not k.startswith("text_encoders.") else ".".join(k.split(".")[:2])
+            for k in tensors} == {"model", "text_encoders.clip_l", "text_encoders.t5xxl", "vae"}
+    m2, c2, _ = load(f"saved/{path.name}")[:3]
+    assert type(m2.model.model_config).__name__ == "TinyFlux"
+    in_file = {k[len("text_encoders."):]: v for k, v in tensors.items() if k.startswith("text_encoders.")}
+    for got, want in ((base_weights(m2, UNET), effective(model, UNET)), (in_file, effective(clip.patcher))):
+        floats = [k for k in want if want[k].is_floating_point()]
+        bad = [(k, got[k].dtype, (got[k].float() - want[k]).abs().max().item()) for k in floats
+               if not torch.equal(got[k].float(), want[k])]
+        assert floats and not bad, bad[:5]
+    reloaded_clip, want = base_weights(c2.patcher), effective(clip.patcher)  # ComfyUI loads it in fp16 on a CPU
+    assert all(torch.allclose(reloaded_clip[k].float(), want[k], atol=1e-3) for k in want if want[k].is_floating_point())
+
+
+def test_save_contents_choice_and_sampling_markers(folders, tiny):
+    """'diffusion model only' leaves a connected CLIP out; a v-prediction model keeps its v_pred marker and
+    modelspec.predict_key as ComfyUI's ModelSave writes them."""
+    import tiny_models
+    tiny_models.register()
+    model, clip = tiny("model", "sd2", 1), tiny("clip", "sd2", 1)
+    path = SaveCheckpoint.execute(model, clip, None, filename_prefix="saved/sd2", precision="fp16",
+                                  hash_inputs=False, contents="diffusion model only").result[0]
+    tensors, meta = saved(path, folders)
+    assert "v_pred" in tensors and meta["modelspec.predict_key"] == "v"
+    assert not any(k.startswith("cond_stage_model.") for k in tensors)
+    reloaded = comfy_nodes.UNETLoader().load_unet(f"saved/{Path(path).name}", "default")[0]
+    assert reloaded.model.model_type.name == "V_PREDICTION"
+    with pytest.raises(MergeNodeError, match="input 'contents': unknown choice"):
+        SaveCheckpoint.execute(model, filename_prefix="saved/x", contents="everything")
