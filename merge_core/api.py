@@ -6,7 +6,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
-from .analysis.similarity import Analysis, asimilarity, attention_sites, compare_keys
+from .analysis.similarity import Analysis, asimilarity, asimilarity_sites, compare_keys
 from .architectures import Architecture, detect, detect_or_auto, require_compatible
 from .blocks.elemental import parse_elemental
 from .blocks.selection import parse_selection
@@ -17,7 +17,7 @@ from .io.bare_unet import StrippingSink, prefix_bare
 from .io.output_file import check_target
 from .io.precision import PRECISIONS, output_format
 from .io.sources import KeySource, open_source
-from .methods.adjust import parse_adjust
+from .methods.adjust import parse_adjust, require_adjustable
 from .methods.calcmodes import get_calc_mode, resolve_modes
 from .methods.modes import get_mode
 from .plan import MergePlan, MergeSettings, build_plan
@@ -39,7 +39,7 @@ def make_settings(arch: Architecture, mode: str, alpha: float = 0.5, beta: float
         blocks_beta=parse_block_weights(blocks_beta, arch, "blocks_beta", beta),
         calc=calc, gamma=require_ratio("gamma", gamma), seed=_seed(seed), tensor2_corrected=bool(tensor2_corrected),
         elemental=parse_elemental(elemental, arch), elemental_full_key=bool(elemental_full_key),
-        adjust=parse_adjust(adjust), selection=parse_selection(include_exclude, arch),
+        adjust=require_adjustable(parse_adjust(adjust), arch), selection=parse_selection(include_exclude, arch),
     )
 
 
@@ -207,8 +207,7 @@ def analyze_files(a: str, b: str, *, method: str = "cosine", include: Iterable[s
         def fetch(key):
             return sources["a"].get(key), sources["b"].get(key)
         if method == "asim":
-            sites = [s for s in attention_sites(shapes_a) if s + "to_q.weight" in shapes_b]
-            return arch, asimilarity(sites, fetch)
+            return arch, asimilarity(asimilarity_sites(shapes_a, shapes_b, arch), fetch)
         if method != "cosine":
             raise MergeInputError("method", f"unknown method '{method}'.", "use cosine or asim.")
         return arch, compare_keys(shapes_a, shapes_b, arch, fetch, include, progress)

@@ -22,6 +22,9 @@ from merge_suite.merge_core import cli  # noqa: E402
 from merge_suite.merge_core.io.safetensors_file import SafetensorsReader  # noqa: E402
 from merge_suite.nodes.errors import MergeNodeError  # noqa: E402
 from merge_suite.nodes.merge import CheckpointMerge, ModelMerge  # noqa: E402
+from merge_suite.nodes.adjust import AdjustModel  # noqa: E402
+from merge_suite.nodes.analysis import ElementsBrowser, ModelSimilarity  # noqa: E402
+from merge_suite.nodes.routes import block_elements  # noqa: E402
 from merge_suite.nodes.save import SaveCheckpoint  # noqa: E402
 
 UNET = "diffusion_model."
@@ -267,3 +270,40 @@ def test_save_contents_choice_and_sampling_markers(folders, tiny):
     assert reloaded.model.model_type.name == "V_PREDICTION"
     with pytest.raises(MergeNodeError, match="input 'contents': unknown choice"):
         SaveCheckpoint.execute(model, filename_prefix="saved/x", contents="everything")
+
+
+def test_adjust_says_it_is_not_available_on_a_transformer_family(folders):
+    model = unet("flux1-dev", 1)
+    with pytest.raises(MergeNodeError, match=r"Adjust Model .*input 'model': Adjust is not available for Flux\.1"):
+        AdjustModel.execute(model, CONT=2.0)
+    assert AdjustModel.execute(model).result[0] is not model  # all zero: an unchanged clone, no error
+    with pytest.raises(MergeNodeError, match=r"Merge Models: input 'adjust': Adjust is not available for Wan"):
+        ModelMerge.execute(model_a=unet("wan21", 1), model_b=unet("wan21", 2), mode="Weight sum", alpha=0.5,
+                           beta=0.0, options={"adjust": "0,0,0,1,0,0,0,0"})
+
+
+@pytest.mark.parametrize("family,sites", [("flux1-dev", 4), ("sd3", 4), ("z-image", 6), ("qwen-image", 2),
+                                          ("wan21", 2)])
+def test_similarity_per_block_and_asimilarity_on_families(family, sites, folders):
+    a, b = unet(family, 1), unet(family, 2)
+    report = ModelSimilarity.execute(a, b).result[0]
+    blocks = [line.split()[0] for line in report.splitlines()[2:] if line.strip()]
+    assert blocks[0] == "IN" and blocks[-1] == "OUT" and len(blocks) >= 4
+    same = ModelSimilarity.execute(a, a).result[0]
+    assert all(float(line.split()[1]) == pytest.approx(100.0) for line in same.splitlines()[2:] if line.strip())
+    table = ModelSimilarity.execute(a, b, method="asimilarity").result[0]
+    rows = table.splitlines()[2:]
+    assert len(rows) == sites and all(abs(float(r.split()[-1])) < 100 for r in rows)
+    assert all(float(r.split()[-1]) == pytest.approx(100.0) for r in
+               ModelSimilarity.execute(a, a, method="asimilarity").result[0].splitlines()[2:])
+
+
+def test_elements_browser_and_route_list_family_elements(folders):
+    table = ElementsBrowser.execute(block="D01", match="img_attn", model=unet("flux1-dev", 1)).result[0]
+    rows = table.splitlines()[2:]
+    assert rows and all(r.split()[0] == "D01" and "img_attn" in r for r in rows)
+    for layout, block, element in (("flux1", "S37", "linear1"), ("sd3", "J00", "x_block.attn.qkv"),
+                                   ("wan", "B39", "self_attn.q"), ("qwen_image", "OUT", "proj_out"),
+                                   ("lumina2", "NR01", "attention.qkv")):
+        answer = block_elements(layout, block)
+        assert answer["ok"] and element in answer["elements"], (layout, answer)
