@@ -1,6 +1,9 @@
 """Diffusion-model files (ComfyUI's diffusion_models folder) hold the U-Net's keys without the checkpoint
 prefix. The merge plan recognises models by checkpoint key names, so such inputs are read with the prefix
-added and the output is written with it removed again: the merged file has the inputs' naming."""
+added and the output is written with it removed again: the merged file has the inputs' naming.
+
+Transformer families read bare keys natively when every input is bare; a mix (a diffusion-model file with
+a checkpoint) reads the bare inputs with the prefix so that keys pair up, and the output takes A's naming."""
 from __future__ import annotations
 
 from typing import Mapping
@@ -78,8 +81,21 @@ class StrippingSink:
         self.inner.abort()
 
 
+def is_bare_model(keys) -> bool:
+    """A diffusion model without any prefix: an SD U-Net, or a declared transformer family's bare keys."""
+    from ..architectures import detect
+    keys = list(keys)
+    if is_bare_unet(keys):
+        return True
+    return bool(keys) and not any(k.startswith(CHECKPOINT_PREFIXES + ("diffusion_model.",)) for k in keys) \
+        and detect(keys) is not None
+
+
 def prefix_bare(sources: Mapping) -> tuple[dict, bool]:
-    """(sources, whether they were bare U-Nets and are now prefixed)."""
-    if not all(is_bare_unet(s.shapes()) for s in sources.values()):
+    """(sources, whether A was bare and was prefixed: the output is then written bare again)."""
+    if all(is_bare_unet(s.shapes()) for s in sources.values()):
+        return {n: PrefixedSource(s) for n, s in sources.items()}, True
+    bare = {n: is_bare_model(s.shapes()) for n, s in sources.items()}
+    if all(bare.values()) or not any(bare.values()):
         return dict(sources), False
-    return {n: PrefixedSource(s) for n, s in sources.items()}, True
+    return {n: PrefixedSource(s) if bare[n] else s for n, s in sources.items()}, bare["a"]
