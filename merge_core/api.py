@@ -6,17 +6,18 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
-from .analysis.similarity import Analysis, asimilarity, attention_sites, compare_keys
+from .analysis.similarity import Analysis, asimilarity, asimilarity_sites, compare_keys
 from .architectures import Architecture, detect, detect_or_auto, require_compatible
 from .blocks.elemental import parse_elemental
 from .blocks.selection import parse_selection
 from .blocks.weights import parse_block_weights
 from .engine import DictSink, FileSink, ProgressFn, StopFn, run_merge
 from .errors import MergeInputError, require_finite, require_ratio
+from .io.bare_unet import StrippingSink, prefix_bare
 from .io.output_file import check_target
 from .io.precision import PRECISIONS, output_format
 from .io.sources import KeySource, open_source
-from .methods.adjust import parse_adjust
+from .methods.adjust import parse_adjust, require_adjustable
 from .methods.calcmodes import get_calc_mode, resolve_modes
 from .methods.modes import get_mode
 from .plan import MergePlan, MergeSettings, build_plan
@@ -38,7 +39,7 @@ def make_settings(arch: Architecture, mode: str, alpha: float = 0.5, beta: float
         blocks_beta=parse_block_weights(blocks_beta, arch, "blocks_beta", beta),
         calc=calc, gamma=require_ratio("gamma", gamma), seed=_seed(seed), tensor2_corrected=bool(tensor2_corrected),
         elemental=parse_elemental(elemental, arch), elemental_full_key=bool(elemental_full_key),
-        adjust=parse_adjust(adjust), selection=parse_selection(include_exclude, arch),
+        adjust=require_adjustable(parse_adjust(adjust), arch), selection=parse_selection(include_exclude, arch),
     )
 
 
@@ -161,7 +162,9 @@ def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "W
     math_on = resolve_device(device)
     paths = {"a": a, "b": b} | ({"c": c} if c else {})
     check_target(output, paths.values(), overwrite)  # before any work: an input, a directory, an existing file
-    sources = open_files(paths)  # a diffusion-model file keeps its bare keys (Architecture.bare reads them)
+    # all-bare inputs keep their keys (Architecture.bare reads them); a mix of a diffusion-model file and a
+    # checkpoint pairs up through the checkpoint prefix, and the output takes A's naming
+    sources, bare = prefix_bare(open_files(paths))
     try:
         plan = plan_merge(sources, mode, alpha, beta, blocks_alpha, blocks_beta, **calc)
         hashes = {}
@@ -172,7 +175,7 @@ def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "W
         meta = kept_metadata(sources["a"]) | fmt.metadata | recipe_metadata(
             plan, {k.upper(): s.name for k, s in sources.items()}, hashes) | dict(extra_metadata or {})
         sink = FileSink(output, meta, overwrite, list(paths.values()))
-        run_merge(plan, sources, fmt.wrap(sink),
+        run_merge(plan, sources, fmt.wrap(StrippingSink(sink) if bare else sink),
                   fmt.engine_dtype, progress, should_stop, math_on)
         return plan
     finally:
@@ -206,8 +209,7 @@ def analyze_files(a: str, b: str, *, method: str = "cosine", include: Iterable[s
         def fetch(key):
             return sources["a"].get(key), sources["b"].get(key)
         if method == "asim":
-            sites = [s for s in attention_sites(shapes_a) if s + "to_q.weight" in shapes_b]
-            return arch, asimilarity(sites, fetch)
+            return arch, asimilarity(asimilarity_sites(shapes_a, shapes_b, arch), fetch)
         if method != "cosine":
             raise MergeInputError("method", f"unknown method '{method}'.", "use cosine or asim.")
         return arch, compare_keys(shapes_a, shapes_b, arch, fetch, include, progress)

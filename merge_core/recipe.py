@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Optional
 
+from .blocks.weights import is_named
 from .errors import MergeInputError, require_ratio
 from .methods.calcmodes import get_calc_mode
 from .methods.modes import get_mode
@@ -162,9 +163,10 @@ def settings_text(settings: Mapping[str, Any]) -> str:
     calcmode = settings.get("calcmode", "normal")
     beta_from_blocks = mode in ("Triple sum", "sum Twice") or calcmode in ("tensor", "tensor2")
     parts = []
-    if not settings.get("blocks_alpha"):
+    if not settings.get("blocks_alpha") or is_named(settings["blocks_alpha"]):  # named: unnamed blocks take alpha
         parts.append(f"alpha={_fmt(float(settings.get('alpha', 0.5)))}")
-    if (beta_from_blocks or calcmode == "extract") and not (beta_from_blocks and settings.get("blocks_beta")):
+    if (beta_from_blocks or calcmode == "extract") and not (
+            beta_from_blocks and settings.get("blocks_beta") and not is_named(settings["blocks_beta"])):
         parts.append(f"beta={_fmt(float(settings.get('beta', 0.25)))}")
     for key in ("blocks_alpha", "blocks_beta", "calcmode", "gamma", "seed", "tensor2_corrected", "elemental",
                 "elemental_full_key", "adjust", "include_exclude"):

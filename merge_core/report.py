@@ -34,9 +34,9 @@ def applied_report(plan: MergePlan, per_key: bool = False) -> str:
     else:
         lines = [f"{plan.arch.label} - {s.mode.label}, calcmode {calc}: {plan.count(MERGE)} keys merged, "
                  f"{plan.count(KEEP_A)} kept from A, {plan.count(FROM_B)} copied from B"]
-    if s.blocks_alpha is not None:
+    if s.blocks_alpha is not None and not s.blocks_alpha.named:
         lines.append(f"alpha {s.alpha:g} not used: blocks_alpha gives every block's alpha (SuperMerger's rule)")
-    if s.blocks_beta is not None and s.beta_from_blocks:
+    if s.blocks_beta is not None and s.beta_from_blocks and not s.blocks_beta.named:
         lines.append(f"beta {s.beta:g} not used: blocks_beta gives every block's beta")
     rows = []
     for block in plan.arch.blocks:

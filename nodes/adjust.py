@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..merge_core.errors import require_ratio
-from ..merge_core.methods.adjust import Adjust
+from ..merge_core.methods.adjust import Adjust, require_adjustable
 from .comfy_models import add_adjust_patches, architecture_of, base_layout
 from .errors import named_errors
 from .merge import CATEGORY
@@ -49,8 +49,10 @@ class AdjustModel(io.ComfyNode):
             values = tuple(require_ratio(name, knobs.get(name, 0.0)) for name, *_ in KNOBS)
             shapes, _ = base_layout(model, "model")
             arch = architecture_of(shapes, "model")
-            adjust = Adjust(values)
+            adjust = require_adjustable(Adjust(values) if any(values) else None, arch, "model")
             out = model.clone()
+            if adjust is None:
+                return io.NodeOutput(out)
             add_adjust_patches(out, [(k, op) for k in shapes if (op := adjust.op(k, arch)) is not None])
             return io.NodeOutput(out)
 

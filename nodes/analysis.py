@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..merge_core.analysis.charts import bar_chart
-from ..merge_core.analysis.similarity import (BLOCK_METHODS, asimilarity, attention_sites, compare_keys, format_csv,
+from ..merge_core.analysis.similarity import (BLOCK_METHODS, asimilarity, asimilarity_sites, compare_keys, format_csv,
                                    format_table, list_elements, token_norm_rows)
 from ..merge_core.api import analysis_architecture
 from ..merge_core.errors import MergeInputError
@@ -74,8 +74,7 @@ class ModelSimilarity(io.ComfyNode):
             def fetch(key):
                 return effective_weight(lists_a[key]), effective_weight(lists_b[key])
             if method == "asimilarity":
-                sites = [s for s in attention_sites(shapes_a) if s + "to_q.weight" in shapes_b]
-                rows = asimilarity(sites, fetch)
+                rows = asimilarity(asimilarity_sites(shapes_a, shapes_b, arch), fetch)
                 header = ["site", "ASimilarity %"]
                 labels = [s.replace("diffusion_model.", "").split(".transformer")[0] for s, _ in rows]
                 sim = bar_chart(labels, [v for _, v in rows], "ASimilarity per self-attention site (%)", "%")

@@ -169,8 +169,11 @@ def shared_cosine_statistics(jobs: list) -> tuple:
     return cosine_statistics(*pairs[0], progress=_progress(total), also=tuple(pairs[1:]))
 
 
-def plan_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict):
-    """The merge plan of two or three MODELs (kind "model") or CLIPs (kind "clip"): (plan, B/C patches, A's dtypes)."""
+def plan_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, like=None):
+    """The merge plan of two or three MODELs (kind "model") or CLIPs (kind "clip"): (plan, B/C patches, A's dtypes).
+
+    like: the architecture of the MODEL merged alongside (Merge Checkpoints); a CLIP of its family takes
+    that model's layout, so one block list (sized to the model: a tiny or pruned Flux) serves both."""
     mode, calc = resolve_modes(get_mode(params["mode"]), get_calc_mode(params.get("calcmode", "normal")))
     needs_c = mode.needs_c or (calc is not None and calc.needs_c)
     if needs_c and c is None:
@@ -183,6 +186,8 @@ def plan_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict):
     shapes = {"a": shapes_a} | {name: shapes_of(p) for name, p in patches.items()}
     archs = {name: architecture_of(s, f"{kind}_{name}") for name, s in shapes.items()}
     arch = check_same_architecture(archs, kind)
+    if like is not None and like.name == arch.name:
+        arch = like
     settings = make_settings(arch, **params)
     try:
         dtypes = {"a": dtypes_a} | {name: {k: v[0][0].dtype for k, v in p.items()} for name, p in patches.items()}
@@ -287,8 +292,8 @@ class CheckpointMerge(io.ComfyNode):
     def execute(cls, model_a, clip_a, model_b, clip_b, model_c=None, clip_c=None, **inputs) -> io.NodeOutput:
         params, per_key = merge_params(inputs)
         with named_errors(cls.DISPLAY):
-            planned = {"model": plan_objects("model", model_a, model_b, model_c, params),
-                       "clip": plan_objects("clip", clip_a, clip_b, clip_c, params)}
+            planned = {"model": plan_objects("model", model_a, model_b, model_c, params)}
+            planned["clip"] = plan_objects("clip", clip_a, clip_b, clip_c, params, like=planned["model"][0].arch)
             stats = None
             if planned["model"][0].settings.calc is not None and planned["model"][0].settings.calc.needs_stats:
                 stats = shared_cosine_statistics([(planned[k][0], a, k, planned[k][1])

@@ -36,6 +36,12 @@ from .recipe_tags import get_recipe
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
               "fp8_e4m3fn": torch.float8_e4m3fn, "as loaded": None}
 PRUNE_KEEP = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")
+AUTO, CHECKPOINT, DIFFUSION_ONLY = "auto", "checkpoint", "diffusion model only"
+CONTENTS = (AUTO, CHECKPOINT, DIFFUSION_ONLY)
+CONTENTS_TIP = ("checkpoint: MODEL + CLIP + VAE in one file in the checkpoints folder (a Forge-style file for Flux). "
+                "diffusion model only: the MODEL alone, as ComfyUI's ModelSave writes it, in the diffusion_models "
+                "folder (load it with Load Diffusion Model); CLIP and VAE are not saved. auto: a checkpoint when a "
+                "CLIP or VAE is connected, else the diffusion model only.")
 SAMPLING_MARKERS = ("v_pred", "ztsnr", "edm_vpred.")
 
 Getter = Callable[[], torch.Tensor]
@@ -262,12 +268,14 @@ class SaveCheckpoint(io.ComfyNode):
                         "chosen precision, atomically, with the merge recipe in the metadata.",
             inputs=[
                 io.Model.Input("model", tooltip="The (merged) model to save. Its recipe travels with it."),
-                io.Clip.Input("clip", tooltip="The text encoder to save."),
-                io.Vae.Input("vae", tooltip="The VAE baked into the file: connect a Load VAE node to bake another "
-                                            "VAE than model A's."),
+                io.Clip.Input("clip", optional=True, tooltip="The text encoder to save (not needed for a diffusion "
+                                                             "model only file)."),
+                io.Vae.Input("vae", optional=True, tooltip="The VAE baked into the file: connect a Load VAE node to "
+                                                           "bake another VAE than model A's."),
                 io.String.Input("filename_prefix", default="merge_suite/merged",
-                                tooltip="Name inside ComfyUI's checkpoints folder; '_00001_.safetensors' and up is "
-                                        "appended, so no file is ever overwritten. Subfolders allowed."),
+                                tooltip="Name inside ComfyUI's checkpoints folder (diffusion_models for a diffusion "
+                                        "model only file); '_00001_.safetensors' and up is appended, so no file is "
+                                        "ever overwritten. Subfolders allowed."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="fp16",
                                tooltip="fp16 (half the size of fp32), bf16, fp32, or fp8_e4m3fn (U-Net in fp8, "
                                        "text encoder and VAE in fp16). 'as loaded' keeps each tensor's dtype."),
@@ -281,6 +289,7 @@ class SaveCheckpoint(io.ComfyNode):
                                  tooltip="Record the sha256 of each input checkpoint (SuperMerger's "
                                          "sd_merge_models), so Load Recipe can find them; hashing a large file "
                                          "takes a while the first time (cached)."),
+                io.Combo.Input("contents", options=list(CONTENTS), default=AUTO, optional=True, tooltip=CONTENTS_TIP),
             ],
             outputs=[io.String.Output(display_name="path", tooltip="The file written.")],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
@@ -288,8 +297,8 @@ class SaveCheckpoint(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, filename_prefix="merge_suite/merged", precision="fp16", prune=False,
-                save_workflow=True, hash_inputs=True) -> io.NodeOutput:
+    def execute(cls, model, clip=None, vae=None, filename_prefix="merge_suite/merged", precision="fp16", prune=False,
+                save_workflow=True, hash_inputs=True, contents=AUTO) -> io.NodeOutput:
         from comfy.cli_args import args
 
         from .merge import _progress
@@ -297,7 +306,11 @@ class SaveCheckpoint(io.ComfyNode):
             if precision not in PRECISIONS:
                 raise MergeInputError("precision", f"unknown precision '{precision}'.",
                                       f"choose one of {', '.join(PRECISIONS)}.")
-            path = output_path(filename_prefix)
+            if contents not in CONTENTS:
+                raise MergeInputError("contents", f"unknown choice '{contents}'.", f"choose one of {', '.join(CONTENTS)}.")
+            whole = contents == CHECKPOINT or (contents == AUTO and (clip is not None or vae is not None))
+            clip, vae = (clip, vae) if whole else (None, None)
+            path = output_path(filename_prefix, "checkpoints" if whole else "diffusion_models")
             meta, extra = sampling_metadata(model)
             meta = {"format": "pt", **meta, "modelspec.title": path.stem} if "modelspec.architecture" in meta \
                 else {"format": "pt", **meta}

@@ -20,6 +20,8 @@ OPTION_NODES = [
 ]
 OUTPUTS = {
     "CheckpointLoaderSimple": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+    "UNETLoader": [("MODEL", "MODEL")],
+    "EmptySD3LatentImage": [("LATENT", "LATENT")],
     "MergeSuite_ModelMerge": [("MODEL", "MODEL"), ("report", "STRING"), ("recipe", "STRING")],
     "MergeSuite_CLIPMerge": [("CLIP", "CLIP"), ("report", "STRING"), ("recipe", "STRING")],
     "MergeSuite_CheckpointMerge": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("report", "STRING"), ("recipe", "STRING")],
@@ -99,13 +101,15 @@ class Graph:
                 "version": 0.4}
 
 
-def sampler_tail(g, model, model_slot, clip, clip_slot, vae, prefix, x=1100):
+def sampler_tail(g, model, model_slot, clip, clip_slot, vae, prefix, x=1100, latent="EmptyLatentImage", cfg=5.0,
+                 scheduler="normal"):
+    """Prompt -> KSampler -> VAE Decode -> Save Image. latent: EmptySD3LatentImage for 16-channel families (Flux)."""
     pos = g.add("CLIPTextEncode", ["a watercolor painting of a lighthouse at dusk"], (x, 0), (400, 160))
     neg = g.add("CLIPTextEncode", ["blurry"], (x, 200), (400, 160))
     g.link(clip, clip_slot, pos, "clip")
     g.link(clip, clip_slot, neg, "clip")
-    latent = g.add("EmptyLatentImage", [64, 64, 1], (x, 400), (300, 110))
-    ks = g.add("KSampler", [42, "fixed", 4, 5.0, "euler", "normal", 1.0], (x + 450, 0), (300, 260))
+    latent = g.add(latent, [64, 64, 1], (x, 400), (300, 110))
+    ks = g.add("KSampler", [42, "fixed", 4, cfg, "euler", scheduler, 1.0], (x + 450, 0), (300, 260))
     g.link(model, model_slot, ks, "model")
     g.link(pos, 0, ks, "positive")
     g.link(neg, 0, ks, "negative")
@@ -406,6 +410,68 @@ def save_merged_checkpoint():
     return g
 
 
+# --- Model families (issue #14): tiny Flux checkpoints, tiny diffusion-model files via UNETLoader ---------
+
+def flux_named_blocks():
+    """Flux.1: two Forge-style checkpoints merged with named block weights (unnamed blocks take alpha) -> KSampler."""
+    g = Graph()
+    a, b = loaders(g, layout="flux1-dev")
+    m = g.add("MergeSuite_CheckpointMerge",
+              merge_widgets("Weight sum", 0.5, 0.25, "custom", "IN=0.2, D00-D01=0.8, S00-S02=0.3, OUT=1"),
+              (400, 0), (400, 380))
+    for src, name in ((a, "a"), (b, "b")):
+        g.link(src, 0, m, f"model_{name}")
+        g.link(src, 1, m, f"clip_{name}")
+    report = g.add("PreviewAny", [], (400, 420), (500, 300), "Applied ratios")
+    g.link(m, 2, report, "source")
+    sampler_tail(g, m, 0, m, 1, a, "merge_suite/flux_merge", latent="EmptySD3LatentImage", cfg=1.0,
+                 scheduler="simple")
+    return g
+
+
+def unet_loaders(g, family, y=0):
+    return [g.add("UNETLoader", [f"tiny_{family}_{t}.safetensors", "default"], (0, y + i * 130), (320, 90),
+                  f"{family} {t.upper()} (Load Diffusion Model)") for i, t in enumerate("ab")]
+
+
+def family_merge(g, family, blocks, y, alpha=0.5):
+    """A pair of diffusion-model files merged with named block weights; the merge compared with A per block."""
+    a, b = unet_loaders(g, family, y)
+    m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", alpha, 0.25, "custom", blocks), (400, y), (400, 380))
+    g.link(a, 0, m, "model_a")
+    g.link(b, 0, m, "model_b")
+    sim = g.add("MergeSuite_ModelSimilarity", ["cosine", "mean", "error"], (850, y), (350, 200))
+    g.link(a, 0, sim, "model_a")
+    g.link(m, 0, sim, "model_b")
+    report = g.add("PreviewAny", [], (1250, y), (500, 300), f"{family}: similarity to A")
+    g.link(sim, 0, report, "source")
+    save = g.add("SaveImage", [f"merge_suite/{family}_similarity"], (1800, y), (500, 300))
+    g.link(sim, 1, save, "images")
+    return m
+
+
+def sd3_unet_merge_save():
+    """SD3: two diffusion-model files merged by joint block, saved as a diffusion-model file, compared with A."""
+    g = Graph()
+    m = family_merge(g, "sd3", "J00=0.2, J01=0.7, OUT=1", 0, alpha=0.4)
+    save = g.add("MergeSuite_SaveCheckpoint", ["merge_suite/sd3_merge", "fp16", False, True, False,
+                                               "diffusion model only"], (400, 420), (360, 240),
+                 "Save Checkpoint (streamed, with recipe)")
+    g.link(m, 0, save, "model")
+    shown = g.add("PreviewAny", [], (850, 420), (400, 120), "Saved file")
+    g.link(save, 0, shown, "source")
+    return g
+
+
+def unet_families():
+    """Z-Image, Qwen-Image and Wan 2.1 from Load Diffusion Model: named block weights per family, compared with A."""
+    g = Graph()
+    for i, (family, blocks) in enumerate((("z-image", "NR00-CR01=0.9, L00-L01=0.3"),
+                                          ("qwen-image", "T00=0.1, T01=0.9"), ("wan21", "B00-B01=0.6, OUT=0"))):
+        family_merge(g, family, blocks, i * 450)
+    return g
+
+
 # --- LoRA (issue #5) ---------------------------------------------------------------------------
 # Each graph makes its LoRA files itself (extraction from the tiny checkpoints), so no LoRA needs to be
 # installed; a LoRA node's lora_list output ("<file>:1") feeds the next node's list input.
@@ -551,6 +617,9 @@ WORKFLOWS = {
     "sweep_alpha_x_beta_blocks": sweep_alpha_x_blocks,
     "sweep_seeds_one_merge": sweep_seeds_one_merge,
     "save_merged_checkpoint_fp16": save_merged_checkpoint,
+    "family_flux_named_blocks": flux_named_blocks,
+    "family_sd3_unet_merge_save": sd3_unet_merge_save,
+    "family_zimage_qwen_wan_unet": unet_families,
     **LORA_WORKFLOWS,
 }
 

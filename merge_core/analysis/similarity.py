@@ -168,10 +168,62 @@ def attention_sites(keys: Iterable[str]) -> list[str]:
     return sites
 
 
-def asimilarity(sites: Sequence[str], fetch: Callable[[str], tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[str, float]]:
+@dataclass(frozen=True)
+class AttentionSite:
+    """An attention of a transformer family: separate q/k/v keys, or one fused qkv key split in thirds."""
+
+    label: str
+    keys: tuple[str, ...]
+
+    def weights(self, fetch, which: int) -> list[torch.Tensor]:
+        if len(self.keys) == 3:
+            return [fetch(k)[which].float() for k in self.keys]
+        return list(fetch(self.keys[0])[which].float().chunk(3, dim=0))
+
+
+SEPARATE_QKV = (("to_q.weight", "to_k.weight", "to_v.weight"), ("self_attn.q.weight", "self_attn.k.weight",
+                                                                   "self_attn.v.weight"))
+
+
+def transformer_attention_sites(shapes: Mapping[str, Sequence[int]]) -> list[AttentionSite]:
+    """Every attention of a transformer family's diffusion model whose q, k and v are square (dim x dim):
+    ``to_q/to_k/to_v`` (Qwen-Image), ``self_attn.q/k/v`` (Wan) or a fused ``qkv`` (Flux, Chroma, SD3,
+    Z-Image); attentions with fewer key/value heads (Lumina 2) have no square k and are left out."""
+    sites = []
+    for key, shape in shapes.items():
+        rel = unet_relative(key)
+        if (rel if rel is not None else key).startswith(TEXT_ENCODER_PREFIXES + VAE_PREFIXES) or len(shape) != 2:
+            continue
+        if key.endswith("qkv.weight") and shape[0] == 3 * shape[1]:
+            sites.append(AttentionSite(key.rsplit(".", 2)[0], (key,)))
+            continue
+        for names in SEPARATE_QKV:
+            if key.endswith(names[0]):
+                stem = key[: -len(names[0])]
+                keys = tuple(stem + n for n in names)
+                if all(tuple(shapes.get(k, ())) == (shape[1], shape[1]) for k in keys):
+                    sites.append(AttentionSite(key.rsplit(".", 2)[0], keys))
+    return sites
+
+
+def asimilarity_sites(shapes_a: Mapping[str, Sequence[int]], shapes_b: Mapping[str, Sequence[int]],
+                      arch: Architecture) -> list:
+    """The ASimilarity sites both models have (SuperMerger's on SD, every square attention elsewhere);
+    an error naming the family when there is none."""
+    sites = [s for s in attention_sites(shapes_a) if s + "to_q.weight" in shapes_b]
+    if not sites:
+        sites = [s for s in transformer_attention_sites(shapes_a) if all(k in shapes_b for k in s.keys)]
+    if not sites:
+        raise MergeInputError("method", f"ASimilarity is not available for {arch.label}: it has no self-attention "
+                              "with square q, k and v weights.", "use the cosine method.")
+    return sites
+
+
+def asimilarity(sites: Sequence, fetch: Callable[[str], tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[str, float]]:
     """ASimilarity (spec §13.1): per self-attention site, the mean row cosine (x100, 3 decimals)
     of a toy attention output O = softmax(Q K^T) * colsum(V) computed with each model's
     q/k/v weights on one shared random input (torch seed 2244096, one draw per site).
+    A site is an SD prefix (its to_q/to_k/to_v) or an AttentionSite.
     Matrix products: the cores idle when it starts (threads.py)."""
     with torch_threads(compute_threads()):
         return _asimilarity(sites, fetch)
@@ -184,7 +236,10 @@ def _asimilarity(sites, fetch) -> list[tuple[str, float]]:
         outs = []
         x = None
         for which in (0, 1):
-            w = {n: fetch(site + f"to_{n}.weight")[which].float() for n in ("q", "k", "v")}
+            if isinstance(site, AttentionSite):
+                w = dict(zip("qkv", site.weights(fetch, which)))
+            else:
+                w = {n: fetch(site + f"to_{n}.weight")[which].float() for n in ("q", "k", "v")}
             if w["q"].dim() != 2 or w["q"].shape[0] != w["q"].shape[1]:
                 raise MergeInputError("method", f"ASimilarity needs square self-attention weights; "
                                       f"'{site}to_q.weight' is {list(w['q'].shape)}.", "use the cosine method.")
@@ -194,7 +249,7 @@ def _asimilarity(sites, fetch) -> list[tuple[str, float]]:
             s = torch.softmax(q @ k.T, dim=-1)
             outs.append(s * v.sum(dim=0))
         score = F.cosine_similarity(outs[0], outs[1], dim=1).mean().item() * 100.0
-        rows.append((site, round(score, 3)))
+        rows.append((site.label if isinstance(site, AttentionSite) else site, round(score, 3)))
     return rows
 
 

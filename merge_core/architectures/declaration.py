@@ -54,6 +54,8 @@ class Signature:
     all_of / none_of: regexes over diffusion-relative keys that must all be present / all be absent.
     text_encoder_markers: key prefixes that only this family's text encoders have; they decide
         on their own for a text-encoder-only source (a ComfyUI CLIP).
+    text_encoder_absent: key prefixes that rule this family's text encoders out (Flux.1 has T5
+        like SD3, but never CLIP-G).
     needs_text_encoder: the diffusion layout is shared with another family, so only the text
         encoder can name this one (SD2 vs SD1).
     """
@@ -63,6 +65,7 @@ class Signature:
     all_of: tuple[str, ...] = ()
     none_of: tuple[str, ...] = ()
     text_encoder_markers: tuple[str, ...] = ()
+    text_encoder_absent: tuple[str, ...] = ()
     needs_text_encoder: bool = False
 
 

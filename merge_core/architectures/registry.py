@@ -27,6 +27,9 @@ ALTERNATE_LAYOUTS: dict[str, tuple[Architecture, ...]] = {"sdxl": (SDXL_EXTENDED
 # Flux.1 by their absence), so their order only matters for speed.
 DETECTION_ORDER: tuple[Architecture, ...] = (SDXL, SD2, SD1, FLUX2, CHROMA, FLUX1, SD3, HIDREAM, LUMINA2,
                                              QWEN_IMAGE, WAN)
+# A text-encoder-only source (a ComfyUI CLIP) is named by its encoders: T5 without CLIP-G is Flux.1's pair,
+# T5 or a checkpoint's CLIP-G is SD3; SDXL, SD2 and SD1 then go by CLIP-G, CLIP-H and CLIP-L.
+TEXT_ENCODER_ORDER: tuple[Architecture, ...] = (FLUX1, SD3, LUMINA2, QWEN_IMAGE, WAN, SDXL, SD2, SD1)
 
 
 def _highest_indices(rel_keys: list[str], containers: set[str]) -> dict[str, int]:
@@ -80,8 +83,9 @@ def detect(keys: Iterable[str]) -> Optional[Architecture]:
     families = DETECTION_ORDER
 
     def has_text_encoder(arch: Architecture) -> bool:
-        markers = arch.signature.text_encoder_markers
-        return bool(markers) and any(k.startswith(markers) for k in outside)
+        sig = arch.signature
+        return (bool(sig.text_encoder_markers) and any(k.startswith(sig.text_encoder_markers) for k in outside)
+                and not (sig.text_encoder_absent and any(k.startswith(sig.text_encoder_absent) for k in outside)))
 
     containers = {c for a in families for c, _, _ in a.signature.numbered}
     highest = _highest_indices(rel_keys, containers)
@@ -92,7 +96,7 @@ def detect(keys: Iterable[str]) -> Optional[Architecture]:
         found = (with_te or [a for a, _ in candidates] or [None])[0]
         if found is not None:
             return found.sized(keys, bare) if found.numbered else _with_bare(found, bare)
-    for arch in families:
+    for arch in TEXT_ENCODER_ORDER:
         if has_text_encoder(arch):
             return arch
     return None

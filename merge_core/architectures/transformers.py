@@ -26,12 +26,18 @@ def transformer(name: str, label: str, layout, rules, signature: Signature, comp
 DOUBLE, SINGLE = Numbered("double_blocks", "D", 19), Numbered("single_blocks", "S", 38)
 FLUX_LIKE = (r"double_blocks\.0\.img_attn\.norm\.key_norm\.scale$",)
 
+
+def encoders(*names: str) -> tuple[str, ...]:
+    """Text-encoder key prefixes in both namings: a checkpoint's ``text_encoders.t5xxl.``, a CLIP's ``t5xxl.``."""
+    return tuple(p + n + "." for n in names for p in ("text_encoders.", ""))
+
 FLUX1 = transformer(
     "flux1", "Flux.1", ("CLIP", "T5", "IN", DOUBLE, SINGLE, "OUT"),
     ((r"\w+_in\.", "IN"), (modules("final_layer"), "OUT")),
     Signature(numbered=(("double_blocks", 0, None), ("single_blocks", 0, None)),
               all_of=(*FLUX_LIKE, r"img_in\.weight$"),
-              none_of=(r"double_stream_modulation_img\.", r"distilled_guidance_layer\.")),
+              none_of=(r"double_stream_modulation_img\.", r"distilled_guidance_layer\."),
+              text_encoder_markers=encoders("t5xxl"), text_encoder_absent=encoders("clip_g")),
     (("text_encoders.clip_l.", "CLIP"), ("clip_l.", "CLIP"), ("text_encoders.t5xxl.", "T5"), ("t5xxl.", "T5")),
     outside_block="CLIP", base_blocks=2)
 CHROMA = transformer(
@@ -50,7 +56,8 @@ SD3 = transformer(
     ((modules("pos_embed", "x_embedder", "context_embedder", "y_embedder", "t_embedder", "register",
               "context_processor"), "IN"),
      (modules("final_layer"), "OUT")),
-    Signature(numbered=(("joint_blocks", 0, None),), all_of=(r"x_embedder\.",)))
+    Signature(numbered=(("joint_blocks", 0, None),), all_of=(r"x_embedder\.",),
+              text_encoder_markers=encoders("t5xxl") + ("text_encoders.clip_g.",)))  # T5, or a checkpoint's CLIP-G
 HIDREAM = transformer(
     "hidream", "HiDream", ("BASE", "IN", Numbered("double_stream_blocks", "D", 16),
                            Numbered("single_stream_blocks", "S", 32), "OUT"),
@@ -61,14 +68,17 @@ LUMINA2 = transformer(
                                     Numbered("context_refiner", "CR", 2), Numbered("layers", "L", 30), "OUT"),
     ((modules("x_embedder", "t_embedder", "cap_embedder", r"\w+_pad_token"), "IN"),
      (modules("norm_final", "final_layer"), "OUT")),
-    Signature(numbered=(("layers", 0, None), ("noise_refiner", 0, None)), all_of=(r"cap_embedder\.",)))
+    Signature(numbered=(("layers", 0, None), ("noise_refiner", 0, None)), all_of=(r"cap_embedder\.",),
+              text_encoder_markers=encoders("qwen3_4b", "gemma2_2b")))
 QWEN_IMAGE = transformer(
     "qwen_image", "Qwen-Image", ("BASE", "IN", Numbered("transformer_blocks", "T", 60), "OUT"),
     ((modules("img_in", "txt_norm", "txt_in", "time_text_embed"), "IN"), (modules("norm_out", "proj_out"), "OUT")),
-    Signature(numbered=(("transformer_blocks", 0, None),), all_of=(r"txt_norm\.", r"img_in\.")))
+    Signature(numbered=(("transformer_blocks", 0, None),), all_of=(r"txt_norm\.", r"img_in\."),
+              text_encoder_markers=encoders("qwen25_7b")))
 WAN = transformer(
     "wan", "Wan 2.1/2.2", ("BASE", "IN", Numbered("blocks", "B", 40), Numbered("vace_blocks", "V", 0), "OUT"),
     ((modules("head"), "OUT"), (r".", "IN")),  # every other input-side module (embeddings, VACE/camera inputs)
-    Signature(numbered=(("blocks", 0, None),), all_of=(r"head\.modulation$", r"patch_embedding\.")))
+    Signature(numbered=(("blocks", 0, None),), all_of=(r"head\.modulation$", r"patch_embedding\."),
+              text_encoder_markers=encoders("umt5xxl")))
 
 TRANSFORMERS = (FLUX2, CHROMA, FLUX1, SD3, HIDREAM, LUMINA2, QWEN_IMAGE, WAN)

@@ -33,6 +33,7 @@ class BlockWeights:
     blocks: tuple[str, ...]
     values: tuple[float, ...]
     fine: Optional[Architecture] = None  # a finer layout of the same model (SDXL's 110): values follow its ids
+    named: bool = False  # from ID=value pairs: blocks not named took the scalar, so the scalar still counts
 
     def __post_init__(self):
         assert len(self.blocks) == len(self.values)
@@ -83,7 +84,7 @@ def parse_block_weights(text: Optional[str], arch: Architecture, input_name: str
     stripped = text.strip().strip(",").strip()
     if not stripped:
         return None
-    if "=" in stripped:
+    if is_named(stripped):
         return parse_named(stripped, arch, input_name, default)
     if "," not in stripped and "\n" not in stripped:
         table = presets()
@@ -127,7 +128,12 @@ def parse_named(text: str, arch: Architecture, input_name: str, default: Optiona
             raise MergeInputError(input_name, f"pair #{pos + 1} '{raw.strip()}' needs one number.",
                                   f"write pairs such as {named_example(arch)}.")
         values.update(dict.fromkeys(named, value[0]))
-    return BlockWeights(arch.blocks, tuple(values.values()))
+    return BlockWeights(arch.blocks, tuple(values.values()), named=True)
+
+
+def is_named(text: str) -> bool:
+    """True for the named form (``ID=value`` pairs), whose unnamed blocks take the scalar."""
+    return "=" in text
 
 
 def named_example(arch: Architecture) -> str:

@@ -29,6 +29,7 @@ COLOURS = {  # rows: BRI, COL1, COL2, COL3; columns: latent channels 1..3
 SCALED = {"input_blocks.0.0.weight": (0, -0.01), "input_blocks.0.0.bias": (0, 0.02),
           "out.0.weight": (1, -0.01), "out.0.bias": (1, 0.02), "out.2.weight": (2, -0.01)}
 SHIFTED = "out.2.bias"
+ADJUSTABLE = ("sd1", "sd2", "sdxl")  # the families that have these U-Net layers
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,18 @@ def parse_adjust(text: Optional[str], input_name: str = "adjust") -> Optional[Ad
     if not any(values):
         return None
     return Adjust(tuple(values), text.strip(), input_name)
+
+
+def require_adjustable(adjust: Optional[Adjust], arch: Architecture,
+                       input_name: Optional[str] = None) -> Optional[Adjust]:
+    """Adjust on a family without its target layers would do nothing, silently: refuse it instead."""
+    if adjust is None or arch.name in ADJUSTABLE:
+        return adjust
+    raise MergeInputError(
+        input_name or adjust.input_name,
+        f"Adjust is not available for {arch.label}: it scales the U-Net's input conv, final norm and output "
+        f"conv, which only SD1, SD2 and SDXL have.",
+        "set every Adjust value to 0 (an empty adjust) for this model.")
 
 
 def apply_adjust(tensor: torch.Tensor, op) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """End to end through the real ComfyUI server: every example workflow via /prompt."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,9 +63,23 @@ def test_example_workflow_runs(path, server):
         assert any("TIES of 3 models over the base (density 0.3)" in t for t in texts), texts
         assert any(t.startswith("ties(tiny_sd1_a, tiny_sd1_b, tiny_sd1_c, tiny_sd1_merged)") for t in texts), texts
     if any(n["type"] == "MergeSuite_ModelSimilarity" for n in workflow["nodes"]):
-        assert any("similarity %" in t and "OUT11" in t for t in texts), texts
+        last = "OUT" if path.stem.startswith("family_") else "OUT11"  # a transformer family's last block
+        assert any("similarity %" in t and re.search(rf"^{last}\s", t, re.M) for t in texts), texts
     check_sweep_outputs(path.stem, workflow, entry, images, texts, server)
+    check_family_outputs(path.stem, texts, server)
     assert "invalid value encountered" not in server.log_tail(200)
+
+
+def check_family_outputs(stem, texts, server):
+    """The family examples: Flux's report names its blocks, the SD3 merge is saved as a diffusion-model file."""
+    if stem == "family_flux_named_blocks":
+        assert any(t.startswith("Flux.1") and "D01" in t and "S02" in t for t in texts), texts
+        assert any("text encoder:\nFlux.1" in t for t in texts), "the Flux CLIP merges as Flux (CLIP and T5 slots)"
+    if stem == "family_sd3_unet_merge_save":
+        saved = [Path(t) for t in texts if t.endswith(".safetensors")]
+        assert saved and saved[0].parent.parent.name in ("unet", "diffusion_models")  # the diffusion_models kind
+    if stem == "family_zimage_qwen_wan_unet":
+        assert len({t for t in texts if "similarity %" in t}) == 3  # shown by the node and by Preview Any
 
 
 def check_sweep_outputs(stem, workflow, entry, images, texts, server):

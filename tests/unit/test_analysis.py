@@ -148,3 +148,30 @@ def test_cli_analyze_and_elements(tmp_path, sd1_keys):
     res = subprocess.run([sys.executable, "-m", "merge_core", "elements", str(tmp_path / "l.safetensors"),
                           "--match", "lora_up"], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0 and "LoRA" in res.stdout and "lora_up" in res.stdout and "lora_down" not in res.stdout
+
+
+def test_asimilarity_sites_of_the_transformer_families():
+    """Square attentions of the full-size inventories: fused qkv (Flux, SD3, Z-Image), to_q/k/v (Qwen-Image),
+    self_attn.q/k/v (Wan); Lumina 2 (8 key/value heads for 24) has none and says so."""
+    from spec_families import load_keyset
+
+    from merge_core.architectures import detect
+    from merge_core.analysis.similarity import asimilarity_sites
+    expected = {"flux1-dev": (19 * 2, "model.diffusion_model.double_blocks.0.img_attn"),
+                "sd3-medium": (24 * 2, "joint_blocks.0.context_block.attn"),
+                "z-image": (30 + 2 + 2, "noise_refiner.0.attention"),
+                "qwen-image": (60, "transformer_blocks.0.attn"), "wan21-1.3b": (30, "blocks.0.self_attn")}
+    for name, (count, first) in expected.items():
+        keys = load_keyset(name)
+        sites = asimilarity_sites(keys, keys, detect(keys))
+        assert len(sites) == count and first in [s.label for s in sites], (name, len(sites), sites[0].label)
+    keys = load_keyset("lumina2")
+    with pytest.raises(MergeInputError, match="ASimilarity is not available for Z-Image/Lumina 2"):
+        asimilarity_sites(keys, keys, detect(keys))
+    # a fused qkv gives what the three separate weights give
+    gen = torch.Generator().manual_seed(1)
+    w = {m: {n: torch.randn(8, 8, generator=gen) for n in "qkv"} for m in "ab"}
+    separate = asimilarity(["s."], lambda key: (w["a"][key[-8]], w["b"][key[-8]]))[0][1]
+    fused = {m: torch.cat([w[m][n] for n in "qkv"]) for m in "ab"}
+    from merge_core.analysis.similarity import AttentionSite
+    assert asimilarity([AttentionSite("s", ("s.qkv.weight",))], lambda key: (fused["a"], fused["b"]))[0][1] == separate

@@ -128,3 +128,22 @@ def test_presets_exact_on_sd_resampled_elsewhere():
     assert values[2] == grad[1] and values[-1] == grad[-1], "the curve's ends land on the first and last blocks"
     flat = preset_on_layout(presets()["FLAT_25"], arch)
     assert set(flat[2:]) == {0.25}
+
+
+def test_text_encoder_only_sources_are_named_by_their_encoders():
+    """A ComfyUI CLIP (no diffusion-model keys) of Flux.1 is not SD1 although it has CLIP-L: its T5 without
+    CLIP-G names Flux.1 (CLIP and T5 slots); CLIP-G with T5 is SD3; CLIP-G alone stays SDXL."""
+    forge = load_keyset("flux1-dev")
+    flux_clip = [k[len("text_encoders."):] for k in forge if k.startswith("text_encoders.")]
+    assert {k.split(".")[0] for k in flux_clip} == {"clip_l", "t5xxl"}
+    arch = detect(flux_clip)
+    assert arch.name == "flux1"
+    assert arch.block_of("clip_l.transformer.text_model.final_layer_norm.weight") == "CLIP"
+    assert arch.block_of("t5xxl.transformer.encoder.final_layer_norm.weight") == "T5"
+    l, g, t5 = "clip_l.transformer.a.weight", "clip_g.transformer.a.weight", "t5xxl.transformer.a.weight"
+    assert detect([l, g, t5]).name == "sd3"
+    assert detect([l, g]).name == "sdxl" and detect([l]).name == "sd1"
+    assert detect(["qwen25_7b.transformer.model.norm.weight"]).name == "qwen_image"
+    assert detect(["umt5xxl.transformer.encoder.final_layer_norm.weight"]).name == "wan"
+    # the Forge checkpoint itself is still detected by its diffusion layout
+    assert detect(forge).name == "flux1"

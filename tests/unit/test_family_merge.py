@@ -89,3 +89,28 @@ def test_blocks_command_prints_the_layout(flux, capsys):
     out = capsys.readouterr().out
     assert "Flux.1 (flux1)" in out and "61 blocks" in out and "CLIP, T5, IN, D00-D18, S00-S37, OUT" in out
     assert "244 keys kept from A (VAE)" in out
+
+
+def test_mixed_namings_pair_up(flux, tmp_path):
+    """A diffusion-model file (bare keys) merged with a Forge checkpoint, either way round: the keys pair up
+    (they used to be all 'absent from B' and nothing merged), and the output keeps A's naming."""
+    root, paths, a, b = flux
+    prefix = "model.diffusion_model."
+    bare_a = {k[len(prefix):]: v for k, v in a.items() if k.startswith(prefix)}
+    save_file(bare_a, str(tmp_path / "bare.safetensors"))
+    out = tmp_path / "bare_out.safetensors"
+    assert cli.main(["merge", str(tmp_path / "bare.safetensors"), str(paths["b"]), "--alpha", "0.25", "-o", str(out),
+                     "-q"]) == 0
+    merged = read(out)
+    assert set(merged) == set(bare_a)
+    assert all(torch.allclose(t, bare_a[k] * 0.75 + b[prefix + k] * 0.25, atol=1e-6) for k, t in merged.items())
+    bare_b = {k[len(prefix):]: v for k, v in b.items() if k.startswith(prefix)}
+    save_file(bare_b, str(tmp_path / "bare_b.safetensors"))
+    out = tmp_path / "forge_out.safetensors"
+    assert cli.main(["merge", str(paths["dev"]), str(tmp_path / "bare_b.safetensors"), "--alpha", "0.25", "-o",
+                     str(out), "-q"]) == 0
+    merged = read(out)
+    assert set(merged) == set(a)
+    for key, t in merged.items():
+        want = a[key] * 0.75 + b[key] * 0.25 if key.startswith(prefix) else a[key]  # TE and VAE: not in B
+        assert torch.allclose(t, want, atol=1e-6), key

@@ -47,3 +47,11 @@ def test_cli_report(tmp_path, sd1_keys):
                           "-o", str(tmp_path / "o.safetensors")], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "M00" in res.stdout and "by elemental" in res.stdout
+
+
+def test_report_does_not_call_the_scalar_unused_under_named_block_weights(sd1_keys):
+    a, b = small_model(sd1_keys, 1), small_model(sd1_keys, 2)
+    text = applied_report(plan_merge({"a": DictSource(a), "b": DictSource(b)}, "Weight sum", alpha=0.3,
+                                     blocks_alpha="OUT11=1"))
+    assert "not used" not in text
+    assert next(line for line in text.splitlines() if line.startswith("IN00 ")).split()[1] == "0.3000"

@@ -200,3 +200,11 @@ def test_file_sha256_is_cached_by_path_size_and_mtime(tmp_path):
     assert filehash.file_sha256(f, cache) == want
     f.write_bytes(b"y" * 1000)  # new content and stamp: hashed again
     assert filehash.file_sha256(f, cache) == hashlib.sha256(b"y" * 1000).hexdigest()
+
+
+def test_recipe_keeps_the_scalar_under_named_block_weights():
+    """Named pairs leave other blocks at the scalar, so the scalar is part of what was applied."""
+    text = recipe.settings_text
+    assert text({"alpha": 0.3, "blocks_alpha": "IN=0.9, OUT=0.1"}) == 'alpha=0.3 blocks_alpha="IN=0.9, OUT=0.1"'
+    assert text({"mode": "sum Twice", "alpha": 0.2, "beta": 0.7, "blocks_beta": "OUT=1"}) == \
+        "alpha=0.2 beta=0.7 blocks_beta=OUT=1"

@@ -1,0 +1,199 @@
+"""Tiny transformer-family models (Flux.1 dev/schnell, Chroma, Flux.2, SD3, Z-Image, Qwen-Image, Wan 2.1)
+built from ComfyUI's own classes.
+
+The configs are those of scripts/make_keysets.py shrunk to a width of 64 and a depth of two or three
+blocks: the same key names as the released models, a few MB each. ComfyUI's key-based detection
+hard-codes full-size values (Flux's 24 heads, Wan's 128-wide heads, ...), so ``register()`` adds a
+tiny config per family that matches only these widths and sets the values detection cannot read;
+then UNETLoader loads the diffusion-model files and CheckpointLoaderSimple the Forge-style Flux
+checkpoint (tiny CLIP-L + T5 + a 16-channel TAESD VAE). Needs ComfyUI importable.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+import comfy.model_base
+import comfy.ops
+import comfy.sd
+import comfy.supported_models
+import comfy.supported_models_base
+import comfy.text_encoders.flux
+import comfy.utils
+from tiny_models import TINY_CLIP_L, _fill
+
+WIDTH, HEADS = 64, 2
+ROPE = [8, 12, 12]  # sums to the head width (WIDTH // HEADS)
+TINY_T5 = {"d_ff": 64, "d_kv": 16, "d_model": 32, "num_heads": 2, "num_layers": 2}
+TEXT_WIDTH = TINY_T5["d_model"]
+
+FLUX = dict(image_model="flux", in_channels=16, out_channels=16, patch_size=2, vec_in_dim=TINY_CLIP_L["hidden_size"],
+            context_in_dim=TEXT_WIDTH, hidden_size=WIDTH, mlp_ratio=4.0, num_heads=HEADS, depth=2,
+            depth_single_blocks=3, axes_dim=ROPE, theta=10000, qkv_bias=True, guidance_embed=True)
+FLUX2 = dict(image_model="flux2", in_channels=128, out_channels=128, patch_size=1, vec_in_dim=None,
+             context_in_dim=TEXT_WIDTH, hidden_size=WIDTH, mlp_ratio=3.0, num_heads=HEADS, depth=2,
+             depth_single_blocks=2, axes_dim=[8, 8, 8, 8], theta=2000, qkv_bias=False, guidance_embed=True,
+             global_modulation=True, mlp_silu_act=True, ops_bias=False)
+CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, patch_size=2, context_in_dim=TEXT_WIDTH,
+              hidden_size=WIDTH, mlp_ratio=4.0, num_heads=HEADS, depth=2, depth_single_blocks=2, axes_dim=ROPE,
+              theta=10000, qkv_bias=True, in_dim=64, out_dim=WIDTH, hidden_dim=WIDTH, n_layers=2)
+SD3 = dict(in_channels=16, patch_size=2, depth=2, adm_in_channels=64, out_channels=16, pos_embed_max_size=8,
+           num_patches=64, context_embedder_config={"target": "torch.nn.Linear",
+                                                    "params": {"in_features": TEXT_WIDTH, "out_features": 128}})
+Z_IMAGE = dict(patch_size=2, in_channels=16, dim=WIDTH, cap_feat_dim=TEXT_WIDTH, n_layers=2, n_heads=HEADS,
+               n_kv_heads=HEADS, qk_norm=True, axes_dims=ROPE, axes_lens=[64, 64, 64], rope_theta=256.0,
+               ffn_dim_multiplier=8.0 / 3.0, z_image_modulation=True, time_scale=1000.0, pad_tokens_multiple=32,
+               multiple_of=16)
+QWEN_IMAGE = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=WIDTH // HEADS,
+                  num_attention_heads=HEADS, joint_attention_dim=TEXT_WIDTH, axes_dims_rope=tuple(ROPE))
+WAN = dict(model_type="t2v", dim=WIDTH, ffn_dim=128, num_heads=HEADS, num_layers=2, in_dim=16, out_dim=16,
+           text_dim=TEXT_WIDTH, freq_dim=32)
+
+
+def _only(config: dict, *names: str) -> dict:
+    return {k: config[k] for k in names}
+
+
+class TinyFluxClip(comfy.text_encoders.flux.FluxClipModel):
+    def __init__(self, device="cpu", dtype=None, model_options={}):
+        super().__init__(device=device, dtype=dtype, model_options={
+            **model_options, "clip_l_model_config": TINY_CLIP_L, "t5xxl_model_config": TINY_T5})
+
+
+class TinyFlux(comfy.supported_models.Flux):
+    unet_config = {"image_model": "flux", "guidance_embed": True, "hidden_size": WIDTH}
+    unet_extra_config = _only(FLUX, "num_heads", "axes_dim")
+
+    def clip_target(self, state_dict={}):
+        return comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer, TinyFluxClip)
+
+
+class TinyFluxSchnell(comfy.supported_models.FluxSchnell):
+    unet_config = {"image_model": "flux", "guidance_embed": False, "hidden_size": WIDTH}
+    unet_extra_config = TinyFlux.unet_extra_config
+    clip_target = TinyFlux.clip_target
+
+
+class TinyFlux2(comfy.supported_models.Flux2):
+    unet_config = {"image_model": "flux2", "hidden_size": WIDTH}
+    unet_extra_config = _only(FLUX2, "num_heads", "axes_dim")
+
+
+class TinyChroma(comfy.supported_models.Chroma):
+    unet_config = {"image_model": "chroma", "hidden_size": WIDTH}
+    unet_extra_config = _only(CHROMA, "num_heads", "axes_dim", "out_dim", "hidden_dim", "n_layers")
+
+
+class TinyZImage(comfy.supported_models.ZImage):
+    unet_config = {"image_model": "lumina2", "dim": WIDTH}
+    unet_extra_config = _only(Z_IMAGE, "n_heads", "n_kv_heads", "axes_dims", "axes_lens", "rope_theta",
+                              "ffn_dim_multiplier", "z_image_modulation", "time_scale", "pad_tokens_multiple",
+                              "multiple_of")
+
+
+class TinyQwenImage(comfy.supported_models.QwenImage):
+    unet_config = {"image_model": "qwen_image", "num_layers": QWEN_IMAGE["num_layers"]}
+    unet_extra_config = _only(QWEN_IMAGE, "attention_head_dim", "num_attention_heads", "joint_attention_dim",
+                              "axes_dims_rope")
+
+
+class TinyWan(comfy.supported_models.WAN21_T2V):
+    unet_config = {"image_model": "wan2.1", "model_type": "t2v", "dim": WIDTH}
+    unet_extra_config = _only(WAN, "num_heads", "text_dim", "freq_dim")
+
+
+TINY_CONFIGS = (TinyFlux, TinyFluxSchnell, TinyFlux2, TinyChroma, TinyZImage, TinyQwenImage, TinyWan)
+
+
+def register() -> None:
+    """Let UNETLoader / CheckpointLoaderSimple recognise the tiny family files (idempotent)."""
+    models = comfy.supported_models.models
+    for cls in TINY_CONFIGS:
+        if cls not in models:
+            models.insert(0, cls)
+
+
+def _diffusion_module(family: str) -> torch.nn.Module:
+    ops = dict(operations=comfy.ops.disable_weight_init, device=torch.device("cpu"), dtype=torch.float32)
+    if family in ("flux1-dev", "flux1-schnell"):
+        from comfy.ldm.flux.model import Flux
+        return Flux(**dict(FLUX, guidance_embed=family == "flux1-dev"), **ops)
+    if family == "flux2":
+        from comfy.ldm.flux.model import Flux
+        return Flux(**FLUX2, **ops)
+    if family == "chroma":
+        from comfy.ldm.chroma.model import Chroma
+        return Chroma(**CHROMA, **ops)
+    if family == "sd3":
+        from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+        return MMDiT(**SD3, **ops)
+    if family == "z-image":
+        from comfy.ldm.lumina.model import NextDiT
+        return NextDiT(**Z_IMAGE, **ops)
+    if family == "qwen-image":
+        from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
+        return QwenImageTransformer2DModel(**QWEN_IMAGE, **ops)
+    if family == "wan21":
+        from comfy.ldm.wan.model import WanModel
+        return WanModel(**WAN, **ops)
+    raise ValueError(f"unknown tiny family '{family}' (one of {', '.join(FAMILIES)})")
+
+
+FAMILIES = ("flux1-dev", "flux1-schnell", "flux2", "chroma", "sd3", "z-image", "qwen-image", "wan21")
+
+
+@torch.no_grad()
+def diffusion_state_dict(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A diffusion-model-only state dict (bare keys, as ComfyUI's ModelSave and the releases store them).
+
+    Every float tensor is random (norm scales around 1), so that models of two seeds differ at every key.
+    """
+    module = _diffusion_module(family)
+    _fill(module, seed, all_random=True)
+    gen = torch.Generator().manual_seed(seed + 500)
+    for buf in module.buffers():  # SD3's pos_embed: a learned table stored as a buffer (uninitialised here)
+        if buf.is_floating_point():
+            buf.copy_(torch.randn(buf.shape, generator=gen) * 0.05)
+    return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
+
+
+def build_model(family: str, seed: int = 0):
+    """A ModelPatcher loaded the way UNETLoader loads a diffusion-model file (register() first)."""
+    register()
+    return comfy.sd.load_diffusion_model_state_dict(diffusion_state_dict(family, seed))
+
+
+def save_diffusion_model(path: str | os.PathLike, family: str, seed: int) -> Path:
+    """A diffusion-model-only safetensors file that UNETLoader loads once register() ran."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comfy.utils.save_torch_file(diffusion_state_dict(family, seed), str(path))
+    return path
+
+
+def build_flux_clip(seed: int = 0):
+    """The tiny Flux text encoders (CLIP-L + T5) as a ComfyUI CLIP."""
+    clip = comfy.sd.CLIP(TinyFlux(dict(FLUX)).clip_target())
+    _fill(clip.cond_stage_model, seed + 1000, all_random=True)
+    return clip
+
+
+def build_flux_vae(seed: int = 0):
+    """A 16-channel TAESD: decodes Flux latents, stored under ``vae.`` in a Forge-style file."""
+    from comfy.taesd.taesd import TAESD
+    taesd = TAESD(latent_channels=16)
+    _fill(taesd, seed + 2000)
+    sd = taesd.state_dict()
+    sd["vae_scale"] = torch.tensor(1.0)
+    sd["vae_shift"] = torch.tensor(0.0)
+    return comfy.sd.VAE(sd=sd)
+
+
+def save_flux_checkpoint(path: str | os.PathLike, family: str, seed: int) -> Path:
+    """A Forge-style Flux.1 checkpoint (model.diffusion_model., text_encoders.clip_l./t5xxl., vae.)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comfy.sd.save_checkpoint(str(path), build_model(family, seed), build_flux_clip(seed), build_flux_vae(seed))
+    return path
