@@ -84,7 +84,7 @@ def write_flux(path: Path, seed: int) -> Path:
         raise
 
 
-def cli_rows(keep: bool) -> list[str]:
+def cli_rows(keep: bool, modes=("weight_sum", "add_difference")) -> list[str]:
     WORK.mkdir(exist_ok=True)
     shapes = flux_shapes()
     size_gb = sum(math.prod(s) * (1 if len(s) >= 2 else 2) for s in shapes.values()) / 1e9
@@ -108,8 +108,8 @@ def cli_rows(keep: bool) -> list[str]:
     out = str(WORK / "flux_out.safetensors")
     a_size = os.path.getsize(paths["a"])
     try:
-        for mode, models in (("weight_sum", [paths["a"], paths["b"]]),
-                             ("add_difference", [paths["a"], paths["b"], str(link)])):
+        jobs = {"weight_sum": [paths["a"], paths["b"]], "add_difference": [paths["a"], paths["b"], str(link)]}
+        for mode, models in ((m, jobs[m]) for m in modes):
             distinct = list(dict.fromkeys(os.path.realpath(p) for p in models if Path(p) != link))
             floor = run_measured([py, "-c", FLOOR, out, str(a_size), *distinct])
             os.remove(out)
@@ -182,13 +182,14 @@ def main():
     parser.add_argument("--skip-cli", action="store_true")
     parser.add_argument("--skip-node", action="store_true")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--modes", default="weight_sum,add_difference", help="CLI jobs, comma-separated")
     args = parser.parse_args()
     lines = []
     if not args.skip_node:
         lines += node_rows(args.repeat)
         print("\n".join(lines), flush=True)
     if not args.skip_cli:
-        cli = cli_rows(args.keep)
+        cli = cli_rows(args.keep, args.modes.split(","))
         print("\n".join(cli), flush=True)
 
 
