@@ -28,17 +28,18 @@ from synth import keyset  # noqa: E402
 PREFIX = "model.diffusion_model."
 
 
-def build(layout: str, fill_seed: int | None = None):
+def build(layout: str, fill_seed: int | None = None, dtype: torch.dtype = torch.float16):
+    """layout: a key inventory (sd1, sdxl, flux1-dev, ...); weights stored in ``dtype``."""
     shapes = keyset(layout)
     meta = {k: torch.empty(s, device="meta") for k, s in shapes.items() if k.startswith(PREFIX)}
     config = model_detection.model_config_from_unet(meta, PREFIX)
     if config is None:
         raise RuntimeError(f"ComfyUI did not recognise the {layout} key set")
-    config.set_inference_dtype(torch.float16, None)
+    config.set_inference_dtype(dtype, None)
     model = config.get_model({}, "")
     if fill_seed is not None:
         gen = torch.Generator().manual_seed(fill_seed)
-        pool = (torch.randn(1 << 24, generator=gen) * 0.05).half()
+        pool = (torch.randn(1 << 24, generator=gen) * 0.05).to(dtype)
         with torch.no_grad():
             for i, p in enumerate(model.diffusion_model.parameters()):
                 n = p.numel()

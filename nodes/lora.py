@@ -13,11 +13,12 @@ from collections import defaultdict
 
 from comfy_api.latest import io
 
-from ..merge_core.architectures import SD1
 from ..merge_core.errors import MergeInputError, require_ratio
 from ..merge_core.io.safetensors_file import SafetensorsReader
-from ..merge_core.lora.blocks import block_values, parse_lora_list, parse_presets
-from ..merge_core.lora.files import SAVE_DTYPES, next_free_path, read_lora, save_lora
+from ..merge_core.lora.blocks import block_values, check_spec, parse_lora_list, parse_presets
+from ..merge_core.lora.families import fits_model
+from ..merge_core.lora.files import SAVE_DTYPES, module_names, next_free_path, read_lora, save_lora
+from ..merge_core.lora.keys import lora_arch
 from ..merge_core.lora.linalg import SVD_METHODS
 from ..merge_core.lora.metadata import METADATA_MODES, extraction_metadata, merged_metadata
 from ..merge_core.lora.operations import LoraResult, extract_from_loras, extract_from_models, merge_loras
@@ -33,8 +34,11 @@ log = logging.getLogger("merge_suite")
 BLOCKS_TIP = ("Block weights of this LoRA: empty = 1 everywhere; a preset name (ALL, NONE, INS, IND, INALL, MIDD, "
               "OUTD, OUTS, OUTALL, ALL0.5, or one from lbw_presets); or 17 (SD1 LoRA: BASE,IN01,IN02,IN04,IN05,"
               "IN07,IN08,MID,OUT03-OUT11), 26 (SD1 LoCon: BASE,IN00-IN11,MID,OUT00-OUT11), 12 (SDXL LoRA: BASE,"
-              "IN04,IN05,IN07,IN08,MID,OUT00-OUT05) or 20 (SDXL LoCon: BASE,IN00-IN08,MID,OUT00-OUT08) values. "
-              "BASE is the text encoder. Values multiply the strength; unnamed blocks get 0.")
+              "IN04,IN05,IN07,IN08,MID,OUT00-OUT05) or 20 (SDXL LoCon: BASE,IN00-IN08,MID,OUT00-OUT08) values "
+              "(unnamed blocks get 0). Flux and the other transformer families: one value per block of the model's "
+              "layout (Flux.1: SuperMerger's 61, CLIP,T5,IN,D00-D18,S00-S37,OUT); presets are resampled over it. "
+              "Any family: named values such as 'D00-D18=0.5, OUT=0' (blocks not named keep 1). "
+              "BASE (Flux.1: CLIP, T5) is the text encoder. Values multiply the strength.")
 LIST_TIP = ("LoRAs as 'name:ratio' or 'name:ratio:blocks' (blocks as in block_weights; inline values may "
             "contain commas), separated by commas or new lines, e.g. 'style.safetensors:0.8:INS, "
             "detail:0.5'. Names are files in the loras folder (.safetensors may be left out).")
@@ -52,7 +56,7 @@ def check_lora_list(text: str, lbw_presets: str, input_name: str = "lora_list") 
     """Ratios and inline block values of a LoRA list, without reading any file (validate_inputs)."""
     presets = parse_presets(lbw_presets)
     for item in parse_lora_list(text, input_name):
-        block_values(item.blocks, item.ratio, SD1, presets, input_name, item.name)  # every layout's names fit SD1
+        check_spec(item.blocks, item.ratio, presets, input_name, item.name)
 
 
 def lora_path(name: str, input_name: str) -> str:
@@ -120,7 +124,7 @@ class LoraApply(io.ComfyNode):
         return settings_problems(
             cls, {"strength_model": strength_model, "strength_clip": strength_clip, "block_weights": block_weights,
                   "lora_list": lora_list, "lbw_presets": lbw_presets},
-            lambda: block_values(block_weights, 1.0, SD1, parse_presets(lbw_presets), "block_weights"),
+            lambda: check_spec(block_weights, 1.0, parse_presets(lbw_presets), "block_weights"),
             lambda: check_lora_list(lora_list, lbw_presets))
 
     @classmethod
@@ -160,13 +164,11 @@ def apply_lora(model, clip, name: str, path: str, s_model: float, s_clip: float,
     if path.endswith(".safetensors"):  # a damaged file: a one-line error naming it, not ComfyUI's traceback
         SafetensorsReader(path, input_name).close()
     sd = comfy.lora_convert.convert_lora(comfy.utils.load_torch_file(path, safe_load=True))
-    from ..merge_core.lora.keys import lora_architecture
-    kind = lora_architecture({k.split(".")[0] for k in sd})
-    family = "sdxl" if arch.name == "sdxl" else "sd1"
-    if kind is not None and kind != family:
-        raise MergeInputError(input_name,
-                              f"LoRA '{name}' is an {'SDXL' if kind == 'sdxl' else 'SD1/SD2'} LoRA but the model "
-                              f"is {arch.label}.", "use a LoRA trained for this model family.")
+    kind = lora_arch(module_names(sd))
+    if not fits_model(kind, arch):
+        label = "SD1/SD2" if kind.name in ("sd1", "sd2") else kind.label
+        raise MergeInputError(input_name, f"LoRA '{name}' is {'an' if label.startswith('SD') else 'a'} {label} LoRA "
+                              f"but the model is {arch.label}.", "use a LoRA trained for this model family.")
     loaded = comfy.lora.load_lora(sd, key_map)
     unet_keys = {k for k in loaded if _target(k).startswith("diffusion_model.")}
     if not unet_keys and (clip is None or not loaded):
@@ -174,13 +176,16 @@ def apply_lora(model, clip, name: str, path: str, s_model: float, s_clip: float,
                               f"LoRA '{name}' has no module that matches this {arch.label} model.",
                               "use a LoRA trained for this model family (kohya, diffusers or ComfyUI naming).")
     groups: dict[tuple[str, float], dict] = defaultdict(dict)
-    skipped = 0
+    skipped, unblocked = 0, []
     for key, patch in loaded.items():
         target = _target(key)
         if target.startswith("diffusion_model."):
-            strength, which = s_model * blocks[arch.block_of(target)], "model"
-        else:
-            strength, which = s_clip * blocks["BASE"], "clip"
+            block = arch.block_of(target)
+            if block not in blocks:  # a weight no block rule names: block weights cannot reach it
+                unblocked.append(target)
+            strength, which = s_model * blocks.get(block, 1.0), "model"
+        else:  # text encoders: their slot (Flux.1: CLIP-L to CLIP, T5 to T5), else the base slot
+            strength, which = s_clip * blocks.get(arch.block_of(target), blocks[arch.blocks[0]]), "clip"
         if strength == 0.0:  # a zero block is left exactly unpatched
             skipped += 1
             continue
@@ -194,8 +199,9 @@ def apply_lora(model, clip, name: str, path: str, s_model: float, s_clip: float,
     if missing and clip is not None:
         log.warning("%s: %d LoRA patches of '%s' matched no weight, e.g. %s", LoraApply.DISPLAY, len(missing),
                     name, missing[0])
-    return (f"{name}: {len(applied)} weights patched ({len(unet_keys)} U-Net modules in the file), {skipped} left "
-            f"out by zero block weights" + ("" if clip is not None else "; no CLIP connected, text encoder skipped"))
+    return (f"{name}: {len(applied)} weights patched ({len(unet_keys)} diffusion-model modules in the file), {skipped} "
+            f"left out by zero block weights" + ("" if clip is not None else "; no CLIP connected, text encoder skipped")
+            + (f"; {len(unblocked)} outside every block at full strength (e.g. {unblocked[0]})" if unblocked else ""))
 
 
 def _target(key) -> str:

@@ -79,9 +79,15 @@ def family_layout(name: str) -> dict:
     return {"ok": True, "family": name, **layout_payload(arch)}
 
 
+# "auto" tries these after SD1/SD2 and SDXL: SuperMerger's 61-value Flux.1 list and Flux ids first
+AUTO_FAMILIES = ("flux1", "sd3", "qwen_image", "hidream", "lumina2", "wan", "chroma", "flux2")
+
+
 def check_block_weights(text: str, layout: str = "auto") -> dict:
-    """Parse block-weight text as the merge node will. layout "auto" tries SD1/SD2, then SDXL."""
-    names = [layout] if layout in ALL_LAYOUTS else list(LAYOUTS)
+    """Parse block-weight text as the merge node will. layout "auto" tries SD1/SD2, then SDXL, then the
+    transformer families at full size (a list of their length, or their ids in the named form); its
+    error is the SD layouts' when nothing fits."""
+    names = [layout] if layout in ALL_LAYOUTS else list(LAYOUTS) + list(AUTO_FAMILIES)
     errors = []
     for name in names:
         try:
@@ -94,6 +100,7 @@ def check_block_weights(text: str, layout: str = "auto") -> dict:
         stripped = text.strip()
         return {"ok": True, "empty": False, "layout": name, "values": list(weights.values),
                 "preset": stripped if stripped in presets() else None}
+    errors = errors[:len(LAYOUTS)] if layout not in ALL_LAYOUTS else errors
     error = errors[0]
     if len({e.problem for e in errors}) > 1:  # "auto" and a wrong count: name both layouts
         return {"ok": False, "error": error.problem, "fix": "give 26 values for SD1/SD2 or 20 for SDXL, BASE first."}

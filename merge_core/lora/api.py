@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from ..architectures import detect
+from ..architectures import detect_or_auto, require_compatible
 from ..errors import MergeInputError
 from ..io.output_file import check_target
 from ..io.safetensors_file import SafetensorsReader
@@ -89,10 +89,11 @@ def extract_lora_files(tuned: PathLike, original: PathLike, output: PathLike, *,
     with SafetensorsReader(tuned, "model_a") as ra, SafetensorsReader(original, "model_b") as rb:
         sa, sb = ra.shapes(), rb.shapes()
         shapes = {k: s for k, s in sa.items() if sb.get(k) == s}
-        arch, arch_b = detect(sa), detect(sb)
-        if arch is None or arch_b is None or arch_b.blocks != arch.blocks:
-            raise MergeInputError("model_b", "the two files are not SD1/SD2/SDXL checkpoints of one family.",
-                                  "extract from a fine-tune and its base model.")
+        arch, arch_b = detect_or_auto(sa), detect_or_auto(sb)
+        if arch is None or arch_b is None:
+            raise MergeInputError("model_b" if arch is not None else "model_a", "has no diffusion-model weights.",
+                                  "extract from a fine-tune and its base model (checkpoint or diffusion-model files).")
+        require_compatible(arch, arch_b, "model_b")
         result = extract_from_models(shapes, ra.get, rb.get, arch, alpha, beta, rank, conv_rank, svd,
                                      clamp_quantile, te_min_diff)
     meta = extraction_metadata(arch, rank, conv_rank, Path(output).stem)

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 import torch
 
-from ..architectures import ARCHITECTURES, Architecture
+from ..architectures import Architecture
 from ..errors import MergeInputError
 from ..io.output_file import check_target, disk_error
 from ..io.safetensors_file import SafetensorsReader, SafetensorsWriter
-from .keys import lora_architecture
+from .keys import lora_arch
 from .linalg import LoraModule
 
 if TYPE_CHECKING:
@@ -37,6 +37,11 @@ class LoraFile:
     unsupported: dict[str, str]  # module -> LyCORIS type name
     metadata: dict[str, str]
     arch: Optional[Architecture]
+
+
+def module_names(keys) -> set[str]:
+    """The module names of a LoRA file's tensor keys."""
+    return {_split(k)[0] for k in keys}
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -68,8 +73,7 @@ def read_lora(path: str | os.PathLike, name: Optional[str] = None, input_name: s
             unsupported[module] = "incomplete (no up/down pair)"
             continue
         modules[module] = LoraModule(p["up"], p["down"], float(p["alpha"]) if "alpha" in p else None)
-    arch_name = lora_architecture(list(modules) + list(unsupported))
-    return LoraFile(name, modules, unsupported, metadata, ARCHITECTURES.get(arch_name) if arch_name else None)
+    return LoraFile(name, modules, unsupported, metadata, lora_arch(list(modules) + list(unsupported)))
 
 
 def require_plain(lora: LoraFile, what: str, input_name: str = "lora_list") -> None:
@@ -83,15 +87,18 @@ def require_plain(lora: LoraFile, what: str, input_name: str = "lora_list") -> N
 
 
 def common_architecture(loras: list[LoraFile], input_name: str = "lora_list") -> Architecture:
-    archs = {l.arch.name for l in loras if l.arch is not None}
+    """The one family of these LoRAs (the widest layout when they name different block counts)."""
+    archs = {l.arch.name: l.arch for l in loras if l.arch is not None}
     if len(archs) > 1:
         names = ", ".join(f"'{l.name}' ({l.arch.label})" for l in loras if l.arch is not None)
         raise MergeInputError(input_name, f"the LoRAs are for different architectures: {names}.",
-                              "merge LoRAs trained for the same base model family (all SD1 or all SDXL).")
+                              "merge LoRAs trained for the same base model family (e.g. all SDXL or all Flux.1).")
     if not archs:
-        raise MergeInputError(input_name, f"LoRA '{loras[0].name}' is not a recognised SD1/SD2 or SDXL LoRA "
-                              "(no lora_unet_/lora_te_ modules).", "use kohya-style SD1/SDXL LoRAs.")
-    return ARCHITECTURES[archs.pop()]
+        raise MergeInputError(input_name, f"LoRA '{loras[0].name}' is not a recognised LoRA of a known family "
+                              "(no kohya lora_unet_/lora_te_, diffusers transformer. or diffusion_model. modules).",
+                              "use a LoRA for SD1/SD2, SDXL, Flux, SD3, HiDream, Z-Image, Qwen-Image or Wan.")
+    widest = max((l.arch for l in loras if l.arch is not None), key=lambda a: a.n_blocks)
+    return widest
 
 
 def _write(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], overwrite: bool,

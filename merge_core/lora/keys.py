@@ -13,7 +13,9 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from ..architectures import Architecture, unet_relative
+from ..architectures import ARCHITECTURES, Architecture, unet_relative
+from .families import family_module, is_family, lora_family
+from .families import module_block as family_module_block
 
 # original (ldm) U-Net prefixes -> diffusers prefixes, for the SD1/SD2 layout
 _RESNET_SUFFIX = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
@@ -70,6 +72,8 @@ def unet_module(key: str, arch: Architecture, shape: tuple[int, ...], conv: bool
     Targets: the Linear and 1x1 conv layers of the transformer blocks; with
     ``conv``, also the resnet, downsample and upsample convolutions (LoCon).
     """
+    if is_family(arch):
+        return family_module(key, arch, shape, conv)
     rel = unet_relative(key)
     if rel is None or not rel.endswith(".weight") or len(shape) < 2:
         return None
@@ -89,6 +93,7 @@ def unet_module(key: str, arch: Architecture, shape: tuple[int, ...], conv: bool
 _TE_PREFIXES = (  # (key prefix, kohya prefix for SD1/SD2, for SDXL, OpenCLIP layout)
     ("cond_stage_model.transformer.text_model.", "lora_te_text_model_", None, False),
     ("clip_l.transformer.text_model.", "lora_te_text_model_", "lora_te1_text_model_", False),
+    ("text_encoders.clip_l.transformer.text_model.", None, "lora_te1_text_model_", False),  # Forge-style Flux
     ("conditioner.embedders.0.transformer.text_model.", None, "lora_te1_text_model_", False),
     ("clip_g.transformer.text_model.", None, "lora_te2_text_model_", False),
     ("clip_h.transformer.text_model.", "lora_te_text_model_", None, False),
@@ -106,11 +111,12 @@ def te_modules(key: str, arch: Architecture, shape: tuple[int, ...]) -> list[tup
     """kohya names of a text-encoder key, each with the row slice of the weight it covers.
 
     Targets: attention q/k/v/out projections and the two MLP layers (kohya's CLIPAttention/CLIPMLP).
+    On the transformer families only CLIP-L is targeted (``lora_te1_``, as kohya's Flux LoRAs name it).
     """
     for prefix, te_sd1, te_sdxl, openclip in _TE_PREFIXES:
         if not key.startswith(prefix):
             continue
-        lora_prefix = te_sdxl if arch.name == "sdxl" else te_sd1
+        lora_prefix = te_sdxl if arch.name == "sdxl" or is_family(arch) else te_sd1
         if lora_prefix is None:
             return []
         rest = key[len(prefix):]
@@ -148,6 +154,8 @@ UNET_LORA_PREFIXES = ("lora_unet_", "lycoris_")
 
 def module_block(name: str, arch: Architecture) -> Optional[str]:
     """Block id of a LoRA module name; BASE for text encoders; None when unknown."""
+    if is_family(arch):
+        return family_module_block(name, arch)
     if name.startswith(("lora_te", "text_encoder")):
         return "BASE"
     if name.startswith("diffusion_model."):  # ComfyUI's own naming (LoraSave)
@@ -191,3 +199,14 @@ def lora_architecture(names) -> Optional[str]:
     if max_block >= 9:
         return "sd1"
     return "sdxl" if unet else None
+
+
+def lora_arch(names) -> Optional[Architecture]:
+    """The family of a LoRA from its module names: a transformer family (full-size layout), else SD1 or
+    SDXL (spec §10.9); None when nothing is recognised."""
+    names = list(names)
+    family = lora_family(names)
+    if family is not None:
+        return family
+    kind = lora_architecture(names)
+    return None if kind is None else ARCHITECTURES[kind]

@@ -10,9 +10,10 @@ from .files import LoraFile
 
 METADATA_MODES = ("create new", "create new without output_name", "merge", "save all", "use first lora")
 
-BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux1": "flux1", "sd3": "sd3"}
 MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
-                  "sdxl": "stable-diffusion-xl-v1-base/lora"}
+                  "sdxl": "stable-diffusion-xl-v1-base/lora", "flux1": "flux-1-dev/lora",
+                  "sd3": "stable-diffusion-v3-medium/lora"}  # other families: '<family>/lora'
 _COPIED = ("ss_network_module", "ss_network_alpha", "ss_network_dim", "ss_v2", "ss_sd_model_name",
            "ss_base_model_version")
 
@@ -20,8 +21,9 @@ _COPIED = ("ss_network_module", "ss_network_alpha", "ss_network_dim", "ss_v2", "
 def extraction_metadata(arch: Architecture, rank: int, conv_rank: int, title: str) -> dict[str, str]:
     """kohya's fields for an extracted LoRA (the SD1 'sd_v1_v' quirk fixed) plus SAI model-spec fields."""
     meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(rank),
-            "ss_v2": str(arch.name == "sd2"), "ss_base_model_version": BASE_MODEL_VERSION[arch.name],
-            "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": MODELSPEC_ARCH[arch.name],
+            "ss_v2": str(arch.name == "sd2"), "ss_base_model_version": BASE_MODEL_VERSION.get(arch.name, arch.name),
+            "modelspec.sai_model_spec": "1.0.0",
+            "modelspec.architecture": MODELSPEC_ARCH.get(arch.name, f"{arch.name}/lora"),
             "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
             "modelspec.title": title}
     if conv_rank:

@@ -67,8 +67,8 @@ def _ratios(items: list[tuple[LoraItem, LoraFile]], arch: Architecture, presets)
 def _block_ratio(ratios: dict[str, float], module: str, arch: Architecture, report: list[str], lora: str) -> float:
     block = module_block(module, arch)
     if block is None:
-        report.append(f"warning: LoRA '{lora}': module '{module}' has no known block; it gets the BASE ratio.")
-        block = "BASE"
+        block = arch.blocks[0]
+        report.append(f"warning: LoRA '{lora}': module '{module}' has no known block; it gets the {block} ratio.")
     return ratios[block]
 
 
@@ -173,8 +173,8 @@ def _extract_from_models(shapes, get_a, get_b, arch, alpha, beta, rank, conv_ran
             continue
         te.extend((key, n, rows, shape) for n, rows in te_modules(key, arch, shape))
     if not unet and not te:
-        raise MergeInputError("model_a", f"has no {arch.label} U-Net or text-encoder weights a LoRA can target.",
-                              "connect SD1/SD2/SDXL models (or checkpoint files).")
+        raise MergeInputError("model_a", f"has no {arch.label} diffusion-model or text-encoder weights a LoRA can "
+                              "target.", "connect two models of one family (or checkpoint files).")
 
     def delta(key, rows):
         d = alpha * get_a(key).float() - beta * get_b(key).float()

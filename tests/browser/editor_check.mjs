@@ -237,6 +237,56 @@ try {
 
   result.workflow = await page.evaluate(() => window.comfyAPI.app.app.graph.serialize());
 
+  // A long layout: Flux.1's 61 slots, grouped and folding, with the named-range entry.
+  const fluxState = () => page.evaluate((id) => {
+    const node = window.comfyAPI.app.app.graph.getNodeById(Number(id));
+    const root = document.querySelector(".ms-block-editor[data-input=blocks_alpha]");
+    const range = (b) => root.querySelector(`input[data-block="${b}"]`);
+    return {
+      text: node.widgets.find((w) => w.name === "blocks_alpha").value,
+      preset: node.widgets.find((w) => w.name === "blocks_alpha_preset").value,
+      sliders: root.querySelectorAll("input[type=range]").length,
+      groups: [...root.querySelectorAll(".ms-group")].map((g) => [g.dataset.group, g.querySelectorAll("input[type=range]").length, g.dataset.folded]),
+      shownS: [...root.querySelectorAll(".ms-group[data-group=S] input[type=range]")].filter((i) => i.offsetParent !== null).length,
+      panelHeight: root.getBoundingClientRect().height,
+      status: root.querySelector(".ms-status").textContent,
+      state: root.dataset.state,
+      values: { D00: range("D00")?.value, D18: range("D18")?.value, S05: range("S05")?.value, OUT: range("OUT")?.value },
+      groupOptions: [...root.querySelectorAll("select")[2].options].map((o) => o.value),
+    };
+  }, MERGE);
+  await showNode();
+  await setBlocksAlpha("");
+  await editor.locator("select").nth(0).selectOption("flux1");
+  await page.waitForFunction(() => document.querySelectorAll(".ms-block-editor[data-input=blocks_alpha] input[type=range]").length === 61);
+  await page.waitForTimeout(500);
+  step("flux_layout", await fluxState());
+  await page.screenshot({ path: join(outDir, "flux_editor.png") });
+  await editor.locator(".ms-group[data-group=S] .ms-group-head").click();
+  await page.waitForTimeout(300);
+  step("flux_fold", await fluxState());
+  await editor.locator(".ms-group[data-group=S] .ms-group-head").click();
+  await page.waitForTimeout(300);
+  // Named entry on an empty text stays named (the node reads that form); a second entry is appended.
+  await editor.locator("input.ms-named").fill("D00-D18=0.3");
+  await editor.locator("button", { hasText: "apply" }).click();
+  await editor.locator("input.ms-named").fill("S00-S37=0.7, OUT=1");
+  await editor.locator("input.ms-named").press("Enter");
+  await page.waitForFunction(() => document.querySelector(".ms-block-editor[data-input=blocks_alpha] .ms-status")?.textContent.includes("named values for 58"));
+  step("flux_named", await fluxState());
+  // On a list, the entry is applied to the values and written as a list; an unknown id is an error.
+  await setBlocksAlpha(Array(61).fill("0.5").join(","));
+  await page.waitForFunction(() => document.querySelector(".ms-block-editor[data-input=blocks_alpha] .ms-status")?.textContent.includes("61 values"));
+  await editor.locator("input.ms-named").fill("D05-D07=0.9");
+  await editor.locator("button", { hasText: "apply" }).click();
+  await page.waitForTimeout(600);
+  step("flux_list", await fluxState());
+  await editor.locator("input.ms-named").fill("D19=1");
+  await editor.locator("button", { hasText: "apply" }).click();
+  await page.waitForTimeout(300);
+  step("flux_unknown", await fluxState());
+  result.placementFlux = await placement();
+
   // Every example workflow as the frontend turns it into a prompt (widget values in the right inputs).
   result.examples = {};
   for (const name of readdirSync(examplesDir).filter((f) => f.endsWith(".json")).sort()) {

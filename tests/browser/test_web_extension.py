@@ -26,6 +26,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 WORKFLOW = REPO / "example_workflows" / "merge_checkpoints_block_weights.json"
 SD1 = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
 SHOTS = REPO / "out" / "browser"
+FLUX1_GROUPS = [("BASE", 2), ("IN", 1), ("D", 19), ("S", 38), ("OUT", 1)]  # CLIP,T5 | IN | D00-D18 | S00-S37 | OUT
 
 
 def _why_not_runnable():
@@ -64,7 +65,7 @@ def seen(request, tmp_path_factory):
     assert run.returncode == 0, f"node failed:\n{run.stderr[-3000:]}"
     result = json.loads(run.stdout)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    for name in ("block_editor.png", "page.png", "after_load.png", "failure.png"):
+    for name in ("block_editor.png", "page.png", "after_load.png", "failure.png", "flux_editor.png"):
         if (out / name).is_file():
             shutil.copy(out / name, SHOTS / name.replace(".png", f"_{mode}.png"))
     assert "error" not in result, f"{mode}: {result['error']}\ndialogs: {result.get('dialogs')}\nserver log:\n{log}"
@@ -177,6 +178,29 @@ def test_merge_checkpoints_fits_the_screen(seen):
     load_limit, run_limit = (600, 760) if seen["mode"] == "litegraph" else (680, 840)
     assert heights["after_load"] < load_limit, heights
     assert heights["after_run"] < run_limit, heights  # the report panel opens under the node after a run
+
+
+def test_flux_layout_is_grouped_folds_and_takes_named_ranges(seen):
+    """Flux.1's 61 sliders from the server's families, one folding section per group, the named-range entry."""
+    layout = seen["by_step"]["flux_layout"]
+    assert layout["sliders"] == 61 and layout["state"] == "ok"
+    assert [(g, n) for g, n, _ in layout["groups"]] == FLUX1_GROUPS
+    assert layout["groupOptions"] == ["ALL"] + [g for g, _ in FLUX1_GROUPS]
+    folded = seen["by_step"]["flux_fold"]
+    assert layout["shownS"] == 38 and folded["shownS"] == 0
+    assert ["S", 38, "true"] in folded["groups"] and folded["panelHeight"] < layout["panelHeight"] - 100
+    named = seen["by_step"]["flux_named"]
+    assert named["text"] == "D00-D18=0.3, S00-S37=0.7, OUT=1" and named["state"] == "ok"
+    assert float(named["values"]["D18"]) == pytest.approx(0.3) and float(named["values"]["S05"]) == pytest.approx(0.7)
+    assert "named values for 58 blocks" in named["status"]
+    listed = _floats(seen["by_step"]["flux_list"]["text"])
+    assert len(listed) == 61 and listed[3 + 5:3 + 8] == [0.9] * 3 and listed.count(0.5) == 58
+    unknown = seen["by_step"]["flux_unknown"]
+    assert unknown["state"] == "error" and "unknown block id in 'D19' for Flux.1" in unknown["status"]
+    assert unknown["text"] == seen["by_step"]["flux_list"]["text"]  # nothing written
+    for p in seen["placementFlux"]:
+        box, panel = p["box"], p["panel"]
+        assert panel["bottom"] <= box["bottom"] + 2, f"{seen['mode']}: {p['widget']} overflows its node"
 
 
 def test_searching_merge_lists_the_merge_nodes_before_the_rest_of_the_pack(seen):

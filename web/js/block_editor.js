@@ -2,6 +2,10 @@
 // under every block-weight STRING input of the merge nodes. The STRING stays the source of truth:
 // the editor reads it (parsed by the server with merge_core, so it shows what the node will use)
 // and writes plain comma-separated numbers back; a preset picked in its list is written by name. Without this file the nodes work as before.
+// Long layouts (the transformer families: Flux.1's 61 slots, Qwen-Image's 63, ...) come from the server too
+// (editor_data "families"); their sliders are grouped by block group (BASE, IN, D, S, OUT, ...), each group
+// folds, and a named-range entry ("D00-D18=0.3") sets ranges. After a run, the family named by the node's
+// report is the layout "auto" shows.
 import { app } from "../../../scripts/app.js";
 import {
   addPanel, debounce, el, findWidget, getEditorData, injectStyle, isPackNode, postJson, setWidgetValue, watchValue,
@@ -13,6 +17,13 @@ const HEIGHT = 158;
 const FOLDED_HEIGHT = 30; // the header row alone
 // Modes whose result uses beta; elsewhere an empty beta editor starts folded to keep the node short.
 const BETA_MODES = ["Triple sum", "sum Twice"];
+// Long layouts: sliders per grid row, and the heights of a group's header and of one slider row.
+const GROUP_COLUMNS = 20;
+const GROUP_HEAD = 17;
+const GROUP_ROW = 64;
+const LONG_CONTROLS = 4 * 24;
+const SMALL_GROUP = 4; // groups this small (BASE, IN, OUT) sit side by side on one line // the header, named-range and group-helper rows and the status line
+const FAMILY_PROPERTY = "merge_suite_family"; // the family the last run reported, kept with the workflow
 
 function fmt(v) {
   return String(Number(v.toFixed(6)));
@@ -23,6 +34,8 @@ class BlockEditor {
     Object.assign(this, { node, text, presetCombo, scalar, data, foldUnless });
     this.layout = "sd1";
     this.values = null;
+    this.foldedGroups = new Set();
+    this.connected = node.properties?.[FAMILY_PROPERTY] ?? null;
     this.folded = Boolean(foldUnless) && !foldUnless() && !this.effectiveText();
     this.build();
     const refresh = debounce(() => this.refresh(), 150);
@@ -37,6 +50,8 @@ class BlockEditor {
     this.layoutSelect = el("select", { title: "Block layout: auto follows the number of values in the text" }, [
       el("option", { value: "auto", textContent: "auto" }),
       ...Object.entries(data.layouts).map(([k, l]) => el("option", { value: k, textContent: `${l.label} (${l.blocks.length})` })),
+      el("optgroup", { label: "transformer families (full size)" }, Object.entries(data.families ?? {}).map(
+        ([k, l]) => el("option", { value: k, textContent: `${l.label} (${l.blocks.length})` }))),
     ]);
     this.presetSelect = el("select", { title: "Use a SuperMerger preset (by name, so recipes and grid labels show it)" }, [
       el("option", { value: "", textContent: "preset…" }),
@@ -48,9 +63,15 @@ class BlockEditor {
     const op = (name, f) => el("button", { textContent: name, title: `${name} the group's values`, onclick: () => this.apply(f) });
     this.status = el("div", { className: "ms-status" });
     this.sliders = el("div", { className: "ms-sliders" });
+    this.namedInput = el("input", { type: "text", className: "ms-named", placeholder: "D00-D18=0.3, OUT=1",
+      title: "Set blocks by id or range in layout order (ALL for every block); Enter or apply" });
+    this.namedInput.onkeydown = (e) => { if (e.key === "Enter") this.applyNamed(); };
+    this.namedRow = el("div", { className: "ms-row ms-named-row" }, [el("span", { textContent: "set" }), this.namedInput,
+      el("button", { textContent: "apply", title: "Apply the named values", onclick: () => this.applyNamed() })]);
     this.foldButton = el("button", { title: "Show or hide this editor", onclick: () => this.setFolded(!this.folded) });
     this.body = el("div", { className: "ms-editor-body" }, [
       this.sliders,
+      this.namedRow,
       el("div", { className: "ms-row" }, [el("span", { textContent: "group" }), this.groupSelect, this.amount,
         op("set", (v, x) => x), op("add", (v, x) => v + x), op("mul", (v, x) => v * x)]),
       this.status,
@@ -61,8 +82,57 @@ class BlockEditor {
     ]);
     this.layoutSelect.onchange = () => this.refresh();
     this.presetSelect.onchange = () => this.pickPreset(this.presetSelect.value);
-    this.widget = addPanel(this.node, `${this.text.name}_editor`, this.root, () => (this.folded ? FOLDED_HEIGHT : HEIGHT));
+    this.widget = addPanel(this.node, `${this.text.name}_editor`, this.root, () => this.height());
     this.showFolded();
+  }
+
+  info(name = this.layout) {
+    return this.data.layouts[name] ?? this.data.families?.[name];
+  }
+
+  isLong(name = this.layout) {
+    return Boolean(this.data.families?.[name]);
+  }
+
+  /** Panel height: SD layouts as before; long layouts by their groups, folded ones as a header line. */
+  height() {
+    if (this.folded) return FOLDED_HEIGHT;
+    if (!this.isLong()) return HEIGHT;
+    let height = LONG_CONTROLS;
+    let line = null; // consecutive small groups share one line
+    for (const [g, bs] of Object.entries(this.info().groups)) {
+      const rows = this.foldedGroups.has(g) ? 0 : Math.ceil(bs.length / GROUP_COLUMNS);
+      const small = bs.length <= SMALL_GROUP;
+      if (small && line) {
+        height += Math.max(0, rows - line.rows) * GROUP_ROW;
+        line.rows = Math.max(line.rows, rows);
+        continue;
+      }
+      line = small ? { rows } : null;
+      height += GROUP_HEAD + rows * GROUP_ROW;
+    }
+    return height;
+  }
+
+  /** The node follows the panel's height. */
+  resize() {
+    this.widget.fitPanel();
+    this.node.setSize?.([this.node.size[0], this.node.computeSize()[1]]);
+    this.node.setDirtyCanvas?.(true, true);
+  }
+
+  /** The layout the server is asked for: the chosen one, or under "auto" the family of the last run. */
+  requestedLayout() {
+    const chosen = this.layoutSelect.value;
+    return chosen === "auto" && this.connected ? this.connected : chosen;
+  }
+
+  /** A run reported this node's family: "auto" shows its layout from now on (SD families: as before). */
+  connect(family) {
+    if (family === this.connected) return;
+    this.connected = family;
+    if (this.node.properties) this.node.properties[FAMILY_PROPERTY] = family;
+    this.refresh();
   }
 
   showFolded() {
@@ -76,9 +146,7 @@ class BlockEditor {
     if (folded === this.folded) return;
     this.folded = folded;
     this.showFolded();
-    this.widget.fitPanel();
-    this.node.setSize?.([this.node.size[0], this.node.computeSize()[1]]);
-    this.node.setDirtyCanvas?.(true, true);
+    this.resize();
   }
 
   /** Open a folded editor once its ratio matters (a mode that uses it, or text / a preset to show). */
@@ -98,7 +166,7 @@ class BlockEditor {
     const text = this.effectiveText();
     let answer;
     try {
-      answer = await postJson("/merge_suite/check/block_weights", { text, layout: this.layoutSelect.value });
+      answer = await postJson("/merge_suite/check/block_weights", { text, layout: this.requestedLayout() });
     } catch (e) {
       return this.showStatus(`cannot reach the server: ${e.message}`, true);
     }
@@ -110,8 +178,8 @@ class BlockEditor {
     }
     this.sliders.classList.remove("ms-disabled");
     if (answer.empty) {
-      this.layout = answer.layout ?? (this.layoutSelect.value === "auto" ? this.layout : this.layoutSelect.value);
-      const n = this.data.layouts[this.layout].blocks.length;
+      this.layout = answer.layout ?? (this.requestedLayout() === "auto" ? this.layout : this.requestedLayout());
+      const n = this.info().blocks.length;
       this.values = Array(n).fill(Number(this.scalar?.value ?? 0.5));
       this.render();
       this.sliders.classList.add("ms-disabled");
@@ -120,8 +188,9 @@ class BlockEditor {
     this.layout = answer.layout;
     this.values = answer.values;
     this.render();
-    const label = this.data.layouts[this.layout].label;
-    const from = answer.preset ? `preset ${answer.preset}` : `${answer.values.length} values`;
+    const label = this.info().label;
+    const named = !answer.preset && text.includes("=");
+    const from = answer.preset ? `preset ${answer.preset}` : named ? `named values for ${this.namedIds(text).size} blocks, the others take the scalar` : `${answer.values.length} values`;
     this.showStatus(`${label}: ${from}`, false);
   }
 
@@ -135,20 +204,61 @@ class BlockEditor {
     for (const s of this.sliders.querySelectorAll("input")) s.disabled = !on;
   }
 
+  slider(b, i, group) {
+    const input = el("input", { type: "range", step: "0.01", dataset: { block: b } });
+    input.oninput = () => this.moveSlider(i, Number(input.value));
+    return el("label", { className: `ms-block ms-${group}` }, [input, el("span", { textContent: b })]);
+  }
+
+  /** Rebuild the sliders when the layout changes: one grid (SD), or one folding section per group. */
+  buildSliders() {
+    const { blocks, groups } = this.info();
+    const long = this.isLong();
+    this.sliders.dataset.layout = this.layout;
+    this.sliders.classList.toggle("ms-long", long);
+    this.namedRow.style.display = long ? "" : "none";
+    const names = ["ALL", ...Object.keys(groups)];
+    if ([...this.groupSelect.options].map((o) => o.value).join() !== names.join()) {
+      this.groupSelect.replaceChildren(...names.map((g) => el("option", { value: g, textContent: g })));
+    }
+    if (!long) {
+      const groupOf = Object.fromEntries(Object.entries(groups).flatMap(([g, bs]) => bs.map((b) => [b, g])));
+      this.sliders.replaceChildren(...blocks.map((b, i) => this.slider(b, i, groupOf[b])));
+      this.sliders.style.gridTemplateColumns = `repeat(${blocks.length}, 1fr)`;
+      return;
+    }
+    this.sliders.style.gridTemplateColumns = "";
+    this.sliders.replaceChildren(...Object.entries(groups).map(([g, bs]) => {
+      const grid = el("div", { className: "ms-group-grid" }, bs.map((b) => this.slider(b, blocks.indexOf(b), g)));
+      grid.style.gridTemplateColumns = `repeat(${Math.min(bs.length, GROUP_COLUMNS)}, 14px)`;
+      const head = el("button", { className: "ms-group-head", title: `Show or hide the ${g} sliders` });
+      const section = el("div", { className: `ms-group${bs.length <= SMALL_GROUP ? " ms-small" : ""}`, dataset: { group: g } }, [head, grid]);
+      const show = () => {
+        const folded = this.foldedGroups.has(g);
+        grid.style.display = folded ? "none" : "";
+        head.textContent = `${folded ? "▸" : "▾"} ${g} (${bs.length === 1 ? bs[0] : `${bs[0]}–${bs.at(-1)}`})`;
+        section.dataset.folded = String(folded);
+      };
+      head.onclick = () => {
+        if (this.foldedGroups.has(g)) this.foldedGroups.delete(g); else this.foldedGroups.add(g);
+        show();
+        this.resize();
+      };
+      show();
+      return section;
+    }));
+  }
+
   render() {
-    const { blocks, groups } = this.data.layouts[this.layout];
-    const groupOf = Object.fromEntries(Object.entries(groups).flatMap(([g, bs]) => bs.map((b) => [b, g])));
+    const { blocks } = this.info();
     const lo = Math.min(0, ...this.values);
     const hi = Math.max(1, ...this.values);
-    if (this.sliders.childElementCount !== blocks.length) {
-      this.sliders.replaceChildren(...blocks.map((b, i) => {
-        const input = el("input", { type: "range", step: "0.01", dataset: { block: b } });
-        input.oninput = () => this.moveSlider(i, Number(input.value));
-        return el("label", { className: `ms-block ms-${groupOf[b]}` }, [input, el("span", { textContent: b })]);
-      }));
-      this.sliders.style.gridTemplateColumns = `repeat(${blocks.length}, 1fr)`;
+    if (this.sliders.dataset.layout !== this.layout) {
+      const before = this.sliders.dataset.layout;
+      this.buildSliders();
+      if (before && (this.isLong(before) || this.isLong())) this.resize(); // SD to SD keeps its height
     }
-    this.sliders.querySelectorAll("input").forEach((input, i) => {
+    this.sliders.querySelectorAll("input[type=range]").forEach((input, i) => {
       Object.assign(input, { min: String(lo), max: String(hi), disabled: false });
       input.value = String(this.values[i]);
       input.title = `${blocks[i]} = ${fmt(this.values[i])}`;
@@ -158,7 +268,7 @@ class BlockEditor {
   moveSlider(i, value) {
     if (!this.values) return;
     this.values[i] = value;
-    this.sliders.querySelectorAll("input")[i].title = `${this.data.layouts[this.layout].blocks[i]} = ${fmt(value)}`;
+    this.sliders.querySelectorAll("input[type=range]")[i].title = `${this.info().blocks[i]} = ${fmt(value)}`;
     this.write(this.values);
   }
 
@@ -174,9 +284,59 @@ class BlockEditor {
     if (!this.values || this.root.dataset.state === "error") return;
     const x = Number(this.amount.value);
     if (!Number.isFinite(x)) return this.showStatus("the helper value is not a number", true);
-    const { blocks, groups } = this.data.layouts[this.layout];
-    const chosen = this.groupSelect.value === "ALL" ? blocks : groups[this.groupSelect.value];
+    const { blocks, groups } = this.info();
+    const chosen = this.groupSelect.value === "ALL" ? blocks : groups[this.groupSelect.value] ?? [];
     this.write(this.values.map((v, i) => (chosen.includes(blocks[i]) ? f(v, x) : v)));
+  }
+
+  /** Ids named by "ID=v, A-B=v" text in this layout (ranges in layout order); unknown ids are left out. */
+  namedIds(text) {
+    const { blocks } = this.info();
+    const ids = new Set();
+    for (const pair of text.split(/[,\n]/)) {
+      const span = this.span(pair.split("=")[0].trim(), blocks);
+      if (span) span.forEach((b) => ids.add(b));
+    }
+    return ids;
+  }
+
+  span(token, blocks) {
+    if (token.toUpperCase() === "ALL") return blocks;
+    const ends = token.split("-").map((t) => t.trim());
+    const at = ends.map((e) => blocks.indexOf(e));
+    if (ends.length > 2 || at.some((i) => i < 0)) return null;
+    const [i, j] = [Math.min(...at), Math.max(...at)];
+    return blocks.slice(i, j + 1);
+  }
+
+  /** The named-range entry: kept as named text when the text is empty or already named (the node reads
+   * that form), else applied to the current values and written as a list. */
+  applyNamed() {
+    const entry = this.namedInput.value.trim().replace(/^,+|,+$/g, "");
+    if (!entry || !this.values) return;
+    const current = (this.text.value ?? "").trim();
+    if (!current && !(this.presetCombo && this.presetCombo.value !== CUSTOM) || current.includes("=")) {
+      if (this.presetCombo && this.presetCombo.value !== CUSTOM) setWidgetValue(this.node, this.presetCombo, CUSTOM);
+      setWidgetValue(this.node, this.text, current ? `${current}, ${entry}` : entry);
+      this.namedInput.value = "";
+      return this.refresh();
+    }
+    const { blocks, label, layout } = this.info();
+    const values = [...this.values];
+    for (const pair of entry.split(",")) {
+      const [ids, number, extra] = pair.split("=").map((t) => t.trim());
+      const value = Number(number);
+      const span = this.span(ids ?? "", blocks);
+      if (extra !== undefined || number === undefined || number === "" || !Number.isFinite(value)) {
+        return this.showStatus(`✗ '${pair.trim()}' is not ID=value. Fix: write pairs such as ${blocks[3] ?? blocks[0]}-${blocks.at(-2)}=0.3.`, true);
+      }
+      if (!span) {
+        return this.showStatus(`✗ unknown block id in '${ids}' for ${label}. Fix: use ids or ranges of its layout: ${layout}, or ALL.`, true);
+      }
+      span.forEach((b) => { values[blocks.indexOf(b)] = value; });
+    }
+    this.namedInput.value = "";
+    this.write(values);
   }
 
   /** Choose a preset by name (the node's preset combo, else the text), so recipes and labels keep the name. */
@@ -212,6 +372,18 @@ app.registerExtension({
       node.mergeSuiteEditors[text.name] = editor;
       if (mode && foldUnless) watchValue(node, mode, () => editor.unfoldIfUsed());
     }
+    // The report of a run starts with the model's family ("Flux.1 - Weight sum, ..."): "auto" follows it.
+    const labels = Object.entries(data.families ?? {}).map(([name, l]) => [name, `${l.label} - `]);
+    const chained = node.onExecuted;
+    node.onExecuted = function (output) {
+      const r = chained?.apply(this, arguments);
+      const first = [].concat(output?.text ?? [])[0];
+      if (typeof first === "string") {
+        const found = labels.find(([, prefix]) => first.startsWith(prefix));
+        for (const editor of Object.values(node.mergeSuiteEditors)) editor.connect(found ? found[0] : null);
+      }
+      return r;
+    };
     node.setSize?.([Math.max(node.size[0], 420), node.computeSize()[1]]);
   },
 });

@@ -138,6 +138,17 @@ export function injectStyle() {
 .ms-block span { font-size: 8px; writing-mode: vertical-lr; transform: rotate(180deg); height: 26px; opacity: 0.8; }
 .ms-block.ms-BASE input { accent-color: #c9a13b; } .ms-block.ms-MID input { accent-color: #b765d6; }
 .ms-block.ms-IN input { accent-color: #4a90d9; } .ms-block.ms-OUT input { accent-color: #4fb37a; }
+.ms-sliders.ms-long { display: flex; flex-flow: row wrap; gap: 1px 10px; align-items: flex-start; }
+.ms-group { display: flex; flex-direction: column; align-items: flex-start; flex: 1 0 100%; }
+.ms-group.ms-small { flex: 0 0 auto; }
+.ms-group-head { background: none; border: none; color: inherit; font-size: 10px; padding: 0; height: 16px;
+  text-align: left; cursor: pointer; }
+.ms-group-grid { display: grid; gap: 0 1px; align-items: end; }
+.ms-long .ms-block input[type=range] { height: 40px; }
+.ms-long .ms-block span { height: 22px; }
+.ms-row input.ms-named { flex: 1 1 auto; min-width: 0; }
+.ms-block.ms-D input, .ms-block.ms-J input, .ms-block.ms-T input, .ms-block.ms-B input, .ms-block.ms-L input { accent-color: #4a90d9; }
+.ms-block.ms-S input, .ms-block.ms-V input, .ms-block.ms-NR input, .ms-block.ms-CR input { accent-color: #b765d6; }
 .ms-elements { overflow-y: auto; border: 1px solid var(--border-color, #555); border-radius: 3px; flex: 1; }
 .ms-elements div { cursor: pointer; padding: 0 3px; white-space: nowrap; }
 .ms-elements div:hover { background: var(--comfy-menu-bg, #333); }

@@ -1,0 +1,197 @@
+"""Flux.1-dev at full size: CLI merges against the I/O floor, and merge-node time on the Flux key set.
+
+(1) CLI: synthetic diffusion-model-only Flux.1-dev files (the real key names and shapes of
+    keysets/flux1-dev, bare keys as UNETLoader files store them; seeded random values, fp8 e4m3fn
+    weights and bf16 vectors, about 11.9 GB each) merged by ``python -m merge_core merge`` (Weight sum,
+    Add difference). The floor, measured in the same run: read every distinct input file once and write
+    one output of A's size with fsync, in one process. Wall time and peak RSS per child process.
+    Disk: A, B and one output at a time (about 36 GB); C of Add difference is a hard link to A (a third
+    12 GB file would not fit the 40 GB budget), so the floor reads A and B once, and so may our merge
+    (C's tensors are A's pages, often still cached).
+(2) Node: our Merge Models node on two full-size Flux.1-dev ModelPatchers (ComfyUI's Flux class, bf16
+    storage never touched) with a scalar alpha and with SuperMerger's 61-value list, against ComfyUI's
+    ModelMergeSimple and ModelMergeFlux1 (its 61 sliders); median of --repeat runs.
+
+    python bench/bench_flux.py [--keep] [--skip-cli] [--skip-node] [--repeat 5]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORK = HERE / "_work"
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+
+from bench_cli import run_measured  # noqa: E402
+from synth import POOL, keyset  # noqa: E402
+
+PREFIX = "model.diffusion_model."
+BUDGET_GB = 40
+
+FLOOR = r"""
+import os, sys
+out, size, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+chunk = 1 << 24
+for p in paths:
+    with open(p, "rb", buffering=0) as f:
+        while f.read(chunk):
+            pass
+buf = os.urandom(chunk)
+with open(out, "wb", buffering=0) as f:
+    left = size
+    while left > 0:
+        left -= f.write(buf[:min(chunk, left)])
+    os.fsync(f.fileno())
+"""
+
+
+def flux_shapes() -> dict[str, tuple[int, ...]]:
+    return {k[len(PREFIX):]: s for k, s in keyset("flux1-dev").items() if k.startswith(PREFIX)}
+
+
+def write_flux(path: Path, seed: int) -> Path:
+    """fp8 e4m3fn for every tensor of two or more dimensions, bf16 for vectors (as fp8 Flux files store)."""
+    from merge_core.io.safetensors_file import SafetensorsWriter
+    shapes = flux_shapes()
+    dtype_of = {k: torch.float8_e4m3fn if len(s) >= 2 else torch.bfloat16 for k, s in shapes.items()}
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(POOL, generator=gen) * 0.05
+    pools = {torch.float8_e4m3fn: base.to(torch.float8_e4m3fn).view(torch.uint8), torch.bfloat16: base.bfloat16()}
+    writer = SafetensorsWriter(path, [(k, dtype_of[k], s) for k, s in shapes.items()], {"synthetic": "flux1-dev"},
+                               overwrite=True)
+    try:
+        for i, (key, shape) in enumerate(shapes.items()):
+            pool, n = pools[dtype_of[key]], math.prod(shape)
+            start = (seed * 7919 + i * 104729) % POOL
+            flat = pool.roll(-start).repeat(math.ceil(n / POOL))[:n] if n > POOL - start else pool[start:start + n]
+            t = flat.reshape(shape)
+            writer.write(key, t.view(torch.float8_e4m3fn) if t.dtype == torch.uint8 else t)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def cli_rows(keep: bool, modes=("weight_sum", "add_difference")) -> list[str]:
+    WORK.mkdir(exist_ok=True)
+    shapes = flux_shapes()
+    size_gb = sum(math.prod(s) * (1 if len(s) >= 2 else 2) for s in shapes.values()) / 1e9
+    free_gb = shutil.disk_usage(WORK).free / 1e9
+    if 3 * size_gb > min(BUDGET_GB, free_gb - 2):
+        raise SystemExit(f"needs {3 * size_gb:.0f} GB of disk (A, B, one output); {free_gb:.0f} GB free")
+    paths = {}
+    for tag, seed in (("a", 1), ("b", 2)):
+        path = WORK / f"flux1dev_fp8_{tag}.safetensors"
+        if not path.exists():
+            start = time.perf_counter()
+            write_flux(path, seed)
+            print(f"made {path.name} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - start:.0f} s",
+                  file=sys.stderr)
+        paths[tag] = str(path)
+    link = WORK / "flux1dev_fp8_c_link_to_a.safetensors"
+    if not link.exists():
+        os.link(paths["a"], link)
+    rows = []
+    py = sys.executable
+    out = str(WORK / "flux_out.safetensors")
+    a_size = os.path.getsize(paths["a"])
+    try:
+        jobs = {"weight_sum": [paths["a"], paths["b"]], "add_difference": [paths["a"], paths["b"], str(link)]}
+        for mode, models in ((m, jobs[m]) for m in modes):
+            distinct = list(dict.fromkeys(os.path.realpath(p) for p in models if Path(p) != link))
+            floor = run_measured([py, "-c", FLOOR, out, str(a_size), *distinct])
+            os.remove(out)
+            ours = run_measured([py, "-m", "merge_core", "merge", *models, "--mode", mode, "--alpha", "0.3",
+                                 "-o", out, "--overwrite", "-q"])
+            os.remove(out)
+            rows.append(f"| I/O floor for {mode}: read {len(distinct)} input files, write {a_size / 1e9:.1f} GB, fsync "
+                        f"| {floor[0]:.1f} s | {floor[1]:.2f} GB | 1.00x |")
+            rows.append(f"| `python -m merge_core merge --mode {mode}` | {ours[0]:.1f} s | {ours[1]:.2f} GB | "
+                        f"{ours[0] / floor[0]:.2f}x |")
+    finally:
+        if os.path.exists(out):
+            os.remove(out)
+        if not keep:
+            for p in (*paths.values(), str(link)):
+                os.remove(p)
+    header = (f"\n### CLI on synthetic full-size Flux.1-dev diffusion models (fp8 e4m3fn weights, bf16 vectors; "
+              f"{a_size / 1e9:.1f} GB each)\n\n| job | wall | peak RSS | wall vs floor |\n|---|---|---|---|")
+    return [header, *rows]
+
+
+def node_rows(repeat: int) -> list[str]:
+    import full_size_models as fm  # sets up ComfyUI first
+    from comfy_extras.nodes_model_merging import ModelMergeSimple
+    from comfy_extras.nodes_model_merging_model_specific import ModelMergeFlux1
+    from merge_suite.nodes.merge import ModelMerge
+
+    def median_time(fn) -> float:
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    a, b = fm.build("flux1-dev", dtype=torch.bfloat16), fm.build("flux1-dev", dtype=torch.bfloat16)
+    values = [0.3, 0.3, 0.5] + [round(0.2 + i / 40, 3) for i in range(19)] + [round(0.7 - i / 80, 3)
+                                                                            for i in range(38)] + [1.0]
+    listed = ",".join(map(str, values))
+    flux_kw = {name: 1.0 - 0.5 for name in ModelMergeFlux1.INPUT_TYPES()["required"] if name not in ("model1", "model2")}
+
+    def ours(text=""):
+        return ModelMerge.execute(model_a=a, model_b=b, mode="Weight sum", alpha=0.3, beta=0.0,
+                                  blocks_alpha_preset="custom", blocks_alpha=text, blocks_beta_preset="custom",
+                                  blocks_beta="").result[0]
+    timed = [("ComfyUI ModelMergeSimple (scalar)", median_time(lambda: ModelMergeSimple().merge(a, b, 0.7))),
+             ("ComfyUI ModelMergeFlux1 (its 61 sliders)", median_time(lambda: ModelMergeFlux1().merge(a, b, **flux_kw))),
+             ("ours, Weight sum, scalar alpha", median_time(lambda: ours())),
+             ("ours, Weight sum, 61-value list", median_time(lambda: ours(listed)))]
+    # Diagnostic: the node's non-finite input scan reads every input weight when the node runs; without it
+    # only the plan and the patches remain (nodes/merge.py is unchanged, the scan is swapped out here only).
+    import merge_suite.nodes.merge as merge_node
+    scan = merge_node.count_nonfinite_inputs
+    merge_node.count_nonfinite_inputs = lambda *args: None
+    try:
+        timed += [("ours, scalar alpha, non-finite input scan off (diagnostic)", median_time(lambda: ours())),
+                  ("ours, 61-value list, non-finite input scan off (diagnostic)", median_time(lambda: ours(listed)))]
+    finally:
+        merge_node.count_nonfinite_inputs = scan
+    base = timed[0][1]
+    rows = [f"\n### Merge node time, full-size Flux.1-dev key set (median of {repeat})\n",
+            "| node | time | vs ModelMergeSimple |", "|---|---|---|"]
+    rows += [f"| {name} | {t * 1000:.1f} ms | {t / base:.2f}x |" for name, t in timed]
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic files in bench/_work")
+    parser.add_argument("--skip-cli", action="store_true")
+    parser.add_argument("--skip-node", action="store_true")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--modes", default="weight_sum,add_difference", help="CLI jobs, comma-separated")
+    args = parser.parse_args()
+    lines = []
+    if not args.skip_node:
+        lines += node_rows(args.repeat)
+        print("\n".join(lines), flush=True)
+    if not args.skip_cli:
+        cli = cli_rows(args.keep, args.modes.split(","))
+        print("\n".join(cli), flush=True)
+
+
+if __name__ == "__main__":
+    main()

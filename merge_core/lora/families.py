@@ -1,0 +1,163 @@
+"""LoRA module names on the declared transformer families (Flux.1, Chroma, Flux.2, SD3, HiDream, Z-Image,
+Qwen-Image, Wan): the block of a module, the family of a LoRA file, and the names extraction writes.
+
+A module name is turned into a key relative to the diffusion model, then the family's own declaration
+(Architecture.block_of) names the block, so LoRA block weights follow the same rules as checkpoint merges.
+Namings read: kohya (``lora_unet_double_blocks_0_img_attn_qkv``; underscores are resolved against the
+family's numbered containers and top-level modules), diffusers/PEFT (``transformer.single_transformer_blocks.3
+.attn.to_q``, OneTrainer's ``lora_transformer_…``; translated by the per-family prefix table below) and
+ComfyUI's own (``diffusion_model.double_blocks.0.img_attn.qkv``). Text-encoder modules go to the base slot
+(Flux.1: CLIP-L to CLIP, T5 to T5).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Iterable, Optional
+
+from ..architectures import KEPT, NO_BLOCK, TRANSFORMERS, Architecture, unet_relative
+
+# diffusers name prefix -> the family's own (ComfyUI) prefix; enough to name the block, not the exact key
+_FLUX_DIFFUSERS = (("single_transformer_blocks.", "single_blocks."), ("transformer_blocks.", "double_blocks."),
+                   ("x_embedder.", "img_in."), ("context_embedder.", "txt_in."),
+                   ("time_text_embed.guidance_embedder.", "guidance_in."),
+                   ("time_text_embed.text_embedder.", "vector_in."), ("time_text_embed.", "time_in."),
+                   ("time_guidance_embed.", "time_in."), ("norm_out.", "final_layer."), ("proj_out.", "final_layer."))
+DIFFUSERS_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
+    "flux1": _FLUX_DIFFUSERS, "chroma": _FLUX_DIFFUSERS, "flux2": _FLUX_DIFFUSERS,
+    "sd3": (("transformer_blocks.", "joint_blocks."), ("time_text_embed.", "t_embedder."),
+            ("norm_out.", "final_layer."), ("proj_out.", "final_layer.")),
+    "lumina2": (("time_caption_embed.", "t_embedder."), ("norm_out.", "final_layer.")),
+    "wan": (("condition_embedder.", "time_embedding."), ("proj_out.", "head."), ("scale_shift_table.", "head.modulation.")),
+}
+_DOTTED_PREFIXES = ("base_model.model.transformer.", "transformer.", "base_model.model.", "unet.")
+_UNDERSCORE_PREFIXES = ("lora_unet_", "lora_transformer_", "lycoris_")
+_TEXT_ENCODER = re.compile(r"^(lora_te\d?_|text_encoder(_\d)?\.|text_encoders\.|te\d?\.)")
+_T5 = re.compile(r"^(lora_te[23]_|text_encoder_2\.|text_encoders\.t5xxl\.)")
+# when several families explain a LoRA's names equally well, the first here wins (a diffusers Flux LoRA
+# that trains only double blocks looks like SD3 and Qwen-Image too)
+LORA_ORDER = ("flux1", "sd3", "qwen_image", "hidream", "lumina2", "wan", "chroma", "flux2")
+
+
+def is_family(arch: Architecture) -> bool:
+    """A declared transformer family or automatic blocks (not SD1/SD2/SDXL, whose LoRA names keys.py reads)."""
+    return not arch.name_filter
+
+
+def _underscored(body: str, arch: Architecture) -> Optional[str]:
+    """``double_blocks_0_img_attn_qkv`` -> ``double_blocks.0.img_attn_qkv``: a numbered container of the
+    family, else the shortest leading module name (``final_layer``, ``img_in``) one of its rules names."""
+    for part in sorted(arch.numbered, key=lambda p: -len(p.container)):
+        m = re.match(re.escape(part.container.replace(".", "_")) + r"_(\d+)(?:_|$)", body)
+        if m:
+            return f"{part.container}.{m.group(1)}.{body[m.end():]}"
+    words = body.split("_")
+    for i in range(1, len(words) + 1):
+        rel = "_".join(words[:i]) + "." + "_".join(words[i:])
+        if _rule_block(rel, arch) not in (None, NO_BLOCK):
+            return rel
+    return None
+
+
+def _rule_block(rel: str, arch: Architecture) -> Optional[str]:
+    block = arch.block_of("diffusion_model." + rel)
+    return block if block in arch.blocks or block == NO_BLOCK else None
+
+
+def _own_prefix(name: str, arch: Architecture, sep: str) -> str:
+    """A diffusers-named module in the family's own naming (``sep``: "." dotted, "_" kohya-style)."""
+    probe = name + sep  # a module may be the prefix itself (``x_embedder``)
+    for diffusers, own in DIFFUSERS_PREFIXES.get(arch.name, ()):
+        if probe.startswith(diffusers.replace(".", sep)):
+            return (own.replace(".", sep) + probe[len(diffusers):])[:-1]
+    return name
+
+
+def relative_name(name: str, arch: Architecture) -> Optional[str]:
+    """The module's name relative to the family's diffusion model (dotted), or None outside it."""
+    rel = unet_relative(name)
+    if rel is not None:
+        return rel
+    dotted = next((name[len(p):] for p in _DOTTED_PREFIXES if name.startswith(p)), None)
+    if dotted is not None:
+        return _own_prefix(dotted, arch, ".")
+    body = next((name[len(p):] for p in _UNDERSCORE_PREFIXES if name.startswith(p)), None)
+    return None if body is None else _underscored(_own_prefix(body, arch, "_"), arch)
+
+
+def module_block(name: str, arch: Architecture) -> Optional[str]:
+    """Block id of a LoRA module on a family (the base slots for text encoders); None when unknown."""
+    if _TEXT_ENCODER.match(name):
+        return arch.blocks[1] if arch.base_blocks > 1 and _T5.match(name) else arch.blocks[0]
+    rel = relative_name(name, arch)
+    if rel is None:
+        return None
+    block = arch.block_of("diffusion_model." + rel + ".weight")
+    return block if block in arch.blocks else None
+
+
+def _numbered_hits(names: list[str], arch: Architecture) -> Optional[int]:
+    """How many names fall into a numbered block of ``arch``'s full-size layout; None when some
+    diffusion-model name has no block there."""
+    hits = 0
+    numbered = {i for part in arch.numbered for i in part.ids(part.default)}
+    for name in names:
+        if _TEXT_ENCODER.match(name):
+            continue
+        rel = relative_name(name, arch)
+        block = None if rel is None else arch.block_of("diffusion_model." + rel + ".weight")
+        if block in (None, NO_BLOCK, KEPT):
+            return None
+        hits += block in numbered
+    return hits
+
+
+def sized_for_lora(arch: Architecture, names: Iterable[str]) -> Architecture:
+    """The full-size layout (SuperMerger's 61 slots for Flux.1), widened when a LoRA names a higher index."""
+    found: dict[str, int] = {}
+    for name in names:
+        rel = relative_name(name, arch) or ""
+        for part in arch.numbered:
+            m = re.match(re.escape(part.container) + r"\.(\d+)\.", rel)
+            if m:
+                found[part.container] = max(found.get(part.container, 0), int(m.group(1)) + 1)
+    counts = tuple((p.container, max(p.default, found.get(p.container, 0))) for p in arch.numbered)
+    return dataclasses.replace(arch, counts=counts)
+
+
+def lora_family(names: Iterable[str]) -> Optional[Architecture]:
+    """The transformer family a LoRA's module names belong to (full-size layout), None when none fits:
+    every diffusion-model module must have a block there, and at least one a numbered one; the family
+    explaining the most modules wins, ties go by LORA_ORDER."""
+    names = list(names)
+    by_name = {a.name: a for a in TRANSFORMERS}
+    best, best_hits = None, 0
+    for family in LORA_ORDER:
+        arch = by_name[family]
+        hits = _numbered_hits(names, arch)
+        if hits is not None and hits > best_hits:
+            best, best_hits = arch, hits
+    return None if best is None else sized_for_lora(best, names)
+
+
+def family_module(key: str, arch: Architecture, shape: tuple[int, ...], conv: bool) -> Optional[str]:
+    """kohya name (``lora_unet_<key with _>``, which ComfyUI maps for every model) of a diffusion-model
+    weight a LoRA can hold: linear layers, and with ``conv`` 2-D convolutions; None otherwise."""
+    rel = arch.relative(key)
+    if rel is None or not rel.endswith(".weight") or not (len(shape) == 2 or (conv and len(shape) == 4)):
+        return None
+    if arch.block_of(key) not in arch.blocks:
+        return None
+    return "lora_unet_" + rel[:-len(".weight")].replace(".", "_")
+
+
+_LORA_GROUPS = {"sd2": "sd1", "chroma": "flux1", "flux2": "flux1"}
+
+
+def fits_model(lora: Optional[Architecture], model: Architecture) -> bool:
+    """Whether a LoRA of family ``lora`` may be applied to a model of family ``model``. Names alone cannot
+    tell SD1 from SD2, nor Flux.1 from Chroma and Flux.2, so those count as one; an unrecognised LoRA or a
+    model on automatic blocks is left to ComfyUI's key map."""
+    if lora is None or model.name == "auto":
+        return True
+    return _LORA_GROUPS.get(lora.name, lora.name) == _LORA_GROUPS.get(model.name, model.name)
