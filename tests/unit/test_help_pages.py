@@ -9,7 +9,8 @@ DOCS = Path(__file__).resolve().parents[2] / "web" / "docs"
 PAGES = ["MergeSuite_ModelMerge", "MergeSuite_CLIPMerge", "MergeSuite_CheckpointMerge", "MergeSuite_Adjust",
          "MergeSuite_ModelSimilarity", "MergeSuite_Elements", "MergeSuite_TextEncoderTokens",
          "MergeSuite_OptionCalcMode", "MergeSuite_OptionElemental", "MergeSuite_OptionIncludeExclude",
-         "MergeSuite_OptionAdjust", "MergeSuite_OptionReport", "MergeSuite_CombineModels"]
+         "MergeSuite_OptionAdjust", "MergeSuite_OptionReport", "MergeSuite_CombineModels",
+         "MergeSuite_CheckpointFileMerge", "MergeSuite_DiffusionModelFileMerge"]
 WITH_ALPHA = {"MergeSuite_ModelMerge", "MergeSuite_CLIPMerge", "MergeSuite_CheckpointMerge"}
 
 
