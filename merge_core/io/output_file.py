@@ -18,6 +18,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import signal
 import threading
 import time
@@ -141,14 +142,20 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
 class OutputFile:
     """``with OutputFile(path, inputs=[...]) as out: out.write(data)`` - the file appears complete or not at all.
 
     input_name: the option or node input that named the path, for error messages.
     """
 
-    def __init__(self, path, inputs: Iterable = (), overwrite: bool = False, input_name: str = "output"):
+    def __init__(self, path, inputs: Iterable = (), overwrite: bool = False, input_name: str = "output",
+                 size: Optional[int] = None):
         self.requested = os.fspath(path)
+        self.size = size  # bytes the file will take, when known: checked against the free space before any work
         self.inputs = [i for i in inputs if i is not None]
         self.overwrite, self.input_name = overwrite, input_name
         self.path: Optional[Path] = None
@@ -169,6 +176,7 @@ class OutputFile:
             self._remove_made()
             raise disk_error(exc, self.requested, self.input_name) from None
         remove_stale_parts(folder)
+        self._check_space(folder)
         self.tmp = os.path.join(folder, f".{self.path.name}.merge-suite-{os.getpid()}-{secrets.token_hex(4)}.part")
         with _live_lock:
             _live.add(self.tmp)
@@ -179,6 +187,20 @@ class OutputFile:
             self._remove_made()
             raise disk_error(exc, self.requested, self.input_name) from None
         return self
+
+    def _check_space(self, folder: str) -> None:
+        """A file that cannot fit is refused before the first byte (a merge would otherwise fail at the end)."""
+        if not self.size:
+            return
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return
+        if free < self.size:
+            self._remove_made()
+            raise MergeInputError(self.input_name, f"'{self.requested}' needs {_gb(self.size)} but only {_gb(free)} "
+                                  f"is free in '{folder}'; nothing was written.",
+                                  "free disk space or choose a folder on another disk.")
 
     def write(self, data) -> None:
         view = memoryview(data).cast("B")

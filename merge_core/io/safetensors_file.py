@@ -194,7 +194,7 @@ class SafetensorsWriter:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
         blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
         blob += b" " * (-len(blob) % 8)
-        self._out = OutputFile(path, inputs, overwrite, input_name).__enter__()
+        self._out = OutputFile(path, inputs, overwrite, input_name, size=8 + len(blob) + offset).__enter__()
         self.path = self._out.path
         try:
             self._out.write(struct.pack("<Q", len(blob)) + blob)

@@ -136,3 +136,30 @@ def test_native_cache_refuses_a_shared_folder_and_unverified_library(tmp_path, m
     lib = native.library()
     assert lib is not None and str(folder) not in lib._name
     assert built[0].stat().st_mtime_ns == before
+
+
+def test_a_file_that_cannot_fit_is_refused_before_any_work(tmp_path, monkeypatch):
+    from merge_core import cli
+    from safetensors.torch import save_file
+
+    for name in ("a", "b"):
+        save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.randn(64, 64)}, str(tmp_path / f"{name}.safetensors"))
+    real = shutil.disk_usage
+    seen = []
+
+    def tight(folder):  # the real figures, with room for only 1000 bytes
+        seen.append(folder)
+        return real(folder)._replace(free=1000)
+
+    monkeypatch.setattr(shutil, "disk_usage", tight)
+    out = tmp_path / "new" / "deeper" / "m.safetensors"
+    with pytest.raises(MergeInputError, match=r"needs 0\.00 GB but only 0\.00 GB is free") as err:
+        SafetensorsWriter(out, [("k", torch.float32, (64, 64))])
+    assert err.value.input_name == "output"
+    assert not (tmp_path / "new").exists(), "the folders it would have made are gone again"
+    assert cli.main(["merge", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "-q",
+                     "-o", str(tmp_path / "m.safetensors")]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors"], "no output, no part file"
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    SafetensorsWriter(out, [("k", torch.float32, (64, 64))]).abort()  # with the real free space it starts
+    assert seen
