@@ -188,6 +188,16 @@ def _make_readonly(folder: Path) -> Callable[[], None]:
     pytest.skip("running as root without chattr: no way to make a folder read-only")
 
 
+HANG_UP_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
+
+
+def terminal_signals() -> dict:
+    """SIGHUP and SIGTERM back to their default action (as in a process started from a terminal); returns the
+    previous handlers. Under nohup SIGHUP is ignored and children inherit that, and the pack rightly leaves an
+    ignored hang-up alone, so the hang-up cases would test nothing."""
+    return {s: signal.signal(s, signal.SIG_DFL) for s in HANG_UP_SIGNALS}
+
+
 def run_case(case: Case, ws: Path) -> dict:
     if case.prepare:
         case.prepare(ws)
@@ -198,6 +208,7 @@ def run_case(case: Case, ws: Path) -> dict:
                MERGE_SUITE_FAULT=case.fault)
 
     def limits():
+        terminal_signals()
         if case.limit_bytes:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then the write fails with EFBIG, as on a full disk
             resource.setrlimit(resource.RLIMIT_FSIZE, (case.limit_bytes, case.limit_bytes))
@@ -341,10 +352,15 @@ def servers(tmp_path_factory):
     def start(tag):
         started[tag] = _start(*made[tag])
     threads = [threading.Thread(target=start, args=(t,)) for t in made]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    previous = terminal_signals()  # the servers inherit these at start (signal.signal needs the main thread)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     try:
         if set(started) != set(made):
             raise RuntimeError("a server did not start")
