@@ -44,13 +44,15 @@ def prepare_base(base: Path) -> Path:
 
 
 class ComfyServer:
-    def __init__(self, base: Path, port: int | None = None, python: str = sys.executable, extra_args=()):
+    def __init__(self, base: Path, port: int | None = None, python: str = sys.executable, extra_args=(),
+                 extra_env=None):
         self.base = prepare_base(Path(base))
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.python = python
         self.proc = None
         self.extra_args = list(extra_args)  # more ComfyUI flags, e.g. --fp16-unet for a benchmark
+        self.extra_env = dict(extra_env or {})  # for this server only (a test's fault hooks), never os.environ
         self.log_path = self.base / "server.log"
 
     def start(self, timeout: float = 120.0) -> "ComfyServer":
@@ -58,7 +60,7 @@ class ComfyServer:
                "--disable-auto-launch", "--base-directory", str(self.base),
                "--database-url", f"sqlite:///{self.base / 'comfyui.db'}", "--preview-method", "none",
                "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK_NAME, "tiny_registry"] + self.extra_args
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1", **self.extra_env)
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=comfy_path(), env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)

@@ -316,14 +316,10 @@ def _make_server_checkpoint(folder: Path) -> None:
 
 
 def _start(base: Path, marker: Path) -> ComfyServer:
-    server = ComfyServer(base)
-    saved = dict(os.environ)
-    os.environ.update(PYTHONPATH=str(HOOKS), MERGE_SUITE_FAULT_FILE=str(marker))
-    try:  # Popen copies the environment at start
-        return server.start(timeout=240)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    # the hooks go to this server's environment only: the two servers start on threads, and a change to
+    # os.environ from one of them could outlive the fixture and slow every later server's saves
+    server = ComfyServer(base, extra_env={"PYTHONPATH": str(HOOKS), "MERGE_SUITE_FAULT_FILE": str(marker)})
+    return server.start(timeout=240)
 
 
 @pytest.fixture(scope="module")
