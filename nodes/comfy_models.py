@@ -8,12 +8,14 @@ copy of any tensor.
 """
 from __future__ import annotations
 
+import weakref
+
 from collections import defaultdict
 from typing import Any, Optional
 
 from ..merge_core.architectures import Architecture, detect_or_auto, require_compatible
 from ..merge_core.errors import MergeInputError
-from ..merge_core.nonfinite import record as record_nonfinite
+from ..merge_core.nonfinite import count_nonfinite
 from ..merge_core.plan import MERGE, MergePlan
 
 UNET_PREFIX = "diffusion_model."
@@ -114,12 +116,34 @@ def count_nonfinite_inputs(plan: MergePlan, a: Any, kind: str, patches: dict[str
     """
     lists = {"A": key_patches(a, kind)} | {name.upper(): p for name, p in patches.items()}
     for kp in plan.merged():
-        weights = {}
+        found = {}
         for name, per_key in lists.items():
             plist = per_key.get(kp.key)
-            if plist is not None:
-                weights[name] = plist[0][0] if len(plist) == 1 else effective_weight(plist)
-        record_nonfinite(plan.nonfinite, kp.key, weights)
+            if plist is None:
+                continue
+            n = _loaded_count(plist[0][0]) if len(plist) == 1 else count_nonfinite(effective_weight(plist))
+            if n:
+                found[name] = n
+        if found:
+            plan.nonfinite[kp.key] = found
+
+
+_SCANNED: dict[int, tuple] = {}  # id(weight) -> (weakref, its _version then, count)
+
+
+def _loaded_count(weight) -> int:
+    """count_nonfinite of a loaded model's own weight, remembered while the weight lives unchanged: a sweep or
+    a re-queued graph merges the same loaded models again and again, and a full scan costs seconds on
+    Flux-size models. An in-place change (ComfyUI patching the weight) bumps _version and forces a rescan."""
+    entry = _SCANNED.get(id(weight))
+    if entry is not None and entry[0]() is weight and entry[1] == weight._version:
+        return entry[2]
+    n = count_nonfinite(weight)
+    try:
+        _SCANNED[id(weight)] = (weakref.ref(weight, lambda _, k=id(weight): _SCANNED.pop(k, None)), weight._version, n)
+    except TypeError:  # not weak-referenceable: just not remembered
+        pass
+    return n
 
 
 # --- non-linear calc modes -------------------------------------------------------------

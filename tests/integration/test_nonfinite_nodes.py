@@ -18,3 +18,14 @@ def test_model_merge_report_warns_about_nonfinite_inputs(tiny):
     _merged, clean, _recipe = ModelMerge.execute(model_a=tiny("model", "sd1", 1), model_b=tiny("model", "sd1", 2),
                                                  mode="Weight sum", alpha=0.5, beta=0.0).result
     assert "non-finite" not in clean
+
+
+def test_a_weight_changed_in_place_after_a_merge_is_scanned_again(tiny):
+    """The node remembers a loaded weight's count between merges; an in-place change must not be missed."""
+    a, b = tiny_models.build_model("sd1", 6), tiny_models.build_model("sd1", 7)
+    first = ModelMerge.execute(model_a=a, model_b=b, mode="Weight sum", alpha=0.5, beta=0.0).result[1]
+    assert "non-finite" not in first
+    with torch.no_grad():
+        b.model.diffusion_model.input_blocks[1][0].in_layers[2].weight[0, 0, 0, :3] = float("inf")
+    again = ModelMerge.execute(model_a=a, model_b=b, mode="Weight sum", alpha=0.5, beta=0.0).result[1]
+    assert f"{KEY} (B: 3)" in again
