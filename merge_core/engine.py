@@ -239,8 +239,9 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device):
     move = Transfer(math_device(torch.device(device), settings))
     stats = None
     if settings.calc is not None and settings.calc.needs_stats:
-        stats = cosine_statistics(plan, lambda k: move.inputs(*map(move.prepare, (sources["a"].get(k), sources["b"].get(k)))),
-                                  should_stop=should_stop)
+        def pair(k):
+            return move.inputs(move.prepare(sources["a"].get(k)), move.prepare(sources["b"].get(k)))
+        stats = cosine_statistics(plan, pair, should_stop=should_stop)
     layout = output_layout(plan, sources, out_dtype)
     dtypes = {k: d for k, d, _ in layout}
     sink.begin(layout)
