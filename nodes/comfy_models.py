@@ -135,12 +135,16 @@ def _loaded_count(weight) -> int:
     """count_nonfinite of a loaded model's own weight, remembered while the weight lives unchanged: a sweep or
     a re-queued graph merges the same loaded models again and again, and a full scan costs seconds on
     Flux-size models. An in-place change (ComfyUI patching the weight) bumps _version and forces a rescan."""
+    try:
+        version = weight._version
+    except RuntimeError:  # an inference tensor (made under torch.inference_mode) has no version counter
+        return count_nonfinite(weight)
     entry = _SCANNED.get(id(weight))
-    if entry is not None and entry[0]() is weight and entry[1] == weight._version:
+    if entry is not None and entry[0]() is weight and entry[1] == version:
         return entry[2]
     n = count_nonfinite(weight)
     try:
-        _SCANNED[id(weight)] = (weakref.ref(weight, lambda _, k=id(weight): _SCANNED.pop(k, None)), weight._version, n)
+        _SCANNED[id(weight)] = (weakref.ref(weight, lambda _, k=id(weight): _SCANNED.pop(k, None)), version, n)
     except TypeError:  # not weak-referenceable: just not remembered
         pass
     return n
