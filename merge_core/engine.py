@@ -18,11 +18,12 @@ import torch
 from . import threads as thread_policy
 from .architectures import fused_tensor_of
 from .device import Transfer, math_device
-from .io.sources import KeySource
+from .io.buffers import BufferPool
+from .io.sources import FileSource, KeySource
 from .methods.adjust import apply_adjust
 from .methods.calcmodes import KeyContext, column_sums, cosine_stats, similarities_from_sums
 from .methods.nway import combine_key
-from .nonfinite import count_inputs as count_nonfinite_inputs
+from .nonfinite import all_finite, count_inputs as count_nonfinite_inputs
 from .plan import FROM_B, MERGE, KeyPlan, MergePlan, MergeSettings
 
 CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32 per operand
@@ -228,11 +229,19 @@ def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
     """Stream every key of the plan into the sink; returns what the sink commits.
 
     device: where the per-key math runs (merge_core/device.py; resolve "auto" with resolve_device)."""
-    with thread_policy.torch_threads(thread_policy.MERGE_THREADS):
-        return _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device)
+    pool = BufferPool()
+    pooled = [src for src in sources.values() if isinstance(src, FileSource) and src.buffers is None]
+    for src in pooled:
+        src.buffers = pool
+    try:
+        with thread_policy.torch_threads(thread_policy.MERGE_THREADS):
+            return _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, pool)
+    finally:
+        for src in pooled:
+            src.buffers = None
 
 
-def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device):
+def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, pool):
     settings = plan.settings
     mode = settings.mode
     needs_c = settings.needs_c
@@ -254,8 +263,10 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device):
         if kp.action == MERGE:
             a, b = sources["a"].get(kp.key), sources["b"].get(kp.key)
             c = sources["c"].get(kp.key) if needs_c else None
-            # counted here, on the read-ahead thread, so the check overlaps the previous key's math
-            nonfinite = count_nonfinite_inputs({"A": a, "B": b, "C": c})
+            # Calc modes are counted here, on the read-ahead thread (overlapping the previous key's math).
+            # A linear mode is checked on its result instead (one tensor, not two or three): its formula
+            # multiplies every input, so any NaN/inf in A, B or C makes the result non-finite there.
+            nonfinite = count_nonfinite_inputs({"A": a, "B": b, "C": c}) if settings.calc is not None else None
             return move.prepare(a), move.prepare(b), move.prepare(c), nonfinite
         src = sources["b" if kp.action == FROM_B else "a"]
         if dtypes[kp.key] == src.dtype(kp.key):
@@ -285,6 +296,7 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device):
                     result = combine_tensor(kp, settings, base, models, dtypes[kp.key], notes)
                     if notes:
                         plan.fallbacks[kp.key] = notes[0]
+                    give_back(pool, zip(("a", *plan.models), (base, *models)), result, sources)
                     put = (sink.put, kp.key, result)
                 elif kp.action == MERGE:
                     *inputs, nonfinite = loaded
@@ -293,12 +305,18 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device):
                         plan.nonfinite[kp.key] = nonfinite
                     if settings.calc is None:
                         result = merge_tensor(kp, mode.fn, a, b, c, dtypes[kp.key])
+                        if not all_finite(result):  # rare: now count the inputs exactly
+                            nonfinite = count_nonfinite_inputs({"A": a, "B": b, "C": c})
+                            if nonfinite:
+                                plan.nonfinite[kp.key] = nonfinite
                     else:
                         notes = []
                         result = calc_tensor(kp, settings, a, b, c, dtypes[kp.key], stats, fallbacks=notes)
                         if notes:
                             plan.fallbacks[kp.key] = notes[0]
                     result = move.output(result)  # Adjust touches a few small keys: on the host
+                    give_back(pool, zip("abc", inputs), result, sources)
+                    del inputs, a, b, c
                     put = (sink.put, kp.key, result if kp.adjust is None else apply_adjust(result, kp.adjust))
                 elif loaded[0] == "raw":
                     put = (sink.put_raw, kp.key, loaded[1])
@@ -317,6 +335,15 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device):
         sink.abort()  # after both pools have finished their task in flight (the with block waits for them)
         raise
     return sink.commit()
+
+
+def give_back(pool: BufferPool, inputs, result: torch.Tensor, sources: Mapping[str, KeySource]) -> None:
+    """A merged key's input buffers go back to the pool for the next reads, once its result exists:
+    (source name, tensor) pairs, of which only those read through the pool (a FileSource's fresh
+    buffer, this key's alone) are taken; never a caller's own tensor (a DictSource's)."""
+    for name, tensor in inputs:
+        if tensor is not None and getattr(sources.get(name), "buffers", None) is pool:
+            pool.give(tensor, result)
 
 
 class FileSink:

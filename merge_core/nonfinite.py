@@ -26,19 +26,25 @@ def count_nonfinite(t: torch.Tensor) -> int:
     has no vectorised half-precision path; the exact count runs only when something
     is there to count.
     """
-    if not t.is_floating_point() or t.numel() == 0:
+    if all_finite(t):
         return 0
-    try:
-        low, high = torch.aminmax(t)
-        if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
-            return 0
-    except (RuntimeError, NotImplementedError):  # a dtype without aminmax (fp8 on CPU): count below
-        pass
     try:
         return int(t.numel() - torch.isfinite(t).sum())
     except (RuntimeError, NotImplementedError):  # nor isfinite (fp8 on CPU): in float32 chunks (exact)
         flat = t.reshape(-1)
         return sum(int(part.numel() - torch.isfinite(part.float()).sum()) for part in flat.split(1 << 20))
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """True when every value is finite (or the tensor is not floating point); False may also mean
+    "cannot tell cheaply" (a dtype without aminmax), so callers then count exactly."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    try:
+        low, high = torch.aminmax(t)
+    except (RuntimeError, NotImplementedError):  # a dtype without aminmax (fp8 on CPU)
+        return False
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
 def count_inputs(tensors: Mapping[str, Optional[torch.Tensor]]) -> dict[str, int]:

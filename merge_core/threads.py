@@ -45,14 +45,36 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def busy_cpus(path: str = "/proc/loadavg") -> int:
-    """Runnable tasks right now other than the calling thread (Linux; 0 where unknown)."""
+def busy_cpus(path: str = "/proc/loadavg", tasks: str = "/proc/self/task") -> int:
+    """Runnable tasks of other processes right now (Linux; 0 where unknown).
+
+    This process's own running threads (the caller, the merge's read-ahead and writer) do not
+    count: they are the work itself, and counting them gave smoothAdd's filter one thread on an
+    idle machine while the read-ahead ran."""
     try:
         with open(path, encoding="ascii") as f:
             running = int(f.read().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
         return 0
-    return max(0, running - 1)
+    return max(0, running - max(1, own_running(tasks)))
+
+
+def own_running(tasks: str = "/proc/self/task") -> int:
+    """This process's threads in state R (running or runnable); 0 where unknown."""
+    count = 0
+    try:
+        names = os.listdir(tasks)
+    except OSError:
+        return 0
+    for name in names:
+        try:
+            with open(os.path.join(tasks, name, "stat"), encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if stat[stat.rfind(")") + 2:][:1] == "R":
+            count += 1
+    return count
 
 
 def compute_threads(limit: Optional[int] = None) -> int:

@@ -22,6 +22,7 @@ from typing import Iterable, Mapping, Optional
 import torch
 
 from ..errors import MergeInputError
+from .buffers import BufferPool
 from .output_file import OutputFile
 
 DTYPES = {
@@ -126,10 +127,19 @@ class SafetensorsReader:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: v.shape for k, v in self.tensors.items()}
 
-    def raw(self, key: str) -> bytearray:
+    def raw(self, key: str) -> memoryview:
+        """The stored bytes of one tensor (a view of a fresh uint8 buffer)."""
+        return memoryview(self._read(key).numpy())
+
+    def _read(self, key: str, buffers: Optional[BufferPool] = None) -> torch.Tensor:
+        """One tensor's bytes into a new uint8 tensor (from ``buffers`` when given).
+
+        torch.empty, not bytearray: a bytearray is zero-filled while the GIL is held (about 0.7 s per
+        GB), which stalls the merge thread on every key; torch's buffer is not touched until preadv
+        fills it, and preadv releases the GIL (bench/RESULTS.md, busy-machine section)."""
         info = self.tensors[key]
-        buf = bytearray(info.nbytes)
-        view = memoryview(buf)
+        buf = torch.empty(info.nbytes, dtype=torch.uint8) if buffers is None else buffers.take(info.nbytes)
+        view = memoryview(buf.numpy())
         done = 0
         while done < info.nbytes:  # pread may return short reads on huge tensors
             got = os.preadv(self._fd, [view[done:]], info.begin + done)
@@ -138,11 +148,11 @@ class SafetensorsReader:
             done += got
         return buf
 
-    def get(self, key: str) -> torch.Tensor:
+    def get(self, key: str, buffers: Optional[BufferPool] = None) -> torch.Tensor:
         info = self.tensors[key]
         if info.nbytes == 0:
             return torch.empty(info.shape, dtype=info.dtype)
-        return torch.frombuffer(self.raw(key), dtype=info.dtype).reshape(info.shape)
+        return self._read(key, buffers).view(info.dtype).reshape(info.shape)
 
     def close(self) -> None:
         if self._fd >= 0:

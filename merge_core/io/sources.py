@@ -11,6 +11,7 @@ from typing import Mapping, Optional, Protocol
 
 import torch
 
+from .buffers import BufferPool
 from .safetensors_file import SafetensorsReader
 
 
@@ -23,7 +24,7 @@ class KeySource(Protocol):
 
     def get(self, key: str) -> torch.Tensor: ...
 
-    def raw(self, key: str) -> Optional[bytes | bytearray]:
+    def raw(self, key: str) -> Optional[bytes | bytearray | memoryview]:
         """The stored bytes, for byte-exact copies; None when not available."""
 
 
@@ -38,6 +39,7 @@ class FileSource:
     def __init__(self, path: str | os.PathLike, input_name: str = "file"):
         self.reader = SafetensorsReader(path, input_name)
         self.name = os.path.basename(str(path))
+        self.buffers: Optional[BufferPool] = None  # set by run_merge while it streams (io/buffers.py)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return self.reader.shapes()
@@ -46,9 +48,9 @@ class FileSource:
         return self.reader.tensors[key].dtype
 
     def get(self, key: str) -> torch.Tensor:
-        return self.reader.get(key)
+        return self.reader.get(key, self.buffers)
 
-    def raw(self, key: str) -> bytearray:
+    def raw(self, key: str) -> memoryview:
         return self.reader.raw(key)
 
     def close(self) -> None:

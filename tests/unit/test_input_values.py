@@ -74,6 +74,26 @@ def test_nonfinite_inputs_are_counted_and_reported():
     assert f"{FLOAT_KEY} (A: 1, B: 3)" in report
 
 
+
+LINEAR = [("Weight sum", 1.0, 0.0), ("Weight sum", 1e-30, 0.0), ("Add difference", 1.0, 0.0),
+          ("Triple sum", 0.5, 0.5), ("Triple sum", 1.0, 0.0), ("sum Twice", 1.0, 1.0), ("sum Twice", 0.3, 0.6)]
+
+
+@pytest.mark.parametrize("mode,alpha,beta", LINEAR)
+@pytest.mark.parametrize("bad", ["A", "B", "C"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_linear_modes_find_every_nonfinite_input_from_their_result(mode, alpha, beta, bad, value):
+    """Linear modes check their result, not each input: even where an input's coefficient is 0
+    (Weight sum at alpha 1, Triple sum at alpha + beta = 1) the count must be the inputs' own."""
+    tensors = {name: models(seed) for name, seed in (("A", 1), ("B", 2), ("C", 3))}
+    tensors[bad][FLOAT_KEY] = tensors[bad][FLOAT_KEY].clone()
+    tensors[bad][FLOAT_KEY][2, 1:3] = value
+    sources = {name.lower(): open_source(t, name) for name, t in tensors.items()}
+    plan = plan_merge(sources, mode, alpha=alpha, beta=beta)
+    run_merge(plan, sources, DictSink())
+    used = "AB" if mode == "Weight sum" else "ABC"
+    assert plan.nonfinite == ({FLOAT_KEY: {bad: 2}} if bad in used else {})
+
 def test_smooth_add_does_not_spread_a_nonfinite_value():
     a, b, c = models(1), models(2), models(3)
     b[FLOAT_KEY] = b[FLOAT_KEY].clone()

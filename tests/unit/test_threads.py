@@ -83,8 +83,16 @@ def test_scopes_overlapping_across_threads_leave_the_outside_setting(outside):
 def test_compute_threads_takes_the_idle_cores(tmp_path, monkeypatch):
     loadavg = tmp_path / "loadavg"
     loadavg.write_text("3.10 2.00 1.50 3/180 4242\n")
-    assert thread_policy.busy_cpus(str(loadavg)) == 2  # 3 runnable, one of them the caller
+    no_tasks = str(tmp_path / "no-tasks")
+    assert thread_policy.busy_cpus(str(loadavg), no_tasks) == 2  # 3 runnable, one of them the caller
     assert thread_policy.busy_cpus(str(tmp_path / "missing")) == 0
+    tasks = tmp_path / "task"
+    for tid, state in ((11, "R"), (12, "S"), (13, "R")):  # the caller and one more of ours run
+        (tasks / str(tid)).mkdir(parents=True)
+        (tasks / str(tid) / "stat").write_text(f"{tid} (python (merge) x) {state} 1 2 3\n")
+    assert thread_policy.own_running(str(tasks)) == 2
+    assert thread_policy.busy_cpus(str(loadavg), str(tasks)) == 1  # our own read-ahead is not "busy"
+    assert thread_policy.own_running() >= 1  # the calling thread itself, on this machine
     monkeypatch.setattr(thread_policy, "available_cpus", lambda: 4)
     for busy, want, capped in ((0, 4, 2), (1, 3, 2), (3, 1, 1), (9, 1, 1)):
         monkeypatch.setattr(thread_policy, "busy_cpus", lambda busy=busy: busy)

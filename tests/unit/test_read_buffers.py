@@ -1,0 +1,46 @@
+"""merge_core/io/buffers.py: a streamed merge reuses its read buffers, and never a caller's tensor or a
+buffer a result lives in."""
+import torch
+from safetensors.torch import save_file
+
+from merge_core.api import plan_merge
+from merge_core.engine import DictSink, run_merge
+from merge_core.io.buffers import MIN_BYTES, BufferPool
+from merge_core.io.sources import open_source
+
+UNET = "model.diffusion_model."
+
+
+def _model(seed):
+    gen = torch.Generator().manual_seed(seed)
+    # several keys above MIN_BYTES (float32 512x1024 = 2 MiB), so buffers are given back and reused
+    return {UNET + f"input_blocks.{i}.0.proj_in.weight": torch.randn(512, 1024, generator=gen) for i in range(1, 9)}
+
+
+def test_pool_reuses_a_given_buffer_and_refuses_one_the_result_lives_in():
+    pool = BufferPool()
+    first = pool.take(MIN_BYTES)
+    ptr = first.data_ptr()
+    pool.give(first.view(torch.float32), result=first[:16])  # the result shares the memory: kept out
+    assert pool.take(MIN_BYTES).data_ptr() != ptr
+    pool.give(first.view(torch.float32), result=torch.zeros(4))
+    assert pool.take(MIN_BYTES).data_ptr() == ptr
+    assert pool.take(MIN_BYTES).data_ptr() != ptr  # handed out once only
+
+
+def test_file_merge_with_reused_buffers_equals_the_in_memory_merge_and_leaves_dict_inputs_alone(tmp_path):
+    a, b, c = _model(1), _model(2), _model(3)
+    keep = {k: v.clone() for k, v in c.items()}
+    save_file(a, str(tmp_path / "a.safetensors"))
+    save_file(b, str(tmp_path / "b.safetensors"))
+    want = {k: a[k] + 0.3 * (b[k] - c[k]) for k in a}
+    for c_source in (open_source(c, "C"), open_source(str(tmp_path / "a.safetensors"), "C")):
+        sources = {"a": open_source(str(tmp_path / "a.safetensors"), "A"),
+                   "b": open_source(str(tmp_path / "b.safetensors"), "B"), "c": c_source}
+        plan = plan_merge(sources, "Add difference", alpha=0.3)
+        out = run_merge(plan, sources, DictSink())
+        expected = want if c_source.name == "C" else {k: a[k] + 0.3 * (b[k] - a[k]) for k in a}
+        for key in a:
+            torch.testing.assert_close(out[key], expected[key], rtol=0, atol=1e-6)
+        assert all(torch.equal(c[k], keep[k]) for k in c)  # a caller's tensors are never read into
+        assert all(getattr(s, "buffers", None) is None for s in sources.values())  # the pool ends with the merge
