@@ -41,7 +41,8 @@ class Sink(Protocol):
 
     def put(self, key: str, tensor: torch.Tensor) -> None: ...
 
-    def put_raw(self, key: str, data) -> None: ...
+    def put_raw(self, key: str, data) -> None:
+        """Stored bytes, copied or written before the call returns (the engine reuses the buffer)."""
 
     def commit(self): ...
 
@@ -283,6 +284,7 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
                 cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") as writer:
             pending = reader.submit(load, plan.keys[0]) if plan.keys else None
             written = None
+            copied = reusable = None  # stored bytes of a pooled source, reusable once the sink has them
             for i, kp in enumerate(plan.keys):
                 if should_stop is not None and should_stop():
                     raise MergeCancelled("merge cancelled")
@@ -320,11 +322,15 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
                     put = (sink.put, kp.key, result if kp.adjust is None else apply_adjust(result, kp.adjust))
                 elif loaded[0] == "raw":
                     put = (sink.put_raw, kp.key, loaded[1])
+                    if getattr(sources["b" if kp.action == FROM_B else "a"], "buffers", None) is pool:
+                        reusable = torch.frombuffer(loaded[1], dtype=torch.uint8) if len(loaded[1]) else None
                 else:
                     put = (sink.put, kp.key, loaded[1].to(dtypes[kp.key]))
                 del loaded
                 if written is not None:
                     written.result()  # keys reach the sink in plan order; a write error stops the merge here
+                    pool.give(copied)  # the sink has copied or written the previous key's stored bytes
+                copied, reusable = reusable, None
                 written = writer.submit(*put)
                 del put
                 if progress is not None:

@@ -127,9 +127,9 @@ class SafetensorsReader:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: v.shape for k, v in self.tensors.items()}
 
-    def raw(self, key: str) -> memoryview:
-        """The stored bytes of one tensor (a view of a fresh uint8 buffer)."""
-        return memoryview(self._read(key).numpy())
+    def raw(self, key: str, buffers: Optional[BufferPool] = None) -> memoryview:
+        """The stored bytes of one tensor (a view of a fresh uint8 buffer, from ``buffers`` when given)."""
+        return memoryview(self._read(key, buffers).numpy())
 
     def _read(self, key: str, buffers: Optional[BufferPool] = None) -> torch.Tensor:
         """One tensor's bytes into a new uint8 tensor (from ``buffers`` when given).

@@ -51,7 +51,7 @@ class FileSource:
         return self.reader.get(key, self.buffers)
 
     def raw(self, key: str) -> memoryview:
-        return self.reader.raw(key)
+        return self.reader.raw(key, self.buffers)
 
     def close(self) -> None:
         self.reader.close()
