@@ -93,7 +93,8 @@ def test_unet_loader_loads_each_tiny_family(family, folders):
 
 def test_tiny_hidream_runs_its_moe_feed_forward(folders):
     """The tiny HiDream is a working model, not only a key set: one forward pass through every block, the
-    mixture-of-experts feed-forward included (ComfyUI has no HiDream text encoder small enough to sample)."""
+    mixture-of-experts feed-forward included (it is not sampled: its text encoders, Llama 3.1 8B among them,
+    have no tiny build here)."""
     model = unet("hidream", 1).model.diffusion_model
     assert len(model.double_stream_blocks[0].block.ff_i.experts) == 4
     gen = torch.Generator().manual_seed(0)
