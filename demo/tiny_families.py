@@ -1,5 +1,5 @@
-"""Tiny transformer-family models (Flux.1 dev/schnell, Chroma, Flux.2, SD3, Z-Image, Qwen-Image, Wan 2.1)
-built from ComfyUI's own classes.
+"""Tiny transformer-family models (Flux.1 dev/schnell, Chroma, Flux.2, SD3, HiDream, Z-Image, Qwen-Image,
+Wan 2.1) built from ComfyUI's own classes.
 
 The configs are those of scripts/make_keysets.py shrunk to a width of 64 and a depth of two or three
 blocks: the same key names as the released models, a few MB each. ComfyUI's key-based detection
@@ -48,6 +48,10 @@ Z_IMAGE = dict(patch_size=2, in_channels=16, dim=WIDTH, cap_feat_dim=TEXT_WIDTH,
                multiple_of=16)
 QWEN_IMAGE = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=WIDTH // HEADS,
                   num_attention_heads=HEADS, joint_attention_dim=TEXT_WIDTH, axes_dims_rope=tuple(ROPE))
+HIDREAM = dict(image_model="hidream", patch_size=2, in_channels=16, out_channels=16, attention_head_dim=WIDTH // HEADS,
+               num_attention_heads=HEADS, num_layers=2, num_single_layers=2, caption_channels=[TEXT_WIDTH, TEXT_WIDTH],
+               text_emb_dim=TEXT_WIDTH, num_routed_experts=4, num_activated_experts=2, axes_dims_rope=ROPE,
+               max_resolution=[16, 16], llama_layers=[0, 1, 1, 1])  # MoE feed-forward: 4 experts, as released
 WAN = dict(model_type="t2v", dim=WIDTH, ffn_dim=128, num_heads=HEADS, num_layers=2, in_dim=16, out_dim=16,
            text_dim=TEXT_WIDTH, freq_dim=32)
 
@@ -99,12 +103,25 @@ class TinyQwenImage(comfy.supported_models.QwenImage):
                               "axes_dims_rope")
 
 
+class TinyHiDream(comfy.supported_models.HiDream):
+    """ComfyUI reads nothing of HiDream's size from the keys (every value is the full-size one), so this
+    config matches on the patch embedding's width and sets the rest."""
+    unet_extra_config = _only(HIDREAM, "attention_head_dim", "num_attention_heads", "num_layers", "num_single_layers",
+                              "caption_channels", "text_emb_dim", "axes_dims_rope", "max_resolution", "llama_layers")
+
+    @classmethod
+    def matches(cls, unet_config, state_dict=None):
+        width = [v.shape[0] for k, v in (state_dict or {}).items() if k.endswith("x_embedder.proj.weight")]
+        return super().matches(unet_config, state_dict) and width == [WIDTH]
+
+
 class TinyWan(comfy.supported_models.WAN21_T2V):
     unet_config = {"image_model": "wan2.1", "model_type": "t2v", "dim": WIDTH}
     unet_extra_config = _only(WAN, "num_heads", "text_dim", "freq_dim")
 
 
-TINY_CONFIGS = (TinyFlux, TinyFluxSchnell, TinyFlux2, TinyChroma, TinyZImage, TinyQwenImage, TinyWan)
+TINY_CONFIGS = (TinyFlux, TinyFluxSchnell, TinyFlux2, TinyChroma, TinyHiDream, TinyZImage, TinyQwenImage,
+                TinyWan)
 
 
 def register() -> None:
@@ -129,6 +146,9 @@ def _diffusion_module(family: str) -> torch.nn.Module:
     if family == "sd3":
         from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
         return MMDiT(**SD3, **ops)
+    if family == "hidream":
+        from comfy.ldm.hidream.model import HiDreamImageTransformer2DModel
+        return HiDreamImageTransformer2DModel(**HIDREAM, **ops)
     if family == "z-image":
         from comfy.ldm.lumina.model import NextDiT
         return NextDiT(**Z_IMAGE, **ops)
@@ -141,7 +161,7 @@ def _diffusion_module(family: str) -> torch.nn.Module:
     raise ValueError(f"unknown tiny family '{family}' (one of {', '.join(FAMILIES)})")
 
 
-FAMILIES = ("flux1-dev", "flux1-schnell", "flux2", "chroma", "sd3", "z-image", "qwen-image", "wan21")
+FAMILIES = ("flux1-dev", "flux1-schnell", "flux2", "chroma", "sd3", "hidream", "z-image", "qwen-image", "wan21")
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from .comfy_models import (apply_plan, architecture_of, base_layout, check_same_
 from .errors import named_errors
 from .merge_options import options_input
 from .recipe_tags import loader_file_names, set_recipe, source_of
-from .ui import text_ui
+from .ui import merge_ui
 from .validation import number_problems
 
 CATEGORY = "merge_suite"
@@ -243,7 +243,7 @@ class _PairMerge(io.ComfyNode):
             merged, plan = merge_objects(k, a, b, c, inputs)
             recipe = tag_recipe(k, merged, plan, inputs, {"a": a, "b": b, "c": c}, getattr(cls, "hidden", None))
             report = applied_report(plan, per_key)
-            return io.NodeOutput(merged, report, recipe, ui=text_ui(report, recipe))
+            return io.NodeOutput(merged, report, recipe, ui=merge_ui(report, recipe, plan.arch))
 
 
 class ModelMerge(_PairMerge):
@@ -306,7 +306,7 @@ class CheckpointMerge(io.ComfyNode):
             recipe = tag_recipe("model", model, model_plan, params, {"a": model_a, "b": model_b, "c": model_c},
                                 hidden, "checkpoint")
             tag_recipe("clip", clip, clip_plan, params, {"a": clip_a, "b": clip_b, "c": clip_c}, hidden, "checkpoint")
-            return io.NodeOutput(model, clip, report, recipe, ui=text_ui(report, recipe))
+            return io.NodeOutput(model, clip, report, recipe, ui=merge_ui(report, recipe, model_plan.arch))
 
 
 NODES = [ModelMerge, CLIPMerge, CheckpointMerge]

@@ -7,12 +7,14 @@ can call them without a server; register() mounts them on ComfyUI's PromptServer
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import re
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 from ..merge_core.analysis.similarity import element_name
 from ..merge_core.architectures import SD1, SDXL, TRANSFORMERS, Architecture, Numbered
@@ -71,11 +73,36 @@ def editor_data() -> dict:
     }
 
 
+def sized_name(arch: Architecture) -> Optional[str]:
+    """The layout name a merge node reports after a run: its family with the counts read from the model,
+    in layout order (``sd3:24`` for SD3-medium's 24 joint blocks, ``flux1:19,38``), so that the editor
+    shows the layout the node used rather than the full-size one. None for the SD layouts."""
+    if arch.name not in FAMILIES:
+        return None
+    counts = dict(arch.counts)
+    return arch.name + ":" + ",".join(str(counts.get(p.container, p.default)) for p in arch.numbered)
+
+
+@lru_cache(maxsize=64)
+def layout_arch(name: str) -> Optional[Architecture]:
+    """A layout by name: SD, a transformer family at full size, or a family sized as sized_name writes it."""
+    family, sized, counts = name.partition(":")
+    arch = ALL_LAYOUTS.get(family)
+    if not sized or arch is None:
+        return None if sized else arch
+    parts = counts.split(",")
+    if family not in FAMILIES or len(parts) != len(arch.numbered) or \
+            not all(re.fullmatch(r"[0-9]{1,3}", n) for n in parts):
+        return None
+    return dataclasses.replace(arch, counts=tuple((p.container, int(n)) for p, n in zip(arch.numbered, parts)))
+
+
 def family_layout(name: str) -> dict:
-    """One layout by name (SD or a transformer family, full size), for the editor of a long layout."""
-    arch = ALL_LAYOUTS.get(name)
+    """One layout by name (SD, a transformer family at full size, or sized: ``sd3:24``), for the editor."""
+    arch = layout_arch(name)
     if arch is None:
-        return {"ok": False, "error": f"unknown layout '{name}'; known: {', '.join(ALL_LAYOUTS)}"}
+        return {"ok": False, "error": f"unknown layout '{name}'; known: {', '.join(ALL_LAYOUTS)}, or a family "
+                                      "with its block counts such as sd3:24"}
     return {"ok": True, "family": name, **layout_payload(arch)}
 
 
@@ -86,21 +113,24 @@ AUTO_FAMILIES = ("flux1", "sd3", "qwen_image", "hidream", "lumina2", "wan", "chr
 def check_block_weights(text: str, layout: str = "auto") -> dict:
     """Parse block-weight text as the merge node will. layout "auto" tries SD1/SD2, then SDXL, then the
     transformer families at full size (a list of their length, or their ids in the named form); its
-    error is the SD layouts' when nothing fits."""
-    names = [layout] if layout in ALL_LAYOUTS else list(LAYOUTS) + list(AUTO_FAMILIES)
+    error is the SD layouts' when nothing fits. A sized layout (``sd3:24``, what a run reported) is
+    checked against that model's blocks, and the answer carries the layout ("info") for the editor."""
+    known = layout_arch(layout) is not None
+    names = [layout] if known else list(LAYOUTS) + list(AUTO_FAMILIES)
+    info = {"info": layout_payload(layout_arch(layout))} if known and layout not in ALL_LAYOUTS else {}
     errors = []
     for name in names:
         try:
-            weights = parse_block_weights(text, ALL_LAYOUTS[name], "blocks", 0.5)
+            weights = parse_block_weights(text, layout_arch(name), "blocks", 0.5)
         except MergeInputError as exc:
             errors.append(exc)
             continue
         if weights is None:
-            return {"ok": True, "empty": True, "layout": names[0] if layout in ALL_LAYOUTS else None}
+            return {"ok": True, "empty": True, "layout": names[0] if known else None, **info}
         stripped = text.strip()
         return {"ok": True, "empty": False, "layout": name, "values": list(weights.values),
-                "preset": stripped if stripped in presets() else None}
-    errors = errors[:len(LAYOUTS)] if layout not in ALL_LAYOUTS else errors
+                "preset": stripped if stripped in presets() else None, **info}
+    errors = errors[:len(LAYOUTS)] if not known else errors
     error = errors[0]
     if len({e.problem for e in errors}) > 1:  # "auto" and a wrong count: name both layouts
         return {"ok": False, "error": error.problem, "fix": "give 26 values for SD1/SD2 or 20 for SDXL, BASE first."}

@@ -1,6 +1,8 @@
 """Text shown on a node after it runs (web/js/text_outputs.js renders ``ui.text``)."""
 from __future__ import annotations
 
+from .routes import sized_name
+
 MAX_LINES = 400  # long tables (every key of a model) stay complete on the STRING output
 
 
@@ -13,3 +15,10 @@ def text_ui(*texts: str) -> dict:
             text = "\n".join(lines[:MAX_LINES] + [f"... {len(lines) - MAX_LINES} more lines on the STRING output"])
         shown.append(text)
     return {"text": shown}
+
+
+def merge_ui(report: str, recipe: str, arch) -> dict:
+    """A merge node's ``ui``: its texts, and for a transformer family the layout it parsed the block
+    weights against (``sd3:24``), so the block-weight editor shows that model's blocks after the run."""
+    name = sized_name(arch)
+    return text_ui(report, recipe) | ({"merge_suite_layout": [name]} if name else {})

@@ -287,6 +287,34 @@ try {
   step("flux_unknown", await fluxState());
   result.placementFlux = await placement();
 
+  // "Follow the run" on a family sized by its model: the SD3 example merges the tiny SD3 files (2 joint
+  // blocks; SD3-medium has 24, SD3.5-large 38). Before the run "auto" fits the text to full-size SD3.
+  const sd3Workflow = JSON.parse(readFileSync(join(examplesDir, "family_sd3_unet_merge_save.json"), "utf8"));
+  const SD3_MERGE = String(sd3Workflow.nodes.find((n) => n.type === "MergeSuite_ModelMerge").id);
+  await page.evaluate(async (wf) => { await window.comfyAPI.app.app.loadGraphData(wf); }, sd3Workflow);
+  const sd3State = () => page.evaluate((id) => {
+    const node = window.comfyAPI.app.app.graph.getNodeById(Number(id));
+    const root = document.querySelector(".ms-block-editor[data-input=blocks_alpha]");
+    const ranges = [...root.querySelectorAll("input[type=range]")];
+    return { layout: root.querySelector(".ms-sliders").dataset.layout, sliders: ranges.length,
+      ids: ranges.map((r) => r.dataset.block), status: root.querySelector(".ms-status").textContent,
+      state: root.dataset.state, property: node.properties?.merge_suite_family ?? null };
+  }, SD3_MERGE);
+  const sd3Sliders = (n) => page.waitForFunction((n) => document.querySelectorAll(
+    ".ms-block-editor[data-input=blocks_alpha] input[type=range]").length === n, n, { timeout: 30000 });
+  await sd3Sliders(41);
+  step("sd3_before", await sd3State());
+  const queued = answers.length;
+  await page.evaluate(() => window.comfyAPI.app.app.queuePrompt(0, 1));
+  await page.waitForFunction(() => document.querySelector(".ms-block-editor[data-input=blocks_alpha] .ms-sliders")
+    ?.dataset.layout?.startsWith("sd3:"), null, { timeout: 120000 })
+    .catch(() => { throw new Error(`the editor did not follow the SD3 run; /prompt answered ${JSON.stringify(answers.slice(queued)).slice(0, 2000)}`); });
+  await page.waitForTimeout(500);
+  step("sd3_run", await sd3State());
+  await page.locator(".ms-block-editor[data-input=blocks_alpha] select").nth(0).selectOption("sd3");
+  await sd3Sliders(41);
+  step("sd3_full", await sd3State());
+
   // Every example workflow as the frontend turns it into a prompt (widget values in the right inputs).
   result.examples = {};
   for (const name of readdirSync(examplesDir).filter((f) => f.endsWith(".json")).sort()) {

@@ -203,6 +203,17 @@ def test_flux_layout_is_grouped_folds_and_takes_named_ranges(seen):
         assert panel["bottom"] <= box["bottom"] + 2, f"{seen['mode']}: {p['widget']} overflows its node"
 
 
+def test_editor_follows_the_run_with_the_models_own_block_count(seen):
+    """After a run "auto" shows the layout the node used: the tiny SD3's 2 joint blocks (an SD3-medium run
+    its 24), not SD3.5-large's full-size 38 (it used to); the full-size layout stays in the list."""
+    before, after, full = (seen["by_step"][s] for s in ("sd3_before", "sd3_run", "sd3_full"))
+    assert before["sliders"] == 41 and before["layout"] == "sd3"  # BASE, IN, J00-J37, OUT
+    assert after["layout"] == "sd3:2" and after["property"] == "sd3:2", after
+    assert after["ids"] == ["BASE", "IN", "J00", "J01", "OUT"] and after["state"] == "ok"
+    assert after["status"] == "SD3/SD3.5: named values for 3 blocks, the others take the scalar"
+    assert full["sliders"] == 41 and full["layout"] == "sd3"
+
+
 def test_searching_merge_lists_the_merge_nodes_before_the_rest_of_the_pack(seen):
     """The frontend ranks names that start with the query by length (then its own popularity data): the
     merge nodes' short display names ("Merge CLIP", "Merge Models", "Merge Checkpoints") beat every other

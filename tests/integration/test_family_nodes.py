@@ -37,6 +37,8 @@ FAMILIES = {
     "chroma": (spec.chroma_block, "ALL=0.6, D00=0.1", {"IN": .6, "D00": .1, "D01": .6, "S00": .6, "S01": .6,
                                                        "OUT": .6}, "IN:distilled:0.95"),
     "sd3": (spec.sd3_block, "J00=0.9, OUT=0.2", {"J00": .9, "OUT": .2}, "J01:context_block:0.1"),
+    "hidream": (spec.hidream_block, "D00-D01=0.2, S01=0.7, OUT=0.1", {"D00": .2, "D01": .2, "S01": .7, "OUT": .1},
+                "D01:ff_i.experts:0.5"),
     "z-image": (spec.lumina2_block, "NR00-CR01=0.7, L01=0.2", {"NR00": .7, "NR01": .7, "CR00": .7, "CR01": .7,
                                                               "L01": .2}, "L00:attention:0.9"),
     "qwen-image": (spec.qwen_block, "IN=1, T01=0.15", {"IN": 1.0, "T01": .15}, "T00:img_mlp:0.5"),
@@ -89,6 +91,20 @@ def test_unet_loader_loads_each_tiny_family(family, folders):
     assert type(model.model.model_config).__name__.startswith(("Tiny", "SD3"))
 
 
+def test_tiny_hidream_runs_its_moe_feed_forward(folders):
+    """The tiny HiDream is a working model, not only a key set: one forward pass through every block, the
+    mixture-of-experts feed-forward included (it is not sampled: its text encoders, Llama 3.1 8B among them,
+    have no tiny build here)."""
+    model = unet("hidream", 1).model.diffusion_model
+    assert len(model.double_stream_blocks[0].block.ff_i.experts) == 4
+    gen = torch.Generator().manual_seed(0)
+    width = tiny_families.TEXT_WIDTH
+    with torch.no_grad():
+        out = model(torch.randn(1, 16, 8, 8, generator=gen), torch.tensor([0.5]), torch.randn(1, width, generator=gen),
+                    torch.randn(1, 4, width, generator=gen), torch.randn(1, 2, 4, width, generator=gen))
+    assert out.shape == (1, 16, 8, 8) and torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_merge_models_gives_the_formula_with_named_block_weights(family, folders):
     block_of, named, ratios, _ = FAMILIES[family]
@@ -139,6 +155,29 @@ def test_node_and_cli_agree_on_every_key(family, case, folders):
     assert not problems, f"{len(problems)} keys differ, e.g. {problems[:5]}"
 
 
+LABELS = {"flux1-dev": "Flux.1", "flux1-schnell": "Flux.1", "flux2": "Flux.2", "chroma": "Chroma", "sd3": "SD3/SD3.5",
+          "hidream": "HiDream", "z-image": "Z-Image/Lumina 2", "qwen-image": "Qwen-Image", "wan21": "Wan 2.1/2.2"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_blocks_command_prints_each_family_layout(family, folders, capsys):
+    """`python -m merge_core blocks FILE`: the family, and every block the transcription gives a key, with
+    its key count, in the layout sized by the file (2 double and 2 single blocks on the tiny HiDream)."""
+    path = folders / "diffusion_models" / f"{family}_1.safetensors"
+    assert cli.main(["blocks", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{LABELS[family]} (") and "diffusion-model-only file" in out
+    rows = [row.split() for row in out.split("-----  ----")[1].splitlines()[1:]]
+    listed = {row[1]: int(row[2]) for row in rows if row and row[0].isdigit() and int(row[2])}
+    block_of = FAMILIES[family][0]
+    want = {}
+    for key in read(path):
+        want[block_of(key)] = want.get(block_of(key), 0) + 1
+    assert listed == want
+    if family == "hidream":
+        assert "layout: BASE, IN, D00-D01, S00-S01, OUT" in out
+
+
 def test_flux_dev_with_schnell_keeps_guidance_in_and_reports_it(folders):
     dev, schnell = unet("flux1-dev", 1), unet("flux1-schnell", 2)
     merged, report, _ = ModelMerge.execute(model_a=dev, model_b=schnell, mode="Weight sum", alpha=0.5,
@@ -150,7 +189,7 @@ def test_flux_dev_with_schnell_keeps_guidance_in_and_reports_it(folders):
     assert all(k in report for k in guidance)
 
 
-@pytest.mark.parametrize("other,label", [("sd3", "SD3/SD3.5"), ("chroma", "Chroma")])
+@pytest.mark.parametrize("other,label", [("sd3", "SD3/SD3.5"), ("chroma", "Chroma"), ("hidream", "HiDream")])
 def test_two_families_error_names_both(other, label, folders):
     with pytest.raises(MergeNodeError, match=rf"Merge Models: input 'model_b': is an? {label} model but model A "
                                              r"is Flux\.1: two different families"):

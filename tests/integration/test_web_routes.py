@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from merge_suite.merge_core.architectures import SD1, SDXL
+from merge_suite.merge_core.architectures import SD1, SD3, SDXL
 from merge_suite.merge_core.blocks.weights import SDXL_FROM_26
 from merge_suite.merge_core.blocks.elemental import parse_elemental
 from merge_suite.merge_core.blocks.presets import presets
@@ -111,3 +111,46 @@ def test_route_bodies_are_typed():
     for body in (b"{", b"[1]", b'{"text": 1}', b'{"text": "x", "layout": 3}', b"[" * 100000):
         with pytest.raises(routes.BadRequest):
             routes.text_fields(body, "auto")
+
+
+@pytest.mark.parametrize("keyset, name, joint", [("sd3-medium", "sd3:24", 24), ("sd35-medium", "sd3:24", 24),
+                                                 ("sd35-large", "sd3:38", 38)])
+def test_a_run_reports_its_models_layout_and_the_editor_gets_that_layout(keyset, name, joint):
+    """SD3-medium and SD3.5-medium have 24 joint blocks, SD3.5-large 38: the layout a run reports (what the
+    node parsed against) is sized by the model, and the routes answer with that layout, not the full-size one."""
+    with gzip.open(REPO / "merge_core" / "architectures" / "keysets" / f"{keyset}.json.gz") as f:
+        arch = SD3.sized(json.loads(f.read()), bare=True)
+    assert routes.sized_name(arch) == name
+    ids = ["BASE", "IN", *(f"J{i:02d}" for i in range(joint)), "OUT"]
+    layout = routes.family_layout(name)
+    assert layout["ok"] and layout["blocks"] == ids and layout["groups"]["J"] == ids[2:-1]
+    assert layout["layout"] == f"BASE, IN, J00-J{joint - 1:02d}, OUT"
+    listed = routes.check_block_weights(",".join(["0.5"] * len(ids)), name)
+    assert listed["ok"] and listed["layout"] == name and listed["info"]["blocks"] == ids
+    assert routes.check_block_weights("", name) == {"ok": True, "empty": True, "layout": name, "info": listed["info"]}
+    if joint == 24:  # the full-size list and ids past the model's last block are refused, as the node refuses them
+        assert not routes.check_block_weights(",".join(["0.5"] * 41), name)["ok"]
+        assert "J30" in routes.check_block_weights("J30=1", name)["error"]
+    assert "info" not in routes.check_block_weights("J30=1", "sd3")  # full size: in editor_data already
+
+
+def test_sized_layout_names_of_other_families_and_bad_names():
+    assert routes.sized_name(SD1) is None  # SD layouts are not sized: the editor's SD behaviour is unchanged
+    flux = routes.family_layout("flux1:2,3")
+    assert flux["layout"] == "CLIP, T5, IN, D00-D01, S00-S02, OUT" and flux["groups"]["BASE"] == ["CLIP", "T5"]
+    assert routes.family_layout("wan:30,0")["layout"] == "BASE, IN, B00-B29, OUT"
+    for bad in ("sd3:", "sd3:x", "sd3:24,1", "sd3:-1", "sd3:1000", "sd3:２", "sd1:3", "nope:1", "flux1:19"):
+        answer = routes.family_layout(bad)
+        assert not answer["ok"] and f"unknown layout '{bad}'" in answer["error"] and "sd3:24" in answer["error"]
+
+
+def test_merge_nodes_send_the_layout_they_used(tiny):
+    """The merge nodes' ui carries the sized layout (the browser test checks the editor follows it)."""
+    import tiny_families
+    from merge_suite.nodes.merge import ModelMerge
+    a, b = (tiny_families.build_model("sd3", seed) for seed in (1, 2))
+    ui = ModelMerge.execute(model_a=a, model_b=b, mode="Weight sum", alpha=0.5, beta=0.0).ui
+    assert ui["merge_suite_layout"] == ["sd3:2"] and ui["text"][0].startswith("SD3/SD3.5 - ")
+    sd = ModelMerge.execute(model_a=tiny("model", "sd1", 1), model_b=tiny("model", "sd1", 2), mode="Weight sum",
+                            alpha=0.5, beta=0.0).ui
+    assert "merge_suite_layout" not in sd

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from spec_blocks import sd1_block
-from spec_families import KEEP, flux1_block, load_keyset, sd3_block, wan_block
+from spec_families import KEEP, flux1_block, hidream_block, load_keyset, sd3_block, wan_block
 
 from merge_core.api import merge_files
 
@@ -16,6 +16,7 @@ CASES = {
     "flux1": ("flux1-dev", flux1_block, {"D00": 0.6, "OUT": 0.9}),
     "sd3": ("sd3-medium", sd3_block, {"J00": 0.6, "OUT": 0.9}),
     "wan": ("wan21-1.3b", wan_block, {"B00": 0.6, "OUT": 0.9}),
+    "hidream": ("hidream-full", hidream_block, {"D15": 0.6, "S31": 0.2, "OUT": 0.9}),
 }
 ALPHA = 0.3
 

@@ -4,8 +4,9 @@
 // and writes plain comma-separated numbers back; a preset picked in its list is written by name. Without this file the nodes work as before.
 // Long layouts (the transformer families: Flux.1's 61 slots, Qwen-Image's 63, ...) come from the server too
 // (editor_data "families"); their sliders are grouped by block group (BASE, IN, D, S, OUT, ...), each group
-// folds, and a named-range entry ("D00-D18=0.3") sets ranges. After a run, the family named by the node's
-// report is the layout "auto" shows.
+// folds, and a named-range entry ("D00-D18=0.3") sets ranges. After a run, "auto" shows the layout the node
+// used: the family with the model's own block counts (ui "merge_suite_layout", e.g. "sd3:24" for SD3-medium),
+// or, from nodes that do not send it, the family named by the report at full size.
 import { app } from "../../../scripts/app.js";
 import {
   addPanel, debounce, el, findWidget, getEditorData, injectStyle, isPackNode, postJson, setWidgetValue, watchValue,
@@ -23,7 +24,7 @@ const GROUP_HEAD = 17;
 const GROUP_ROW = 64;
 const LONG_CONTROLS = 4 * 24;
 const SMALL_GROUP = 4; // groups this small (BASE, IN, OUT) sit side by side on one line // the header, named-range and group-helper rows and the status line
-const FAMILY_PROPERTY = "merge_suite_family"; // the family the last run reported, kept with the workflow
+const FAMILY_PROPERTY = "merge_suite_family"; // the layout the last run reported, kept with the workflow
 
 function fmt(v) {
   return String(Number(v.toFixed(6)));
@@ -35,6 +36,7 @@ class BlockEditor {
     this.layout = "sd1";
     this.values = null;
     this.foldedGroups = new Set();
+    this.sized = {}; // layouts sized to a model ("sd3:24"), as the server sent them with a check answer
     this.connected = node.properties?.[FAMILY_PROPERTY] ?? null;
     this.folded = Boolean(foldUnless) && !foldUnless() && !this.effectiveText();
     this.build();
@@ -87,11 +89,11 @@ class BlockEditor {
   }
 
   info(name = this.layout) {
-    return this.data.layouts[name] ?? this.data.families?.[name];
+    return this.data.layouts[name] ?? this.sized[name] ?? this.data.families?.[name];
   }
 
   isLong(name = this.layout) {
-    return Boolean(this.data.families?.[name]);
+    return Boolean(this.sized[name] ?? this.data.families?.[name]);
   }
 
   /** Panel height: SD layouts as before; long layouts by their groups, folded ones as a header line. */
@@ -127,7 +129,8 @@ class BlockEditor {
     return chosen === "auto" && this.connected ? this.connected : chosen;
   }
 
-  /** A run reported this node's family: "auto" shows its layout from now on (SD families: as before). */
+  /** A run reported this node's layout ("sd3:24", or a family at full size): "auto" shows it from now on
+   * (SD families: as before). */
   connect(family) {
     if (family === this.connected) return;
     this.connected = family;
@@ -177,6 +180,7 @@ class BlockEditor {
       return this.showStatus(`✗ ${answer.error} Fix: ${answer.fix}`, true);
     }
     this.sliders.classList.remove("ms-disabled");
+    if (answer.info) this.sized[answer.layout] = answer.info;
     if (answer.empty) {
       this.layout = answer.layout ?? (this.requestedLayout() === "auto" ? this.layout : this.requestedLayout());
       const n = this.info().blocks.length;
@@ -372,13 +376,16 @@ app.registerExtension({
       node.mergeSuiteEditors[text.name] = editor;
       if (mode && foldUnless) watchValue(node, mode, () => editor.unfoldIfUsed());
     }
-    // The report of a run starts with the model's family ("Flux.1 - Weight sum, ..."): "auto" follows it.
+    // A run sends the layout it used ("sd3:24"); else its report starts with the family ("Flux.1 - Weight sum").
     const labels = Object.entries(data.families ?? {}).map(([name, l]) => [name, `${l.label} - `]);
     const chained = node.onExecuted;
     node.onExecuted = function (output) {
       const r = chained?.apply(this, arguments);
       const first = [].concat(output?.text ?? [])[0];
-      if (typeof first === "string") {
+      const used = [].concat(output?.merge_suite_layout ?? [])[0];
+      if (typeof used === "string") {
+        for (const editor of Object.values(node.mergeSuiteEditors)) editor.connect(used);
+      } else if (typeof first === "string") {
         const found = labels.find(([, prefix]) => first.startsWith(prefix));
         for (const editor of Object.values(node.mergeSuiteEditors)) editor.connect(found ? found[0] : null);
       }
