@@ -85,12 +85,19 @@ INPUT_NAMES = {"model_a": "file_a", "model_b": "file_b", "model_c": "file_c", "o
 
 
 def _merge(*args, **kwargs) -> None:
-    """merge_files, its errors naming this node's inputs (file_b, not model_b)."""
+    """merge_files, its errors naming this node's inputs (file_b, not model_b). Keys of A that B or C lacks
+    keep A's tensor (as in SuperMerger, e.g. Flux dev's guidance with schnell); the node has no report
+    output, so the log says how many and which input lacked them."""
     try:
-        merge_files(*args, **kwargs)
+        plan = merge_files(*args, **kwargs)
     except MergeInputError as exc:
         exc.input_name = INPUT_NAMES.get(exc.input_name, exc.input_name)
         raise
+    for which in "BC":
+        absent = [kp.key for kp in plan.keys if kp.reason == f"absent from {which}"]
+        if absent:
+            logging.warning("merge_suite: %d tensors of file_a are absent from file_%s and were kept from A "
+                            "(first: '%s')", len(absent), which.lower(), absent[0])
 
 
 def _device() -> str:

@@ -175,3 +175,15 @@ def test_too_little_disk_space_is_refused_before_writing(unet_folder, via, monke
     monkeypatch.setattr(shutil, "disk_usage", real)
     model, name = DiffusionModelFileMerge.execute("a.safetensors", b, precision="bf16", **SETTINGS).result
     assert os.path.isfile(unet_folder / name) and model is not None  # the same inputs merge with room to write
+
+
+def test_tensors_missing_inside_blocks_keep_a_and_the_log_says_so(unet_folder, caplog):
+    """Fewer tensors, every block still there (as Flux schnell lacks dev's guidance_in): A's tensors are kept
+    for the missing keys, as SuperMerger does, and the log names the input and the count."""
+    flux = tiny_families.diffusion_state_dict("flux1-dev", 2)
+    gone = [k for k in flux if k.startswith("guidance_in.")]
+    write_gguf(unet_folder / "b.gguf", {k: v for k, v in flux.items() if k not in gone})
+    with caplog.at_level("WARNING"):
+        model, name = DiffusionModelFileMerge.execute("a.safetensors", "b.gguf", precision="bf16", **SETTINGS).result
+    assert f"{len(gone)} tensors of file_a are absent from file_b and were kept from A" in caplog.text
+    assert os.path.isfile(unet_folder / name)
