@@ -6,7 +6,6 @@ import hashlib
 import os
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -90,7 +89,8 @@ def make_b(folder, case):
     flux = tiny_families.diffusion_state_dict("flux1-dev", 2)
     sd3 = tiny_families.diffusion_state_dict("sd3", 2)
     kind, what = case.split("-", 1)
-    sd = {"shape": with_wrong_shape(flux), "count": without_block(flux), "cut": cut_short(flux), "family": sd3, "qtype": flux}[what]
+    sd = {"shape": with_wrong_shape(flux), "count": without_block(flux), "cut": cut_short(flux), "family": sd3,
+          "qtype": flux}[what]
     if kind == "gguf":
         path = folder / f"b_{case}.gguf"
         write_gguf(path, sd)
@@ -140,7 +140,8 @@ def run_node(folder, b):
 
 
 def run_cli(folder, b, capsys):
-    code = cli_main(["merge", str(folder / "a.safetensors"), str(folder / b), "-q", "-o", str(folder / "out.safetensors")])
+    code = cli_main(["merge", str(folder / "a.safetensors"), str(folder / b), "-q",
+                     "-o", str(folder / "out.safetensors")])
     err = capsys.readouterr().err
     assert code == 2, err
     return err.strip()
