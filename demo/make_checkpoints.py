@@ -6,8 +6,9 @@ Files: tiny_sd1_{a,b,c}.safetensors and tiny_sdxl_{a,b,c}.safetensors (about
 45 MB each), and tiny_sd1_merged.safetensors: A and B merged by the CLI, with the
 SuperMerger recipe (and input hashes) that the Load Recipe example re-creates.
 Model families (demo/tiny_families.py): tiny_flux1-dev_{a,b}.safetensors, Forge-style Flux.1 checkpoints, in
-DIR; tiny_{sd3,z-image,qwen-image,wan21}_{a,b}.safetensors, diffusion-model files for Load Diffusion Model, in
-UNET_DIR (default: the diffusion_models folder beside DIR). A few MB each.
+DIR; tiny_{sd3,z-image,qwen-image,wan21}_{a,b}.safetensors and tiny_flux1-dev_{a,b,c}.safetensors (for the
+file-merge example), diffusion-model files for Load Diffusion Model, in UNET_DIR (default: the diffusion_models
+folder beside DIR). A few MB each.
 Existing files are kept. Needs ComfyUI (scripts/setup_host.sh).
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ NAMES = {f"tiny_{layout}_{tag}.safetensors": (layout, seed)
 MERGED = "tiny_sd1_merged.safetensors"
 FLUX_CHECKPOINTS = {f"tiny_flux1-dev_{tag}.safetensors": seed for tag, seed in (("a", 1), ("b", 2))}
 UNETS = {f"tiny_{family}_{tag}.safetensors": (family, seed)
-         for family in ("sd3", "z-image", "qwen-image", "wan21") for tag, seed in (("a", 1), ("b", 2))}
+         for family in ("sd3", "z-image", "qwen-image", "wan21") for tag, seed in (("a", 1), ("b", 2))} | \
+    {f"tiny_flux1-dev_{tag}.safetensors": ("flux1-dev", seed) for tag, seed in (("a", 1), ("b", 2), ("c", 3))}
 
 
 def _comfy() -> None:
@@ -57,7 +59,7 @@ def main(folder: str, unet_folder: str | None = None) -> list[Path]:
         _comfy()
         import tiny_families
         for path in family_missing:
-            if path.name in FLUX_CHECKPOINTS:
+            if path.parent == out and path.name in FLUX_CHECKPOINTS:  # the same names in diffusion_models
                 _write(path, lambda tmp: tiny_families.save_flux_checkpoint(tmp, "flux1-dev",
                                                                            FLUX_CHECKPOINTS[path.name]))
             else:

@@ -63,8 +63,25 @@ def detect_architecture(sources: Mapping[str, KeySource]) -> Architecture:
                               "shows how a file is read).")
     for name in ("b", "c"):
         if name in archs:
+            require_not_cut_short(arch, archs[name], sources, name)
             require_compatible(arch, archs[name], f"model_{name}")
     return arch
+
+
+def require_not_cut_short(arch: Architecture, other: Optional[Architecture], sources: Mapping[str, KeySource],
+                          name: str) -> None:
+    """A declared A and a B (or C) that no family matches because tensors are missing (a file cut short by
+    its conversion) is said as such, not as a merge with an unknown family. Keys compare without their
+    diffusion-model prefix (a bare file that lost its signature is no longer prefixed to pair with A)."""
+    if arch.name == "auto" or other is None or other.name != "auto":
+        return
+    shapes_a = sources["a"].shapes()
+    present = {k.split("diffusion_model.", 1)[-1] for k in sources[name].shapes()}
+    missing = [k for k in (k.split("diffusion_model.", 1)[-1] for k in shapes_a) if k not in present]
+    if missing and len(shapes_a) - len(missing) > len(missing):  # mostly A's keys: the same family, cut short
+        raise MergeInputError(f"model_{name}", f"is not a complete {arch.label} model: {len(missing)} of model A's "
+                              f"{len(shapes_a)} tensors are missing from it (first: '{missing[0]}').",
+                              "use a complete file (convert or download it again).")
 
 
 def plan_merge(sources: Mapping[str, KeySource], mode: str, alpha: float = 0.5, beta: float = 0.25,

@@ -80,6 +80,26 @@ def core_settings(params: dict) -> dict:
     return params
 
 
+# merge_core names the files as the MODEL-merge nodes' inputs; here they are file widgets
+INPUT_NAMES = {"model_a": "file_a", "model_b": "file_b", "model_c": "file_c", "output": "filename_prefix"}
+
+
+def _merge(*args, **kwargs) -> None:
+    """merge_files, its errors naming this node's inputs (file_b, not model_b). Keys of A that B or C lacks
+    keep A's tensor (as in SuperMerger, e.g. Flux dev's guidance with schnell); the node has no report
+    output, so the log says how many and which input lacked them."""
+    try:
+        plan = merge_files(*args, **kwargs)
+    except MergeInputError as exc:
+        exc.input_name = INPUT_NAMES.get(exc.input_name, exc.input_name)
+        raise
+    for which in "BC":
+        absent = [kp.key for kp in plan.keys if kp.reason == f"absent from {which}"]
+        if absent:
+            logging.warning("merge_suite: %d tensors of file_a are absent from file_%s and were kept from A "
+                            "(first: '%s')", len(absent), which.lower(), absent[0])
+
+
 def _device() -> str:
     import comfy.model_management
     return "cuda" if comfy.model_management.get_torch_device().type == "cuda" else "cpu"
@@ -142,9 +162,9 @@ class _FileMerge(io.ComfyNode):
             target = output_path(prefix, cls.FOLDER)
             done = existing_result(target.parent, os.path.basename(prefix), key)
             if done is None:
-                merge_files(paths["a"], paths["b"], paths.get("c"), str(target),
-                            dtype=None if precision == AS_A else precision, progress=_progress(1),
-                            device=_device(), extra_metadata={CONTENT_KEY: key}, **settings)
+                _merge(paths["a"], paths["b"], paths.get("c"), str(target),
+                       dtype=None if precision == AS_A else precision, progress=_progress(1),
+                       device=_device(), extra_metadata={CONTENT_KEY: key}, **settings)
                 done = target
                 logging.info("merge_suite: merged into %s", done)
             else:

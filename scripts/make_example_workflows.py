@@ -50,6 +50,7 @@ OUTPUTS = {
                                      ("y_labels", "STRING"), ("z_labels", "STRING"), ("count", "INT")],
     "MergeSuite_SweepGrid": [("grids", "IMAGE"), ("layout", "STRING")],
     "MergeSuite_SaveCheckpoint": [("path", "STRING")],
+    "MergeSuite_DiffusionModelFileMerge": [("MODEL", "MODEL"), ("file_name", "STRING")],
     "MergeSuite_PinpointBlocks": [("blocks", "STRING"), ("x_label", "STRING"), ("y_label", "STRING")],
     "MergeSuite_PinpointElements": [("elemental", "STRING"), ("x_label", "STRING"), ("y_label", "STRING")],
     "MergeSuite_SweepFloatRange": [("values", "FLOAT"), ("labels", "STRING")],
@@ -65,6 +66,7 @@ OUTPUTS = {
 TITLES = {"MergeSuite_ModelSimilarity": "Model Similarity per Block", "MergeSuite_Elements": "Elements Browser",
           "MergeSuite_TextEncoderTokens": "Text Encoder Token Norms","MergeSuite_ModelMerge": "Merge Models",
           "MergeSuite_CLIPMerge": "Merge CLIP",
+          "MergeSuite_DiffusionModelFileMerge": "Merge Diffusion Model Files (streamed)",
           "MergeSuite_CheckpointMerge": "Merge Checkpoints"}
 
 
@@ -472,6 +474,23 @@ def unet_families():
     return g
 
 
+def file_merge_flux():
+    """Flux.1: three diffusion-model files merged from disk (A + alpha(B - C), named block weights) into a scaled-fp8
+    file in diffusion_models, loaded as MODEL -> KSampler; CLIP and VAE from the Flux checkpoint A."""
+    g = Graph()
+    clip_vae = g.add("CheckpointLoaderSimple", ["tiny_flux1-dev_a.safetensors"], (0, 0), (320, 100),
+                     "Flux CLIP and VAE (checkpoint A)")
+    files = [f"tiny_flux1-dev_{t}.safetensors" for t in "abc"]
+    m = g.add("MergeSuite_DiffusionModelFileMerge",
+              [files[0], files[1], *merge_widgets("Add difference", 0.5, 0.25, "custom", "D00-D01=0.8, S00-S02=0.3"),
+               "scaled_fp8", "merge_suite/flux_file_merge", files[2]], (400, 0), (400, 460))
+    shown = g.add("PreviewAny", [], (400, 500), (400, 120), "Merged file (diffusion_models)")
+    g.link(m, 1, shown, "source")
+    sampler_tail(g, m, 0, clip_vae, 1, clip_vae, "merge_suite/flux_file_merge", latent="EmptySD3LatentImage",
+                 cfg=1.0, scheduler="simple")
+    return g
+
+
 # --- LoRA (issue #5) ---------------------------------------------------------------------------
 # Each graph makes its LoRA files itself (extraction from the tiny checkpoints), so no LoRA needs to be
 # installed; a LoRA node's lora_list output ("<file>:1") feeds the next node's list input.
@@ -620,6 +639,7 @@ WORKFLOWS = {
     "family_flux_named_blocks": flux_named_blocks,
     "family_sd3_unet_merge_save": sd3_unet_merge_save,
     "family_zimage_qwen_wan_unet": unet_families,
+    "file_merge_flux_add_difference_scaled_fp8": file_merge_flux,
     **LORA_WORKFLOWS,
 }
 

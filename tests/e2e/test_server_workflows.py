@@ -67,6 +67,7 @@ def test_example_workflow_runs(path, server):
         assert any("similarity %" in t and re.search(rf"^{last}\s", t, re.M) for t in texts), texts
     check_sweep_outputs(path.stem, workflow, entry, images, texts, server)
     check_family_outputs(path.stem, texts, server)
+    check_file_merge_outputs(path.stem, texts, server)
     assert "invalid value encountered" not in server.log_tail(200)
 
 
@@ -80,6 +81,28 @@ def check_family_outputs(stem, texts, server):
         assert saved and saved[0].parent.parent.name in ("unet", "diffusion_models")  # the diffusion_models kind
     if stem == "family_zimage_qwen_wan_unet":
         assert len({t for t in texts if "similarity %" in t}) == 3  # shown by the node and by Preview Any
+
+
+def check_file_merge_outputs(stem, texts, server):
+    """The file-merge example wrote a scaled-fp8 diffusion-model file into diffusion_models, with the recipe
+    (the three inputs, Add difference) and the content key in its metadata, and no temporary file."""
+    if stem != "file_merge_flux_add_difference_scaled_fp8":
+        return
+    names = [t for t in texts if t.endswith(".safetensors")]
+    assert len(names) == 1 and names[0].startswith("merge_suite/flux_file_merge_"), texts
+    folder = next(f for f in (server.base / "models" / d for d in ("unet", "diffusion_models"))  # ComfyUI's two
+                  if (f / names[0]).is_file())  # names of the diffusion_models folder
+    data = (folder / names[0]).read_bytes()
+    head = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    meta = head.pop("__metadata__")
+    qkv = "double_blocks.0.img_attn.qkv."
+    assert [head[k]["dtype"] for k in ("scaled_fp8", qkv + "weight", qkv + "scale_weight", qkv + "bias")] == \
+        ["F8_E4M3", "F8_E4M3", "F32", "BF16"], head
+    recipe = json.loads(meta["merge_suite_recipe"])
+    assert recipe["mode"] == "Add difference" and recipe["architecture"] == "flux1", recipe
+    assert recipe["models"] == {t.upper(): f"tiny_flux1-dev_{t}.safetensors" for t in "abc"}, recipe
+    assert "merge_suite_content_key" in meta and "sd_merge_recipe" in meta
+    assert [p.name for p in folder.rglob("*") if p.name.endswith(".part") or p.name.startswith(".")] == []
 
 
 def check_sweep_outputs(stem, workflow, entry, images, texts, server):
