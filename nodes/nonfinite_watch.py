@@ -101,6 +101,7 @@ def show_on_node(node_id: Optional[str], text: str) -> None:
         pass
 
 
+OBSERVER_NAME = "merge_suite_nonfinite_check"
 _OBSERVER: list = []  # the adapter class, made once (a class per key would cost ms on 1000-key models)
 
 
@@ -112,7 +113,7 @@ def observer(watch: InputWatch, key: str, name: str, original=None):
         from comfy.weight_adapter.base import WeightAdapterBase
 
         class Observer(WeightAdapterBase):
-            name = "merge_suite_nonfinite_check"
+            name = OBSERVER_NAME
 
             def __init__(self, watch, key, input_name, original):
                 self.loaded_keys, self.weights = set(), []
