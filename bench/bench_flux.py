@@ -159,16 +159,6 @@ def node_rows(repeat: int) -> list[str]:
              ("ComfyUI ModelMergeFlux1 (its 61 sliders)", median_time(lambda: ModelMergeFlux1().merge(a, b, **flux_kw))),
              ("ours, Weight sum, scalar alpha", median_time(lambda: ours())),
              ("ours, Weight sum, 61-value list", median_time(lambda: ours(listed)))]
-    # Diagnostic: the node's non-finite input scan reads every input weight when the node runs; without it
-    # only the plan and the patches remain (nodes/merge.py is unchanged, the scan is swapped out here only).
-    import merge_suite.nodes.merge as merge_node
-    scan = merge_node.count_nonfinite_inputs
-    merge_node.count_nonfinite_inputs = lambda *args: None
-    try:
-        timed += [("ours, scalar alpha, non-finite input scan off (diagnostic)", median_time(lambda: ours())),
-                  ("ours, 61-value list, non-finite input scan off (diagnostic)", median_time(lambda: ours(listed)))]
-    finally:
-        merge_node.count_nonfinite_inputs = scan
     base = timed[0][1]
     rows = [f"\n### Merge node time, full-size Flux.1-dev key set (median of {repeat})\n",
             "| node | time | vs ModelMergeSimple |", "|---|---|---|"]

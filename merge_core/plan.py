@@ -117,6 +117,8 @@ class MergePlan:
     keys: list[KeyPlan] = field(default_factory=list)
     # {key: {"A"/"B"/"C": count}} of NaN/inf input values, filled while merging (nonfinite.py)
     nonfinite: dict = field(default_factory=dict)
+    # merged keys whose inputs' NaN/inf count is not known yet (the nodes count them when the model loads)
+    nonfinite_pending: int = 0
     # {key: reason} where a method's formula was undefined and its documented fallback applied
     fallbacks: dict = field(default_factory=dict)
     models: tuple[str, ...] = ()  # combine: the source names of M1..Mn (A is the base)

@@ -19,11 +19,13 @@ from ..merge_core.blocks.presets import preset_names
 from ..merge_core.combine import make_combine_settings, plan_combine
 from ..merge_core.methods.nway import METHOD_NAMES, METHODS, combine_key
 from ..merge_core.report import applied_report
-from .comfy_models import (apply_plan, architecture_of, base_layout, count_nonfinite_inputs, effective_weight,
-                           key_patches, lazy_adapter, note_fallbacks, shapes_of)
+from .comfy_models import (apply_plan, architecture_of, base_layout, effective_weight, key_patches, lazy_adapter,
+                           note_fallbacks, shapes_of)
 from .errors import named_errors
-from .merge import BLOCKS_TIP, CATEGORY, CUSTOM, PRESET_TIP, RECIPE_TIP, REPORT_TIP, _block_text, merge_params
+from .merge import (BLOCKS_TIP, CATEGORY, CUSTOM, PRESET_TIP, RECIPE_TIP, REPORT_TIP, _block_text, merge_params,
+                    node_label)
 from .merge_options import options_input
+from .nonfinite_watch import watch_inputs
 from .recipe_tags import loader_file_names, set_recipe, source_of
 from .ui import text_ui
 from .validation import number_problems
@@ -107,12 +109,13 @@ def combine_adapter(plan, kp, lists: list):
     return lazy_adapter("merge_suite_combine", compute)
 
 
-def combine_models(base: Any, models: list[tuple[str, Any]], params: dict, kind: str = "model"):
+def combine_models(base: Any, models: list[tuple[str, Any]], params: dict, kind: str = "model",
+                   node: tuple = ("Combine", None)):
     plan, patches = plan_models(base, models, params, kind)
-    count_nonfinite_inputs(plan, base, kind, patches)
+    patches, observers = watch_inputs(plan, base, kind, patches, *node)
     prepared = {kp.key: (1.0, combine_adapter(plan, kp, [patches[n][kp.key] for n in plan.models]))
                 for kp in plan.merged()}
-    return apply_plan(base, plan, {}, prepared), plan
+    return apply_plan(base, plan, {}, prepared, first=observers), plan
 
 
 class _Combine(io.ComfyNode):
@@ -145,7 +148,7 @@ class _Combine(io.ComfyNode):
         models = _connected(inputs, cls.KIND)
         params, per_key = merge_params(inputs)
         with named_errors(cls.DISPLAY):
-            merged, plan = combine_models(base, models, params, cls.KIND)
+            merged, plan = combine_models(base, models, params, cls.KIND, node_label(cls, cls.DISPLAY))
             recipe = tag_combine(merged, plan, base, models, getattr(cls, "hidden", None), cls.KIND)
             report = applied_report(plan, per_key)
             return io.NodeOutput(merged, report, recipe, ui=text_ui(report, recipe))

@@ -8,14 +8,11 @@ copy of any tensor.
 """
 from __future__ import annotations
 
-import weakref
-
 from collections import defaultdict
 from typing import Any, Optional
 
 from ..merge_core.architectures import Architecture, detect_or_auto, require_compatible
 from ..merge_core.errors import MergeInputError
-from ..merge_core.nonfinite import count_nonfinite
 from ..merge_core.plan import MERGE, MergePlan
 
 UNET_PREFIX = "diffusion_model."
@@ -32,14 +29,21 @@ def shapes_of(patches: dict[str, list]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v[0][0].shape) for k, v in patches.items()}
 
 
-def base_layout(obj: Any, kind: str) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
+def base_weights(obj: Any, kind: str) -> dict[str, Any]:
+    """The module state dict of the object merged into (A): its current weights, by key."""
+    patcher = obj if kind == "model" else obj.patcher
+    return patcher.model_state_dict(UNET_PREFIX if kind == "model" else None)
+
+
+def base_layout(obj: Any, kind: str,
+                weights: Optional[dict] = None) -> tuple[dict[str, tuple[int, ...]], dict[str, Any]]:
     """Key shapes and dtypes of the object merged into (A), without building its patch lists.
 
     A contributes through its own clone, so only its key set, shapes and dtypes are
     needed; the module state dict is several times cheaper than get_key_patches.
+    weights: base_weights(obj, kind) when already taken.
     """
-    patcher = obj if kind == "model" else obj.patcher
-    sd = patcher.model_state_dict(UNET_PREFIX if kind == "model" else None)
+    sd = weights if weights is not None else base_weights(obj, kind)
     return {k: tuple(v.shape) for k, v in sd.items()}, {k: v.dtype for k, v in sd.items()}
 
 
@@ -60,11 +64,13 @@ def check_same_architecture(archs: dict[str, Optional[Architecture]], kind: str)
     return arch
 
 
-def apply_plan(base: Any, plan: MergePlan, others: dict[str, dict[str, list]], prepared=None) -> Any:
+def apply_plan(base: Any, plan: MergePlan, others: dict[str, dict[str, list]], prepared=None,
+               first: Optional[dict] = None) -> Any:
     """A clone of ``base`` with the plan's linear steps added as nested patches.
 
     ``prepared`` (calc modes) maps each merged key to ready patches instead:
-    {key: (strength, value)}, grouped the same way.
+    {key: (strength, value)}, grouped the same way. ``first``: {key: value} added before every merge
+    patch (the NaN/inf observers of A, nonfinite_watch.py).
 
     One add_patches call per (step, strength, keep) group: core's add_patches
     rebuilds the module state dict on every call, so per-key calls are O(n^2).
@@ -84,6 +90,8 @@ def apply_plan(base: Any, plan: MergePlan, others: dict[str, dict[str, list]], p
         for index, step in enumerate(plan.settings.mode.linear_steps(kp.alpha, kp.beta)):
             groups[(index, step.strength, step.keep)][patch_key] = others[step.source][kp.key]
     merged = base.clone()
+    if first:
+        _add(merged, first, 1.0, 1.0)
     for (index, strength, keep), patches in sorted(groups.items(), key=lambda item: item[0][0]):
         _add(merged, patches, strength, keep)
     add_adjust_patches(merged, [(kp.key, kp.adjust) for kp in plan.keys if kp.action == MERGE and kp.adjust])
@@ -106,48 +114,6 @@ def add_adjust_patches(obj: Any, ops: list[tuple[str, tuple]]) -> None:
             _add(obj, {key: (torch.zeros(()),)}, 0.0, op[1])
         else:  # the 4 latent channels of out.2.bias
             _add(obj, {key: (torch.tensor(op[1], dtype=torch.float32),)}, 1.0, 1.0)
-
-
-def count_nonfinite_inputs(plan: MergePlan, a: Any, kind: str, patches: dict[str, dict[str, list]]) -> None:
-    """NaN/inf counts of every merged key's inputs into plan.nonfinite (the report's warning).
-
-    One pass over each input weight (its effective weight when the input is itself patched),
-    done when the node runs, since the merge itself only runs when a sampler loads the model.
-    """
-    lists = {"A": key_patches(a, kind)} | {name.upper(): p for name, p in patches.items()}
-    for kp in plan.merged():
-        found = {}
-        for name, per_key in lists.items():
-            plist = per_key.get(kp.key)
-            if plist is None:
-                continue
-            n = _loaded_count(plist[0][0]) if len(plist) == 1 else count_nonfinite(effective_weight(plist))
-            if n:
-                found[name] = n
-        if found:
-            plan.nonfinite[kp.key] = found
-
-
-_SCANNED: dict[int, tuple] = {}  # id(weight) -> (weakref, its _version then, count)
-
-
-def _loaded_count(weight) -> int:
-    """count_nonfinite of a loaded model's own weight, remembered while the weight lives unchanged: a sweep or
-    a re-queued graph merges the same loaded models again and again, and a full scan costs seconds on
-    Flux-size models. An in-place change (ComfyUI patching the weight) bumps _version and forces a rescan."""
-    try:
-        version = weight._version
-    except RuntimeError:  # an inference tensor (made under torch.inference_mode) has no version counter
-        return count_nonfinite(weight)
-    entry = _SCANNED.get(id(weight))
-    if entry is not None and entry[0]() is weight and entry[1] == version:
-        return entry[2]
-    n = count_nonfinite(weight)
-    try:
-        _SCANNED[id(weight)] = (weakref.ref(weight, lambda _, k=id(weight): _SCANNED.pop(k, None)), version, n)
-    except TypeError:  # not weak-referenceable: just not remembered
-        pass
-    return n
 
 
 # --- non-linear calc modes -------------------------------------------------------------

@@ -18,10 +18,11 @@ from ..merge_core.methods.calcmodes import get_calc_mode, resolve_modes, smooth_
 from ..merge_core.methods.modes import MODE_LABELS, get_mode
 from ..merge_core.plan import MERGE, MergeSettings, build_plan
 from ..merge_core.report import applied_report
-from .comfy_models import (apply_plan, architecture_of, base_layout, check_same_architecture,
-                           count_nonfinite_inputs, effective_weight, key_patches, make_calc_adapter, shapes_of)
+from .comfy_models import (apply_plan, architecture_of, base_layout, base_weights, check_same_architecture,
+                           effective_weight, key_patches, make_calc_adapter, shapes_of)
 from .errors import named_errors
 from .merge_options import options_input
+from .nonfinite_watch import watch_inputs
 from .recipe_tags import loader_file_names, set_recipe, source_of
 from .ui import merge_ui
 from .validation import number_problems
@@ -170,7 +171,8 @@ def shared_cosine_statistics(jobs: list) -> tuple:
 
 
 def plan_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, like=None):
-    """The merge plan of two or three MODELs (kind "model") or CLIPs (kind "clip"): (plan, B/C patches, A's dtypes).
+    """The merge plan of two or three MODELs (kind "model") or CLIPs (kind "clip"):
+    (plan, B/C patches, A's dtypes, A's weights).
 
     like: the architecture of the MODEL merged alongside (Merge Checkpoints); a CLIP of its family takes
     that model's layout, so one block list (sized to the model: a tiny or pruned Flux) serves both."""
@@ -182,7 +184,8 @@ def plan_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, like
                               f"connect a {kind.upper()} C, or choose Weight sum.")
     others = {"b": b} | ({"c": c} if (c is not None and needs_c) else {})
     patches = {name: key_patches(obj, kind) for name, obj in others.items()}
-    shapes_a, dtypes_a = base_layout(a, kind)
+    weights_a = base_weights(a, kind)
+    shapes_a, dtypes_a = base_layout(a, kind, weights_a)
     shapes = {"a": shapes_a} | {name: shapes_of(p) for name, p in patches.items()}
     archs = {name: architecture_of(s, f"{kind}_{name}") for name, s in shapes.items()}
     arch = check_same_architecture(archs, kind)
@@ -196,17 +199,26 @@ def plan_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, like
         if exc.input_name.startswith("model_"):
             exc = MergeInputError(kind + exc.input_name[5:], exc.problem, exc.fix)
         raise exc from None
-    return plan, patches, dtypes_a
+    return plan, patches, dtypes_a, weights_a
 
 
-def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, planned=None, stats=None):
+def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, planned=None, stats=None,
+                  node: tuple[str, Optional[str]] = ("Merge", None)):
     """Merge two or three MODELs or CLIPs; returns (patched clone of A, plan).
-    planned: plan_objects' result when already made; stats: shared cosine statistics."""
-    plan, patches, dtypes_a = planned or plan_objects(kind, a, b, c, params)
-    count_nonfinite_inputs(plan, a, kind, patches)
+    planned: plan_objects' result when already made; stats: shared cosine statistics;
+    node: (label, node id) the load-time NaN/inf warning names and is shown on."""
+    plan, patches, dtypes_a, weights_a = planned or plan_objects(kind, a, b, c, params)
+    patches, observers = watch_inputs(plan, a, kind, patches, *node, a_weights=weights_a)
     if plan.settings.calc is None:
-        return apply_plan(a, plan, patches), plan
-    return apply_plan(a, plan, patches, prepare_calc(plan, a, kind, patches, dtypes_a, stats)), plan
+        return apply_plan(a, plan, patches, first=observers), plan
+    prepared = prepare_calc(plan, a, kind, patches, dtypes_a, stats)
+    return apply_plan(a, plan, patches, prepared, first=observers), plan
+
+
+def node_label(cls, display: str) -> tuple[str, Optional[str]]:
+    """(label, node id) of a running node, for messages sent after it ran (at model load)."""
+    node_id = getattr(getattr(cls, "hidden", None), "unique_id", None)
+    return (f"{display} (node {node_id})" if node_id is not None else display), node_id
 
 
 class _PairMerge(io.ComfyNode):
@@ -240,7 +252,7 @@ class _PairMerge(io.ComfyNode):
         a, b, c = inputs.pop(f"{k}_a"), inputs.pop(f"{k}_b"), inputs.pop(f"{k}_c", None)
         inputs, per_key = merge_params(inputs)
         with named_errors(cls.DISPLAY):
-            merged, plan = merge_objects(k, a, b, c, inputs)
+            merged, plan = merge_objects(k, a, b, c, inputs, node=node_label(cls, cls.DISPLAY))
             recipe = tag_recipe(k, merged, plan, inputs, {"a": a, "b": b, "c": c}, getattr(cls, "hidden", None))
             report = applied_report(plan, per_key)
             return io.NodeOutput(merged, report, recipe, ui=merge_ui(report, recipe, plan.arch))
@@ -298,8 +310,10 @@ class CheckpointMerge(io.ComfyNode):
             if planned["model"][0].settings.calc is not None and planned["model"][0].settings.calc.needs_stats:
                 stats = shared_cosine_statistics([(planned[k][0], a, k, planned[k][1])
                                                   for k, a in (("model", model_a), ("clip", clip_a))])
-            model, model_plan = merge_objects("model", model_a, model_b, model_c, params, planned["model"], stats)
-            clip, clip_plan = merge_objects("clip", clip_a, clip_b, clip_c, params, planned["clip"], stats)
+            model, model_plan = merge_objects("model", model_a, model_b, model_c, params, planned["model"], stats,
+                                              node_label(cls, cls.DISPLAY + " (MODEL)"))
+            clip, clip_plan = merge_objects("clip", clip_a, clip_b, clip_c, params, planned["clip"], stats,
+                                            node_label(cls, cls.DISPLAY + " (CLIP)"))
             report = (applied_report(model_plan, per_key) + "\n\ntext encoder:\n"
                       + applied_report(clip_plan, per_key))
             hidden = getattr(cls, "hidden", None)
