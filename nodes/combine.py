@@ -57,9 +57,10 @@ def combine_inputs() -> list:
                      tooltip="dare, dare_ties, della: seed; draws depend on (seed, key, model), as in the CLI."),
         io.Combo.Input("blocks_alpha_preset", options=presets, default=CUSTOM, tooltip=PRESET_TIP.format(what="alpha")),
         io.String.Input("blocks_alpha", default="", tooltip=BLOCKS_TIP.format(what="alpha", scalar="alpha")),
-        # last among the widgets: saved workflows list widget values by position
+        # last among the widgets and optional: saved workflows list widget values by position, and API
+        # prompts saved before it existed lack it (the default applies)
         io.Float.Input("median_epsilon", default=MethodParams.median_eps, min=1e-12, max=1.0, step=1e-6,
-                       round=False,
+                       round=False, optional=True,
                        tooltip="geometric_median: smallest distance in Weiszfeld's weights w_i / max(|M_i - m|, "
                                "epsilon) (the CLI's --epsilon for this method; > 0)."),
         options_input(),
