@@ -33,7 +33,7 @@ SETTING_DEFAULTS: dict[str, Any] = {
 # A combine step's settings (the Combine Models node's / combine CLI's), every key present.
 COMBINE_DEFAULTS: dict[str, Any] = {
     "method": "task_arithmetic", "alpha": 1.0, "weights": "", "density": 0.2, "drop_rate": 0.9, "epsilon": 0.1,
-    "top": 0.01, "bottom": 0.1, "iterations": 100, "seed": 0, "blocks_alpha": "", "elemental": "",
+    "median_epsilon": 1e-6, "top": 0.01, "bottom": 0.1, "iterations": 100, "seed": 0, "blocks_alpha": "", "elemental": "",
     "include_exclude": "",
 }
 COMBINE = "combine"
@@ -108,8 +108,7 @@ def combine_settings(settings: MergeSettings) -> dict:
     p = settings.method_params
     return {"method": settings.method.name, "alpha": settings.alpha,
             "weights": ",".join(f"{w:g}" for w in p.weights) if p.weights is not None else "",
-            "density": p.density, "drop_rate": p.drop_rate,
-            "epsilon": p.median_eps if settings.method.name == "geometric_median" else p.epsilon,
+            "density": p.density, "drop_rate": p.drop_rate, "epsilon": p.epsilon, "median_epsilon": p.median_eps,
             "top": p.top, "bottom": p.bottom, "iterations": p.iterations, "seed": p.seed,
             "blocks_alpha": settings.blocks_alpha.as_text() if settings.blocks_alpha else "",
             "elemental": ",".join(r.text for r in settings.elemental),
@@ -128,10 +127,21 @@ def combine_text(settings: Mapping[str, Any]) -> str:
     """The parameters the step's method reads, and its block / elemental / include-exclude settings."""
     from .methods.nway import get_method
     method = get_method(settings.get("method", "task_arithmetic"))
-    keys = [n for n in method.uses if n != "median_eps"] + (["epsilon"] if "median_eps" in method.uses else [])
+    keys = [{"median_eps": "median_epsilon"}.get(n, n) for n in method.uses]
     keys = (["alpha"] if not settings.get("blocks_alpha") else []) + keys + ["blocks_alpha", "elemental",
                                                                               "include_exclude"]
     return " ".join(f"{k}={_fmt(settings.get(k))}" for k in keys if settings.get(k) not in ("", None))
+
+
+def replay_combine_settings(settings: Mapping[str, Any]) -> dict:
+    """A combine step's settings with every key present, to combine again. Recipes written before
+    median_epsilon existed kept the geometric median's epsilon under "epsilon"."""
+    from .methods.nway import get_method
+    out = {**COMBINE_DEFAULTS, **settings}
+    if "median_epsilon" not in settings and "epsilon" in settings and \
+            get_method(out["method"]).name == "geometric_median":
+        out["median_epsilon"], out["epsilon"] = settings["epsilon"], COMBINE_DEFAULTS["epsilon"]
+    return out
 
 
 def step_inputs(node: Mapping) -> list:

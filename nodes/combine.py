@@ -17,7 +17,7 @@ from comfy_api.latest import io
 
 from ..merge_core.blocks.presets import preset_names
 from ..merge_core.combine import make_combine_settings, plan_combine
-from ..merge_core.methods.nway import METHOD_NAMES, METHODS, combine_key
+from ..merge_core.methods.nway import METHOD_NAMES, METHODS, MethodParams, combine_key, get_method
 from ..merge_core.report import applied_report
 from .comfy_models import (apply_plan, architecture_of, base_layout, effective_weight, key_patches, lazy_adapter,
                            note_fallbacks, shapes_of)
@@ -33,7 +33,7 @@ from .validation import number_problems
 MAX_MODELS = 8
 METHOD_TIP = "Task vectors t_i = model_i - base; result = base + alpha * d. " + "  ".join(
     f"{m.name}: {m.formula}." for m in METHODS.values())
-NUMBERS = ("alpha", "density", "drop_rate", "epsilon", "top", "bottom")
+NUMBERS = ("alpha", "density", "drop_rate", "epsilon", "top", "bottom", "median_epsilon")
 
 
 def combine_inputs() -> list:
@@ -59,6 +59,12 @@ def combine_inputs() -> list:
                      tooltip="dare, dare_ties, della: seed; draws depend on (seed, key, model), as in the CLI."),
         io.Combo.Input("blocks_alpha_preset", options=presets, default=CUSTOM, tooltip=PRESET_TIP.format(what="alpha")),
         io.String.Input("blocks_alpha", default="", tooltip=BLOCKS_TIP.format(what="alpha", scalar="alpha")),
+        # last among the widgets and optional: saved workflows list widget values by position, and API
+        # prompts saved before it existed lack it (the default applies)
+        io.Float.Input("median_epsilon", default=MethodParams.median_eps, min=1e-12, max=1.0, step=1e-6,
+                       round=False, optional=True,
+                       tooltip="geometric_median: smallest distance in Weiszfeld's weights w_i / max(|M_i - m|, "
+                               "epsilon) (the CLI's --epsilon for this method; > 0)."),
         options_input(),
     ]
 
@@ -86,12 +92,20 @@ def plan_models(base: Any, models: list[tuple[str, Any]], params: dict, kind: st
         require_compatible(arch, architecture_of(model_shapes[-1], input_name), input_name)
     settings = make_combine_settings(
         arch, len(models), params["method"], params["alpha"], params.get("weights", ""), params["density"],
-        params["drop_rate"], params["epsilon"] if params["method"] == "della" else None, params["top"],
+        params["drop_rate"], _epsilon(params), params["top"],
         params["bottom"], params["iterations"], params["seed"],
         _block_text(params.get("blocks_alpha_preset", CUSTOM), params.get("blocks_alpha", ""), "blocks_alpha"),
         params.get("elemental", ""), params.get("include_exclude", ""))
     dtypes = {"a": base_dtypes} | {n: {k: v[0][0].dtype for k, v in p.items()} for n, p in patches.items()}
     return plan_combine(settings, arch, base_shapes, model_shapes, dtypes), patches
+
+
+def _epsilon(params: dict):
+    """The epsilon the chosen method reads (the CLI has one --epsilon for both): DELLA's spread or the
+    geometric median's smallest distance; None for the other methods."""
+    name = get_method(params["method"]).name
+    return {"della": params["epsilon"],
+            "geometric_median": params.get("median_epsilon", MethodParams.median_eps)}.get(name)
 
 
 def combine_adapter(plan, kp, lists: list):

@@ -65,7 +65,7 @@ def replay(node: Optional[dict], kind: str, cache: dict, where: str = "model A")
         base = replay(node["a"], kind, cache, f"the base {kind} of a combine step")
         models = [(f"{kind}_{i + 1}", replay(m, kind, cache, f"{kind} {i + 1} of a combine step"))
                   for i, m in enumerate(node["models"])]
-        merged, plan = combine_models(base, models, dict(node["settings"]), kind)
+        merged, plan = combine_models(base, models, core.replay_combine_settings(node["settings"]), kind)
         tag_combine(merged, plan, base, models, None, kind)
         return merged
     objects = {n: replay(node.get(n), kind, cache, f"{kind} {n.upper()} of a merge step") for n in ("a", "b", "c")}

@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from . import elect
+
 Tensor = torch.Tensor
 
 # The key naming shared by the nodes (ComfyUI names) and the CLI (checkpoint names), for seeding.
@@ -45,38 +47,30 @@ def task_arithmetic(taus: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
 
 def trim(tau: Tensor, density: float) -> Tensor:
     """TIES' trim: keep |x| >= the k-th smallest |x|, k = max(floor((1 - density) * numel), 1); 0 elsewhere."""
-    k = max(int((1.0 - density) * tau.numel()), 1)
-    threshold = tau.reshape(-1).abs().kthvalue(k).values
-    return torch.where(tau.abs() >= threshold, tau, torch.zeros((), dtype=tau.dtype))
+    return elect.whole(trimmed([elect.TaskVector(tau)], density)[0], tau.shape)
+
+
+def trimmed(taus: Sequence[elect.TaskVector], density: float) -> list:
+    """Each task vector's trim (a threshold each; one |t| scratch buffer shared by all)."""
+    scratch = torch.empty(taus[0].numel, dtype=torch.float32, device=taus[0].device)
+    return [elect.Trimmed(tau, density, scratch) for tau in taus]
 
 
 def elect_mean(taus: Sequence[Tensor]) -> Tensor:
     """TIES' elect + disjoint mean: s = sign(sum_i t_i); d = mean of the t_i with sign(t_i) = s (0 where none)."""
-    total = torch.zeros_like(taus[0])
-    for tau in taus:
-        total.add_(tau)
-    elected = torch.sign(total)
-    summed, count = torch.zeros_like(total), torch.zeros_like(total)
-    for tau in taus:
-        agree = (torch.sign(tau) == elected) & (tau != 0)
-        summed.add_(torch.where(agree, tau, torch.zeros((), dtype=tau.dtype)))
-        count.add_(agree.to(count.dtype))
-    return torch.where(count > 0, summed / count.clamp_min(1.0), torch.zeros((), dtype=total.dtype))
+    return elect.elect_mean([elect.TaskVector(tau) for tau in taus]).reshape(taus[0].shape)
 
 
 def ties(taus: Sequence[Tensor], density: float) -> Tensor:
     """TIES-Merging (Yadav et al., arXiv:2306.01708): trim each t_i to its top-density magnitudes, elect the
     sign per element as sign(sum of trimmed t_i), d = mean of the trimmed values that agree with it."""
-    return elect_mean([trim(tau, density) for tau in taus])
+    return elect.elect_mean(trimmed([elect.TaskVector(tau) for tau in taus], density)).reshape(taus[0].shape)
 
 
 def dare_drop(tau: Tensor, drop_rate: float, generator: torch.Generator) -> Tensor:
     """DARE (Yu et al., arXiv:2311.03099): drop each element with probability p, scale the kept ones by 1/(1-p).
     p = 1 drops everything (d = 0)."""
-    if drop_rate >= 1.0:
-        return torch.zeros_like(tau)
-    keep = torch.rand(tau.shape, generator=generator, dtype=torch.float32).to(tau.device) >= drop_rate
-    return torch.where(keep, tau / (1.0 - drop_rate), torch.zeros((), dtype=tau.dtype))
+    return elect.whole(elect.Dropped(elect.TaskVector(tau), drop_rate, generator), tau.shape)
 
 
 def della_probabilities(tau: Tensor, drop_rate: float, epsilon: float) -> Tensor:

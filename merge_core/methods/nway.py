@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..errors import MergeInputError, require_finite
-from . import multi
+from . import elect, multi
 
 Tensor = torch.Tensor
 
@@ -45,30 +45,43 @@ class CombineMethod:
     formula: str = ""
 
 
+def _float(base: Tensor, models: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """C and M_i in float32, for the methods that work on whole tensors."""
+    return base.detach().float(), [m.detach().float() for m in models]
+
+
 def _taus(base: Tensor, models: Sequence[Tensor], params: MethodParams) -> list[Tensor]:
     """w_i * (M_i - C)."""
+    base, models = _float(base, models)
     return [(m - base) * w for m, w in zip(models, params.weights_for(len(models)))]
 
 
+def _lazy_taus(base: Tensor, models: Sequence[Tensor], params: MethodParams) -> list[elect.TaskVector]:
+    """w_i * (M_i - C), computed chunk by chunk when read (elect.py: TIES and DARE-TIES never hold them whole)."""
+    return [elect.TaskVector(m, base, w) for m, w in zip(models, params.weights_for(len(models)))]
+
+
 def _task_arithmetic(base, models, params, key, fallbacks):
+    base, models = _float(base, models)
     return multi.task_arithmetic([m - base for m in models], params.weights_for(len(models)))
 
 
 def _ties(base, models, params, key, fallbacks):
-    return multi.ties(_taus(base, models, params), params.density)
+    return elect.elect_mean(multi.trimmed(_lazy_taus(base, models, params), params.density))
 
 
 def _dared(base, models, params, key):
-    return [multi.dare_drop(t, params.drop_rate, multi.model_generator(params.seed, key, i))
-            for i, t in enumerate(_taus(base, models, params))]
+    return [elect.Dropped(t, params.drop_rate, multi.model_generator(params.seed, key, i))
+            for i, t in enumerate(_lazy_taus(base, models, params))]
 
 
 def _dare(base, models, params, key, fallbacks):
-    return multi.task_arithmetic(_dared(base, models, params, key), (1.0,) * len(models))
+    return multi.task_arithmetic([elect.whole(d, base.shape) for d in _dared(base, models, params, key)],
+                                 (1.0,) * len(models))
 
 
 def _dare_ties(base, models, params, key, fallbacks):
-    return multi.elect_mean(_dared(base, models, params, key))
+    return elect.elect_mean(_dared(base, models, params, key))
 
 
 def _della(base, models, params, key, fallbacks):
@@ -83,12 +96,14 @@ def _breadcrumbs(base, models, params, key, fallbacks):
 
 
 def _model_stock(base, models, params, key, fallbacks):
+    base, models = _float(base, models)
     taus = [m - base for m in models]
     t = multi.model_stock_ratio(taus, fallbacks)
     return multi.task_arithmetic(taus, (t / len(taus),) * len(taus))
 
 
 def _geometric_median(base, models, params, key, fallbacks):
+    base, models = _float(base, models)
     median = multi.geometric_median(models, params.weights_for(len(models)), params.median_eps, params.iterations)
     return median - base
 
@@ -158,7 +173,10 @@ def check_params(method: CombineMethod, params: MethodParams, n_models: int, mod
 
 def combine_key(method: CombineMethod, params: MethodParams, key: str, alpha: float, base: Tensor,
                 models: Sequence[Tensor], fallbacks: Optional[list] = None) -> Tensor:
-    """C + alpha * d of one key, all float32 (C's shape); inputs are not modified."""
-    base32 = base.detach().float()
-    delta = method.fn(base32, [m.detach().float() for m in models], params, key, fallbacks)
-    return torch.add(base32, delta, alpha=alpha)
+    """C + alpha * d of one key, float32 (C's shape); inputs are not modified. The methods take C and the M_i
+    as stored (fp16, ...) and convert what they need; C + alpha * d is formed in d's buffer, chunk by chunk."""
+    delta = method.fn(base, models, params, key, fallbacks).reshape(-1)
+    flat = base.detach().reshape(-1)
+    for s in elect.chunks(delta.numel()):
+        torch.add(flat[s].float(), delta[s], alpha=alpha, out=delta[s])
+    return delta.reshape(base.shape)

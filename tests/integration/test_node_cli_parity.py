@@ -153,3 +153,33 @@ def test_load_recipe_replays_a_cli_combine(folder):
     keys = [k for k in by_cli if k.startswith(("model.diffusion_model.", "cond_stage_model."))]
     differ = [k for k in keys if k in again and not torch.allclose(by_cli[k], again[k], rtol=1e-5, atol=1e-6)]
     assert len(keys) > 100 and not differ, differ[:5]
+
+
+def test_node_and_load_recipe_apply_the_clis_geometric_median_epsilon(folder):
+    """The CLI's --epsilon (here the geometric median's smallest distance, not DELLA's) is the node's
+    median_epsilon, and Load Recipe replays it from the CLI's file."""
+    from merge_suite.nodes.combine import CombineModels
+    from merge_suite.nodes.recipe import LoadRecipe
+    files = [str(folder / f"sd1_{n}.safetensors") for n in "abca"]  # three points: the epsilon matters
+    outs = {eps: folder / f"cli_median_eps_{eps}.safetensors" for eps in ("0.9", "1e-6")}
+    for eps, out in outs.items():
+        assert cli.main(["combine", "--base", files[0], *files[1:], "--method", "geometric_median", "--epsilon",
+                         eps, "--iterations", "30", "--dtype", "fp32", "-q", "-o", str(out)]) == 0
+    by_cli, by_default = read(outs["0.9"]), read(outs["1e-6"])
+    unet = [k for k in by_cli if k.startswith("model.diffusion_model.")]
+    assert any(not torch.allclose(by_cli[k], by_default[k], rtol=1e-5, atol=1e-6) for k in unet)  # not vacuous
+    node_merge("sd1", CASES["add difference"], "warm")  # loads the three checkpoints into LOADED
+    (ma, ca, vae), (mb, _, _), (mc, _, _) = LOADED["sd1"]
+    model = CombineModels.execute(base=ma, model_1=mb, model_2=mc, model_3=ma, method="geometric_median",
+                                  alpha=1.0, weights="", density=0.2, drop_rate=0.9, epsilon=0.1, top=0.01,
+                                  bottom=0.1, iterations=30, seed=0, blocks_alpha_preset="custom", blocks_alpha="",
+                                  median_epsilon=0.9).result[0]
+    by_node = read(SaveCheckpoint.execute(model, ca, vae, filename_prefix="node_median_eps", precision="fp32",
+                                          hash_inputs=False).result[0])
+    model, clip, vae, text = LoadRecipe.execute(ckpt_name=outs["0.9"].name).result
+    assert "median_epsilon=0.9" in text, text
+    replayed = read(SaveCheckpoint.execute(model, clip, vae, filename_prefix="replayed_median_eps", precision="fp32",
+                                           hash_inputs=False).result[0])
+    for name, got in (("node", by_node), ("Load Recipe", replayed)):
+        differ = [k for k in unet if not torch.allclose(by_cli[k], got[k], rtol=1e-5, atol=1e-6)]
+        assert not differ, f"{name}: {differ[:5]}"

@@ -113,6 +113,28 @@ def test_cli_ties_report_metadata_and_reproducible_dare(tmp_path, sd1_keys):
     assert torch.equal(runs[0], runs[1])
 
 
+def test_recipe_carries_the_geometric_medians_epsilon(sd1_keys):
+    """The CLI's --epsilon is the geometric median's smallest distance: the recipe keeps it (median_epsilon, apart
+    from DELLA's epsilon) and replays it; recipes written before median_epsilon kept it under epsilon."""
+    from merge_core.combine import combine_architecture, make_combine_settings
+    from merge_core.recipe import (combine_step, combine_text, file_metadata, leaf, parse_file_recipe,
+                                   replay_combine_settings)
+    base, _ = models_for(sd1_keys, 0)
+    arch = combine_architecture([{k: v.shape for k, v in base.items()}])
+    settings = make_combine_settings(arch, 3, "geometric_median", epsilon=0.003, iterations=7)
+    tree = combine_step(settings, [leaf(f"{n}.safetensors") for n in "abcd"])
+    again = parse_file_recipe(file_metadata(tree, tree))["model"]["settings"]  # what Load Recipe reads
+    assert again["median_epsilon"] == 0.003 and again["epsilon"] == 0.1, again
+    assert "median_epsilon=0.003" in combine_text(again)
+    replayed = replay_combine_settings(again)
+    assert replayed["median_epsilon"] == 0.003 and replayed["iterations"] == 7
+    legacy = {k: v for k, v in again.items() if k not in ("median_epsilon", "epsilon")} | {"epsilon": 0.003}
+    assert replay_combine_settings(legacy)["median_epsilon"] == 0.003
+    della = {**legacy, "method": "della"}
+    assert replay_combine_settings(della)["epsilon"] == 0.003 and \
+        replay_combine_settings(della)["median_epsilon"] == 1e-6
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--method", "ties", "--density", "2"], "--density"),
     (["--method", "dare", "--weights", "1,2"], "--weights"),
