@@ -28,9 +28,14 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from merge_core.architectures import SD1  # noqa: E402
-from merge_core.lora.operations import extract_from_models  # noqa: E402
-from merge_core.lora.keys import unet_module  # noqa: E402
-from merge_core.lora.linalg import decompose  # noqa: E402
+try:
+    from merge_core.lora.operations import extract_from_models  # noqa: E402
+    from merge_core.lora.keys import unet_module  # noqa: E402
+    from merge_core.lora.linalg import decompose  # noqa: E402
+except ImportError:  # bench_busy.py's "before" copy: the flat layout from before merge_core/lora/ existed
+    from merge_core.lora_files import extract_from_models  # noqa: E402
+    from merge_core.lora_keys import unet_module  # noqa: E402
+    from merge_core.lora_math import decompose  # noqa: E402
 from synth import keyset  # noqa: E402
 
 

@@ -29,6 +29,7 @@ from ..errors import MergeInputError
 
 PART_RE = re.compile(r"^\..+\.merge-suite-(\d+)-[0-9a-f]{8}\.part$")
 STALE_IDLE_S = 600.0  # a part untouched this long is stale even if its pid is alive (pid reuse)
+WRITEBACK_STEP = 64 << 20  # start the kernel's writeback every 64 MiB written (see _start_writeback)
 DEAD_PID_IDLE_S = 60.0  # grace for a part whose pid is not running here (another host or container)
 DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                errno.EFBIG: "the file is too large for this disk or limit", errno.EROFS: "the disk is read-only",
@@ -161,6 +162,7 @@ class OutputFile:
         self.path: Optional[Path] = None
         self.tmp: Optional[str] = None
         self._fd = -1
+        self._written = self._flushed = 0  # bytes written, and up to where writeback was started
         self._made: list[str] = []  # folders we created, removed again (when empty) if nothing is written
 
     def __enter__(self) -> "OutputFile":
@@ -210,6 +212,20 @@ class OutputFile:
                 done += os.write(self._fd, view[done:done + (1 << 30)])
         except OSError as exc:
             raise disk_error(exc, self.requested, self.input_name) from None
+        self._written += done
+        if self._written - self._flushed >= WRITEBACK_STEP:
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Ask the kernel to start writing what was written so far (posix_fadvise DONTNEED starts writeback of
+        dirty pages; pages still being written stay cached). The commit's fsync then waits for the last step
+        only, instead of for the whole file at the end (about 1.5 s per 2 GB here, all of it after the merge)."""
+        if hasattr(os, "posix_fadvise"):
+            try:
+                os.posix_fadvise(self._fd, self._flushed, self._written - self._flushed, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass  # only a hint
+        self._flushed = self._written
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
