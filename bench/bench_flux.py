@@ -88,7 +88,8 @@ def cli_rows(keep: bool, modes=("weight_sum", "add_difference")) -> list[str]:
     WORK.mkdir(exist_ok=True)
     shapes = flux_shapes()
     size_gb = sum(math.prod(s) * (1 if len(s) >= 2 else 2) for s in shapes.values()) / 1e9
-    free_gb = shutil.disk_usage(WORK).free / 1e9
+    present = sum(p.stat().st_size for p in (WORK / f"flux1dev_fp8_{t}.safetensors" for t in "ab") if p.exists())
+    free_gb = (shutil.disk_usage(WORK).free + present) / 1e9  # inputs already made count as available
     if 3 * size_gb > min(BUDGET_GB, free_gb - 2):
         raise SystemExit(f"needs {3 * size_gb:.0f} GB of disk (A, B, one output); {free_gb:.0f} GB free")
     paths = {}
