@@ -67,8 +67,7 @@ def applied_report(plan: MergePlan, per_key: bool = False) -> str:
         lines += ["", nonfinite_warning(plan.nonfinite)]
     if plan.nonfinite_pending:
         lines += ["", f"NaN/inf check: the inputs of {plan.nonfinite_pending} merged keys are checked when the model "
-                  "loads (sampling or saving), where they are read anyway; a warning then goes to the console and "
-                  "onto this node."]
+                  "loads (sampling or saving), where they are read anyway; a warning then goes to the console."]
     if plan.fallbacks:
         lines += ["", fallback_note(plan.fallbacks)]
     adjusted = [k.key for k in plan.keys if k.adjust is not None]

@@ -6,7 +6,7 @@ count is made where the weights are read anyway: a weight adapter that only look
 unchanged) is placed after the last patch of each input's patch list (B, C, the models of Combine) and before
 the first merge patch of A's key, where ComfyUI hands it that input's effective weight in float32 on the load
 device. Each adapter counts once (merged models load again and again; lowvram patches run at every step); when
-every watched input has been seen, one console warning names the keys and counts, and the merge node shows it.
+every watched input has been seen, one console warning names the node, the keys and the counts.
 
 Counts of a plain loaded weight are remembered while its storage lives unchanged (``_version``), so the next
 run of a merge of the same models (a sweep, a re-queued graph) has them in its report at no cost.
@@ -84,21 +84,9 @@ class InputWatch:
             text = f"{self.label}: {warning({key: dict(sorted(per.items())) for key, per in self.counts.items()})}"
             logging.warning("Merge Suite: %s", text)
         else:
-            text = f"{self.label}: NaN/inf check of the inputs at load: all values finite."
-            logging.info("Merge Suite: %s", text)
-        show_on_node(self.node_id, text)
-
-
-def show_on_node(node_id: Optional[str], text: str) -> None:
-    """The text on the merge node in the browser (ComfyUI's progress text), for the client that queued the run."""
-    if node_id is None:
-        return
-    try:
-        from server import PromptServer
-        server = PromptServer.instance
-        server.send_progress_text(text, node_id, getattr(server, "client_id", None))
-    except Exception:  # no server (scripts, tests): the console line is the report
-        pass
+            logging.info("Merge Suite: %s: NaN/inf check of the inputs at load: all values finite.", self.label)
+        # Console only: ComfyUI's progress text on the node is saved into the workflow's widgets_values,
+        # where it shifts the node's own widget values when the workflow is loaded again.
 
 
 OBSERVER_NAME = "merge_suite_nonfinite_check"
