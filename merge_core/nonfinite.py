@@ -28,23 +28,39 @@ def count_nonfinite(t: torch.Tensor) -> int:
     """
     if all_finite(t):
         return 0
-    try:
-        return int(t.numel() - torch.isfinite(t).sum())
-    except (RuntimeError, NotImplementedError):  # nor isfinite (fp8 on CPU): in float32 chunks (exact)
-        flat = t.reshape(-1)
-        return sum(int(part.numel() - torch.isfinite(part.float()).sum()) for part in flat.split(1 << 20))
+    special = _fp8_special(t)
+    if special is not None:
+        return int(special.sum())
+    return int(t.numel() - torch.isfinite(t).sum())
 
 
 def all_finite(t: torch.Tensor) -> bool:
-    """True when every value is finite (or the tensor is not floating point); False may also mean
-    "cannot tell cheaply" (a dtype without aminmax), so callers then count exactly."""
+    """True when every value is finite (or the tensor is not floating point)."""
     if not t.is_floating_point() or t.numel() == 0:
         return True
-    try:
-        low, high = torch.aminmax(t)
-    except (RuntimeError, NotImplementedError):  # a dtype without aminmax (fp8 on CPU)
-        return False
+    special = _fp8_special(t)
+    if special is not None:
+        return not bool(special.any())
+    low, high = torch.aminmax(t)
     return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+
+
+# fp8 has neither aminmax nor isfinite on CPU: its NaN/inf are bit patterns, found on the bytes with
+# vectorised integer operations (converting to float32 instead cost 0.22 s per 75 MB Flux tensor).
+# (mask, value): e4m3fn's only non-finite values are NaN S.1111.111; e5m2 has IEEE inf/NaN (exponent
+# 11111); the "fnuz" kinds have one NaN, 0x80, and no inf.
+_FP8_SPECIAL = {name: pattern for name, pattern in (
+    ("float8_e4m3fn", (0x7F, 0x7F)), ("float8_e5m2", (0x7C, 0x7C)),
+    ("float8_e4m3fnuz", (0xFF, 0x80)), ("float8_e5m2fnuz", (0xFF, 0x80)))}
+
+
+def _fp8_special(t: torch.Tensor):
+    """A bool tensor marking the NaN/inf values of an fp8 tensor; None for other dtypes."""
+    pattern = _FP8_SPECIAL.get(str(t.dtype).removeprefix("torch."))
+    if pattern is None:
+        return None
+    mask, value = pattern
+    return (t.view(torch.uint8) & mask) == value
 
 
 def count_inputs(tensors: Mapping[str, Optional[torch.Tensor]]) -> dict[str, int]:

@@ -159,3 +159,17 @@ def test_nonfinite_count_on_fp8_which_has_neither_aminmax_nor_isfinite_on_cpu(dt
     assert count_nonfinite(t) == 0
     t[[5, 2999]] = torch.tensor([float("nan"), float("nan")]).to(dtype)
     assert count_nonfinite(t) == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_bit_patterns_give_every_nonfinite_value_and_only_those(dtype):
+    """fp8's NaN/inf are found on the bytes (no float32 copy): every one of the 256 values is checked
+    against float32's own verdict."""
+    from merge_core.nonfinite import all_finite, count_nonfinite
+
+    every = torch.arange(256, dtype=torch.uint8).view(dtype)
+    bad = int((~torch.isfinite(every.float())).sum())
+    assert bad > 0 and count_nonfinite(every) == bad
+    finite = every[torch.isfinite(every.float())]
+    assert all_finite(finite) and count_nonfinite(finite) == 0
+    assert not all_finite(every)
