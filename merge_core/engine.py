@@ -19,6 +19,7 @@ from . import threads as thread_policy
 from .architectures import fused_tensor_of
 from .device import Transfer, math_device
 from .io.buffers import BufferPool
+from .io.fp8 import FP8, widened
 from .io.sources import FileSource, KeySource
 from .methods.adjust import apply_adjust
 from .methods.calcmodes import KeyContext, column_sums, cosine_stats, similarities_from_sums
@@ -96,8 +97,12 @@ def output_layout(plan: MergePlan, sources: Mapping[str, KeySource],
 
 
 def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[torch.Tensor],
-                 out_dtype: torch.dtype, chunk: int = CHUNK_ELEMENTS) -> torch.Tensor:
-    """Apply one elementwise merge method to one key in float32, chunk by chunk."""
+                 out_dtype: torch.dtype, chunk: int = CHUNK_ELEMENTS,
+                 helper: Optional[cf.Executor] = None) -> torch.Tensor:
+    """Apply one elementwise merge method to one key in float32, chunk by chunk.
+
+    helper: a one-thread executor that takes the second half of a large tensor while a core is idle
+    (``split_work``); the result is the same bits either way (every value is computed alone)."""
     if kp.input_channels is not None:
         n = kp.input_channels
         out = a.to(out_dtype, copy=True)
@@ -108,12 +113,39 @@ def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[
     fa, fb, fo = a.reshape(-1), b.reshape(-1), out.view(-1)
     fc = None if c is None else c.reshape(-1)
     total = fa.numel()
-    for start in range(0, total, chunk):
-        end = min(start + chunk, total)
-        r = fn(fa[start:end].float(), fb[start:end].float(),
-               None if fc is None else fc[start:end].float(), kp.alpha, kp.beta)
-        fo[start:end].copy_(r)
+    top = torch.finfo(out_dtype).max if out_dtype in FP8 else None  # fp8 saturates (io/precision.py)
+
+    def run(first: int, last: int) -> None:
+        with thread_policy.torch_threads(thread_policy.MERGE_THREADS):
+            for start in range(first, last, chunk):
+                end = min(start + chunk, last)
+                r = fn(widened(fa[start:end], "a"), widened(fb[start:end], "b"),
+                       None if fc is None else widened(fc[start:end], "c"), kp.alpha, kp.beta)
+                fo[start:end].copy_(r if top is None else r.clamp_(-top, top))
+
+    if helper is None or a.device.type != "cpu" or not split_work(total, chunk):
+        run(0, total)
+        return out
+    middle = (total // 2 + chunk - 1) // chunk * chunk
+    second = helper.submit(run, middle, total)
+    try:
+        run(0, middle)
+    finally:
+        cf.wait([second])  # it writes into out: never return (or raise) while it runs
+    second.result()
     return out
+
+
+SPLIT_ELEMENTS = 1 << 22  # tensors from 4M values up are worth a second thread (fp8 Flux: most of the file)
+
+
+def split_work(total: int, chunk: int = CHUNK_ELEMENTS) -> bool:
+    """Whether to compute one key's halves on two threads: a large tensor and a core idle right now.
+
+    Why not torch's own threads: they meet at a barrier after every operation, and spin there when
+    another process holds a core (merge_core/threads.py). Two halves meet once per key, each thread
+    running one torch thread; when the second core is taken, the key runs on one thread as before."""
+    return total >= max(SPLIT_ELEMENTS, 2 * chunk) and thread_policy.compute_threads(2) > 1
 
 
 def key_context(kp: KeyPlan, settings: MergeSettings, stats=None, fallbacks: Optional[list] = None) -> KeyContext:
@@ -257,13 +289,26 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
     sink.begin(layout)
     total = len(plan.keys)
 
+    # Linear modes on plain fp8 inputs read the stored bytes and widen them chunk by chunk, and write
+    # keys the sink stores as plain fp8 straight in fp8 (io/fp8.py says why: a whole float32 copy per
+    # input and per result cost more than the merge itself on full-size fp8 Flux files).
+    encoded_dtype = getattr(sink, "encoded_dtype", None)
+
+    def compact(kp: KeyPlan) -> bool:
+        return settings.calc is None and kp.adjust is None and kp.input_channels is None
+
+    def read(name: str, kp: KeyPlan):
+        stored = getattr(sources[name], "stored", None) if compact(kp) else None
+        tensor = None if stored is None else stored(kp.key)
+        return sources[name].get(kp.key) if tensor is None else tensor
+
     def load(kp: KeyPlan):
         if kp.action == MERGE and settings.method is not None:  # combine: base and n models, on the host
             base, models = sources["a"].get(kp.key), [sources[name].get(kp.key) for name in plan.models]
             return base, models, count_nonfinite_inputs({"base": base} | {f"M{j + 1}": m for j, m in enumerate(models)})
         if kp.action == MERGE:
-            a, b = sources["a"].get(kp.key), sources["b"].get(kp.key)
-            c = sources["c"].get(kp.key) if needs_c else None
+            a, b = read("a", kp), read("b", kp)
+            c = read("c", kp) if needs_c else None
             # Calc modes are counted here, on the read-ahead thread (overlapping the previous key's math).
             # A linear mode is checked on its result instead (one tensor, not two or three): its formula
             # multiplies every input, so any NaN/inf in A, B or C makes the result non-finite there.
@@ -281,7 +326,8 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
         # stage holds at most one key, so memory stays at a few tensors; on a quiet machine reading,
         # math and writing overlap, and on a busy one the threads simply take turns on the free core.
         with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as reader, \
-                cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") as writer:
+                cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") as writer, \
+                cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-math") as math:
             pending = reader.submit(load, plan.keys[0]) if plan.keys else None
             written = None
             copied = reusable = None  # stored bytes of a pooled source, reusable once the sink has them
@@ -306,7 +352,8 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
                     if nonfinite:
                         plan.nonfinite[kp.key] = nonfinite
                     if settings.calc is None:
-                        result = merge_tensor(kp, mode.fn, a, b, c, dtypes[kp.key])
+                        direct = encoded_dtype(kp.key) if encoded_dtype is not None and compact(kp) else None
+                        result = merge_tensor(kp, mode.fn, a, b, c, direct or dtypes[kp.key], helper=math)
                         if not all_finite(result):  # rare: now count the inputs exactly
                             nonfinite = count_nonfinite_inputs({"A": a, "B": b, "C": c})
                             if nonfinite:

@@ -24,6 +24,7 @@ from typing import Mapping, Optional
 import torch
 
 from ..errors import MergeInputError
+from .fp8 import narrow
 from .quantized import FP8, MARKER, MIXED_FP8, QUANT_METADATA, SCALED
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8_e4m3fn", "scaled_fp8")
@@ -35,9 +36,9 @@ SCALE_KEYS = {SCALED: "scale_weight", MIXED_FP8: "weight_scale"}
 
 
 def fp8_cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """float -> fp8 with saturation (values beyond the format's max become +-max, not NaN)."""
-    top = torch.finfo(dtype).max
-    return tensor.float().clamp(-top, top).to(dtype)
+    """float -> fp8 with saturation (values beyond the format's max become +-max, not NaN); a tensor
+    already of that dtype as it is (the engine writes plain-fp8 keys itself, see ``encoded_dtype``)."""
+    return narrow(tensor, dtype)
 
 
 def quantize_scaled(tensor: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn):
@@ -130,6 +131,12 @@ class EncodingSink:
         self.inner.begin(out)
         if self.marker:
             self.inner.put(self.marker, torch.zeros(2, dtype=torch.float8_e4m3fn))
+
+    def encoded_dtype(self, key: str) -> Optional[torch.dtype]:
+        """The plain fp8 dtype a key is written in, which ``put`` also takes as it is (the engine then
+        computes that key straight into fp8, without a float32 copy of the whole tensor); else None."""
+        dtype = PLAIN.get(self.encode.get(key))
+        return dtype if dtype in FP8 else None
 
     def put(self, key: str, tensor: torch.Tensor) -> None:
         fmt = self.encode.get(key)

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 
 from ..errors import MergeInputError
+from .fp8 import widen
 from .sources import FileSource
 
 FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -82,11 +83,11 @@ class QuantizedFileSource(FileSource):
         return dtype_name(self.reader.tensors[key].dtype)
 
     def get(self, key: str) -> torch.Tensor:
-        tensor = self.reader.get(key)
+        tensor = self.reader.get(key, self.buffers)
         if key not in self.scales:
-            return tensor.float() if tensor.dtype in FP8 else tensor
+            return widen(tensor) if tensor.dtype in FP8 else tensor
         scale = self.reader.get(self.scales[key]).float()
-        weight = tensor.float()
+        weight = widen(tensor)
         try:
             return weight * scale if scale.numel() == 1 else weight * scale.reshape(_broadcast(scale, weight))
         except RuntimeError:
@@ -94,6 +95,13 @@ class QuantizedFileSource(FileSource):
                                   f"{tuple(scale.shape)}, which does not fit the weight {tuple(weight.shape)} "
                                   "(a block-wise quantisation this version does not read).",
                                   "use an fp8 scaled-per-tensor, GGUF or unquantised file.") from None
+
+    def stored(self, key: str) -> Optional[torch.Tensor]:
+        """A plain (unscaled) fp8 weight as stored, for the engine's linear modes, which widen it to
+        float32 chunk by chunk (a whole float32 copy costs a page fault per 1024 values); else None."""
+        if key in self.scales or self.reader.tensors[key].dtype not in FP8:
+            return None
+        return self.reader.get(key, self.buffers)
 
     def raw(self, key: str):
         return None if key in self.scales or self.reader.tensors[key].dtype in FP8 else self.reader.raw(key)
