@@ -98,11 +98,11 @@ def output_layout(plan: MergePlan, sources: Mapping[str, KeySource],
 
 def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[torch.Tensor],
                  out_dtype: torch.dtype, chunk: int = CHUNK_ELEMENTS,
-                 helper: Optional[cf.Executor] = None) -> torch.Tensor:
+                 helper: Optional[cf.Executor] = None, finite: bool = False) -> torch.Tensor:
     """Apply one elementwise merge method to one key in float32, chunk by chunk.
 
-    helper: a one-thread executor that takes the second half of a large tensor while a core is idle
-    (``split_work``); the result is the same bits either way (every value is computed alone)."""
+    helper: a one-thread executor that takes the second half of a large tensor (``split_work``); the result is the same bits either way (every value is computed alone).
+    finite: the inputs are known to hold no NaN/inf (fp8 widening then skips its own search)."""
     if kp.input_channels is not None:
         n = kp.input_channels
         out = a.to(out_dtype, copy=True)
@@ -119,8 +119,8 @@ def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[
         with thread_policy.torch_threads(thread_policy.MERGE_THREADS):
             for start in range(first, last, chunk):
                 end = min(start + chunk, last)
-                r = fn(widened(fa[start:end], "a"), widened(fb[start:end], "b"),
-                       None if fc is None else widened(fc[start:end], "c"), kp.alpha, kp.beta)
+                r = fn(widened(fa[start:end], "a", finite), widened(fb[start:end], "b", finite),
+                       None if fc is None else widened(fc[start:end], "c", finite), kp.alpha, kp.beta)
                 fo[start:end].copy_(r if top is None else r.clamp_(-top, top))
 
     if helper is None or a.device.type != "cpu" or not split_work(total, chunk):
@@ -140,12 +140,15 @@ SPLIT_ELEMENTS = 1 << 22  # tensors from 4M values up are worth a second thread 
 
 
 def split_work(total: int, chunk: int = CHUNK_ELEMENTS) -> bool:
-    """Whether to compute one key's halves on two threads: a large tensor and a core idle right now.
+    """Whether to compute one key's halves on two threads: a large tensor, and two cores allowed.
 
-    Why not torch's own threads: they meet at a barrier after every operation, and spin there when
+    Why not torch's own threads: they meet at a barrier after every operation and spin there when
     another process holds a core (merge_core/threads.py). Two halves meet once per key, each thread
-    running one torch thread; when the second core is taken, the key runs on one thread as before."""
-    return total >= max(SPLIT_ELEMENTS, 2 * chunk) and thread_policy.compute_threads(2) > 1
+    running one torch thread, and a waiting thread sleeps: when the second core is taken, the halves
+    simply take turns on the free one, at the speed of one thread. (Asking for idle cores first, as
+    compute_threads does, said "busy" through most of a large file merge: the kernel's writeback of
+    the output runs as other tasks.) Measured in bench/RESULTS.md (full-size Flux fp8)."""
+    return total >= max(SPLIT_ELEMENTS, 2 * chunk) and thread_policy.available_cpus() > 1
 
 
 def key_context(kp: KeyPlan, settings: MergeSettings, stats=None, fallbacks: Optional[list] = None) -> KeyContext:
@@ -302,7 +305,20 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
         tensor = None if stored is None else stored(kp.key)
         return sources[name].get(kp.key) if tensor is None else tensor
 
-    def load(kp: KeyPlan):
+    def reads(kp: KeyPlan) -> tuple:
+        """The sources one key's work reads."""
+        if kp.action != MERGE:
+            return ("b",) if kp.action == FROM_B else ("a",)
+        if settings.method is not None:
+            return ("a", *plan.models)
+        return ("a", "b", "c") if needs_c else ("a", "b")
+
+    def load(kp: KeyPlan, ahead: Optional[KeyPlan] = None):
+        if ahead is not None:  # the key after this one starts coming from disk while this one is read
+            for name in reads(ahead):
+                prefetch = getattr(sources[name], "prefetch", None)
+                if prefetch is not None:
+                    prefetch(ahead.key)
         if kp.action == MERGE and settings.method is not None:  # combine: base and n models, on the host
             base, models = sources["a"].get(kp.key), [sources[name].get(kp.key) for name in plan.models]
             return base, models, count_nonfinite_inputs({"base": base} | {f"M{j + 1}": m for j, m in enumerate(models)})
@@ -312,7 +328,11 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
             # Calc modes are counted here, on the read-ahead thread (overlapping the previous key's math).
             # A linear mode is checked on its result instead (one tensor, not two or three): its formula
             # multiplies every input, so any NaN/inf in A, B or C makes the result non-finite there.
-            nonfinite = count_nonfinite_inputs({"A": a, "B": b, "C": c}) if settings.calc is not None else None
+            # Stored fp8 inputs are the exception: their scan is cheap bit tests here, and a clean result
+            # lets the math thread widen them without looking for NaN.
+            inputs = {"A": a, "B": b, "C": c}
+            checked = settings.calc is not None or all(t is None or t.dtype in FP8 for t in inputs.values())
+            nonfinite = count_nonfinite_inputs(inputs) if checked else None
             return move.prepare(a), move.prepare(b), move.prepare(c), nonfinite
         src = sources["b" if kp.action == FROM_B else "a"]
         if dtypes[kp.key] == src.dtype(kp.key):
@@ -328,14 +348,15 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
         with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as reader, \
                 cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") as writer, \
                 cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-math") as math:
-            pending = reader.submit(load, plan.keys[0]) if plan.keys else None
+            pending = reader.submit(load, plan.keys[0], plan.keys[1] if total > 1 else None) if plan.keys else None
             written = None
             copied = reusable = None  # stored bytes of a pooled source, reusable once the sink has them
             for i, kp in enumerate(plan.keys):
                 if should_stop is not None and should_stop():
                     raise MergeCancelled("merge cancelled")
                 loaded = pending.result()
-                pending = reader.submit(load, plan.keys[i + 1]) if i + 1 < total else None
+                pending = reader.submit(load, plan.keys[i + 1], plan.keys[i + 2] if i + 2 < total else None) \
+                    if i + 1 < total else None
                 if kp.action == MERGE and settings.method is not None:
                     base, models, nonfinite = loaded
                     if nonfinite:
@@ -353,8 +374,9 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
                         plan.nonfinite[kp.key] = nonfinite
                     if settings.calc is None:
                         direct = encoded_dtype(kp.key) if encoded_dtype is not None and compact(kp) else None
-                        result = merge_tensor(kp, mode.fn, a, b, c, direct or dtypes[kp.key], helper=math)
-                        if not all_finite(result):  # rare: now count the inputs exactly
+                        result = merge_tensor(kp, mode.fn, a, b, c, direct or dtypes[kp.key], helper=math,
+                                              finite=nonfinite == {})
+                        if nonfinite is None and not all_finite(result):  # rare: now count the inputs exactly
                             nonfinite = count_nonfinite_inputs({"A": a, "B": b, "C": c})
                             if nonfinite:
                                 plan.nonfinite[kp.key] = nonfinite

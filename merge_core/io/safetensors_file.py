@@ -148,6 +148,17 @@ class SafetensorsReader:
             done += got
         return buf
 
+    def prefetch(self, key: str) -> None:
+        """Ask the kernel to start reading one tensor's bytes now (asynchronously, into the page cache,
+        not into this process): the engine calls it a key ahead of the read, so disk reads overlap
+        the math instead of stalling it."""
+        info = self.tensors.get(key)
+        if info is not None and info.nbytes and self._fd >= 0 and hasattr(os, "posix_fadvise"):
+            try:
+                os.posix_fadvise(self._fd, info.begin, info.nbytes, os.POSIX_FADV_WILLNEED)
+            except OSError:  # only a hint
+                pass
+
     def get(self, key: str, buffers: Optional[BufferPool] = None) -> torch.Tensor:
         info = self.tensors[key]
         if info.nbytes == 0:

@@ -53,6 +53,9 @@ class FileSource:
     def raw(self, key: str) -> memoryview:
         return self.reader.raw(key, self.buffers)
 
+    def prefetch(self, key: str) -> None:
+        self.reader.prefetch(key)
+
     def close(self) -> None:
         self.reader.close()
 
