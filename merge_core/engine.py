@@ -115,8 +115,10 @@ def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[
     total = fa.numel()
     top = torch.finfo(out_dtype).max if out_dtype in FP8 else None  # fp8 saturates (io/precision.py)
 
+    inference = torch.is_inference_mode_enabled()  # thread-local: the helper takes the caller's (ComfyUI's)
+
     def run(first: int, last: int) -> None:
-        with thread_policy.torch_threads(thread_policy.MERGE_THREADS):
+        with thread_policy.torch_threads(thread_policy.MERGE_THREADS), torch.inference_mode(inference):
             for start in range(first, last, chunk):
                 end = min(start + chunk, last)
                 r = fn(widened(fa[start:end], "a", finite), widened(fb[start:end], "b", finite),

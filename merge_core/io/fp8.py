@@ -37,7 +37,8 @@ def scratch(name: str, dtype: torch.dtype, n: int) -> torch.Tensor:
     per 4 KiB, which at this chunk size was a tenth of the conversion)."""
     buf = getattr(_scratch, name, None)
     if buf is None or buf.numel() < n or buf.dtype != dtype:
-        buf = torch.empty(max(n, CHUNK), dtype=dtype)
+        with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+            buf = torch.empty(max(n, CHUNK), dtype=dtype)
         setattr(_scratch, name, buf)
     return buf[:n]
 

@@ -96,6 +96,21 @@ def test_merge_tensor_halves_on_two_threads_equal_torchs_formula(monkeypatch, he
         assert not all_finite(got)
 
 
+@pytest.mark.parametrize("first", [True, False])
+def test_halves_and_scratch_work_inside_and_outside_inference_mode(monkeypatch, helper, first):
+    """ComfyUI runs nodes under torch.inference_mode, which is per thread: the helper must write the
+    caller's inference-mode output, and a scratch buffer made in one mode must serve the other."""
+    monkeypatch.setattr(engine, "split_work", lambda total, chunk=0: True)
+    a = torch.randn(4 * engine.CHUNK_ELEMENTS).to(torch.float8_e4m3fn)
+    b = torch.randn(4 * engine.CHUNK_ELEMENTS).to(torch.float8_e4m3fn)
+    ref = torch.lerp(a.float(), b.float(), 0.3).clamp(-448, 448).to(torch.float8_e4m3fn)
+    for mode in (first, not first, first):
+        helper.submit(fp8.scratch, "a", torch.float32, 1).result()  # made on the helper thread
+        with torch.inference_mode(mode):
+            got = engine.merge_tensor(KeyStub, MODES["weight_sum"].fn, a, b, None, torch.float8_e4m3fn, helper=helper)
+        assert torch.equal(got.view(torch.uint8), ref.view(torch.uint8))
+
+
 def test_an_error_in_the_helpers_half_is_raised_after_both_halves_stopped(monkeypatch, helper):
     monkeypatch.setattr(engine, "split_work", lambda total, chunk=0: True)
     a = torch.zeros(4 * engine.CHUNK_ELEMENTS)
