@@ -18,8 +18,6 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from merge_core.io.safetensors_file import SafetensorsWriter  # noqa: E402
-
 POOL = 1 << 25  # 32 Mi values
 
 
@@ -29,6 +27,8 @@ def keyset(name: str) -> dict[str, tuple[int, ...]]:
 
 
 def write_synthetic(name: str, path: Path, seed: int, dtype=torch.float16) -> Path:
+    # imported here: bench_busy's LoRA child imports keyset with an older merge_core first on the path
+    from merge_core.io.safetensors_file import SafetensorsWriter
     shapes = keyset(name)
     gen = torch.Generator().manual_seed(seed)
     pool = (torch.randn(POOL, generator=gen) * 0.05).to(dtype)
