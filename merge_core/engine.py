@@ -6,7 +6,8 @@ are read-only: every result is a new tensor. Elementwise methods run over
 cache-sized chunks, which keeps float32 accuracy at close to native-dtype speed
 (large float32 temporaries cost more in memory traffic than the arithmetic).
 The math runs on one torch thread, scoped to the merge (merge_core/threads.py
-says why: many short parallel regions collapse when another process holds a core).
+says why: many short parallel regions collapse when another process holds a core);
+a large key's second half runs on a thread of its own (``split_work``).
 """
 from __future__ import annotations
 
@@ -101,7 +102,8 @@ def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[
                  helper: Optional[cf.Executor] = None, finite: bool = False) -> torch.Tensor:
     """Apply one elementwise merge method to one key in float32, chunk by chunk.
 
-    helper: a one-thread executor that takes the second half of a large tensor (``split_work``); the result is the same bits either way (every value is computed alone).
+    helper: a one-thread executor that takes the second half of a large tensor (``split_work``); the
+    result is the same bits either way (every value is computed alone).
     finite: the inputs are known to hold no NaN/inf (fp8 widening then skips its own search)."""
     if kp.input_channels is not None:
         n = kp.input_channels
@@ -349,7 +351,7 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
         # math and writing overlap, and on a busy one the threads simply take turns on the free core.
         with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as reader, \
                 cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") as writer, \
-                cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-math") as math:
+                cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-half") as halves:
             pending = reader.submit(load, plan.keys[0], plan.keys[1] if total > 1 else None) if plan.keys else None
             written = None
             copied = reusable = None  # stored bytes of a pooled source, reusable once the sink has them
@@ -376,7 +378,7 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
                         plan.nonfinite[kp.key] = nonfinite
                     if settings.calc is None:
                         direct = encoded_dtype(kp.key) if encoded_dtype is not None and compact(kp) else None
-                        result = merge_tensor(kp, mode.fn, a, b, c, direct or dtypes[kp.key], helper=math,
+                        result = merge_tensor(kp, mode.fn, a, b, c, direct or dtypes[kp.key], helper=halves,
                                               finite=nonfinite == {})
                         if nonfinite is None and not all_finite(result):  # rare: now count the inputs exactly
                             nonfinite = count_nonfinite_inputs({"A": a, "B": b, "C": c})
