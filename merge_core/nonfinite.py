@@ -17,6 +17,7 @@ import torch
 
 from .io.fp8 import scratch
 
+
 def count_nonfinite(t: torch.Tensor) -> int:
     """NaN and inf values of a float tensor (0 for other dtypes).
 

@@ -22,10 +22,9 @@ from typing import Optional
 import torch
 
 from ..errors import MergeInputError
-from .fp8 import widen
+from .fp8 import FP8, widen
 from .sources import FileSource
 
-FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 MARKER = "scaled_fp8"
 QUANT_METADATA = "_quantization_metadata"
 # per-layer tensors: (weight scale, input scale) of each layout
