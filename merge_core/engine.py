@@ -7,7 +7,8 @@ cache-sized chunks, which keeps float32 accuracy at close to native-dtype speed
 (large float32 temporaries cost more in memory traffic than the arithmetic).
 The math runs on one torch thread, scoped to the merge (merge_core/threads.py
 says why: many short parallel regions collapse when another process holds a core);
-a large key's second half runs on a thread of its own (``split_work``).
+a large key's second half runs on a thread of its own (``split_work``). The linear
+modes run in one native pass per key where the kernel applies (``fused_merge``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .device import Transfer, math_device
 from .io.buffers import BufferPool
 from .io.fp8 import FP8, widened
 from .io.sources import FileSource, KeySource
+from .methods import fused_linear
 from .methods.adjust import apply_adjust
 from .methods.calcmodes import KeyContext, column_sums, cosine_stats, similarities_from_sums
 from .methods.nway import combine_key
@@ -127,17 +129,42 @@ def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[
                        None if fc is None else widened(fc[start:end], "c", finite), kp.alpha, kp.beta)
                 fo[start:end].copy_(r if top is None else r.clamp_(-top, top))
 
-    if helper is None or a.device.type != "cpu" or not split_work(total, chunk):
-        run(0, total)
-        return out
+    in_halves(run, total, chunk, helper if a.device.type == "cpu" else None)
+    return out
+
+
+def fused_merge(kp: KeyPlan, mode: str, a: torch.Tensor, b: torch.Tensor, c: Optional[torch.Tensor],
+                out_dtype: torch.dtype, helper: Optional[cf.Executor] = None,
+                chunk: int = CHUNK_ELEMENTS) -> Optional[tuple[torch.Tensor, dict[str, int]]]:
+    """``merge_tensor``'s result computed by the native kernel (methods/fused_linear.py), with the
+    inputs' NaN/inf counts {input: n}; None where the kernel does not apply."""
+    if kp.input_channels is not None or not fused_linear.applies(mode, out_dtype, a, b, c) \
+            or not fused_linear.available():
+        return None
+    out = torch.empty(a.shape, dtype=out_dtype)
+    flat = [None if t is None else t.reshape(-1) for t in (a, b, c, out)]
+
+    def run(first: int, last: int) -> list[int]:
+        return fused_linear.merge_span(mode, kp.alpha, kp.beta, *flat, first, last)
+
+    parts = in_halves(run, out.numel(), chunk, helper)
+    counts = {name: n for name, *found in zip(fused_linear.INPUTS, *parts) if (n := sum(found))}
+    return out, counts
+
+
+def in_halves(run: Callable[[int, int], object], total: int, chunk: int, helper: Optional[cf.Executor]) -> list:
+    """run(0, total), or run(0, middle) here and run(middle, total) on ``helper`` when ``split_work``
+    says so (middle on a chunk boundary); their results in order. Returns or raises only once both
+    halves have stopped, since both write into the caller's output."""
+    if helper is None or not split_work(total, chunk):
+        return [run(0, total)]
     middle = (total // 2 + chunk - 1) // chunk * chunk
     second = helper.submit(run, middle, total)
     try:
-        run(0, middle)
+        first = run(0, middle)
     finally:
         cf.wait([second])  # it writes into out: never return (or raise) while it runs
-    second.result()
-    return out
+    return [first, second.result()]
 
 
 SPLIT_ELEMENTS = 1 << 22  # tensors from 4M values up are worth a second thread (fp8 Flux: most of the file)
@@ -296,13 +323,19 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
     sink.begin(layout)
     total = len(plan.keys)
 
-    # Linear modes on plain fp8 inputs read the stored bytes and widen them chunk by chunk, and write
-    # keys the sink stores as plain fp8 straight in fp8 (io/fp8.py says why: a whole float32 copy per
-    # input and per result cost more than the merge itself on full-size fp8 Flux files).
+    # Linear modes on plain fp8 inputs read the stored bytes, and write keys the sink stores as plain
+    # fp8 straight in fp8 (io/fp8.py says why: a whole float32 copy per input and per result cost more
+    # than the merge itself on full-size fp8 Flux files); the native kernel (fused_merge) decodes,
+    # merges and encodes in one pass, the torch path (merge_tensor) widens chunk by chunk.
     encoded_dtype = getattr(sink, "encoded_dtype", None)
 
     def compact(kp: KeyPlan) -> bool:
         return settings.calc is None and kp.adjust is None and kp.input_channels is None
+
+    def target(kp: KeyPlan) -> torch.dtype:
+        """The dtype a linear mode computes this key's result in: the sink's stored fp8 when it takes it."""
+        direct = encoded_dtype(kp.key) if encoded_dtype is not None and compact(kp) else None
+        return direct or dtypes[kp.key]
 
     def read(name: str, kp: KeyPlan):
         stored = getattr(sources[name], "stored", None) if compact(kp) else None
@@ -333,9 +366,12 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
             # A linear mode is checked on its result instead (one tensor, not two or three): its formula
             # multiplies every input, so any NaN/inf in A, B or C makes the result non-finite there.
             # Stored fp8 inputs are the exception: their scan is cheap bit tests here, and a clean result
-            # lets the math thread widen them without looking for NaN.
+            # lets the math thread widen them without looking for NaN. The fused kernel counts as it reads.
             inputs = {"A": a, "B": b, "C": c}
-            checked = settings.calc is not None or all(t is None or t.dtype in FP8 for t in inputs.values())
+            fused = settings.calc is None and kp.input_channels is None and move.device.type == "cpu" \
+                and fused_linear.applies(mode.name, target(kp), a, b, c) and fused_linear.available()
+            checked = settings.calc is not None or (
+                not fused and all(t is None or t.dtype in FP8 for t in inputs.values()))
             nonfinite = count_nonfinite_inputs(inputs) if checked else None
             return move.prepare(a), move.prepare(b), move.prepare(c), nonfinite
         src = sources["b" if kp.action == FROM_B else "a"]
@@ -376,10 +412,13 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
                     a, b, c = move.inputs(*inputs)
                     if nonfinite:
                         plan.nonfinite[kp.key] = nonfinite
-                    if settings.calc is None:
-                        direct = encoded_dtype(kp.key) if encoded_dtype is not None and compact(kp) else None
-                        result = merge_tensor(kp, mode.fn, a, b, c, direct or dtypes[kp.key], helper=halves,
-                                              finite=nonfinite == {})
+                    fused = fused_merge(kp, mode.name, a, b, c, target(kp), halves) if settings.calc is None else None
+                    if fused is not None:
+                        result, counted = fused
+                        if counted:
+                            plan.nonfinite[kp.key] = counted
+                    elif settings.calc is None:
+                        result = merge_tensor(kp, mode.fn, a, b, c, target(kp), helper=halves, finite=nonfinite == {})
                         if nonfinite is None and not all_finite(result):  # rare: now count the inputs exactly
                             nonfinite = count_nonfinite_inputs({"A": a, "B": b, "C": c})
                             if nonfinite:

@@ -1,9 +1,12 @@
-"""The compiled 3^4 median kernel (median3.c, beside this module), built on first use with the system C compiler.
+"""The compiled kernels (the C files beside this module), built on first use with the system C compiler.
 
-SciPy's median filter selects from 81 values per element of a 3x3 conv kernel, which
-made smoothAdd ten times slower than every other calc mode. The C kernel shares the
-sorting between overlapping windows and is exact. It is plain C with no Python or
-torch headers, so building it takes about a second; the library is cached under
+- median3.c: SciPy's median filter selects from 81 values per element of a 3x3 conv kernel,
+  which made smoothAdd ten times slower than every other calc mode. The kernel shares the
+  sorting between overlapping windows and is exact (``median3_kernel4d`` below).
+- linear.c: the four linear merge modes fused with decoding the stored inputs and encoding
+  the output, bit for bit torch's values (``fused_linear.py``).
+
+They are plain C with no Python or torch headers, so building them takes a few seconds; the library is cached under
 ``$XDG_CACHE_HOME/merge-suite/native`` keyed by the source and compiler. Loading a
 shared library runs its code, so only a library this user built is loaded: the cache
 folder must be ours and writable by nobody else (0700), the file too, and its sha256
@@ -31,7 +34,10 @@ import torch
 
 from ..threads import compute_threads
 
-SOURCE = Path(__file__).with_name("median3.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("median3.c", "linear.c"))
+# -ffp-contract=off: no a*b+c fused behind our back (linear.c fuses only where torch does);
+# -fno-trapping-math lets the branch-free selections vectorise (it changes no value)
+FLAGS = ("-O3", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC")
 MAX_THREADS = 8
 PARALLEL_MIN = 1 << 16  # smaller tensors are not worth a thread pool
 _lock = threading.Lock()
@@ -54,7 +60,7 @@ def _compile(cc: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, "-O3", "-shared", "-fPIC", "-o", tmp, str(SOURCE)], check=True,
+        subprocess.run([cc, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"], check=True,
                        capture_output=True, timeout=120)
         os.replace(tmp, target)
     finally:
@@ -109,7 +115,7 @@ def _load_cached(cc: str, digest: str) -> Optional[ctypes.CDLL]:
         log.warning("merge_suite: %s is not a private folder of this user; the native kernel is built elsewhere",
                     folder)
         return None
-    target, record = folder / f"median3-{digest}.so", folder / f"median3-{digest}.so.sha256"
+    target, record = folder / f"kernels-{digest}.so", folder / f"kernels-{digest}.so.sha256"
     lib = _open_verified(target, _recorded_hash(record)) if _recorded_hash(record) else None
     if lib is None:
         _compile(cc, target)
@@ -122,7 +128,7 @@ def _load_private_temp(cc: str) -> Optional[ctypes.CDLL]:
     """Build into a fresh 0700 temporary folder and load from there (the folder is removed after)."""
     folder = Path(tempfile.mkdtemp(prefix="merge-suite-native-"))
     try:
-        target = folder / "median3.so"
+        target = folder / "kernels.so"
         _compile(cc, target)
         return _open_verified(target, _sha256(target))
     finally:
@@ -134,17 +140,22 @@ def _build() -> Optional[ctypes.CDLL]:
     if not cc:
         return None
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    digest = hashlib.sha256(SOURCE.read_bytes() + version.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES) + " ".join(FLAGS).encode()
+                            + version.encode()).hexdigest()[:16]
     lib = _load_cached(cc, digest) or _load_private_temp(cc)
     if lib is None:
         return None
     lib.median3_kernel4d.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 6
     lib.median3_kernel4d.restype = ctypes.c_int
+    for fused in (lib.merge_linear, lib.merge_linear_portable):
+        fused.argtypes = [ctypes.c_int, ctypes.c_double, ctypes.c_double] + \
+            [ctypes.c_void_p, ctypes.c_int] * 4 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        fused.restype = ctypes.c_int
     return lib
 
 
 def library() -> Optional[ctypes.CDLL]:
-    """The loaded kernel, or None when it is disabled or cannot be built here."""
+    """The loaded kernels, or None when they are disabled or cannot be built here."""
     global _lib, _tried
     with _lock:
         if not _tried:
@@ -153,7 +164,7 @@ def library() -> Optional[ctypes.CDLL]:
                 try:
                     _lib = _build()
                 except (OSError, subprocess.SubprocessError) as exc:
-                    log.info("merge_suite: native median kernel unavailable (%s); using the torch path", exc)
+                    log.info("merge_suite: native kernels unavailable (%s); using the torch path", exc)
     return _lib
 
 

@@ -1,0 +1,54 @@
+"""The four linear merge modes in one pass per key: decode the stored inputs, merge, encode (linear.c).
+
+Why: the torch path widens every operand to float32, runs one pass per operation and clamps
+before the cast back; on fp8 Flux files that was 5 ns per merged value against about 1 ns
+here, and it made the full-size merge CPU-bound. The values are torch's, bit for bit
+(tests/unit/test_fused_linear.py), and the kernel counts each input's NaN/inf values as it
+decodes them, so the inputs need no scan of their own.
+
+``merge`` returns None wherever the kernel does not apply (no compiler, MERGE_SUITE_NATIVE=0,
+a tensor off the CPU or of another dtype, not contiguous); the caller then uses the torch path.
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import Optional
+
+import torch
+
+from .native import library
+
+MODE_CODES = {"weight_sum": 0, "add_difference": 1, "triple_sum": 2, "sum_twice": 3}
+KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float8_e4m3fn: 3, torch.float8_e5m2: 4}
+INPUTS = ("A", "B", "C")
+
+
+def applies(mode: str, out_dtype: torch.dtype, *tensors: Optional[torch.Tensor]) -> bool:
+    """Whether ``merge`` takes this key: a linear mode, and every tensor a contiguous CPU tensor of
+    one of the five float kinds, all of one shape (decided before the kernel is loaded)."""
+    present = [t for t in tensors if t is not None]
+    return (mode in MODE_CODES and out_dtype in KINDS and len(present) == 2 + (MODE_CODES[mode] > 0)
+            and all(t.device.type == "cpu" and t.dtype in KINDS and t.is_contiguous()
+                    and t.shape == present[0].shape for t in present))
+
+
+def merge_span(mode: str, alpha: float, beta: float, a: torch.Tensor, b: torch.Tensor,
+               c: Optional[torch.Tensor], out: torch.Tensor, first: int, last: int,
+               portable: bool = False) -> list[int]:
+    """Values [first, last) of ``out`` from the flat positions of a, b, c; the NaN/inf counts of
+    A, B, C in that span. ``applies`` must hold and the library must be loaded.
+    portable: the plain C loops even where AVX2 is there (the tests compare both)."""
+    counts = (ctypes.c_int64 * 3)()
+    lib = library()
+    code = (lib.merge_linear_portable if portable else lib.merge_linear)(
+        MODE_CODES[mode], float(alpha), float(beta), a.data_ptr(), KINDS[a.dtype], b.data_ptr(), KINDS[b.dtype],
+        None if c is None else c.data_ptr(), 0 if c is None else KINDS[c.dtype], out.data_ptr(), KINDS[out.dtype],
+        first, last, counts)
+    if code:
+        raise ValueError(f"merge_suite: the fused kernel refused mode {mode} with {a.dtype}, {b.dtype}, "
+                         f"{None if c is None else c.dtype} -> {out.dtype}")
+    return list(counts)
+
+
+def available() -> bool:
+    return library() is not None
