@@ -56,6 +56,18 @@ def synthetic_inputs(arch: str = "sd1", warm: bool = False) -> list[str]:
     return paths
 
 
+def evict(paths) -> None:
+    """Drop these files' pages from the page cache (posix_fadvise DONTNEED; clean pages only, no root
+    needed), so that a floor and the merge it is compared with both start cold. Left warm, whichever ran
+    second found the other's pages: floors of the same full-size Flux I/O ranged from 21 to 42 s."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def run_measured(cmd: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (GB) of one child process."""
     import tempfile

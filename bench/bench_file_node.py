@@ -6,7 +6,8 @@ over HTTP, merging two files (Weight sum) and three (Add difference), output "as
 the same run:
 
 - the I/O floor: one process reads every distinct input file once and writes one file of A's size
-  with fsync (bench_flux.FLOOR);
+  with fsync (bench_flux.FLOOR); the floor and the merge both start with the inputs out of the page
+  cache (bench_cli.evict);
 - the node's wall time, from queueing the prompt to the merged file appearing (the merge) and to the
   prompt finishing (the merge plus ComfyUI's loader building the MODEL from the new file);
 - the server's memory, sampled from /proc/PID/status every 50 ms: VmRSS and RssAnon (RSS minus the
@@ -25,7 +26,6 @@ server's models folder.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import sys
@@ -39,11 +39,10 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "demo"))
 
-from bench_cli import WORK, run_measured, synthetic_inputs  # noqa: E402
-from bench_flux import FLOOR, flux_shapes, write_flux  # noqa: E402
+from bench_cli import WORK, evict, run_measured, synthetic_inputs  # noqa: E402
+from bench_flux import FLOOR, flux_inputs  # noqa: E402
 from server import ComfyServer  # noqa: E402
 
-MARGIN_GB = 2.0  # left free beyond the files
 FAMILIES = {  # family: (node, models folder, file_name output slot, label)
     "flux1-dev": ("MergeSuite_DiffusionModelFileMerge", "diffusion_models", 1,
                   "Flux.1-dev diffusion models (fp8 e4m3fn weights, bf16 vectors)"),
@@ -51,40 +50,12 @@ FAMILIES = {  # family: (node, models folder, file_name output slot, label)
 }
 
 
-def flux_size() -> int:
-    return sum(math.prod(s) * (1 if len(s) >= 2 else 2) for s in flux_shapes().values())
-
-
 def make_inputs(family: str, count: int) -> tuple[list[Path], bool]:
     """(A, B[, C]) in bench/_work and whether C is a hard link to A; refuses when the disk is short."""
     WORK.mkdir(exist_ok=True)
     if family == "sd1":  # about 2.1 GB each: three distinct files
         return [Path(p) for p in synthetic_inputs("sd1")], False  # all three, made together
-    size = flux_size()
-    tags = [t for t in "abc"[:count]]
-    present = sum(os.path.getsize(WORK / f"flux1dev_fp8_{t}.safetensors")
-                  for t in tags if (WORK / f"flux1dev_fp8_{t}.safetensors").exists())
-    free = shutil.disk_usage(WORK).free + present
-    need_all, need_linked = (count + 1) * size, 3 * size  # the inputs and one output
-    if free - MARGIN_GB * 1e9 < need_linked:
-        raise SystemExit(f"refused: needs {need_linked / 1e9:.1f} GB of free disk (A, B and one output of "
-                         f"{size / 1e9:.1f} GB each, plus {MARGIN_GB:.0f} GB spare); {free / 1e9:.1f} GB free "
-                         f"in {WORK}")
-    link_c = count == 3 and free - MARGIN_GB * 1e9 < need_all
-    paths = []
-    for tag, seed in zip(tags, (1, 2, 3)):
-        path = WORK / f"flux1dev_fp8_{tag}.safetensors"
-        if tag == "c" and link_c:
-            path = WORK / "flux1dev_fp8_c_link_to_a.safetensors"
-            if not path.exists():
-                os.link(paths[0], path)
-        elif not path.exists():
-            start = time.perf_counter()
-            write_flux(path, seed)
-            print(f"made {path.name} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - start:.0f} s",
-                  file=sys.stderr)
-        paths.append(path)
-    return paths, link_c
+    return flux_inputs(count)
 
 
 def memory(pid: int) -> dict[str, int]:
@@ -163,6 +134,7 @@ def run(family: str, counts: list[int], keep: bool) -> list[str]:
         for count in counts:
             distinct = list(dict.fromkeys(os.path.realpath(p) for p in inputs[:count]))
             floor_out = WORK / "floor_out.bin"
+            evict(distinct)
             floor = run_measured([sys.executable, "-c", FLOOR, str(floor_out), str(size), *distinct])[0]
             os.remove(floor_out)
             with ComfyServer(base) as server:  # a fresh server per job: the last job's loaded model is not idle
@@ -170,6 +142,7 @@ def run(family: str, counts: list[int], keep: bool) -> list[str]:
                 idle = memory(server.proc.pid)
                 idles.append(idle)
                 prefix = f"bench/merged_{count}"
+                evict(distinct)  # cold, as the floor started
                 sampler = Sampler(server.proc.pid, outputs, os.path.basename(prefix))
                 sampler.start()
                 try:
@@ -194,7 +167,7 @@ def run(family: str, counts: list[int], keep: bool) -> list[str]:
                 made.unlink()  # the next job's disk
         rows.append("\nIdle server (fresh per job): " + "; ".join(
             f"VmRSS {gb(i['VmRSS'])}, RssAnon {gb(i['RssAnon'])}" for i in idles) + ". The load phase's peak is "
-            "over the time after the merged file appeared; the floor's write is fsynced, the merge's is not.")
+            "over the time after the merged file appeared; the floor's write and the merge's are both fsynced.")
     finally:
         shutil.rmtree(base, ignore_errors=True)
         if not keep:

@@ -4,10 +4,11 @@
     keysets/flux1-dev, bare keys as UNETLoader files store them; seeded random values, fp8 e4m3fn
     weights and bf16 vectors, about 11.9 GB each) merged by ``python -m merge_core merge`` (Weight sum,
     Add difference). The floor, measured in the same run: read every distinct input file once and write
-    one output of A's size with fsync, in one process. Wall time and peak RSS per child process.
-    Disk: A, B and one output at a time (about 36 GB); C of Add difference is a hard link to A (a third
-    12 GB file would not fit the 40 GB budget), so the floor reads A and B once, and so may our merge
-    (C's tensors are A's pages, often still cached).
+    one output of A's size with fsync, in one process. Wall time and peak RSS per child process. Both
+    start cold: the inputs' pages are dropped from the page cache first (bench_cli.evict).
+    Disk: A, B, C and one output (about 48 GB); when a third distinct file does not fit, C of Add
+    difference is a hard link to A (said in the table), so the floor reads A and B once, and so may
+    our merge (C's tensors are A's pages, often still cached).
 (2) Node: our Merge Models node on two full-size Flux.1-dev ModelPatchers (ComfyUI's Flux class, bf16
     storage never touched) with a scalar alpha and with SuperMerger's 61-value list, against ComfyUI's
     ModelMergeSimple and ModelMergeFlux1 (its 61 sliders); median of --repeat runs.
@@ -21,7 +22,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,11 +34,11 @@ WORK = HERE / "_work"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from bench_cli import run_measured  # noqa: E402
+from bench_cli import evict, run_measured  # noqa: E402
 from synth import POOL, keyset  # noqa: E402
 
 PREFIX = "model.diffusion_model."
-BUDGET_GB = 40
+MARGIN_GB = 2.0  # disk left free beyond the files
 
 FLOOR = r"""
 import os, sys
@@ -84,40 +84,61 @@ def write_flux(path: Path, seed: int) -> Path:
         raise
 
 
-def cli_rows(keep: bool, modes=("weight_sum", "add_difference")) -> list[str]:
+def flux_size() -> int:
+    return sum(math.prod(s) * (1 if len(s) >= 2 else 2) for s in flux_shapes().values())
+
+
+def flux_inputs(count: int) -> tuple[list[Path], bool]:
+    """(A, B[, C]) in bench/_work, made when missing, and whether C is a hard link to A (when a third
+    distinct file and one output do not fit on the disk); refuses when not even A, B and one output fit."""
     WORK.mkdir(exist_ok=True)
-    shapes = flux_shapes()
-    size_gb = sum(math.prod(s) * (1 if len(s) >= 2 else 2) for s in shapes.values()) / 1e9
-    present = sum(p.stat().st_size for p in (WORK / f"flux1dev_fp8_{t}.safetensors" for t in "ab") if p.exists())
-    free_gb = (shutil.disk_usage(WORK).free + present) / 1e9  # inputs already made count as available
-    if 3 * size_gb > min(BUDGET_GB, free_gb - 2):
-        raise SystemExit(f"needs {3 * size_gb:.0f} GB of disk (A, B, one output); {free_gb:.0f} GB free")
-    paths = {}
-    for tag, seed in (("a", 1), ("b", 2)):
+    size = flux_size()
+    tags = [t for t in "abc"[:count]]
+    present = sum(os.path.getsize(WORK / f"flux1dev_fp8_{t}.safetensors")
+                  for t in tags if (WORK / f"flux1dev_fp8_{t}.safetensors").exists())
+    free = shutil.disk_usage(WORK).free + present
+    need_all, need_linked = (count + 1) * size, 3 * size  # the inputs and one output
+    if free - MARGIN_GB * 1e9 < need_linked:
+        raise SystemExit(f"refused: needs {need_linked / 1e9:.1f} GB of free disk (A, B and one output of "
+                         f"{size / 1e9:.1f} GB each, plus {MARGIN_GB:.0f} GB spare); {free / 1e9:.1f} GB free "
+                         f"in {WORK}")
+    link_c = count == 3 and free - MARGIN_GB * 1e9 < need_all
+    paths: list[Path] = []
+    for tag, seed in zip(tags, (1, 2, 3)):
         path = WORK / f"flux1dev_fp8_{tag}.safetensors"
-        if not path.exists():
+        if tag == "c" and link_c:
+            path = WORK / "flux1dev_fp8_c_link_to_a.safetensors"
+            if not path.exists():
+                os.link(paths[0], path)
+        elif not path.exists():
             start = time.perf_counter()
             write_flux(path, seed)
             print(f"made {path.name} ({path.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - start:.0f} s",
                   file=sys.stderr)
-        paths[tag] = str(path)
-    link = WORK / "flux1dev_fp8_c_link_to_a.safetensors"
-    if not link.exists():
-        os.link(paths["a"], link)
+        paths.append(path)
+    return paths, link_c
+
+
+def cli_rows(keep: bool, modes=("weight_sum", "add_difference")) -> list[str]:
+    inputs, link_c = flux_inputs(3 if "add_difference" in modes else 2)
+    paths = dict(zip("abc", map(str, inputs)))
     rows = []
     py = sys.executable
     out = str(WORK / "flux_out.safetensors")
     a_size = os.path.getsize(paths["a"])
     try:
-        jobs = {"weight_sum": [paths["a"], paths["b"]], "add_difference": [paths["a"], paths["b"], str(link)]}
+        jobs = {"weight_sum": [paths["a"], paths["b"]], "add_difference": [paths["a"], paths["b"], paths.get("c")]}
         for mode, models in ((m, jobs[m]) for m in modes):
-            distinct = list(dict.fromkeys(os.path.realpath(p) for p in models if Path(p) != link))
+            distinct = list(dict.fromkeys(os.path.realpath(p) for p in models))  # a hard link is A's file
+            evict(distinct)
             floor = run_measured([py, "-c", FLOOR, out, str(a_size), *distinct])
             os.remove(out)
+            evict(distinct)
             ours = run_measured([py, "-m", "merge_core", "merge", *models, "--mode", mode, "--alpha", "0.3",
                                  "-o", out, "--overwrite", "-q"])
             os.remove(out)
-            rows.append(f"| I/O floor for {mode}: read {len(distinct)} input files, write {a_size / 1e9:.1f} GB, fsync "
+            linked = " (C a hard link to A)" if mode == "add_difference" and link_c else ""
+            rows.append(f"| I/O floor for {mode}: read {len(distinct)} input files{linked}, write {a_size / 1e9:.1f} GB, fsync "
                         f"| {floor[0]:.1f} s | {floor[1]:.2f} GB | 1.00x |")
             rows.append(f"| `python -m merge_core merge --mode {mode}` | {ours[0]:.1f} s | {ours[1]:.2f} GB | "
                         f"{ours[0] / floor[0]:.2f}x |")
@@ -125,7 +146,7 @@ def cli_rows(keep: bool, modes=("weight_sum", "add_difference")) -> list[str]:
         if os.path.exists(out):
             os.remove(out)
         if not keep:
-            for p in (*paths.values(), str(link)):
+            for p in paths.values():
                 os.remove(p)
     header = (f"\n### CLI on synthetic full-size Flux.1-dev diffusion models (fp8 e4m3fn weights, bf16 vectors; "
               f"{a_size / 1e9:.1f} GB each)\n\n| job | wall | peak RSS | wall vs floor |\n|---|---|---|---|")
