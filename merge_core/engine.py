@@ -48,6 +48,10 @@ class Sink(Protocol):
     def put_raw(self, key: str, data) -> None:
         """Stored bytes, copied or written before the call returns (the engine reuses the buffer)."""
 
+    # Optional: False when ``put`` keeps no reference to its tensor once it returns (a file sink writes it);
+    # the engine then computes later keys into the same memory. Sinks without the attribute keep them.
+    keeps_tensors: bool
+
     def commit(self): ...
 
     def abort(self) -> None: ...
@@ -134,14 +138,17 @@ def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[
 
 
 def fused_merge(kp: KeyPlan, mode: str, a: torch.Tensor, b: torch.Tensor, c: Optional[torch.Tensor],
-                out_dtype: torch.dtype, helper: Optional[cf.Executor] = None,
-                chunk: int = CHUNK_ELEMENTS) -> Optional[tuple[torch.Tensor, dict[str, int]]]:
+                out_dtype: torch.dtype, helper: Optional[cf.Executor] = None, chunk: int = CHUNK_ELEMENTS,
+                buffers: Optional[BufferPool] = None) -> Optional[tuple[torch.Tensor, dict[str, int]]]:
     """``merge_tensor``'s result computed by the native kernel (methods/fused_linear.py), with the
-    inputs' NaN/inf counts {input: n}; None where the kernel does not apply."""
+    inputs' NaN/inf counts {input: n}; None where the kernel does not apply.
+    buffers: the result goes into memory from this pool (the caller gives it back once written)."""
     if kp.input_channels is not None or not fused_linear.applies(mode, out_dtype, a, b, c) \
             or not fused_linear.available():
         return None
-    out = torch.empty(a.shape, dtype=out_dtype)
+    nbytes = a.numel() * out_dtype.itemsize
+    out = torch.empty(a.shape, dtype=out_dtype) if buffers is None else \
+        buffers.take(nbytes).view(out_dtype).view(a.shape)
     flat = [None if t is None else t.reshape(-1) for t in (a, b, c, out)]
 
     def run(first: int, last: int) -> list[int]:
@@ -328,6 +335,9 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
     # than the merge itself on full-size fp8 Flux files); the native kernel (fused_merge) decodes,
     # merges and encodes in one pass, the torch path (merge_tensor) widens chunk by chunk.
     encoded_dtype = getattr(sink, "encoded_dtype", None)
+    # A file sink keeps no result: each key's result memory serves a later key once written (fresh memory
+    # costs a page fault per 4 KiB, and with the page cache full of the inputs, reclaiming a page for each).
+    results_reusable = not getattr(sink, "keeps_tensors", True)
 
     def compact(kp: KeyPlan) -> bool:
         return settings.calc is None and kp.adjust is None and kp.input_channels is None
@@ -390,7 +400,7 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
                 cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-half") as halves:
             pending = reader.submit(load, plan.keys[0], plan.keys[1] if total > 1 else None) if plan.keys else None
             written = None
-            copied = reusable = None  # stored bytes of a pooled source, reusable once the sink has them
+            copied = reusable = None  # stored bytes or a pooled result, reusable once the sink has them
             for i, kp in enumerate(plan.keys):
                 if should_stop is not None and should_stop():
                     raise MergeCancelled("merge cancelled")
@@ -412,11 +422,15 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
                     a, b, c = move.inputs(*inputs)
                     if nonfinite:
                         plan.nonfinite[kp.key] = nonfinite
-                    fused = fused_merge(kp, mode.name, a, b, c, target(kp), halves) if settings.calc is None else None
+                    into = pool if results_reusable and kp.adjust is None else None
+                    fused = fused_merge(kp, mode.name, a, b, c, target(kp), halves, buffers=into) \
+                        if settings.calc is None else None
                     if fused is not None:
                         result, counted = fused
                         if counted:
                             plan.nonfinite[kp.key] = counted
+                        if into is not None:
+                            reusable = result  # its memory goes back to the pool once the sink has written it
                     elif settings.calc is None:
                         result = merge_tensor(kp, mode.fn, a, b, c, target(kp), helper=halves, finite=nonfinite == {})
                         if nonfinite is None and not all_finite(result):  # rare: now count the inputs exactly
@@ -466,6 +480,8 @@ def give_back(pool: BufferPool, inputs, result: torch.Tensor, sources: Mapping[s
 
 class FileSink:
     """Streams into a safetensors file through a temporary name."""
+
+    keeps_tensors = False  # each tensor is written before put returns
 
     def __init__(self, path, metadata=None, overwrite: bool = False, inputs=(), input_name: str = "output"):
         self.path, self.metadata, self.overwrite = path, metadata, overwrite

@@ -59,6 +59,11 @@ class StrippingSink:
     def __init__(self, inner):
         self.inner = inner
 
+    @property
+    def keeps_tensors(self) -> bool:
+        """Whether a tensor given to ``put`` is referenced after it returns: as the inner sink does."""
+        return getattr(self.inner, "keeps_tensors", True)
+
     @staticmethod
     def _own(key: str) -> str:
         return key[len(PREFIX):] if key.startswith(PREFIX) else key

@@ -111,6 +111,11 @@ class EncodingSink:
     def __init__(self, inner, encode: Mapping[str, str], marker: Optional[str] = None):
         self.inner, self.encode, self.marker = inner, encode, marker
 
+    @property
+    def keeps_tensors(self) -> bool:
+        """Whether a tensor given to ``put`` is referenced after it returns: as the inner sink does."""
+        return getattr(self.inner, "keeps_tensors", True)
+
     def begin(self, layout) -> None:
         self.layout = {k: (d, s) for k, d, s in layout}
         out = [(self.marker, torch.float8_e4m3fn, (2,))] if self.marker else []

@@ -44,3 +44,32 @@ def test_file_merge_with_reused_buffers_equals_the_in_memory_merge_and_leaves_di
             torch.testing.assert_close(out[key], expected[key], rtol=0, atol=1e-6)
         assert all(torch.equal(c[k], keep[k]) for k in c)  # a caller's tensors are never read into
         assert all(getattr(s, "buffers", None) is None for s in sources.values())  # the pool ends with the merge
+
+
+def test_a_file_merge_computes_later_keys_into_written_results_memory(tmp_path, monkeypatch):
+    """With a file sink (which keeps no tensor), each result's memory serves a later key once the writer
+    has written it: the file still equals the in-memory merge key by key, and result memory was reused."""
+    from safetensors.torch import load_file
+
+    from merge_core import engine
+    from merge_core.methods import fused_linear
+    if not fused_linear.available():
+        return  # the torch path allocates its results itself
+    a, b = _model(4), _model(5)
+    save_file(a, str(tmp_path / "a.safetensors"))
+    save_file(b, str(tmp_path / "b.safetensors"))
+
+    def sources():
+        return {"a": open_source(str(tmp_path / "a.safetensors"), "A"),
+                "b": open_source(str(tmp_path / "b.safetensors"), "B")}
+    in_memory = run_merge(plan_merge(sources(), "Weight sum", alpha=0.3), sources(), DictSink())
+    results = []
+    real = engine.fused_merge
+    monkeypatch.setattr(engine, "fused_merge", lambda *args, **kw: results.append(r := real(*args, **kw)) or r)
+    src = sources()
+    run_merge(plan_merge(src, "Weight sum", alpha=0.3), src, engine.FileSink(str(tmp_path / "o.safetensors")))
+    pointers = [r[0].data_ptr() for r in results]
+    assert len(pointers) == len(a) and len(set(pointers)) < len(pointers), "results computed into reused memory"
+    written = load_file(str(tmp_path / "o.safetensors"))
+    for key in a:
+        assert torch.equal(written[key], in_memory[key]), key
