@@ -13,7 +13,7 @@
     storage never touched) with a scalar alpha and with SuperMerger's 61-value list, against ComfyUI's
     ModelMergeSimple and ModelMergeFlux1 (its 61 sliders); median of --repeat runs.
 
-    python bench/bench_flux.py [--keep] [--skip-cli] [--skip-node] [--repeat 5]
+    python bench/bench_flux.py [--keep] [--skip-cli] [--skip-node] [--repeat 5] [--cli-repeat 3]
 """
 from __future__ import annotations
 
@@ -119,10 +119,12 @@ def flux_inputs(count: int) -> tuple[list[Path], bool]:
     return paths, link_c
 
 
-def cli_rows(keep: bool, modes=("weight_sum", "add_difference")) -> list[str]:
+def cli_rows(keep: bool, modes=("weight_sum", "add_difference"), repeat: int = 1) -> list[str]:
+    """Per mode, ``repeat`` rounds of (floor, merge), both cold; medians, and every round below (the disk's
+    cold speed varies by 20-30 % between runs, so one round decides little)."""
     inputs, link_c = flux_inputs(3 if "add_difference" in modes else 2)
     paths = dict(zip("abc", map(str, inputs)))
-    rows = []
+    rows, rounds = [], []
     py = sys.executable
     out = str(WORK / "flux_out.safetensors")
     a_size = os.path.getsize(paths["a"])
@@ -130,18 +132,24 @@ def cli_rows(keep: bool, modes=("weight_sum", "add_difference")) -> list[str]:
         jobs = {"weight_sum": [paths["a"], paths["b"]], "add_difference": [paths["a"], paths["b"], paths.get("c")]}
         for mode, models in ((m, jobs[m]) for m in modes):
             distinct = list(dict.fromkeys(os.path.realpath(p) for p in models))  # a hard link is A's file
-            evict(distinct)
-            floor = run_measured([py, "-c", FLOOR, out, str(a_size), *distinct])
-            os.remove(out)
-            evict(distinct)
-            ours = run_measured([py, "-m", "merge_core", "merge", *models, "--mode", mode, "--alpha", "0.3",
-                                 "-o", out, "--overwrite", "-q"])
-            os.remove(out)
+            floors, ours = [], []
+            for r in range(repeat):
+                evict(distinct)
+                floors.append(run_measured([py, "-c", FLOOR, out, str(a_size), *distinct]))
+                os.remove(out)
+                evict(distinct)
+                ours.append(run_measured([py, "-m", "merge_core", "merge", *models, "--mode", mode, "--alpha", "0.3",
+                                          "-o", out, "--overwrite", "-q"]))
+                os.remove(out)
+                rounds.append(f"| {mode} | {r + 1} | {floors[-1][0]:.1f} s | {ours[-1][0]:.1f} s | "
+                              f"{ours[-1][0] / floors[-1][0]:.2f}x |")
+            floor = statistics.median(f[0] for f in floors), max(f[1] for f in floors)
+            merged = statistics.median(o[0] for o in ours), max(o[1] for o in ours)
             linked = " (C a hard link to A)" if mode == "add_difference" and link_c else ""
-            rows.append(f"| I/O floor for {mode}: read {len(distinct)} input files{linked}, write {a_size / 1e9:.1f} GB, fsync "
-                        f"| {floor[0]:.1f} s | {floor[1]:.2f} GB | 1.00x |")
-            rows.append(f"| `python -m merge_core merge --mode {mode}` | {ours[0]:.1f} s | {ours[1]:.2f} GB | "
-                        f"{ours[0] / floor[0]:.2f}x |")
+            rows.append(f"| I/O floor for {mode}: read {len(distinct)} input files{linked}, "
+                        f"write {a_size / 1e9:.1f} GB, fsync | {floor[0]:.1f} s | {floor[1]:.2f} GB | 1.00x |")
+            rows.append(f"| `python -m merge_core merge --mode {mode}` | {merged[0]:.1f} s | {merged[1]:.2f} GB | "
+                        f"{merged[0] / floor[0]:.2f}x |")
     finally:
         if os.path.exists(out):
             os.remove(out)
@@ -149,8 +157,11 @@ def cli_rows(keep: bool, modes=("weight_sum", "add_difference")) -> list[str]:
             for p in paths.values():
                 os.remove(p)
     header = (f"\n### CLI on synthetic full-size Flux.1-dev diffusion models (fp8 e4m3fn weights, bf16 vectors; "
-              f"{a_size / 1e9:.1f} GB each)\n\n| job | wall | peak RSS | wall vs floor |\n|---|---|---|---|")
-    return [header, *rows]
+              f"{a_size / 1e9:.1f} GB each; median of {repeat}, both cold)\n\n"
+              f"| job | wall | peak RSS | wall vs floor |\n|---|---|---|---|")
+    detail = ["\n| mode | round | floor | merge | merge vs floor |", "|---|---|---|---|---|", *rounds] \
+        if repeat > 1 else []
+    return [header, *rows, *detail]
 
 
 def node_rows(repeat: int) -> list[str]:
@@ -195,13 +206,14 @@ def main():
     parser.add_argument("--skip-node", action="store_true")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--modes", default="weight_sum,add_difference", help="CLI jobs, comma-separated")
+    parser.add_argument("--cli-repeat", type=int, default=1, help="rounds of (floor, merge) per CLI job")
     args = parser.parse_args()
     lines = []
     if not args.skip_node:
         lines += node_rows(args.repeat)
         print("\n".join(lines), flush=True)
     if not args.skip_cli:
-        cli = cli_rows(args.keep, args.modes.split(","))
+        cli = cli_rows(args.keep, args.modes.split(","), args.cli_repeat)
         print("\n".join(cli), flush=True)
 
 

@@ -13,6 +13,7 @@ modes run in one native pass per key where the kernel applies (``fused_merge``).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 from typing import Callable, Mapping, Optional, Protocol
 
 import torch
@@ -29,6 +30,7 @@ from .methods.calcmodes import KeyContext, column_sums, cosine_stats, similariti
 from .methods.nway import combine_key
 from .nonfinite import all_finite, count_inputs as count_nonfinite_inputs
 from .plan import FROM_B, MERGE, KeyPlan, MergePlan, MergeSettings
+from .read_ahead import ReadAhead
 
 CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32 per operand
 
@@ -143,8 +145,7 @@ def fused_merge(kp: KeyPlan, mode: str, a: torch.Tensor, b: torch.Tensor, c: Opt
     """``merge_tensor``'s result computed by the native kernel (methods/fused_linear.py), with the
     inputs' NaN/inf counts {input: n}; None where the kernel does not apply.
     buffers: the result goes into memory from this pool (the caller gives it back once written)."""
-    if kp.input_channels is not None or not fused_linear.applies(mode, out_dtype, a, b, c) \
-            or not fused_linear.available():
+    if not fuses(kp, mode, out_dtype, a, b, c):
         return None
     nbytes = a.numel() * out_dtype.itemsize
     out = torch.empty(a.shape, dtype=out_dtype) if buffers is None else \
@@ -157,6 +158,11 @@ def fused_merge(kp: KeyPlan, mode: str, a: torch.Tensor, b: torch.Tensor, c: Opt
     parts = in_halves(run, out.numel(), chunk, helper)
     counts = {name: n for name, *found in zip(fused_linear.INPUTS, *parts) if (n := sum(found))}
     return out, counts
+
+
+def fuses(kp: KeyPlan, mode: str, out_dtype: torch.dtype, a, b, c) -> bool:
+    """Whether ``fused_merge`` takes this key (the read-ahead then leaves the NaN/inf count to the kernel)."""
+    return kp.input_channels is None and fused_linear.applies(mode, out_dtype, a, b, c) and fused_linear.available()
 
 
 def in_halves(run: Callable[[int, int], object], total: int, chunk: int, helper: Optional[cf.Executor]) -> list:
@@ -327,6 +333,7 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
         stats = cosine_statistics(plan, pair, should_stop=should_stop)
     layout = output_layout(plan, sources, out_dtype)
     dtypes = {k: d for k, d, _ in layout}
+    shapes = {k: shape for k, _, shape in layout}
     sink.begin(layout)
     total = len(plan.keys)
 
@@ -360,6 +367,11 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
             return ("a", *plan.models)
         return ("a", "b", "c") if needs_c else ("a", "b")
 
+    def read_bytes(kp: KeyPlan) -> int:
+        """About what loading this key reads (its shape in each source's stored dtype)."""
+        numel = math.prod(shapes[kp.key])
+        return sum(numel * sources[name].dtype(kp.key).itemsize for name in reads(kp))
+
     def load(kp: KeyPlan, ahead: Optional[KeyPlan] = None):
         if ahead is not None:  # the key after this one starts coming from disk while this one is read
             for name in reads(ahead):
@@ -378,8 +390,7 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
             # Stored fp8 inputs are the exception: their scan is cheap bit tests here, and a clean result
             # lets the math thread widen them without looking for NaN. The fused kernel counts as it reads.
             inputs = {"A": a, "B": b, "C": c}
-            fused = settings.calc is None and kp.input_channels is None and move.device.type == "cpu" \
-                and fused_linear.applies(mode.name, target(kp), a, b, c) and fused_linear.available()
+            fused = settings.calc is None and move.device.type == "cpu" and fuses(kp, mode.name, target(kp), a, b, c)
             checked = settings.calc is not None or (
                 not fused and all(t is None or t.dtype in FP8 for t in inputs.values()))
             nonfinite = count_nonfinite_inputs(inputs) if checked else None
@@ -392,75 +403,78 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
         return ("tensor", src.get(kp.key))
 
     try:
-        # Three stages on three threads: read (and check) key i+1, compute key i, write key i-1. Each
-        # stage holds at most one key, so memory stays at a few tensors; on a quiet machine reading,
-        # math and writing overlap, and on a busy one the threads simply take turns on the free core.
+        # Three stages on three threads: read (and check) the keys ahead, compute key i, write key i-1.
+        # The read-ahead holds a bounded number of bytes (read_ahead.py), the other stages one key each,
+        # so memory stays at a few tensors; on a quiet machine reading, math and writing overlap, and on
+        # a busy one the threads simply take turns on the free core.
         with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as reader, \
                 cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") as writer, \
                 cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-half") as halves:
-            pending = reader.submit(load, plan.keys[0], plan.keys[1] if total > 1 else None) if plan.keys else None
-            written = None
-            copied = reusable = None  # stored bytes or a pooled result, reusable once the sink has them
-            for i, kp in enumerate(plan.keys):
-                if should_stop is not None and should_stop():
-                    raise MergeCancelled("merge cancelled")
-                loaded = pending.result()
-                pending = reader.submit(load, plan.keys[i + 1], plan.keys[i + 2] if i + 2 < total else None) \
-                    if i + 1 < total else None
-                if kp.action == MERGE and settings.method is not None:
-                    base, models, nonfinite = loaded
-                    if nonfinite:
-                        plan.nonfinite[kp.key] = nonfinite
-                    notes: list = []
-                    result = combine_tensor(kp, settings, base, models, dtypes[kp.key], notes)
-                    if notes:
-                        plan.fallbacks[kp.key] = notes[0]
-                    give_back(pool, zip(("a", *plan.models), (base, *models)), result, sources)
-                    put = (sink.put, kp.key, result)
-                elif kp.action == MERGE:
-                    *inputs, nonfinite = loaded
-                    a, b, c = move.inputs(*inputs)
-                    if nonfinite:
-                        plan.nonfinite[kp.key] = nonfinite
-                    into = pool if results_reusable and kp.adjust is None else None
-                    fused = fused_merge(kp, mode.name, a, b, c, target(kp), halves, buffers=into) \
-                        if settings.calc is None else None
-                    if fused is not None:
-                        result, counted = fused
-                        if counted:
-                            plan.nonfinite[kp.key] = counted
-                        if into is not None:
-                            reusable = result  # its memory goes back to the pool once the sink has written it
-                    elif settings.calc is None:
-                        result = merge_tensor(kp, mode.fn, a, b, c, target(kp), helper=halves, finite=nonfinite == {})
-                        if nonfinite is None and not all_finite(result):  # rare: now count the inputs exactly
-                            nonfinite = count_nonfinite_inputs({"A": a, "B": b, "C": c})
-                            if nonfinite:
-                                plan.nonfinite[kp.key] = nonfinite
-                    else:
-                        notes = []
-                        result = calc_tensor(kp, settings, a, b, c, dtypes[kp.key], stats, fallbacks=notes)
+            ahead = ReadAhead(reader, load, plan.keys, read_bytes)
+            try:
+                written = None
+                copied = reusable = None  # stored bytes or a pooled result, reusable once the sink has them
+                for i, kp in enumerate(plan.keys):
+                    if should_stop is not None and should_stop():
+                        raise MergeCancelled("merge cancelled")
+                    loaded = ahead.take()
+                    if kp.action == MERGE and settings.method is not None:
+                        base, models, nonfinite = loaded
+                        if nonfinite:
+                            plan.nonfinite[kp.key] = nonfinite
+                        notes: list = []
+                        result = combine_tensor(kp, settings, base, models, dtypes[kp.key], notes)
                         if notes:
                             plan.fallbacks[kp.key] = notes[0]
-                    result = move.output(result)  # Adjust touches a few small keys: on the host
-                    give_back(pool, zip("abc", inputs), result, sources)
-                    del inputs, a, b, c
-                    put = (sink.put, kp.key, result if kp.adjust is None else apply_adjust(result, kp.adjust))
-                elif loaded[0] == "raw":
-                    put = (sink.put_raw, kp.key, loaded[1])
-                    if getattr(sources["b" if kp.action == FROM_B else "a"], "buffers", None) is pool:
-                        reusable = torch.frombuffer(loaded[1], dtype=torch.uint8) if len(loaded[1]) else None
-                else:
-                    put = (sink.put, kp.key, loaded[1].to(dtypes[kp.key]))
-                del loaded
-                if written is not None:
-                    written.result()  # keys reach the sink in plan order; a write error stops the merge here
-                    pool.give(copied)  # the sink has copied or written the previous key's stored bytes
-                copied, reusable = reusable, None
-                written = writer.submit(*put)
-                del put
-                if progress is not None:
-                    progress(i + 1, total)
+                        give_back(pool, zip(("a", *plan.models), (base, *models)), result, sources)
+                        put = (sink.put, kp.key, result)
+                    elif kp.action == MERGE:
+                        *inputs, nonfinite = loaded
+                        a, b, c = move.inputs(*inputs)
+                        if nonfinite:
+                            plan.nonfinite[kp.key] = nonfinite
+                        into = pool if results_reusable and kp.adjust is None else None
+                        fused = fused_merge(kp, mode.name, a, b, c, target(kp), halves, buffers=into) \
+                            if settings.calc is None else None
+                        if fused is not None:
+                            result, counted = fused
+                            if counted:
+                                plan.nonfinite[kp.key] = counted
+                            if into is not None:
+                                reusable = result  # its memory goes back to the pool once the sink has written it
+                        elif settings.calc is None:
+                            result = merge_tensor(kp, mode.fn, a, b, c, target(kp), helper=halves,
+                                                  finite=nonfinite == {})
+                            if nonfinite is None and not all_finite(result):  # rare: now count the inputs exactly
+                                nonfinite = count_nonfinite_inputs({"A": a, "B": b, "C": c})
+                                if nonfinite:
+                                    plan.nonfinite[kp.key] = nonfinite
+                        else:
+                            notes = []
+                            result = calc_tensor(kp, settings, a, b, c, dtypes[kp.key], stats, fallbacks=notes)
+                            if notes:
+                                plan.fallbacks[kp.key] = notes[0]
+                        result = move.output(result)  # Adjust touches a few small keys: on the host
+                        give_back(pool, zip("abc", inputs), result, sources)
+                        del inputs, a, b, c
+                        put = (sink.put, kp.key, result if kp.adjust is None else apply_adjust(result, kp.adjust))
+                    elif loaded[0] == "raw":
+                        put = (sink.put_raw, kp.key, loaded[1])
+                        if getattr(sources["b" if kp.action == FROM_B else "a"], "buffers", None) is pool:
+                            reusable = torch.frombuffer(loaded[1], dtype=torch.uint8) if len(loaded[1]) else None
+                    else:
+                        put = (sink.put, kp.key, loaded[1].to(dtypes[kp.key]))
+                    del loaded
+                    if written is not None:
+                        written.result()  # keys reach the sink in plan order; a write error stops the merge here
+                        pool.give(copied)  # the sink has copied or written the previous key's stored bytes
+                    copied, reusable = reusable, None
+                    written = writer.submit(*put)
+                    del put
+                    if progress is not None:
+                        progress(i + 1, total)
+            finally:
+                ahead.cancel()  # loads not started yet: the executor would run them all before closing
             if written is not None:
                 written.result()
     except BaseException:
