@@ -13,6 +13,7 @@ modes run in one native pass per key where the kernel applies (``fused_merge``).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import math
 from typing import Callable, Mapping, Optional, Protocol
 
@@ -30,7 +31,7 @@ from .methods.calcmodes import KeyContext, column_sums, cosine_stats, similariti
 from .methods.nway import combine_key
 from .nonfinite import all_finite, count_inputs as count_nonfinite_inputs
 from .plan import FROM_B, MERGE, KeyPlan, MergePlan, MergeSettings
-from .read_ahead import ReadAhead
+from .pipeline import ReadAhead, WriteBehind
 
 CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32 per operand
 
@@ -403,17 +404,16 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
         return ("tensor", src.get(kp.key))
 
     try:
-        # Three stages on three threads: read (and check) the keys ahead, compute key i, write key i-1.
-        # The read-ahead holds a bounded number of bytes (read_ahead.py), the other stages one key each,
-        # so memory stays at a few tensors; on a quiet machine reading, math and writing overlap, and on
-        # a busy one the threads simply take turns on the free core.
+        # Three stages on three threads: read (and check) the keys ahead, compute key i, write the keys
+        # before it. Reads ahead and writes pending hold a bounded number of bytes each (pipeline.py), so
+        # memory stays at a few tensors; on a quiet machine reading, math and writing overlap, and on a
+        # busy one the threads simply take turns on the free core.
         with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as reader, \
                 cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") as writer, \
                 cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-half") as halves:
-            ahead = ReadAhead(reader, load, plan.keys, read_bytes)
+            ahead, behind = ReadAhead(reader, load, plan.keys, read_bytes), WriteBehind(writer)
             try:
-                written = None
-                copied = reusable = None  # stored bytes or a pooled result, reusable once the sink has them
+                reusable = None  # stored bytes or a pooled result, reusable once the sink has them
                 for i, kp in enumerate(plan.keys):
                     if should_stop is not None and should_stop():
                         raise MergeCancelled("merge cancelled")
@@ -465,22 +465,26 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
                     else:
                         put = (sink.put, kp.key, loaded[1].to(dtypes[kp.key]))
                     del loaded
-                    if written is not None:
-                        written.result()  # keys reach the sink in plan order; a write error stops the merge here
-                        pool.give(copied)  # the sink has copied or written the previous key's stored bytes
-                    copied, reusable = reusable, None
-                    written = writer.submit(*put)
+                    # keys reach the sink in plan order; a write error stops the merge at the next key
+                    behind.put(*put, nbytes=put_bytes(put[2]),
+                               release=None if reusable is None else functools.partial(pool.give, reusable))
+                    reusable = None
                     del put
                     if progress is not None:
                         progress(i + 1, total)
+                behind.drain()
             finally:
-                ahead.cancel()  # loads not started yet: the executor would run them all before closing
-            if written is not None:
-                written.result()
+                ahead.cancel()  # loads not started yet: the executors would run them all before closing
+                behind.cancel()
     except BaseException:
         sink.abort()  # after both pools have finished their task in flight (the with block waits for them)
         raise
     return sink.commit()
+
+
+def put_bytes(data) -> int:
+    """The size of what one put hands the sink (a tensor, or stored bytes)."""
+    return data.numel() * data.element_size() if isinstance(data, torch.Tensor) else memoryview(data).nbytes
 
 
 def give_back(pool: BufferPool, inputs, result: torch.Tensor, sources: Mapping[str, KeySource]) -> None:

@@ -1,21 +1,25 @@
-"""The engine's read-ahead: the keys after the one being computed, loaded in plan order on one thread.
+"""The engine's read-ahead and write-behind: the keys after the one being computed are loading, and the
+keys before it are writing, each in plan order on one thread, within a byte budget.
 
-Why more than one key: key sizes swing (a Flux block's 38M-value MLP weight next to its small
+Why more than one key each way: key sizes swing (a Flux block's 38M-value MLP weight next to its small
 norms and biases). With one key ahead, the reader idled through a large key's math after
 reading the small key after it, and the math then waited for the large key after that; on a
 full-size fp8 Flux merge of three files each side waited about 18 s. A byte budget lets the
 reader keep going through small keys, and still bounds memory (at least one key is always
-ahead, however large).
+ahead, however large). On the other side, a write that the kernel throttles (too many dirty
+pages) held the math, which held the read-ahead: with writes pending up to a budget, the
+math goes on.
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Optional, Sequence, TypeVar
 
 K = TypeVar("K")
 
 BUDGET_BYTES = 256 << 20  # what the loads ahead may read beyond the key being computed
+WRITE_BUDGET_BYTES = 256 << 20  # what may wait to be written
 MAX_KEYS = 16
 
 
@@ -54,3 +58,36 @@ class ReadAhead:
         """Drop the loads not started yet (on an error or a stop: the executor would run them all first)."""
         while self.queue:
             self.queue.popleft()[0].cancel()
+
+
+class WriteBehind:
+    """``put(fn, *args, nbytes=, release=)`` runs fn(*args) on the executor in order; the caller waits only
+    while more than ``budget`` bytes are pending (or, with ``drain``, for all). ``release`` runs once
+    its put is done (a buffer goes back to its pool). A failed put raises at the next call."""
+
+    def __init__(self, executor: cf.Executor, budget: int = WRITE_BUDGET_BYTES):
+        self.executor, self.budget = executor, budget
+        self.queue: collections.deque = collections.deque()  # (future, nbytes, release)
+        self.bytes = 0
+
+    def put(self, fn: Callable, *args, nbytes: int, release: Optional[Callable[[], None]] = None) -> None:
+        self.queue.append((self.executor.submit(fn, *args), nbytes, release))
+        self.bytes += nbytes
+        while self.queue and (self.bytes > self.budget or self.queue[0][0].done()):
+            self._finish_one()
+
+    def drain(self) -> None:
+        while self.queue:
+            self._finish_one()
+
+    def cancel(self) -> None:
+        """Drop the puts not started yet (after an error: the merge is aborted anyway)."""
+        while self.queue:
+            self.queue.popleft()[0].cancel()
+
+    def _finish_one(self) -> None:
+        future, nbytes, release = self.queue.popleft()
+        self.bytes -= nbytes
+        future.result()
+        if release is not None:
+            release()
