@@ -100,6 +100,16 @@ static inline __attribute__((always_inline)) uint32_t round_to(uint32_t a, int m
     return a < ((uint32_t)(127 + min_exp) << 23) ? tiny : normal;
 }
 
+/* One fp8 code: round_to with saturation (|x| above max_bits becomes max_code) and NaN as 0x7F, signed. */
+static inline __attribute__((always_inline)) uint8_t fp8_code(float v, int mant, int bias, int min_exp,
+                                                               uint32_t max_bits, uint32_t max_code) {
+    uint32_t u = to_bits(v), sign = u & 0x80000000u, a = u ^ sign;
+    uint32_t r = round_to(a, mant, bias, min_exp);
+    r = a > max_bits ? max_code : r;
+    r = a > 0x7F800000u ? 0x7Fu : r;
+    return (uint8_t)(r | (sign >> 24));
+}
+
 static inline __attribute__((always_inline)) void encode(const float *src, int kind, int n, void *dst) {
     if (kind == F32) {
         memcpy(dst, src, (size_t)n * 4);
@@ -119,24 +129,14 @@ static inline __attribute__((always_inline)) void encode(const float *src, int k
             r = a > 0x7F800000u ? 0x7E00u : r;
             p[i] = (uint16_t)(r | (sign >> 16));
         }
-    } else if (kind == E4M3) {
+    } else {  /* fp8: beyond the largest finite value (448, 57344) saturate to it */
         uint8_t *p = (uint8_t *)dst;
-        for (int i = 0; i < n; i++) {
-            uint32_t u = to_bits(src[i]), sign = u & 0x80000000u, a = u ^ sign;
-            uint32_t r = round_to(a, 3, 7, -6);
-            r = a > 0x43E00000u ? 0x7Eu : r;  /* beyond 448: 448 */
-            r = a > 0x7F800000u ? 0x7Fu : r;
-            p[i] = (uint8_t)(r | (sign >> 24));
-        }
-    } else {  /* E5M2 */
-        uint8_t *p = (uint8_t *)dst;
-        for (int i = 0; i < n; i++) {
-            uint32_t u = to_bits(src[i]), sign = u & 0x80000000u, a = u ^ sign;
-            uint32_t r = round_to(a, 2, 15, -14);
-            r = a > 0x47600000u ? 0x7Bu : r;  /* beyond 57344: 57344 */
-            r = a > 0x7F800000u ? 0x7Fu : r;
-            p[i] = (uint8_t)(r | (sign >> 24));
-        }
+        if (kind == E4M3)
+            for (int i = 0; i < n; i++)
+                p[i] = fp8_code(src[i], 3, 7, -6, 0x43E00000u, 0x7Eu);
+        else
+            for (int i = 0; i < n; i++)
+                p[i] = fp8_code(src[i], 2, 15, -14, 0x47600000u, 0x7Bu);
     }
 }
 
@@ -276,7 +276,8 @@ static inline AVX2 __m256i fp8_lanes(__m256 v, int mant, int bias, int min_exp, 
     normal = _mm256_srli_epi32(_mm256_add_epi32(normal, odd), 23 - mant);
     __m256i small = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)((uint32_t)(127 + min_exp) << 23)), a);
     __m256i r = _mm256_blendv_epi8(normal, tiny, small);
-    r = _mm256_blendv_epi8(r, _mm256_set1_epi32((int)max_code), _mm256_cmpgt_epi32(a, _mm256_set1_epi32((int)max_bits)));
+    __m256i beyond = _mm256_cmpgt_epi32(a, _mm256_set1_epi32((int)max_bits));
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32((int)max_code), beyond);
     r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7F), _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7F800000)));
     return _mm256_or_si256(r, _mm256_srli_epi32(sign, 24));
 }

@@ -7,7 +7,7 @@
   the output, bit for bit torch's values (``fused_linear.py``).
 
 They are plain C with no Python or torch headers, so building them takes a few seconds; the library is cached under
-``$XDG_CACHE_HOME/merge-suite/native`` keyed by the source and compiler. Loading a
+``$XDG_CACHE_HOME/merge-suite/native`` keyed by the sources, flags and compiler. Loading a
 shared library runs its code, so only a library this user built is loaded: the cache
 folder must be ours and writable by nobody else (0700), the file too, and its sha256
 must match the one recorded when it was built; it is checked and loaded through one
