@@ -7,6 +7,7 @@ from merge_core.api import plan_merge
 from merge_core.engine import DictSink, run_merge
 from merge_core.io.buffers import MIN_BYTES, BufferPool
 from merge_core.io.sources import open_source
+from merge_core.pipeline import WriteBehind
 
 UNET = "model.diffusion_model."
 
@@ -66,6 +67,9 @@ def test_a_file_merge_computes_later_keys_into_written_results_memory(tmp_path, 
     results = []
     real = engine.fused_merge
     monkeypatch.setattr(engine, "fused_merge", lambda *args, **kw: results.append(r := real(*args, **kw)) or r)
+    # every put waits for its write: a result's memory is back in the pool before the next key (with the
+    # default budget it comes back whenever the writer is done, which a slow machine may make later)
+    monkeypatch.setattr(engine, "WriteBehind", lambda executor: WriteBehind(executor, budget=0))
     src = sources()
     run_merge(plan_merge(src, "Weight sum", alpha=0.3), src, engine.FileSink(str(tmp_path / "o.safetensors")))
     pointers = [r[0].data_ptr() for r in results]
