@@ -6,8 +6,8 @@ here, and it made the full-size merge CPU-bound. The values are torch's, bit for
 (tests/unit/test_fused_linear.py), and the kernel counts each input's NaN/inf values as it
 decodes them, so the inputs need no scan of their own.
 
-``merge`` returns None wherever the kernel does not apply (no compiler, MERGE_SUITE_NATIVE=0,
-a tensor off the CPU or of another dtype, not contiguous); the caller then uses the torch path.
+Where the kernel does not apply (no compiler, MERGE_SUITE_NATIVE=0, a tensor off the CPU or of
+another dtype, not contiguous), ``engine.fused_merge`` returns None and the engine uses the torch path.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ INPUTS = ("A", "B", "C")
 
 
 def applies(mode: str, out_dtype: torch.dtype, *tensors: Optional[torch.Tensor]) -> bool:
-    """Whether ``merge`` takes this key: a linear mode, and every tensor a contiguous CPU tensor of
+    """Whether ``merge_span`` takes this key: a linear mode, and every tensor a contiguous CPU tensor of
     one of the five float kinds, all of one shape (decided before the kernel is loaded)."""
     present = [t for t in tensors if t is not None]
     return (mode in MODE_CODES and out_dtype in KINDS and len(present) == 2 + (MODE_CODES[mode] > 0)
