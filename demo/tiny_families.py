@@ -22,7 +22,7 @@ import comfy.supported_models
 import comfy.supported_models_base
 import comfy.text_encoders.flux
 import comfy.utils
-from tiny_models import TINY_CLIP_L, _fill
+from tiny_models import TINY_CLIP_L, TinyConfig, _fill
 
 WIDTH, HEADS = 64, 2
 ROPE = [8, 12, 12]  # sums to the head width (WIDTH // HEADS)
@@ -66,7 +66,7 @@ class TinyFluxClip(comfy.text_encoders.flux.FluxClipModel):
             **model_options, "clip_l_model_config": TINY_CLIP_L, "t5xxl_model_config": TINY_T5})
 
 
-class TinyFlux(comfy.supported_models.Flux):
+class TinyFlux(TinyConfig, comfy.supported_models.Flux):
     unet_config = {"image_model": "flux", "guidance_embed": True, "hidden_size": WIDTH}
     unet_extra_config = _only(FLUX, "num_heads", "axes_dim")
 
@@ -74,48 +74,48 @@ class TinyFlux(comfy.supported_models.Flux):
         return comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer, TinyFluxClip)
 
 
-class TinyFluxSchnell(comfy.supported_models.FluxSchnell):
+class TinyFluxSchnell(TinyConfig, comfy.supported_models.FluxSchnell):
     unet_config = {"image_model": "flux", "guidance_embed": False, "hidden_size": WIDTH}
     unet_extra_config = TinyFlux.unet_extra_config
     clip_target = TinyFlux.clip_target
 
 
-class TinyFlux2(comfy.supported_models.Flux2):
+class TinyFlux2(TinyConfig, comfy.supported_models.Flux2):
     unet_config = {"image_model": "flux2", "hidden_size": WIDTH}
     unet_extra_config = _only(FLUX2, "num_heads", "axes_dim")
 
 
-class TinyChroma(comfy.supported_models.Chroma):
+class TinyChroma(TinyConfig, comfy.supported_models.Chroma):
     unet_config = {"image_model": "chroma", "hidden_size": WIDTH}
     unet_extra_config = _only(CHROMA, "num_heads", "axes_dim", "out_dim", "hidden_dim", "n_layers")
 
 
-class TinyZImage(comfy.supported_models.ZImage):
+class TinyZImage(TinyConfig, comfy.supported_models.ZImage):
     unet_config = {"image_model": "lumina2", "dim": WIDTH}
     unet_extra_config = _only(Z_IMAGE, "n_heads", "n_kv_heads", "axes_dims", "axes_lens", "rope_theta",
                               "ffn_dim_multiplier", "z_image_modulation", "time_scale", "pad_tokens_multiple",
                               "multiple_of")
 
 
-class TinyQwenImage(comfy.supported_models.QwenImage):
+class TinyQwenImage(TinyConfig, comfy.supported_models.QwenImage):
     unet_config = {"image_model": "qwen_image", "num_layers": QWEN_IMAGE["num_layers"]}
     unet_extra_config = _only(QWEN_IMAGE, "attention_head_dim", "num_attention_heads", "joint_attention_dim",
                               "axes_dims_rope")
 
 
-class TinyHiDream(comfy.supported_models.HiDream):
+class TinyHiDream(TinyConfig, comfy.supported_models.HiDream):
     """ComfyUI reads nothing of HiDream's size from the keys (every value is the full-size one), so this
     config matches on the patch embedding's width and sets the rest."""
     unet_extra_config = _only(HIDREAM, "attention_head_dim", "num_attention_heads", "num_layers", "num_single_layers",
                               "caption_channels", "text_emb_dim", "axes_dims_rope", "max_resolution", "llama_layers")
 
     @classmethod
-    def matches(cls, unet_config, state_dict=None):
+    def tiny_match(cls, state_dict) -> bool:
         width = [v.shape[0] for k, v in (state_dict or {}).items() if k.endswith("x_embedder.proj.weight")]
-        return super().matches(unet_config, state_dict) and width == [WIDTH]
+        return width == [WIDTH]
 
 
-class TinyWan(comfy.supported_models.WAN21_T2V):
+class TinyWan(TinyConfig, comfy.supported_models.WAN21_T2V):
     unet_config = {"image_model": "wan2.1", "model_type": "t2v", "dim": WIDTH}
     unet_extra_config = _only(WAN, "num_heads", "text_dim", "freq_dim")
 
@@ -132,36 +132,98 @@ def register() -> None:
             models.insert(0, cls)
 
 
-def _diffusion_module(family: str) -> torch.nn.Module:
-    ops = dict(operations=comfy.ops.disable_weight_init, device=torch.device("cpu"), dtype=torch.float32)
-    if family in ("flux1-dev", "flux1-schnell"):
+# Each family's released model, as the full-size key inventory that ships with merge_core (name, key prefix):
+# the host's own detection reads its configuration from these shapes, and the tiny model keeps the key names
+# of these files.
+RELEASED = {"flux1-dev": ("flux1-dev", "model.diffusion_model."), "flux1-schnell": ("flux1-schnell", ""),
+            "flux2": ("flux2-dev", ""), "chroma": ("chroma", ""), "sd3": ("sd3-medium", ""),
+            "hidream": ("hidream-full", ""), "z-image": ("z-image", ""), "qwen-image": ("qwen-image", ""),
+            "wan21": ("wan21-1.3b", "")}
+TINY = {"flux1-dev": dict(FLUX, guidance_embed=True), "flux1-schnell": dict(FLUX, guidance_embed=False),
+        "flux2": FLUX2, "chroma": CHROMA, "sd3": SD3, "hidream": HIDREAM, "z-image": Z_IMAGE,
+        "qwen-image": QWEN_IMAGE, "wan21": WAN}
+MAX_PARAMETERS = 20_000_000  # a tiny model is a few MB; more means a size setting did not take
+
+
+def released_keys(family: str) -> dict[str, tuple[list, str]]:
+    """{key: (shape, dtype)} of the family's released diffusion model (bare keys)."""
+    import gzip
+    import json
+    name, prefix = RELEASED[family]
+    path = Path(__file__).resolve().parents[1] / "merge_core" / "architectures" / "keysets" / f"{name}.json.gz"
+    with gzip.open(path) as f:
+        inventory = json.loads(f.read())
+    return {k[len(prefix):]: tuple(v) for k, v in inventory.items() if k.startswith(prefix)}
+
+
+def host_config(family: str) -> dict:
+    """The family's model configuration as the running ComfyUI derives it, shrunk to the tiny size.
+
+    ComfyUI's detection reads the released model's shapes (meta tensors, no memory) and adds whatever its own
+    model class needs in that release (0.33's Flux takes ``txt_ids_dims``, its Chroma ``vec_in_dim``); only
+    the size settings are then replaced. So no constructor signature is hard-coded here, and a ComfyUI
+    release that adds a setting still builds the tiny models.
+    """
+    from comfy import model_detection
+    meta = {k: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+            for k, (shape, dtype) in released_keys(family).items()}
+    detected = model_detection.detect_unet_config(meta, "")
+    if detected is None:
+        raise RuntimeError(f"this ComfyUI does not recognise the released {family} key set")
+    return {**detected, **TINY[family]}
+
+
+def _model_class(family: str):
+    if family in ("flux1-dev", "flux1-schnell", "flux2"):
         from comfy.ldm.flux.model import Flux
-        return Flux(**dict(FLUX, guidance_embed=family == "flux1-dev"), **ops)
-    if family == "flux2":
-        from comfy.ldm.flux.model import Flux
-        return Flux(**FLUX2, **ops)
+        return Flux
     if family == "chroma":
         from comfy.ldm.chroma.model import Chroma
-        return Chroma(**CHROMA, **ops)
+        return Chroma
     if family == "sd3":
         from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
-        return MMDiT(**SD3, **ops)
+        return MMDiT
     if family == "hidream":
         from comfy.ldm.hidream.model import HiDreamImageTransformer2DModel
-        return HiDreamImageTransformer2DModel(**HIDREAM, **ops)
+        return HiDreamImageTransformer2DModel
     if family == "z-image":
         from comfy.ldm.lumina.model import NextDiT
-        return NextDiT(**Z_IMAGE, **ops)
+        return NextDiT
     if family == "qwen-image":
         from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
-        return QwenImageTransformer2DModel(**QWEN_IMAGE, **ops)
+        return QwenImageTransformer2DModel
     if family == "wan21":
         from comfy.ldm.wan.model import WanModel
-        return WanModel(**WAN, **ops)
+        return WanModel
     raise ValueError(f"unknown tiny family '{family}' (one of {', '.join(FAMILIES)})")
 
 
-FAMILIES = ("flux1-dev", "flux1-schnell", "flux2", "chroma", "sd3", "hidream", "z-image", "qwen-image", "wan21")
+def _diffusion_module(family: str) -> torch.nn.Module:
+    module = _model_class(family)(**host_config(family), operations=comfy.ops.disable_weight_init,
+                                  device=torch.device("cpu"), dtype=torch.float32)
+    count = sum(p.numel() for p in module.parameters())
+    if count > MAX_PARAMETERS:
+        raise RuntimeError(f"tiny {family} has {count:,} parameters: a size setting of TINY['{family}'] no longer "
+                           "applies to this ComfyUI's model class")
+    return module
+
+
+def released_naming(family: str, state_dict: dict) -> dict:
+    """Keys renamed to the released files' names where the host's class names a parameter otherwise.
+
+    ComfyUI 0.33 builds Flux's and Chroma's RMSNorm scales as ``.weight`` (it renames ``.scale`` on load); the
+    released files, and so the test files, say ``.scale``.
+    """
+    released = released_keys(family)
+    out = {}
+    for key, value in state_dict.items():
+        if key not in released and key.endswith(".weight") and key[:-len("weight")] + "scale" in released:
+            key = key[:-len("weight")] + "scale"
+        out[key] = value
+    return out
+
+
+FAMILIES = tuple(RELEASED)
 
 
 @torch.no_grad()
@@ -176,7 +238,7 @@ def diffusion_state_dict(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
     for buf in module.buffers():  # SD3's pos_embed: a learned table stored as a buffer (uninitialised here)
         if buf.is_floating_point():
             buf.copy_(torch.randn(buf.shape, generator=gen) * 0.05)
-    return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
+    return released_naming(family, {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()})
 
 
 def build_model(family: str, seed: int = 0):

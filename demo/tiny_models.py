@@ -65,7 +65,24 @@ class TinySDXLClip(sdxl_clip.SDXLClipModel):
             **model_options, "clip_l_model_config": TINY_CLIP_L, "clip_g_model_config": TINY_CLIP_G})
 
 
-class TinySD15(comfy.supported_models.SD15):
+class TinyConfig:
+    """Mixin of every tiny model config: its ``matches`` takes whatever arguments the host passes (0.33 added
+    ``unet_key_prefix``) and answers False on any error, so a tiny config can never break the loading of a
+    real checkpoint. ``tiny_match(state_dict)`` adds a config's own test on the weights."""
+
+    @classmethod
+    def matches(cls, unet_config, state_dict=None, *args, **kwargs):
+        try:
+            return bool(super().matches(unet_config, state_dict, *args, **kwargs) and cls.tiny_match(state_dict))
+        except Exception:  # noqa: BLE001 - a tiny config that cannot judge a file does not claim it
+            return False
+
+    @classmethod
+    def tiny_match(cls, state_dict) -> bool:
+        return True
+
+
+class TinySD15(TinyConfig, comfy.supported_models.SD15):
     unet_config = {"context_dim": 32, "model_channels": 32, "use_linear_in_transformer": False,
                    "adm_in_channels": None, "use_temporal_attention": False}
     unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
@@ -74,7 +91,7 @@ class TinySD15(comfy.supported_models.SD15):
         return comfy.supported_models_base.ClipTarget(sd1_clip.SD1Tokenizer, TinySD1Clip)
 
 
-class TinySD20(comfy.supported_models.SD20):
+class TinySD20(TinyConfig, comfy.supported_models.SD20):
     """SD2.x 768-v layout: OpenCLIP-H text encoder, linear transformer projections, v-prediction."""
     unet_config = {"context_dim": 32, "model_channels": 32, "use_linear_in_transformer": True,
                    "adm_in_channels": None, "use_temporal_attention": False}
@@ -87,7 +104,7 @@ class TinySD20(comfy.supported_models.SD20):
         return comfy.supported_models_base.ClipTarget(sd2_clip.SD2Tokenizer, TinySD2Clip)
 
 
-class TinySDXL(comfy.supported_models.SDXL):
+class TinySDXL(TinyConfig, comfy.supported_models.SDXL):
     unet_config = {"model_channels": 32, "use_linear_in_transformer": True,
                    "transformer_depth": [0, 0, 1, 1, 1, 1], "context_dim": 64,
                    "adm_in_channels": 32 + 6 * 256, "use_temporal_attention": False}
