@@ -16,6 +16,7 @@ from .errors import MergeInputError, require_finite, require_ratio
 from .io.bare_unet import StrippingSink, prefix_bare
 from .io.output_file import check_target
 from .io.precision import PRECISIONS, output_format
+from .io.released_names import with_released_names
 from .io.sources import KeySource, open_source
 from .methods.adjust import parse_adjust, require_adjustable
 from .methods.calcmodes import get_calc_mode, resolve_modes
@@ -143,11 +144,14 @@ def merge_state_dicts(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tenso
 
 
 def open_files(paths: Mapping[str, str]) -> dict[str, KeySource]:
-    """{"a": source, ...} for {"a": path, ...}; a damaged file names its input (model_a, ...)."""
+    """{"a": source, ...} for {"a": path, ...}; a damaged file names its input (model_a, ...). Each file is
+    read under its family's released parameter names (io/released_names.py): a Flux file saved by
+    ComfyUI 0.33 pairs with an original download, and a merged file keeps the released names."""
     sources: dict[str, KeySource] = {}
     try:
         for name, path in paths.items():
             sources[name] = open_source(path, input_name=f"model_{name}")
+            sources[name] = with_released_names(sources[name])
     except BaseException:
         for src in sources.values():
             src.close()

@@ -27,6 +27,7 @@ from ..merge_core import recipe as core_recipe
 from ..merge_core.errors import MergeInputError
 from ..merge_core.io.filehash import file_sha256
 from ..merge_core.io.output_file import install_signal_cleanup, remove_stale_parts
+from ..merge_core.io.released_names import released_namer
 from ..merge_core.io.safetensors_file import SafetensorsWriter
 from .comfy_models import UNET_PREFIX, effective_weight
 from .errors import named_errors
@@ -115,6 +116,14 @@ def _floating(dtype: torch.dtype, fallback: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else fallback
 
 
+def released_saving(process: Callable[[dict], dict], keys) -> Callable[[dict], dict]:
+    """ComfyUI's U-Net save names, with the released names of the parameters a host renamed on load
+    (merge_core/io/released_names.py): ComfyUI 0.33 loads Flux's RMSNorm ``.scale`` as ``.weight`` and
+    would save that; both hosts load ``.scale`` (0.3.75 needs it), so the file is written as released."""
+    namer = released_namer(keys)
+    return process if namer is None else (lambda sd: {namer(k): v for k, v in process(sd).items()})
+
+
 def checkpoint_parts(model: Any, clip: Any, vae: Any, precision: str) -> list[Part]:
     """The U-Net, text encoder and VAE of a checkpoint as streamable parts, with ComfyUI's save names."""
     target = PRECISIONS[precision]
@@ -131,7 +140,7 @@ def checkpoint_parts(model: Any, clip: Any, vae: Any, precision: str) -> list[Pa
         return items
 
     unet = from_patches(model.get_key_patches(UNET_PREFIX), UNET_PREFIX)
-    parts.append(Part("U-Net", unet, config.process_unet_state_dict_for_saving, target))
+    parts.append(Part("U-Net", unet, released_saving(config.process_unet_state_dict_for_saving, unet), target))
     if clip is not None:
         items = from_patches(clip.get_key_patches())
         for key, tensor in clip.tokenizer.state_dict().items():

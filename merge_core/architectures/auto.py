@@ -15,6 +15,7 @@ from .keys import unet_relative
 from .transformers import VAE_KEPT
 
 _NUMBERED = re.compile(r"^([^.]+)\.(\d+)(?:\.|$)")
+AUTO = "auto"  # the name of every automatic layout
 
 
 def auto_architecture(keys: Iterable[str], bare: bool) -> Optional[Architecture]:
@@ -35,5 +36,5 @@ def auto_architecture(keys: Iterable[str], bare: bool) -> Optional[Architecture]
         return None
     rules = [(re.escape(c) + r"\.(\d+)(?:\.|$)", c + ".{0}") for c in containers]
     rules += [(re.escape(b) + r"(?:\.|$)", b) for b in blocks if b.split(".", 1)[0] not in containers]
-    return Architecture("auto", "automatic blocks", ("BASE", *blocks), tuple(rules), components=VAE_KEPT,
+    return Architecture(AUTO, "automatic blocks", ("BASE", *blocks), tuple(rules), components=VAE_KEPT,
                         unmatched_block=NO_BLOCK, bare=bare)

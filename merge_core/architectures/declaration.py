@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional, Union
 
 from .keys import UNET_PREFIXES, unet_relative
+from .naming import released_relative
 
 # block_of's answer for a diffusion-model key that no rule of a family names (families without a
 # catch-all block): such a key keeps A and is listed in the report; it never borrows a block's ratio.
@@ -83,6 +84,9 @@ class Architecture:
     unmatched_block: the block of a diffusion-model key that no rule names (`NO_BLOCK`: kept from A).
     name_filter: SuperMerger's rule (only keys named weight/bias are merged) — SD1/SD2/SDXL, for
         parity; without it every floating-point tensor is merged.
+    scale_norms: a regex over diffusion-relative key stems (no ``.scale`` suffix) of the RMSNorm
+        parameters that released files name ``.scale`` and a host may load as ``.weight`` (naming.py);
+        either name is read as the released one by the signature, the rules and file key matching.
     counts / bare: set by `sized` — container counts read from a model, and whether that model's
         diffusion keys carry no prefix (a diffusion-model-only file).
     """
@@ -97,14 +101,17 @@ class Architecture:
     unmatched_block: str = "BASE"
     name_filter: bool = False
     base_blocks: int = 1
+    scale_norms: str = ""
     counts: tuple[tuple[str, int], ...] = ()
     bare: bool = False
     _compiled: tuple = field(default=(), init=False, repr=False, compare=False)
+    _scale_norms: Optional[re.Pattern] = field(default=None, init=False, repr=False, compare=False)
     _blocks: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self):
         numbered = [part.rule for part in self.layout if isinstance(part, Numbered)]
         object.__setattr__(self, "_compiled", tuple((re.compile(p), t) for p, t in (*numbered, *self.rules)))
+        object.__setattr__(self, "_scale_norms", re.compile(self.scale_norms) if self.scale_norms else None)
         counts = dict(self.counts)
         blocks: list[str] = []
         for part in self.layout:
@@ -145,14 +152,27 @@ class Architecture:
             return key
         return rel
 
+    def released_relative(self, rel: str) -> str:
+        """A diffusion-relative key under the name released files give it (naming.py)."""
+        return released_relative(self._scale_norms, rel)
+
+    def released_key(self, key: str) -> str:
+        """The key with its released parameter name, in the key's own prefix naming."""
+        rel = self.relative(key)
+        if rel is None or self._scale_norms is None:
+            return key
+        return key[:len(key) - len(rel)] + self.released_relative(rel)
+
     def block_of(self, key: str) -> str:
-        """Block id of a key in any naming (`NO_BLOCK` / `KEPT` for keys that keep A)."""
+        """Block id of a key in any naming, a host's renamed parameters included (`NO_BLOCK` / `KEPT`
+        for keys that keep A)."""
         rel = self.relative(key)
         if rel is None:
             for prefix, block in self.components:
                 if key.startswith(prefix):
                     return block
             return self.outside_block
+        rel = self.released_relative(rel)
         for regex, template in self._compiled:
             m = regex.match(rel)
             if m:

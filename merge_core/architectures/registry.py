@@ -2,7 +2,8 @@
 
 Detection reads the diffusion model's layout (numbered containers and marker keys) in any of the three
 namings: ``model.diffusion_model.`` (checkpoints), ``diffusion_model.`` (ComfyUI) or bare keys (a
-diffusion-model-only file, read as such only when no key carries a prefix). The family found is sized
+diffusion-model-only file, read as such only when no key carries a prefix), with the parameter names of
+released files or those a host renamed on load (naming.py). The family found is sized
 to the model (Architecture.sized); a model no declaration matches gets automatic blocks
 (`detect_or_auto`).
 """
@@ -62,6 +63,8 @@ def _layout_matches(arch: Architecture, rel_keys: list[str], highest: dict[str, 
         return False
     if sig.needs_text_encoder and not te:
         return False
+    if arch.scale_norms:  # the signature names released files' keys: read a host's renamed ones as such
+        rel_keys = [arch.released_relative(k) for k in rel_keys]
 
     def present(pattern: str) -> bool:
         regex = re.compile(pattern)

@@ -24,7 +24,13 @@ def transformer(name: str, label: str, layout, rules, signature: Signature, comp
 
 
 DOUBLE, SINGLE = Numbered("double_blocks", "D", 19), Numbered("single_blocks", "S", 38)
+# the signature is keyed to released files (``.scale``); a model a host loaded as ``.weight`` is read
+# under that name through the family's scale_norms (naming.py)
 FLUX_LIKE = (r"double_blocks\.0\.img_attn\.norm\.key_norm\.scale$",)
+# the RMSNorm scales of released files: the query/key norms of every block (Flux.1, Flux.2, Chroma), and
+# Chroma's guidance-layer norms and (Chroma Radiance) its NeRF head's norms
+FLUX_NORMS = r"(?:double|single)_blocks\.\d+\.(?:(?:img|txt)_attn\.)?norm\.(?:query|key)_norm"
+CHROMA_NORMS = FLUX_NORMS + r"|distilled_guidance_layer\.norms\.\d+|nerf_blocks\.\d+\.norm|nerf_final_layer\w*\.norm"
 
 
 def encoders(*names: str) -> tuple[str, ...]:
@@ -39,18 +45,18 @@ FLUX1 = transformer(
               none_of=(r"double_stream_modulation_img\.", r"distilled_guidance_layer\."),
               text_encoder_markers=encoders("t5xxl"), text_encoder_absent=encoders("clip_g")),
     (("text_encoders.clip_l.", "CLIP"), ("clip_l.", "CLIP"), ("text_encoders.t5xxl.", "T5"), ("t5xxl.", "T5")),
-    outside_block="CLIP", base_blocks=2)
+    outside_block="CLIP", base_blocks=2, scale_norms=FLUX_NORMS)
 CHROMA = transformer(
     "chroma", "Chroma", ("BASE", "IN", DOUBLE, SINGLE, "OUT"),
     ((r"\w+_in\.", "IN"), (modules("distilled_guidance_layer", r"nerf_image_embedder"), "IN"),
      (modules("final_layer", r"nerf_blocks", r"nerf_final_layer\w*"), "OUT")),
     Signature(numbered=(("double_blocks", 0, None), ("single_blocks", 0, None)),
-              all_of=(*FLUX_LIKE, r"distilled_guidance_layer\.")))
+              all_of=(*FLUX_LIKE, r"distilled_guidance_layer\.")), scale_norms=CHROMA_NORMS)
 FLUX2 = transformer(
     "flux2", "Flux.2", ("BASE", "IN", Numbered("double_blocks", "D", 8), Numbered("single_blocks", "S", 48), "OUT"),
     ((r"\w+_in\.", "IN"), (r"(?:double|single)_stream_modulation\w*\.", "IN"), (modules("final_layer"), "OUT")),
     Signature(numbered=(("double_blocks", 0, None), ("single_blocks", 0, None)),
-              all_of=(*FLUX_LIKE, r"double_stream_modulation_img\.")))
+              all_of=(*FLUX_LIKE, r"double_stream_modulation_img\.")), scale_norms=FLUX_NORMS)
 SD3 = transformer(
     "sd3", "SD3/SD3.5", ("BASE", "IN", Numbered("joint_blocks", "J", 38), "OUT"),
     ((modules("pos_embed", "x_embedder", "context_embedder", "y_embedder", "t_embedder", "register",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..architectures import ALTERNATE_LAYOUTS, SD1_BLOCKS, Architecture
+from ..architectures.auto import AUTO
 from ..errors import MergeInputError, require_ratio
 from .presets import presets
 from .specs import expand_token
@@ -89,7 +90,8 @@ def parse_block_weights(text: Optional[str], arch: Architecture, input_name: str
     if "," not in stripped and "\n" not in stripped:
         table = presets()
         if stripped in table:
-            return BlockWeights(arch.blocks, tuple(preset_on_layout(table[stripped], arch)))
+            return BlockWeights(arch.blocks, tuple(preset_on_layout(table[stripped], arch, input_name,
+                                                                    f"preset '{stripped}'")))
         try:
             float(stripped)
         except ValueError:
@@ -121,7 +123,7 @@ def parse_named(text: str, arch: Architecture, input_name: str, default: Optiona
         named = arch.blocks if ids.upper() == "ALL" else expand_token(ids, arch)
         if named is None:
             raise MergeInputError(
-                input_name, f"pair #{pos + 1}: unknown block id '{ids}' for {arch.label}.",
+                input_name, f"pair #{pos + 1}: unknown block id '{ids}' for {arch.label}{unrecognised(arch)}.",
                 f"use ids or ranges of its layout: {arch.layout_text()}, or ALL.")
         value = parse_numbers(number, input_name)
         if len(value) != 1:
@@ -141,10 +143,28 @@ def named_example(arch: Architecture) -> str:
     return f"'{arch.blocks[1]}=0.3, {mid}-{arch.blocks[-2]}=0.7, {arch.blocks[-1]}=1'"
 
 
-def preset_on_layout(values: tuple[float, ...], arch: Architecture) -> list[float]:
+def unrecognised(arch: Architecture) -> str:
+    """On automatic blocks, why a list written for a family does not fit: the model matched none."""
+    return " (the model matches no declared family, so its blocks are named after its modules)" \
+        if arch.name == AUTO else ""
+
+
+def preset_on_layout(values: tuple[float, ...], arch: Architecture, input_name: str = "block_weights",
+                     what: str = "a preset") -> list[float]:
     """A 26-value preset on a layout: exact on SD1/SD2 (26) and SDXL (20, converted); elsewhere the
     base value goes to the base slots and the curve over IN00..OUT11 (positions 0..24) is resampled
-    linearly over the other blocks in layout order — block j of m sits at 24·j/(m-1)."""
+    linearly over the other blocks in layout order — block j of m sits at 24·j/(m-1).
+
+    Automatic blocks are refused: the block-weight editor only ever shows declared layouts, so a preset
+    met there was chosen for another layout (a Flux model its family failed to match), and spreading its
+    curve over module names in key order would give every block a ratio nobody saw."""
+    if arch.name == AUTO:
+        shown = arch.blocks if arch.n_blocks <= 6 else (*arch.blocks[:4], "...", arch.blocks[-1])
+        raise MergeInputError(
+            input_name, f"{what} needs a declared layout (SD1/SD2, SDXL, Flux.1, ...), but the model matches no "
+            f"declared family and has {arch.n_blocks} automatic blocks ({', '.join(shown)}).",
+            f"give {arch.n_blocks} comma-separated values (python -m merge_core blocks FILE lists the blocks), "
+            f"named values such as {named_example(arch)}, or no block weights (the scalar applies everywhere).")
     if arch.name_filter:  # the SD families
         return fit_to_layout(list(values), arch, "preset")
     curve, m = values[1:], arch.n_blocks - arch.base_blocks
@@ -168,6 +188,6 @@ def fit_to_layout(values: list[float], arch: Architecture, input_name: str) -> l
     accepted = alternates + ("26 (SD1/SD2 layout, converted) or 20" if arch.n_blocks == 20 else str(arch.n_blocks))
     raise MergeInputError(
         input_name,
-        f"has {n} values, but {arch.label} block weights need {accepted} ({arch.layout_text()}).",
+        f"has {n} values, but {arch.label} block weights need {accepted}{unrecognised(arch)} ({arch.layout_text()}).",
         f"give exactly {arch.n_blocks} comma-separated values, starting with {arch.blocks[0]}, "
         f"or named values such as {named_example(arch)}.")

@@ -121,7 +121,7 @@ def block_values(spec: str, ratio: float, arch: Architecture, presets: dict[str,
     values = _preset(text, presets, input_name, where) if preset else _numbers(text.split(","), input_name, where)
     if is_family(arch):
         if preset and len(values) != arch.n_blocks and len(values) in LAYOUTS:  # its curve, resampled
-            values = preset_on_layout(tuple(values), arch)
+            values = preset_on_layout(tuple(values), arch, input_name, f"{where}: preset '{text}'")
         values = fit_to_layout(values, arch, input_name)
         return {b: ratio * v for b, v in zip(arch.blocks, values)}
     _check_count(values, input_name, where)

@@ -19,6 +19,7 @@ import tiny_families  # noqa: E402
 from test_merge_nodes import base_weights, effective  # noqa: E402
 
 from merge_suite.merge_core import cli  # noqa: E402
+from merge_suite.merge_core.io.released_names import released_namer  # noqa: E402
 from merge_suite.merge_core.io.safetensors_file import SafetensorsReader  # noqa: E402
 from merge_suite.nodes.errors import MergeNodeError  # noqa: E402
 from merge_suite.nodes.merge import CheckpointMerge, ModelMerge  # noqa: E402
@@ -81,11 +82,17 @@ def read(path):
         return {k: r.get(k).clone() for k in r.keys()}
 
 
+def as_released(weights):
+    """A MODEL's weights under the released files' names (ComfyUI 0.33 loads RMSNorm .scale as .weight)."""
+    namer = released_namer(weights) or (lambda k: k)
+    return {namer(k): v for k, v in weights.items()}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_unet_loader_loads_each_tiny_family(family, folders):
     model = unet(family, 1)
     stored = read(folders / "diffusion_models" / f"{family}_1.safetensors")
-    loaded = base_weights(model, UNET)
+    loaded = as_released(base_weights(model, UNET))
     assert set(loaded) == {UNET + k for k in stored}
     assert all(torch.equal(loaded[UNET + k].float(), t.float()) for k, t in stored.items())
     assert type(model.model.model_config).__name__.startswith(("Tiny", "SD3"))
@@ -147,8 +154,8 @@ def test_node_and_cli_agree_on_every_key(family, case, folders):
     else:
         params = dict(mode="Weight sum", alpha=ALPHA, blocks_alpha=named, options={"elemental": elemental})
     merged = ModelMerge.execute(model_a=a, model_b=b, beta=0.0, **params).result[0]
-    by_node = {k[len(UNET):]: v for k, v in effective(merged, UNET).items()}
-    wa = {k[len(UNET):]: v for k, v in base_weights(a, UNET).items()}
+    by_node = {k[len(UNET):]: v for k, v in as_released(effective(merged, UNET)).items()}
+    wa = {k[len(UNET):]: v for k, v in as_released(base_weights(a, UNET)).items()}
     assert set(by_node) == set(by_cli), "the CLI writes a diffusion-model file for diffusion-model inputs"
     problems = [k for k, x in by_cli.items() if torch.equal(x, wa[k]) != torch.equal(by_node[k], wa[k])
                 or not torch.allclose(x.double(), by_node[k].double(), rtol=1e-5, atol=1e-6)]
