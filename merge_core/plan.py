@@ -197,7 +197,8 @@ def build_plan(arch: Architecture, settings: MergeSettings,
         raise MergeInputError("model_c", f"is required by '{what}' but is not connected.",
                               "connect a model C, or choose Weight sum.")
     if settings.selection is not None:
-        settings.selection.require_matches(((k, arch.block_of(k)) for k in shapes_a if kept_reason(arch, k) is None), arch,
+        settings.selection.require_matches(((arch.released_key(k), arch.block_of(k)) for k in shapes_a
+                                            if kept_reason(arch, k) is None), arch,
                                            settings.elemental_full_key)
     plan = MergePlan(arch, settings)
     for key, shape_a in shapes_a.items():
@@ -224,13 +225,16 @@ def build_plan(arch: Architecture, settings: MergeSettings,
                 "model_c", f"tensor '{key}' has shape {list(shapes_c[key])} "
                 f"but model B has {list(shapes_b[key])}.",
                 "use a model C with the same layout as model B.")
-        if settings.selection is not None and not settings.selection.merges(key, block, settings.elemental_full_key, arch):
+        # element names (include/exclude, elemental, random draws) are the released files' (naming.py), so a
+        # rule and its draws mean the same on every host
+        name = arch.released_key(key)
+        if settings.selection is not None and not settings.selection.merges(name, block, settings.elemental_full_key, arch):
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason=f"{settings.selection.mode}d"))
             continue
         alpha, beta = settings.ratios(block, key)
         rule = None
         if settings.elemental:
-            alpha, rule = elemental_alpha(settings.elemental, key, block, alpha, settings.elemental_full_key,
+            alpha, rule = elemental_alpha(settings.elemental, name, block, alpha, settings.elemental_full_key,
                                           settings.seed)
         if settings.calc is not None:
             check_calc_parameters(settings.calc, alpha, beta, settings.gamma,

@@ -9,12 +9,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from spec_families import load_keyset
 
-from merge_core.api import merge_files
+from merge_core.api import make_settings, merge_files
 from merge_core.architectures import detect, detect_or_auto
 from merge_core.blocks.weights import parse_block_weights
 from merge_core.errors import MergeInputError
 from merge_core.io.released_names import released_namer
 from merge_core.lora.blocks import block_values
+from merge_core.plan import build_plan
 
 CHECKPOINT = "model.diffusion_model."
 RENAMED = {"flux1-dev": "_norm.scale", "flux1-schnell": "_norm.scale", "flux2-dev": "_norm.scale", "chroma": ".scale"}
@@ -81,6 +82,23 @@ def test_block_weights_on_a_033_flux_model_use_the_flux_layout():
     assert w.of("D01") == 0.5 and w.of("S00") == 0.1 and len(w.values) == 61
     assert parse_block_weights("GRAD_V", arch, "blocks_alpha").values == \
         parse_block_weights("GRAD_V", detect(list(diffusion_keys("flux1-schnell"))), "blocks_alpha").values
+
+
+def test_elemental_rules_selections_and_draws_see_the_released_names():
+    """A rule written from the released names (the web's element lists) and its random draws mean the same
+    on a model 0.33 loaded."""
+    plans = {}
+    for host in ("0.3.75", "0.33"):
+        shapes = {"diffusion_model." + (as_host_033(k, "flux1-schnell") if host == "0.33" else k): s
+                  for k, s in diffusion_keys("flux1-schnell").items()}
+        arch = detect(shapes)
+        settings = make_settings(arch, "Weight sum", 0.2, elemental="D00:key_norm.scale:0.9, S01:norm:R", seed=3,
+                                 include_exclude="exclude: query_norm.scale")
+        plans[host] = {arch.released_key(kp.key): (kp.action, kp.alpha) for kp in build_plan(arch, settings, shapes,
+                                                                                               shapes).keys}
+    assert plans["0.33"] == plans["0.3.75"]
+    assert plans["0.33"]["diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale"] == ("merge", 0.9)
+    assert plans["0.33"]["diffusion_model.double_blocks.0.img_attn.norm.query_norm.scale"][0] == "keep_a"
 
 
 def tiny_file(path, keys, seed, rename=lambda k: k):
