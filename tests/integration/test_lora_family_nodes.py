@@ -15,33 +15,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 import comfy.lora  # noqa: E402
-import comfy.model_management as mm  # noqa: E402
-import comfy.model_patcher  # noqa: E402
-import comfy.supported_models  # noqa: E402
 import folder_paths  # noqa: E402
 import nodes as comfy_nodes  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
+import tiny_families  # noqa: E402
 from spec_families import flux1_block  # noqa: E402
 
 from merge_suite.nodes.errors import MergeNodeError  # noqa: E402
 from merge_suite.nodes.lora import LoraApply, LoraExtract, LoraMerge  # noqa: E402
 
-TINY_FLUX = dict(image_model="flux", in_channels=16, out_channels=16, patch_size=2, vec_in_dim=16,
-                 context_in_dim=32, hidden_size=64, mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=3,
-                 axes_dim=[8, 12, 12], theta=10000, qkv_bias=True, guidance_embed=True)
 LAYOUT = ["CLIP", "T5", "IN", "D00", "D01", "S00", "S01", "S02", "OUT"]  # the tiny model's own layout
 
 
-@torch.no_grad()
 def tiny_flux(seed):
-    config = comfy.supported_models.Flux(dict(TINY_FLUX))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({}, "")
-    gen = torch.Generator().manual_seed(seed)
-    for p in model.diffusion_model.parameters():  # ComfyUI layers start uninitialised
-        p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    """The harness's tiny Flux.1-dev (two double and three single blocks), loaded as UNETLoader loads it."""
+    return tiny_families.build_model("flux1-dev", seed)
 
 
 @pytest.fixture(scope="module")
