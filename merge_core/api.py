@@ -170,11 +170,14 @@ def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "W
                 blocks_beta: Optional[str] = None, dtype: Optional[str] = None, overwrite: bool = False,
                 progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None,
                 hash_inputs: bool = False, device: Optional[str] = "cpu",
-                extra_metadata: Optional[Mapping[str, str]] = None, **calc: Any) -> MergePlan:
+                extra_metadata: Optional[Mapping[str, str]] = None, scaled_layout: str = "scaled_fp8",
+                **calc: Any) -> MergePlan:
     """Merge safetensors or GGUF files key by key into ``output`` (written atomically, never onto an input).
 
     dtype: an output precision (OUTPUT_PRECISIONS) or None: as in A (io/precision.py says what that
-    means for quantised inputs). device: auto, cpu or cuda (merge_core/device.py).
+    means for quantised inputs). scaled_layout: how dtype "scaled_fp8" is written, "scaled_fp8" (loads
+    in ComfyUI 0.3.75 and 0.33) or "comfy_quant" (0.33's own; io/precision.py).
+    device: auto, cpu or cuda (merge_core/device.py).
     calc: calcmode, gamma, seed, tensor2_corrected (see make_settings).
     """
     from .device import resolve_device
@@ -192,7 +195,7 @@ def merge_files(a: str, b: str, c: Optional[str], output: str, *, mode: str = "W
         if hash_inputs:  # SuperMerger's sd_merge_models: lets Load Recipe find the inputs after a rename
             from .io.filehash import file_sha256
             hashes = {k.upper(): file_sha256(p) for k, p in paths.items()}
-        fmt = output_format(dtype, plan, sources)
+        fmt = output_format(dtype, plan, sources, scaled_layout=scaled_layout)
         meta = kept_metadata(sources["a"]) | fmt.metadata | recipe_metadata(
             plan, {k.upper(): s.name for k, s in sources.items()}, hashes) | dict(extra_metadata or {})
         sink = FileSink(output, meta, overwrite, list(paths.values()))

@@ -21,18 +21,21 @@ from comfy_api.latest import io
 from ..merge_core.api import merge_files
 from ..merge_core.errors import MergeInputError
 from ..merge_core.io.precision import PRECISIONS
+from ..merge_core.io.quantized import LEGACY_LAYOUT, PER_LAYER_LAYOUT
 from ..merge_core.io.safetensors_file import SafetensorsReader
 from .errors import named_errors
 from .merge import CATEGORY, CUSTOM, _block_text, _check_numbers, _progress, merge_params, settings_inputs
 from .save import output_path
+from .search import search_fields
 
 AS_A = "as A"
 NONE = "none"
 EXTENSIONS = (".safetensors", ".gguf")
 CONTENT_KEY = "merge_suite_content_key"
 PRECISION_TIP = ("Output precision. 'as A': each tensor as model A stored it (fp8 and scaled fp8 stay so, "
-                 "re-scaled; quantised GGUF tensors become bf16). scaled_fp8: ComfyUI's scaled fp8 (linear "
-                 "weights fp8 with a per-tensor scale, the rest bf16), loads with the stock loaders.")
+                 "re-scaled, in A's layout; quantised GGUF tensors become bf16). scaled_fp8: ComfyUI's scaled "
+                 "fp8 (linear weights fp8 with a per-tensor scale, the rest bf16) in the layout this ComfyUI "
+                 "loads, like its own quantised files.")
 
 
 def file_names(kind: str) -> list[str]:
@@ -100,6 +103,15 @@ def _merge(*args, **kwargs) -> None:
                             "(first: '%s')", len(absent), which.lower(), absent[0])
 
 
+def host_scaled_layout() -> str:
+    """How an explicit scaled_fp8 output is written here: ComfyUI's own layout where its loader reads
+    per-layer ``comfy_quant`` configs (it converts older files with ``comfy.utils.convert_old_quants``:
+    0.33), else the ``scaled_fp8`` marker layout, the only one 0.3.75 reads (io/precision.py). A check
+    of what the host can do, not of its version; ``comfy.quant_ops`` alone would not tell, 0.3.75 has it."""
+    import comfy.utils
+    return PER_LAYER_LAYOUT if callable(getattr(comfy.utils, "convert_old_quants", None)) else LEGACY_LAYOUT
+
+
 def _device() -> str:
     import comfy.model_management
     return "cuda" if comfy.model_management.get_torch_device().type == "cuda" else "cpu"
@@ -132,6 +144,7 @@ class _FileMerge(io.ComfyNode):
                                    tooltip="Model C: required by Add difference, Triple sum and sum Twice.")],
             outputs=[*cls.outputs(), io.String.Output(display_name="file_name",
                                                       tooltip=f"The merged file, relative to {cls.FOLDER}.")],
+            **search_fields(cls.NODE_ID),
         )
 
     @classmethod
@@ -157,14 +170,17 @@ class _FileMerge(io.ComfyNode):
                                           "pick a file from the list (refresh it after adding files).")
                 paths[name] = full
             settings = core_settings(params)
-            key = content_key(paths, settings, precision)
+            layout = host_scaled_layout()
+            # a file in 0.33's layout is no result for a 0.3.75 sharing the folder: the layout is in the key
+            key = content_key(paths, settings, precision if precision != "scaled_fp8" or layout == LEGACY_LAYOUT
+                              else f"{precision}/{layout}")
             prefix = f"{(filename_prefix or '').strip()}_{key[:12]}"
             target = output_path(prefix, cls.FOLDER)
             done = existing_result(target.parent, os.path.basename(prefix), key)
             if done is None:
                 _merge(paths["a"], paths["b"], paths.get("c"), str(target),
-                       dtype=None if precision == AS_A else precision, progress=_progress(1),
-                       device=_device(), extra_metadata={CONTENT_KEY: key}, **settings)
+                       dtype=None if precision == AS_A else precision, scaled_layout=layout,
+                       progress=_progress(1), device=_device(), extra_metadata={CONTENT_KEY: key}, **settings)
                 done = target
                 logging.info("merge_suite: merged into %s", done)
             else:

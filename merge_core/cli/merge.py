@@ -6,6 +6,7 @@ import time
 
 from ..api import OUTPUT_PRECISIONS, merge_files
 from ..device import DEVICES
+from ..io.precision import SCALED_LAYOUTS
 from ..methods.calcmodes import CALC_MODE_NAMES
 from ..methods.modes import MODES
 from .options import print_report, ratio, selection_text
@@ -63,6 +64,10 @@ def add_parser(sub) -> None:
                    help="output precision (default: as model A stored each key; unmerged keys are then kept byte "
                         "for byte, and quantised keys of A are written quantised again); scaled_fp8: ComfyUI's "
                         "scaled fp8 layout (linear weights fp8 with a per-tensor scale, the rest bf16)")
+    m.add_argument("--scaled-layout", choices=SCALED_LAYOUTS, default=SCALED_LAYOUTS[0],
+                   help="how --dtype scaled_fp8 is stored: scaled_fp8 (default: the marker layout, loads in "
+                        "ComfyUI 0.3.75 and 0.33) or comfy_quant (per-layer configs, ComfyUI 0.33's own layout; "
+                        "0.3.75 cannot load it)")
     m.add_argument("--device", choices=DEVICES, default="auto",
                    help="where the per-key math runs: auto (CUDA when present), cpu or cuda")
     m.add_argument("-o", "--output", required=True, help="output .safetensors path")
@@ -82,6 +87,7 @@ def run(args) -> int:
     start = time.perf_counter()
     plan = merge_files(a, b, c, args.output, mode=args.mode, alpha=args.alpha, beta=args.beta,
                        blocks_alpha=args.blocks, blocks_beta=args.blocks_beta, dtype=args.dtype,
+                       scaled_layout=args.scaled_layout,
                        overwrite=args.overwrite, progress=None if args.quiet else _progress(sys.stderr),
                        hash_inputs=args.hash_inputs, device=args.device,
                        calcmode=args.calc, gamma=args.gamma, seed=args.seed,

@@ -21,7 +21,7 @@ class PrefixedSource:
 
     def __init__(self, inner):
         self.inner, self.name = inner, inner.name
-        for attr in ("marker", "quant_metadata", "reader"):
+        for attr in ("marker", "quant_metadata", "reader", "layout", "header_full_names"):
             if hasattr(inner, attr):
                 setattr(self, attr, getattr(inner, attr))
         if getattr(self, "marker", None):
@@ -45,6 +45,14 @@ class PrefixedSource:
 
     def get(self, key):
         return self.inner.get(self._own(key))
+
+    def quant_config(self, key):
+        own = getattr(self.inner, "quant_config", None)
+        return own(self._own(key)) if own else None
+
+    def had_input_scale(self, key):
+        own = getattr(self.inner, "had_input_scale", None)
+        return bool(own and own(self._own(key)))
 
     def raw(self, key):
         return self.inner.raw(self._own(key))

@@ -6,18 +6,34 @@ each key in its format:
 
 - ``fp8_e4m3fn``: every float tensor cast to fp8 after clamping to +-448 (a plain cast turns larger
   values into NaN);
-- ``scaled_fp8`` (ComfyUI's legacy scaled-fp8 layout, which its stock loaders read): the diffusion
-  model's 2-D weights (its linear layers) as fp8 e4m3fn with a float32 ``<layer>.scale_weight`` =
-  max|w| / 448 each, plus the ``scaled_fp8`` marker (2 elements: ComfyUI then dequantises and
-  multiplies, no fp8 matrix multiply that would need input scales); every other float tensor in bf16;
+- ``scaled_fp8``: the diffusion model's 2-D weights (its linear layers) as fp8 e4m3fn with a
+  float32 scale = max|w| / 448 each, every other float tensor in bf16, in one of two layouts
+  (``scaled_layout``, io/quantized.py describes both):
+
+  - ``scaled_fp8`` (the default): ``<layer>.scale_weight`` plus the ``scaled_fp8`` marker
+    (2 elements: dequantise, then multiply; no fp8 matrix multiply that would need input scales).
+    ComfyUI 0.3.75 reads it natively and 0.33 converts it on load, so a file in it loads on both:
+    that is why the CLI and the API write it unless told otherwise;
+  - ``comfy_quant``: ``<layer>.weight_scale`` and a ``<layer>.comfy_quant`` config, the layout
+    ComfyUI 0.33 itself writes (its loader's own, kept when it saves the model again). 0.3.75
+    ignores the config and would read the fp8 values unscaled, so the file node writes it only in
+    a host whose loader reads it (nodes/file_merge.py), and the CLI only when asked;
+
 - as in A (no precision given): each key as A stored it. Plain dtypes are kept (kept keys byte for
-  byte); an fp8 key of A is written as fp8; a scaled key of A is scaled again with a fresh scale
-  (legacy layout with ``scale_weight``, or mixed-precision layout with ``weight_scale`` and A's
-  ``_quantization_metadata``); a quantised GGUF tensor of A is written as bf16 (io/gguf_file.py).
-  Keys copied from B take B's stored format.
+  byte); an fp8 key of A is written as fp8; a scaled key is scaled again with a fresh scale, every
+  scaled key in A's layout (legacy marker, ``_quantization_metadata`` header named as A names its
+  layers, or per-layer ``comfy_quant`` configs with A's config for each layer), so that the file
+  loads wherever A loads; a quantised GGUF tensor of A is written as bf16 (io/gguf_file.py). Keys
+  copied from B take B's stored format (a scaled one in A's layout, or B's when A has none).
+
+Input scales are never written: they were measured on the inputs' activations, not the merge's.
+A ``comfy_quant`` layer whose input scale was dropped, or that has no config from its input, is
+marked ``full_precision_matrix_mult`` (as 0.33 marks a converted ``scaled_fp8`` file), so that
+ComfyUI does not cast its activations to fp8 unscaled; a config without input scale is kept as is.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -25,14 +41,17 @@ import torch
 
 from ..errors import MergeInputError
 from .fp8 import narrow
-from .quantized import FP8, MARKER, MIXED_FP8, QUANT_METADATA, SCALED
+from .quantized import (FP8, HEADER_LAYOUT, LAYER_CONFIG, LEGACY_LAYOUT, MARKER, MIXED_FP8, MIXED_FP8_E5M2,
+                        PER_LAYER_LAYOUT, QUANT_METADATA, SCALED, UNET_PREFIX)
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8_e4m3fn", "scaled_fp8")
+SCALED_LAYOUTS = (LEGACY_LAYOUT, PER_LAYER_LAYOUT)  # what an explicit scaled_fp8 output can be written as
 PLAIN = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
          "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 REST_OF_SCALED = torch.bfloat16  # non-linear tensors of a scaled-fp8 file
-UNET_PREFIX = "model.diffusion_model."
-SCALE_KEYS = {SCALED: "scale_weight", MIXED_FP8: "weight_scale"}
+SCALE_KEYS = {SCALED: "scale_weight", MIXED_FP8: "weight_scale", MIXED_FP8_E5M2: "weight_scale"}
+SCALED_DTYPES = {SCALED: torch.float8_e4m3fn, MIXED_FP8: torch.float8_e4m3fn, MIXED_FP8_E5M2: torch.float8_e5m2}
+CONFIG_FORMATS = {MIXED_FP8: "float8_e4m3fn", MIXED_FP8_E5M2: "float8_e5m2"}
 
 
 def quantize_scaled(tensor: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn):
@@ -43,17 +62,24 @@ def quantize_scaled(tensor: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3
     return narrow(t / scale, dtype), scale.to(torch.float32)
 
 
+def config_tensor(config: Mapping) -> torch.Tensor:
+    """A layer's comfy_quant entry: its JSON as uint8 bytes."""
+    return torch.tensor(list(json.dumps(dict(config)).encode("utf-8")), dtype=torch.uint8)
+
+
 @dataclass
 class OutputFormat:
     """engine_dtype: what the engine computes into (None: each key in its source's dtype);
-    encode: {key: format} for EncodingSink, or None when the engine's cast is all there is."""
+    encode: {key: format} for EncodingSink, or None when the engine's cast is all there is;
+    configs: {weight key: comfy_quant config} of the layers written in that layout."""
     engine_dtype: Optional[torch.dtype]
     encode: Optional[dict[str, str]] = None
     marker: Optional[str] = None  # key of the scaled_fp8 marker to write
     metadata: dict = field(default_factory=dict)
+    configs: dict = field(default_factory=dict)
 
     def wrap(self, sink):
-        return sink if self.encode is None else EncodingSink(sink, self.encode, self.marker)
+        return sink if self.encode is None else EncodingSink(sink, self.encode, self.marker, self.configs)
 
 
 def _stored(source, key: str) -> str:
@@ -68,11 +94,16 @@ def _unet_prefix(keys) -> str:
     return UNET_PREFIX if any(k.startswith(UNET_PREFIX) for k in keys) else ""
 
 
-def output_format(precision: Optional[str], plan, sources: Mapping, input_name: str = "dtype") -> OutputFormat:
-    """The format of every output key for a precision name (None: as in A)."""
+def output_format(precision: Optional[str], plan, sources: Mapping, input_name: str = "dtype",
+                  scaled_layout: str = LEGACY_LAYOUT) -> OutputFormat:
+    """The format of every output key for a precision name (None: as in A); scaled_layout: the
+    layout of an explicit scaled_fp8 output (SCALED_LAYOUTS; the module docstring says which when)."""
     if precision is not None and precision not in PRECISIONS:
         raise MergeInputError(input_name, f"unknown output precision '{precision}'.",
                               "use " + ", ".join(PRECISIONS) + " (or nothing: as in A).")
+    if scaled_layout not in SCALED_LAYOUTS:
+        raise MergeInputError("scaled_layout", f"unknown scaled-fp8 layout '{scaled_layout}'.",
+                              "use " + " or ".join(SCALED_LAYOUTS) + ".")
     if precision in ("fp32", "fp16", "bf16"):
         return OutputFormat(PLAIN[precision])
     keys = [kp.key for kp in plan.keys]
@@ -80,36 +111,86 @@ def output_format(precision: Optional[str], plan, sources: Mapping, input_name: 
         return OutputFormat(torch.float32, {k: precision for k in keys})
     if precision == "scaled_fp8":
         prefix = _unet_prefix(keys)
+        scaled = SCALED if scaled_layout == LEGACY_LAYOUT else MIXED_FP8
         encode, shapes = {}, {n: sources[n].shapes() for n in ("a", "b")}
         for kp in plan.keys:
             shape = shapes["b" if kp.action == "from_b" else "a"][kp.key]
             linear = kp.key.startswith(prefix) and kp.key.endswith(".weight") and len(shape) == 2
-            encode[kp.key] = SCALED if linear else "bf16"
-        return OutputFormat(torch.float32, encode, prefix + MARKER)
+            encode[kp.key] = scaled if linear else "bf16"
+        if scaled == SCALED:
+            return OutputFormat(torch.float32, encode, prefix + MARKER)
+        return OutputFormat(torch.float32, encode, configs={
+            k: _fresh_config(f) for k, f in encode.items() if f in CONFIG_FORMATS})
     return _as_in_a(plan, sources)
 
 
+def _fresh_config(fmt: str) -> dict:
+    return {"format": CONFIG_FORMATS[fmt], "full_precision_matrix_mult": True}
+
+
 def _as_in_a(plan, sources: Mapping) -> OutputFormat:
-    formats = {kp.key: _stored(sources["b" if kp.action == "from_b" else "a"], kp.key) for kp in plan.keys}
+    origin = {kp.key: sources["b" if kp.action == "from_b" else "a"] for kp in plan.keys}
+    formats = {k: _stored(s, k) for k, s in origin.items()}
     special = {f for f in formats.values() if f not in ("fp32", "fp16", "bf16")} & {
-        SCALED, MIXED_FP8, *(n for n, d in PLAIN.items() if d in FP8)}
+        SCALED, MIXED_FP8, MIXED_FP8_E5M2, *(n for n, d in PLAIN.items() if d in FP8)}
     quantised_gguf = any(type(s).__name__ == "GGUFSource" for s in sources.values())
     if not special and not quantised_gguf:
         return OutputFormat(None)  # the engine's own path: kept keys byte for byte
     fmt = OutputFormat(torch.float32, formats)
-    a = sources["a"]
-    if SCALED in formats.values():
-        fmt.marker = getattr(a, "marker", None) or _unet_prefix(formats) + MARKER
-    if MIXED_FP8 in formats.values() and getattr(a, "quant_metadata", None):
-        fmt.metadata[QUANT_METADATA] = a.quant_metadata
+    if not set(formats.values()) & set(SCALE_KEYS):
+        return fmt
+    # one layout for every scaled key: A's, else the first other input's that has one
+    model = next((s for s in (sources[n] for n in ("a", "b", "c") if n in sources) if getattr(s, "layout", None)),
+                 None)
+    if model is None or model.layout == LEGACY_LAYOUT:
+        formats.update({k: SCALED for k, f in formats.items() if f in SCALE_KEYS})
+        fmt.marker = getattr(model, "marker", None) or _unet_prefix(formats) + MARKER
+        return fmt
+    formats.update({k: MIXED_FP8 for k, f in formats.items() if f == SCALED})
+    configs = {k: _kept_config(origin[k], k, f) for k, f in formats.items() if f in CONFIG_FORMATS}
+    if model.layout == PER_LAYER_LAYOUT:
+        fmt.configs = configs
+    else:
+        fmt.metadata[QUANT_METADATA] = _header(model, configs)
     return fmt
 
 
-class EncodingSink:
-    """Wraps a sink: float32 tensors in, each key written in its format (scale tensors added)."""
+def _kept_config(source, key: str, fmt: str) -> dict:
+    """The layer's config as its input gave it (a fresh one when it had none), with the fp8 type
+    written; a dropped input scale means ComfyUI must not cast activations to fp8 unscaled."""
+    kept = getattr(source, "quant_config", lambda k: None)(key)
+    if kept is None:
+        return _fresh_config(fmt)
+    config = dict(kept, format=CONFIG_FORMATS[fmt])
+    if getattr(source, "had_input_scale", lambda k: False)(key):
+        config["full_precision_matrix_mult"] = True
+    return config
 
-    def __init__(self, inner, encode: Mapping[str, str], marker: Optional[str] = None):
+
+def _header(model, configs: Mapping[str, dict]) -> str:
+    """``_quantization_metadata`` for the written layers, named as the model file names its layers
+    (0.3.75 names a checkpoint's layers without the diffusion model's prefix, 0.33 with it)."""
+    try:
+        table = json.loads(getattr(model, "quant_metadata", None) or "{}")
+    except ValueError:
+        table = {}
+    full = getattr(model, "header_full_names", False)
+
+    def name(key: str) -> str:
+        layer = key[: -len(".weight")]
+        return layer if full or not layer.startswith(UNET_PREFIX) else layer[len(UNET_PREFIX):]
+    table = dict(table if isinstance(table, dict) else {}, layers={name(k): c for k, c in configs.items()})
+    table.setdefault("format_version", "1.0")
+    return json.dumps(table)
+
+
+class EncodingSink:
+    """Wraps a sink: float32 tensors in, each key written in its format (scale and config tensors added)."""
+
+    def __init__(self, inner, encode: Mapping[str, str], marker: Optional[str] = None,
+                 configs: Optional[Mapping[str, dict]] = None):
         self.inner, self.encode, self.marker = inner, encode, marker
+        self.configs = {k: config_tensor(c) for k, c in (configs or {}).items()}
 
     @property
     def keeps_tensors(self) -> bool:
@@ -124,7 +205,9 @@ class EncodingSink:
             if not dtype.is_floating_point or fmt is None:
                 out.append((key, dtype, shape))
             elif fmt in SCALE_KEYS:
-                out += [(key, torch.float8_e4m3fn, shape), (_scale_key(key, fmt), torch.float32, ())]
+                out += [(key, SCALED_DTYPES[fmt], shape), (_scale_key(key, fmt), torch.float32, ())]
+                if key in self.configs:
+                    out.append((_config_key(key), torch.uint8, tuple(self.configs[key].shape)))
             else:
                 out.append((key, PLAIN[fmt], shape))
         self.inner.begin(out)
@@ -142,9 +225,11 @@ class EncodingSink:
         if not tensor.dtype.is_floating_point or fmt is None:
             self.inner.put(key, tensor)
         elif fmt in SCALE_KEYS:
-            weight, scale = quantize_scaled(tensor)
+            weight, scale = quantize_scaled(tensor, SCALED_DTYPES[fmt])
             self.inner.put(key, weight)
             self.inner.put(_scale_key(key, fmt), scale)
+            if key in self.configs:
+                self.inner.put(_config_key(key), self.configs[key])
         elif PLAIN[fmt] in FP8:
             self.inner.put(key, narrow(tensor, PLAIN[fmt]))  # fp8 from the engine: as it is
         else:
@@ -168,3 +253,6 @@ class EncodingSink:
 def _scale_key(key: str, fmt: str) -> str:
     return key[: -len("weight")] + SCALE_KEYS[fmt]
 
+
+def _config_key(key: str) -> str:
+    return key[: -len("weight")] + LAYER_CONFIG
