@@ -133,7 +133,8 @@ def _as_in_a(plan, sources: Mapping) -> OutputFormat:
     formats = {k: _stored(s, k) for k, s in origin.items()}
     special = {f for f in formats.values() if f not in ("fp32", "fp16", "bf16")} & {
         SCALED, MIXED_FP8, MIXED_FP8_E5M2, *(n for n, d in PLAIN.items() if d in FP8)}
-    quantised_gguf = any(type(s).__name__ == "GGUFSource" for s in sources.values())
+    # a source read under released names wraps the file's own source (io/released_names.py)
+    quantised_gguf = any(type(getattr(s, "inner", s)).__name__ == "GGUFSource" for s in sources.values())
     if not special and not quantised_gguf:
         return OutputFormat(None)  # the engine's own path: kept keys byte for byte
     fmt = OutputFormat(torch.float32, formats)
