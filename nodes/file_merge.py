@@ -26,6 +26,7 @@ from ..merge_core.io.safetensors_file import SafetensorsReader
 from .errors import named_errors
 from .merge import CATEGORY, CUSTOM, _block_text, _check_numbers, _progress, merge_params, settings_inputs
 from .save import output_path
+from .search import search_fields
 
 AS_A = "as A"
 NONE = "none"
@@ -143,6 +144,7 @@ class _FileMerge(io.ComfyNode):
                                    tooltip="Model C: required by Add difference, Triple sum and sum Twice.")],
             outputs=[*cls.outputs(), io.String.Output(display_name="file_name",
                                                       tooltip=f"The merged file, relative to {cls.FOLDER}.")],
+            **search_fields(cls.NODE_ID),
         )
 
     @classmethod

@@ -39,7 +39,8 @@ try {
   // A fresh server has no settings: skip the first-run template browser.
   // VUE_NODES=1: the same checks with the frontend's Vue node rendering ("Nodes 2.0").
   await page.request.post(`${url}/api/settings`, {
-    data: { "Comfy.TutorialCompleted": true, "Comfy.VueNodes.Enabled": process.env.VUE_NODES === "1" },
+    data: { "Comfy.TutorialCompleted": true, "Comfy.VueNodes.Enabled": process.env.VUE_NODES === "1",
+      "Comfy.NodeSearchBoxImpl.ShowIdName": true },
   });
   await page.goto(url);
   // Ready when the node definitions are registered and the start-up workflow is in place.
@@ -49,13 +50,28 @@ try {
       && window.comfyAPI.app.app.graph.nodes.length > 0;
   }, null, { timeout: 90000 });
   result.extensions = await page.evaluate(() => window.comfyAPI.app.app.extensions.map((e) => e.name).filter((n) => n.startsWith("merge_suite")));
-  // The frontend's own node search (Fuse plus its ranking), as the search box runs it for "merge".
-  result.search = await page.evaluate(() => {
-    const host = document.querySelector("#vue-app") ?? [...document.querySelectorAll("body > *")].find((e) => e.__vue_app__);
-    const store = host?.__vue_app__?.config?.globalProperties?.$pinia?._s?.get("nodeDef");
-    const found = store?.nodeSearchService?.searchNode("merge");
-    return found ? found.slice(0, 10).map((d) => d.name) : null;
-  });
+  // The node search box as a user meets it: opened with the frontend's command for it, "merge" typed, the
+  // node ids the list shows (a badge each, ShowIdName above; a subgraph blueprint has none). "ranked" is
+  // the frontend's search service's own list with each node's name and display name, which it ranks by.
+  await page.evaluate(() => window.comfyAPI.app.app.extensionManager.command.execute("Workspace.SearchBox.Toggle"));
+  const searchInput = page.locator(".comfy-vue-node-search-container input, [role=search] input").first();
+  await searchInput.waitFor({ state: "visible", timeout: 15000 });
+  await searchInput.click();
+  await page.keyboard.type("merge");
+  const options = "[role=option]:has(.option-container)";
+  await page.waitForFunction((sel) => document.querySelectorAll(sel).length >= 8, options, { timeout: 15000 });
+  await page.waitForTimeout(800); // the v1 box completes after a 100 ms delay: let the list settle
+  result.search = {
+    shown: await page.evaluate((sel) => [...document.querySelectorAll(sel)].slice(0, 16).map((o) =>
+      o.querySelector("[data-testid=node-id-badge], .p-tag")?.textContent.trim() || null), options),
+    ranked: await page.evaluate(() => {
+      const host = document.querySelector("#vue-app") ?? [...document.querySelectorAll("body > *")].find((e) => e.__vue_app__);
+      const store = host?.__vue_app__?.config?.globalProperties?.$pinia?._s?.get("nodeDef");
+      return (store?.nodeSearchService?.searchNode("merge") ?? []).slice(0, 16).map((d) => [d.name, d.display_name]);
+    }),
+  };
+  await page.keyboard.press("Escape");
+  await searchInput.waitFor({ state: "hidden", timeout: 10000 });
 
   await page.evaluate(async (wf) => { await window.comfyAPI.app.app.loadGraphData(wf); }, workflow);
   const editor = page.locator(`.ms-block-editor[data-input=blocks_alpha]`);

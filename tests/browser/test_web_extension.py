@@ -1,5 +1,5 @@
 """The web extension in a real browser: headless Debian Chromium, driven by playwright-core,
-against the real ComfyUI server and its shipped frontend (1.32.9).
+against the real ComfyUI server and its shipped frontend (1.32.9 with ComfyUI 0.3.75, 1.49.6 with 0.33).
 
 editor_check.mjs acts like a user (loads an example workflow, moves a slider, picks a
 preset, uses a group helper, types a bad elemental rule) and reports what it saw; the
@@ -48,7 +48,7 @@ def _floats(text):
 
 @pytest.fixture(scope="module", params=["litegraph", "vue"])
 def seen(request, tmp_path_factory):
-    """One browser session per rendering mode of frontend 1.32: LiteGraph canvas, and Vue nodes ("Nodes 2.0")."""
+    """One browser session per rendering mode of the frontend: LiteGraph canvas, and Vue nodes ("Nodes 2.0")."""
     mode = request.param
     assert (HERE / "node_modules" / "playwright-core").is_dir(), \
         "playwright-core is missing: run `npm ci` in tests/browser (scripts/setup_host.sh does)"
@@ -78,7 +78,8 @@ def seen(request, tmp_path_factory):
 def test_extensions_load_without_errors(seen):
     assert sorted(seen["extensions"]) == ["merge_suite.block_editor", "merge_suite.elemental_helper",
                                           "merge_suite.text_outputs"]
-    ours = [m for m in seen["console"] if "merge_suite" in m or ".mjs" in m]
+    files = [p.name for p in (REPO / "web" / "js").iterdir()]  # not ".mjs": 1.32's PrimeVue is served as .mjs
+    ours = [m for m in seen["console"] if "merge_suite" in m or any(f in m for f in files)]
     assert not ours, ours
 
 
@@ -214,20 +215,51 @@ def test_editor_follows_the_run_with_the_models_own_block_count(seen):
     assert full["sliders"] == 41 and full["layout"] == "sd3"
 
 
-def test_searching_merge_lists_the_merge_nodes_before_the_rest_of_the_pack(seen):
-    """The frontend ranks names that start with the query by length (then its own popularity data): the
-    merge nodes' short display names ("Merge CLIP", "Merge Models", "Merge Checkpoints") beat every other
-    pack node's MergeSuite_* id. Only "Merge LoRAs" (11 characters) and ComfyUI's own MergeTextLists and
-    MergeImageLists (14, 15) are shorter than "Merge Checkpoints" (17)."""
-    found = seen["search"]
-    assert found, "the frontend's node search service was not reachable"
+MERGE_NODES = ["MergeSuite_CLIPMerge", "MergeSuite_LoraMerge", "MergeSuite_ModelMerge", "MergeSuite_CheckpointMerge"]
+
+
+def _prefix_length(name: str, display: str, query: str = "merge") -> float:
+    """What the frontend (1.32 and 1.49) ranks a match by first: the shortest of id and display name that
+    starts with the query (a name that only contains it comes after all of those)."""
+    starting = [len(s) for s in (name, display or "") if s.lower().startswith(query)]
+    return min(starting) if starting else float("inf")
+
+
+def test_searching_merge_in_the_search_box_shows_the_merge_nodes_first(seen):
+    """Typing "merge" into the node search box. Every MergeSuite_* id starts with "merge", so the whole pack
+    matches, and (ComfyUI 0.33) core nodes such as Merge Splats, Merge Meshes and Merge Audio too. Both
+    frontends rank by the shortest id or display name that starts with the query, then by popularity data
+    (none for these nodes), then by how well id, display name and (1.49) search aliases match. So: Merge
+    CLIP comes first, the merge nodes come before the rest of the pack, and a node of another pack or of
+    ComfyUI comes before a merge node only with a shorter name (MergeSplat, 10 characters, ties with
+    "Merge CLIP" and loses on the alias "merge"; "Merge Audio" is shorter than "Merge Models")."""
+    search = seen["search"]
+    shown, ranked = search["shown"], search["ranked"]
     SHOTS.mkdir(parents=True, exist_ok=True)
-    (SHOTS / f"search_merge_{seen['mode']}.json").write_text(json.dumps(found))
-    merges = ["MergeSuite_CLIPMerge", "MergeSuite_ModelMerge", "MergeSuite_CheckpointMerge"]
-    assert found[0] == "MergeSuite_CLIPMerge" and "MergeSuite_ModelMerge" in found[:3], found
-    pack = [n for n in found if n.startswith("MergeSuite_") and n != "MergeSuite_LoraMerge"]
-    assert pack[:3] == merges, found
-    assert found.index("MergeSuite_CheckpointMerge") <= 5, found
+    (SHOTS / f"search_merge_{seen['mode']}.json").write_text(json.dumps(search, indent=1))
+    assert len(shown) >= 8 and ranked, search
+    assert [s for s in shown[:12] if s] == [n for n, _ in ranked[:12] if n in shown[:12]], \
+        f"the search box lists what the frontend's search ranks: {search}"
+    names = [n for n, _ in ranked]
+    assert names[0] == "MergeSuite_CLIPMerge", ranked
+    pack = [n for n in names if n.startswith("MergeSuite_")]
+    assert pack[:4] == MERGE_NODES, ranked
+    length = {n: _prefix_length(n, d) for n, d in ranked}
+    for node in MERGE_NODES:
+        ahead = [n for n in names[:names.index(node)] if not n.startswith("MergeSuite_")]
+        assert all(length[n] < length[node] for n in ahead), \
+            f"{[(n, length[n]) for n in ahead]} rank above {node} ({length[node]}): {ranked}"
+
+
+def test_merge_nodes_carry_search_aliases_where_the_host_sends_them(seen):
+    """ComfyUI 0.33 sends search_aliases in /object_info (its MergeSplat has some); 0.3.75 has no such field."""
+    info = seen["object_info"]
+    host_sends = any("search_aliases" in d for d in info.values())
+    for node in MERGE_NODES:
+        if host_sends:
+            assert "merge" in (info[node].get("search_aliases") or []), node
+        else:
+            assert "search_aliases" not in info[node], node
 
 
 def test_screenshot_of_the_editor_was_taken(seen):
