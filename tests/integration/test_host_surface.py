@@ -23,8 +23,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 PACK_FILES = sorted((REPO / "nodes").glob("*.py")) + [REPO / "__init__.py"]
-HOST_ROOTS = ("comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths", "nodes", "server",
-              "latent_preview", "node_helpers", "execution", "app")
+HOST_ROOTS = ("comfy", "comfy_api", "comfy_execution", "comfy_extras", "comfy_config", "folder_paths", "nodes",
+              "server", "latent_preview", "node_helpers", "execution", "app", "api_server", "utils", "protocol",
+              "comfyui_version")
 
 # Reached through a module attribute (``comfy.lora.calculate_weight(...)``, ``io.Float.Input(...)``,
 # ``folder_paths.get_full_path(...)``). Each must exist; each call the pack makes must fit its signature.
