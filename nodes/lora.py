@@ -25,6 +25,7 @@ from ..merge_core.lora.operations import LoraResult, extract_from_loras, extract
 from .comfy_models import architecture_of, base_layout, effective_weight, key_patches, shapes_of
 from .errors import named_errors
 from .merge import CATEGORY, _progress
+from .search import search_fields
 from .validation import settings_problems
 
 LORA_CATEGORY = CATEGORY + "/lora"
@@ -357,7 +358,7 @@ class LoraMerge(io.ComfyNode):
                 io.Combo.Input("save_dtype", options=list(SAVE_DTYPES), default="fp16", tooltip=DTYPE_TIP),
                 io.String.Input("lbw_presets", default="", multiline=True, tooltip=PRESETS_TIP),
             ],
-            outputs=FILE_OUTPUTS, is_output_node=True,
+            outputs=FILE_OUTPUTS, is_output_node=True, **search_fields("MergeSuite_LoraMerge"),
         )
 
     @classmethod

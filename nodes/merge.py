@@ -24,6 +24,7 @@ from .errors import named_errors
 from .merge_options import options_input
 from .nonfinite_watch import watch_inputs
 from .recipe_tags import loader_file_names, set_recipe, source_of
+from .search import search_fields
 from .ui import merge_ui
 from .validation import number_problems
 
@@ -239,7 +240,7 @@ class _PairMerge(io.ComfyNode):
             outputs=[cls.IO.Output(display_name=k.upper()),
                      io.String.Output(display_name="report", tooltip=REPORT_TIP),
                      io.String.Output(display_name="recipe", tooltip=RECIPE_TIP)],
-            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id], **search_fields(cls.NODE_ID),
         )
 
     @classmethod
@@ -293,7 +294,7 @@ class CheckpointMerge(io.ComfyNode):
             outputs=[io.Model.Output(display_name="MODEL"), io.Clip.Output(display_name="CLIP"),
                      io.String.Output(display_name="report", tooltip=REPORT_TIP),
                      io.String.Output(display_name="recipe", tooltip=RECIPE_TIP)],
-            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id], **search_fields("MergeSuite_CheckpointMerge"),
         )
 
     @classmethod
