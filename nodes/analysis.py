@@ -20,12 +20,12 @@ def _image(pil) -> "torch.Tensor":
     return torch.from_numpy(np.asarray(pil.convert("RGB"), dtype=np.float32) / 255.0)[None]
 
 
-def _patch_lists(model, clip) -> dict:
+def _patch_lists(model, clip, side: str) -> dict:
     lists = {}
     if model is not None:
-        lists.update(key_patches(model, "model"))
+        lists.update(key_patches(model, "model", f"model_{side}"))
     if clip is not None:
-        lists.update(key_patches(clip, "clip"))
+        lists.update(key_patches(clip, "clip", f"clip_{side}"))
     return lists
 
 
@@ -66,7 +66,7 @@ class ModelSimilarity(io.ComfyNode):
             if (clip_a is None) != (clip_b is None):
                 raise MergeInputError("clip_b" if clip_b is None else "clip_a", "is missing: text encoders are "
                                       "compared only when both are connected.", "connect both CLIPs, or neither.")
-            lists_a, lists_b = _patch_lists(model_a, clip_a), _patch_lists(model_b, clip_b)
+            lists_a, lists_b = _patch_lists(model_a, clip_a, "a"), _patch_lists(model_b, clip_b, "b")
             shapes_a, shapes_b = shapes_of(lists_a), shapes_of(lists_b)
             arch = analysis_architecture(shapes_a, shapes_b,
                                          "common" if architecture_mismatch != "error" else "error")

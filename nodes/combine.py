@@ -83,7 +83,7 @@ def plan_models(base: Any, models: list[tuple[str, Any]], params: dict, kind: st
     if unused:
         raise MergeInputError("options", f"sets {unused[0]}, which Combine Models does not apply.",
                               "connect only Elemental, Include/Exclude and Report options here.")
-    patches = {f"m{i + 1}": key_patches(obj, kind) for i, (_, obj) in enumerate(models)}
+    patches = {f"m{i + 1}": key_patches(obj, kind, name) for i, (name, obj) in enumerate(models)}
     base_shapes, base_dtypes = base_layout(base, kind)
     arch = architecture_of(base_shapes, "base")
     model_shapes = []

@@ -22,7 +22,8 @@ from ..merge_core.lora.keys import lora_arch
 from ..merge_core.lora.linalg import SVD_METHODS
 from ..merge_core.lora.metadata import METADATA_MODES, extraction_metadata, merged_metadata
 from ..merge_core.lora.operations import LoraResult, extract_from_loras, extract_from_models, merge_loras
-from .comfy_models import architecture_of, base_layout, effective_weight, key_patches, shapes_of
+from .comfy_models import (architecture_of, base_layout, effective_weight, key_patches, patch_lists, shapes_of,
+                           value_dtype)
 from .errors import named_errors
 from .merge import CATEGORY, _progress
 from .search import search_fields
@@ -213,12 +214,12 @@ def bake(obj, progress=None):
     """A clone whose every patched weight is replaced by its effective weight (a 'set' patch)."""
     out = obj.clone()
     patcher = getattr(out, "patcher", out)  # a CLIP wraps its ModelPatcher
-    lists = patcher.get_key_patches()
+    lists = patch_lists(patcher, input_name="model" if patcher is out else "clip")
     todo = [k for k, v in lists.items() if len(v) > 1]
     baked = {}
     for i, key in enumerate(todo):
         base = lists[key][0][0]
-        baked[key] = ("set", (effective_weight(lists[key]).to(base.dtype),))
+        baked[key] = ("set", (effective_weight(lists[key]).to(value_dtype(base.dtype)),))
         if progress:
             progress(i + 1, len(todo))
     patcher.patches = {}
@@ -305,10 +306,10 @@ class LoraExtract(io.ComfyNode):
             if (clip_a is None) != (clip_b is None):
                 raise MergeInputError("clip_b" if clip_b is None else "clip_a", "is missing.",
                                       "connect both CLIPs to extract the text encoder too, or neither.")
-            la, lb = key_patches(model_a, "model"), key_patches(model_b, "model")
+            la, lb = key_patches(model_a, "model", "model_a"), key_patches(model_b, "model", "model_b")
             if clip_a is not None:
-                la.update(key_patches(clip_a, "clip"))
-                lb.update(key_patches(clip_b, "clip"))
+                la.update(key_patches(clip_a, "clip", "clip_a"))
+                lb.update(key_patches(clip_b, "clip", "clip_b"))
             shapes = {k: s for k, s in shapes_of(la).items() if k in lb and tuple(lb[k][0][0].shape) == s}
             arch = architecture_of(shapes_of(la), "model_a")
             if architecture_of(shapes_of(lb), "model_b").blocks != arch.blocks:

@@ -19,7 +19,7 @@ from ..merge_core.methods.modes import MODE_LABELS, get_mode
 from ..merge_core.plan import MERGE, MergeSettings, build_plan
 from ..merge_core.report import applied_report
 from .comfy_models import (apply_plan, architecture_of, base_layout, base_weights, check_same_architecture,
-                           effective_weight, key_patches, make_calc_adapter, shapes_of)
+                           effective_weight, key_patches, make_calc_adapter, shapes_of, value_dtype)
 from .errors import named_errors
 from .merge_options import options_input
 from .nonfinite_watch import watch_inputs
@@ -148,7 +148,7 @@ def prepare_calc(plan, a, kind: str, patches: dict, dtypes_a: dict, stats=None) 
         for i, kp in enumerate(merged):
             b = effective_weight(patches["b"][kp.key], device)
             c = effective_weight(patches["c"][kp.key], device)
-            delta = smooth_delta(b, c).to(device=torch.device("cpu"), dtype=dtypes_a[kp.key])
+            delta = smooth_delta(b, c).to(device=torch.device("cpu"), dtype=value_dtype(dtypes_a[kp.key]))
             prepared[kp.key] = (kp.alpha, ("diff", (delta,)))
             progress(i + 1, len(merged))
         return prepared
@@ -184,7 +184,7 @@ def plan_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, like
         raise MergeInputError(f"{kind}_c", f"is required by '{what}' but is not connected.",
                               f"connect a {kind.upper()} C, or choose Weight sum.")
     others = {"b": b} | ({"c": c} if (c is not None and needs_c) else {})
-    patches = {name: key_patches(obj, kind) for name, obj in others.items()}
+    patches = {name: key_patches(obj, kind, f"{kind}_{name}") for name, obj in others.items()}
     weights_a = base_weights(a, kind)
     shapes_a, dtypes_a = base_layout(a, kind, weights_a)
     shapes = {"a": shapes_a} | {name: shapes_of(p) for name, p in patches.items()}

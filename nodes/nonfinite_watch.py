@@ -93,37 +93,47 @@ OBSERVER_NAME = "merge_suite_nonfinite_check"
 _OBSERVER: list = []  # the adapter class, made once (a class per key would cost ms on 1000-key models)
 
 
+class _Seen:
+    """What one observer watches, and whether it has counted: shared by the copies ComfyUI makes of it."""
+
+    def __init__(self, watch: "InputWatch", key: str, input_name: str, original):
+        self.watch, self.key, self.input_name, self.original = watch, key, input_name, original
+        self.done = False
+
+
 def observer(watch: InputWatch, key: str, name: str, original=None):
     """A weight adapter that counts the weight it is handed, once, and returns it unchanged.
     original: the plain loaded weight it is handed a copy of, or its ``identity`` (taken when the node
-    ran, so that A's weight is not held); its count is remembered."""
+    ran, so that A's weight is not held); its count is remembered.
+
+    Its state travels in ``weights`` (a non-tensor entry, passed over as it is): ComfyUI 0.33's dynamic
+    loading copies each adapter as ``type(a)(a.loaded_keys, a.weights)`` before using it."""
     if not _OBSERVER:
         from comfy.weight_adapter.base import WeightAdapterBase
 
         class Observer(WeightAdapterBase):
             name = OBSERVER_NAME
 
-            def __init__(self, watch, key, input_name, original):
-                self.loaded_keys, self.weights = set(), []
-                self.watch, self.key, self.input_name, self.original = watch, key, input_name, original
-                self.done = False
+            def __init__(self, loaded_keys, weights):
+                self.loaded_keys, self.weights = loaded_keys, weights
 
             def calculate_weight(self, weight, key, strength, strength_model, offset, function,
                                  intermediate_dtype=None, original_weights=None):
-                if not self.done:
-                    self.done = True
+                seen = self.weights[0]
+                if not seen.done:
+                    seen.done = True
                     n = count_nonfinite(weight)
-                    original = self.original
+                    original = seen.original
                     if original is not None and not isinstance(original, tuple):
                         original = identity(original)
                     if original is not None:
                         remember(original, n)
-                    self.watch.seen(self.key, self.input_name, n)
+                    seen.watch.seen(seen.key, seen.input_name, n)
                 return weight
 
         _OBSERVER.append(Observer)
     watch.waiting += 1
-    return _OBSERVER[0](watch, key, name, original)
+    return _OBSERVER[0](set(), [_Seen(watch, key, name, original)])
 
 
 def _watched(patch_list: list, adapter) -> list:

@@ -29,7 +29,7 @@ from ..merge_core.io.filehash import file_sha256
 from ..merge_core.io.output_file import install_signal_cleanup, remove_stale_parts
 from ..merge_core.io.released_names import released_namer
 from ..merge_core.io.safetensors_file import SafetensorsWriter
-from .comfy_models import UNET_PREFIX, effective_weight
+from .comfy_models import UNET_PREFIX, effective_weight, key_patches, serialised_layers
 from .errors import named_errors
 from .merge import CATEGORY
 from .recipe_tags import get_recipe
@@ -131,18 +131,22 @@ def checkpoint_parts(model: Any, clip: Any, vae: Any, precision: str) -> list[Pa
     side = torch.float16 if target == torch.float8_e4m3fn else target  # fp8: U-Net only
     parts = []
 
-    def from_patches(patches: dict, strip: str = "") -> "OrderedDict":
+    def from_patches(patches: dict, strip: str = "", encoded: Optional[dict] = None) -> "OrderedDict":
         items = OrderedDict()
         for key, plist in patches.items():
+            if encoded and key in encoded:  # 'as loaded': a quantized layer re-encoded, in the host's own entries
+                items.update((k[len(strip):], v) for k, v in encoded[key].items())
+                continue
             base = plist[0][0]
             dtype = _floating(base.dtype, torch.float16) if base.dtype.is_floating_point else base.dtype
             items[key[len(strip):]] = (tuple(base.shape), dtype, (lambda p=plist: effective_weight(p)))
         return items
 
-    unet = from_patches(model.get_key_patches(UNET_PREFIX), UNET_PREFIX)
+    lists = key_patches(model, "model")
+    unet = from_patches(lists, UNET_PREFIX, serialised_layers(model, lists) if target is None else None)
     parts.append(Part("U-Net", unet, released_saving(config.process_unet_state_dict_for_saving, unet), target))
     if clip is not None:
-        items = from_patches(clip.get_key_patches())
+        items = from_patches(key_patches(clip, "clip"))
         for key, tensor in clip.tokenizer.state_dict().items():
             items[key] = (tuple(tensor.shape), tensor.dtype, (lambda t=tensor: t))
         parts.append(Part("text encoder", items, config.process_clip_state_dict_for_saving, side))
@@ -287,7 +291,9 @@ class SaveCheckpoint(io.ComfyNode):
                                         "ever overwritten. Subfolders allowed."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="fp16",
                                tooltip="fp16 (half the size of fp32), bf16, fp32, or fp8_e4m3fn (U-Net in fp8, "
-                                       "text encoder and VAE in fp16). 'as loaded' keeps each tensor's dtype."),
+                                       "text encoder and VAE in fp16). 'as loaded' keeps each tensor's dtype "
+                                       "(fp8 weights become fp16; layers ComfyUI 0.33 holds quantized stay "
+                                       "quantized, re-encoded in its own per-layer format)."),
                 io.Boolean.Input("prune", default=False,
                                  tooltip="Keep only U-Net, text-encoder and VAE keys (SuperMerger's prune); "
                                          "sampling markers such as v_pred are kept."),
