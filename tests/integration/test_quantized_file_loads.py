@@ -126,14 +126,19 @@ def test_node_scaled_fp8_output_loads_on_this_host(inputs):
     assert_loads_as(model, want, f"node scaled_fp8 ({'comfy_quant' if READS_COMFY_QUANT else 'scaled_fp8'})")
 
 
+def input_paths(folder, prefix):
+    """The three inputs' paths, their keys rewritten with ``prefix`` (a checkpoint's naming) when given."""
+    paths = [str(folder / f"{n}.safetensors") for n in "abc"]
+    for p in paths if prefix else ():
+        save_file({prefix + k: v for k, v in load_file(p).items()}, p)
+    return paths
+
+
 @pytest.mark.parametrize("prefix", ["", PREFIX])
 def test_default_scaled_fp8_layout_loads_on_this_host(inputs, tmp_path, prefix):
     """The API's and CLI's default layout, bare and as a checkpoint: the one both hosts load."""
     folder, want = inputs
-    paths = [str(folder / f"{n}.safetensors") for n in "abc"]
-    if prefix:
-        for p in paths:
-            save_file({prefix + k: v for k, v in load_file(p).items()}, p)
+    paths = input_paths(folder, prefix)
     out = tmp_path / "out.safetensors"
     merge_files(*paths, str(out), mode="Add difference", alpha=0.4, dtype="scaled_fp8")
     assert prefix + "scaled_fp8" in load_file(out)
@@ -145,10 +150,7 @@ def test_default_scaled_fp8_layout_loads_on_this_host(inputs, tmp_path, prefix):
 @pytest.mark.parametrize("prefix", ["", PREFIX])
 def test_as_a_output_keeps_a_comfy_quant_layout_and_loads_in_033(inputs, tmp_path, prefix):
     folder, want = inputs
-    paths = [str(folder / f"{n}.safetensors") for n in "abc"]
-    if prefix:
-        for p in paths:
-            save_file({prefix + k: v for k, v in load_file(p).items()}, p)
+    paths = input_paths(folder, prefix)
     out = tmp_path / "out.safetensors"
     merge_files(*paths, str(out), mode="Add difference", alpha=0.4)
     stored = load_file(out)

@@ -196,13 +196,17 @@ def test_similarity_reads_the_dequantized_weights(models):
     assert got[0] == want[0] and got[3] == want[3]
 
 
+def model_folder(tmp_path, monkeypatch, kind, name):
+    """A fresh folder as ComfyUI's only ``kind`` folder (loras, diffusion_models) for one test."""
+    folder = tmp_path / name
+    folder.mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, kind, ([str(folder)], folder_paths.supported_pt_extensions))
+    return folder
+
+
 @pytest.fixture()
 def loras(tmp_path, monkeypatch):
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras",
-                        ([str(folder)], folder_paths.supported_pt_extensions))
-    return folder
+    return model_folder(tmp_path, monkeypatch, "loras", "loras")
 
 
 def test_lora_extract_from_quantized_models(models, loras):
@@ -231,11 +235,7 @@ def test_lora_bake_of_a_quantized_merge(models):
 
 @pytest.fixture()
 def out_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "saved"
-    folder.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "diffusion_models",
-                        ([str(folder)], folder_paths.supported_pt_extensions))
-    return folder
+    return model_folder(tmp_path, monkeypatch, "diffusion_models", "saved")
 
 
 def save_and_reload(model, precision):
