@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import importlib
 import inspect
 import re
@@ -514,45 +515,56 @@ def test_clip_l_text_model_runs_as_the_token_norm_node_calls_it(sd1):
 
 # --- server routes and the web extension ---------------------------------------------------------------
 
-def _import_server():
-    """ComfyUI's server module, imported as main.py does: its root ``utils`` package before ``nodes``
-    (which puts comfy/ on sys.path, where comfy/utils.py would shadow that package)."""
-    if "server" in sys.modules and hasattr(sys.modules["server"], "PromptServer"):
-        return sys.modules["server"]
-    root = str(Path(importlib.import_module("folder_paths").__file__).parent)
-    shadow = sys.modules.get("utils")
-    if shadow is not None and not hasattr(shadow, "__path__"):
-        del sys.modules["utils"]
-    sys.path.insert(0, root)
+@contextlib.contextmanager
+def comfy_server_module():
+    """ComfyUI's server module as ``sys.modules["server"]`` for one test, imported as main.py does: its root
+    ``utils`` package before ``nodes`` (which puts comfy/ on sys.path, where comfy/utils.py would shadow that
+    package). The end-to-end tests import demo/server.py under the same name: it is set aside meanwhile."""
+    shadow = sys.modules.get("server")
+    if shadow is not None and not hasattr(shadow, "PromptServer"):
+        del sys.modules["server"]
     try:
-        importlib.import_module("utils.install_util")
-        return importlib.import_module("server")
+        if "server" in sys.modules:
+            yield sys.modules["server"]
+            return
+        root = str(Path(importlib.import_module("folder_paths").__file__).parent)
+        utils = sys.modules.get("utils")
+        if utils is not None and not hasattr(utils, "__path__"):
+            del sys.modules["utils"]
+        sys.path.insert(0, root)
+        try:
+            importlib.import_module("utils.install_util")
+            module = importlib.import_module("server")
+        finally:
+            sys.path.remove(root)
+            if utils is not None and not hasattr(utils, "__path__"):
+                sys.modules["utils"] = utils
+        yield module
     finally:
-        sys.path.remove(root)
-        if shadow is not None and not hasattr(shadow, "__path__"):
-            sys.modules["utils"] = shadow
+        if shadow is not None:
+            sys.modules["server"] = shadow
 
 
 def test_prompt_server_instance_routes_are_served_under_api_too():
     """routes.register_with_server() adds to PromptServer.instance.routes before the server starts;
     the browser calls them through api.fetchApi, which prefixes /api."""
-    server = _import_server()
     from merge_suite.nodes import routes
-    missing = object()
-    before = getattr(server.PromptServer, "instance", missing)
-    loop = asyncio.new_event_loop()
-    try:
-        prompt_server = server.PromptServer(loop)
-        assert server.PromptServer.instance is prompt_server
-        assert routes.register_with_server()
-        prompt_server.add_routes()
-        served = {getattr(r, "canonical", "") for r in prompt_server.app.router.resources()}
-    finally:
-        if before is missing:
-            del server.PromptServer.instance
-        else:
-            server.PromptServer.instance = before
-        loop.close()
+    with comfy_server_module() as server:
+        missing = object()
+        before = getattr(server.PromptServer, "instance", missing)
+        loop = asyncio.new_event_loop()
+        try:
+            prompt_server = server.PromptServer(loop)
+            assert server.PromptServer.instance is prompt_server
+            assert routes.register_with_server()
+            prompt_server.add_routes()
+            served = {getattr(r, "canonical", "") for r in prompt_server.app.router.resources()}
+        finally:
+            if before is missing:
+                del server.PromptServer.instance
+            else:
+                server.PromptServer.instance = before
+            loop.close()
     for path in ("/merge_suite/editor_data", "/merge_suite/layout", "/merge_suite/check/block_weights",
                  "/merge_suite/check/elemental", "/merge_suite/elements"):
         assert path in served and "/api" + path in served, path
