@@ -10,7 +10,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "demo"))
-from server import ComfyServer  # noqa: E402
+from server import ComfyServer, comfy_path as server_comfy_path  # noqa: E402
 from workflow_api import to_prompt  # noqa: E402
 
 WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
@@ -83,6 +83,12 @@ def check_family_outputs(stem, texts, server):
         assert len({t for t in texts if "similarity %" in t}) == 3  # shown by the node and by Preview Any
 
 
+def host_reads_comfy_quant(server) -> bool:
+    """Whether the server's ComfyUI converts old scaled-fp8 files to per-layer comfy_quant entries (0.33 on),
+    read from its source: this test process does not import ComfyUI."""
+    return "def convert_old_quants" in (server_comfy_path() / "comfy" / "utils.py").read_text()
+
+
 def check_file_merge_outputs(stem, texts, server):
     """The file-merge example wrote a scaled-fp8 diffusion-model file into diffusion_models, with the recipe
     (the three inputs, Add difference) and the content key in its metadata, and no temporary file."""
@@ -96,8 +102,13 @@ def check_file_merge_outputs(stem, texts, server):
     head = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
     meta = head.pop("__metadata__")
     qkv = "double_blocks.0.img_attn.qkv."
-    assert [head[k]["dtype"] for k in ("scaled_fp8", qkv + "weight", qkv + "scale_weight", qkv + "bias")] == \
-        ["F8_E4M3", "F8_E4M3", "F32", "BF16"], head
+    if host_reads_comfy_quant(server):  # scaled fp8 in the layout the server's ComfyUI loads (0.33: per layer)
+        assert "scaled_fp8" not in head and not any(k.endswith("scale_weight") for k in head), head
+        assert [head[k]["dtype"] for k in (qkv + "weight", qkv + "weight_scale", qkv + "comfy_quant", qkv + "bias")
+                ] == ["F8_E4M3", "F32", "U8", "BF16"], head
+    else:  # ComfyUI 0.3.75: the scaled_fp8 marker and a scale_weight per layer
+        assert [head[k]["dtype"] for k in ("scaled_fp8", qkv + "weight", qkv + "scale_weight", qkv + "bias")] == \
+            ["F8_E4M3", "F8_E4M3", "F32", "BF16"], head
     recipe = json.loads(meta["merge_suite_recipe"])
     assert recipe["mode"] == "Add difference" and recipe["architecture"] == "flux1", recipe
     assert recipe["models"] == {t.upper(): f"tiny_flux1-dev_{t}.safetensors" for t in "abc"}, recipe
