@@ -56,6 +56,13 @@ def _layers(model: Any):
     return layer
 
 
+def has_encoded_layers(model: Any) -> bool:
+    """Whether any layer stores its weight encoded (a convert_weight function: 0.3.75's scaled fp8, 0.33's
+    mixed-precision layers). One pass over the modules, so that the common plain model skips the per-key
+    checks below on the node's hot path."""
+    return any(hasattr(module, "convert_weight") for module in model.modules())
+
+
 def weight_keys(model: Any, keys) -> list[str]:
     """The keys of ``model``'s state dict that hold weights: without a layer's encoding entries.
 
@@ -64,6 +71,8 @@ def weight_keys(model: Any, keys) -> list[str]:
     weight and bias as weights, its other parameters are scales (0.3.75: scale_weight; 0.33: input_scale).
     A layer's weight comes before its bias, as in a plain layer (0.33 writes a quantized layer's bias first),
     so that the keys are in the same order as the same model's unquantized keys."""
+    if not has_encoded_layers(model):
+        return list(keys)
     layer = _layers(model)
     groups: dict[str, list[str]] = {}
     for key in keys:
@@ -100,6 +109,8 @@ def patch_lists(patcher: Any, prefix: Optional[str] = None, input_name: str = "m
 
     A model without encoded layers gives ComfyUI's own get_key_patches; otherwise the lists are built per
     weight key the same way (get_key_patches would stop at the first key it cannot resolve)."""
+    if not has_encoded_layers(patcher.model):
+        return patcher.get_key_patches(prefix)
     keys = list(patcher.model_state_dict(prefix))
     kept = weight_keys(patcher.model, keys)
     if kept == keys:
@@ -144,8 +155,9 @@ def base_layout(obj: Any, kind: str,
     sd = weights if weights is not None else base_weights(obj, kind)
     shapes, dtypes = {k: tuple(v.shape) for k, v in sd.items()}, {k: v.dtype for k, v in sd.items()}
     quantized = quantized_tensor_type()
-    if quantized is not None:
-        layer = _layers(patcher_of(obj, kind).model)
+    model = patcher_of(obj, kind).model
+    if quantized is not None and has_encoded_layers(model):
+        layer = _layers(model)
         for key in sd:
             module, name = layer(key)
             value = getattr(module, name, None) if module is not None and name == "weight" else None
