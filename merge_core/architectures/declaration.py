@@ -158,8 +158,10 @@ class Architecture:
 
     def released_key(self, key: str) -> str:
         """The key with its released parameter name, in the key's own prefix naming."""
+        if self._scale_norms is None:  # most families: every key is already its released name
+            return key
         rel = self.relative(key)
-        if rel is None or self._scale_norms is None:
+        if rel is None:
             return key
         return key[:len(key) - len(rel)] + self.released_relative(rel)
 
