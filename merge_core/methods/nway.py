@@ -16,6 +16,8 @@ from . import elect, multi
 
 Tensor = torch.Tensor
 
+MAX_ITERATIONS = 10_000  # geometric median's Weiszfeld steps: the node widget's maximum, checked on every path
+
 
 @dataclass(frozen=True)
 class MethodParams:
