@@ -23,6 +23,7 @@ import torch
 
 from ..errors import MergeInputError
 from .buffers import BufferPool
+from .json_limits import loads_bounded
 from .output_file import OutputFile
 
 DTYPES = {
@@ -84,10 +85,7 @@ class SafetensorsReader:
         if n > size - 8:
             raise ValueError(f"the header length {n} runs past the end of the file ({size} bytes)")
         raw = os.pread(self._fd, n, 8)
-        try:
-            header = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"the header is not valid JSON ({exc})") from None
+        header = loads_bounded(raw, "the header")  # a ValueError naming the damage, never RecursionError
         if not isinstance(header, dict):
             raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
         return header, 8 + n
