@@ -60,8 +60,8 @@ def main(argv=None) -> int:
     install_signal_cleanup(then_raise=True)  # SIGTERM/SIGHUP: like Ctrl+C, the output's temporary file goes
     try:
         return args.run(args)
-    except KeyboardInterrupt as exc:
-        print(f"error: {args.command}: {exc or 'interrupted'}; no output was written.", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl+C's KeyboardInterrupt has no text (an exception is always truthy)
+        print(f"error: {args.command}: {str(exc) or 'interrupted'}; no output was written.", file=sys.stderr)
         return 128 + exc.signum if isinstance(exc, Stopped) else 130
     except MergeInputError as exc:
         exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
