@@ -80,11 +80,14 @@ def parse_block_weights(text: Optional[str], arch: Architecture, input_name: str
                         default: Optional[float] = None) -> Optional[BlockWeights]:
     """Parse MBW text for ``arch``; None when the text is empty. default: the scalar that blocks the
     named form leaves out take (required for that form)."""
-    if text is None:
+    if text is None or not text.strip():
         return None
     stripped = text.strip().strip(",").strip()
-    if not stripped:
-        return None
+    if not stripped:  # ",,,," is not "no block weights": a list whose numbers were lost, or a typo
+        raise MergeInputError(
+            input_name, f"'{text.strip()[:40].encode('unicode_escape').decode()}' holds only commas, no value.",
+            f"leave it empty for no block weights, or give {arch.n_blocks} comma-separated numbers, a preset name "
+            f"such as GRAD_V, or named values such as {named_example(arch)}.")
     if is_named(stripped):
         return parse_named(stripped, arch, input_name, default)
     if "," not in stripped and "\n" not in stripped:

@@ -49,6 +49,22 @@ def test_empty_is_none():
     assert parse_block_weights("", SD1) is None
     assert parse_block_weights("   ", SD1) is None
     assert parse_block_weights(None, SD1) is None
+    assert parse_block_weights("\n\n\t", SD1) is None  # whitespace alone is an empty field
+
+
+@pytest.mark.parametrize("text", [",,,,", ",", " , ", ",\n,", "\n,,\n"])
+def test_commas_alone_are_refused_not_taken_as_no_block_weights(text):
+    """A list whose numbers were lost is a mistake, not a request for the scalar everywhere (issue #31)."""
+    with pytest.raises(MergeInputError) as info:
+        parse_block_weights(text, SD1, "blocks_alpha", 0.5)
+    assert info.value.input_name == "blocks_alpha" and "holds only commas" in str(info.value)
+    assert "\n" not in str(info.value) and "leave it empty" in str(info.value)
+
+
+@pytest.mark.parametrize("text", [" , ; ", ";", ";;"])
+def test_other_separators_alone_are_not_a_preset(text):
+    with pytest.raises(MergeInputError, match="neither a preset name nor a list of numbers"):
+        parse_block_weights(text, SD1, "blocks_alpha", 0.5)
 
 
 @pytest.mark.parametrize("text,fragment", [
