@@ -17,7 +17,7 @@ from .blocks.elemental import parse_elemental
 from .blocks.selection import parse_selection
 from .blocks.weights import parse_block_weights
 from .engine import DictSink, FileSink, ProgressFn, StopFn, run_merge
-from .errors import MergeInputError, require_ratio
+from .errors import MergeInputError, require_finite, require_ratio
 from .io.output_file import check_target
 from .io.sources import KeySource, open_source
 from .methods.modes import MODES  # the plan needs a mode: weight_sum needs no C (unused by the engine here)
@@ -61,13 +61,21 @@ def make_combine_settings(arch: Architecture, n_models: int, method: str, alpha:
     eps = {} if epsilon is None else ({"median_eps": epsilon} if chosen.name == "geometric_median"
                                       else {"epsilon": epsilon})
     params = MethodParams(weights=parse_weights(weights), density=density, drop_rate=drop_rate,
-                          top=top, bottom=bottom, seed=_seed(seed), iterations=int(iterations),
+                          top=top, bottom=bottom, seed=_seed(seed), iterations=_count("iterations", iterations),
                           **{"epsilon": defaults.epsilon, "median_eps": defaults.median_eps, **eps})
     check_params(chosen, params, n_models)
     return MergeSettings(mode=MODES["weight_sum"], alpha=require_ratio("alpha", alpha),
                          blocks_alpha=parse_block_weights(blocks, arch, "blocks_alpha"), seed=params.seed,
                          elemental=parse_elemental(elemental, arch), selection=parse_selection(include_exclude, arch),
                          method=chosen, method_params=params)
+
+
+def _count(input_name: str, value) -> int:
+    """A whole number of steps (a float such as 100.0 is taken; NaN, inf or 2.5 are refused)."""
+    number = require_finite(input_name, value, "give a whole number such as 100.")
+    if number != int(number):
+        raise MergeInputError(input_name, f"is {number:g}, not a whole number.", "give a whole number such as 100.")
+    return int(value) if isinstance(value, int) else int(number)
 
 
 def combine_architecture(shapes: Sequence[Mapping[str, Sequence[int]]]) -> Architecture:

@@ -17,7 +17,7 @@ from comfy_api.latest import io
 
 from ..merge_core.blocks.presets import preset_names
 from ..merge_core.combine import make_combine_settings, plan_combine
-from ..merge_core.methods.nway import METHOD_NAMES, METHODS, MethodParams, combine_key, get_method
+from ..merge_core.methods.nway import MAX_ITERATIONS, METHOD_NAMES, METHODS, MethodParams, combine_key, get_method
 from ..merge_core.report import applied_report
 from .comfy_models import (apply_plan, architecture_of, base_layout, effective_weight, key_patches, lazy_adapter,
                            note_fallbacks, shapes_of)
@@ -43,18 +43,22 @@ def combine_inputs() -> list:
         io.Float.Input("alpha", default=1.0, min=-2.0, max=4.0, step=0.01,
                        tooltip="Scale of the combined delta: 0 gives the base. model_stock: 1 is the paper's ratio."),
         io.String.Input("weights", default="", tooltip="One weight per connected model, in order, comma-separated "
-                        "(e.g. 1,0.5,0.8). Empty: 1 each. Scales each task vector before the method."),
+                        "(e.g. 1,0.5,0.8). Empty: 1 each. Scales each task vector before the method; a negative weight "
+                        "subtracts that task vector, except for geometric_median, a weighted mean: weights >= 0 "
+                        "with a positive sum."),
         io.Float.Input("density", default=0.2, min=0.0, max=1.0, step=0.01,
                        tooltip="ties: fraction of each task vector kept (largest magnitudes)."),
         io.Float.Input("drop_rate", default=0.9, min=0.0, max=1.0, step=0.01,
-                       tooltip="dare, dare_ties, della: probability p of dropping each element (kept ones x 1/(1-p))."),
+                       tooltip="dare, dare_ties, della: probability p of dropping each element (kept ones x 1/(1-p)). "
+                               "della: p - epsilon/2 >= 0 and p + epsilon/2 < 1."),
         io.Float.Input("epsilon", default=0.1, min=0.0, max=1.0, step=0.01,
-                       tooltip="della: spread of the drop probability by magnitude rank (p +- epsilon/2)."),
+                       tooltip="della: spread of the drop probability by magnitude rank (p +- epsilon/2, within [0, 1))."),
         io.Float.Input("top", default=0.01, min=0.0, max=1.0, step=0.01,
                        tooltip="breadcrumbs: largest-magnitude fraction of each task vector dropped."),
         io.Float.Input("bottom", default=0.1, min=0.0, max=1.0, step=0.01,
                        tooltip="breadcrumbs: smallest-magnitude fraction dropped."),
-        io.Int.Input("iterations", default=100, min=1, max=10000, tooltip="geometric_median: Weiszfeld steps at most."),
+        io.Int.Input("iterations", default=100, min=1, max=MAX_ITERATIONS,
+                     tooltip=f"geometric_median: Weiszfeld steps at most (1 to {MAX_ITERATIONS})."),
         io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
                      tooltip="dare, dare_ties, della: seed; draws depend on (seed, key, model), as in the CLI."),
         io.Combo.Input("blocks_alpha_preset", options=presets, default=CUSTOM, tooltip=PRESET_TIP.format(what="alpha")),

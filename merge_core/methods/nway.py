@@ -3,6 +3,25 @@
 Every method maps (base C, models M1..Mn) of one key to a delta d (multi.py); the merged key is
 C + alpha * d. Every method is per key (it needs the whole tensor of one key of every model, and nothing
 of any other key), so the nodes can compute it lazily as a weight adapter when the sampler loads.
+
+Each parameter's domain, refused before any tensor is read (check_params), and why:
+- weights: finite, within +-1000 (combine.parse_weights). Every method but the geometric median scales each task
+  vector by its weight and sums or averages them over a count, never over the weights: a negative weight subtracts
+  that task vector (task arithmetic's "negation"; under TIES/DARE-TIES/DELLA the negated vector then votes with its
+  flipped sign), and weights summing to 0 are well defined. The geometric median is a weighted mean
+  sum w_i p_i / sum w_i inside Weiszfeld's steps, with step weights w_i / |p_i - m|: it is a median only for
+  w_i >= 0 with sum > 0 (a zero sum is 0/0, an all-NaN model; 1,-0.999 divides by 0.001 and scales the model by
+  1000), so it refuses any negative weight and an all-zero list.
+- density, drop_rate, top, bottom, epsilon: fractions in [0, 1]; breadcrumbs' top + bottom <= 1.
+- DELLA: every rank's drop probability p_r lies in (drop_rate - epsilon/2, drop_rate + epsilon/2), and a kept value
+  is scaled by 1/(1 - p_r): drop_rate - epsilon/2 >= 0 and drop_rate + epsilon/2 < 1 (outside, the probabilities
+  were clamped to [0, 1] and kept values scaled by up to 1/(1 - p) with p near 1: 180x at 0.9/0.25).
+- DARE's drop_rate p may be 1 (everything dropped, d = 0); below 1 the kept values are scaled by 1/(1 - p) as the
+  paper's formula says, so p = 0.999999 scales them by 1e6: large finite values are the formula's, and a result
+  that leaves the output's range stops the merge with an error naming the key and the method (engine.py,
+  nonfinite.check_result).
+- iterations: 1 to MAX_ITERATIONS (each Weiszfeld step is a pass over every model: a larger count only holds up
+  the merge, or the server). median_eps: > 0.
 """
 from __future__ import annotations
 
@@ -116,17 +135,18 @@ METHODS: dict[str, CombineMethod] = {m.name: m for m in (
     CombineMethod("ties", "TIES", _ties, 2, ("weights", "density"),
                   "trim each w_i t_i to its top density; elect sign(sum); d = mean of agreeing values"),
     CombineMethod("dare", "DARE", _dare, 1, ("weights", "drop_rate", "seed"),
-                  "drop each element with probability p, scale kept by 1/(1-p); d = sum"),
+                  "drop each element with probability p, scale kept by 1/(1-p) (p = 1: d = 0); d = sum"),
     CombineMethod("dare_ties", "DARE-TIES", _dare_ties, 2, ("weights", "drop_rate", "seed"),
                   "DARE each w_i t_i; elect sign(sum); d = mean of agreeing values"),
     CombineMethod("della", "DELLA", _della, 2, ("weights", "drop_rate", "epsilon", "seed"),
-                  "drop by magnitude rank with p_i = p +- epsilon/2, scale kept by 1/(1-p_i); elect; mean"),
+                  "drop by magnitude rank with p_i = p +- epsilon/2 (within [0, 1)), scale kept by 1/(1-p_i); elect; mean"),
     CombineMethod("breadcrumbs", "Model Breadcrumbs", _breadcrumbs, 1, ("weights", "top", "bottom"),
                   "drop the top and bottom fractions of each w_i t_i by magnitude; d = sum"),
     CombineMethod("model_stock", "Model Stock", _model_stock, 2, (),
                   "t = n cos / (1 + (n-1) cos), cos = mean pairwise cosine; d = t * mean(t_i)"),
     CombineMethod("geometric_median", "Geometric median", _geometric_median, 2,
-                  ("weights", "median_eps", "iterations"), "d = Weiszfeld median(M_i) - C"),
+                  ("weights", "median_eps", "iterations"),
+                  "d = Weiszfeld median(M_i) - C (weights >= 0 with a positive sum)"),
 )}
 METHOD_NAMES = list(METHODS)
 
@@ -143,8 +163,10 @@ PROBABILITIES = ("density", "drop_rate", "epsilon", "top", "bottom")
 
 
 def check_params(method: CombineMethod, params: MethodParams, n_models: int, models_input: str = "models") -> None:
-    """Refuse what would give a silently wrong model: too few models, a weights list of the wrong length,
-    fractions or probabilities outside [0, 1], a non-positive epsilon or iteration count."""
+    """Refuse what would give a silently wrong model, before any tensor is read: too few models, a weights list of
+    the wrong length, weights the method cannot normalise by, fractions or probabilities outside [0, 1], DELLA's
+    probabilities leaving [0, 1), a non-positive epsilon, an iteration count outside 1..MAX_ITERATIONS (the
+    module docstring says why each)."""
     if n_models < method.min_models:
         raise MergeInputError(models_input, f"has {n_models} model(s), but {method.label} needs at least "
                                             f"{method.min_models}.", f"connect {method.min_models} or more models "
@@ -158,6 +180,8 @@ def check_params(method: CombineMethod, params: MethodParams, n_models: int, mod
                                   f"give one weight per model ({n_models}), or leave it empty for 1 each.")
         for i, w in enumerate(params.weights):
             require_finite("weights", w, "give finite numbers such as 0.5,0.5.", f"value #{i + 1} ")
+        if method.name in NORMALISED:
+            _check_normalised(method, params.weights)
     for name in PROBABILITIES:
         value = require_finite(name, getattr(params, name))
         if name in method.uses and not 0.0 <= value <= 1.0:
@@ -166,11 +190,37 @@ def check_params(method: CombineMethod, params: MethodParams, n_models: int, mod
     if "top" in method.uses and params.top + params.bottom > 1.0:
         raise MergeInputError("top", f"{params.top:g} + bottom {params.bottom:g} drop more than everything.",
                               "make top + bottom at most 1.")
+    if "epsilon" in method.uses:
+        low, high = params.drop_rate - params.epsilon / 2, params.drop_rate + params.epsilon / 2
+        if low < 0.0 or high >= 1.0:
+            raise MergeInputError(
+                "drop_rate", f"{params.drop_rate:g} with epsilon {params.epsilon:g} gives {method.label} drop "
+                f"probabilities from {low:g} to {high:g}, outside [0, 1) (kept values are scaled by 1/(1 - p)).",
+                "choose drop_rate and epsilon with drop_rate - epsilon/2 >= 0 and drop_rate + epsilon/2 < 1, "
+                "e.g. 0.9 and 0.1.")
     if "median_eps" in method.uses and not require_finite("epsilon", params.median_eps) > 0:
         raise MergeInputError("epsilon", f"is {params.median_eps:g}, but the geometric median needs epsilon > 0.",
                               "give a small positive number such as 1e-6.")
-    if "iterations" in method.uses and params.iterations < 1:
-        raise MergeInputError("iterations", f"is {params.iterations}.", "give 1 or more.")
+    if "iterations" in method.uses and not 1 <= params.iterations <= MAX_ITERATIONS:
+        raise MergeInputError("iterations", f"is {params.iterations}, outside 1 to {MAX_ITERATIONS}.",
+                              f"give 1 to {MAX_ITERATIONS} (100 is plenty: Weiszfeld stops once it converges).")
+
+
+# Methods that divide by the sum of the weights (a weighted mean): every weight >= 0, their sum > 0.
+NORMALISED = ("geometric_median",)
+
+
+def _check_normalised(method: CombineMethod, weights: Sequence[float]) -> None:
+    negative = [i for i, w in enumerate(weights) if w < 0]
+    if negative:
+        raise MergeInputError("weights", f"value #{negative[0] + 1} is {weights[negative[0]]:g}, but "
+                              f"{method.label} is a weighted mean (sum w_i M_i / sum w_i): a negative weight makes "
+                              "it no median and a sum near 0 scales the model without bound.",
+                              "give weights >= 0 with a positive sum (e.g. 1,1), or use task_arithmetic to "
+                              "subtract a model.")
+    if not sum(weights) > 0:
+        raise MergeInputError("weights", f"are all 0, but {method.label} divides by their sum.",
+                              "give weights >= 0 with a positive sum (e.g. 1,1).")
 
 
 def combine_key(method: CombineMethod, params: MethodParams, key: str, alpha: float, base: Tensor,
