@@ -140,6 +140,38 @@ def lora_family(names: Iterable[str]) -> Optional[Architecture]:
     return None if best is None else sized_for_lora(best, names)
 
 
+# what extraction writes (metadata.py) for each family: kohya's base model version and SAI's architecture
+BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux1": "flux1", "sd3": "sd3"}
+MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
+                  "sdxl": "stable-diffusion-xl-v1-base/lora", "flux1": "flux-1-dev/lora",
+                  "sd3": "stable-diffusion-v3-medium/lora"}  # other families: '<family>/lora'
+
+
+def metadata_family(metadata, names: Iterable[str]) -> Optional[Architecture]:
+    """The transformer family a LoRA's own metadata names (``modelspec.architecture`` or
+    ``ss_base_model_version``, as extraction writes them), sized for its names; None when the metadata
+    names none, or names one that does not explain the modules (metadata copied from another LoRA).
+
+    Names alone cannot tell a Qwen-Image LoRA of up to 19 blocks from a Flux.1 one (both have
+    ``transformer_blocks.N``): the file's own word decides where it has one."""
+    if not metadata:
+        return None
+    claimed = set()
+    version = metadata.get("ss_base_model_version")
+    spec = metadata.get("modelspec.architecture")
+    for family in LORA_ORDER:
+        if version in {family, BASE_MODEL_VERSION.get(family, family)} or \
+                spec in {f"{family}/lora", MODELSPEC_ARCH.get(family, f"{family}/lora")}:
+            claimed.add(family)
+    if len(claimed) != 1:
+        return None
+    arch = next(a for a in TRANSFORMERS if a.name in claimed)
+    names = list(names)
+    if not _numbered_hits(names, arch):  # None (a module outside the family) or no numbered block
+        return None
+    return sized_for_lora(arch, names)
+
+
 def family_module(key: str, arch: Architecture, shape: tuple[int, ...], conv: bool) -> Optional[str]:
     """kohya name (``lora_unet_<key with _>``, which ComfyUI maps for every model) of a diffusion-model
     weight a LoRA can hold: linear layers, and with ``conv`` 2-D convolutions; None otherwise."""

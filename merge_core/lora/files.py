@@ -73,7 +73,7 @@ def read_lora(path: str | os.PathLike, name: Optional[str] = None, input_name: s
             unsupported[module] = "incomplete (no up/down pair)"
             continue
         modules[module] = LoraModule(p["up"], p["down"], float(p["alpha"]) if "alpha" in p else None)
-    return LoraFile(name, modules, unsupported, metadata, lora_arch(list(modules) + list(unsupported)))
+    return LoraFile(name, modules, unsupported, metadata, lora_arch(list(modules) + list(unsupported), metadata))
 
 
 def require_plain(lora: LoraFile, what: str, input_name: str = "lora_list") -> None:

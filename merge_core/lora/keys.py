@@ -14,7 +14,7 @@ import re
 from typing import Optional
 
 from ..architectures import ARCHITECTURES, Architecture, unet_relative
-from .families import family_module, is_family, lora_family
+from .families import family_module, is_family, lora_family, metadata_family
 from .families import module_block as family_module_block
 
 # original (ldm) U-Net prefixes -> diffusers prefixes, for the SD1/SD2 layout
@@ -201,11 +201,12 @@ def lora_architecture(names) -> Optional[str]:
     return "sdxl" if unet else None
 
 
-def lora_arch(names) -> Optional[Architecture]:
-    """The family of a LoRA from its module names: a transformer family (full-size layout), else SD1 or
-    SDXL (spec §10.9); None when nothing is recognised."""
+def lora_arch(names, metadata=None) -> Optional[Architecture]:
+    """The family of a LoRA: the transformer family its own metadata names when that explains its modules
+    (families.metadata_family), else from its module names: a transformer family (full-size layout), else
+    SD1 or SDXL (spec §10.9); None when nothing is recognised."""
     names = list(names)
-    family = lora_family(names)
+    family = metadata_family(metadata, names) or lora_family(names)
     if family is not None:
         return family
     kind = lora_architecture(names)

@@ -6,14 +6,11 @@ import json
 from ..architectures import Architecture
 from ..errors import MergeInputError
 from .blocks import LoraItem, blocks26_text
+from .families import BASE_MODEL_VERSION, MODELSPEC_ARCH
 from .files import LoraFile
 
 METADATA_MODES = ("create new", "create new without output_name", "merge", "save all", "use first lora")
 
-BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux1": "flux1", "sd3": "sd3"}
-MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
-                  "sdxl": "stable-diffusion-xl-v1-base/lora", "flux1": "flux-1-dev/lora",
-                  "sd3": "stable-diffusion-v3-medium/lora"}  # other families: '<family>/lora'
 _COPIED = ("ss_network_module", "ss_network_alpha", "ss_network_dim", "ss_v2", "ss_sd_model_name",
            "ss_base_model_version")
 

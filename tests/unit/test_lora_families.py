@@ -231,3 +231,34 @@ def test_extract_refuses_two_families(tmp_path):
     with pytest.raises(MergeInputError, match=r"model_b.*SD3/SD3.5 model but model A is Flux.1"):
         extract_lora_files(tmp_path / "flux.safetensors", tmp_path / "sd3.safetensors", tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_qwen_image_lora_of_few_blocks_reads_its_family_from_its_own_metadata(tmp_path):
+    """Issue 31: a Qwen-Image model of 10 blocks names only transformer_blocks.0-9, which Flux.1 explains
+    as well (its diffusers double blocks); the pack's own extraction says qwen_image in its metadata, and
+    that decides: Qwen-Image block ids are accepted, on merge and on read."""
+    keys = {k: s for k, s in load_keyset("qwen-image").items()
+            if not re.search(r"transformer_blocks\.(\d+)\.", k) or int(re.search(r"blocks\.(\d+)\.", k)[1]) < 10}
+    gen = torch.Generator().manual_seed(0)
+    base = {k: torch.randn([min(d, 5) for d in s], generator=gen) for k, s in keys.items()}
+    tuned = dict(base)
+    changed = [k for k, s in keys.items() if len(s) == 2 and k.endswith(".weight")][::3]
+    for k in changed:
+        o, i = base[k].shape
+        tuned[k] = base[k] + torch.randn(o, 2, generator=gen) @ torch.randn(2, i, generator=gen)
+    save_file(base, str(tmp_path / "base.safetensors"))
+    save_file(tuned, str(tmp_path / "tuned.safetensors"))
+    out, _ = extract_lora_files(tmp_path / "tuned.safetensors", tmp_path / "base.safetensors",
+                                tmp_path / "x.safetensors", rank=2, save_dtype="fp32")
+    lora = read_lora(out)
+    assert lora.metadata["ss_base_model_version"] == "qwen_image"
+    assert lora.arch.name == "qwen_image" and lora.arch.n_blocks == QWEN_IMAGE.n_blocks
+    assert lora_family(lora.modules).name == "flux1"  # names alone: the tie Flux.1 wins
+    code = main(["lora-merge", f"{out}:1:T00-T59=0.5", "-o", str(tmp_path / "half.safetensors"), "--dtype", "fp32"])
+    assert code == 0
+    half, full = load_file(str(tmp_path / "half.safetensors")), load_file(str(out))
+    name = next(n for n in lora.modules if "transformer_blocks_3_" in n)
+    assert torch.allclose(delta(half, name), 0.5 * delta(full, name), atol=1e-5)
+    # metadata naming a family the modules do not fit (copied from another LoRA) is not believed
+    assert lora_arch(lora.modules, {"ss_base_model_version": "sd3"}).name == "flux1"
+    assert lora_arch(lora.modules, {"modelspec.architecture": "qwen_image/lora"}).name == "qwen_image"
