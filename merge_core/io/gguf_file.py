@@ -192,14 +192,21 @@ def check_table(table: Table, gguf) -> None:
     another, and the tensors tiling the data (a changed type or shape changes the bytes it needs, which
     then overlap the next tensor or leave a gap no writer leaves). ValueError naming the tensor, else None;
     an unknown type code is UnknownType (callers word it as such)."""
+    types = {}
+    for e in table.entries:
+        try:
+            types[e.name] = gguf.GGMLQuantizationType(e.type_code)
+            gguf.GGML_QUANT_SIZES[types[e.name]]
+        except (ValueError, KeyError):
+            raise UnknownType(e.type_code) from None
+    for qtype in set(types.values()):  # a type without a dequantiser is named as such, before any range
+        if not dequantisable(gguf, qtype):
+            raise Undequantisable(qtype.name)
     ranges = []
     data_end = table.size
     for e in table.entries:
-        try:
-            qtype = gguf.GGMLQuantizationType(e.type_code)
-            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-        except (ValueError, KeyError):
-            raise UnknownType(e.type_code) from None
+        qtype = types[e.name]
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
         n = 1
         for d in e.dims:
             n *= d
@@ -232,6 +239,21 @@ def check_table(table: Table, gguf) -> None:
         last = ranges[-1]
         raise ValueError(f"{data_end - position} unused bytes follow {_describe(last[2], last[3])} at the end of "
                          "the file; its type or shape was changed, or an offset is damaged")
+
+
+def dequantisable(gguf, qtype) -> bool:
+    """Whether the gguf package can turn this block type into floats (it knows more types than it reads)."""
+    if qtype.name in PLAIN:
+        return True
+    try:
+        gguf.quants.dequantize(np.zeros((1, gguf.GGML_QUANT_SIZES[qtype][1]), dtype=np.uint8), qtype)
+    except NotImplementedError:
+        return False
+    return True
+
+
+class Undequantisable(ValueError):
+    """A tensor's block type is one the gguf package knows but cannot dequantise."""
 
 
 class UnknownType(ValueError):
@@ -268,6 +290,10 @@ class GGUFSource:
             check_table(table, gguf)
         except UnknownType as exc:
             raise self._unknown_type(exc.code) from None
+        except Undequantisable as exc:
+            raise MergeInputError(input_name, f"'{self.name}' uses the GGUF quantisation type {exc}, which the "
+                                  "gguf package cannot dequantise.",
+                                  "use a file quantised as Q8_0, Q6_K, Q5_K, Q4_K (or F16/BF16).") from None
         except ValueError as exc:  # UnicodeDecodeError included
             raise self._damaged(str(exc)) from None
         except OSError as exc:
@@ -288,7 +314,6 @@ class GGUFSource:
                                     f"{int(t.data_offset)}, not {offsets.get(t.name)}")
         self.tensors = {t.name: t for t in self.reader.tensors}
         self._shapes = {name: self._shape(t) for name, t in self.tensors.items()}
-        self._check_types(gguf)
 
     def _unknown_type(self, code) -> MergeInputError:
         return MergeInputError(self.input_name, f"'{self.name}' uses the unknown GGUF quantisation type {code}.",
@@ -306,19 +331,6 @@ class GGUFSource:
             raise self._damaged(f"tensor '{t.name}' has {t.n_elements} values, its shape {list(shape)} needs "
                                 f"{int(np.prod(shape))}")
         return shape
-
-    def _check_types(self, gguf) -> None:
-        """Every block type must be one the gguf package can dequantise: say which one is not, up front."""
-        for qtype in {t.tensor_type for t in self.tensors.values()}:
-            if qtype.name in PLAIN:
-                continue
-            block, size = gguf.GGML_QUANT_SIZES[qtype]
-            try:
-                gguf.quants.dequantize(np.zeros((1, size), dtype=np.uint8), qtype)
-            except NotImplementedError:
-                raise MergeInputError(self.input_name, f"'{self.name}' uses the GGUF quantisation type "
-                                      f"{qtype.name}, which the gguf package cannot dequantise.",
-                                      "use a file quantised as Q8_0, Q6_K, Q5_K, Q4_K (or F16/BF16).") from None
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self._shapes)

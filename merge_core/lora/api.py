@@ -14,7 +14,6 @@ from typing import Optional
 from ..architectures import detect_or_auto, require_compatible
 from ..errors import MergeInputError
 from ..io.output_file import check_target
-from ..io.safetensors_file import SafetensorsReader
 from .blocks import LoraItem, block_values, parse_lora_list, parse_presets
 from .files import LoraFile, common_architecture, read_lora, save_lora
 from .metadata import extraction_metadata, merged_metadata
@@ -83,19 +82,33 @@ def extract_lora_files(tuned: PathLike, original: PathLike, output: PathLike, *,
                        clamp_quantile: Optional[float] = None, te_min_diff: float = 0.1, save_dtype: str = "fp16",
                        overwrite: bool = False) -> tuple[Path, LoraResult]:
     """A LoRA of alpha*tuned - beta*original from two checkpoint files, reading one tensor pair at a time:
-    linear and 1x1 layers to ``rank``, 3x3 convolutions to ``conv_rank`` (0: skipped)."""
+    linear and 1x1 layers to ``rank``, 3x3 convolutions to ``conv_rank`` (0: skipped).
+
+    The files are opened as merges open them (safetensors, fp8/scaled fp8, GGUF; released parameter names),
+    and a tensor whose shapes differ is refused as merge refuses it: a LoRA without that module would be
+    a silently partial difference."""
     inputs = [tuned, original]
     check_target(output, inputs, overwrite, "filename")
-    with SafetensorsReader(tuned, "model_a") as ra, SafetensorsReader(original, "model_b") as rb:
-        sa, sb = ra.shapes(), rb.shapes()
-        shapes = {k: s for k, s in sa.items() if sb.get(k) == s}
+    from ..api import open_files  # merge's own opening of input files (lazy: merge_core.api is large)
+    sources = open_files({"a": str(tuned), "b": str(original)})
+    try:
+        sa, sb = sources["a"].shapes(), sources["b"].shapes()
         arch, arch_b = detect_or_auto(sa), detect_or_auto(sb)
         if arch is None or arch_b is None:
             raise MergeInputError("model_b" if arch is not None else "model_a", "has no diffusion-model weights.",
                                   "extract from a fine-tune and its base model (checkpoint or diffusion-model files).")
         require_compatible(arch, arch_b, "model_b")
-        result = extract_from_models(shapes, ra.get, rb.get, arch, alpha, beta, rank, conv_rank, svd,
-                                     clamp_quantile, te_min_diff)
+        differing = next((k for k, s in sa.items() if k in sb and tuple(sb[k]) != tuple(s)), None)
+        if differing is not None:
+            raise MergeInputError("model_b", f"tensor '{differing}' has shape {list(sb[differing])} but model A "
+                                  f"has {list(sa[differing])}.", "extract from a fine-tune and its own base model "
+                                  "(same architecture and size).")
+        shapes = {k: s for k, s in sa.items() if k in sb}
+        result = extract_from_models(shapes, sources["a"].get, sources["b"].get, arch, alpha, beta, rank,
+                                     conv_rank, svd, clamp_quantile, te_min_diff)
+    finally:
+        for source in sources.values():
+            source.close()
     meta = extraction_metadata(arch, rank, conv_rank, Path(output).stem)
     meta["ss_output_name"] = Path(output).stem
     return save_lora(result, output, meta, save_dtype, overwrite=overwrite, inputs=inputs), result
