@@ -29,7 +29,7 @@ from .methods import fused_linear
 from .methods.adjust import apply_adjust
 from .methods.calcmodes import KeyContext, column_sums, cosine_stats, similarities_from_sums
 from .methods.nway import combine_key
-from .nonfinite import all_finite, count_inputs as count_nonfinite_inputs
+from .nonfinite import all_finite, check_result, count_inputs as count_nonfinite_inputs, may_leave_range
 from .plan import FROM_B, MERGE, KeyPlan, MergePlan, MergeSettings
 from .pipeline import ReadAhead, WriteBehind
 
@@ -426,6 +426,7 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
                         result = combine_tensor(kp, settings, base, models, dtypes[kp.key], notes)
                         if notes:
                             plan.fallbacks[kp.key] = notes[0]
+                        check_result(result, kp.key, settings.method.name, not nonfinite, "method", result.dtype)
                         give_back(pool, zip(("a", *plan.models), (base, *models)), result, sources)
                         put = (sink.put, kp.key, result)
                     elif kp.action == MERGE:
@@ -440,6 +441,8 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
                             result, counted = fused
                             if counted:
                                 plan.nonfinite[kp.key] = counted
+                            elif may_leave_range(mode.name, kp.alpha, kp.beta, in_dtypes(a, b, c), result.dtype):
+                                check_result(result, kp.key, mode.name, True, "mode", result.dtype)
                             if into is not None:
                                 reusable = result  # its memory goes back to the pool once the sink has written it
                         elif settings.calc is None:
@@ -449,15 +452,25 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
                                 nonfinite = count_nonfinite_inputs({"A": a, "B": b, "C": c})
                                 if nonfinite:
                                     plan.nonfinite[kp.key] = nonfinite
+                                else:  # finite inputs, non-finite result: the settings (nonfinite.py)
+                                    check_result(result, kp.key, mode.name, True, "mode", result.dtype)
+                            elif nonfinite == {} and may_leave_range(mode.name, kp.alpha, kp.beta, in_dtypes(a, b, c),
+                                                                     result.dtype):
+                                check_result(result, kp.key, mode.name, True, "mode", result.dtype)
                         else:
                             notes = []
                             result = calc_tensor(kp, settings, a, b, c, dtypes[kp.key], stats, fallbacks=notes)
                             if notes:
                                 plan.fallbacks[kp.key] = notes[0]
+                            check_result(result, kp.key, settings.calc.name, not nonfinite, "calcmode", result.dtype)
                         result = move.output(result)  # Adjust touches a few small keys: on the host
                         give_back(pool, zip("abc", inputs), result, sources)
                         del inputs, a, b, c
-                        put = (sink.put, kp.key, result if kp.adjust is None else apply_adjust(result, kp.adjust))
+                        if kp.adjust is not None:
+                            result = apply_adjust(result, kp.adjust)
+                            check_result(result, kp.key, "adjust", not plan.nonfinite.get(kp.key), "adjust",
+                                         result.dtype)
+                        put = (sink.put, kp.key, result)
                     elif loaded[0] == "raw":
                         put = (sink.put_raw, kp.key, loaded[1])
                         if getattr(sources["b" if kp.action == FROM_B else "a"], "buffers", None) is pool:
@@ -480,6 +493,10 @@ def _run_merge(plan, sources, sink, out_dtype, progress, should_stop, device, po
         sink.abort()  # after both pools have finished their task in flight (the with block waits for them)
         raise
     return sink.commit()
+
+
+def in_dtypes(*tensors) -> tuple:
+    return tuple(t.dtype for t in tensors if t is not None)
 
 
 def put_bytes(data) -> int:

@@ -15,6 +15,7 @@ from typing import Mapping, Optional
 
 import torch
 
+from .errors import MergeInputError
 from .io.fp8 import scratch
 
 
@@ -106,3 +107,74 @@ def warning(counts: Mapping[str, Mapping[str, int]], shown: int = 5) -> str:
     return (f"warning: non-finite values (NaN/inf) in the inputs at {len(counts)} merged keys: "
             f"{'; '.join(items)}{more}. They are merged as the formula says (the result is NaN/inf at those "
             f"positions): fix or replace the broken model.")
+
+
+# --- the merged result ------------------------------------------------------------------------------------
+#
+# A non-finite merged value that the inputs explain (a NaN/inf among them) is merged as the formula says and
+# warned about, as above. One that they do not explain (every input finite) comes from the settings: a weight,
+# alpha or drop rate that takes the values beyond the output's range (1000 x 80 overflows float16), or a
+# division by a sum that came out 0. Writing it would be a silently broken model, so it stops the merge with an
+# error naming the key and the method (check_result), on every path: the engine (CLI, API, file nodes) and the
+# nodes' weight adapters at load (KSampler, Save Checkpoint).
+
+def leaves_range(t: torch.Tensor, dtype: Optional[torch.dtype] = None) -> bool:
+    """Whether ``t`` holds a NaN/inf, or a value that is infinite once stored as ``dtype`` (float16 or
+    bfloat16 beyond their largest value; fp8 is saturated where it is written, by the engine and by ComfyUI's
+    rounding, so only NaN/inf count there). One aminmax pass."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return False
+    if str(t.dtype).removeprefix("torch.") in _FP8_SPECIAL:
+        return _fp8_any_special(t)
+    low, high = torch.aminmax(t.detach())
+    ends = torch.stack((low, high))
+    if dtype in (torch.float16, torch.bfloat16) and t.dtype != dtype:
+        ends = ends.to(dtype)
+    return not bool(torch.isfinite(ends).all())
+
+
+class NonFiniteResult(MergeInputError):
+    """A merged key became NaN/inf although its inputs were finite (the settings leave the output's range)."""
+
+
+def result_error(key: str, method: str, input_name: str = "method", dtype: Optional[torch.dtype] = None,
+                 fix: str = "") -> NonFiniteResult:
+    where = f", beyond the range of {str(dtype).removeprefix('torch.')}," if dtype is not None else ""
+    return NonFiniteResult(
+        input_name, f"{method} gives NaN/inf values at key '{key}'{where} although its inputs there are finite: "
+                    "these settings break the model, so nothing was written.",
+        fix or "lower alpha, the weights or the drop rate (kept values are scaled by 1/(1 - p)), or write fp32.")
+
+
+def check_result(result: torch.Tensor, key: str, method: str, inputs_finite, input_name: str = "method",
+                 dtype: Optional[torch.dtype] = None, fix: str = "") -> bool:
+    """Raise result_error when ``result`` leaves ``dtype``'s range while the inputs were finite; returns whether
+    the result is fine. inputs_finite: a bool, or a function computing it (run only when the result is not)."""
+    if not leaves_range(result, dtype):
+        return True
+    if inputs_finite() if callable(inputs_finite) else inputs_finite:
+        raise result_error(key, method, input_name, dtype, fix)
+    return False
+
+
+def coefficient_sum(mode: str, alpha: float, beta: float) -> Optional[float]:
+    """sum |c_i| of a linear mode written as sum c_i X_i (None: not a linear mode). With every input within
+    +-M, the merged value lies within +-M * this sum."""
+    a, b = abs(alpha), abs(beta)
+    return {"weight_sum": abs(1 - alpha) + a, "add_difference": 1 + 2 * a,
+            "triple_sum": abs(1 - alpha - beta) + a + b,
+            "sum_twice": abs(1 - beta) * (abs(1 - alpha) + a) + b}.get(mode)
+
+
+def may_leave_range(mode: str, alpha: float, beta: float, input_dtypes, out_dtype: torch.dtype) -> bool:
+    """Whether a linear mode's result of finite inputs could leave ``out_dtype``'s range; False lets the engine
+    skip the result's pass where it cannot (the common case: a weight sum with alpha in [0, 1] of float16 into
+    float16 is a convex combination). fp8 outputs are saturated where they are written (only float32's own
+    overflow counts). The margin covers float32's rounding and stays below half a unit of the output's last place."""
+    total = coefficient_sum(mode, alpha, beta)
+    if total is None:
+        return True
+    largest = max(torch.finfo(d).max for d in input_dtypes if d is not None)
+    out = torch.float32 if str(out_dtype).removeprefix("torch.") in _FP8_SPECIAL else out_dtype
+    info = torch.finfo(out)
+    return total * largest * (1 + 1e-6) >= info.max * (1 + info.eps / 4)

@@ -139,7 +139,8 @@ METHODS: dict[str, CombineMethod] = {m.name: m for m in (
     CombineMethod("dare_ties", "DARE-TIES", _dare_ties, 2, ("weights", "drop_rate", "seed"),
                   "DARE each w_i t_i; elect sign(sum); d = mean of agreeing values"),
     CombineMethod("della", "DELLA", _della, 2, ("weights", "drop_rate", "epsilon", "seed"),
-                  "drop by magnitude rank with p_i = p +- epsilon/2 (within [0, 1)), scale kept by 1/(1-p_i); elect; mean"),
+                  "drop by magnitude rank with p_i = p +- epsilon/2 (within [0, 1)), scale kept by 1/(1-p_i); "
+                  "elect; mean"),
     CombineMethod("breadcrumbs", "Model Breadcrumbs", _breadcrumbs, 1, ("weights", "top", "bottom"),
                   "drop the top and bottom fractions of each w_i t_i by magnitude; d = sum"),
     CombineMethod("model_stock", "Model Stock", _model_stock, 2, (),
