@@ -3,9 +3,11 @@
 ComfyUI's merge nodes need every input loaded (two Flux models are 48 GB of RAM); here merge_core's
 streamed engine reads one key of each file at a time and writes the result to a new numbered file
 in the same models folder (merge_core.io.output_file: atomic, never overwriting). The result is then
-loaded by ComfyUI's own loader, like any file in that folder. A content key (the inputs' names,
-sizes and modification times plus every setting) is stored in the file's metadata and its name,
-so a second run with the same inputs and settings loads the existing file instead of merging again.
+loaded by ComfyUI's own loader, like any file in that folder. A content key (each input's real path
+in the folder, device and inode, size, mtime and ctime, plus every setting) is stored in the file's
+metadata and its name, so a second run with the same inputs and settings loads the existing file
+instead of merging again; two runs at once (two servers on one folder) take turns on a lock file, and
+the second loads the first's file.
 """
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ import hashlib
 import json
 import logging
 import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from comfy_api.latest import io
 
@@ -22,10 +26,12 @@ from ..merge_core.api import merge_files
 from ..merge_core.errors import MergeInputError
 from ..merge_core.io.precision import PRECISIONS
 from ..merge_core.io.quantized import LEGACY_LAYOUT, PER_LAYER_LAYOUT
+from ..merge_core.io.output_file import check_prefix
 from ..merge_core.io.safetensors_file import SafetensorsReader
+from ..merge_core.nonfinite import warning as nonfinite_warning
 from .errors import named_errors
 from .merge import CATEGORY, CUSTOM, _block_text, _check_numbers, _progress, merge_params, settings_inputs
-from .save import output_path
+from .save import numbered_names, output_path
 from .search import search_fields
 
 AS_A = "as A"
@@ -49,21 +55,35 @@ def file_names(kind: str) -> list[str]:
     return sorted(names)
 
 
-def _identity(path: str) -> list:
-    st = os.stat(path)
-    return [os.path.basename(path), st.st_size, st.st_mtime_ns]
+def _identity(path: str, roots: list[str]) -> list:
+    """What tells one input file from any other, and from itself before a change: its real path relative to
+    the model folder (v1/model.safetensors and v2/model.safetensors differ), device and inode (a file
+    replaced by another), size, modification time in ns, and the inode's change time, which os.utime cannot
+    set back (a file rewritten in place with its old size and restored mtime still differs). Hashing 24 GB
+    files would take minutes."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    name = real
+    for root in roots:
+        base = os.path.realpath(root)
+        if os.path.commonpath((base, real)) == base:
+            name = os.path.relpath(real, base)
+            break
+    return [Path(name).as_posix(), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def content_key(paths: dict[str, str], settings: dict, precision: str) -> str:
-    """sha256 of the inputs' identities (name, size, mtime: hashing 24 GB files would take minutes) and
-    every setting that changes the result."""
-    body = {"inputs": {k: _identity(p) for k, p in paths.items()}, "settings": settings, "precision": precision}
+def content_key(paths: dict[str, str], settings: dict, precision: str, roots: list[str] = ()) -> str:
+    """sha256 of the inputs' identities (_identity) and every setting that changes the result. A file written
+    under an older key (base name, size, mtime) is no longer found: it is merged again, once."""
+    body = {"inputs": {k: _identity(p, list(roots)) for k, p in paths.items()}, "settings": settings,
+            "precision": precision}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def existing_result(folder: Path, name: str, key: str) -> Optional[Path]:
-    """A file written earlier by this node for the same content key, if one is still there."""
-    for candidate in sorted(folder.glob(f"{name}_*_.safetensors")):
+    """A file written earlier by this node for the same content key, if one is still there (a listing, not
+    a glob: a prefix such as 'x[1]' is a name)."""
+    for candidate in numbered_names(folder, name):
         try:
             with SafetensorsReader(candidate) as reader:
                 if reader.metadata.get(CONTENT_KEY) == key:
@@ -71,6 +91,68 @@ def existing_result(folder: Path, name: str, key: str) -> Optional[Path]:
         except MergeInputError:
             continue  # a damaged file is not a result
     return None
+
+
+LOCK_POLL_S = 0.25
+
+
+@contextmanager
+def same_merge_lock(folder: str, key: str, waiting: Callable[[], None] = lambda: None):
+    """Held while one content key is merged, by every process that shares the models folder (two servers):
+    the second waits, then finds and loads the first's file instead of merging again and failing at the
+    end on the name the first one took. ``.merge-suite-<key>.lock`` in the kind's first model folder (it
+    exists before any sub-folder is made), flock'ed (released by the kernel if the holder dies), removed
+    by its holder. Where locking is not possible (no fcntl, folder missing or read-only) the merge runs
+    unlocked; execute then still reuses a result that appears at the target. ``waiting`` is called while
+    waiting (it raises on an interrupt)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = os.path.join(folder, f".merge-suite-{key[:32]}.lock")
+    fd, logged = -1, False
+    while fd < 0:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError:
+            break
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not logged:
+                    logging.info("merge_suite: waiting for another merge of the same files and settings (%s)", path)
+                    logged = True
+                try:
+                    waiting()
+                except BaseException:
+                    os.close(fd)
+                    raise
+                time.sleep(LOCK_POLL_S)
+            except OSError:  # a file system without locks
+                os.close(fd)
+                fd = -2
+                break
+        if fd < 0:
+            break
+        try:  # the holder before us removed the file: our lock is on a name no one else will open
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
+            fd = -1
+    try:
+        yield
+    finally:
+        if fd >= 0:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            os.close(fd)
 
 
 def core_settings(params: dict) -> dict:
@@ -90,7 +172,8 @@ INPUT_NAMES = {"model_a": "file_a", "model_b": "file_b", "model_c": "file_c", "o
 def _merge(*args, **kwargs) -> None:
     """merge_files, its errors naming this node's inputs (file_b, not model_b). Keys of A that B or C lacks
     keep A's tensor (as in SuperMerger, e.g. Flux dev's guidance with schnell); the node has no report
-    output, so the log says how many and which input lacked them."""
+    output, so the log says how many and which input lacked them, and which keys held NaN/inf input
+    values (as the CLI's warning does)."""
     try:
         plan = merge_files(*args, **kwargs)
     except MergeInputError as exc:
@@ -101,6 +184,8 @@ def _merge(*args, **kwargs) -> None:
         if absent:
             logging.warning("merge_suite: %d tensors of file_a are absent from file_%s and were kept from A "
                             "(first: '%s')", len(absent), which.lower(), absent[0])
+    if plan.nonfinite:  # as the CLI warns: the values pass through the formula (merge_core/nonfinite.py)
+        logging.warning("merge_suite: %s", nonfinite_warning(plan.nonfinite).replace("inputs", "input files", 1))
 
 
 def host_scaled_layout() -> str:
@@ -110,6 +195,12 @@ def host_scaled_layout() -> str:
     of what the host can do, not of its version; ``comfy.quant_ops`` alone would not tell, 0.3.75 has it."""
     import comfy.utils
     return PER_LAYER_LAYOUT if callable(getattr(comfy.utils, "convert_old_quants", None)) else LEGACY_LAYOUT
+
+
+def _interrupted() -> None:
+    """Raises ComfyUI's interrupt exception when the user pressed Cancel (while waiting for a lock)."""
+    import comfy.model_management
+    comfy.model_management.throw_exception_if_processing_interrupted()
 
 
 def _device() -> str:
@@ -156,6 +247,31 @@ class _FileMerge(io.ComfyNode):
         return ()
 
     @classmethod
+    def _merged(cls, paths: dict, prefix: str, key: str, settings: dict, precision: str, layout: str) -> Path:
+        """The file for this content key: found, or merged now. A file of the same key that appears at the
+        target while merging (another server that does not share our lock) is the same result: it is used
+        and ours discarded, instead of failing after the work."""
+        target = output_path(prefix, cls.FOLDER)
+        name = target.name[:target.name.rindex("_", 0, -len("_.safetensors"))]  # the prefix's name, dates expanded
+        done = existing_result(target.parent, name, key)
+        if done is not None:
+            logging.info("merge_suite: same inputs and settings as %s: loading it", done)
+            return done
+        try:
+            _merge(paths["a"], paths["b"], paths.get("c"), str(target),
+                   dtype=None if precision == AS_A else precision, scaled_layout=layout,
+                   progress=_progress(1), device=_device(), extra_metadata={CONTENT_KEY: key}, **settings)
+        except MergeInputError:
+            done = existing_result(target.parent, name, key) if os.path.lexists(target) else None
+            if done is None:
+                raise
+            logging.info("merge_suite: %s was written meanwhile by another merge of the same files and "
+                         "settings: loading it", done)
+            return done
+        logging.info("merge_suite: merged into %s", target)
+        return target
+
+    @classmethod
     def execute(cls, file_a, file_b, precision=AS_A, filename_prefix=PREFIX, file_c=NONE, **inputs):
         import folder_paths
         params, _ = merge_params(inputs)
@@ -171,20 +287,15 @@ class _FileMerge(io.ComfyNode):
                 paths[name] = full
             settings = core_settings(params)
             layout = host_scaled_layout()
+            user_prefix = check_prefix(filename_prefix, cls.FOLDER)  # before any work or folder
+            roots = folder_paths.get_folder_paths(cls.FOLDER)
             # a file in 0.33's layout is no result for a 0.3.75 sharing the folder: the layout is in the key
             key = content_key(paths, settings, precision if precision != "scaled_fp8" or layout == LEGACY_LAYOUT
-                              else f"{precision}/{layout}")
-            prefix = f"{(filename_prefix or '').strip()}_{key[:12]}"
-            target = output_path(prefix, cls.FOLDER)
-            done = existing_result(target.parent, os.path.basename(prefix), key)
-            if done is None:
-                _merge(paths["a"], paths["b"], paths.get("c"), str(target),
-                       dtype=None if precision == AS_A else precision, scaled_layout=layout,
-                       progress=_progress(1), device=_device(), extra_metadata={CONTENT_KEY: key}, **settings)
-                done = target
-                logging.info("merge_suite: merged into %s", done)
-            else:
-                logging.info("merge_suite: same inputs and settings as %s: loading it", done)
+                              else f"{precision}/{layout}", roots)
+            prefix = f"{user_prefix}_{key[:12]}"
+            output_path(prefix, cls.FOLDER)  # the prefix checked (inside the folder) before waiting or working
+            with same_merge_lock(roots[0], key, _interrupted):
+                done = cls._merged(paths, prefix, key, settings, precision, layout)
             root = next(r for r in folder_paths.get_folder_paths(cls.FOLDER)
                         if os.path.commonpath((os.path.abspath(r), str(done))) == os.path.abspath(r))
             name = os.path.relpath(done, root)

@@ -14,6 +14,7 @@ from collections import defaultdict
 from comfy_api.latest import io
 
 from ..merge_core.errors import MergeInputError, require_ratio
+from ..merge_core.io.output_file import check_prefix
 from ..merge_core.io.safetensors_file import SafetensorsReader
 from ..merge_core.lora.blocks import block_values, check_spec, parse_lora_list, parse_presets
 from ..merge_core.lora.families import fits_model
@@ -71,14 +72,27 @@ def lora_path(name: str, input_name: str) -> str:
                           "check the name (see the LoRA loader's list), or put the file into models/loras.")
 
 
+def lora_prefix(prefix: str, default: str) -> str:
+    """The prefix, checked before any work and before any folder is made (NUL, backslash on POSIX, name
+    lengths: output_file's check_prefix; inside the loras folder: next_free_path); empty means the node's
+    default."""
+    import folder_paths
+    checked = check_prefix(prefix if (prefix or "").strip() else default, "loras")
+    next_free_path(folder_paths.get_folder_paths("loras")[0], checked, create=False)
+    return checked
+
+
 def _save(result: LoraResult, prefix: str, metadata: dict, save_dtype: str) -> str:
+    """Save into the loras folder; returns the name a LoRA loader lists (the file's real relative path, with
+    '/' separators: on POSIX a backslash cannot reach here, see check_prefix). The sub-folder is made by the
+    writer, which removes it again if the save fails."""
     import folder_paths
     folder = folder_paths.get_folder_paths("loras")[0]
-    path = next_free_path(folder, prefix.strip() or "merge_suite/lora")
+    path = next_free_path(folder, lora_prefix(prefix, "merge_suite/lora"), create=False)
     metadata = dict(metadata)
     metadata.setdefault("ss_output_name", path.stem)
     save_lora(result, path, metadata, save_dtype, input_name="filename_prefix")
-    return str(path.relative_to(folder)).replace("\\", "/")
+    return path.relative_to(folder).as_posix()
 
 
 def _file_outputs(name: str, result: LoraResult) -> io.NodeOutput:
@@ -303,6 +317,7 @@ class LoraExtract(io.ComfyNode):
                 te_min_diff=0.1, filename_prefix="merge_suite/extracted", save_dtype="fp16", clip_a=None,
                 clip_b=None) -> io.NodeOutput:
         with named_errors(cls.DISPLAY):
+            filename_prefix = lora_prefix(filename_prefix, "merge_suite/extracted")
             if (clip_a is None) != (clip_b is None):
                 raise MergeInputError("clip_b" if clip_b is None else "clip_a", "is missing.",
                                       "connect both CLIPs to extract the text encoder too, or neither.")
@@ -373,6 +388,7 @@ class LoraMerge(io.ComfyNode):
                 metadata="create new", filename_prefix="merge_suite/merged", save_dtype="fp16",
                 lbw_presets="") -> io.NodeOutput:
         with named_errors(cls.DISPLAY):
+            filename_prefix = lora_prefix(filename_prefix, "merge_suite/merged")
             items = _read_items(lora_list, "lora_list")
             result = merge_loras(items, method, rank, svd, clamp_quantile or None, same_to_strength, lbw_presets,
                                  progress=_progress(1))
@@ -388,7 +404,8 @@ def _save_with_inputs(result, items, mode, prefix, save_dtype, lbw_presets) -> s
     inputs = [(item, lora, block_values(item.blocks, item.ratio, arch, presets, "lora_list", item.name))
               for item, lora in items]
     folder = folder_paths.get_folder_paths("loras")[0]
-    name = next_free_path(folder, prefix.strip() or "merge_suite/merged", create=False).stem
+    prefix = lora_prefix(prefix, "merge_suite/merged")
+    name = next_free_path(folder, prefix, create=False).stem
     meta = merged_metadata(inputs, mode, name, save_dtype, result.dims)
     return _save(result, prefix, meta, save_dtype)
 
@@ -436,6 +453,7 @@ class LoraExtractFromLoras(io.ComfyNode):
                 filename_prefix="merge_suite/extracted_from_loras", save_dtype="fp16", metadata="create new",
                 lbw_presets="") -> io.NodeOutput:
         with named_errors(cls.DISPLAY):
+            filename_prefix = lora_prefix(filename_prefix, "merge_suite/extracted_from_loras")
             items = []
             for text, input_name in ((lora_1, "lora_1"), (lora_2, "lora_2")):
                 found = _read_items(text, input_name)

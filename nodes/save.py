@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -26,7 +28,7 @@ from comfy_api.latest import io
 from ..merge_core import recipe as core_recipe
 from ..merge_core.errors import MergeInputError
 from ..merge_core.io.filehash import file_sha256
-from ..merge_core.io.output_file import install_signal_cleanup, remove_stale_parts
+from ..merge_core.io.output_file import check_prefix, install_signal_cleanup, remove_stale_parts
 from ..merge_core.io.released_names import released_namer
 from ..merge_core.io.safetensors_file import SafetensorsWriter
 from .comfy_models import UNET_PREFIX, effective_weight, key_patches, serialised_layers
@@ -234,26 +236,51 @@ def save_streaming(path: Path, parts: list[Part], extra: dict[str, torch.Tensor]
         raise
 
 
+def _expand_dates(prefix: str) -> str:
+    """ComfyUI's date placeholders in a save prefix (%year%, %month%, %day%, %hour%, %minute%, %second%)."""
+    if "%" not in prefix:
+        return prefix
+    now = time.localtime()
+    for name, value in (("year", now.tm_year), ("month", now.tm_mon), ("day", now.tm_mday), ("hour", now.tm_hour),
+                        ("minute", now.tm_min), ("second", now.tm_sec)):
+        prefix = prefix.replace(f"%{name}%", str(value).zfill(2))
+    return prefix
+
+
+def numbered_names(folder: Path, name: str) -> list[Path]:
+    """Files '<name>_<digits>_.safetensors' in folder, by counter (a plain listing, no glob: a prefix such as
+    'x[1]' is a name here, not a pattern)."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return []
+    pattern = re.compile(re.escape(name) + r"_(\d+)_\.safetensors")
+    found = [(int(m.group(1)), entry) for entry in entries if (m := pattern.fullmatch(entry))]
+    return [folder / entry for _, entry in sorted(found)]
+
+
 def output_path(filename_prefix: str, kind: str = "checkpoints") -> Path:
-    """Next free '<prefix>_00001.safetensors' in the first folder of a model kind (never an existing file)."""
+    """Next free '<prefix>_00001_.safetensors' in the first folder of a model kind (never an existing file).
+    Nothing is created here: the prefix is checked first (merge_core.io.output_file.check_prefix), and the
+    writer (OutputFile) makes the sub-folder and removes it again if the save fails, so no empty folder stays."""
     import folder_paths
     root = folder_paths.get_folder_paths(kind)[0]
-    prefix = (filename_prefix or "").strip()
-    if not prefix:
-        raise MergeInputError("filename_prefix", "is empty.", "give a name such as 'merge_suite/my_merge'.")
+    prefix = check_prefix(filename_prefix, kind)
     target = os.path.abspath(os.path.join(root, os.path.normpath(prefix)))
     # checked before any folder is made; symlinks an admin put inside the folder are followed on purpose
     if os.path.isabs(prefix) or os.path.commonpath((os.path.abspath(root), target)) != os.path.abspath(root):
         raise MergeInputError("filename_prefix", f"'{prefix}' points outside the {kind} folder {root}.",
                               "use a relative name without '..', e.g. 'merge_suite/my_merge'.")
-    try:
-        folder, name, counter, _sub, _ = folder_paths.get_save_image_path(prefix, root)
-    except OSError as exc:
-        raise MergeInputError("filename_prefix", f"cannot use folder '{os.path.dirname(target)}': "
-                              f"{exc.strerror or exc}.", "choose a folder you can write to.") from None
+    relative = os.path.normpath(_expand_dates(prefix))
+    folder, name = Path(root) / os.path.dirname(relative), os.path.basename(relative)
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise MergeInputError("filename_prefix", f"cannot use folder '{folder}': a file of that name exists.",
+                              "choose another sub-folder name.")
+    taken = numbered_names(folder, name)
+    counter = int(re.search(r"_(\d+)_\.safetensors$", taken[-1].name).group(1)) + 1 if taken else 1
     while True:
-        candidate = Path(folder) / f"{name}_{counter:05}_.safetensors"
-        if not candidate.exists():
+        candidate = folder / f"{name}_{counter:05}_.safetensors"
+        if not os.path.lexists(candidate):
             return candidate
         counter += 1
 

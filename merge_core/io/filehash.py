@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from pathlib import Path
 from typing import Optional
 
 from ..errors import MergeInputError
+from .json_limits import loads_bounded
 from .output_file import write_bytes
 
 _LOCK = threading.Lock()
@@ -26,14 +28,21 @@ def _stamp(path: Path) -> str:
 
 
 def _load(cache_file: Optional[Path]) -> dict:
-    """The cache's entries; a missing, unreadable or damaged cache is empty (it is rebuilt on the next write)."""
+    """The cache's entries; a missing, unreadable or damaged cache is empty (it is rebuilt on the next write).
+    A damaged one (bad JSON, nested deeper than any cache: json.loads would raise RecursionError, and every
+    hashed save would fail) is logged in one line and ignored: the cache is an optimisation only."""
     if cache_file is None or not cache_file.is_file():
         return {}
     try:
-        data = json.loads(cache_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = loads_bounded(cache_file.read_bytes(), f"the sha256 cache '{cache_file}'")
+    except OSError:
+        return {}
+    except ValueError as exc:
+        logging.getLogger("merge_suite").warning("merge_suite: %s; it is ignored and rebuilt.", exc)
         return {}
     if not isinstance(data, dict):
+        logging.getLogger("merge_suite").warning("merge_suite: the sha256 cache '%s' is not an object; it is "
+                                                 "ignored and rebuilt.", cache_file)
         return {}
     return {k: v for k, v in data.items() if isinstance(v, str) and len(v) == 64}
 

@@ -2,7 +2,8 @@
 
 - The target is resolved to its real path (symlinks followed) before anything is decided, and a
   target that is one of the writer's own inputs (same real path or same inode) is refused even
-  when overwriting is allowed; an existing directory is refused too.
+  when overwriting is allowed; an existing directory is refused too, and so is anything else that is not a
+  regular file (a FIFO, a device, a socket, or a symlink to one): overwriting replaces regular files only.
 - Data goes to a temporary file of our own pattern in the target folder,
   ``.<name>.merge-suite-<pid>-<token>.part``, created with ordinary permissions (0666 less umask),
   fsynced, then committed without clobbering: ``os.link`` fails if a file appeared at the target
@@ -20,6 +21,7 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import threading
 import time
 from pathlib import Path
@@ -65,10 +67,67 @@ def check_target(path, inputs: Iterable = (), overwrite: bool = False, input_nam
     if os.path.isdir(real):
         raise MergeInputError(input_name, f"'{path}' is an existing directory.", "give a file name, e.g. "
                               f"'{os.path.join(os.fspath(path), 'merged.safetensors')}'.")
+    special = special_kind(real)
+    if special:
+        shown = f"'{path}'" + (f" (a link to '{real}')" if real != os.path.abspath(os.fspath(path)) else "")
+        raise MergeInputError(input_name, f"{shown} is {special}, not a regular file; only regular files are ever "
+                              "replaced (even with --overwrite).", "give the name of a regular file.")
     if os.path.lexists(real) and not overwrite:
         raise MergeInputError(input_name, f"'{path}' already exists.", "choose another name (or allow overwriting, "
                               "e.g. --overwrite).")
     return Path(real)
+
+
+SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                 (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(real: str) -> str:
+    """What an existing non-regular, non-directory file is ('' for a regular file or nothing there):
+    replacing a device node or a FIFO with a regular file would break whatever uses it (run as root on
+    /dev/null, the system)."""
+    try:
+        mode = os.stat(real).st_mode
+    except (OSError, ValueError):
+        return ""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return ""
+    return next((what for test, what in SPECIAL_KINDS if test(mode)), "not a regular file")
+
+
+NAME_BYTES = 255  # the longest file or folder name most file systems take (ext4, xfs, btrfs, NTFS, APFS)
+# a saver appends to the prefix's last name up to '_<12-hex content key>' + '_00001_.safetensors', and the
+# temporary file adds '.', '.merge-suite-<pid>-<8 hex>.part': 67 bytes with a 7-digit pid; 180 leaves a margin
+PREFIX_NAME_BYTES = 180
+
+
+def check_prefix(prefix: str, folder: str, input_name: str = "filename_prefix") -> str:
+    """A save node's filename_prefix, stripped, or a MergeInputError, checked before any folder is made:
+    no NUL byte or other control character, no backslash on POSIX (ComfyUI's prefixes take '/' for sub-folders; a backslash would
+    become part of a name that the node could not report as a usable path), every folder name at most
+    255 bytes and the file's name at most PREFIX_NAME_BYTES (room for the counter and the temporary name)."""
+    prefix = (prefix or "").strip()
+    if not prefix:
+        raise MergeInputError(input_name, "is empty.", "give a name such as 'merge_suite/my_merge'.")
+    control = next((c for c in prefix if ord(c) < 32 or c == "\x7f"), None)
+    if control is not None:  # a NUL no file system takes; a new line or tab no user means in a file name
+        what = "a NUL byte" if control == "\0" else f"the control character {control!r}"
+        raise MergeInputError(input_name, f"{prefix!r} contains {what}.", "remove it; use letters, digits, "
+                              "'-', '_' and '/' for sub-folders.")
+    if os.sep == "/" and "\\" in prefix:
+        raise MergeInputError(input_name, f"'{prefix}' contains a backslash; sub-folders are separated by '/' "
+                              "here.", f"write '{prefix.replace(chr(92), '/')}' for sub-folders, or leave the "
+                              "backslash out.")
+    parts = [p for p in prefix.replace(os.sep, "/").split("/") if p]
+    for i, part in enumerate(parts):
+        size = len(os.fsencode(part)) if part else 0
+        limit = PREFIX_NAME_BYTES if i == len(parts) - 1 else NAME_BYTES
+        if size > limit:
+            what = "file name" if i == len(parts) - 1 else "folder name"
+            raise MergeInputError(input_name, f"the {what} '{part[:24]}...' is {size} bytes long; at most {limit} "
+                                  f"fit in the {folder} folder (file systems take {NAME_BYTES} bytes per name, and "
+                                  "a counter and extension are added).", "choose a shorter name.")
+    return prefix
 
 
 def disk_error(exc: OSError, path, input_name: str) -> MergeInputError:
