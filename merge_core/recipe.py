@@ -144,6 +144,12 @@ def replay_combine_settings(settings: Mapping[str, Any]) -> dict:
     return out
 
 
+def replay_settings(settings: Mapping[str, Any]) -> dict:
+    """A merge step's settings with every key present, to merge again: a key the recipe lacks (written by
+    an older version or by hand) takes its default, as the node's widget would."""
+    return {**SETTING_DEFAULTS, **settings}
+
+
 def step_inputs(node: Mapping) -> list:
     """The inputs of a merge step in order: a, b, c, or a combine step's base and models."""
     return [node[k] for k in ("a", "b", "c") if k in node] + list(node.get("models") or [])
@@ -276,6 +282,8 @@ def parse_file_recipe(metadata: Mapping[str, str], input_name: str = "recipe", s
     for kind, tree in trees.items():
         if tree is not None:
             check.tree(tree, f"{MERGE_SUITE_KEY}.{kind}")
+    if trees["model"] is None and trees["clip"] is None:
+        raise check.error(MERGE_SUITE_KEY, "has neither a model nor a clip recipe.")
     return trees
 
 
@@ -359,9 +367,13 @@ class RecipeCheck:
             if isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise self.error(where, f"is {value!r}, not true or false.")
-            elif key in ("seed", "iterations"):
+            elif key == "seed":  # only a seed: any 64-bit value costs the same
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 64:
-                    raise self.error(where, f"is {value!r}, not a {key} (a whole number from 0).")
+                    raise self.error(where, f"is {value!r}, not a seed (a whole number from 0).")
+            elif key == "iterations":  # sizes a loop: a crafted 2**63 would run past any interrupt
+                from .methods.nway import MAX_ITERATIONS
+                if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ITERATIONS:
+                    raise self.error(where, f"is {value!r}, not an iteration count from 1 to {MAX_ITERATIONS}.")
             elif isinstance(default, float):
                 self.number(value, where)
             else:

@@ -69,7 +69,7 @@ def replay(node: Optional[dict], kind: str, cache: dict, where: str = "model A")
         tag_combine(merged, plan, base, models, None, kind)
         return merged
     objects = {n: replay(node.get(n), kind, cache, f"{kind} {n.upper()} of a merge step") for n in ("a", "b", "c")}
-    params = dict(node["settings"])
+    params = core.replay_settings(node["settings"])
     merged, plan = merge_objects(kind, objects["a"], objects["b"], objects["c"], params)
     tag_recipe(kind, merged, plan, params, objects, None, node.get("kind", kind))
     return merged

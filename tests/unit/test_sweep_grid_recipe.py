@@ -208,3 +208,149 @@ def test_recipe_keeps_the_scalar_under_named_block_weights():
     assert text({"alpha": 0.3, "blocks_alpha": "IN=0.9, OUT=0.1"}) == 'alpha=0.3 blocks_alpha="IN=0.9, OUT=0.1"'
     assert text({"mode": "sum Twice", "alpha": 0.2, "beta": 0.7, "blocks_beta": "OUT=1"}) == \
         "alpha=0.2 beta=0.7 blocks_beta=OUT=1"
+
+
+# --- hostile recipes (issue #31): every field dropped or of a wrong type gives a MergeInputError ----------
+
+def _replay_settings(tree, arch):
+    """Parse every step's settings as Load Recipe replays them (merge_core's half of nodes/recipe.replay)."""
+    from merge_core.combine import make_combine_settings
+    from merge_core.methods.nway import get_method
+    if tree is None or not recipe.is_merge(tree):
+        return
+    for item in recipe.step_inputs(tree):
+        _replay_settings(item, arch)
+    if tree.get("kind") == recipe.COMBINE:
+        s = recipe.replay_combine_settings(tree["settings"])
+        eps = {"della": s["epsilon"], "geometric_median": s["median_epsilon"]}.get(get_method(s["method"]).name)
+        make_combine_settings(arch, len(tree["models"]), s["method"], s["alpha"], s["weights"], s["density"],
+                              s["drop_rate"], eps, s["top"], s["bottom"], s["iterations"], s["seed"],
+                              s["blocks_alpha"], s["elemental"], s["include_exclude"])
+    else:
+        make_settings(arch, **recipe.replay_settings(tree["settings"]))
+
+
+def _valid_recipes():
+    """(name, sd_merge_recipe object, sd_merge_models object): one of ours (a combine step inside a merge
+    step, and a CLIP step) and one SuperMerger-made."""
+    arch = detect(SD1_SHAPES)
+    combine = {"kind": "combine", "settings": dict(recipe.COMBINE_DEFAULTS, method="geometric_median",
+                                                   weights="1,1", iterations=50),
+               "supermerger": {"mode": "combine:geometric_median"}, "a": recipe.leaf("base.safetensors", "c" * 64),
+               "models": [recipe.leaf("m1.safetensors", "d" * 64), recipe.unknown("model_2")]}
+    params = {"mode": "sum Twice", "alpha": 0.3, "beta": 0.2, "blocks_alpha": "GRAD_V", "calcmode": "normal",
+              "elemental": "OUT03:attn2:0.5", "include_exclude": "exclude: VAE", "seed": 7}
+    settings = make_settings(arch, **params)
+    model = recipe.merge_step("checkpoint", params, settings, {"a": combine, "b": recipe.leaf("b.safetensors", "b" * 64),
+                                                                "c": recipe.leaf("c.safetensors")})
+    clip = recipe.merge_step("clip", {"mode": "Weight sum", "alpha": 0.5}, make_settings(arch, "Weight sum", 0.5),
+                             {"a": recipe.leaf("a.safetensors"), "b": recipe.leaf("b.safetensors")})
+    ours = json.loads(recipe.file_metadata(model, clip)["sd_merge_recipe"])
+    sm = {"type": "sd-webui-supermerger", "weights_alpha": None, "weights_beta": None, "model_a": "a" * 64,
+          "model_b": "b" * 64, "model_c": "a" * 64, "base_alpha": 0.4, "base_beta": 0.1,
+          "mode": "Triple sum:A*(1-alpha-beta)+B*alpha+C*beta", "mbw": True, "weights_alpha_orig": "GRAD_V",
+          "weights_beta_orig": "FLAT_25", "elemental_merge": ["OUT03:attn2:0.5"], "calcmode": "normal"}
+    models = {"a" * 64: {"name": "A.safetensors"}, "b" * 64: {"name": "B.safetensors"}}
+    return arch, [("ours", ours, {}), ("supermerger", sm, models)]
+
+
+def _paths(value, path=()):
+    """Every (path) into a JSON value: dict keys and list indexes."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield path + (k,)
+            yield from _paths(v, path + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield path + (i,)
+            yield from _paths(v, path + (i,))
+
+
+DROPPED = object()
+WRONG = [DROPPED, None, True, -1, 0, 2 ** 64, 1e308, -0.5, "x", "", [], {}, [1], {"z": 1}]
+
+
+def _mutated(value, path, new):
+    out = json.loads(json.dumps(value))
+    *head, last = path
+    holder = out
+    for p in head:
+        holder = holder[p]
+    if new is DROPPED:
+        del holder[last]
+    else:
+        holder[last] = new
+    return out
+
+
+def test_every_recipe_field_dropped_or_mistyped_gives_a_one_line_input_error():
+    """Load Recipe reads a file's metadata, which anyone can write: drop each field of a valid recipe in
+    turn, or give it a wrong type or value, and the parser plus the settings it replays raise
+    MergeInputError only (a bare TypeError for a step without beta was issue #31's probe)."""
+    arch, cases = _valid_recipes()
+    for name, sm, models in cases:
+        for source in (sm, models) if models else (sm,):
+            trees = recipe.parse_file_recipe({"sd_merge_recipe": json.dumps(sm), "sd_merge_models": json.dumps(models)})
+            for tree in trees.values():
+                _replay_settings(tree, arch)  # the valid recipe replays
+            tried = 0
+            for path in list(_paths(source)):
+                for new in WRONG:
+                    if isinstance(path[-1], int) and new is DROPPED:
+                        continue
+                    changed = _mutated(source, path, new)
+                    meta = {"sd_merge_recipe": json.dumps(changed if source is sm else sm),
+                            "sd_merge_models": json.dumps(changed if source is models else models)}
+                    tried += 1
+                    try:
+                        trees = recipe.parse_file_recipe(meta, "ckpt_name", "x.safetensors")
+                        assert any(t is not None for t in trees.values()), (name, path, new)  # something to replay
+                        for tree in trees.values():
+                            _replay_settings(tree, arch)
+                    except MergeInputError as exc:
+                        assert "\n" not in str(exc) and "Fix:" in str(exc), (name, path, new, str(exc))
+                    except Exception as exc:  # noqa: BLE001 - the point of the test
+                        pytest.fail(f"{name} {path} = {new!r}: raw {type(exc).__name__}: {exc}")
+            assert tried > (100 if source is sm else 20)
+
+
+@pytest.mark.parametrize("value, ok", [(1, True), (10_000, True), (0, False), (10_001, False), (2 ** 63, False),
+                                       (-1, False), (50.0, False), (True, False)])
+def test_recipe_iterations_are_bounded_like_the_widget(value, ok):
+    """A crafted iteration count (up to 2**64 was accepted) would hang the server past /interrupt."""
+    arch, [(_, ours, _m), _sm] = _valid_recipes()
+    ours["merge_suite"]["model"]["a"]["settings"]["iterations"] = value
+    meta = {"sd_merge_recipe": json.dumps(ours)}
+    if ok:
+        recipe.parse_file_recipe(meta)
+        return
+    with pytest.raises(MergeInputError) as info:
+        recipe.parse_file_recipe(meta, "ckpt_name", "x.safetensors")
+    text = str(info.value)
+    assert "recipe field 'merge_suite.model.a.settings.iterations'" in text and "from 1 to 10000" in text
+
+
+def test_recipe_step_without_settings_keys_takes_their_defaults():
+    """A step written by an older version (or by hand) without beta, blocks or calcmode replays with the
+    defaults the node's widgets have."""
+    arch, [(_, ours, _m), _sm] = _valid_recipes()
+    settings = ours["merge_suite"]["clip"]["settings"]
+    for key in ("beta", "blocks_alpha", "calcmode", "seed", "mode"):
+        del settings[key]
+    tree = recipe.parse_file_recipe({"sd_merge_recipe": json.dumps(ours)})["clip"]
+    assert recipe.replay_settings(tree["settings"]) == dict(recipe.SETTING_DEFAULTS, alpha=0.5)
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_deeply_nested_recipe_metadata_is_a_one_line_error(depth):
+    for field in ("sd_merge_recipe", "sd_merge_models"):
+        nested = "[" * depth + "]" * depth
+        meta = {"sd_merge_recipe": nested if field == "sd_merge_recipe" else '{"mode": "Weight sum"}',
+                "sd_merge_models": nested if field == "sd_merge_models" else "{}"}
+        with pytest.raises(MergeInputError) as info:
+            recipe.parse_file_recipe(meta, "ckpt_name", "x.safetensors")
+        assert "\n" not in str(info.value) and "'x.safetensors'" in str(info.value)
+    inside = json.dumps({"merge_suite": {"model": None, "clip": None}, "mode": "Weight sum"})
+    inside = inside.replace("null", "[" * 900 + "]" * 900, 1)  # deep, yet under the parser's own limit
+    with pytest.raises(MergeInputError):
+        recipe.parse_file_recipe({"sd_merge_recipe": inside}, "ckpt_name", "x.safetensors")
