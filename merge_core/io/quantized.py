@@ -19,13 +19,13 @@ scale applied); scale, marker and config tensors are consumed here and never rea
 """
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import torch
 
 from ..errors import MergeInputError
 from .fp8 import FP8, widen
+from .json_limits import loads_bounded
 from .sources import FileSource
 
 MARKER = "scaled_fp8"
@@ -112,8 +112,8 @@ class QuantizedFileSource(FileSource):
         key = layer + "." + LAYER_CONFIG
         if key in self.reader.tensors:
             try:
-                config = json.loads(self.reader.get(key).numpy().tobytes())
-            except (ValueError, UnicodeDecodeError):
+                config = loads_bounded(self.reader.get(key).numpy().tobytes(), f"'{key}'")
+            except ValueError:
                 config = None
             if not isinstance(config, dict):
                 raise MergeInputError(self.input_name, f"'{self.name}': '{key}' is not a JSON object.",
@@ -210,7 +210,7 @@ def needs_dequantising(reader) -> bool:
 def layer_config(metadata: dict) -> Optional[dict]:
     """The mixed-precision layer table of a file's metadata (None when absent or malformed)."""
     try:
-        layers = json.loads(metadata.get(QUANT_METADATA, "")).get("layers")
+        layers = loads_bounded(metadata.get(QUANT_METADATA, ""), QUANT_METADATA).get("layers")
     except (ValueError, AttributeError):
         return None
     return layers if isinstance(layers, dict) else None

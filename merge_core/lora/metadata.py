@@ -5,6 +5,7 @@ import json
 
 from ..architectures import Architecture
 from ..errors import MergeInputError
+from ..io.json_limits import loads_bounded
 from .blocks import LoraItem, blocks26_text
 from .families import BASE_MODEL_VERSION, MODELSPEC_ARCH
 from .files import LoraFile
@@ -31,7 +32,7 @@ def extraction_metadata(arch: Architecture, rank: int, conv_rank: int, title: st
 def _tags(value) -> dict:
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = loads_bounded(value, "ss_tag_frequency")
         except ValueError:
             return {}
     return value if isinstance(value, dict) else {}
@@ -65,8 +66,9 @@ def merged_metadata(inputs: list[tuple[LoraItem, LoraFile, dict[str, float]]], m
             for m in per_input:
                 for dataset, freq in _tags(m.get("ss_tag_frequency")).items():
                     bucket = tags.setdefault(dataset, {})
-                    for tag, count in (freq or {}).items():
-                        bucket[tag] = bucket.get(tag, 0) + count
+                    for tag, count in (freq.items() if isinstance(freq, dict) else ()):
+                        if isinstance(count, (int, float)) and not isinstance(count, bool):  # skip damaged counts
+                            bucket[tag] = bucket.get(tag, 0) + count
             if tags:
                 meta["ss_tag_frequency"] = tags
     meta.pop("ss_output_name", None)

@@ -1,5 +1,6 @@
 """merge_core/io/buffers.py: a streamed merge reuses its read buffers, and never a caller's tensor or a
 buffer a result lives in."""
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -77,3 +78,29 @@ def test_a_file_merge_computes_later_keys_into_written_results_memory(tmp_path, 
     written = load_file(str(tmp_path / "o.safetensors"))
     for key in a:
         assert torch.equal(written[key], in_memory[key]), key
+
+
+def test_deeply_nested_json_is_a_one_line_error_not_a_recursion_error(tmp_path):
+    """Issue 31: a header of 100,000 nested brackets (and the same inside metadata the readers parse)."""
+    import struct
+
+    from merge_core.errors import MergeInputError
+    from merge_core.io.json_limits import loads_bounded
+    from merge_core.io.quantized import layer_config
+    from merge_core.io.safetensors_file import SafetensorsReader
+    from merge_core.lora.metadata import _tags
+    deep = "[" * 100_000
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", len(deep)) + deep.encode())
+    before = path.read_bytes()
+    with pytest.raises(MergeInputError) as info:
+        SafetensorsReader(path, "model_a")
+    text = str(info.value)
+    assert "\n" not in text and "deep.safetensors" in text and "nested more than" in text, text
+    assert path.read_bytes() == before
+    for bad in (deep, "{" + '"a":[' * 300 + "1" + "]" * 300 + "}", b"\xff", "[1,"):
+        with pytest.raises(ValueError, match="the cache"):
+            loads_bounded(bad, "the cache")
+    assert loads_bounded('{"a": [1, {"b": 2}]}', "x") == {"a": [1, {"b": 2}]}
+    assert layer_config({"_quantization_metadata": deep}) is None
+    assert _tags(deep) == {}
