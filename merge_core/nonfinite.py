@@ -142,7 +142,7 @@ def result_error(key: str, method: str, input_name: str = "method", dtype: Optio
     where = f", beyond the range of {str(dtype).removeprefix('torch.')}," if dtype is not None else ""
     return NonFiniteResult(
         input_name, f"{method} gives NaN/inf values at key '{key}'{where} although its inputs there are finite: "
-                    "these settings break the model, so nothing was written.",
+                    "these settings break the model, so it is neither written nor used.",
         fix or "lower alpha, the weights or the drop rate (kept values are scaled by 1/(1 - p)), or write fp32.")
 
 

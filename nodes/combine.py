@@ -19,8 +19,8 @@ from ..merge_core.blocks.presets import preset_names
 from ..merge_core.combine import make_combine_settings, plan_combine
 from ..merge_core.methods.nway import MAX_ITERATIONS, METHOD_NAMES, METHODS, MethodParams, combine_key, get_method
 from ..merge_core.report import applied_report
-from .comfy_models import (apply_plan, architecture_of, base_layout, effective_weight, key_patches, lazy_adapter,
-                           note_fallbacks, shapes_of)
+from .comfy_models import (apply_plan, architecture_of, base_layout, check_loaded, effective_weight, key_patches,
+                           lazy_adapter, note_fallbacks, shapes_of)
 from .errors import named_errors
 from .merge import (BLOCKS_TIP, CATEGORY, CUSTOM, PRESET_TIP, RECIPE_TIP, REPORT_TIP, _block_text, merge_params,
                     node_label)
@@ -101,7 +101,9 @@ def plan_models(base: Any, models: list[tuple[str, Any]], params: dict, kind: st
         _block_text(params.get("blocks_alpha_preset", CUSTOM), params.get("blocks_alpha", ""), "blocks_alpha"),
         params.get("elemental", ""), params.get("include_exclude", ""))
     dtypes = {"a": base_dtypes} | {n: {k: v[0][0].dtype for k, v in p.items()} for n, p in patches.items()}
-    return plan_combine(settings, arch, base_shapes, model_shapes, dtypes), patches
+    plan = plan_combine(settings, arch, base_shapes, model_shapes, dtypes)
+    plan.base_dtypes = base_dtypes  # the layers' dtypes, which ComfyUI rounds each merged key into at load
+    return plan, patches
 
 
 def _epsilon(params: dict):
@@ -112,16 +114,19 @@ def _epsilon(params: dict):
             "geometric_median": params.get("median_epsilon", MethodParams.median_eps)}.get(name)
 
 
-def combine_adapter(plan, kp, lists: list):
+def combine_adapter(plan, kp, lists: list, label: str = "Combine"):
     """base + alpha * delta of one key at load time (per key, so lazy: nothing is held but patch lists).
-    An inpainting base's offset patch hands over weight[:, :n] already narrowed."""
+    An inpainting base's offset patch hands over weight[:, :n] already narrowed. A NaN/inf result, or one beyond
+    the layer's dtype, from finite inputs is an error naming the node (label), the key and the method."""
     s = plan.settings
+    dtype = getattr(plan, "base_dtypes", {}).get(kp.key)
 
     def compute(weight):
         models = [effective_weight(plist, weight.device) for plist in lists]
         notes: list = []
         result = combine_key(s.method, s.method_params, kp.key, kp.alpha, weight, models, notes)
         note_fallbacks(plan.fallbacks, kp.key, notes)
+        check_loaded(result, [weight, *models], kp.key, s.method.name, "method", label, dtype)
         return result
 
     return lazy_adapter("merge_suite_combine", compute)
@@ -131,7 +136,7 @@ def combine_models(base: Any, models: list[tuple[str, Any]], params: dict, kind:
                    node: tuple = ("Combine", None)):
     plan, patches = plan_models(base, models, params, kind)
     patches, observers = watch_inputs(plan, base, kind, patches, *node)
-    prepared = {kp.key: (1.0, combine_adapter(plan, kp, [patches[n][kp.key] for n in plan.models]))
+    prepared = {kp.key: (1.0, combine_adapter(plan, kp, [patches[n][kp.key] for n in plan.models], node[0]))
                 for kp in plan.merged()}
     return apply_plan(base, plan, {}, prepared, first=observers), plan
 

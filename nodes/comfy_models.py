@@ -236,12 +236,13 @@ def check_same_architecture(archs: dict[str, Optional[Architecture]], kind: str)
 
 
 def apply_plan(base: Any, plan: MergePlan, others: dict[str, dict[str, list]], prepared=None,
-               first: Optional[dict] = None) -> Any:
+               first: Optional[dict] = None, last: Optional[dict] = None) -> Any:
     """A clone of ``base`` with the plan's linear steps added as nested patches.
 
     ``prepared`` (calc modes) maps each merged key to ready patches instead:
     {key: (strength, value)}, grouped the same way. ``first``: {key: value} added before every merge
-    patch (the NaN/inf observers of A, nonfinite_watch.py).
+    patch (the NaN/inf observers of A, nonfinite_watch.py); ``last``: {key: value} added after them all (the
+    checks of a result that may leave its layer's range, nonfinite_watch.result_check).
 
     One add_patches call per (step, strength, keep) group: core's add_patches
     rebuilds the module state dict on every call, so per-key calls are O(n^2).
@@ -266,6 +267,8 @@ def apply_plan(base: Any, plan: MergePlan, others: dict[str, dict[str, list]], p
     for (index, strength, keep), patches in sorted(groups.items(), key=lambda item: item[0][0]):
         _add(merged, patches, strength, keep)
     add_adjust_patches(merged, [(kp.key, kp.adjust) for kp in plan.keys if kp.action == MERGE and kp.adjust])
+    if last:
+        _add(merged, last, 1.0, 1.0)
     return merged
 
 
@@ -355,8 +358,24 @@ def note_fallbacks(fallbacks: Optional[dict], key: str, notes: list) -> None:
         logging.warning("Merge Suite: %s at %s", notes[0], key)
 
 
-def make_calc_adapter(settings, kp, b_list, c_list, stats, fallbacks: Optional[dict] = None):
-    """A weight adapter that runs one key's calc mode when the model is loaded."""
+def check_loaded(result, inputs: list, key: str, method: str, input_name: str, label: str, dtype=None) -> None:
+    """A merged key computed at load (KSampler, Save Checkpoint): a NaN/inf result, or one beyond the range of
+    the layer's dtype ``dtype`` that ComfyUI rounds it into, while every input was finite, is an error naming
+    the node, the key and the method (merge_core/nonfinite.py says why); explained by NaN/inf inputs, it is
+    merged as the formula says (the input watch warns). One aminmax pass over the result."""
+    from ..merge_core.nonfinite import all_finite, check_result
+    from .errors import MergeNodeError
+    try:
+        check_result(result, key, method, lambda: all(all_finite(t) for t in inputs if t is not None), input_name,
+                     dtype, "lower alpha, the weights or the drop rate (kept values are scaled by 1/(1 - p)).")
+    except MergeInputError as exc:
+        raise MergeNodeError(exc.describe(label)) from None
+
+
+def make_calc_adapter(settings, kp, b_list, c_list, stats, fallbacks: Optional[dict] = None,
+                      label: str = "Merge", dtype=None):
+    """A weight adapter that runs one key's calc mode when the model is loaded; its result is checked
+    (check_loaded: label names the node, dtype is the layer's)."""
     import dataclasses
 
     from ..merge_core.engine import apply_calc
@@ -368,6 +387,8 @@ def make_calc_adapter(settings, kp, b_list, c_list, stats, fallbacks: Optional[d
         notes: list = []
         result = apply_calc(narrowed, settings, weight, b, c, stats, notes)
         note_fallbacks(fallbacks, kp.key, notes)
+        if result is not None:
+            check_loaded(result, [weight, b, c], kp.key, settings.calc.name, "calcmode", label, dtype)
         return result
 
     return lazy_adapter("merge_suite_calcmode", compute)

@@ -16,13 +16,13 @@ from ..merge_core.engine import cosine_statistics
 from ..merge_core.errors import MergeInputError
 from ..merge_core.methods.calcmodes import get_calc_mode, resolve_modes, smooth_delta
 from ..merge_core.methods.modes import MODE_LABELS, get_mode
-from ..merge_core.plan import MERGE, MergeSettings, build_plan
+from ..merge_core.plan import MERGE, MergeSettings, build_plan, require_targets, target_keys
 from ..merge_core.report import applied_report
 from .comfy_models import (apply_plan, architecture_of, base_layout, base_weights, check_same_architecture,
                            effective_weight, key_patches, make_calc_adapter, shapes_of, value_dtype)
 from .errors import named_errors
 from .merge_options import options_input
-from .nonfinite_watch import watch_inputs
+from .nonfinite_watch import result_check, watch_inputs
 from .recipe_tags import loader_file_names, set_recipe, source_of
 from .search import search_fields
 from .ui import merge_ui
@@ -125,7 +125,7 @@ def _progress(total: int):
     return update
 
 
-def prepare_calc(plan, a, kind: str, patches: dict, dtypes_a: dict, stats=None) -> dict:
+def prepare_calc(plan, a, kind: str, patches: dict, dtypes_a: dict, stats=None, label: str = "Merge") -> dict:
     """Per-key patches for a non-linear calc mode.
 
     smoothAdd is computed here, once: its filters take seconds per large tensor,
@@ -156,7 +156,8 @@ def prepare_calc(plan, a, kind: str, patches: dict, dtypes_a: dict, stats=None) 
         stats = shared_cosine_statistics([(plan, a, kind, patches)])
     for kp in merged:
         c_list = patches["c"][kp.key] if "c" in patches else None
-        prepared[kp.key] = (1.0, make_calc_adapter(settings, kp, patches["b"][kp.key], c_list, stats, plan.fallbacks))
+        prepared[kp.key] = (1.0, make_calc_adapter(settings, kp, patches["b"][kp.key], c_list, stats, plan.fallbacks,
+                                                   label, dtypes_a[kp.key]))
     return prepared
 
 
@@ -171,7 +172,7 @@ def shared_cosine_statistics(jobs: list) -> tuple:
     return cosine_statistics(*pairs[0], progress=_progress(total), also=tuple(pairs[1:]))
 
 
-def plan_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, like=None):
+def plan_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, like=None, check_targets: bool = True):
     """The merge plan of two or three MODELs (kind "model") or CLIPs (kind "clip"):
     (plan, B/C patches, A's dtypes, A's weights).
 
@@ -195,7 +196,8 @@ def plan_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, like
     settings = make_settings(arch, **params)
     try:
         dtypes = {"a": dtypes_a} | {name: {k: v[0][0].dtype for k, v in p.items()} for name, p in patches.items()}
-        plan = build_plan(arch, settings, shapes["a"], shapes["b"], shapes.get("c"), dtypes=dtypes)
+        plan = build_plan(arch, settings, shapes["a"], shapes["b"], shapes.get("c"), dtypes=dtypes,
+                          check_targets=check_targets)
     except MergeInputError as exc:  # plan errors speak of model_*; name this node's input
         if exc.input_name.startswith("model_"):
             exc = MergeInputError(kind + exc.input_name[5:], exc.problem, exc.fix)
@@ -211,9 +213,24 @@ def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, pla
     plan, patches, dtypes_a, weights_a = planned or plan_objects(kind, a, b, c, params)
     patches, observers = watch_inputs(plan, a, kind, patches, *node, a_weights=weights_a)
     if plan.settings.calc is None:
-        return apply_plan(a, plan, patches, first=observers), plan
-    prepared = prepare_calc(plan, a, kind, patches, dtypes_a, stats)
+        return apply_plan(a, plan, patches, first=observers, last=linear_checks(plan, patches, dtypes_a)), plan
+    prepared = prepare_calc(plan, a, kind, patches, dtypes_a, stats, node[0])
     return apply_plan(a, plan, patches, prepared, first=observers), plan
+
+
+def linear_checks(plan, patches: dict, dtypes_a: dict) -> dict:
+    """{key: result check} for the merged keys whose linear merge could leave the range of A's dtype (ComfyUI
+    rounds the merged weight into it): alpha or beta outside [0, 1], or inputs wider than A
+    (nonfinite.may_leave_range); none for a weight sum of equal dtypes with alpha in [0, 1]."""
+    from ..merge_core.nonfinite import may_leave_range
+    mode, watch = plan.settings.mode, plan.input_watch
+    checks = {}
+    for kp in plan.merged():
+        inputs = [dtypes_a[kp.key]] + [per_key[kp.key][0][0].dtype for per_key in patches.values()
+                                       if kp.key in per_key]
+        if may_leave_range(mode.name, kp.alpha, kp.beta, inputs, dtypes_a[kp.key]):
+            checks[kp.key] = result_check(watch, kp.key, mode.name, "mode", dtypes_a[kp.key])
+    return checks
 
 
 def node_label(cls, display: str) -> tuple[str, Optional[str]]:
@@ -305,8 +322,13 @@ class CheckpointMerge(io.ComfyNode):
     def execute(cls, model_a, clip_a, model_b, clip_b, model_c=None, clip_c=None, **inputs) -> io.NodeOutput:
         params, per_key = merge_params(inputs)
         with named_errors(cls.DISPLAY):
-            planned = {"model": plan_objects("model", model_a, model_b, model_c, params)}
-            planned["clip"] = plan_objects("clip", clip_a, clip_b, clip_c, params, like=planned["model"][0].arch)
+            planned = {"model": plan_objects("model", model_a, model_b, model_c, params, check_targets=False)}
+            planned["clip"] = plan_objects("clip", clip_a, clip_b, clip_c, params, like=planned["model"][0].arch,
+                                           check_targets=False)
+            # include/exclude targets and elemental rules select keys of the U-Net or of the text encoder
+            require_targets(planned["model"][0].arch, planned["model"][0].settings,
+                            [pair for k in ("model", "clip") for pair in
+                             target_keys(planned[k][0].arch, [kp.key for kp in planned[k][0].keys])])
             stats = None
             if planned["model"][0].settings.calc is not None and planned["model"][0].settings.calc.needs_stats:
                 stats = shared_cosine_statistics([(planned[k][0], a, k, planned[k][1])

@@ -136,6 +136,53 @@ def observer(watch: InputWatch, key: str, name: str, original=None):
     return _OBSERVER[0](set(), [_Seen(watch, key, name, original)])
 
 
+CHECK_NAME = "merge_suite_result_check"
+_CHECK: list = []
+
+
+class _Check:
+    """What one result check looks at; ``passed`` once the key's result was seen in range (the patch lists do
+    not change, so later loads and lowvram steps need no second pass)."""
+
+    def __init__(self, watch: "InputWatch", key: str, method: str, input_name: str, dtype):
+        self.watch, self.key, self.method, self.input_name, self.dtype = watch, key, method, input_name, dtype
+        self.passed = False
+
+
+def result_check(watch: InputWatch, key: str, method: str, input_name: str, dtype):
+    """A weight adapter placed after a key's merge patches: ComfyUI hands it the merged weight in float32, before
+    rounding it into the layer's dtype; a NaN/inf there, or a value beyond that dtype's range, while the key's
+    inputs were finite (the watch's counts: every observer of the key ran earlier in the same pass, or its
+    count was known), raises an error naming the node, the key and the method. Placed only where the merge can
+    leave the range (nonfinite.may_leave_range), so a plain weight sum costs nothing more."""
+    if not _CHECK:
+        from comfy.weight_adapter.base import WeightAdapterBase
+
+        class ResultCheck(WeightAdapterBase):
+            name = CHECK_NAME
+
+            def __init__(self, loaded_keys, weights):
+                self.loaded_keys, self.weights = loaded_keys, weights
+
+            def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                                 intermediate_dtype=None, original_weights=None):
+                check = self.weights[0]
+                if not check.passed:
+                    from ..merge_core.errors import MergeInputError
+                    from ..merge_core.nonfinite import check_result
+                    from .errors import MergeNodeError
+                    try:
+                        check.passed = check_result(
+                            weight, check.key, check.method, not check.watch.counts.get(check.key),
+                            check.input_name, check.dtype, "lower alpha or beta (or the block weights).")
+                    except MergeInputError as exc:
+                        raise MergeNodeError(exc.describe(check.watch.label)) from None
+                return weight
+
+        _CHECK.append(ResultCheck)
+    return _CHECK[0](set(), [_Check(watch, key, method, input_name, dtype)])
+
+
 def _watched(patch_list: list, adapter) -> list:
     """A copy of an input's patch list that ends with the observer (it sees the effective weight)."""
     return patch_list + [(1.0, adapter, 1.0, None, None)]
@@ -179,4 +226,5 @@ def watch_inputs(plan, a: Any, kind: str, patches: dict[str, dict[str, list]], l
             plan.nonfinite[kp.key] = found
             watch.counts[kp.key] = dict(found)  # the load-time warning names every count
     plan.nonfinite_pending = len(pending)
+    plan.input_watch = watch  # the result checks read its counts (result_check)
     return watched, a_observers
