@@ -2,6 +2,8 @@
 every output precision and equals the MODEL-merge node key by key; a second run reuses the file;
 an interrupt leaves no file."""
 import os
+import threading
+import time
 
 import pytest
 import torch
@@ -207,3 +209,163 @@ def test_bare_wan_diffusion_model_merges_keeping_its_naming_and_equals_the_model
     assert set(stored) == set(inputs[0])  # bare keys in, bare keys out
     assert type(model.model).__name__ == "WAN21"
     assert_within_rounding(model, ref, stored, inputs, lambda key: key[len(UNET):])
+
+
+# --- issue 31: the reuse key, concurrent identical merges, prefixes, NaN/inf inputs -------------
+
+def _counting(monkeypatch):
+    calls = []
+    real = file_merge.merge_files
+    monkeypatch.setattr(file_merge, "merge_files", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    return calls
+
+
+def _unet_merge(a, b, **extra):
+    return DiffusionModelFileMerge.execute(a, b, **dict(SETTINGS, **extra)).result[-1]
+
+
+def test_equal_names_sizes_and_times_in_two_folders_are_two_inputs(folders, monkeypatch):
+    """v1/model.safetensors and v2/model.safetensors, same size and mtime: the key holds the path in the
+    folder and the inode, so merging A with v2 does not load the earlier merge of A with v1."""
+    folder = folders["diffusion_models"]
+    b = load_file(folder / "unet_b.safetensors")
+    for sub, scale in (("v1", 1.0), ("v2", -0.5)):
+        (folder / sub).mkdir()
+        save_file({k: v * scale for k, v in b.items()}, folder / sub / "model.safetensors")
+    v1, v2 = folder / "v1" / "model.safetensors", folder / "v2" / "model.safetensors"
+    assert v1.stat().st_size == v2.stat().st_size
+    os.utime(v2, ns=(v1.stat().st_atime_ns, v1.stat().st_mtime_ns))
+    calls = _counting(monkeypatch)
+    first = _unet_merge("unet_a.safetensors", "v1/model.safetensors")
+    second = _unet_merge("unet_a.safetensors", "v2/model.safetensors")
+    assert len(calls) == 2 and first != second
+    assert not torch.equal(*(next(iter(load_file(folder / n).values())) for n in (first, second)))
+
+
+def test_input_rewritten_in_place_with_restored_mtime_is_merged_again(folders, monkeypatch):
+    """Same inode, same size, mtime set back with os.utime: the ctime (which no tool sets back) differs."""
+    folder = folders["diffusion_models"]
+    b = folder / "unet_b.safetensors"
+    calls = _counting(monkeypatch)
+    first = _unet_merge("unet_a.safetensors", "unet_b.safetensors")
+    before = b.stat()
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    changed = {k: v * 2 for k, v in load_file(b).items()}
+    from safetensors.torch import save as to_bytes
+    data = to_bytes(changed)
+    assert len(data) == before.st_size
+    with open(b, "r+b") as f:  # in place: same inode
+        f.write(data)
+    os.utime(b, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = b.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    second = _unet_merge("unet_a.safetensors", "unet_b.safetensors")
+    assert len(calls) == 2 and second != first
+    key = next(k for k in changed if changed[k].is_floating_point())
+    a = load_file(folder / "unet_a.safetensors")[key].float()
+    got = load_file(folder / second)[key].float()
+    torch.testing.assert_close(got, (a + (changed[key].float() - a) * SETTINGS["alpha"]).to(got.dtype).float(),
+                               rtol=1e-2, atol=1e-3)
+
+
+def _run_together(n, fn):
+    results, errors = [None] * n, []
+
+    def run(i):
+        try:
+            results[i] = fn()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    return results
+
+
+def test_two_identical_merges_at_once_take_turns_and_share_the_file(folders, monkeypatch):
+    """As two servers on one models folder: the second waits for the lock, then loads the first's file."""
+    calls = _counting(monkeypatch)
+    names = _run_together(2, lambda: _unet_merge("unet_a.safetensors", "unet_b.safetensors"))
+    assert names[0] == names[1] and len(calls) == 1
+    folder = folders["diffusion_models"]
+    assert files_in(folder) == ["merge_suite"]
+    assert os.listdir(folder / "merge_suite") == [os.path.basename(names[0])]
+    assert load_file(folder / names[0])
+    assert not [p for p in os.listdir(folder) if p.endswith(".lock")]  # the lock file is removed
+
+
+def test_unlocked_identical_merges_at_once_reuse_the_result_that_appeared(folders, monkeypatch):
+    """Without the lock (a file system that has none): both merge; the one that finds the other's file at
+    the target loads it instead of failing after its work."""
+    import contextlib
+    monkeypatch.setattr(file_merge, "same_merge_lock", lambda *a: contextlib.nullcontext())
+    barrier = threading.Barrier(2)
+    real = file_merge.existing_result
+    seen = set()
+
+    def both_look_first(*a):
+        found = real(*a)
+        if threading.get_ident() not in seen:  # both look before either writes
+            seen.add(threading.get_ident())
+            barrier.wait(60)
+        return found
+    monkeypatch.setattr(file_merge, "existing_result", both_look_first)
+    calls = _counting(monkeypatch)
+    names = _run_together(2, lambda: _unet_merge("unet_a.safetensors", "unet_b.safetensors"))
+    assert len(calls) == 2 and calls[0] == calls[1]  # the same automatic name for both
+    assert names[0] == names[1]
+    folder = folders["diffusion_models"] / "merge_suite"
+    assert os.listdir(folder) == [os.path.basename(names[0])]
+
+
+@pytest.mark.parametrize("prefix,words", [
+    ("new/a\0b", "NUL byte"),
+    ("new/" + "x" * 200, "at most 180"),
+    ("new/" + "d" * 256 + "/x", "folder name"),
+    ("new\\x", "backslash"),
+    ("../new/x", "points outside"),
+])
+def test_bad_prefix_is_refused_before_any_work_or_folder(folders, monkeypatch, prefix, words):
+    from merge_suite.nodes.errors import MergeNodeError
+    calls = _counting(monkeypatch)
+    with pytest.raises(MergeNodeError) as info:
+        DiffusionModelFileMerge.execute("unet_a.safetensors", "unet_b.safetensors", filename_prefix=prefix,
+                                        **SETTINGS)
+    text = str(info.value)
+    assert words in text and "filename_prefix" in text and "Merge Diffusion Model Files" in text
+    assert "\n" not in text and calls == []
+    assert files_in(folders["diffusion_models"]) == []
+    assert not os.path.exists(folders["diffusion_models"].parent / "new")
+
+
+def test_glob_characters_in_the_prefix_do_not_defeat_reuse(folders, monkeypatch):
+    calls = _counting(monkeypatch)
+    first = _unet_merge("unet_a.safetensors", "unet_b.safetensors", filename_prefix="s[1]/m[ab]*?")
+    again = _unet_merge("unet_a.safetensors", "unet_b.safetensors", filename_prefix="s[1]/m[ab]*?")
+    assert first == again and len(calls) == 1 and first.startswith(os.path.join("s[1]", "m[ab]*?_"))
+
+
+def test_a_failed_merge_leaves_no_folder(folders):
+    from merge_suite.nodes.errors import MergeNodeError
+    folder = folders["diffusion_models"]
+    save_file({"other.weight": torch.zeros(3)}, folder / "unet_other.safetensors")
+    with pytest.raises(MergeNodeError):
+        DiffusionModelFileMerge.execute("unet_a.safetensors", "unet_other.safetensors",
+                                        filename_prefix="fresh/sub/x", **SETTINGS)
+    assert not (folder / "fresh").exists()
+
+
+def test_nonfinite_input_values_are_logged(folders, caplog):
+    folder = folders["diffusion_models"]
+    b = load_file(folder / "unet_b.safetensors")
+    key = next(k for k, v in b.items() if v.is_floating_point() and v.numel() > 4)
+    b[key] = b[key].clone()
+    b[key].view(-1)[:3] = float("nan")
+    save_file(b, folder / "unet_nan.safetensors")
+    with caplog.at_level("WARNING"):
+        _unet_merge("unet_a.safetensors", "unet_nan.safetensors")
+    lines = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
+    assert len(lines) == 1 and f"{key} (B: 3)" in lines[0] and "input files" in lines[0], lines

@@ -216,3 +216,33 @@ def test_sdxl_save_reloads_exactly_with_modelspec(ckpt_dir, tiny):
     assert all(torch.equal(got[k], want[k]) for k in want)
     want_c, got_c = effective(clip), effective(rclip)
     assert all(torch.equal(got_c[k], want_c[k].half().float()) for k in want_c if not k.endswith(UNSAVED))
+
+
+@pytest.mark.parametrize("prefix,words", [
+    ("new/a\0b", "NUL byte"),
+    ("new/" + "x" * 300, "is 300 bytes long; at most 180"),
+    ("new/" + "d" * 256 + "/x", "folder name"),
+    ("new\\x", "backslash"),
+])
+def test_hostile_prefix_is_refused_before_any_folder(prefix, words, ckpt_dir, monkeypatch):
+    """NUL, names too long for the file system, a backslash (issue 31): one line, nothing created."""
+    model, clip, vae, _ = merged_pair(monkeypatch)
+    before = sorted(p.name for p in ckpt_dir.iterdir())
+    with pytest.raises(MergeNodeError) as info:
+        SaveCheckpoint.execute(model, clip, vae, filename_prefix=prefix, precision="fp16")
+    text = str(info.value)
+    assert words in text and "filename_prefix" in text and "Save Checkpoint" in text and "\n" not in text
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == before
+
+
+def test_glob_characters_are_names_and_dates_expand(ckpt_dir, monkeypatch):
+    """'x[1]' is a name (the counter goes on from the files there), and ComfyUI's %year% placeholders work."""
+    import time
+    model, clip, vae, _ = merged_pair(monkeypatch)
+    (ckpt_dir / "g[1]").mkdir()
+    (ckpt_dir / "g[1]" / "x_00007_.safetensors").write_bytes(b"a file of an earlier save")
+    (ckpt_dir / "g[1]" / "x1_00009_.safetensors").write_bytes(b"another name: not counted")
+    got = SaveCheckpoint.execute(model, clip, vae, filename_prefix="g[1]/x", precision="fp16").result[0]
+    assert got == str(ckpt_dir / "g[1]" / "x_00008_.safetensors")
+    dated = SaveCheckpoint.execute(model, clip, vae, filename_prefix="%year%/d", precision="fp16").result[0]
+    assert dated == str(ckpt_dir / str(time.localtime().tm_year) / "d_00001_.safetensors")

@@ -163,3 +163,89 @@ def test_a_file_that_cannot_fit_is_refused_before_any_work(tmp_path, monkeypatch
     monkeypatch.setattr(shutil, "disk_usage", real)
     SafetensorsWriter(out, [("k", torch.float32, (64, 64))]).abort()  # with the real free space it starts
     assert seen
+
+
+# --- issue 31: special files, prefixes, a damaged hash cache -----------------------------------
+
+def _special_targets(tmp_path):
+    """(target, check it is still what it was): a FIFO, a symlink to /dev/null (never opened here: the
+    refusal comes before any open), a socket."""
+    import socket
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    null_link = tmp_path / "null.csv"
+    null_link.symlink_to("/dev/null")
+    sock_path = tmp_path / "s.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    sock.close()
+    return [(fifo, "FIFO", lambda: stat.S_ISFIFO(os.stat(fifo).st_mode)),
+            (null_link, "character device", lambda: stat.S_ISCHR(os.stat(null_link).st_mode)
+             and os.readlink(null_link) == "/dev/null" and stat.S_ISCHR(os.stat("/dev/null").st_mode)),
+            (sock_path, "socket", lambda: stat.S_ISSOCK(os.lstat(sock_path).st_mode))]
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_only_regular_files_are_replaced(tmp_path, overwrite):
+    opened = []
+    real_open = os.open
+    for target, kind, unchanged in _special_targets(tmp_path):
+        try:
+            os.open = lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k)
+            with pytest.raises(MergeInputError, match=f"{kind}.*not a regular file.*only regular files"):
+                write_bytes(target, b"csv", overwrite=overwrite, input_name="--csv")
+        finally:
+            os.open = real_open
+        assert unchanged(), target
+    assert opened == []  # refused before anything was opened or created
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
+
+
+def test_check_target_names_the_link_and_where_it_points(tmp_path):
+    from merge_core.io.output_file import check_target
+    (tmp_path / "out").symlink_to("/dev/null")
+    with pytest.raises(MergeInputError) as info:
+        check_target(tmp_path / "out", overwrite=True, input_name="-o")
+    assert "a link to '/dev/null'" in str(info.value) and "\n" not in str(info.value)
+    # a regular file is still replaced
+    (tmp_path / "f").write_bytes(b"old")
+    write_bytes(tmp_path / "f", b"new", overwrite=True)
+    assert (tmp_path / "f").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("prefix,words", [
+    ("a\0b", "NUL byte"),
+    ("sub/x\ny", "control character '\\n'"),
+    ("..\\x", "backslash"),
+    ("x" * 181, "file name 'xxxxxxxxxxxxxxxxxxxxxxxx...' is 181 bytes long; at most 180"),
+    ("é" * 91, "is 182 bytes long"),  # bytes, not characters
+    ("f" * 256 + "/x", "folder name"),
+    ("   ", "is empty"),
+])
+def test_check_prefix_refuses(tmp_path, prefix, words):
+    from merge_core.io.output_file import check_prefix
+    with pytest.raises(MergeInputError) as info:
+        check_prefix(prefix, "loras")
+    text = str(info.value)
+    assert words in text and "filename_prefix" in text and "Fix:" in text and "\n" not in text
+
+
+def test_check_prefix_accepts_ordinary_names():
+    from merge_core.io.output_file import check_prefix
+    for prefix in (" merge_suite/x[1] ", "a/b/c", "x" * 180, "f" * 255 + "/x", "%year%/merged"):
+        assert check_prefix(prefix, "checkpoints") == prefix.strip()
+
+
+def test_deeply_nested_hash_cache_is_ignored_and_rebuilt(tmp_path, caplog):
+    model = tmp_path / "m.bin"
+    model.write_bytes(b"weights")
+    cache = tmp_path / "cache.json"
+    cache.write_text("[" * 100_000 + "]" * 100_000)
+    filehash._MEMORY.clear()
+    with caplog.at_level("WARNING", logger="merge_suite"):
+        digest = file_sha256(model, cache)
+    assert digest == __import__("hashlib").sha256(b"weights").hexdigest()
+    assert any("nested more than" in r.getMessage() and "rebuilt" in r.getMessage() for r in caplog.records)
+    assert list(json.loads(cache.read_text()).values()) == [digest]  # rebuilt as a valid cache
+    filehash._MEMORY.clear()
+    assert file_sha256(model, cache) == digest
