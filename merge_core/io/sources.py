@@ -11,6 +11,7 @@ from typing import Mapping, Optional, Protocol
 
 import torch
 
+from ..errors import MergeInputError
 from .buffers import BufferPool
 from .safetensors_file import SafetensorsReader
 
@@ -91,7 +92,8 @@ def open_source(path_or_dict, name: str = "model", input_name: str = "file") -> 
         from .gguf_file import GGUFSource
         return GGUFSource(path, input_name)
     if not path.endswith(".safetensors"):
-        raise ValueError(f"'{path}': only .safetensors and .gguf files are read (pickled .ckpt files can run code)")
+        raise MergeInputError(input_name, f"'{path}' is neither a .safetensors nor a .gguf file (pickled .ckpt "
+                              "and .pt files can run code when read).", "convert it to safetensors first.")
     source = FileSource(path, input_name)
     from .quantized import QuantizedFileSource, needs_dequantising
     if needs_dequantising(source.reader):  # fp8 or scaled weights: float32 out, scale tensors consumed

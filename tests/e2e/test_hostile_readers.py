@@ -74,6 +74,7 @@ def make_inputs(folder: Path) -> None:
     deep = b"[" * 100_000
     (folder / "deep.safetensors").write_bytes(struct.pack("<Q", len(deep)) + deep)
     save_file(a, str(folder / "a.safetensors"))
+    (folder / "old.ckpt").write_bytes(b"a pickle is never opened")
     wide = dict(b)
     wide[QKV] = torch.randn(wide[QKV].shape[0], wide[QKV].shape[1] + 8) * 0.05
     save_file(wide, str(folder / "b_wide.safetensors"))
@@ -102,6 +103,8 @@ CLI_CASES = [
      ["TUNED", "deep.safetensors", "nested more than"]),
     ("extract-shapes-differ", ["lora-extract", "{a.safetensors}", "{b_wide.safetensors}", "--rank", "2", "-o",
                                "{out}"], ["ORIGINAL", f"tensor '{QKV}' has shape", "but model A has"]),
+    ("extract-ckpt", ["lora-extract", "{old.ckpt}", "{a.safetensors}", "-o", "{out}"],
+     ["TUNED", "old.ckpt", "convert it to safetensors"]),
     ("extract-gguf-ok", ["lora-extract", "{a.gguf}", "{b.gguf}", "--rank", "2", "-o", "{out}"], ONE_LINE),
     ("merge-gguf-ok", ["merge", "{a.gguf}", "{b.gguf}", "-q", "-o", "{out}"], ONE_LINE),
 ]
