@@ -247,6 +247,21 @@ class _FileMerge(io.ComfyNode):
         return ()
 
     @classmethod
+    def fingerprint_inputs(cls, file_a=None, file_b=None, file_c=NONE, **_) -> str:
+        """The input files' identities (_identity): ComfyUI runs the node again when a file changed on disk
+        (rewritten in place, replaced) instead of returning its cached output for the same widget values."""
+        import folder_paths
+        roots = folder_paths.get_folder_paths(cls.FOLDER)
+        seen = []
+        for value in (file_a, file_b, file_c):
+            full = folder_paths.get_full_path(cls.FOLDER, value) if isinstance(value, str) and value != NONE else None
+            try:
+                seen.append(_identity(full, roots) if full else value)
+            except (OSError, ValueError):
+                seen.append(value)
+        return json.dumps(seen, default=str)
+
+    @classmethod
     def _merged(cls, paths: dict, prefix: str, key: str, settings: dict, precision: str, layout: str) -> Path:
         """The file for this content key: found, or merged now. A file of the same key that appears at the
         target while merging (another server that does not share our lock) is the same result: it is used
