@@ -132,3 +132,71 @@ def test_calc_mode_and_combine_inputs_are_checked_at_load(caplog):
     assert PENDING in report
     load_for_sampling(combined)
     assert f"Combine Models: {WARNING}{KEY} (M2: 2)" in warnings_of(caplog)
+
+
+# --- a merged result that its finite inputs do not explain ----------------------------------------------
+
+def half(seed: int, value=None):
+    """A tiny SD1 model with float16 layers (ComfyUI rounds a merged weight into them at load); KEY filled."""
+    model = tiny_models.build_model("sd1", seed)
+    model.model.diffusion_model.half()
+    if value is not None:
+        with torch.no_grad():
+            model.model.diffusion_model.input_blocks[1][0].in_layers[2].weight.fill_(value)
+    return model
+
+
+def combined(base, models, **settings):
+    inputs = dict(method="task_arithmetic", alpha=1.0, weights="", density=0.2, drop_rate=0.9, epsilon=0.1,
+                  top=0.01, bottom=0.1, iterations=100, seed=0, blocks_alpha_preset="custom", blocks_alpha="")
+    return CombineModels.execute(base=base, **(inputs | settings),
+                                 **{f"model_{i + 1}": m for i, m in enumerate(models)}).result[0]
+
+
+def test_a_combine_result_beyond_the_layers_dtype_stops_the_load_naming_key_and_method():
+    from merge_suite.nodes.errors import MergeNodeError
+    from merge_suite.nodes.save import SaveCheckpoint
+    base, m = half(31, 0.0), half(32, 100.0)
+    merged = combined(base, [m, m], weights="1000,1000")  # 2e5 at KEY: beyond float16
+    with pytest.raises(MergeNodeError) as info:
+        load_for_sampling(merged)
+    text = str(info.value)
+    assert text.startswith("Combine Models") and "input 'method'" in text and "task_arithmetic" in text
+    assert f"'{KEY}'" in text and "float16" in text and "\n" not in text
+    comfy.model_management.unload_all_models()
+    from pathlib import Path
+
+    import folder_paths
+    folder = Path(folder_paths.get_folder_paths("checkpoints")[0]) / "nonfinite_result"
+    with pytest.raises(MergeNodeError, match="task_arithmetic"):
+        SaveCheckpoint.execute(merged, filename_prefix="nonfinite_result/x", precision="fp16")
+    assert not folder.exists() or not any(folder.iterdir())
+    # within range the same merge loads, and its value is the formula's
+    fine = combined(base, [m, m], weights="100,100")
+    comfy.model_management.load_models_gpu([fine])
+    assert float(fine.model.diffusion_model.input_blocks[1][0].in_layers[2].weight.float().max()) == 20000.0
+    comfy.model_management.unload_all_models()
+
+
+def test_a_linear_merge_beyond_the_layers_dtype_stops_the_load_and_a_weight_sum_adds_no_check():
+    from merge_suite.nodes.errors import MergeNodeError
+    from merge_suite.nodes.nonfinite_watch import CHECK_NAME
+    a, b = half(33, 0.0), half(34, 100.0)
+    merged, _ = merge(a, b, mode="Weight sum", alpha=1000.0, beta=0.0)
+    assert getattr(merged.patches[KEY][-1][1], "name", None) == CHECK_NAME
+    with pytest.raises(MergeNodeError) as info:
+        load_for_sampling(merged)
+    assert "Merge Models" in str(info.value) and "weight_sum" in str(info.value) and KEY in str(info.value)
+    comfy.model_management.unload_all_models()
+    plain, _ = merge(a, b, mode="Weight sum", alpha=0.5, beta=0.0)
+    assert not any(getattr(p[1], "name", None) == CHECK_NAME for patches in plain.patches.values() for p in patches)
+
+
+def test_nan_inputs_still_load_as_the_formula_says_with_the_result_check_in_place(caplog):
+    a, b = half(35, 0.0), broken(36, 2)
+    b.model.diffusion_model.half()
+    from merge_suite.nodes.nonfinite_watch import CHECK_NAME
+    merged, _ = merge(a, b, mode="Weight sum", alpha=2.0, beta=0.0)
+    assert getattr(merged.patches[KEY][-1][1], "name", None) == CHECK_NAME  # alpha 2: the result is checked
+    load_for_sampling(merged)  # the NaN of B explains the NaN of the result: warned, not refused
+    assert f"{KEY} (B: 2)" in warnings_of(caplog)
