@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 from .architectures import KEPT, NO_BLOCK, Architecture
-from .blocks.elemental import ElementalRule, elemental_alpha
+from .blocks.elemental import ElementalRule, elemental_alpha, require_rules_match
 from .blocks.selection import Selection, is_vae
 from .blocks.weights import BlockWeights
 from .errors import MergeInputError
@@ -176,12 +176,27 @@ def _shape_rule(key: str, sa: Sequence[int], sb: Sequence[int], other: str) -> O
         "merge models of the same architecture and size.")
 
 
+def target_keys(arch: Architecture, keys) -> list[tuple[str, str]]:
+    """(element name, block) of the keys that include/exclude targets and elemental rules can select."""
+    return [(arch.released_key(k), arch.block_of(k)) for k in keys if kept_reason(arch, k) is None]
+
+
+def require_targets(arch: Architecture, settings: MergeSettings, pairs: Sequence[tuple[str, str]]) -> None:
+    """Refuse an include/exclude target or an elemental rule that selects no key (a typo that would look
+    like success). ``pairs``: target_keys of every model the settings apply to, so that Merge Checkpoints
+    checks its U-Net and text encoder together (a U-Net block names no key of the text encoder)."""
+    if settings.selection is not None:
+        settings.selection.require_matches(pairs, arch, settings.elemental_full_key)
+    if settings.elemental:
+        require_rules_match(settings.elemental, pairs, arch, settings.elemental_full_key)
+
+
 def build_plan(arch: Architecture, settings: MergeSettings,
                shapes_a: Mapping[str, Sequence[int]],
                shapes_b: Mapping[str, Sequence[int]],
                shapes_c: Optional[Mapping[str, Sequence[int]]] = None,
                copy_b_only_keys: bool = False,
-               dtypes: Optional[Mapping[str, Mapping[str, Any]]] = None) -> MergePlan:
+               dtypes: Optional[Mapping[str, Mapping[str, Any]]] = None, check_targets: bool = True) -> MergePlan:
     """Decide, per key of A, whether it is merged (and with which ratios) or kept.
 
     Keys of A that are not mergeable names, or absent from B (or C when the mode
@@ -189,6 +204,7 @@ def build_plan(arch: Architecture, settings: MergeSettings,
     copied from B (SuperMerger's stage 2, with quirk 17 fixed: raw B, never B-C).
     dtypes ({"a"/"b"/"c": {key: torch dtype}}): a key that is an integer or bool tensor in
     any input keeps A, in every mode and calc mode (a formula would truncate or cast it).
+    check_targets=False: the caller runs require_targets itself, over several plans (Merge Checkpoints).
     """
     mode = settings.mode
     needs_c = settings.needs_c
@@ -196,10 +212,8 @@ def build_plan(arch: Architecture, settings: MergeSettings,
     if needs_c and shapes_c is None:
         raise MergeInputError("model_c", f"is required by '{what}' but is not connected.",
                               "connect a model C, or choose Weight sum.")
-    if settings.selection is not None:
-        settings.selection.require_matches(((arch.released_key(k), arch.block_of(k)) for k in shapes_a
-                                            if kept_reason(arch, k) is None), arch,
-                                           settings.elemental_full_key)
+    if check_targets and (settings.selection is not None or settings.elemental):
+        require_targets(arch, settings, target_keys(arch, shapes_a))
     plan = MergePlan(arch, settings)
     for key, shape_a in shapes_a.items():
         block = arch.block_of(key)

@@ -137,6 +137,32 @@ def parse_elemental(text: Optional[str], arch: Architecture, input_name: str = "
     return tuple(rules)
 
 
+def require_rules_match(rules: Sequence[ElementalRule], keys_and_blocks, arch: Architecture,
+                        full_key: bool = False, input_name: str = "elemental") -> None:
+    """Raise for the first rule whose blocks hold keys of this model while its element text matches none
+    of them: a typo (``IN01:attn3:0.5``) would otherwise leave the merge as it was and look like success,
+    as include/exclude refuse a target that selects no key. A rule whose blocks hold no key of this model
+    (U-Net blocks seen by a text encoder alone) is not refused: its blocks were checked against the layout."""
+    pairs = list(keys_and_blocks)
+    for rule in rules:
+        if not rule.elements:
+            continue
+        inside = [(key, block) for key, block in pairs
+                  if rule.blocks is None or (block in rule.blocks) != rule.blocks_not]
+        if inside and not any(rule.matches(key, block, full_key) for key, block in inside):
+            blocks = [b for b in arch.blocks if b in {block for _, block in inside}]
+            where = "" if rule.blocks is None else f" in block{'s' if len(blocks) > 1 else ''} " + \
+                ", ".join(blocks[:4]) + (f" (and {len(blocks) - 4} more)" if len(blocks) > 4 else "")
+            words = ("NOT " if rule.elements_not else "") + " ".join(rule.elements)
+            raise MergeInputError(
+                input_name, f"entry #{rule.position} '{rule.text}': elements '{words}' match no key{where} of "
+                            f"this {arch.label} model.",
+                "check the element text against the key names (the Elements node and 'python -m merge_core "
+                "elements FILE --block ID' list them" + ("; e.g. attn1, attn2, ff, proj_in" if arch.name_filter
+                                                         else "") + "), or leave the elements empty for every "
+                "key of the blocks.")
+
+
 def elemental_alpha(rules: Sequence[ElementalRule], key: str, block: str, alpha: float,
                     full_key: bool = False, seed: int = 0) -> tuple[float, Optional[ElementalRule]]:
     """alpha after the rules (the last matching one wins) and the rule that set it, if any.

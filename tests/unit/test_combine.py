@@ -33,7 +33,8 @@ def test_block_weights_and_elemental_set_each_keys_alpha(method, layout, n, sd1_
     snapshot = [{k: v.clone() for k, v in sd.items()} for sd in (base, *models)]
     alphas = [round(0.1 + 0.03 * i, 3) for i in range(len(names))]
     alphas[names.index("OUT02")] = 0.0  # a zero block keeps the base exactly
-    options = dict(method=method, blocks=",".join(map(str, alphas)), elemental="IN01:proj_in:0.25",
+    ruled = "IN01" if layout == "sd1" else "IN04"  # SDXL's IN01 has no attention: a rule there matches no key
+    options = dict(method=method, blocks=",".join(map(str, alphas)), elemental=f"{ruled}:proj_in:0.25",
                    density=0.5, drop_rate=0.5, seed=4, iterations=20)
     out = combine_state_dicts(base, models, **options)
     params = MethodParams(density=0.5, drop_rate=0.5, seed=4, iterations=20)
@@ -43,7 +44,7 @@ def test_block_weights_and_elemental_set_each_keys_alpha(method, layout, n, sd1_
             assert torch.equal(out[key], base[key]), key
             continue
         block = block_of(key)
-        alpha = 0.25 if (block == "IN01" and "proj_in" in key) else alphas[names.index(block)]
+        alpha = 0.25 if (block == ruled and "proj_in" in key) else alphas[names.index(block)]
         if alpha == 0.0:
             assert torch.equal(out[key], base[key]), key
             continue

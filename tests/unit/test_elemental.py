@@ -101,3 +101,39 @@ def test_parser_never_crashes(parts, arch):
         return
     for rule in rules:
         assert rule.blocks is None or rule.blocks <= set(arch.blocks)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("IN01:attn3:0.5", "entry #1 'IN01:attn3:0.5': elements 'attn3' match no key in block IN01 of this SD1.x model"),
+    ("OUT03:attn2:0.5\n:atn2:0.3", "entry #2 ':atn2:0.3': elements 'atn2' match no key of this SD1.x model"),
+    ("IN00:attn2:0.5", "in block IN00"),  # IN00 is the input conv alone
+    ("OUT03:NOT attn2 attn1 ff norm proj emb in_layers out_layers skip:1", "elements 'NOT attn2 attn1"),
+    ("M00 OUT00-OUT05:attn9:1", "in blocks M00, OUT00, OUT01, OUT02 (and 3 more)"),
+])
+def test_a_rule_matching_no_key_is_refused_like_include_exclude(sd1_keys, text, fragment):
+    """An element typo (issue #31: IN01:attn3:0.5) set nothing and the merge looked like a success; it is
+    refused as include/exclude refuse a target that selects no key, naming the entry and the blocks."""
+    a = small_model(sd1_keys, 1)
+    with pytest.raises(MergeInputError) as info:
+        merge_state_dicts(a, a, alpha=0.5, elemental=text)
+    assert info.value.input_name == "elemental" and fragment in str(info.value), str(info.value)
+    assert "\n" not in str(info.value) and "elements FILE" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["IN01:attn2:0.5", "IN00::0.5", "OUT03:NOT attn:0.2", "IN01:NOT zzz:0.2",
+                                  "NOT IN01:attn2:1", "BASE:self_attn:0.5", ":attn2:0.5"])
+def test_rules_matching_some_key_or_only_naming_blocks_pass(sd1_keys, text):
+    a = small_model(sd1_keys, 1)
+    merge_state_dicts(a, a, alpha=0.5, elemental=text)
+
+
+def test_a_rule_is_checked_against_the_keys_the_merge_can_select(sd1_keys):
+    """Keys that never merge (SuperMerger's name filter) are no match: a rule for them changes nothing."""
+    from merge_core.blocks.elemental import require_rules_match
+    rules = parse_elemental("BASE:position_ids:1", SD1)
+    assert any("position_ids" in k for k in small_model(sd1_keys, 1))
+    with pytest.raises(MergeInputError, match="match no key in block BASE"):
+        merge_state_dicts(small_model(sd1_keys, 1), small_model(sd1_keys, 1), alpha=0.5,
+                          elemental="BASE:position_ids:1")
+    require_rules_match(rules, [("x.position_ids.weight", "BASE")], SD1)  # a mergeable key would match
+    require_rules_match(rules, [("model.diffusion_model.out.2.weight", "OUT11")], SD1)  # BASE has no key here

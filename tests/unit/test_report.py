@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_report_counts_blocks_rules_and_exclusions(sd1_keys):
     a, b = small_model(sd1_keys, 1), small_model(sd1_keys, 2)
     plan = plan_merge({"a": DictSource(a), "b": DictSource(b)}, "Weight sum", blocks_alpha="FLAT_25",
-                      elemental="OUT03-OUT05:attn2:0.5\nIN11:nothing_matches:1", include_exclude="exclude: VAE")
+                      elemental="OUT03-OUT05:attn2:0.5\nIN11:in_layers:1\nIN11::0.3",  # rule 2: all overridden
+                      include_exclude="exclude: VAE")
     text = applied_report(plan, per_key=True)
     lines = text.splitlines()
     out04 = next(line for line in lines if line.startswith("OUT04 "))
@@ -26,7 +27,7 @@ def test_report_counts_blocks_rules_and_exclusions(sd1_keys):
     assert out04.split()[1:] == ["0.2500", "-", str(n_out04), "0", str(n_attn2)]
     rule = next(line for line in lines if line.startswith("1 "))
     assert rule.split()[-1] == str(3 * n_attn2)  # OUT03-OUT05 have the same transformer layout
-    assert "1 rule(s) matched no key, e.g. 'IN11:nothing_matches:1'" in text
+    assert "1 rule(s) matched no key, e.g. 'IN11:in_layers:1'" in text
     n_vae = sum(1 for k in sd1_keys if k.startswith("first_stage_model."))
     assert f"{n_vae} excluded" in text
     assert "model.diffusion_model.out.2.weight" in text  # per-key rows
