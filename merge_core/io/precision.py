@@ -41,6 +41,7 @@ import torch
 
 from ..errors import MergeInputError
 from .fp8 import narrow
+from .json_limits import loads_bounded
 from .quantized import (FP8, HEADER_LAYOUT, LAYER_CONFIG, LEGACY_LAYOUT, MARKER, MIXED_FP8, MIXED_FP8_E5M2,
                         PER_LAYER_LAYOUT, QUANT_METADATA, SCALED, UNET_PREFIX)
 
@@ -172,7 +173,7 @@ def _header(model, configs: Mapping[str, dict]) -> str:
     """``_quantization_metadata`` for the written layers, named as the model file names its layers
     (0.3.75 names a checkpoint's layers without the diffusion model's prefix, 0.33 with it)."""
     try:
-        table = json.loads(getattr(model, "quant_metadata", None) or "{}")
+        table = loads_bounded(getattr(model, "quant_metadata", None) or "{}", "model A's _quantization_metadata")
     except ValueError:
         table = {}
     full = getattr(model, "header_full_names", False)
