@@ -24,7 +24,11 @@ from ..merge_core.blocks.weights import parse_block_weights
 from ..merge_core.errors import MergeInputError
 
 PREFIX = "/merge_suite"
-MAX_BODY_BYTES = 1 << 20  # a block list or an elemental text is a few KB; more is a mistake or an attack
+# The longest real block list (SDXL's 110 values, or every block of Qwen-Image named) is about 2,000 characters:
+# a check's text is bounded at a few times that, and its body at that text with every character JSON-escaped
+# (\uXXXX), so one request costs milliseconds (a 1 MB body on layout flux1:999,999 took 17 s of CPU).
+MAX_TEXT_CHARS = 16_384
+MAX_BODY_BYTES = 6 * MAX_TEXT_CHARS + 1024
 LAYOUTS = {"sd1": SD1, "sdxl": SDXL}  # SD2 shares SD1's block list; "auto" block-weight checks try these
 # The transformer families at full size (a connected model's own layout comes from /merge_suite/layout).
 FAMILIES: dict[str, Architecture] = {a.name: a for a in TRANSFORMERS}
@@ -94,7 +98,15 @@ def layout_arch(name: str) -> Optional[Architecture]:
     if family not in FAMILIES or len(parts) != len(arch.numbered) or \
             not all(re.fullmatch(r"[0-9]{1,3}", n) for n in parts):
         return None
+    if any(int(n) > max_count(p) for p, n in zip(arch.numbered, parts)):
+        return None  # no real model of the family has that many blocks: each check would cost their number
     return dataclasses.replace(arch, counts=tuple((p.container, int(n)) for p, n in zip(arch.numbered, parts)))
+
+
+def max_count(part: Numbered) -> int:
+    """The most blocks a sized layout may give a numbered container: twice the full-size model's count
+    (16 for a container the full-size model lacks, such as Wan's VACE blocks), room for a larger variant."""
+    return max(2 * part.default, 16)
 
 
 def family_layout(name: str) -> dict:
@@ -210,6 +222,13 @@ def text_fields(raw: bytes, default_layout: str) -> tuple[str, str]:
     for name, value in (("text", text), ("layout", layout)):
         if not isinstance(value, str):
             raise BadRequest(f"'{name}' is a JSON {type(value).__name__}, not a string.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise BadRequest(f"'text' has {len(text)} characters; at most {MAX_TEXT_CHARS} are checked (the longest "
+                         "block list of any layout needs about 2,000).")
+    if ":" in layout and layout_arch(layout) is None:
+        raise BadRequest(f"'layout' '{layout[:40]}' is not a layout: give a family with its block counts as a "
+                         "merge reports them, such as flux1:19,38 (each count at most twice the family's "
+                         "full size), or sd1, sdxl, auto.")
     return text, layout
 
 

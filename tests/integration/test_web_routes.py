@@ -2,6 +2,7 @@
 import asyncio
 import gzip
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,24 @@ def test_merge_nodes_send_the_layout_they_used(tiny):
     sd = ModelMerge.execute(model_a=tiny("model", "sd1", 1), model_b=tiny("model", "sd1", 2), mode="Weight sum",
                             alpha=0.5, beta=0.0).ui
     assert "merge_suite_layout" not in sd
+
+
+def test_check_routes_bound_their_work_by_the_layouts_real_size():
+    """Issue #31: a 1 MB body on layout flux1:999,999 took 17 s of CPU per request. A sized layout may give
+    each container at most twice the family's full-size count, a text at most MAX_TEXT_CHARS characters."""
+    assert routes.family_layout("flux1:38,76")["ok"] and routes.family_layout("wan:40,8")["ok"]  # VACE blocks
+    for bad in ("flux1:999,999", "flux1:39,38", "flux1:19,77", "qwen_image:121", "wan:40,17"):
+        assert not routes.family_layout(bad)["ok"], bad
+        with pytest.raises(routes.BadRequest, match=f"'layout' '{bad}' is not a layout"):
+            routes.text_fields(json.dumps({"text": "ALL=0.5", "layout": bad}).encode(), "auto")
+    assert routes.text_fields(json.dumps({"text": "ALL=0.5", "layout": "not-sized"}).encode(), "auto")[1] == "not-sized"
+    longest = "ALL=0.5, " * (routes.MAX_TEXT_CHARS // 9)
+    assert routes.text_fields(json.dumps({"text": longest}).encode(), "auto")[0] == longest
+    with pytest.raises(routes.BadRequest, match="at most 16384 are checked"):
+        routes.text_fields(json.dumps({"text": longest + "x" * 10}).encode(), "auto")
+    assert len(json.dumps({"text": "\u00e9" * routes.MAX_TEXT_CHARS, "layout": "flux1:38,76"})) <= routes.MAX_BODY_BYTES
+    start = time.perf_counter()
+    for layout in ("auto", "flux1:38,76", "qwen_image:120", "sdxl"):
+        for text in (longest, ",".join(["0.5"] * (routes.MAX_TEXT_CHARS // 4)), "D00-S37=0.5, " * 1200):
+            routes.check_block_weights(text[:routes.MAX_TEXT_CHARS], layout)
+    assert time.perf_counter() - start < 10  # 12 of the largest checks; one took 17 s before
