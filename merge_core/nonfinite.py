@@ -11,6 +11,7 @@ names the keys and counts.
 """
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Optional
 
 import torch
@@ -170,11 +171,17 @@ def may_leave_range(mode: str, alpha: float, beta: float, input_dtypes, out_dtyp
     """Whether a linear mode's result of finite inputs could leave ``out_dtype``'s range; False lets the engine
     skip the result's pass where it cannot (the common case: a weight sum with alpha in [0, 1] of float16 into
     float16 is a convex combination). fp8 outputs are saturated where they are written (only float32's own
-    overflow counts). The margin covers float32's rounding and stays below half a unit of the output's last place."""
+    overflow counts). The margin covers float32's rounding and stays below half a unit of the output's last place.
+    Cached: the nodes ask once per key, with a handful of distinct answers per model."""
+    return _may_leave_range(mode, alpha, beta, tuple(d for d in input_dtypes if d is not None), out_dtype)
+
+
+@functools.lru_cache(maxsize=4096)
+def _may_leave_range(mode: str, alpha: float, beta: float, input_dtypes: tuple, out_dtype: torch.dtype) -> bool:
     total = coefficient_sum(mode, alpha, beta)
     if total is None:
         return True
-    largest = max(torch.finfo(d).max for d in input_dtypes if d is not None)
+    largest = max(torch.finfo(d).max for d in input_dtypes)
     out = torch.float32 if str(out_dtype).removeprefix("torch.") in _FP8_SPECIAL else out_dtype
     info = torch.finfo(out)
     return total * largest * (1 + 1e-6) >= info.max * (1 + info.eps / 4)

@@ -222,14 +222,26 @@ def linear_checks(plan, patches: dict, dtypes_a: dict) -> dict:
     """{key: result check} for the merged keys whose linear merge could leave the range of A's dtype (ComfyUI
     rounds the merged weight into it): alpha or beta outside [0, 1], or inputs wider than A
     (nonfinite.may_leave_range); none for a weight sum of equal dtypes with alpha in [0, 1]."""
+    import torch
+
     from ..merge_core.nonfinite import may_leave_range
     mode, watch = plan.settings.mode, plan.input_watch
+    merged, lists = plan.merged(), list(patches.values())
+    # the node's hot path (ms on a 1000-key model): first the worst case over the whole plan, once per distinct
+    # (alpha, beta): the widest input dtype into the narrowest A dtype; only if that can leave the range, per key
+    outs = {dtypes_a[kp.key] for kp in merged}
+    widest = {*outs, *(d for per_key in lists for plist in per_key.values()
+                       if (d := plist[0][0].dtype).is_floating_point)}
+    narrowest = min(outs, key=lambda d: torch.finfo(d).max) if outs else None
+    if narrowest is None or not any(may_leave_range(mode.name, alpha, beta, tuple(widest), narrowest)
+                                    for alpha, beta in {(kp.alpha, kp.beta) for kp in merged}):
+        return {}
     checks = {}
-    for kp in plan.merged():
-        inputs = [dtypes_a[kp.key]] + [per_key[kp.key][0][0].dtype for per_key in patches.values()
-                                       if kp.key in per_key]
-        if may_leave_range(mode.name, kp.alpha, kp.beta, inputs, dtypes_a[kp.key]):
-            checks[kp.key] = result_check(watch, kp.key, mode.name, "mode", dtypes_a[kp.key])
+    for kp in merged:
+        dtype = dtypes_a[kp.key]
+        inputs = (dtype, *(per_key[kp.key][0][0].dtype for per_key in lists if kp.key in per_key))
+        if may_leave_range(mode.name, kp.alpha, kp.beta, inputs, dtype):
+            checks[kp.key] = result_check(watch, kp.key, mode.name, "mode", dtype)
     return checks
 
 
