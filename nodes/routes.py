@@ -18,10 +18,11 @@ from typing import Optional
 
 from ..merge_core.analysis.similarity import element_name
 from ..merge_core.architectures import SD1, SDXL, TRANSFORMERS, Architecture, Numbered
-from ..merge_core.blocks.elemental import parse_elemental
+from ..merge_core.blocks.elemental import parse_elemental, require_rules_match
 from ..merge_core.blocks.presets import presets
 from ..merge_core.blocks.weights import parse_block_weights
 from ..merge_core.errors import MergeInputError
+from ..merge_core.plan import target_keys
 
 PREFIX = "/merge_suite"
 # The longest real block list (SDXL's 110 values, or every block of Qwen-Image named) is about 2,000 characters:
@@ -166,6 +167,10 @@ def check_elemental(text: str, layout: str = "sd1") -> dict:
     arch = ALL_LAYOUTS.get(layout, SD1)
     try:
         rules = parse_elemental(text, arch, "elemental")
+        keys = _keys(layout if layout in ALL_LAYOUTS else "sd1")
+        if rules and keys:  # the full-size model's keys: a rule whose elements match none of them is a typo
+            sized = arch.sized(keys, bare=layout != "flux1") if layout in FAMILIES else arch
+            require_rules_match(rules, target_keys(sized, keys), sized)
     except MergeInputError as exc:
         out = {"ok": False, "error": exc.problem, "fix": exc.fix}
         m = re.match(r"entry #(\d+)", exc.problem)
