@@ -95,8 +95,17 @@ def _preset(text: str, presets: dict[str, tuple[float, ...]], input_name: str, w
     return list(presets[text])
 
 
-def _spec_text(spec: str) -> str:
-    return (spec or "").strip().strip(",").strip()
+def _spec_text(spec: str, input_name: str = "block_weights", where: str = "block weights") -> str:
+    """The spec without outer blanks and commas; commas alone (',,,,') are refused, not read as 'every block
+    = ratio': a list whose numbers were lost is a typo, and empty text already means that."""
+    text = (spec or "").strip()
+    stripped = text.strip(",").strip()
+    if text and not stripped:
+        raise MergeInputError(input_name, f"{where}: '{text[:40].encode('unicode_escape').decode()}' holds only "
+                                          "commas, no value.",
+                              "leave it empty for every block at the ratio, or give one value per block, a preset "
+                              "name, or pairs such as D00-D18=0.5, OUT=1.")
+    return stripped
 
 
 def block_values(spec: str, ratio: float, arch: Architecture, presets: dict[str, tuple[float, ...]],
@@ -111,7 +120,7 @@ def block_values(spec: str, ratio: float, arch: Architecture, presets: dict[str,
     """
     where = f"LoRA '{lora}' block weights" if lora else "block weights"
     ratio = require_ratio(input_name, ratio, f"LoRA '{lora}': ratio " if lora else "strength ")
-    text = _spec_text(spec)
+    text = _spec_text(spec, input_name, where)
     if not text:
         return {b: ratio for b in arch.blocks}
     if "=" in text:
@@ -135,7 +144,7 @@ def check_spec(spec: str, ratio: float, presets: dict[str, tuple[float, ...]], i
     and named pairs; counts and block ids are checked against the model's layout when the node runs."""
     where = f"LoRA '{lora}' block weights" if lora else "block weights"
     require_ratio(input_name, ratio, f"LoRA '{lora}': ratio " if lora else "strength ")
-    text = _spec_text(spec)
+    text = _spec_text(spec, input_name, where)
     if "=" in text:
         for pos, raw in enumerate(text.replace("\n", ",").split(",")):
             ids, sep, number = raw.partition("=")

@@ -46,6 +46,18 @@ def test_inline_values_are_multiplied_by_the_ratio_and_placed_by_name():
     assert xl["IN04"] == 4.0 and xl["M00"] == 12.0 and xl["OUT05"] == 24.0 and xl["IN00"] == 0.0
 
 
+@pytest.mark.parametrize("spec", [",,,,", " , ", ",\n,"])
+def test_block_weights_of_commas_alone_are_refused_on_both_paths(spec):
+    """',,,,' is a list whose numbers were lost, not 'every block at the ratio' (empty text means that)."""
+    from merge_core.lora.blocks import check_spec
+    for call in (lambda: block_values(spec, 1.0, SD1, parse_presets(), lora="x"),
+                 lambda: check_spec(spec, 1.0, parse_presets(), "lbw", lora="x")):
+        with pytest.raises(MergeInputError, match=r"LoRA 'x' block weights: .* holds only commas") as err:
+            call()
+        assert err.value.input_name in ("block_weights", "lbw") and "\n" not in str(err.value)
+    assert set(block_values("", 0.5, SD1, parse_presets()).values()) == {0.5}
+
+
 def test_presets_builtin_user_and_errors():
     presets = parse_presets("MINE:0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1")
     assert block_values("INS", 1.0, SD1, presets)["IN02"] == 1.0
