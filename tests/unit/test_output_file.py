@@ -186,18 +186,16 @@ def _special_targets(tmp_path):
 
 
 @pytest.mark.parametrize("overwrite", [True, False])
-def test_only_regular_files_are_replaced(tmp_path, overwrite):
-    opened = []
-    real_open = os.open
+def test_only_regular_files_are_replaced(tmp_path, overwrite, monkeypatch):
+    """Refused before anything is opened: os.open, os.replace and os.link fail the test if reached (a
+    regression must never replace /dev/null)."""
     for target, kind, unchanged in _special_targets(tmp_path):
-        try:
-            os.open = lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k)
+        with monkeypatch.context() as m:
+            for name in ("open", "replace", "link", "rename"):
+                m.setattr(os, name, lambda *a, n=name, **k: pytest.fail(f"os.{n}{a[:2]} reached"))
             with pytest.raises(MergeInputError, match=f"{kind}.*not a regular file.*only regular files"):
                 write_bytes(target, b"csv", overwrite=overwrite, input_name="--csv")
-        finally:
-            os.open = real_open
         assert unchanged(), target
-    assert opened == []  # refused before anything was opened or created
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
 
 
