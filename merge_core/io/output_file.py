@@ -116,7 +116,7 @@ def check_prefix(prefix: str, folder: str, input_name: str = "filename_prefix") 
                               "'-', '_' and '/' for sub-folders.")
     if os.sep == "/" and "\\" in prefix:
         raise MergeInputError(input_name, f"'{prefix}' contains a backslash; sub-folders are separated by '/' "
-                              "here.", f"write '{prefix.replace(chr(92), '/')}' for sub-folders, or leave the "
+                              "here.", "use '/' for sub-folders (e.g. 'merge_suite/my_merge'), or leave the "
                               "backslash out.")
     parts = [p for p in prefix.replace(os.sep, "/").split("/") if p]
     for i, part in enumerate(parts):
