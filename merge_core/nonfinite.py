@@ -184,4 +184,6 @@ def _may_leave_range(mode: str, alpha: float, beta: float, input_dtypes: tuple, 
     largest = max(torch.finfo(d).max for d in input_dtypes)
     out = torch.float32 if str(out_dtype).removeprefix("torch.") in _FP8_SPECIAL else out_dtype
     info = torch.finfo(out)
+    if total <= 1 and largest <= info.max:  # a convex combination into a range as wide as every input's
+        return False  # (float32 rounding could pass the largest value by one unit only at that value itself)
     return total * largest * (1 + 1e-6) >= info.max * (1 + info.eps / 4)

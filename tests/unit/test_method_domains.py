@@ -200,6 +200,8 @@ def test_calc_mode_result_is_checked(sd1_keys):
     ("weight_sum", 0.3, 0.0, (torch.float16, torch.float16), torch.float16, False),
     ("weight_sum", 1.0, 0.0, (torch.bfloat16, torch.bfloat16), torch.bfloat16, False),
     ("weight_sum", 0.5, 0.0, (torch.float16, torch.float16), torch.float32, False),
+    ("weight_sum", 0.5, 0.0, (torch.float32, torch.float32), torch.float32, False),
+    ("weight_sum", 1.5, 0.0, (torch.float32, torch.float32), torch.float32, True),
     ("weight_sum", 1.2, 0.0, (torch.float16, torch.float16), torch.float16, True),
     ("add_difference", 0.5, 0.0, (torch.float16,) * 3, torch.float16, True),
     ("weight_sum", 0.5, 0.0, (torch.float32, torch.float16), torch.float16, True),
