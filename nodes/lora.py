@@ -177,10 +177,12 @@ def apply_lora(model, clip, name: str, path: str, s_model: float, s_clip: float,
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     if clip is not None:
         key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+    metadata = None
     if path.endswith(".safetensors"):  # a damaged file: a one-line error naming it, not ComfyUI's traceback
-        SafetensorsReader(path, input_name).close()
+        with SafetensorsReader(path, input_name) as reader:
+            metadata = reader.metadata  # the family the LoRA names (a Qwen-Image LoRA of few blocks fits Flux.1 too)
     sd = comfy.lora_convert.convert_lora(comfy.utils.load_torch_file(path, safe_load=True))
-    kind = lora_arch(module_names(sd))
+    kind = lora_arch(module_names(sd), metadata)
     if not fits_model(kind, arch):
         label = "SD1/SD2" if kind.name in ("sd1", "sd2") else kind.label
         raise MergeInputError(input_name, f"LoRA '{name}' is {'an' if label.startswith('SD') else 'a'} {label} LoRA "

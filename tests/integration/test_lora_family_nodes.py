@@ -162,3 +162,13 @@ def test_wrong_lists_and_wrong_family_loras(loras, tiny):
     assert LoraApply.validate_inputs(block_weights=",".join(["1"] * 61)) is True
     assert "pair #2" in str(LoraApply.validate_inputs(block_weights="D00=1, OUT"))
     assert "named values" in str(LoraApply.validate_inputs(block_weights="D00"))
+
+
+def test_apply_reads_the_family_a_qwen_image_lora_names(loras):
+    """The pack's own extraction of a tiny Qwen-Image (few blocks: its modules fit Flux.1's naming too) names
+    qwen_image in its metadata; Apply LoRA reads that, not the Flux.1 guess, and applies it to Qwen-Image."""
+    base, tuned = tiny_families.build_model("qwen-image", 1), tiny_families.build_model("qwen-image", 2)
+    out = LoraExtract.execute(tuned, base, rank=2, save_dtype="fp32", filename_prefix="qwen_extracted").result
+    model = LoraApply.execute(base, lora_name=out[0], block_weights="T00-T01=0.5").result[0]
+    changed = effective(model)
+    assert any(not torch.equal(w, base.model_state_dict("diffusion_model.")[k].float()) for k, w in changed.items())
