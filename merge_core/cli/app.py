@@ -20,7 +20,7 @@ COMMANDS = (merge, combine, analyze, lora_merge, lora_extract, dice, pinpoint, e
 OPTION_NAMES = {"blocks_alpha": "--blocks", "blocks_beta": "--blocks-beta", "dtype": "--dtype",
                 "calcmode": "--calc", "gamma": "--gamma", "block": "--block", "include": "--include",
                 "elemental": "--elemental", "adjust": "--adjust", "include_exclude": "--include/--exclude",
-                "alpha": "--alpha", "beta": "--beta", "seed": "--seed",
+                "alpha": "--alpha", "beta": "--beta", "seed": "--seed", "mode": "--mode",
                 "model_a": "model A (1st file)", "model_b": "model B (2nd file)", "model_c": "model C (3rd file)",
                 "output": "-o", "file": "FILE"}
 
