@@ -14,7 +14,7 @@ from collections import defaultdict
 from comfy_api.latest import io
 
 from ..merge_core.errors import MergeInputError, require_ratio
-from ..merge_core.io.output_file import check_prefix
+from ..merge_core.io.output_file import check_prefix, next_numbered
 from ..merge_core.io.safetensors_file import SafetensorsReader
 from ..merge_core.lora.blocks import block_values, check_spec, parse_lora_list, parse_presets
 from ..merge_core.lora.families import fits_model
@@ -91,7 +91,7 @@ def _save(result: LoraResult, prefix: str, metadata: dict, save_dtype: str) -> s
     path = next_free_path(folder, lora_prefix(prefix, "merge_suite/lora"), create=False)
     metadata = dict(metadata)
     metadata.setdefault("ss_output_name", path.stem)
-    save_lora(result, path, metadata, save_dtype, input_name="filename_prefix")
+    path = save_lora(result, path, metadata, save_dtype, input_name="filename_prefix", renumber=next_numbered)
     return path.relative_to(folder).as_posix()
 
 

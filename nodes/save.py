@@ -28,7 +28,7 @@ from comfy_api.latest import io
 from ..merge_core import recipe as core_recipe
 from ..merge_core.errors import MergeInputError
 from ..merge_core.io.filehash import file_sha256
-from ..merge_core.io.output_file import check_prefix, install_signal_cleanup, remove_stale_parts
+from ..merge_core.io.output_file import check_prefix, install_signal_cleanup, next_numbered, remove_stale_parts
 from ..merge_core.io.released_names import released_namer
 from ..merge_core.io.safetensors_file import SafetensorsWriter
 from .comfy_models import UNET_PREFIX, effective_weight, key_patches, serialised_layers
@@ -217,7 +217,7 @@ def save_streaming(path: Path, parts: list[Part], extra: dict[str, torch.Tensor]
     layout = [(k, d, s) for part in parts for k, d, s in part.layout() if kept(k)]
     layout += [(k, t.dtype, tuple(t.shape)) for k, t in extra.items()]
     total = len(layout)
-    writer = SafetensorsWriter(path, layout, metadata, input_name="filename_prefix")
+    writer = SafetensorsWriter(path, layout, metadata, input_name="filename_prefix", renumber=next_numbered)
     try:
         done = 0
         for part in parts:

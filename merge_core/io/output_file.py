@@ -25,11 +25,12 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from ..errors import MergeInputError
 
 PART_RE = re.compile(r"^\..+\.merge-suite-(\d+)-[0-9a-f]{8}\.part$")
+RENUMBER_TRIES = 1000  # automatic names tried after the first was taken meanwhile (OutputFile.renumber)
 STALE_IDLE_S = 600.0  # a part untouched this long is stale even if its pid is alive (pid reuse)
 WRITEBACK_STEP = 64 << 20  # start the kernel's writeback every 64 MiB written (see _start_writeback)
 DEAD_PID_IDLE_S = 60.0  # grace for a part whose pid is not running here (another host or container)
@@ -206,6 +207,17 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
+def next_numbered(taken: Path) -> Path:
+    """The first free '<name>_<n>_.safetensors' after ``taken`` in its folder: where an identical save (another
+    queue, another server on the same folder) committed our automatic name first, we take the next one
+    (ComfyUI's '<prefix>_00001_' save naming; OutputFile.renumber)."""
+    match = re.fullmatch(r"(.*)_(\d+)_\.safetensors", taken.name)
+    name, counter = (match.group(1), int(match.group(2)) + 1) if match else (taken.stem, 1)
+    while os.path.lexists(candidate := taken.parent / f"{name}_{counter:05}_.safetensors"):
+        counter += 1
+    return candidate
+
+
 class OutputFile:
     """``with OutputFile(path, inputs=[...]) as out: out.write(data)`` - the file appears complete or not at all.
 
@@ -213,8 +225,11 @@ class OutputFile:
     """
 
     def __init__(self, path, inputs: Iterable = (), overwrite: bool = False, input_name: str = "output",
-                 size: Optional[int] = None):
+                 size: Optional[int] = None, renumber: Optional[Callable[[Path], Path]] = None):
         self.requested = os.fspath(path)
+        # for an automatic numbered name (a save node's '<prefix>_00001_'): the next name to try when another
+        # process committed this one first (two identical saves at once), instead of discarding the work
+        self.renumber = renumber
         self.size = size  # bytes the file will take, when known: checked against the free space before any work
         self.inputs = [i for i in inputs if i is not None]
         self.overwrite, self.input_name = overwrite, input_name
@@ -225,6 +240,8 @@ class OutputFile:
         self._made: list[str] = []  # folders we created, removed again (when empty) if nothing is written
 
     def __enter__(self) -> "OutputFile":
+        if self.renumber is not None and not self.overwrite and os.path.lexists(self.requested):
+            self.requested = os.fspath(self.renumber(Path(self.requested)))  # taken since the name was chosen
         self.path = check_target(self.requested, self.inputs, self.overwrite, self.input_name)
         folder = str(self.path.parent)
         missing = folder
@@ -314,6 +331,17 @@ class OutputFile:
         _fsync_dir(str(self.path.parent))
 
     def _link_no_clobber(self, target: str) -> None:
+        for _ in range(RENUMBER_TRIES if self.renumber is not None else 0):
+            try:
+                os.link(self.tmp, target)
+            except FileExistsError:  # another save took this automatic name first: take the next free one
+                self.path = Path(self.renumber(Path(target)))
+                self.requested = target = str(self.path)
+                continue
+            except OSError:
+                break  # no hard links here (or another error): the plain path below says what it is
+            os.unlink(self.tmp)
+            return
         try:
             os.link(self.tmp, target)  # fails if anything exists at target now
         except FileExistsError:
@@ -327,6 +355,11 @@ class OutputFile:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
                 raise disk_error(exc, self.requested, self.input_name) from None
             # no hard links on this file system: check, then rename (a race window of microseconds)
+            for _ in range(RENUMBER_TRIES if self.renumber is not None else 0):
+                if not os.path.lexists(target):
+                    break
+                self.path = Path(self.renumber(Path(target)))
+                self.requested = target = str(self.path)
             if os.path.lexists(target):
                 raise MergeInputError(self.input_name, f"'{self.requested}' appeared while it was being written; "
                                       "it was not replaced.", "choose another name.") from None

@@ -192,12 +192,13 @@ class SafetensorsWriter:
     """Writes tensors in a declared order; the header is written before any data.
 
     inputs: the files being read (the output may never be one of them); input_name: the option
-    or node input that named the path, for errors.
+    or node input that named the path, for errors; renumber: for an automatic numbered name, the next
+    name to take if another save commits this one first (OutputFile); ``commit`` returns the name used.
     """
 
     def __init__(self, path: str | os.PathLike, layout: Iterable[tuple[str, torch.dtype, tuple[int, ...]]],
                  metadata: Optional[Mapping[str, str]] = None, overwrite: bool = False,
-                 inputs: Iterable = (), input_name: str = "output"):
+                 inputs: Iterable = (), input_name: str = "output", renumber=None):
         self.order: list[str] = []
         self.sizes: dict[str, int] = {}
         header: dict[str, object] = {}
@@ -213,7 +214,8 @@ class SafetensorsWriter:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
         blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
         blob += b" " * (-len(blob) % 8)
-        self._out = OutputFile(path, inputs, overwrite, input_name, size=8 + len(blob) + offset).__enter__()
+        self._out = OutputFile(path, inputs, overwrite, input_name, size=8 + len(blob) + offset,
+                               renumber=renumber).__enter__()
         self.path = self._out.path
         try:
             self._out.write(struct.pack("<Q", len(blob)) + blob)
@@ -246,6 +248,7 @@ class SafetensorsWriter:
             self._out.discard()
             raise RuntimeError(f"only {self._next} of {len(self.order)} tensors were written")
         self._out.__exit__(None, None, None)
+        self.path = self._out.path  # another name when the automatic one was taken meanwhile (renumber)
         return self.path
 
     def abort(self) -> None:

@@ -102,9 +102,9 @@ def common_architecture(loras: list[LoraFile], input_name: str = "lora_list") ->
 
 
 def _write(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], overwrite: bool,
-           inputs=(), input_name: str = "filename") -> Path:
+           inputs=(), input_name: str = "filename", renumber=None) -> Path:
     writer = SafetensorsWriter(path, [(k, t.dtype, tuple(t.shape)) for k, t in tensors.items()], metadata,
-                               overwrite, inputs, input_name)
+                               overwrite, inputs, input_name, renumber)
     try:
         for k, t in tensors.items():
             writer.write(k, t)
@@ -127,9 +127,10 @@ def network_hashes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, s
 
 
 def save_lora(result: LoraResult, path: str | os.PathLike, metadata: Mapping[str, str], save_dtype: str = "fp16",
-              overwrite: bool = False, hashes: bool = True, inputs=(), input_name: str = "filename") -> Path:
+              overwrite: bool = False, hashes: bool = True, inputs=(), input_name: str = "filename",
+              renumber=None) -> Path:
     """Written through output_file.OutputFile: complete or absent, never onto one of ``inputs``, an existing
-    file replaced only with ``overwrite``."""
+    file replaced only with ``overwrite``; returns the path written (renumber: see SafetensorsWriter)."""
     if save_dtype not in SAVE_DTYPES:
         raise MergeInputError("save_dtype", f"'{save_dtype}' is not a save precision.", "use fp16, bf16 or fp32.")
     path = Path(path)
@@ -140,7 +141,7 @@ def save_lora(result: LoraResult, path: str | os.PathLike, metadata: Mapping[str
     meta["ss_mixed_precision"] = save_dtype
     if hashes:
         meta.update(network_hashes(tensors, meta))
-    return _write(path, tensors, meta, overwrite, inputs, input_name)
+    return _write(path, tensors, meta, overwrite, inputs, input_name, renumber)
 
 
 def next_free_path(folder: str | os.PathLike, prefix: str, create: bool = True) -> Path:

@@ -246,3 +246,23 @@ def test_glob_characters_are_names_and_dates_expand(ckpt_dir, monkeypatch):
     assert got == str(ckpt_dir / "g[1]" / "x_00008_.safetensors")
     dated = SaveCheckpoint.execute(model, clip, vae, filename_prefix="%year%/d", precision="fp16").result[0]
     assert dated == str(ckpt_dir / str(time.localtime().tm_year) / "d_00001_.safetensors")
+
+
+def test_a_name_taken_by_an_identical_save_meanwhile_goes_to_the_next_number(ckpt_dir, monkeypatch):
+    """Two identical saves at once (two queues or servers, one folder) both pick '_00001_': the one that
+    commits second takes '_00002_' and reports it, instead of failing after its work."""
+    model, clip, vae, _ = merged_pair(monkeypatch)
+    chosen = save_mod.output_path
+
+    def raced(prefix, kind="checkpoints"):
+        path = chosen(prefix, kind)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"the other save's file")  # committed by the other save while ours is written
+        return path
+    monkeypatch.setattr(save_mod, "output_path", raced)
+    got = SaveCheckpoint.execute(model, clip, vae, filename_prefix="twin/m", precision="fp16").result[0]
+    assert got == str(ckpt_dir / "twin" / "m_00002_.safetensors")
+    assert (ckpt_dir / "twin" / "m_00001_.safetensors").read_bytes() == b"the other save's file"
+    with SafetensorsReader(got) as reader:
+        assert any(k.startswith("model.diffusion_model.") for k in reader.keys())
+    assert sorted(p.name for p in (ckpt_dir / "twin").iterdir()) == ["m_00001_.safetensors", "m_00002_.safetensors"]

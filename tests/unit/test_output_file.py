@@ -13,7 +13,7 @@ from merge_core.methods import native
 from merge_core.errors import MergeInputError
 from merge_core.io.filehash import file_sha256
 from merge_core.lora.files import next_free_path
-from merge_core.io.output_file import PART_RE, OutputFile, remove_stale_parts, write_bytes
+from merge_core.io.output_file import PART_RE, OutputFile, next_numbered, remove_stale_parts, write_bytes
 from merge_core.io.safetensors_file import SafetensorsReader, SafetensorsWriter
 
 HAS_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
@@ -38,6 +38,28 @@ def test_commit_never_clobbers_a_file_that_appeared(tmp_path):
             target.write_bytes(b"someone else's")
     assert target.read_bytes() == b"someone else's"
     assert sorted(os.listdir(tmp_path)) == ["out.bin"]
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_an_automatic_name_taken_meanwhile_goes_to_the_next_number(tmp_path, monkeypatch, links):
+    """Two identical saves at once: the second commits under the next free number instead of failing after its
+    work; what the first wrote is untouched. Both commit paths (link, and check-then-rename where the file
+    system has no hard links)."""
+    if not links:
+        def no_link(src, dst):
+            raise OSError(1, "Operation not permitted")
+        monkeypatch.setattr(os, "link", no_link)
+    first = tmp_path / "m_00001_.safetensors"
+    (tmp_path / "m_00002_.safetensors").write_bytes(b"older")
+    writer = SafetensorsWriter(first, [("x", torch.float32, (2,))], renumber=next_numbered)
+    writer.write("x", torch.ones(2))
+    first.write_bytes(b"the other save")
+    written = writer.commit()
+    assert written == tmp_path / "m_00003_.safetensors" == writer.path
+    with SafetensorsReader(written) as r:
+        assert torch.equal(r.get("x"), torch.ones(2))
+    assert first.read_bytes() == b"the other save" and (tmp_path / "m_00002_.safetensors").read_bytes() == b"older"
+    assert sorted(os.listdir(tmp_path)) == [f"m_0000{i}_.safetensors" for i in (1, 2, 3)]
 
 
 def test_ordinary_permissions_and_cleanup_on_error(tmp_path):
