@@ -79,3 +79,27 @@ def test_cuda_equals_cpu_within_float32_rounding(sd1_keys, calcmode):
     for key, value in cpu.items():
         assert gpu[key].device.type == "cpu"
         torch.testing.assert_close(gpu[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("calcmode", ["normal", "trainDifference"])
+def test_cuda_result_beyond_the_output_dtype_is_refused_like_on_the_cpu(tmp_path, sd1_keys, calcmode):
+    """The result check runs where the math runs: on the GPU, a finite fp16 pair merged at alpha 1000 stops
+    with the error naming the key, and nothing is written."""
+    from safetensors.torch import save_file
+
+    from merge_core.api import merge_files
+    from merge_core.nonfinite import NonFiniteResult
+    a = {k: torch.zeros_like(v) if v.is_floating_point() else v
+         for k, v in small_model(sd1_keys, 1, torch.float16).items()}
+    b = {k: torch.full_like(v, 100.0) if v.is_floating_point() else v for k, v in a.items()}
+    paths = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    save_file(a, paths[0])
+    save_file(b, paths[1])
+    out = tmp_path / "o.safetensors"
+    with pytest.raises(NonFiniteResult, match="at key '.*inputs there are finite"):
+        merge_files(str(paths[0]), str(paths[1]), str(paths[0]), str(out), mode="Add difference", alpha=1000.0,
+                    calcmode=calcmode, device="cuda")
+    assert not out.exists() and sorted(tmp_path.iterdir()) == sorted(paths)
+    merge_files(str(paths[0]), str(paths[1]), None, str(out), mode="Weight sum", alpha=0.5, device="cuda")
+    assert out.exists()
