@@ -215,7 +215,7 @@ try {
   await page.waitForFunction(() => document.querySelector(".ms-elemental-helper")?.dataset.state === "error");
   step("elemental_bad", { status: await status(".ms-elemental-helper") });
   await page.keyboard.press("Control+A");
-  await page.keyboard.type("OUT03-OUT05:attn2:0.5\nIN09:attn:1");
+  await page.keyboard.type("OUT03-OUT05:attn2:0.5\nIN08:attn:1");
   await page.waitForFunction(() => document.querySelector(".ms-elemental-helper")?.dataset.state === "ok");
   await helper.locator("select").nth(1).selectOption("OUT04");
   await page.waitForFunction(() => document.querySelectorAll(".ms-elemental-helper .ms-elements div").length > 0);
