@@ -94,7 +94,6 @@ MODULE_NAMES = (
     "folder_paths.get_filename_list",
     "folder_paths.get_folder_paths",
     "folder_paths.get_full_path",
-    "folder_paths.get_save_image_path",
     "folder_paths.get_user_directory",
     "folder_paths.recursive_search",
 )
