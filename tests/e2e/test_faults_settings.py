@@ -5,7 +5,6 @@ byte-identical and writes no output. The CLI cases run in one subprocess through
 `python -m merge_core` entry; one extra case starts it for real); the server cases post /prompt bodies
 (NaN included: Python's json.dumps writes it) and raw HTTP requests to the pack's routes.
 """
-import hashlib
 import http.client
 import json
 import subprocess
@@ -22,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "demo"))
 sys.path.insert(0, str(REPO / "tests" / "unit"))
 from server import ComfyServer  # noqa: E402
+from catalogue import digest, one_line_error, run_cli  # noqa: E402
 from fault_inputs import tiny_lora  # noqa: E402
 from test_merge_api import small_model  # noqa: E402
 
@@ -67,27 +67,8 @@ LORA_CASES = [
     ("lora-merge-ok", ["lora-merge", "{a}:0.5, {b}:0.5", "--rank", "2"], None),
 ]
 
-DRIVER = """
-import contextlib, io, json, sys
-from merge_core.cli import main
-out = []
-for argv in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            rc = main(argv)
-        except SystemExit as exc:
-            rc = exc.code
-        except BaseException as exc:  # a traceback would be a failure of the case
-            import traceback; traceback.print_exc(file=err); rc = 'raised'
-    out.append([rc, err.getvalue()])
-print(json.dumps(out))
-"""
 
 
-def digest(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix != ".log" and "comfyui.db" not in p.name}
 
 
 def write_lora(path: Path, seed: int) -> None:
@@ -118,10 +99,7 @@ def test_cli_catalogue(files, tmp_path):
         out = tmp_path / f"{case_id}.safetensors"
         outputs.append(out)
         runs.append([a.format(**names) for a in args] + ["-o", str(out)])
-    res = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(runs)], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr
-    results = json.loads(res.stdout.strip().splitlines()[-1])
+    results = run_cli(runs)
     failures = []
     for (case_id, _, expected), (rc, stderr), out in zip(MERGE_CASES + LORA_CASES, results, outputs):
         if expected is None:
@@ -131,9 +109,7 @@ def test_cli_catalogue(files, tmp_path):
                 with safe_open(str(out), "pt") as f:
                     ok = all(torch.isfinite(f.get_tensor(k).float()).all() for k in f.keys())
         else:
-            lines = [line for line in stderr.splitlines() if line.strip()]
-            ok = (rc == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in stderr
-                  and all(e in stderr for e in expected) and not out.exists())
+            ok = one_line_error(rc, stderr, expected) and not out.exists()
         if not ok:
             failures.append(f"{case_id}: rc={rc} out={out.exists()} stderr={stderr!r}")
     assert not failures, "\n".join(failures)

@@ -28,6 +28,7 @@ HOOKS = Path(__file__).resolve().parent / "hostile_files_hooks"
 sys.path.insert(0, str(REPO / "demo"))
 sys.path.insert(0, str(REPO / "tests" / "unit"))
 from server import ComfyServer, comfy_path  # noqa: E402
+from catalogue import one_line_error, run_cli  # noqa: E402
 from fault_inputs import tiny_lora  # noqa: E402
 from test_merge_api import small_model  # noqa: E402
 
@@ -36,8 +37,10 @@ LORA_MODULES = ["lora_unet_down_blocks_0_attentions_0_proj_in", "lora_te_text_mo
 PAUSE_FILE = "pause_writes"  # while it exists, the servers' hook holds each write open (hostile_files_hooks)
 NOT_REGULAR = "not a regular file; only regular files are ever replaced"
 
-DRIVER = """
-import contextlib, io, json, os, sys
+# run before the catalogue's DRIVER: a case that would open, replace, rename or link something into /dev fails
+# instead (the refusals must come before any such call; a slip must never reach a real device)
+DEV_GUARD = """
+import os
 def _into_dev(p):
     try:
         return os.path.realpath(os.fsdecode(p)).startswith('/dev/')
@@ -51,19 +54,6 @@ def _guard(name, real, where):
     return call
 for _n, _w in (('open', (0,)), ('replace', (1,)), ('rename', (1,)), ('link', (1,))):
     setattr(os, _n, _guard(_n, getattr(os, _n), _w))
-from merge_core.cli import main
-out = []
-for argv in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            rc = main(argv)
-        except SystemExit as exc:
-            rc = exc.code
-        except BaseException as exc:
-            import traceback; traceback.print_exc(file=err); rc = 'raised'
-    out.append([rc, err.getvalue()])
-print(json.dumps(out))
 """
 
 
@@ -158,20 +148,15 @@ def test_cli_catalogue(inputs, tmp_path):
         prepare(ws)
         spaces.append((ws, tree(ws)))
         runs.append([a.format(ws=ws, **names) for a in argv])
-    res = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(runs)], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr
-    results = json.loads(res.stdout.strip().splitlines()[-1])
+    results = run_cli(runs, preamble=DEV_GUARD)
     failures = []
     for (case_id, _, _, words), (rc, err), (ws, before) in zip(CLI_CASES, results, spaces):
         after = tree(ws)
-        lines = [line for line in err.splitlines() if line.strip()]
         if words is None:
             changed = {k for k in after if after[k] != before.get(k)}
             ok = rc == 0 and "Traceback" not in err and changed == {"old.safetensors"}
         else:
-            ok = (rc == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err
-                  and all(w in lines[0] for w in words) and after == before)
+            ok = one_line_error(rc, err, words) and after == before
         if not ok:
             failures.append(f"{case_id}: rc={rc} stderr={err!r} before={before} after={after}")
     assert not failures, "\n".join(failures)

@@ -7,8 +7,6 @@ leaves the float range, the key and the method), inputs byte-identical, no outpu
 The checkpoints are tiny SD1 files; in the "big" ones one U-Net key holds 1e36 (finite in float32), so
 task_arithmetic with weights 1000,1000 (or a weight sum with alpha 1000) gives 2e39: infinite in float32.
 """
-import hashlib
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "demo"))
 from server import ComfyServer, comfy_path  # noqa: E402
+from catalogue import digest, one_line_error, run_cli  # noqa: E402
 
 BIG_KEY = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
 NODE_KEY = "diffusion_model.input_blocks.1.0.in_layers.2.weight"
@@ -69,27 +68,8 @@ CLI_CASES = [
      ["input '--mode'", "add_difference", BIG_KEY, "inputs there are finite"]),
 ]
 
-DRIVER = """
-import contextlib, io, json, sys
-from merge_core.cli import main
-out = []
-for argv in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            rc = main(argv)
-        except SystemExit as exc:
-            rc = exc.code
-        except BaseException as exc:  # a traceback would be a failure of the case
-            import traceback; traceback.print_exc(file=err); rc = 'raised'
-    out.append([rc, err.getvalue()])
-print(json.dumps(out))
-"""
 
 
-def digest(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix != ".log" and "comfyui.db" not in p.name}
 
 
 @pytest.fixture(scope="module")
@@ -118,18 +98,13 @@ def test_cli_catalogue(files, tmp_path):
     for case_id, args, _ in CLI_CASES:
         outputs.append(tmp_path / f"{case_id}.safetensors")
         runs.append(cli_argv(args, files, outputs[-1]))
-    res = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(runs)], cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr
-    results = json.loads(res.stdout.strip().splitlines()[-1])
+    results = run_cli(runs, timeout=600)
     failures = []
     for (case_id, _, expected), (rc, stderr), out in zip(CLI_CASES, results, outputs):
         if expected is None:
             ok = rc == 0 and out.is_file()
         else:
-            lines = [line for line in stderr.splitlines() if line.strip()]
-            ok = (rc == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in stderr
-                  and all(e in stderr for e in expected) and not out.exists())
+            ok = one_line_error(rc, stderr, expected) and not out.exists()
         if not ok:
             failures.append(f"{case_id}: rc={rc} out={out.exists()} stderr={stderr!r}")
     assert not failures, "\n".join(failures)

@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
-from test_faults_settings import (DRIVER, digest, node, raw_post, recipe_file,  # noqa: E402
-                                  ComfyServer, small_model)
+from catalogue import digest, one_line_error, run_cli  # noqa: E402
+from test_faults_settings import node, raw_post, recipe_file, ComfyServer, small_model  # noqa: E402
 
 HOOKS = REPO / "tests" / "e2e" / "fault_hooks"
 TYPO = "IN01:attn3:0.5"  # IN01 exists; no key of it holds 'attn3'
@@ -54,17 +54,12 @@ def test_cli_catalogue(files, tmp_path):
         outputs.append(tmp_path / f"{case_id}.safetensors")
         runs.append(["merge", str(files / "m0.safetensors"), str(files / "m1.safetensors"), *args, "-q",
                      "-o", str(outputs[-1])])
-    res = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(runs)], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr
     failures = []
-    for (case_id, _, expected), (rc, stderr), out in zip(CLI_CASES, json.loads(res.stdout.splitlines()[-1]), outputs):
+    for (case_id, _, expected), (rc, stderr), out in zip(CLI_CASES, run_cli(runs), outputs):
         if expected is None:
             ok = rc == 0 and out.is_file()
         else:
-            lines = [line for line in stderr.splitlines() if line.strip()]
-            ok = (rc == 2 and len(lines) == 1 and lines[0].startswith("error: merge: ") and "Traceback" not in stderr
-                  and all(e in stderr for e in expected) and not out.exists())
+            ok = one_line_error(rc, stderr, ["error: merge: ", *expected]) and not out.exists()
         if not ok:
             failures.append(f"{case_id}: rc={rc} out={out.exists()} stderr={stderr!r}")
     assert not failures, "\n".join(failures)

@@ -6,10 +6,8 @@ no output nor partial file; the good cases write a file. The CLI cases run in on
 test_faults_settings.py); the file-merge node case posts a /prompt to a real ComfyUI server.
 """
 import hashlib
-import json
 import re
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ sys.path.insert(0, str(REPO / "demo"))
 sys.path.insert(0, str(REPO / "tests" / "unit"))
 gguf = pytest.importorskip("gguf")
 from server import ComfyServer  # noqa: E402
+from catalogue import digest, one_line_error, run_cli  # noqa: E402
 from spec_families import load_keyset  # noqa: E402
 from test_gguf_tables import entry_offsets, put  # noqa: E402
 
@@ -109,26 +108,8 @@ CLI_CASES = [
     ("merge-gguf-ok", ["merge", "{a.gguf}", "{b.gguf}", "-q", "-o", "{out}"], ONE_LINE),
 ]
 
-DRIVER = """
-import contextlib, io, json, sys
-from merge_core.cli import main
-out = []
-for argv in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            rc = main(argv)
-        except SystemExit as exc:
-            rc = exc.code
-        except BaseException as exc:  # a traceback is a failure of the case
-            import traceback; traceback.print_exc(file=err); rc = 'raised'
-    out.append([rc, err.getvalue()])
-print(json.dumps(out))
-"""
 
 
-def digest(folder: Path) -> dict:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -147,18 +128,13 @@ def test_cli_catalogue(inputs, tmp_path):
         outputs.append(out)
         names = {**files, "out": str(out)}
         runs.append([re.sub(r"\{([^}]+)\}", lambda m: names[m[1]], a) for a in argv])
-    res = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(runs)], cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    results = json.loads(res.stdout.strip().splitlines()[-1])
+    results = run_cli(runs)
     failures = []
     for (case_id, _, expected), (rc, stderr), out in zip(CLI_CASES, results, outputs):
         if expected is ONE_LINE:
             ok = rc == 0 and out.is_file()
         else:
-            lines = [line for line in stderr.splitlines() if line.strip()]
-            ok = (rc == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in stderr
-                  and all(e in stderr for e in expected) and not out.exists())
+            ok = one_line_error(rc, stderr, expected) and not out.exists()
         if not ok:
             failures.append(f"{case_id}: rc={rc} out={out.exists()} stderr={stderr!r}")
     assert not failures, "\n".join(failures)
