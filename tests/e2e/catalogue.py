@@ -1,6 +1,7 @@
-"""The CLI side of the fault catalogues (tests/e2e/test_faults_*.py, test_hostile_*.py): many command lines run
-in one subprocess through merge_core.cli.main (a fresh interpreter per case would cost seconds each), the
-test's verdict on each, and a digest of a folder to prove that inputs stayed byte-identical."""
+"""What the fault catalogues (tests/e2e/test_faults_*.py, test_hostile_*.py) share: many command lines run in one
+subprocess through merge_core.cli.main (a fresh interpreter per case would cost seconds each) and the verdict
+on each, prompt nodes built from the server's /object_info, and a digest of a folder to prove that inputs
+stayed byte-identical."""
 from __future__ import annotations
 
 import hashlib
@@ -52,3 +53,20 @@ def digest(folder: Path) -> dict:
     """sha256 of every file below folder (a server's logs and database left out)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix != ".log" and "comfyui.db" not in p.name}
+
+
+def node(info, class_type, **inputs):
+    """A prompt node with every widget input not given at its default (first option for combos)."""
+    spec = info[class_type]["input"]
+    filled = {}
+    for name, entry in {**spec.get("required", {}), **spec.get("optional", {})}.items():
+        kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
+        if name in inputs:
+            continue
+        if isinstance(kind, list):
+            filled[name] = opts.get("default", kind[0] if kind else "")
+        elif kind == "COMBO":
+            filled[name] = opts.get("default", (opts.get("options") or [""])[0])
+        elif "default" in opts:
+            filled[name] = opts["default"]
+    return {"class_type": class_type, "inputs": {**filled, **inputs}}

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "demo"))
 sys.path.insert(0, str(REPO / "tests" / "unit"))
 from server import ComfyServer  # noqa: E402
-from catalogue import digest, one_line_error, run_cli  # noqa: E402
+from catalogue import digest, node, one_line_error, run_cli  # noqa: E402
 from fault_inputs import tiny_lora  # noqa: E402
 from test_merge_api import small_model  # noqa: E402
 
@@ -180,23 +180,6 @@ def server(tmp_path_factory):
     srv.info = srv.get("/object_info")
     yield srv
     srv.stop()
-
-
-def node(info, class_type, **inputs):
-    """A prompt node with every widget input not given at its default (first option for combos)."""
-    spec = info[class_type]["input"]
-    filled = {}
-    for name, entry in {**spec.get("required", {}), **spec.get("optional", {})}.items():
-        kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
-        if name in inputs:
-            continue
-        if isinstance(kind, list):
-            filled[name] = opts.get("default", kind[0] if kind else "")
-        elif kind == "COMBO":
-            filled[name] = opts.get("default", (opts.get("options") or [""])[0])
-        elif "default" in opts:
-            filled[name] = opts["default"]
-    return {"class_type": class_type, "inputs": {**filled, **inputs}}
 
 
 def save_chain(info, model_link):

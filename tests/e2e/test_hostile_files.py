@@ -28,7 +28,7 @@ HOOKS = Path(__file__).resolve().parent / "hostile_files_hooks"
 sys.path.insert(0, str(REPO / "demo"))
 sys.path.insert(0, str(REPO / "tests" / "unit"))
 from server import ComfyServer, comfy_path  # noqa: E402
-from catalogue import one_line_error, run_cli  # noqa: E402
+from catalogue import node, one_line_error, run_cli  # noqa: E402
 from fault_inputs import tiny_lora  # noqa: E402
 from test_merge_api import small_model  # noqa: E402
 
@@ -225,31 +225,17 @@ def _start(srv: ComfyServer, errors: list) -> None:
         errors.append(exc)
 
 
-def widgets(info, class_type, **given) -> dict:
-    spec = info[class_type]["input"]
-    filled = {}
-    for name, entry in {**spec.get("required", {}), **spec.get("optional", {})}.items():
-        kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
-        if isinstance(kind, list):
-            filled[name] = opts.get("default", kind[0] if kind else "")
-        elif kind == "COMBO":
-            filled[name] = opts.get("default", (opts.get("options") or [""])[0])
-        elif "default" in opts:
-            filled[name] = opts["default"]
-    return {"class_type": class_type, "inputs": {**filled, **given}}
-
-
 def file_merge(info, a="a.safetensors", b="b.safetensors", prefix="hostile/fm") -> dict:
-    return {"1": widgets(info, "MergeSuite_CheckpointFileMerge", file_a=a, file_b=b, filename_prefix=prefix,
-                         alpha=0.3),
+    return {"1": node(info, "MergeSuite_CheckpointFileMerge", file_a=a, file_b=b, filename_prefix=prefix,
+                      alpha=0.3),
             "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 3]}}}
 
 
 def save(info, prefix: str, hash_inputs: bool = False) -> dict:
     return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
             "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}},
-            "3": widgets(info, "MergeSuite_CheckpointMerge", model_a=["1", 0], clip_a=["1", 1], model_b=["2", 0],
-                         clip_b=["2", 1], alpha=0.3),
+            "3": node(info, "MergeSuite_CheckpointMerge", model_a=["1", 0], clip_a=["1", 1], model_b=["2", 0],
+                      clip_b=["2", 1], alpha=0.3),
             "4": {"class_type": "MergeSuite_SaveCheckpoint",
                   "inputs": {"model": ["3", 0], "clip": ["3", 1], "vae": ["1", 2], "filename_prefix": prefix,
                              "precision": "fp16", "prune": False, "save_workflow": False,
@@ -259,12 +245,12 @@ def save(info, prefix: str, hash_inputs: bool = False) -> dict:
 def lora_extract(info, prefix: str) -> dict:
     return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
             "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}},
-            "3": widgets(info, "MergeSuite_LoraExtract", model_a=["1", 0], model_b=["2", 0], rank=2,
-                         filename_prefix=prefix)}
+            "3": node(info, "MergeSuite_LoraExtract", model_a=["1", 0], model_b=["2", 0], rank=2,
+                      filename_prefix=prefix)}
 
 
 def lora_merge(info, prefix: str) -> dict:
-    return {"3": widgets(info, "MergeSuite_LoraMerge", lora_list="l1:1", filename_prefix=prefix)}
+    return {"3": node(info, "MergeSuite_LoraMerge", lora_list="l1:1", filename_prefix=prefix)}
 
 
 LONG = "x" * 300

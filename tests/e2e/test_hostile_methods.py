@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "demo"))
 from server import ComfyServer, comfy_path  # noqa: E402
-from catalogue import digest, one_line_error, run_cli  # noqa: E402
+from catalogue import digest, node, one_line_error, run_cli  # noqa: E402
 
 BIG_KEY = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
 NODE_KEY = "diffusion_model.input_blocks.1.0.in_layers.2.weight"
@@ -127,23 +127,6 @@ def server(tmp_path_factory, files):
     srv.info = srv.get("/object_info")
     yield srv
     srv.stop()
-
-
-def node(info, class_type, **inputs):
-    """A prompt node with every widget input not given at its default (first option for combos)."""
-    spec = info[class_type]["input"]
-    filled = {}
-    for name, entry in {**spec.get("required", {}), **spec.get("optional", {})}.items():
-        kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
-        if name in inputs:
-            continue
-        if isinstance(kind, list):
-            filled[name] = opts.get("default", kind[0] if kind else "")
-        elif kind == "COMBO":
-            filled[name] = opts.get("default", (opts.get("options") or [""])[0])
-        elif "default" in opts:
-            filled[name] = opts["default"]
-    return {"class_type": class_type, "inputs": {**filled, **inputs}}
 
 
 def combine_prompt(info, models=("m1", "m2"), prefix="hostile/combined", **settings):

@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
-from catalogue import digest, one_line_error, run_cli  # noqa: E402
-from test_faults_settings import node, raw_post, recipe_file, ComfyServer, small_model  # noqa: E402
+from catalogue import digest, node, one_line_error, run_cli  # noqa: E402
+from test_faults_settings import raw_post, recipe_file, ComfyServer, small_model  # noqa: E402
 
 HOOKS = REPO / "tests" / "e2e" / "fault_hooks"
 TYPO = "IN01:attn3:0.5"  # IN01 exists; no key of it holds 'attn3'
