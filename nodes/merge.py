@@ -213,9 +213,19 @@ def merge_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, pla
     plan, patches, dtypes_a, weights_a = planned or plan_objects(kind, a, b, c, params)
     patches, observers = watch_inputs(plan, a, kind, patches, *node, a_weights=weights_a)
     if plan.settings.calc is None:
-        return apply_plan(a, plan, patches, first=observers, last=linear_checks(plan, patches, dtypes_a)), plan
+        last = later_checks(plan, dtypes_a) | linear_checks(plan, patches, dtypes_a)
+        return apply_plan(a, plan, patches, first=observers, last=last), plan
     prepared = prepare_calc(plan, a, kind, patches, dtypes_a, stats, node[0])
-    return apply_plan(a, plan, patches, prepared, first=observers), plan
+    return apply_plan(a, plan, patches, prepared, first=observers, last=later_checks(plan, dtypes_a)), plan
+
+
+def later_checks(plan, dtypes_a: dict) -> dict:
+    """{key: result check} for what no adapter checks when the model loads: smoothAdd's delta, computed once
+    here and added as a plain diff (every merged key), and Adjust's scale or shift (its few keys)."""
+    smooth = plan.settings.calc is not None and plan.settings.calc.name == "smoothAdd"
+    return {kp.key: result_check(plan.input_watch, kp.key, *(("smoothAdd", "calcmode") if smooth else
+                                                             ("adjust", "adjust")), dtypes_a[kp.key])
+            for kp in plan.merged() if smooth or kp.adjust}
 
 
 def linear_checks(plan, patches: dict, dtypes_a: dict) -> dict:

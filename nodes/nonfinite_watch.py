@@ -149,6 +149,11 @@ class _Check:
         self.passed = False
 
 
+FIXES = {"mode": "lower alpha or beta (or the block weights).",
+         "calcmode": "lower alpha (or the block weights), or use another calc mode.",
+         "adjust": "bring the Adjust values closer to 0."}
+
+
 def result_check(watch: InputWatch, key: str, method: str, input_name: str, dtype):
     """A weight adapter placed after a key's merge patches: ComfyUI hands it the merged weight in float32, before
     rounding it into the layer's dtype; a NaN/inf there, or a value beyond that dtype's range, while the key's
@@ -174,7 +179,7 @@ def result_check(watch: InputWatch, key: str, method: str, input_name: str, dtyp
                     try:
                         check.passed = check_result(
                             weight, check.key, check.method, not check.watch.counts.get(check.key),
-                            check.input_name, check.dtype, "lower alpha or beta (or the block weights).")
+                            check.input_name, check.dtype, FIXES.get(check.input_name, FIXES["mode"]))
                     except MergeInputError as exc:
                         raise MergeNodeError(exc.describe(check.watch.label)) from None
                 return weight

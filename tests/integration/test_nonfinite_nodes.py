@@ -200,3 +200,34 @@ def test_nan_inputs_still_load_as_the_formula_says_with_the_result_check_in_plac
     assert getattr(merged.patches[KEY][-1][1], "name", None) == CHECK_NAME  # alpha 2: the result is checked
     load_for_sampling(merged)  # the NaN of B explains the NaN of the result: warned, not refused
     assert f"{KEY} (B: 2)" in warnings_of(caplog)
+
+
+def test_smooth_add_and_adjust_results_are_checked_at_load():
+    """smoothAdd's delta is computed when the node runs and added as a plain diff, and Adjust is a scale after
+    the merge: neither is an adapter that checks itself, so a check follows them; a result beyond float16 from
+    finite inputs stops the load naming the key and the calc mode (or Adjust)."""
+    from merge_suite.nodes.errors import MergeNodeError
+    from merge_suite.nodes.nonfinite_watch import CHECK_NAME
+    a, b, c = half(37, 0.0), half(38, 100.0), half(39, -100.0)
+    merged = ModelMerge.execute(model_a=a, model_b=b, model_c=c, mode="Add difference", alpha=1000.0, beta=0.0,
+                                options={"calcmode": "smoothAdd"}).result[0]
+    assert getattr(merged.patches[KEY][-1][1], "name", None) == CHECK_NAME
+    with pytest.raises(MergeNodeError) as info:
+        load_for_sampling(merged)
+    text = str(info.value)
+    assert "Merge Models" in text and "input 'calcmode'" in text and "smoothAdd" in text and KEY in text
+    comfy.model_management.unload_all_models()
+    out_bias = "diffusion_model.out.2.bias"
+    big = half(40)
+    with torch.no_grad():
+        big.model.diffusion_model.out[2].bias.fill_(65500.0)  # finite in float16; Adjust's shift takes it over
+    adjusted = ModelMerge.execute(model_a=big, model_b=big, mode="Weight sum", alpha=0.5, beta=0.0,
+                                  options={"adjust": "0,0,0,1000,1000,0,0,0"}).result[0]
+    assert getattr(adjusted.patches[out_bias][-1][1], "name", None) == CHECK_NAME
+    with pytest.raises(MergeNodeError, match=r"input 'adjust'.*adjust gives NaN/inf values at key "
+                                             r"'diffusion_model.out.2.bias'.*Adjust values closer to 0"):
+        load_for_sampling(adjusted)
+    comfy.model_management.unload_all_models()
+    fine = ModelMerge.execute(model_a=big, model_b=big, mode="Weight sum", alpha=0.5, beta=0.0,
+                              options={"adjust": "0,0,0,1,1,0,0,0"}).result[0]
+    load_for_sampling(fine)  # in range: loads
