@@ -134,8 +134,12 @@ def roll(settings: DiceSettings, arch: Architecture, seed: int, alpha: bool = Tr
     """Resolve the template for alpha and/or beta with ``seed``; same seed, same result."""
     tokens = template(settings, arch)
     upper, lower, clamp_lo, clamp_hi = _check(settings, arch, tokens)
-    r = np.random.default_rng(seed).random(3000)
-    coins = np.random.default_rng([seed, 1]).random(2 * BETA_OFFSET)
+    # beta's draws start BETA_OFFSET after alpha's (SuperMerger's layouts, up to 50 blocks), or after the last of
+    # alpha's on a longer layout (Flux.1's 61): its values never repeat alpha's; the draws of a shorter layout are
+    # unchanged (a seeded stream's first values do not depend on how many are drawn)
+    beta_offset = max(BETA_OFFSET, len(tokens))
+    r = np.random.default_rng(seed).random(max(3000, 2 * beta_offset))
+    coins = np.random.default_rng([seed, 1]).random(2 * beta_offset)
     entries: dict[str, list[str]] = {}
 
     def resolve(offset: int) -> str:
@@ -164,7 +168,7 @@ def roll(settings: DiceSettings, arch: Architecture, seed: int, alpha: bool = Tr
         return ",".join(f"{v:.10g}" for v in out)
 
     alpha_text = resolve(0) if alpha else ""
-    beta_text = resolve(BETA_OFFSET) if beta else ""
+    beta_text = resolve(beta_offset) if beta else ""
     elemental = "\n".join(f"{' '.join(dict.fromkeys(blocks))}::{ratio}" for ratio, blocks in entries.items())
     return Roll(int(seed), alpha_text, beta_text, elemental)
 

@@ -248,3 +248,17 @@ def test_cli_errors_exit_2_with_the_option_named(argv, fragment, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Fix:" in err and "Traceback" not in err
+
+
+def test_beta_on_a_layout_longer_than_50_blocks_is_drawn_apart_from_alpha():
+    """Flux.1's 61 blocks with a chance limit: beta's draws and chances come after alpha's (they used to run past
+    the 100 chances, an IndexError), while SD1's 26 blocks keep SuperMerger's offset of 50."""
+    from merge_core.architectures import FLUX1
+    rolled = roll(DiceSettings(mode="X", lower="0R0.5"), FLUX1, 1, beta=True)
+    alpha, beta = ([float(v) for v in text.split(",")] for text in (rolled.alpha, rolled.beta))
+    assert len(alpha) == len(beta) == FLUX1.n_blocks
+    assert beta[:11] != alpha[50:61]
+    sd1 = roll(DiceSettings(mode="R"), SD1, 7, beta=True)
+    import numpy as np
+    r = np.random.default_rng(7).random(3000)
+    assert [float(v) for v in sd1.beta.split(",")] == [round(float(x), DiceSettings().decimals) for x in r[50:76]]
