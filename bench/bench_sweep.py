@@ -4,7 +4,7 @@
 KSampler loads its MODEL with load_models_gpu (no forced patching), timed here
 as it calls it. The shared U-Net module remembers which patch set it holds: the
 same MODEL object again costs nothing, a different merged clone restores the
-originals and re-applies every patch (host notes §1.7).
+originals and re-applies every patch (ComfyUI's ModelPatcher).
 This times exactly that load step per cell, plus the merge node itself.
 
     python bench/bench_sweep.py [--cells 3]

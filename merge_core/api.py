@@ -103,7 +103,8 @@ def plan_merge(sources: Mapping[str, KeySource], mode: str, alpha: float = 0.5, 
 
 def recipe_metadata(plan: MergePlan, names: Mapping[str, str],
                     hashes: Optional[Mapping[str, str]] = None) -> dict[str, str]:
-    """merge_suite_recipe (flat JSON) plus SuperMerger's sd_merge_recipe / sd_merge_models (spec §11.5);
+    """merge_suite_recipe (flat JSON) plus SuperMerger's sd_merge_recipe / sd_merge_models
+    (docs/files.md#metadata-written-with-a-merge);
     names and hashes are keyed by "A", "B", "C"."""
     s = plan.settings
     recipe = {

@@ -19,7 +19,8 @@ from .methods.calcmodes import CalcMode, check_calc_parameters
 from .methods.modes import MergeMode
 from .methods.nway import CombineMethod, MethodParams
 
-# The one list of keys that are never merged, in both namings (spec §1, quirk 4, kept).
+# The one list of keys that are never merged, in both namings (docs/merging.md#keys-that-are-never-merged, quirk 4,
+# kept).
 # SuperMerger's rule is on checkpoint names: a key without "weight" or "bias" keeps A.
 # ComfyUI renames some of those OpenCLIP tensors (SD2's CLIP-H, SDXL's CLIP-G) with a
 # ".weight", so the rule alone would merge them in the nodes and keep them in the CLI:
@@ -42,7 +43,7 @@ MERGE, KEEP_A, FROM_B = "merge", "keep_a", "from_b"
 NOT_FLOAT = "integer or bool tensor"
 
 # Inpainting (9 input channels) and instruct-pix2pix (8) U-Nets merge their first
-# four input channels with a 4-channel model (spec §2.4).
+# four input channels with a 4-channel model (docs/merging.md#inpainting-and-instruct-pix2pix-inputs).
 WIDE_INPUT_CHANNELS = (8, 9)
 
 
@@ -254,7 +255,7 @@ def build_plan(arch: Architecture, settings: MergeSettings,
             check_calc_parameters(settings.calc, alpha, beta, settings.gamma,
                                   "blocks_alpha" if settings.blocks_alpha is not None else "alpha")
         adjust = settings.adjust.op(key, arch) if settings.adjust is not None else None
-        # a ratio-0 key is A unchanged; Adjust still applies to it (spec §8), except where a
+        # a ratio-0 key is A unchanged; Adjust still applies to it (docs/merging.md#adjust), except where a
         # calc mode skips the key altogether (self or trainDifference with alpha 0)
         if settings.is_identity(alpha, beta) and (adjust is None or settings.calc is not None):
             plan.keys.append(KeyPlan(key, KEEP_A, block, alpha, beta, reason="ratio 0", rule=rule))

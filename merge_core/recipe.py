@@ -10,8 +10,8 @@ file's metadata and come back unchanged:
           "a": node, "b": node, "c": node (only when C was used)}
 
 The text form (``recipe_text``) is for people: grid labels, notes, file metadata.
-``sd_merge_recipe`` / ``sd_merge_models`` follow SuperMerger's metadata (spec
-§11.5) for the last merge step, and carry the whole tree under "merge_suite" so
+``sd_merge_recipe`` / ``sd_merge_models`` follow SuperMerger's metadata
+(docs/files.md#metadata-written-with-a-merge) for the last merge step, and carry the whole tree under "merge_suite" so
 a Load recipe node can replay every step.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ COMBINE_DEFAULTS: dict[str, Any] = {
     "include_exclude": "",
 }
 COMBINE = "combine"
-# SuperMerger's mode strings in its history and metadata (spec §11.4)
+# SuperMerger's mode strings in its history and metadata (docs/files.md#recipes-instead-of-a-merge-history)
 SUPERMERGER_MODES = {
     "Weight sum": "Weight sum:A*(1-alpha)+B*alpha",
     "Add difference": "Add difference:A+(B-C)*alpha",
@@ -234,7 +234,8 @@ def leaves(node: Optional[Mapping]) -> list[dict]:
 
 
 def file_metadata(model: Optional[Mapping], clip: Optional[Mapping]) -> dict[str, str]:
-    """sd_merge_recipe and sd_merge_models (spec §11.5) for a saved checkpoint; {} if nothing was merged."""
+    """sd_merge_recipe and sd_merge_models (docs/files.md#metadata-written-with-a-merge) for a saved checkpoint; {}
+    if nothing was merged."""
     top = model if (model and is_merge(model)) else (clip if (clip and is_merge(clip)) else None)
     if top is None:
         return {}
@@ -390,7 +391,7 @@ class RecipeCheck:
 def _from_supermerger(recipe: Mapping, models: Mapping, kind: str, check: RecipeCheck) -> dict:
     mode = check.text(recipe.get("mode", "Weight sum"), "mode").split(":", 1)[0]
     if mode == "Add":
-        mode = "Add difference"  # a mode forced by the calc mode (spec §11.4 quirk)
+        mode = "Add difference"  # a mode forced by the calc mode (docs/supermerger-quirks.md#quirk-26-merge-history)
     settings = {"mode": mode, "alpha": check.number(recipe.get("base_alpha", 0.5), "base_alpha"),
                 "beta": check.number(recipe.get("base_beta", 0.25), "base_beta"),
                 "calcmode": check.text(recipe.get("calcmode", "normal"), "calcmode")}

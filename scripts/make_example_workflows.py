@@ -412,7 +412,7 @@ def save_merged_checkpoint():
     return g
 
 
-# --- Model families (issue #14): tiny Flux checkpoints, tiny diffusion-model files via UNETLoader ---------
+# --- Model families: tiny Flux checkpoints, tiny diffusion-model files via UNETLoader ---------
 
 def flux_named_blocks():
     """Flux.1: two Forge-style checkpoints merged with named block weights (unnamed blocks take alpha) -> KSampler."""
@@ -491,7 +491,7 @@ def file_merge_flux():
     return g
 
 
-# --- LoRA (issue #5) ---------------------------------------------------------------------------
+# --- LoRA ---------------------------------------------------------------------------
 # Each graph makes its LoRA files itself (extraction from the tiny checkpoints), so no LoRA needs to be
 # installed; a LoRA node's lora_list output ("<file>:1") feeds the next node's list input.
 

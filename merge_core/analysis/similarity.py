@@ -1,4 +1,4 @@
-"""Model analysis (spec §13): similarity per key and block, difference map, ASimilarity, elements.
+"""Model analysis (docs/merging.md#analysis): similarity per key and block, difference map, ASimilarity, elements.
 
 Everything streams: a ``fetch(key)`` callable hands over A's and B's tensors of one
 key at a time, so two SDXL models are compared within one tensor pair of memory.
@@ -220,7 +220,8 @@ def asimilarity_sites(shapes_a: Mapping[str, Sequence[int]], shapes_b: Mapping[s
 
 
 def asimilarity(sites: Sequence, fetch: Callable[[str], tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[str, float]]:
-    """ASimilarity (spec §13.1): per self-attention site, the mean row cosine (x100, 3 decimals)
+    """ASimilarity (docs/merging.md#model-similarity-and-asimilarity): per self-attention site, the mean row cosine
+    (x100, 3 decimals)
     of a toy attention output O = softmax(Q K^T) * colsum(V) computed with each model's
     q/k/v weights on one shared random input (torch seed 2244096, one draw per site).
     A site is an SD prefix (its to_q/to_k/to_v) or an AttentionSite.
@@ -302,7 +303,8 @@ def list_lora_elements(shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str,
 
 def token_norm_rows(norms: torch.Tensor, vocab: Mapping[str, int], top_k: int = 1000, words: str = "",
                     alnum_only: bool = False) -> list[tuple[int, str, int, float]]:
-    """Text-encoder analysis (spec §13.2): (rank, word, token id, norm), largest norm first.
+    """Text-encoder analysis (docs/merging.md#text-encoder-token-norms): (rank, word, token id, norm), largest norm
+    first.
 
     ``norms[i]`` is the norm of token i's hidden state (BOS, token). ``words``
     (comma-separated) lists only those words, each also tried with "</w>" (CLIP's

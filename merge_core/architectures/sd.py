@@ -1,4 +1,4 @@
-"""The U-Net families: SD1, SD2 and SDXL, declared with SuperMerger's block rules (spec §4).
+"""The U-Net families: SD1, SD2 and SDXL, declared with SuperMerger's block rules (docs/merging.md#block-weights).
 
 ``time_embed`` and ``label_emb`` belong to IN00, the final ``out.`` layers to the last OUT block,
 and every key outside the U-Net (text encoders, VAE, anything else) to BASE.
@@ -43,7 +43,8 @@ SDXL = Architecture(
 
 
 def _extended_blocks() -> tuple[str, ...]:
-    """SuperMerger's 110 fine names (spec §4.2), in the order of a 110-value weight list."""
+    """SuperMerger's 110 fine names (docs/merging.md#sdxl-blocks-and-the-110-value-extended-list), in the order of a
+    110-value weight list."""
     def run(head: str) -> list[str]:
         return [f"{head}{t}" for t in range(10)]
     return tuple(["CLIPL", "CLIPG", "IN0", "IN00", "IN10", "IN20", "IN30", "IN40", "IN41", "IN410", "IN411",
@@ -54,7 +55,8 @@ def _extended_blocks() -> tuple[str, ...]:
                   "OUT70", "OUT80", "OUT9", "TIME", "LABEL", "VAE"])
 
 
-# SDXL's extended layout (SuperMerger 2025-11-27, spec §4.2, §4.4): a 110-value list gives each key the
+# SDXL's extended layout (SuperMerger 2025-11-27, docs/merging.md#sdxl-blocks-and-the-110-value-extended-list): a
+# 110-value list gives each key the
 # value of its fine name — section, block and sub-block digits, plus the transformer block. The VAE's
 # coarse block is BASE, so it takes the first value (CLIPL's), not the VAE slot, as in SuperMerger.
 SDXL_EXTENDED = Architecture(

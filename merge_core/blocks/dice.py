@@ -1,4 +1,4 @@
-"""Let the Dice Roll (spec §9): random block weights from a seed.
+"""Let the Dice Roll (docs/merging.md#let-the-dice-roll): random block weights from a seed.
 
 A template holds one token per block: ``R`` (r), ``U`` (1.5 - 2r), ``X`` (between
 the per-block upper and lower limits: up + (low - up)·r), ``D`` (centre up, width

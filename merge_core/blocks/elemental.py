@@ -1,4 +1,4 @@
-"""Elemental merge (spec §6): per-element alpha overrides written as ``blocks:elements:ratio``.
+"""Elemental merge (docs/merging.md#elemental-merge): per-element alpha overrides written as ``blocks:elements:ratio``.
 
 Grammar: entries separated by commas or newlines; ``blocks`` is a space-separated
 list of block ids and ``A-B`` ranges (either order), optionally led by ``NOT``,
@@ -29,7 +29,7 @@ from .specs import expand_tokens
 
 @dataclass(frozen=True)
 class RandomRatio:
-    """A ratio drawn per key (spec §9.3, elemental tokens): R -> r, U -> 1 - 2r, X -> up + (lo - up)·r."""
+    """A ratio drawn per key (docs/merging.md#token-resolution): R -> r, U -> 1 - 2r, X -> up + (lo - up)·r."""
 
     kind: str                      # "R", "U" or "X"
     low: float = 0.0

@@ -1,4 +1,4 @@
-"""Pinpoint sweeps (spec §12.2 rows 11 and 18): one axis says *where*, the other *how much*.
+"""Pinpoint sweeps (docs/merging.md#supermergers-axes-as-sweep-nodes): one axis says *where*, the other *how much*.
 
 SuperMerger's "pinpoint blocks" axis sets the listed blocks of an MBW template to
 the alpha-axis value; "pinpoint element" appends ``<blocks:elements>:<value>`` to

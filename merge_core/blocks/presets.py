@@ -1,4 +1,4 @@
-"""SuperMerger's block-weight presets (spec §5), loaded from one data file.
+"""SuperMerger's block-weight presets (docs/merging.md#presets), loaded from one data file.
 
 The TSV beside this module is the single source: the web editor reads the same
 data through the pack's HTTP route, so the two never drift apart.

@@ -1,4 +1,4 @@
-"""Include / Exclude (spec §7): which keys take part in the merge at all.
+"""Include / Exclude (docs/merging.md#include-and-exclude): which keys take part in the merge at all.
 
 A selection is a mode (include or exclude) and a list of targets: block ids and
 ranges (``OUT03-OUT05``), ``VAE``, ``Adjust`` (the six Adjust keys) and element

@@ -1,6 +1,6 @@
 """Block-weight text (MBW): parsing, preset resolution and layout conversion.
 
-Accepted forms, resolved in this order (spec §5.5, with quirk 35 fixed: presets
+Accepted forms, resolved in this order (docs/merging.md#how-a-preset-name-resolves, with quirk 35 fixed: presets
 are looked up before anything else):
   * empty text -> no block weights (the scalar alpha/beta apply everywhere);
   * the named form ``ID=value, FIRST-LAST=value, ALL=value`` (any text with ``=``): block ids and
@@ -9,7 +9,8 @@ are looked up before anything else):
   * a single preset name (no comma) -> that preset on the layout (see `preset_on_layout`);
   * comma-separated numbers, exactly one per block of the layout (SD1/SD2 26, SDXL 20, Flux.1 61, ...),
     else an error that prints the layout; SDXL also takes 26 (its BASE, IN00-IN08, M00 and OUT00-OUT08
-    are kept, spec §4.3) and SuperMerger's 110-value extended list (architectures.SDXL_EXTENDED).
+    are kept, docs/merging.md#converting-an-sd1-list-for-sdxl) and SuperMerger's 110-value extended list
+    (architectures.SDXL_EXTENDED).
 The first value is the base slot and is also the base ratio (text encoder).
 """
 from __future__ import annotations

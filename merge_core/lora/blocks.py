@@ -1,4 +1,4 @@
-"""LoRA Block Weight (LBW) layouts, presets and SuperMerger's LoRA list syntax (spec §10.1, Appendix B).
+"""LoRA Block Weight (LBW) layouts, presets and SuperMerger's LoRA list syntax (docs/lora.md#lora-list-syntax).
 
 A block spec is a preset name, 12/17/20/26 values in one of the LBW layouts, or the named form
 (``IN04=0, OUT=0.5``). Values are placed by block name into the model's own block list (SD1: 26 slots,
@@ -174,7 +174,7 @@ def parse_lora_list(text: str, input_name: str = "lora_list") -> list[LoraItem]:
     """``name:ratio[:blocks]`` items separated by commas or newlines.
 
     A comma fragment without ':' continues the previous item, so inline block
-    values may contain commas (spec §10.1).
+    values may contain commas (docs/lora.md#lora-list-syntax).
     """
     items: list[list[str]] = []
     for line in (text or "").replace("\r", "").split("\n"):

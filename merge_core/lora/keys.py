@@ -1,4 +1,5 @@
-"""kohya-style LoRA module names for model keys, and the block of a LoRA module (spec §10.2, §10.7).
+"""kohya-style LoRA module names for model keys, and the block of a LoRA module (docs/lora.md#lora-to-block-mapping,
+docs/lora.md#extracting-a-lora-from-two-models).
 
 Written names are the ones kohya's sd-scripts produce, which ComfyUI, A1111 and
 kohya all read: SD1/SD2 U-Net modules in diffusers naming
@@ -174,7 +175,7 @@ def module_block(name: str, arch: Architecture) -> Optional[str]:
 
 
 def lora_architecture(names) -> Optional[str]:
-    """'sdxl' or 'sd1' from LoRA module names (spec §10.9), None when nothing is recognised.
+    """'sdxl' or 'sd1' from LoRA module names (docs/lora.md#lora-family-detection), None when nothing is recognised.
 
     SDXL: ``lora_te1_``/``lora_te2_`` text encoders, or original-naming U-Net modules
     that never go past block 8. SD1/SD2: ``lora_te_``, diffusers U-Net names, or blocks 9-11.
@@ -204,7 +205,7 @@ def lora_architecture(names) -> Optional[str]:
 def lora_arch(names, metadata=None) -> Optional[Architecture]:
     """The family of a LoRA: the transformer family its own metadata names when that explains its modules
     (families.metadata_family), else from its module names: a transformer family (full-size layout), else
-    SD1 or SDXL (spec §10.9); None when nothing is recognised."""
+    SD1 or SDXL (docs/lora.md#lora-family-detection); None when nothing is recognised."""
     names = list(names)
     family = metadata_family(metadata, names) or lora_family(names)
     if family is not None:

@@ -1,4 +1,5 @@
-"""LoRA math on plain tensors: a module's delta, low-rank decomposition, and the merge rules (spec §10.4-10.7).
+"""LoRA math on plain tensors: a module's delta, low-rank decomposition, and the merge rules
+(docs/lora.md#merging-loras and the sections after it).
 
 A LoRA module is up (out, r[, 1, 1]) and down (r, in[, kh, kw]) with ``alpha``;
 its delta at strength 1 is (alpha / r) * up @ down (conv: over the flattened
@@ -132,7 +133,8 @@ def scaled_factors(m: LoraModule, ratio: float, s: float, same_to_strength: bool
 
 def exact_merge(modules: list[tuple[LoraModule, float]], rank: int, method: str = "full",
                 clamp_quantile: Optional[float] = None) -> Decomposition:
-    """sum_i r_i * delta_i, re-decomposed to ``rank`` (linear in r_i; spec §10.4 B with its bug fixed)."""
+    """sum_i r_i * delta_i, re-decomposed to ``rank`` (linear in r_i; docs/lora.md#merging-loras (the exact merge)
+    with its bug fixed)."""
     total = None
     for module, ratio in modules:
         d = module.delta() * ratio
@@ -162,7 +164,7 @@ def naive_merge(modules: list[tuple[LoraModule, float]], same_to_strength: bool)
 
 
 def extract_two(t1: Tensor, t2: Tensor, alpha: float, beta: float, gamma: float) -> Tensor:
-    """Spec §10.5: SuperMerger's extract with base 0 on one tensor of each LoRA:
+    """docs/lora.md#extracting-from-two-loras: SuperMerger's extract with base 0 on one tensor of each LoRA:
     lerp(a, b, alpha) * lerp(d, 1-d, beta), d = ((cos_lastdim(a, b) + 1)/2)^gamma."""
     a, b = t1.float(), t2.float()
     return extract(torch.zeros_like(a), a, b, KeyContext("", alpha, beta, gamma))

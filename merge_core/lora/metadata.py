@@ -1,4 +1,5 @@
-"""LoRA metadata (spec §10.6): kohya's ss_* fields and SAI model-spec fields for extracted and merged LoRAs."""
+"""LoRA metadata (docs/lora.md#lora-metadata-modes): kohya's ss_* fields and SAI model-spec fields for extracted and
+merged LoRAs."""
 from __future__ import annotations
 
 import json
@@ -40,7 +41,8 @@ def _tags(value) -> dict:
 
 def merged_metadata(inputs: list[tuple[LoraItem, LoraFile, dict[str, float]]], mode: str, output_name: str,
                     save_dtype: str, dims: set) -> dict[str, str]:
-    """§10.6 modes, on copies (the inputs' metadata is never changed). Quirks fixed: dim and alpha follow
+    """The metadata modes (docs/lora.md#lora-metadata-modes), on copies (the inputs' metadata is never changed).
+    Quirks fixed: dim and alpha follow
     the output's ranks, and ss_tag_frequency is merged from its JSON text."""
     if mode not in METADATA_MODES:
         raise MergeInputError("metadata", f"'{mode}' is not a metadata mode.", "use one of " + ", ".join(METADATA_MODES))

@@ -75,7 +75,7 @@ def _block_ratio(ratios: dict[str, float], module: str, arch: Architecture, repo
 def merge_loras(items: list[tuple[LoraItem, LoraFile]], method: str = "exact", rank: int = 0, svd: str = "full",
                 clamp_quantile: Optional[float] = None, same_to_strength: bool = True, lbw_presets: str = "",
                 progress: Progress = None) -> LoraResult:
-    """Spec §10.4. exact: sum_i r_i delta_i per module, SVD to ``rank`` (0 = the largest input rank);
+    """docs/lora.md#merging-loras. exact: sum_i r_i delta_i per module, SVD to ``rank`` (0 = the largest input rank);
     naive: kohya's factor-wise sum (equal ranks; r^2 unless same_to_strength)."""
     if not items:
         raise MergeInputError("lora_list", "is empty.", "list at least one LoRA as name:ratio.")
@@ -115,7 +115,8 @@ def merge_loras(items: list[tuple[LoraItem, LoraFile]], method: str = "exact", r
 
 def extract_from_loras(first: tuple[LoraItem, LoraFile], second: tuple[LoraItem, LoraFile], alpha: float,
                        beta: float, gamma: float, same_to_strength: bool = True, lbw_presets: str = "") -> LoraResult:
-    """Spec §10.5: each LoRA scaled alone by its block ratios (and sqrt(alpha_i/alpha_1)), then the extract
+    """docs/lora.md#extracting-from-two-loras: each LoRA scaled alone by its block ratios (and
+    sqrt(alpha_i/alpha_1)), then the extract
     formula per tensor (up and down separately); alphas are LoRA 1's."""
     gamma = require_ratio("gamma", gamma)
     for value, name in ((alpha, "alpha"), (beta, "beta")):
@@ -152,7 +153,8 @@ def extract_from_models(shapes: Mapping[str, tuple[int, ...]], get_a: Callable[[
                         beta: float = 1.0, rank: int = 64, conv_rank: int = 0, svd: str = "full",
                         clamp_quantile: Optional[float] = None, te_min_diff: float = 0.1,
                         progress: Progress = None) -> LoraResult:
-    """Spec §10.7: delta = alpha*A - beta*B per targeted module, SVD to ``rank`` (3x3 convs to ``conv_rank``,
+    """docs/lora.md#extracting-a-lora-from-two-models: delta = alpha*A - beta*B per targeted module, SVD to ``rank``
+    (3x3 convs to ``conv_rank``,
     0 = skip them), alpha = rank. The text encoder is kept only if some module differs by more than
     ``te_min_diff`` (max |delta|), as kohya does. Deltas on one torch thread, SVDs on the idle cores (threads.py)."""
     check_svd_settings(rank, clamp_quantile, conv_rank, min_rank=1)

@@ -1,4 +1,4 @@
-"""Adjust (spec §8): detail, contrast, brightness and colour tweaks on six U-Net keys.
+"""Adjust (docs/merging.md#adjust): detail, contrast, brightness and colour tweaks on six U-Net keys.
 
 Eight values a..h = IN, OUT, OUT2, CONT, BRI, COL1 (cyan-/red+), COL2
 (magenta-/green+), COL3 (yellow-/blue+):

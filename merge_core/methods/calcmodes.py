@@ -1,4 +1,4 @@
-"""SuperMerger's calculation modes (spec §3.3-§3.10) as small pure functions.
+"""SuperMerger's calculation modes (docs/merging.md#calc-modes) as small pure functions.
 
 Each function takes float32 tensors A, B (and C where used) of one key and the
 key's ratios, and returns a new float32 tensor, or None to keep A unchanged.
@@ -66,7 +66,7 @@ def _cosine_from_sums(dot: Tensor, na: Tensor, nb: Tensor) -> Tensor:
 
 
 def cosine_similarities(a: Tensor, b: Tensor, variant: str) -> tuple[Tensor, Tensor]:
-    """(stage-0 values, combined similarity) of one key (spec §3.3).
+    """(stage-0 values, combined similarity) of one key (docs/merging.md#cosinea-and-cosineb).
 
     cosineA: A and B normalised along dim 0; stage 0 is their dim-0 cosine; the
     per-key blend uses (dim-0 cosine + whole-tensor cosine)/2 of the normalised tensors.

@@ -1,4 +1,4 @@
-"""Merge modes as small pure functions on float32 tensors (spec §3.1).
+"""Merge modes as small pure functions on float32 tensors (docs/merging.md#merge-mode-formulas).
 
 Convention everywhere in this pack: alpha is the weight of model B, so alpha = 0
 gives A and alpha = 1 gives B (SuperMerger's convention; ComfyUI's own

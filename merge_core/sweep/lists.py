@@ -3,7 +3,7 @@
 ComfyUI runs a node once per element of its list inputs, pairing lists element by
 element and repeating the last element of the shorter one (no product). A grid
 therefore needs its axes expanded here: for every Z, every Y, every X, in that
-order (SuperMerger's XYZ loop, spec §12.1).
+order (SuperMerger's XYZ loop, docs/merging.md#sweep-flow).
 """
 from __future__ import annotations
 

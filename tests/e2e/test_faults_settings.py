@@ -1,4 +1,4 @@
-"""Fault catalogue, settings half of issue 12: bad values through the CLI and the real ComfyUI server.
+"""Fault catalogue, settings: bad values through the CLI and the real ComfyUI server.
 
 Each case gives a clear error naming the option / node input (or the right result), leaves every input
 byte-identical and writes no output. The CLI cases run in one subprocess through merge_core.cli.main (the

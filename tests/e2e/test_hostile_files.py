@@ -1,4 +1,4 @@
-"""Issue 31, files written: special files under --overwrite, hostile save prefixes, the file-merge reuse key,
+"""Hostile catalogue, files written: special files under --overwrite, hostile save prefixes, the file-merge reuse key,
 concurrent identical file merges, NaN/inf inputs of a file merge, a damaged sha256 cache.
 
 Through the CLI (one subprocess running merge_core.cli.main per case list, as test_faults_settings.py) and

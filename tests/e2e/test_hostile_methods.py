@@ -1,4 +1,4 @@
-"""Hostile catalogue of issue 31, slice A: the n-model methods in their domain, and every merged result checked.
+"""Hostile catalogue, methods: the n-model methods in their domain, and every merged result checked.
 
 Through the CLI (one subprocess, merge_core.cli.main) and the real ComfyUI server's /prompt (Combine Models, and
 Save Checkpoint of a Combine result): a one-line error naming the option / node input (and, for a result that

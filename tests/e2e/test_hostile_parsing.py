@@ -1,4 +1,4 @@
-"""Hostile catalogue, parsing half of issue 31: recipes, block and elemental text, the check routes, Ctrl+C.
+"""Hostile catalogue, parsing: recipes, block and elemental text, the check routes, Ctrl+C.
 
 Each probe gives a one-line error naming the option / node input (or the documented result), leaves every
 input byte-identical and writes no output. CLI cases run in one subprocess through merge_core.cli.main

@@ -1,4 +1,4 @@
-"""Hostile catalogue, readers and LoRA slice of issue 31: damaged GGUF tensor tables (file size unchanged), a
+"""Hostile catalogue, readers and LoRA: damaged GGUF tensor tables (file size unchanged), a
 safetensors header of 100,000 nested brackets, lora-extract on a pair whose shapes differ and on GGUF inputs.
 
 Each bad case is one line naming the input file and the tensor, leaves every input byte-identical and writes

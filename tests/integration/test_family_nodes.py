@@ -3,7 +3,7 @@
 CheckpointLoaderSimple for a Forge-style Flux.1 checkpoint.
 
 Expected weights come from the formula, with block ratios from the independent transcription of the
-issue-14 rules (tests/unit/spec_families.py); the CLI merges the same files and must agree at every key.
+family block rules (tests/unit/spec_families.py); the CLI merges the same files and must agree at every key.
 """
 import sys
 from pathlib import Path

@@ -211,7 +211,7 @@ def test_bare_wan_diffusion_model_merges_keeping_its_naming_and_equals_the_model
     assert_within_rounding(model, ref, stored, inputs, lambda key: key[len(UNET):])
 
 
-# --- issue 31: the reuse key, concurrent identical merges, prefixes, NaN/inf inputs -------------
+# --- hostile inputs: the reuse key, concurrent identical merges, prefixes, NaN/inf inputs -------------
 
 def _counting(monkeypatch):
     calls = []

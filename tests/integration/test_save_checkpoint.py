@@ -225,7 +225,7 @@ def test_sdxl_save_reloads_exactly_with_modelspec(ckpt_dir, tiny):
     ("new\\x", "backslash"),
 ])
 def test_hostile_prefix_is_refused_before_any_folder(prefix, words, ckpt_dir, monkeypatch):
-    """NUL, names too long for the file system, a backslash (issue 31): one line, nothing created."""
+    """NUL, names too long for the file system, a backslash: one line, nothing created."""
     model, clip, vae, _ = merged_pair(monkeypatch)
     before = sorted(p.name for p in ckpt_dir.iterdir())
     with pytest.raises(MergeNodeError) as info:

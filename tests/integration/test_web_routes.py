@@ -158,7 +158,7 @@ def test_merge_nodes_send_the_layout_they_used(tiny):
 
 
 def test_check_routes_bound_their_work_by_the_layouts_real_size():
-    """Issue #31: a 1 MB body on layout flux1:999,999 took 17 s of CPU per request. A sized layout may give
+    """A 1 MB body on layout flux1:999,999 took 17 s of CPU per request. A sized layout may give
     each container at most twice the family's full-size count, a text at most MAX_TEXT_CHARS characters."""
     assert routes.family_layout("flux1:38,76")["ok"] and routes.family_layout("wan:40,8")["ok"]  # VACE blocks
     for bad in ("flux1:999,999", "flux1:39,38", "flux1:19,77", "qwen_image:121", "wan:40,17"):

@@ -1,4 +1,5 @@
-"""Independent transcription of the spec's key -> block rules (supermerger.md §4.1, §4.2).
+"""Independent transcription of the key -> block rules (docs/merging.md#sd1-and-sd2-blocks,
+docs/merging.md#sdxl-blocks-and-the-110-value-extended-list).
 
 Written from the spec text, separately from merge_core.architectures, so that
 tests compare two implementations instead of one with itself.

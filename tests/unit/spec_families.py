@@ -1,4 +1,4 @@
-"""Independent transcription of the issue-14 rules (key -> block) for the transformer families.
+"""Independent transcription of the block rules (key -> block) for the transformer families.
 
 Written from the issue text (families and their block ids), separately from
 merge_core.architectures, so tests compare two implementations instead of one with itself.

@@ -1,4 +1,4 @@
-"""Adjust against the spec's per-key formulas (supermerger.md §8)."""
+"""Adjust against the per-key formulas of docs/merging.md#adjust."""
 import pytest
 import torch
 from test_merge_api import small_model

@@ -54,7 +54,7 @@ def test_empty_is_none():
 
 @pytest.mark.parametrize("text", [",,,,", ",", " , ", ",\n,", "\n,,\n"])
 def test_commas_alone_are_refused_not_taken_as_no_block_weights(text):
-    """A list whose numbers were lost is a mistake, not a request for the scalar everywhere (issue #31)."""
+    """A list whose numbers were lost is a mistake, not a request for the scalar everywhere."""
     with pytest.raises(MergeInputError) as info:
         parse_block_weights(text, SD1, "blocks_alpha", 0.5)
     assert info.value.input_name == "blocks_alpha" and "holds only commas" in str(info.value)

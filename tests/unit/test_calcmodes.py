@@ -1,4 +1,4 @@
-"""Calc modes against independent NumPy/SciPy transcriptions of the spec (supermerger.md §3.3-3.10)."""
+"""Calc modes against independent NumPy/SciPy transcriptions of docs/merging.md#calc-modes."""
 import numpy as np
 import pytest
 import scipy.ndimage as ndi

@@ -1,4 +1,4 @@
-"""Elemental grammar and matching (spec §6) on real SD1 and SDXL key names."""
+"""Elemental grammar and matching (docs/merging.md#elemental-merge) on real SD1 and SDXL key names."""
 import pytest
 import torch
 from hypothesis import given, settings
@@ -111,7 +111,7 @@ def test_parser_never_crashes(parts, arch):
     ("M00 OUT00-OUT05:attn9:1", "in blocks M00, OUT00, OUT01, OUT02 (and 3 more)"),
 ])
 def test_a_rule_matching_no_key_is_refused_like_include_exclude(sd1_keys, text, fragment):
-    """An element typo (issue #31: IN01:attn3:0.5) set nothing and the merge looked like a success; it is
+    """An element typo (IN01:attn3:0.5) set nothing and the merge looked like a success; it is
     refused as include/exclude refuse a target that selects no key, naming the entry and the blocks."""
     a = small_model(sd1_keys, 1)
     with pytest.raises(MergeInputError) as info:

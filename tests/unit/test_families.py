@@ -78,7 +78,7 @@ def test_sdxl_extended_110():
     assert SDXL_EXTENDED.block_of("model.diffusion_model.out.2.weight") == "OUT9"
     assert SDXL_EXTENDED.block_of("model.diffusion_model.label_emb.0.0.weight") == "LABEL"
     assert SDXL_EXTENDED.block_of("conditioner.embedders.1.model.ln_final.weight") == "CLIPG"
-    assert SDXL_EXTENDED.block_of("first_stage_model.decoder.conv_in.weight") == "CLIPL", "VAE takes value 1 (§4.4)"
+    assert SDXL_EXTENDED.block_of("first_stage_model.decoder.conv_in.weight") == "CLIPL", "VAE takes value 1"
     values = [i / 200 for i in range(110)]
     w = parse_block_weights(",".join(map(str, values)), SDXL, "blocks_beta")
     assert w.at("IN04", "model.diffusion_model.input_blocks.4.1.transformer_blocks.1.attn1.to_q.weight") \

@@ -1,4 +1,4 @@
-"""Damaged GGUF tensor tables (issue 31): each kind of damage is a one-line error naming the file and the
+"""Damaged GGUF tensor tables: each kind of damage is a one-line error naming the file and the
 tensor when the file is opened, never a merge of other tensors' bytes. The files are real GGUFs written by
 the gguf package, then damaged in place with the file size unchanged, as the probes did."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Help pages (web/docs/<NodeId>.md, shown in ComfyUI's node help panel) cover what issue #7 asks:
+"""Help pages (web/docs/<NodeId>.md, shown in ComfyUI's node help panel) cover what a user looks for there:
 what the node does, the alpha convention where there is an alpha, each input, an example."""
 import re
 from pathlib import Path

@@ -1,7 +1,7 @@
 """merge_core's LoRA library: list syntax, block layouts, kohya names, SVD, merge rules, metadata, files, CLI.
 
-Expected values are written from the spec (supermerger.md §10) independently of
-the implementation: the §10.2 name conversion is transcribed here in its forward
+Expected values are written from the documented behaviour (docs/lora.md) independently of
+the implementation: the name conversion of docs/lora.md#lora-to-block-mapping is transcribed here in its forward
 direction and used to check the names we generate in the reverse direction.
 """
 import json
@@ -75,7 +75,7 @@ def test_presets_builtin_user_and_errors():
 # --- names ----------------------------------------------------------------------------------
 
 def spec_diffusers_to_compvis(name: str) -> str:
-    """§10.2 step 1, transcribed: kohya/diffusers module name -> compvis name."""
+    """docs/lora.md#lora-to-block-mapping, first step, transcribed: kohya/diffusers module name -> compvis name."""
     n = name.replace("lora_unet_", "")
     resnet = {"conv1": "in_layers_2", "conv2": "out_layers_3", "norm1": "in_layers_0", "norm2": "out_layers_0",
               "time_emb_proj": "emb_layers_1", "conv_shortcut": "skip_connection"}

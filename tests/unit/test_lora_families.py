@@ -234,7 +234,7 @@ def test_extract_refuses_two_families(tmp_path):
 
 
 def test_qwen_image_lora_of_few_blocks_reads_its_family_from_its_own_metadata(tmp_path):
-    """Issue 31: a Qwen-Image model of 10 blocks names only transformer_blocks.0-9, which Flux.1 explains
+    """A Qwen-Image model of 10 blocks names only transformer_blocks.0-9, which Flux.1 explains
     as well (its diffusers double blocks); the pack's own extraction says qwen_image in its metadata, and
     that decides: Qwen-Image block ids are accepted, on merge and on read."""
     keys = {k: s for k, s in load_keyset("qwen-image").items()

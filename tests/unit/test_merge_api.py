@@ -46,7 +46,7 @@ def test_block_weighted_merge_matches_spec(mode, layout, sd1_keys, sdxl_keys):
                             blocks_alpha=",".join(map(str, alphas)), blocks_beta=",".join(map(str, betas)))
     uses_beta = mode in ("triple_sum", "sum_twice")
     for key in keys:
-        if "weight" not in key and "bias" not in key:  # never merged (spec §1)
+        if "weight" not in key and "bias" not in key:  # never merged (docs/merging.md#keys-that-are-never-merged)
             assert torch.equal(out[key], a[key]), key
             continue
         i = names.index(block_of(key))

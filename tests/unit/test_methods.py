@@ -1,4 +1,4 @@
-"""Each merge mode against the spec's formula (supermerger.md §3.1) on random tensors."""
+"""Each merge mode against the formulas of docs/merging.md#merge-mode-formulas on random tensors."""
 import pytest
 import torch
 

@@ -187,7 +187,7 @@ def test_a_file_that_cannot_fit_is_refused_before_any_work(tmp_path, monkeypatch
     assert seen
 
 
-# --- issue 31: special files, prefixes, a damaged hash cache -----------------------------------
+# --- hostile inputs: special files, prefixes, a damaged hash cache -----------------------------------
 
 def _special_targets(tmp_path):
     """(target, check it is still what it was): a FIFO, a symlink to /dev/null (never opened here: the

@@ -1,4 +1,5 @@
-"""Pinpoint sweeps (spec §12.2 rows 11, 18), Let the Dice Roll (§9) and random elemental ratios."""
+"""Pinpoint sweeps (docs/merging.md#supermergers-axes-as-sweep-nodes), Let the Dice Roll
+(docs/merging.md#let-the-dice-roll) and random elemental ratios."""
 import pytest
 import torch
 from hypothesis import given, settings

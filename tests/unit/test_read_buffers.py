@@ -81,7 +81,7 @@ def test_a_file_merge_computes_later_keys_into_written_results_memory(tmp_path, 
 
 
 def test_deeply_nested_json_is_a_one_line_error_not_a_recursion_error(tmp_path):
-    """Issue 31: a header of 100,000 nested brackets (and the same inside metadata the readers parse)."""
+    """A header of 100,000 nested brackets (and the same inside metadata the readers parse)."""
     import struct
 
     from merge_core.errors import MergeInputError

@@ -1,4 +1,4 @@
-"""TIES, geometric median, SLERP and add-perpendicular equal sd-mecha 1.1's on the same tensors (issue #15).
+"""TIES, geometric median, SLERP and add-perpendicular equal sd-mecha 1.1's on the same tensors.
 
 sd-mecha is a test-only reference, never a dependency: it is looked for in $MERGE_SUITE_SD_MECHA or
 ~/.cache/merge-suite/sd-mecha-1.1.8 (`pip install --no-deps --target ~/.cache/merge-suite/sd-mecha-1.1.8

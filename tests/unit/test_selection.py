@@ -1,4 +1,4 @@
-"""Include / Exclude (spec §7) on real SD1 key names."""
+"""Include / Exclude (docs/merging.md#include-and-exclude) on real SD1 key names."""
 import pytest
 import torch
 from spec_blocks import sd1_block

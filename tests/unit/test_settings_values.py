@@ -1,4 +1,4 @@
-"""Settings-layer checks (issue 12): every entry point refuses NaN, infinities and overflowing values."""
+"""Settings-layer checks: every entry point refuses NaN, infinities and overflowing values."""
 import json
 import math
 

@@ -210,7 +210,7 @@ def test_recipe_keeps_the_scalar_under_named_block_weights():
         "alpha=0.2 beta=0.7 blocks_beta=OUT=1"
 
 
-# --- hostile recipes (issue #31): every field dropped or of a wrong type gives a MergeInputError ----------
+# --- hostile recipes: every field dropped or of a wrong type gives a MergeInputError ----------
 
 def _replay_settings(tree, arch):
     """Parse every step's settings as Load Recipe replays them (merge_core's half of nodes/recipe.replay)."""
@@ -286,7 +286,7 @@ def _mutated(value, path, new):
 def test_every_recipe_field_dropped_or_mistyped_gives_a_one_line_input_error():
     """Load Recipe reads a file's metadata, which anyone can write: drop each field of a valid recipe in
     turn, or give it a wrong type or value, and the parser plus the settings it replays raise
-    MergeInputError only (a bare TypeError for a step without beta was issue #31's probe)."""
+    MergeInputError only (a bare TypeError for a step without beta escaped before)."""
     arch, cases = _valid_recipes()
     for name, sm, models in cases:
         for source in (sm, models) if models else (sm,):
