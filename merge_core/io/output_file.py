@@ -104,8 +104,8 @@ PREFIX_NAME_BYTES = 180
 
 def check_prefix(prefix: str, folder: str, input_name: str = "filename_prefix") -> str:
     """A save node's filename_prefix, stripped, or a MergeInputError, checked before any folder is made:
-    no NUL byte or other control character, no backslash on POSIX (ComfyUI's prefixes take '/' for sub-folders; a backslash would
-    become part of a name that the node could not report as a usable path), every folder name at most
+    no NUL byte or other control character, no backslash on POSIX (ComfyUI's prefixes take '/' for sub-folders;
+    a backslash would become part of a name that the node could not report as a usable path), every folder name at most
     255 bytes and the file's name at most PREFIX_NAME_BYTES (room for the counter and the temporary name)."""
     prefix = (prefix or "").strip()
     if not prefix:
