@@ -178,7 +178,11 @@ try {
 
   // Pick a preset from the editor's dropdown.
   await editor.locator("select").nth(1).selectOption("FLAT_25");
-  await page.waitForTimeout(600);
+  // The status line is rewritten after the check route answers: wait for it (a loaded CI machine
+  // took longer than a fixed pause), and on a timeout record what is shown so the test names it.
+  await page.waitForFunction(() => document.querySelector(".ms-block-editor[data-input=blocks_alpha] .ms-status")
+    ?.textContent.includes("FLAT_25"), null, { timeout: 20000 }).catch(() => {});
+  await page.waitForTimeout(300);
   step("preset", { widgets: await widgetValues(["blocks_alpha", "blocks_alpha_preset"]), status: await status(".ms-block-editor[data-input=blocks_alpha]") });
 
   // Group helper: multiply the OUT group by 2.
