@@ -224,7 +224,10 @@ try {
   await helper.locator("select").nth(1).selectOption("OUT04");
   await page.waitForFunction(() => document.querySelectorAll(".ms-elemental-helper .ms-elements div").length > 0);
   await helper.locator(".ms-elements div", { hasText: "attn2.to_k" }).first().click();
-  await page.waitForTimeout(500);
+  // The status is rewritten when the check route answers for the appended rule: wait for it, not a fixed pause.
+  await page.waitForFunction(() => document.querySelector(".ms-elemental-helper .ms-status")?.textContent
+    .includes("3 rule(s)"), null, { timeout: 20000 }).catch(() => {});
+  await page.waitForTimeout(200);
   step("elemental_ok", {
     status: await status(".ms-elemental-helper"),
     elements: await helper.locator(".ms-elements div").allTextContents(),
