@@ -6,7 +6,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 
@@ -16,9 +16,7 @@ from ..io.output_file import check_target, disk_error
 from ..io.safetensors_file import SafetensorsReader, SafetensorsWriter
 from .keys import lora_arch
 from .linalg import LoraModule
-
-if TYPE_CHECKING:
-    from .operations import LoraResult
+from .result import LoraResult
 
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}

@@ -6,7 +6,6 @@ the CLI share them; only saving (files.save_lora) touches the disk.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
 import torch
@@ -18,30 +17,7 @@ from .blocks import LoraItem, block_values, parse_presets
 from .files import LoraFile, Progress, common_architecture, require_plain
 from .keys import module_block, te_modules, unet_module
 from .linalg import decompose, exact_merge, extract_two, naive_merge, scaled_factors
-
-
-@dataclass
-class LoraResult:
-    tensors: dict[str, torch.Tensor]
-    report: list[str] = field(default_factory=list)
-    dims: set = field(default_factory=set)
-    sq_err: float = 0.0
-    sq_norm: float = 0.0
-
-    @property
-    def rel_error(self) -> float:
-        return math.sqrt(self.sq_err / self.sq_norm) if self.sq_norm > 0 else 0.0
-
-    def add(self, name: str, up: torch.Tensor, down: torch.Tensor, alpha: float) -> None:
-        self.tensors[f"{name}.lora_up.weight"] = up
-        self.tensors[f"{name}.lora_down.weight"] = down
-        self.tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
-        self.dims.add(down.shape[0])
-
-    def add_decomposition(self, name: str, dec) -> None:
-        self.add(name, dec.up, dec.down, dec.rank)
-        self.sq_err += (dec.rel_error * dec.norm) ** 2
-        self.sq_norm += dec.norm ** 2
+from .result import LoraResult
 
 
 def check_svd_settings(rank: int, clamp_quantile: Optional[float], conv_rank: int = 0, min_rank: int = 0) -> None:
