@@ -22,7 +22,7 @@ from .io.output_file import check_target
 from .io.sources import KeySource, open_source
 from .methods.modes import MODES  # the plan needs a mode: weight_sum needs no C (unused by the engine here)
 from .methods.nway import MethodParams, check_params, get_method
-from .plan import KEEP_A, MergePlan, MergeSettings, build_plan
+from .plan import KEEP_A, MergePlan, MergeSettings, Reason, build_plan
 
 BASE = "a"
 
@@ -115,8 +115,8 @@ def plan_combine(settings: MergeSettings, arch: Architecture, base_shapes: Mappi
             raise MergeInputError("models", exc.problem.replace("model A", "the base"), exc.fix) from None
         raise
     for i, kp in enumerate(plan.keys):
-        if kp.action == KEEP_A and kp.reason == "absent from B":
-            plan.keys[i] = type(kp)(kp.key, KEEP_A, kp.block, reason="absent from a model")
+        if kp.reason is Reason.ABSENT_FROM_B:
+            plan.keys[i] = type(kp)(kp.key, KEEP_A, kp.block, reason=Reason.ABSENT_FROM_MODEL)
     plan.models = model_names(len(model_shapes))
     return plan
 

@@ -7,6 +7,7 @@ applied-ratio report.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Mapping, Optional, Sequence
 
 from .architectures import KEPT, NO_BLOCK, Architecture
@@ -39,8 +40,42 @@ NEVER_MERGED_COMFY_ONLY = ("clip_l.transformer.text_projection.weight",)
 NEVER_MERGED_SUFFIXES = ("scale_weight", "scale_input")
 _COMFY_NEVER = frozenset(comfy for _, comfy in NEVER_MERGED_OPENCLIP)
 
-MERGE, KEEP_A, FROM_B = "merge", "keep_a", "from_b"
-NOT_FLOAT = "integer or bool tensor"
+
+class Action(str, Enum):
+    """What happens to one key. The value is the text a per-key report shows (and what str() gives)."""
+    MERGE = "merge"
+    KEEP_A = "keep_a"
+    FROM_B = "from_b"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+MERGE, KEEP_A, FROM_B = Action.MERGE, Action.KEEP_A, Action.FROM_B
+
+
+class Reason(Enum):
+    """Why a key keeps A (or comes from B). The value is the text users see; ``{}`` takes the key plan's detail."""
+    NOT_WEIGHT = "not a weight or bias"
+    QUANTISATION_SCALE = "quantisation scale"
+    VAE_KEPT = "VAE kept from A"
+    NO_BLOCK_RULE = "matches no {} block rule"  # detail: the family's label
+    ABSENT_FROM_B = "absent from B"
+    ABSENT_FROM_C = "absent from C"
+    ABSENT_FROM_MODEL = "absent from a model"  # n-model combine: a model lacks the key
+    NOT_FLOAT = "integer or bool tensor"
+    VAE_COSINE = "VAE kept by cosine modes"
+    NOT_INCLUDED = "included"  # include mode: the key is not among the targets
+    EXCLUDED = "excluded"
+    RATIO_0 = "ratio 0"
+    ONLY_IN_B = "only in B"
+
+    def text(self, detail: str = "") -> str:
+        return self.value.format(detail) if "{}" in self.value else self.value
+
 
 # Inpainting (9 input channels) and instruct-pix2pix (8) U-Nets merge their first
 # four input channels with a 4-channel model (docs/merging.md#inpainting-and-instruct-pix2pix-inputs).
@@ -100,15 +135,21 @@ class MergeSettings:
 @dataclass(frozen=True)
 class KeyPlan:
     key: str
-    action: str
+    action: Action
     block: str = "BASE"
     alpha: float = 0.0
     beta: float = 0.0
     # merge only weight[:, :n] (inpainting A with a 4-channel B); None = whole tensor
     input_channels: Optional[int] = None
-    reason: str = ""
+    reason: Optional[Reason] = None  # why a key keeps A or comes from B; None for a merged key
     rule: Optional[ElementalRule] = None  # the elemental rule that set alpha, if any
     adjust: Optional[tuple] = None  # Adjust operation applied after the merge: ("scale", f) or ("add", values)
+    detail: str = ""  # what the reason's text names (the family of a key no block rule matches)
+
+    @property
+    def note(self) -> str:
+        """The reason as users read it ("" for a merged key)."""
+        return "" if self.reason is None else self.reason.text(self.detail)
 
 
 @dataclass
@@ -127,7 +168,7 @@ class MergePlan:
     def merged(self) -> list[KeyPlan]:
         return [k for k in self.keys if k.action == MERGE]
 
-    def count(self, action: str) -> int:
+    def count(self, action: Action) -> int:
         return sum(1 for k in self.keys if k.action == action)
 
 
@@ -140,7 +181,7 @@ def is_mergeable_name(key: str) -> bool:
     return not any(key.startswith(p) and key[len(p):] in _COMFY_NEVER for p in COMFY_OPENCLIP_PREFIXES)
 
 
-def kept_reason(arch: Architecture, key: str) -> Optional[str]:
+def kept_reason(arch: Architecture, key: str) -> Optional[Reason]:
     """Why a key keeps A whatever the settings, or None when it takes part in the merge.
 
     The one rule of the CLI and the nodes, in every naming. SD1/SD2/SDXL keep SuperMerger's name
@@ -148,14 +189,14 @@ def kept_reason(arch: Architecture, key: str) -> Optional[str]:
     except fp8 scales, a component the family keeps (the VAE) and keys no rule of the family names.
     """
     if arch.name_filter:
-        return None if is_mergeable_name(key) else "not a weight or bias"
+        return None if is_mergeable_name(key) else Reason.NOT_WEIGHT
     if key.endswith(NEVER_MERGED_SUFFIXES):
-        return "quantisation scale"
+        return Reason.QUANTISATION_SCALE
     block = arch.block_of(key)
     if block == KEPT:
-        return "VAE kept from A"
+        return Reason.VAE_KEPT
     if block == NO_BLOCK:
-        return f"matches no {arch.label} block rule"
+        return Reason.NO_BLOCK_RULE  # its text names arch.label (build_plan gives it as the detail)
     return None
 
 
@@ -220,19 +261,20 @@ def build_plan(arch: Architecture, settings: MergeSettings,
         block = arch.block_of(key)
         kept = kept_reason(arch, key)
         if kept is not None:
-            plan.keys.append(KeyPlan(key, KEEP_A, block, reason=kept))
+            detail = arch.label if kept is Reason.NO_BLOCK_RULE else ""
+            plan.keys.append(KeyPlan(key, KEEP_A, block, reason=kept, detail=detail))
             continue
         if key not in shapes_b:
-            plan.keys.append(KeyPlan(key, KEEP_A, block, reason="absent from B"))
+            plan.keys.append(KeyPlan(key, KEEP_A, block, reason=Reason.ABSENT_FROM_B))
             continue
         if dtypes is not None and not all(getattr(d.get(key), "is_floating_point", True) for d in dtypes.values()):
-            plan.keys.append(KeyPlan(key, KEEP_A, block, reason=NOT_FLOAT))
+            plan.keys.append(KeyPlan(key, KEEP_A, block, reason=Reason.NOT_FLOAT))
             continue
         if settings.calc is not None and settings.calc.keeps_vae and is_vae(key):
-            plan.keys.append(KeyPlan(key, KEEP_A, block, reason="VAE kept by cosine modes"))
+            plan.keys.append(KeyPlan(key, KEEP_A, block, reason=Reason.VAE_COSINE))
             continue
         if needs_c and key not in shapes_c:
-            plan.keys.append(KeyPlan(key, KEEP_A, block, reason="absent from C"))
+            plan.keys.append(KeyPlan(key, KEEP_A, block, reason=Reason.ABSENT_FROM_C))
             continue
         channels = _shape_rule(key, shape_a, shapes_b[key], "b")
         if needs_c and _shape_rule(key, shape_a, shapes_c[key], "c") != channels:
@@ -244,7 +286,8 @@ def build_plan(arch: Architecture, settings: MergeSettings,
         # rule and its draws mean the same on every host
         name = arch.released_key(key)
         if settings.selection is not None and not settings.selection.merges(name, block, settings.elemental_full_key, arch):
-            plan.keys.append(KeyPlan(key, KEEP_A, block, reason=f"{settings.selection.mode}d"))
+            left_out = Reason.NOT_INCLUDED if settings.selection.mode == "include" else Reason.EXCLUDED
+            plan.keys.append(KeyPlan(key, KEEP_A, block, reason=left_out))
             continue
         alpha, beta = settings.ratios(block, key)
         rule = None
@@ -258,11 +301,11 @@ def build_plan(arch: Architecture, settings: MergeSettings,
         # a ratio-0 key is A unchanged; Adjust still applies to it (docs/merging.md#adjust), except where a
         # calc mode skips the key altogether (self or trainDifference with alpha 0)
         if settings.is_identity(alpha, beta) and (adjust is None or settings.calc is not None):
-            plan.keys.append(KeyPlan(key, KEEP_A, block, alpha, beta, reason="ratio 0", rule=rule))
+            plan.keys.append(KeyPlan(key, KEEP_A, block, alpha, beta, reason=Reason.RATIO_0, rule=rule))
             continue
         plan.keys.append(KeyPlan(key, MERGE, block, alpha, beta, channels, rule=rule, adjust=adjust))
     if copy_b_only_keys and arch.name_filter:  # SD only: elsewhere a B-only module would change A's architecture
         for key in shapes_b:
             if key not in shapes_a and not key.endswith("position_ids"):
-                plan.keys.append(KeyPlan(key, FROM_B, arch.block_of(key), reason="only in B"))
+                plan.keys.append(KeyPlan(key, FROM_B, arch.block_of(key), reason=Reason.ONLY_IN_B))
     return plan

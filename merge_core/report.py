@@ -9,10 +9,11 @@ from collections import Counter
 
 from .analysis.similarity import format_table
 from .nonfinite import warning as nonfinite_warning
-from .plan import FROM_B, KEEP_A, MERGE, MergePlan
+from .plan import FROM_B, KEEP_A, MERGE, MergePlan, Reason
 
-
-LISTED_REASONS = ("absent from B", "absent from C", "matches no")
+# reasons whose keys the report names, each under its heading: keys one model lacks or no block names
+LISTED_REASONS = ((Reason.ABSENT_FROM_B, "absent from B"), (Reason.ABSENT_FROM_C, "absent from C"),
+                  (Reason.NO_BLOCK_RULE, "matches no"))
 
 
 def fallback_note(fallbacks: dict, shown: int = 3) -> str:
@@ -55,14 +56,14 @@ def applied_report(plan: MergePlan, per_key: bool = False) -> str:
         unused = [r.text for r in s.elemental if not hits.get(r.position)]
         if unused:
             lines.append(f"note: {len(unused)} rule(s) matched no key, e.g. '{unused[0]}'")
-    reasons = Counter(k.reason for k in plan.keys if k.action == KEEP_A and k.reason)
+    reasons = Counter(k.note for k in plan.keys if k.action == KEEP_A and k.reason is not None)
     if reasons:
         lines += ["", "kept from A: " + ", ".join(f"{n} {why}" for why, n in reasons.most_common())]
-        for why in LISTED_REASONS:  # keys one model lacks or no block names: say which
-            named = [k.key for k in plan.keys if k.action == KEEP_A and k.reason.startswith(why)]
+        for reason, heading in LISTED_REASONS:
+            named = [k.key for k in plan.keys if k.action == KEEP_A and k.reason is reason]
             if named:
                 more = f" (and {len(named) - 20} more)" if len(named) > 20 else ""
-                lines.append(f"  {why}: " + ", ".join(named[:20]) + more)
+                lines.append(f"  {heading}: " + ", ".join(named[:20]) + more)
     if plan.nonfinite:
         lines += ["", nonfinite_warning(plan.nonfinite)]
     if plan.nonfinite_pending:
@@ -75,7 +76,7 @@ def applied_report(plan: MergePlan, per_key: bool = False) -> str:
         lines.append(f"adjusted: {len(adjusted)} keys")
     if per_key:
         krows = [[k.key, k.block, k.action, k.alpha if k.action == MERGE else "-",
-                  k.beta if k.action == MERGE else "-", k.rule.position if k.rule else "", k.reason]
+                  k.beta if k.action == MERGE else "-", k.rule.position if k.rule else "", k.note]
                  for k in plan.keys]
         lines += ["", format_table(krows, ["key", "block", "action", "alpha", "beta", "rule", "note"])]
     return "\n".join(lines)

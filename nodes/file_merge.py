@@ -24,15 +24,18 @@ from comfy_api.latest import io
 
 from ..merge_core.api import merge_files
 from ..merge_core.errors import MergeInputError
+from ..merge_core.input_names import FILE_NODE, renamed
 from ..merge_core.io.precision import PRECISIONS
 from ..merge_core.io.quantized import LEGACY_LAYOUT, PER_LAYER_LAYOUT
 from ..merge_core.io.output_file import check_prefix
 from ..merge_core.io.safetensors_file import SafetensorsReader
 from ..merge_core.nonfinite import warning as nonfinite_warning
+from ..merge_core.plan import Reason
 from .errors import named_errors
-from .merge import CATEGORY, CUSTOM, _block_text, _check_numbers, _progress, merge_params, settings_inputs
+from .merge_fields import BLOCK_WEIGHTS, alpha_beta_problems, merge_params, resolve_block_weights, settings_inputs
 from .save import numbered_names, output_path
 from .search import search_fields
+from .shared import CATEGORY, progress_bar
 
 AS_A = "as A"
 NONE = "none"
@@ -157,16 +160,8 @@ def same_merge_lock(folder: str, key: str, waiting: Callable[[], None] = lambda:
 
 def core_settings(params: dict) -> dict:
     """The Merge node's widgets and options as merge_files' keyword arguments."""
-    params = dict(params)
-    params["blocks_alpha"] = _block_text(params.pop("blocks_alpha_preset", CUSTOM), params.get("blocks_alpha", ""),
-                                         "blocks_alpha") or None
-    params["blocks_beta"] = _block_text(params.pop("blocks_beta_preset", CUSTOM), params.get("blocks_beta", ""),
-                                        "blocks_beta") or None
-    return params
-
-
-# merge_core names the files as the MODEL-merge nodes' inputs; here they are file widgets
-INPUT_NAMES = {"model_a": "file_a", "model_b": "file_b", "model_c": "file_c", "output": "filename_prefix"}
+    params = resolve_block_weights(params)
+    return params | {name: params[name] or None for name in BLOCK_WEIGHTS}
 
 
 def _merge(*args, **kwargs) -> None:
@@ -176,11 +171,10 @@ def _merge(*args, **kwargs) -> None:
     values (as the CLI's warning does)."""
     try:
         plan = merge_files(*args, **kwargs)
-    except MergeInputError as exc:
-        exc.input_name = INPUT_NAMES.get(exc.input_name, exc.input_name)
-        raise
-    for which in "BC":
-        absent = [kp.key for kp in plan.keys if kp.reason == f"absent from {which}"]
+    except MergeInputError as exc:  # merge_core names the files as the MODEL-merge nodes' inputs
+        raise renamed(exc, FILE_NODE)
+    for which, absent_from in (("B", Reason.ABSENT_FROM_B), ("C", Reason.ABSENT_FROM_C)):
+        absent = [kp.key for kp in plan.keys if kp.reason is absent_from]
         if absent:
             logging.warning("merge_suite: %d tensors of file_a are absent from file_%s and were kept from A "
                             "(first: '%s')", len(absent), which.lower(), absent[0])
@@ -240,7 +234,7 @@ class _FileMerge(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, alpha=None, beta=None) -> bool | str:
-        return _check_numbers(cls, alpha, beta)
+        return alpha_beta_problems(cls, alpha, beta)
 
     @classmethod
     def load(cls, name: str) -> tuple:
@@ -275,7 +269,7 @@ class _FileMerge(io.ComfyNode):
         try:
             _merge(paths["a"], paths["b"], paths.get("c"), str(target),
                    dtype=None if precision == AS_A else precision, scaled_layout=layout,
-                   progress=_progress(1), device=_device(), extra_metadata={CONTENT_KEY: key}, **settings)
+                   progress=progress_bar(1), device=_device(), extra_metadata={CONTENT_KEY: key}, **settings)
         except MergeInputError:
             done = existing_result(target.parent, name, key) if os.path.lexists(target) else None
             if done is None:

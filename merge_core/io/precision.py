@@ -40,6 +40,7 @@ from typing import Mapping, Optional
 import torch
 
 from ..errors import MergeInputError
+from ..plan import Action
 from .fp8 import narrow
 from .json_limits import loads_bounded
 from .quantized import (FP8, HEADER_LAYOUT, LAYER_CONFIG, LEGACY_LAYOUT, MARKER, MIXED_FP8, MIXED_FP8_E5M2,
@@ -115,7 +116,7 @@ def output_format(precision: Optional[str], plan, sources: Mapping, input_name: 
         scaled = SCALED if scaled_layout == LEGACY_LAYOUT else MIXED_FP8
         encode, shapes = {}, {n: sources[n].shapes() for n in ("a", "b")}
         for kp in plan.keys:
-            shape = shapes["b" if kp.action == "from_b" else "a"][kp.key]
+            shape = shapes["b" if kp.action is Action.FROM_B else "a"][kp.key]
             linear = kp.key.startswith(prefix) and kp.key.endswith(".weight") and len(shape) == 2
             encode[kp.key] = scaled if linear else "bf16"
         if scaled == SCALED:
@@ -130,7 +131,7 @@ def _fresh_config(fmt: str) -> dict:
 
 
 def _as_in_a(plan, sources: Mapping) -> OutputFormat:
-    origin = {kp.key: sources["b" if kp.action == "from_b" else "a"] for kp in plan.keys}
+    origin = {kp.key: sources["b" if kp.action is Action.FROM_B else "a"] for kp in plan.keys}
     formats = {k: _stored(s, k) for k, s in origin.items()}
     special = {f for f in formats.values() if f not in ("fp32", "fp16", "bf16")} & {
         SCALED, MIXED_FP8, MIXED_FP8_E5M2, *(n for n, d in PLAIN.items() if d in FP8)}
