@@ -7,7 +7,7 @@ from ..merge_core.errors import require_ratio
 from ..merge_core.methods.adjust import Adjust, require_adjustable
 from .comfy_models import add_adjust_patches, architecture_of, base_layout
 from .errors import named_errors
-from .merge import CATEGORY
+from .shared import CATEGORY
 from .validation import settings_problems
 
 KNOBS = [

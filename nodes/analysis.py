@@ -10,7 +10,7 @@ from ..merge_core.api import analysis_architecture
 from ..merge_core.errors import MergeInputError
 from .comfy_models import base_layout, effective_weight, key_patches, shapes_of
 from .errors import named_errors
-from .merge import CATEGORY, _progress
+from .shared import CATEGORY, progress_bar
 from .ui import text_ui
 
 
@@ -81,7 +81,7 @@ class ModelSimilarity(io.ComfyNode):
                 diff = bar_chart([], [], "difference map: use method cosine")
                 table = format_table(rows, header)
                 return io.NodeOutput(table, _image(sim), _image(diff), format_csv(rows, header), ui=text_ui(table))
-            result = compare_keys(shapes_a, shapes_b, arch, fetch, ("te", "unet"), progress=_progress(len(shapes_a)))
+            result = compare_keys(shapes_a, shapes_b, arch, fetch, ("te", "unet"), progress=progress_bar(len(shapes_a)))
             sims, diffs, counts = result.block_similarity(block_method), result.block_difference(), result.counts()
             header = ["block", "similarity %", "difference", "keys"]
             rows = [[b, sims[b], diffs[b], counts[b]] for b in result.blocks() if b in sims]
@@ -150,7 +150,7 @@ def clip_l_token_norms(clip, batch: int = 4096):
     positions = text_model.embeddings.position_embedding.weight[:2].to(device=device, dtype=torch.float32)
     mask = torch.full((2, 2), -torch.finfo(torch.float32).max, device=device).triu_(1)
     norms = torch.empty(n)
-    progress = _progress(n)
+    progress = progress_bar(n)
     with torch.no_grad():
         for first in range(0, n, batch):
             ids = torch.arange(first, min(first + batch, n), device=device)

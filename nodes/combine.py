@@ -22,11 +22,11 @@ from ..merge_core.report import applied_report
 from .comfy_models import (apply_plan, architecture_of, base_layout, check_loaded, effective_weight, key_patches,
                            lazy_adapter, note_fallbacks, shapes_of)
 from .errors import named_errors
-from .merge import (BLOCKS_TIP, CATEGORY, CUSTOM, PRESET_TIP, RECIPE_TIP, REPORT_TIP, _block_text, merge_params,
-                    node_label)
-from .merge_options import options_input
+from .merge_fields import (BLOCKS_TIP, CUSTOM, PRESET_TIP, RECIPE_TIP, REPORT_TIP, merge_params, options_input,
+                           resolve_block_weights)
 from .nonfinite_watch import watch_inputs
 from .recipe_tags import loader_file_names, set_recipe, source_of
+from .shared import CATEGORY, node_label
 from .ui import text_ui
 from .validation import number_problems
 
@@ -98,7 +98,7 @@ def plan_models(base: Any, models: list[tuple[str, Any]], params: dict, kind: st
         arch, len(models), params["method"], params["alpha"], params.get("weights", ""), params["density"],
         params["drop_rate"], _epsilon(params), params["top"],
         params["bottom"], params["iterations"], params["seed"],
-        _block_text(params.get("blocks_alpha_preset", CUSTOM), params.get("blocks_alpha", ""), "blocks_alpha"),
+        resolve_block_weights(params)["blocks_alpha"],
         params.get("elemental", ""), params.get("include_exclude", ""))
     dtypes = {"a": base_dtypes} | {n: {k: v[0][0].dtype for k, v in p.items()} for n, p in patches.items()}
     plan = plan_combine(settings, arch, base_shapes, model_shapes, dtypes)

@@ -26,11 +26,10 @@ from ..merge_core.lora.operations import LoraResult, extract_from_loras, extract
 from .comfy_models import (architecture_of, base_layout, effective_weight, key_patches, patch_lists, shapes_of,
                            value_dtype)
 from .errors import named_errors
-from .merge import CATEGORY, _progress
 from .search import search_fields
+from .shared import LORA_CATEGORY, progress_bar
 from .validation import settings_problems
 
-LORA_CATEGORY = CATEGORY + "/lora"
 NONE = "None"
 log = logging.getLogger("merge_suite")
 
@@ -270,7 +269,7 @@ class LoraBake(io.ComfyNode):
                 if obj is None:
                     outs.append(None)
                     continue
-                baked, n = bake(obj, _progress(1))
+                baked, n = bake(obj, progress_bar(1))
                 outs.append(baked)
                 lines.append(f"{label}: {n} patched weights baked")
             text = "\n".join(lines)
@@ -334,7 +333,7 @@ class LoraExtract(io.ComfyNode):
                                       "extract from two models of the same family.")
             result = extract_from_models(
                 shapes, lambda k: effective_weight(la[k]), lambda k: effective_weight(lb[k]), arch, alpha, beta,
-                rank, conv_rank, svd, clamp_quantile or None, te_min_diff, progress=_progress(len(shapes)))
+                rank, conv_rank, svd, clamp_quantile or None, te_min_diff, progress=progress_bar(len(shapes)))
             meta = extraction_metadata(arch, rank, conv_rank, filename_prefix)
             return _file_outputs(_save(result, filename_prefix, meta, save_dtype), result)
 
@@ -393,7 +392,7 @@ class LoraMerge(io.ComfyNode):
             filename_prefix = lora_prefix(filename_prefix, "merge_suite/merged")
             items = _read_items(lora_list, "lora_list")
             result = merge_loras(items, method, rank, svd, clamp_quantile or None, same_to_strength, lbw_presets,
-                                 progress=_progress(1))
+                                 progress=progress_bar(1))
             return _file_outputs(_save_with_inputs(result, items, metadata, filename_prefix, save_dtype,
                                                    lbw_presets), result)
 

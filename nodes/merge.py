@@ -11,118 +11,40 @@ from typing import Any, Optional
 from comfy_api.latest import io
 
 from ..merge_core.api import make_settings as core_settings
-from ..merge_core.blocks.presets import preset_names
 from ..merge_core.engine import cosine_statistics
 from ..merge_core.errors import MergeInputError
+from ..merge_core.input_names import renamed
 from ..merge_core.methods.calcmodes import get_calc_mode, resolve_modes, smooth_delta
-from ..merge_core.methods.modes import MODE_LABELS, get_mode
+from ..merge_core.methods.modes import get_mode
 from ..merge_core.plan import MERGE, MergeSettings, build_plan, require_targets, target_keys
 from ..merge_core.report import applied_report
 from .comfy_models import (apply_plan, architecture_of, base_layout, base_weights, check_same_architecture,
                            effective_weight, key_patches, make_calc_adapter, shapes_of, value_dtype)
 from .errors import named_errors
-from .merge_options import options_input
+from .merge_fields import (RECIPE_TIP, REPORT_TIP, alpha_beta_problems, merge_params, resolve_block_weights,
+                           settings_inputs)
 from .nonfinite_watch import result_check, watch_inputs
 from .recipe_tags import loader_file_names, set_recipe, source_of
 from .search import search_fields
+from .shared import CATEGORY, node_label, progress_bar
 from .ui import merge_ui
-from .validation import number_problems
-
-CATEGORY = "merge_suite"
-CUSTOM = "custom"
-
-ALPHA_TIP = ("Weight of model B: 0 gives A, 1 gives B (SuperMerger's convention; ComfyUI's "
-             "ModelMergeSimple uses the reverse). Ignored when block weights are given.")
-BETA_TIP = ("Weight of model C for Triple sum and sum Twice (0 gives no C). Ignored by Weight sum and "
-            "Add difference.")
-MODE_TIP = ("Weight sum: (1-a)A + aB.  Add difference: A + a(B-C).  Triple sum: (1-a-b)A + aB + bC.  "
-            "sum Twice: (1-b)((1-a)A + aB) + bC.")
-BLOCKS_TIP = ("Per-block {what}: 26 comma-separated values for SD1/SD2 (BASE, IN00-IN11, M00, OUT00-OUT11) or "
-              "20 for SDXL (BASE, IN00-IN08, M00, OUT00-OUT08; a 26-value list is converted), or a preset name. "
-              "Empty: the scalar {scalar} applies everywhere. BASE is the text encoder's ratio. "
-              "Overrides the scalar {scalar}.")
-RECIPE_TIP = ("What was merged, compactly: models, mode, calc mode, alpha/beta, blocks, elemental, adjust; "
-              "chains through successive merges ([1], [2] ...). For grid labels, notes and saved files.")
-REPORT_TIP = ("What was applied: per block the ratios and how many keys were merged or kept, and per "
-              "elemental rule how many keys it set. Connect to 'Preview as Text'.")
-PRESET_TIP = ("Fill the {what} block weights from a SuperMerger preset. '" + CUSTOM + "' uses the text field; "
-              "choose a preset only when the text field is empty.")
 
 
-def settings_inputs() -> list:
-    presets = [CUSTOM] + preset_names()
-    return [
-        io.Combo.Input("mode", options=MODE_LABELS, default=MODE_LABELS[0], tooltip=MODE_TIP),
-        io.Float.Input("alpha", default=0.5, min=-1.0, max=2.0, step=0.01, tooltip=ALPHA_TIP),
-        io.Float.Input("beta", default=0.25, min=-1.0, max=2.0, step=0.01, tooltip=BETA_TIP),
-        io.Combo.Input("blocks_alpha_preset", options=presets, default=CUSTOM,
-                       tooltip=PRESET_TIP.format(what="alpha")),
-        io.String.Input("blocks_alpha", default="", multiline=False,
-                        tooltip=BLOCKS_TIP.format(what="alpha (weight of B)", scalar="alpha")),
-        io.Combo.Input("blocks_beta_preset", options=presets, default=CUSTOM,
-                       tooltip=PRESET_TIP.format(what="beta")),
-        io.String.Input("blocks_beta", default="", multiline=False,
-                        tooltip=BLOCKS_TIP.format(what="beta (weight of C, Triple sum / sum Twice only)",
-                                                  scalar="beta")),
-        options_input(),
-    ]
-
-
-def merge_params(inputs: dict) -> tuple[dict, bool]:
-    """(settings for merge_objects, report_keys) from a merge node's widgets and its options input."""
-    inputs = dict(inputs)
-    params = dict(inputs.pop("options", None) or {}) | inputs
-    return params, bool(params.pop("report_keys", False))
-
-
-def _check_numbers(cls, alpha, beta) -> bool | str:
-    return number_problems(cls, {"alpha": alpha, "beta": beta})
-
-
-def _block_text(preset: str, text: str, input_name: str) -> str:
-    text = (text or "").strip()
-    if preset and preset != CUSTOM:
-        if text and text != preset:
-            raise MergeInputError(
-                input_name, f"has text '{text[:40]}' while preset '{preset}' is also chosen.",
-                f"clear the text field, or set {input_name}_preset to '{CUSTOM}'.")
-        return preset
-    return text
-
-
-def make_settings(arch, mode: str, alpha: float, beta: float, blocks_alpha_preset: str = CUSTOM,
-                  blocks_alpha: str = "", blocks_beta_preset: str = CUSTOM, blocks_beta: str = "",
-                  **calc) -> MergeSettings:
-    return core_settings(arch, mode, alpha, beta,
-                         _block_text(blocks_alpha_preset, blocks_alpha, "blocks_alpha"),
-                         _block_text(blocks_beta_preset, blocks_beta, "blocks_beta"), **calc)
+def make_settings(arch, **params) -> MergeSettings:
+    """MergeSettings from a merge node's settings (block weights read from their preset combo or text)."""
+    return core_settings(arch, **resolve_block_weights(params))
 
 
 def tag_recipe(kind: str, merged: Any, plan, params: dict, objects: dict, hidden: Any, scope: str = "") -> str:
     """Attach the merge's recipe to the result (it chains into later merges and saves); returns its text."""
     from ..merge_core import recipe as core
-    resolved = dict(params, blocks_alpha=_block_text(params.get("blocks_alpha_preset", CUSTOM),
-                                                     params.get("blocks_alpha", ""), "blocks_alpha"),
-                    blocks_beta=_block_text(params.get("blocks_beta_preset", CUSTOM),
-                                            params.get("blocks_beta", ""), "blocks_beta"))
+    resolved = resolve_block_weights(params)
     files = loader_file_names(hidden)
     used = ("a", "b", "c") if plan.settings.needs_c else ("a", "b")
     inputs = {n: source_of(objects[n], kind, f"{kind}_{n}", files) for n in used if objects.get(n) is not None}
     tree = core.merge_step(scope or kind, resolved, plan.settings, inputs)
     set_recipe(merged, kind, tree)
     return core.recipe_text(tree)
-
-
-def _progress(total: int):
-    """ComfyUI progress bar whose updates also honour the Cancel button."""
-    import comfy.model_management
-    import comfy.utils
-    bar = comfy.utils.ProgressBar(total)
-
-    def update(done: int, of: int) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update_absolute(done, of)
-    return update
 
 
 def prepare_calc(plan, a, kind: str, patches: dict, dtypes_a: dict, stats=None, label: str = "Merge") -> dict:
@@ -144,7 +66,7 @@ def prepare_calc(plan, a, kind: str, patches: dict, dtypes_a: dict, stats=None, 
 
         import comfy.model_management
         device = comfy.model_management.get_torch_device()  # the GPU when there is one: filters run there
-        progress = _progress(len(merged))
+        progress = progress_bar(len(merged))
         for i, kp in enumerate(merged):
             b = effective_weight(patches["b"][kp.key], device)
             c = effective_weight(patches["c"][kp.key], device)
@@ -169,7 +91,7 @@ def shared_cosine_statistics(jobs: list) -> tuple:
         return lambda k: (effective_weight(a_patches[k]), effective_weight(patches["b"][k]))
     pairs = [(plan, fetcher(a, kind, patches)) for plan, a, kind, patches in jobs]
     total = sum(len(plan.merged()) for plan, *_ in jobs)
-    return cosine_statistics(*pairs[0], progress=_progress(total), also=tuple(pairs[1:]))
+    return cosine_statistics(*pairs[0], progress=progress_bar(total), also=tuple(pairs[1:]))
 
 
 def plan_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, like=None, check_targets: bool = True):
@@ -199,9 +121,7 @@ def plan_objects(kind: str, a: Any, b: Any, c: Optional[Any], params: dict, like
         plan = build_plan(arch, settings, shapes["a"], shapes["b"], shapes.get("c"), dtypes=dtypes,
                           check_targets=check_targets)
     except MergeInputError as exc:  # plan errors speak of model_*; name this node's input
-        if exc.input_name.startswith("model_"):
-            exc = MergeInputError(kind + exc.input_name[5:], exc.problem, exc.fix)
-        raise exc from None
+        raise renamed(exc, f"{kind} node") from None
     return plan, patches, dtypes_a, weights_a
 
 
@@ -255,12 +175,6 @@ def linear_checks(plan, patches: dict, dtypes_a: dict) -> dict:
     return checks
 
 
-def node_label(cls, display: str) -> tuple[str, Optional[str]]:
-    """(label, node id) of a running node, for messages sent after it ran (at model load)."""
-    node_id = getattr(getattr(cls, "hidden", None), "unique_id", None)
-    return (f"{display} (node {node_id})" if node_id is not None else display), node_id
-
-
 class _PairMerge(io.ComfyNode):
     """Shared shape of the MODEL and CLIP merge nodes; subclasses only declare data."""
 
@@ -284,7 +198,7 @@ class _PairMerge(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, alpha=None, beta=None) -> bool | str:
-        return _check_numbers(cls, alpha, beta)
+        return alpha_beta_problems(cls, alpha, beta)
 
     @classmethod
     def execute(cls, **inputs) -> io.NodeOutput:
@@ -338,7 +252,7 @@ class CheckpointMerge(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, alpha=None, beta=None) -> bool | str:
-        return _check_numbers(cls, alpha, beta)
+        return alpha_beta_problems(cls, alpha, beta)
 
     @classmethod
     def execute(cls, model_a, clip_a, model_b, clip_b, model_c=None, clip_c=None, **inputs) -> io.NodeOutput:

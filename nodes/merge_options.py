@@ -17,12 +17,9 @@ from comfy_api.latest import io
 from ..merge_core.errors import MergeInputError
 from ..merge_core.methods.calcmodes import CALC_MODE_NAMES
 from .errors import named_errors
+from .merge_fields import OPTIONS, options_input
+from .shared import OPTIONS_CATEGORY
 from .validation import number_problems
-
-CATEGORY = "merge_suite/options"
-OPTIONS = io.Custom("MERGE_OPTIONS")
-OPTIONS_TIP = ("Merge options from other 'Merge Option' nodes (chain them); this node adds its own. Each setting "
-               "may come from one option node only.")
 
 CALC_TIP = ("How each tensor is combined. normal: the mode's formula. Weight sum only: cosineA, cosineB "
             "(similarity-weighted blend, alpha shifts toward B), tensor, tensor2 (swap slices: B fills a fraction "
@@ -31,10 +28,6 @@ CALC_TIP = ("How each tensor is combined. normal: the mode's formula. Weight sum
             "only: smoothAdd (A + alpha*smoothed(B-C)), add_perpendicular (A + alpha * the part of B-C "
             "orthogonal to A-C), trainDifference and extract (both switch the mode to Add "
             "difference; extract uses beta and gamma).")
-
-
-def options_input() -> io.Input:
-    return OPTIONS.Input("options", optional=True, tooltip=OPTIONS_TIP)
 
 
 def combine(upstream: Optional[Mapping[str, Any]], own: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -56,7 +49,7 @@ class _OptionNode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id=cls.NODE_ID, display_name=cls.DISPLAY, category=CATEGORY, description=cls.DESCRIPTION,
+            node_id=cls.NODE_ID, display_name=cls.DISPLAY, category=OPTIONS_CATEGORY, description=cls.DESCRIPTION,
             inputs=[*cls.INPUTS, options_input()],
             outputs=[OPTIONS.Output(display_name="options",
                                     tooltip="Connect to a merge node's options input, or to another option node.")],

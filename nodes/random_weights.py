@@ -11,7 +11,7 @@ from ..merge_core.architectures import SD1, SDXL
 from ..merge_core.blocks.dice import DEFAULT_CUSTOM, MODES, DiceSettings, roll_many
 from ..merge_core.blocks.pinpoint import pinpoint_blocks, pinpoint_elements
 from .errors import named_errors
-from .sweep import SWEEP_CATEGORY
+from .shared import SWEEP_CATEGORY
 from .validation import settings_problems
 
 LAYOUTS = {"SD1/SD2 (26 blocks)": SD1, "SDXL (20 blocks)": SDXL}

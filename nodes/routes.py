@@ -7,22 +7,21 @@ can call them without a server; register() mounts them on ComfyUI's PromptServer
 """
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import re
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
 
 from ..merge_core.analysis.similarity import element_name
-from ..merge_core.architectures import SD1, SDXL, TRANSFORMERS, Architecture, Numbered
+from ..merge_core.architectures import SD1, Architecture, Numbered
 from ..merge_core.blocks.elemental import parse_elemental, require_rules_match
 from ..merge_core.blocks.presets import presets
 from ..merge_core.blocks.weights import parse_block_weights
 from ..merge_core.errors import MergeInputError
 from ..merge_core.plan import target_keys
+from .layout_names import ALL_LAYOUTS, FAMILIES, LAYOUTS, layout_arch, sized_name  # noqa: F401 (sized_name: API)
 
 PREFIX = "/merge_suite"
 # The longest real block list (SDXL's 110 values, or every block of Qwen-Image named) is about 2,000 characters:
@@ -30,10 +29,6 @@ PREFIX = "/merge_suite"
 # (\uXXXX), so one request costs milliseconds (a 1 MB body on layout flux1:999,999 took 17 s of CPU).
 MAX_TEXT_CHARS = 16_384
 MAX_BODY_BYTES = 6 * MAX_TEXT_CHARS + 1024
-LAYOUTS = {"sd1": SD1, "sdxl": SDXL}  # SD2 shares SD1's block list; "auto" block-weight checks try these
-# The transformer families at full size (a connected model's own layout comes from /merge_suite/layout).
-FAMILIES: dict[str, Architecture] = {a.name: a for a in TRANSFORMERS}
-ALL_LAYOUTS = LAYOUTS | FAMILIES
 FAMILY_KEYSETS = {"flux1": "flux1-dev", "chroma": "chroma", "flux2": "flux2-dev", "sd3": "sd35-large",
                   "hidream": "hidream-full", "lumina2": "z-image", "qwen_image": "qwen-image", "wan": "wan21-14b"}
 KEYSETS = Path(__file__).resolve().parents[1] / "merge_core" / "architectures" / "keysets"  # key inventories of full SD1.5 / SDXL
@@ -76,38 +71,6 @@ def editor_data() -> dict:
         "families": {name: layout_payload(arch) for name, arch in FAMILIES.items()},
         "presets": {name: list(values) for name, values in presets().items()},
     }
-
-
-def sized_name(arch: Architecture) -> Optional[str]:
-    """The layout name a merge node reports after a run: its family with the counts read from the model,
-    in layout order (``sd3:24`` for SD3-medium's 24 joint blocks, ``flux1:19,38``), so that the editor
-    shows the layout the node used rather than the full-size one. None for the SD layouts."""
-    if arch.name not in FAMILIES:
-        return None
-    counts = dict(arch.counts)
-    return arch.name + ":" + ",".join(str(counts.get(p.container, p.default)) for p in arch.numbered)
-
-
-@lru_cache(maxsize=64)
-def layout_arch(name: str) -> Optional[Architecture]:
-    """A layout by name: SD, a transformer family at full size, or a family sized as sized_name writes it."""
-    family, sized, counts = name.partition(":")
-    arch = ALL_LAYOUTS.get(family)
-    if not sized or arch is None:
-        return None if sized else arch
-    parts = counts.split(",")
-    if family not in FAMILIES or len(parts) != len(arch.numbered) or \
-            not all(re.fullmatch(r"[0-9]{1,3}", n) for n in parts):
-        return None
-    if any(int(n) > max_count(p) for p, n in zip(arch.numbered, parts)):
-        return None  # no real model of the family has that many blocks: each check would cost their number
-    return dataclasses.replace(arch, counts=tuple((p.container, int(n)) for p, n in zip(arch.numbered, parts)))
-
-
-def max_count(part: Numbered) -> int:
-    """The most blocks a sized layout may give a numbered container: twice the full-size model's count
-    (16 for a container the full-size model lacks, such as Wan's VACE blocks), room for a larger variant."""
-    return max(2 * part.default, 16)
 
 
 def family_layout(name: str) -> dict:

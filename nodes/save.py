@@ -33,8 +33,8 @@ from ..merge_core.io.released_names import released_namer
 from ..merge_core.io.safetensors_file import SafetensorsWriter
 from .comfy_models import UNET_PREFIX, effective_weight, key_patches, serialised_layers
 from .errors import named_errors
-from .merge import CATEGORY
 from .recipe_tags import get_recipe
+from .shared import CATEGORY, progress_bar
 
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
               "fp8_e4m3fn": torch.float8_e4m3fn, "as loaded": None}
@@ -343,7 +343,6 @@ class SaveCheckpoint(io.ComfyNode):
                 save_workflow=True, hash_inputs=True, contents=AUTO) -> io.NodeOutput:
         from comfy.cli_args import args
 
-        from .merge import _progress
         with named_errors(cls.DISPLAY):
             if precision not in PRECISIONS:
                 raise MergeInputError("precision", f"unknown precision '{precision}'.",
@@ -368,7 +367,7 @@ class SaveCheckpoint(io.ComfyNode):
             parts = checkpoint_parts(model, clip, vae, precision)
             total = sum(1 for p in parts for _ in p.layout())
             try:
-                written = save_streaming(path, parts, extra, meta, prune, _progress(total))
+                written = save_streaming(path, parts, extra, meta, prune, progress_bar(total))
             except OSError as exc:
                 raise MergeInputError("filename_prefix", f"cannot write '{path}': {exc.strerror or exc}.",
                                       "choose a folder you can write to, or free disk space.") from None

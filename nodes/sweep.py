@@ -17,11 +17,10 @@ from ..merge_core.recipe import leaf
 from ..merge_core.sweep import grid as core_grid
 from ..merge_core.sweep import lists as core
 from .errors import named_errors
-from .merge import CATEGORY
 from .recipe_tags import set_recipe
+from .shared import SWEEP_CATEGORY
 from .validation import settings_problems
 
-SWEEP_CATEGORY = CATEGORY + "/sweep"
 NAME_TIP = "Axis name shown in the labels, e.g. 'alpha' gives 'alpha=0.3'. Empty: the bare values."
 LABELS_TIP = "One label per value, for the grid (connect to Sweep Cross Product or Sweep Grid)."
 # A combo input (calcmode) accepts a link whose output type is the plain string "COMBO"; io.Combo.Output

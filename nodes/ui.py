@@ -1,7 +1,7 @@
 """Text shown on a node after it runs (web/js/text_outputs.js renders ``ui.text``)."""
 from __future__ import annotations
 
-from .routes import sized_name
+from .layout_names import sized_name
 
 MAX_LINES = 400  # long tables (every key of a model) stay complete on the STRING output
 

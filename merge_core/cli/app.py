@@ -10,19 +10,13 @@ import sys
 from pathlib import Path
 
 from ..errors import MergeInputError
+from ..input_names import CLI, renamed
 from ..io.output_file import Stopped, install_signal_cleanup
 from ..version import __version__
 from . import analyze, blocks, combine, dice, elements, lora_extract, lora_merge, merge, pinpoint
 from .options import OneLineParser
 
 COMMANDS = (merge, combine, analyze, lora_merge, lora_extract, dice, pinpoint, elements, blocks)  # order of --help
-# merge_core names inputs as the nodes do; on the command line they are options or positions
-OPTION_NAMES = {"blocks_alpha": "--blocks", "blocks_beta": "--blocks-beta", "dtype": "--dtype",
-                "calcmode": "--calc", "gamma": "--gamma", "block": "--block", "include": "--include",
-                "elemental": "--elemental", "adjust": "--adjust", "include_exclude": "--include/--exclude",
-                "alpha": "--alpha", "beta": "--beta", "seed": "--seed", "mode": "--mode",
-                "model_a": "model A (1st file)", "model_b": "model B (2nd file)", "model_c": "model C (3rd file)",
-                "output": "-o", "file": "FILE"}
 
 
 def program_name() -> str:
@@ -64,8 +58,7 @@ def main(argv=None) -> int:
         print(f"error: {args.command}: {str(exc) or 'interrupted'}; no output was written.", file=sys.stderr)
         return 128 + exc.signum if isinstance(exc, Stopped) else 130
     except MergeInputError as exc:
-        exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
-        print(f"error: {exc.describe(args.command)}", file=sys.stderr)
+        print(f"error: {renamed(exc, CLI).describe(args.command)}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as exc:
         print(f"error: {args.command}: {exc}", file=sys.stderr)
