@@ -1,6 +1,6 @@
 """merge_core: SuperMerger-compatible model merging on plain tensors and files.
 
-Pure torch; never imports ComfyUI. See README.md ("Command line and library") for the API and its
+Pure torch; never imports ComfyUI. See docs/library.md for the API and its
 conventions (alpha is the weight of model B), and `merge-suite --help` (or `python -m merge_core --help`)
 for the CLI.
 """

@@ -4,7 +4,8 @@ The merge is computed in float32 from the fp8 weights (as float) when ComfyUI lo
 then writes each patched weight back into its fp8 parameter with stochastic rounding
 (comfy.float.stochastic_rounding, seeded per key): every element becomes one of the two fp8 values
 around the float32 merge, not always the nearer one; ComfyUI rounds through half precision, so about
-one element in a few thousand lands one fp8 step further out. That is the documented result (README)."""
+one element in a few thousand lands one fp8 step further out. That is the documented result
+(docs/nodes.md#models-loaded-in-fp8)."""
 import torch
 
 import nodes as comfy_nodes  # (ComfyUI imported through conftest)

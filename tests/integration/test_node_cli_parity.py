@@ -82,7 +82,7 @@ def node_merge(layout, case, prefix):
 
 
 # whole-tensor calc modes: on SD1 only, since ComfyUI splits the OpenCLIP in_proj of SD2/SDXL into q/k/v
-# (README: the nodes then see three tensors where the CLI sees one)
+# (docs/cli.md#combine-n-model-methods: the nodes then see three tensors where the CLI sees one)
 WHOLE_TENSOR_CASES = {"slerp": dict(mode="Weight sum", alpha=0.4, calcmode="slerp"),
                       "add perpendicular": dict(mode="Add difference", alpha=0.8, calcmode="add_perpendicular")}
 CASES.update(WHOLE_TENSOR_CASES)
