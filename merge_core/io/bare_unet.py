@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from .key_source import KeySource
+from .sinks import Sink
+
 PREFIX = "model.diffusion_model."
 CHECKPOINT_PREFIXES = ("model.", "cond_stage_model.", "first_stage_model.", "conditioner.", "text_encoders.")
 
@@ -16,7 +19,7 @@ def is_bare_unet(keys) -> bool:
         k.startswith(("input_blocks.", "middle_block.", "output_blocks.")) for k in keys)
 
 
-class PrefixedSource:
+class PrefixedSource(KeySource):
     """A key source seen with PREFIX on every key (reads and formats delegate to the file's source)."""
 
     def __init__(self, inner):
@@ -61,7 +64,7 @@ class PrefixedSource:
         self.inner.close()
 
 
-class StrippingSink:
+class StrippingSink(Sink):
     """Writes every key without PREFIX (the inverse of PrefixedSource)."""
 
     def __init__(self, inner):
@@ -70,7 +73,7 @@ class StrippingSink:
     @property
     def keeps_tensors(self) -> bool:
         """Whether a tensor given to ``put`` is referenced after it returns: as the inner sink does."""
-        return getattr(self.inner, "keeps_tensors", True)
+        return self.inner.keeps_tensors
 
     @staticmethod
     def _own(key: str) -> str:

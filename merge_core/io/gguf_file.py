@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import MergeInputError
+from .key_source import KeySource
 
 ORIG_SHAPE = "comfy.gguf.orig_shape."
 PLAIN = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
@@ -277,7 +278,7 @@ def _field_ints(field) -> list[int]:
     return [int(field.parts[i][0]) for i in field.data]
 
 
-class GGUFSource:
+class GGUFSource(KeySource):
     """A .gguf file as a key source: shapes from the header, float32 tensors one at a time."""
 
     def __init__(self, path, input_name: str = "file"):

@@ -45,6 +45,7 @@ from .fp8 import narrow
 from .json_limits import loads_bounded
 from .quantized import (FP8, HEADER_LAYOUT, LAYER_CONFIG, LEGACY_LAYOUT, MARKER, MIXED_FP8, MIXED_FP8_E5M2,
                         PER_LAYER_LAYOUT, QUANT_METADATA, SCALED, UNET_PREFIX)
+from .sinks import Sink
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8_e4m3fn", "scaled_fp8")
 SCALED_LAYOUTS = (LEGACY_LAYOUT, PER_LAYER_LAYOUT)  # what an explicit scaled_fp8 output can be written as
@@ -187,7 +188,7 @@ def _header(model, configs: Mapping[str, dict]) -> str:
     return json.dumps(table)
 
 
-class EncodingSink:
+class EncodingSink(Sink):
     """Wraps a sink: float32 tensors in, each key written in its format (scale and config tensors added)."""
 
     def __init__(self, inner, encode: Mapping[str, str], marker: Optional[str] = None,
@@ -198,7 +199,7 @@ class EncodingSink:
     @property
     def keeps_tensors(self) -> bool:
         """Whether a tensor given to ``put`` is referenced after it returns: as the inner sink does."""
-        return getattr(self.inner, "keeps_tensors", True)
+        return self.inner.keeps_tensors
 
     def begin(self, layout) -> None:
         self.layout = {k: (d, s) for k, d, s in layout}

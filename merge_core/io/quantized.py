@@ -24,9 +24,10 @@ from typing import Optional
 import torch
 
 from ..errors import MergeInputError
+from .dtype_names import dtype_name
+from .file_source import FileSource
 from .fp8 import FP8, widen
 from .json_limits import loads_bounded
-from .sources import FileSource
 
 MARKER = "scaled_fp8"
 QUANT_METADATA = "_quantization_metadata"
@@ -187,14 +188,6 @@ def _broadcast(scale: torch.Tensor, weight: torch.Tensor) -> tuple[int, ...]:
     if scale.numel() == weight.shape[0]:
         return (weight.shape[0],) + (1,) * (weight.dim() - 1)
     return tuple(scale.shape)
-
-
-DTYPE_FORMATS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
-                 torch.float8_e4m3fn: "fp8_e4m3fn", torch.float8_e5m2: "fp8_e5m2"}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return DTYPE_FORMATS.get(dtype, str(dtype).replace("torch.", ""))
 
 
 def needs_dequantising(reader) -> bool:

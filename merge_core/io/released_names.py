@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Optional
 
 from ..architectures import detect
+from .key_source import KeySource
 
 
 def released_namer(keys: Iterable[str]) -> Optional[Callable[[str], str]]:
@@ -32,7 +33,7 @@ def released_names(keys: Iterable[str]) -> dict[str, str]:
     return {k: r for k, r in renamed.items() if r != k and r not in present}
 
 
-class ReleasedNameSource:
+class ReleasedNameSource(KeySource):
     """A key source seen under released names; reads, formats and attributes delegate to the source."""
 
     def __init__(self, inner, renamed: dict[str, str]):
@@ -62,13 +63,10 @@ class ReleasedNameSource:
         return dtype_name(self.dtype(key))
 
     def stored(self, key):
-        stored = getattr(self.inner, "stored", None)
-        return None if stored is None else stored(self._key(key))
+        return self.inner.stored(self._key(key))
 
     def prefetch(self, key):
-        prefetch = getattr(self.inner, "prefetch", None)
-        if prefetch is not None:
-            prefetch(self._key(key))
+        self.inner.prefetch(self._key(key))
 
     def get(self, key):
         return self.inner.get(self._key(key))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from test_merge_api import small_model
 
-from merge_core import engine
+from merge_core.engine import stream
 from merge_core.api import open_source, plan_merge
 from merge_core.device import Transfer, math_device, resolve_device
 from merge_core.engine import DictSink, run_merge
@@ -25,7 +25,7 @@ def merge(a, b, device, calcmode="normal", transfer=None, monkeypatch=None):
     sources = {"a": open_source(a, "A"), "b": open_source(b, "B")}
     plan = plan_merge(sources, "Weight sum", 0.3, calcmode=calcmode)
     if transfer is not None:
-        monkeypatch.setattr(engine, "Transfer", transfer)
+        monkeypatch.setattr(stream, "Transfer", transfer)
     return run_merge(plan, sources, DictSink(), None, device=device), plan
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import merge_core.engine as engine
+from merge_core.engine import linear
 from merge_core import merge_files
 from merge_core.io import fp8
 from merge_core.methods.modes import MODES
@@ -79,9 +79,9 @@ def helper():
 @pytest.mark.parametrize("stored,out", [(torch.float8_e4m3fn, torch.float8_e4m3fn), (torch.float8_e4m3fn, torch.float32),
                                         (torch.float16, torch.float16), (torch.bfloat16, torch.float8_e4m3fn)])
 def test_merge_tensor_halves_on_two_threads_equal_torchs_formula(monkeypatch, helper, mode, stored, out):
-    monkeypatch.setattr(engine, "split_work", lambda total, chunk=0: True)
+    monkeypatch.setattr(linear, "split_work", lambda total, chunk=0: True)
     gen = torch.Generator().manual_seed(4)
-    a, b, c = ((torch.randn(300, 2 * engine.CHUNK_ELEMENTS // 300 + 7, generator=gen) * 30).to(stored) for _ in "abc")
+    a, b, c = ((torch.randn(300, 2 * linear.CHUNK_ELEMENTS // 300 + 7, generator=gen) * 30).to(stored) for _ in "abc")
     b.view(-1)[-1] = float("nan")  # in the helper's half
     fn = MODES[mode].fn
     c_in = c if MODES[mode].needs_c else None
@@ -90,7 +90,7 @@ def test_merge_tensor_halves_on_two_threads_equal_torchs_formula(monkeypatch, he
         ref = ref.clamp(-torch.finfo(out).max, torch.finfo(out).max)
     ref = ref.to(out)
     for pool in (helper, None):
-        got = engine.merge_tensor(KeyStub, fn, a, b, c_in, out, helper=pool)
+        got = linear.merge_tensor(KeyStub, fn, a, b, c_in, out, helper=pool)
         assert got.dtype == out and got.shape == a.shape
         assert same_values(got.float(), ref.float()), (pool, mode)
         assert not all_finite(got)
@@ -100,20 +100,20 @@ def test_merge_tensor_halves_on_two_threads_equal_torchs_formula(monkeypatch, he
 def test_halves_and_scratch_work_inside_and_outside_inference_mode(monkeypatch, helper, first):
     """ComfyUI runs nodes under torch.inference_mode, which is per thread: the helper must write the
     caller's inference-mode output, and a scratch buffer made in one mode must serve the other."""
-    monkeypatch.setattr(engine, "split_work", lambda total, chunk=0: True)
-    a = torch.randn(4 * engine.CHUNK_ELEMENTS).to(torch.float8_e4m3fn)
-    b = torch.randn(4 * engine.CHUNK_ELEMENTS).to(torch.float8_e4m3fn)
+    monkeypatch.setattr(linear, "split_work", lambda total, chunk=0: True)
+    a = torch.randn(4 * linear.CHUNK_ELEMENTS).to(torch.float8_e4m3fn)
+    b = torch.randn(4 * linear.CHUNK_ELEMENTS).to(torch.float8_e4m3fn)
     ref = torch.lerp(a.float(), b.float(), 0.3).clamp(-448, 448).to(torch.float8_e4m3fn)
     for mode in (first, not first, first):
         helper.submit(fp8.scratch, "a", torch.float32, 1).result()  # made on the helper thread
         with torch.inference_mode(mode):
-            got = engine.merge_tensor(KeyStub, MODES["weight_sum"].fn, a, b, None, torch.float8_e4m3fn, helper=helper)
+            got = linear.merge_tensor(KeyStub, MODES["weight_sum"].fn, a, b, None, torch.float8_e4m3fn, helper=helper)
         assert torch.equal(got.view(torch.uint8), ref.view(torch.uint8))
 
 
 def test_an_error_in_the_helpers_half_is_raised_after_both_halves_stopped(monkeypatch, helper):
-    monkeypatch.setattr(engine, "split_work", lambda total, chunk=0: True)
-    a = torch.zeros(4 * engine.CHUNK_ELEMENTS)
+    monkeypatch.setattr(linear, "split_work", lambda total, chunk=0: True)
+    a = torch.zeros(4 * linear.CHUNK_ELEMENTS)
     calls = []
 
     def failing(x, y, z, alpha, beta):
@@ -123,7 +123,7 @@ def test_an_error_in_the_helpers_half_is_raised_after_both_halves_stopped(monkey
         return x + y
 
     with pytest.raises(RuntimeError, match="boom"):
-        engine.merge_tensor(KeyStub, failing, a, a, None, torch.float32, helper=helper)
+        linear.merge_tensor(KeyStub, failing, a, a, None, torch.float32, helper=helper)
     assert helper.submit(lambda: 1).result() == 1  # the helper is free again: nothing left running
 
 
@@ -132,7 +132,7 @@ def test_fp8_file_merge_equals_torchs_casts_and_reports_a_nan(tmp_path):
     two threads and writes fp8 itself; every byte equals lerp on torch's own casts, saturated, and a NaN
     of B (in the second half of a large tensor) is reported."""
     gen = torch.Generator().manual_seed(5)
-    big = (2048, engine.SPLIT_ELEMENTS // 2048 + 64)
+    big = (2048, linear.SPLIT_ELEMENTS // 2048 + 64)
 
     def model():
         return {"mystery.0.proj.weight": (torch.randn(big, generator=gen) * 60).to(torch.float8_e4m3fn),

@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from merge_core import engine
+from merge_core import threads as thread_policy
+from merge_core.engine import linear
 from merge_core.io.fp8 import FP8
 from merge_core.methods import fused_linear, native
 from merge_core.methods.modes import MODES
@@ -45,7 +46,7 @@ def sample(n: int, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
 
 
 def torch_path(mode, alpha, beta, a, b, c, out_dtype):
-    return engine.merge_tensor(Key(alpha, beta), MODES[mode].fn, a, b, c, out_dtype)
+    return linear.merge_tensor(Key(alpha, beta), MODES[mode].fn, a, b, c, out_dtype)
 
 
 def same(expected: torch.Tensor, got: torch.Tensor, zero_sign: bool = True) -> bool:
@@ -65,7 +66,7 @@ def same(expected: torch.Tensor, got: torch.Tensor, zero_sign: bool = True) -> b
 
 
 def fused(mode, alpha, beta, a, b, c, out_dtype, helper=None):
-    done = engine.fused_merge(Key(alpha, beta), mode, a, b, c, out_dtype, helper)
+    done = linear.fused_merge(Key(alpha, beta), mode, a, b, c, out_dtype, helper)
     assert done is not None, "the kernel applies here"
     return done
 
@@ -114,9 +115,9 @@ def test_decoding_every_bit_pattern_is_exact(kind):
 
 
 def test_halves_on_two_threads_equal_one_thread_and_sum_the_counts(monkeypatch):
-    monkeypatch.setattr(engine.thread_policy, "available_cpus", lambda: 2)
+    monkeypatch.setattr(thread_policy, "available_cpus", lambda: 2)
     g = torch.Generator().manual_seed(3)
-    n = engine.SPLIT_ELEMENTS + 12345
+    n = linear.SPLIT_ELEMENTS + 12345
     a, b, c = sample(n, E4M3, g), sample(n, E4M3, g), sample(n, torch.bfloat16, g)
     one = fused("add_difference", 0.4, 0.0, a, b, c, E4M3)
     with cf.ThreadPoolExecutor(1) as helper:

@@ -53,7 +53,7 @@ def test_a_file_merge_computes_later_keys_into_written_results_memory(tmp_path, 
     has written it: the file still equals the in-memory merge key by key, and result memory was reused."""
     from safetensors.torch import load_file
 
-    from merge_core import engine
+    from merge_core.engine import FileSink, linear, stream
     from merge_core.methods import fused_linear
     if not fused_linear.available():
         return  # the torch path allocates its results itself
@@ -66,13 +66,13 @@ def test_a_file_merge_computes_later_keys_into_written_results_memory(tmp_path, 
                 "b": open_source(str(tmp_path / "b.safetensors"), "B")}
     in_memory = run_merge(plan_merge(sources(), "Weight sum", alpha=0.3), sources(), DictSink())
     results = []
-    real = engine.fused_merge
-    monkeypatch.setattr(engine, "fused_merge", lambda *args, **kw: results.append(r := real(*args, **kw)) or r)
+    real = linear.fused_merge
+    monkeypatch.setattr(linear, "fused_merge", lambda *args, **kw: results.append(r := real(*args, **kw)) or r)
     # every put waits for its write: a result's memory is back in the pool before the next key (with the
     # default budget it comes back whenever the writer is done, which a slow machine may make later)
-    monkeypatch.setattr(engine, "WriteBehind", lambda executor: WriteBehind(executor, budget=0))
+    monkeypatch.setattr(stream, "WriteBehind", lambda executor: WriteBehind(executor, budget=0))
     src = sources()
-    run_merge(plan_merge(src, "Weight sum", alpha=0.3), src, engine.FileSink(str(tmp_path / "o.safetensors")))
+    run_merge(plan_merge(src, "Weight sum", alpha=0.3), src, FileSink(str(tmp_path / "o.safetensors")))
     pointers = [r[0].data_ptr() for r in results]
     assert len(pointers) == len(a) and len(set(pointers)) < len(pointers), "results computed into reused memory"
     written = load_file(str(tmp_path / "o.safetensors"))

@@ -1,0 +1,186 @@
+"""Merged keys of a merge mode's own formula (calc mode "normal"): the native kernel where it applies, else
+torch in float32 chunks; a large key's second half on a thread of its own.
+
+Elementwise methods run over cache-sized chunks, which keeps float32 accuracy at close to native-dtype speed
+(large float32 temporaries cost more in memory traffic than the arithmetic). The linear modes run in one
+native pass per key where the kernel applies (``fused_merge``). Plain fp8 inputs are read as stored, and
+keys the sink stores as plain fp8 are computed straight in fp8 (io/fp8.py says why: a whole float32 copy
+per input and per result cost more than the merge itself on full-size fp8 Flux files).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+from typing import Callable, Optional
+
+import torch
+
+from .. import threads as thread_policy
+from ..io.buffers import BufferPool
+from ..io.fp8 import FP8, widened
+from ..methods import fused_linear
+from ..nonfinite import all_finite, check_result, count_inputs as count_nonfinite_inputs, may_leave_range
+from ..plan import KeyPlan
+from .job import MergeJob, Put
+
+CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32 per operand
+SPLIT_ELEMENTS = 1 << 22  # tensors from 4M values up are worth a second thread (fp8 Flux: most of the file)
+
+
+def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[torch.Tensor],
+                 out_dtype: torch.dtype, chunk: int = CHUNK_ELEMENTS,
+                 helper: Optional[cf.Executor] = None, finite: bool = False) -> torch.Tensor:
+    """Apply one elementwise merge method to one key in float32, chunk by chunk.
+
+    helper: a one-thread executor that takes the second half of a large tensor (``split_work``); the
+    result is the same bits either way (every value is computed alone).
+    finite: the inputs are known to hold no NaN/inf (fp8 widening then skips its own search)."""
+    if kp.input_channels is not None:
+        n = kp.input_channels
+        out = a.to(out_dtype, copy=True)
+        part = fn(a[:, :n].float(), b.float(), None if c is None else c.float(), kp.alpha, kp.beta)
+        out[:, :n] = part.to(out_dtype)
+        return out
+    out = torch.empty(a.shape, dtype=out_dtype, device=a.device)
+    fa, fb, fo = a.reshape(-1), b.reshape(-1), out.view(-1)
+    fc = None if c is None else c.reshape(-1)
+    total = fa.numel()
+    top = torch.finfo(out_dtype).max if out_dtype in FP8 else None  # fp8 saturates (io/precision.py)
+
+    inference = torch.is_inference_mode_enabled()  # thread-local: the helper takes the caller's (ComfyUI's)
+
+    def run(first: int, last: int) -> None:
+        with thread_policy.torch_threads(thread_policy.MERGE_THREADS), torch.inference_mode(inference):
+            for start in range(first, last, chunk):
+                end = min(start + chunk, last)
+                r = fn(widened(fa[start:end], "a", finite), widened(fb[start:end], "b", finite),
+                       None if fc is None else widened(fc[start:end], "c", finite), kp.alpha, kp.beta)
+                fo[start:end].copy_(r if top is None else r.clamp_(-top, top))
+
+    in_halves(run, total, chunk, helper if a.device.type == "cpu" else None)
+    return out
+
+
+def fused_merge(kp: KeyPlan, mode: str, a: torch.Tensor, b: torch.Tensor, c: Optional[torch.Tensor],
+                out_dtype: torch.dtype, helper: Optional[cf.Executor] = None, chunk: int = CHUNK_ELEMENTS,
+                buffers: Optional[BufferPool] = None) -> Optional[tuple[torch.Tensor, dict[str, int]]]:
+    """``merge_tensor``'s result computed by the native kernel (methods/fused_linear.py), with the
+    inputs' NaN/inf counts {input: n}; None where the kernel does not apply.
+    buffers: the result goes into memory from this pool (the caller gives it back once written)."""
+    if not fuses(kp, mode, out_dtype, a, b, c):
+        return None
+    nbytes = a.numel() * out_dtype.itemsize
+    out = torch.empty(a.shape, dtype=out_dtype) if buffers is None else \
+        buffers.take(nbytes).view(out_dtype).view(a.shape)
+    flat = [None if t is None else t.reshape(-1) for t in (a, b, c, out)]
+
+    def run(first: int, last: int) -> list[int]:
+        return fused_linear.merge_span(mode, kp.alpha, kp.beta, *flat, first, last)
+
+    parts = in_halves(run, out.numel(), chunk, helper)
+    counts = {name: n for name, *found in zip(fused_linear.INPUTS, *parts) if (n := sum(found))}
+    return out, counts
+
+
+def fuses(kp: KeyPlan, mode: str, out_dtype: torch.dtype, a, b, c) -> bool:
+    """Whether ``fused_merge`` takes this key (the read-ahead then leaves the NaN/inf count to the kernel)."""
+    return kp.input_channels is None and fused_linear.applies(mode, out_dtype, a, b, c) and fused_linear.available()
+
+
+def in_halves(run: Callable[[int, int], object], total: int, chunk: int, helper: Optional[cf.Executor]) -> list:
+    """run(0, total), or run(0, middle) here and run(middle, total) on ``helper`` when ``split_work``
+    says so (middle on a chunk boundary); their results in order. Returns or raises only once both
+    halves have stopped, since both write into the caller's output."""
+    if helper is None or not split_work(total, chunk):
+        return [run(0, total)]
+    middle = (total // 2 + chunk - 1) // chunk * chunk
+    second = helper.submit(run, middle, total)
+    try:
+        first = run(0, middle)
+    finally:
+        cf.wait([second])  # it writes into out: never return (or raise) while it runs
+    return [first, second.result()]
+
+
+def split_work(total: int, chunk: int = CHUNK_ELEMENTS) -> bool:
+    """Whether to compute one key's halves on two threads: a large tensor, and two cores allowed.
+
+    Why not torch's own threads: they meet at a barrier after every operation and spin there when
+    another process holds a core (merge_core/threads.py). Two halves meet once per key, each thread
+    running one torch thread, and a waiting thread sleeps: when the second core is taken, the halves
+    simply take turns on the free one, at the speed of one thread. (Asking for idle cores first, as
+    compute_threads does, said "busy" through most of a large file merge: the kernel's writeback of
+    the output runs as other tasks.) Measured in bench/RESULTS.md (full-size Flux fp8)."""
+    return total >= max(SPLIT_ELEMENTS, 2 * chunk) and thread_policy.available_cpus() > 1
+
+
+def in_dtypes(*tensors) -> tuple:
+    return tuple(t.dtype for t in tensors if t is not None)
+
+
+class LinearKey:
+    """The handler of merged keys under a merge mode's formula (the plan has no calc mode)."""
+
+    def __init__(self, job: MergeJob):
+        self.job = job
+        self.mode, self.needs_c = job.plan.settings.mode, job.plan.settings.needs_c
+        # a file sink keeps no result: each key's result memory serves a later key once written (fresh memory
+        # costs a page fault per 4 KiB, and with the page cache full of the inputs, reclaiming a page for each)
+        self.reuse_results = not job.sink.keeps_tensors
+
+    @staticmethod
+    def compact(kp: KeyPlan) -> bool:
+        """Whether the key's result is the formula's alone (no Adjust, no inpainting channels): its inputs may
+        then be read as stored, and its result computed in the sink's stored dtype."""
+        return kp.adjust is None and kp.input_channels is None
+
+    def target(self, kp: KeyPlan) -> torch.dtype:
+        """The dtype this key's result is computed in: the sink's stored fp8 when it takes it."""
+        direct = self.job.sink.encoded_dtype(kp.key) if self.compact(kp) else None
+        return direct or self.job.dtypes[kp.key]
+
+    def reads(self, kp: KeyPlan) -> tuple[str, ...]:
+        return ("a", "b", "c") if self.needs_c else ("a", "b")
+
+    def read(self, name: str, kp: KeyPlan) -> torch.Tensor:
+        source = self.job.sources[name]
+        tensor = source.stored(kp.key) if self.compact(kp) else None
+        return source.get(kp.key) if tensor is None else tensor
+
+    def load(self, kp: KeyPlan):
+        """A, B (and C) as read, moved toward the math device, and their NaN/inf counts where counted here.
+
+        A linear mode is checked on its result instead (one tensor, not two or three): its formula
+        multiplies every input, so any NaN/inf in A, B or C makes the result non-finite there. Stored fp8
+        inputs are the exception: their scan is cheap bit tests here, and a clean result lets the math
+        thread widen them without looking for NaN. The fused kernel counts as it reads."""
+        a, b = self.read("a", kp), self.read("b", kp)
+        c = self.read("c", kp) if self.needs_c else None
+        inputs = {"A": a, "B": b, "C": c}
+        move = self.job.move
+        fused = move.device.type == "cpu" and fuses(kp, self.mode.name, self.target(kp), a, b, c)
+        checked = not fused and all(t is None or t.dtype in FP8 for t in inputs.values())
+        nonfinite = count_nonfinite_inputs(inputs) if checked else None
+        return move.prepare(a), move.prepare(b), move.prepare(c), nonfinite
+
+    def compute(self, kp: KeyPlan, loaded) -> Put:
+        job, mode = self.job, self.mode
+        *inputs, nonfinite = loaded
+        a, b, c = job.move.inputs(*inputs)
+        job.note_nonfinite(kp.key, nonfinite)
+        into = job.pool if self.reuse_results and kp.adjust is None else None
+        fused = fused_merge(kp, mode.name, a, b, c, self.target(kp), job.halves, buffers=into)
+        if fused is not None:
+            result, counted = fused
+            job.note_nonfinite(kp.key, counted)
+            if not counted and may_leave_range(mode.name, kp.alpha, kp.beta, in_dtypes(a, b, c), result.dtype):
+                check_result(result, kp.key, mode.name, True, "mode", result.dtype)
+            return job.merged_put(kp, inputs, result, release=result if into is not None else None)
+        result = merge_tensor(kp, mode.fn, a, b, c, self.target(kp), helper=job.halves, finite=nonfinite == {})
+        if nonfinite is None and not all_finite(result):  # rare: now count the inputs exactly
+            nonfinite = count_nonfinite_inputs({"A": a, "B": b, "C": c})
+            job.note_nonfinite(kp.key, nonfinite)
+            if not nonfinite:  # finite inputs, non-finite result: the settings (nonfinite.py)
+                check_result(result, kp.key, mode.name, True, "mode", result.dtype)
+        elif nonfinite == {} and may_leave_range(mode.name, kp.alpha, kp.beta, in_dtypes(a, b, c), result.dtype):
+            check_result(result, kp.key, mode.name, True, "mode", result.dtype)
+        return job.merged_put(kp, inputs, result)

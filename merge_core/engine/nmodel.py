@@ -1,0 +1,55 @@
+"""Merged keys of an n-model plan (``plan.models``): the base and every model's tensor through the method.
+
+The plan's settings go to the method as they are (whatever type the combine settings have: the method and
+its parameters are all this reads of them)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..methods.nway import combine_key
+from ..nonfinite import check_result, count_inputs as count_nonfinite_inputs
+from ..plan import KeyPlan
+from .job import MergeJob, Put
+
+
+def combine_tensor(kp: KeyPlan, settings, base: torch.Tensor, models: list, out_dtype: torch.dtype,
+                   fallbacks: Optional[list] = None) -> torch.Tensor:
+    """One key through the n-model method: base + alpha * delta, whole tensors (the methods rank, trim
+    and take norms over the whole key). An inpainting base merges its first input channels only."""
+    n = kp.input_channels
+    part = combine_key(settings.method, settings.method_params, kp.key, kp.alpha,
+                       base if n is None else base[:, :n], models, fallbacks)
+    if n is None:
+        return part.to(out_dtype)
+    out = base.to(out_dtype, copy=True)
+    out[:, :n] = part.to(out_dtype)
+    return out
+
+
+class CombineKey:
+    """The handler of merged keys of an n-model plan; the math stays on the host."""
+
+    def __init__(self, job: MergeJob):
+        self.job = job
+        self.names = ("a", *job.plan.models)  # the base, then M1..Mn
+
+    def reads(self, kp: KeyPlan) -> tuple[str, ...]:
+        return self.names
+
+    def load(self, kp: KeyPlan):
+        """The base and the models' tensors, with their NaN/inf counts."""
+        base, *models = (self.job.sources[name].get(kp.key) for name in self.names)
+        return base, models, count_nonfinite_inputs({"base": base} | {f"M{j + 1}": m for j, m in enumerate(models)})
+
+    def compute(self, kp: KeyPlan, loaded) -> Put:
+        job, settings = self.job, self.job.plan.settings
+        base, models, nonfinite = loaded
+        job.note_nonfinite(kp.key, nonfinite)
+        notes: list = []
+        result = combine_tensor(kp, settings, base, models, job.dtypes[kp.key], notes)
+        job.note_fallback(kp.key, notes)
+        check_result(result, kp.key, settings.method.name, not nonfinite, "method", result.dtype)
+        job.give_back(zip(self.names, (base, *models)), result)
+        return Put(job.sink.put, kp.key, result)
