@@ -16,7 +16,7 @@ from ..merge_core import recipe as core
 from ..merge_core.errors import MergeInputError
 from ..merge_core.io.safetensors_file import SafetensorsReader
 from .errors import named_errors
-from .merge import merge_objects, tag_recipe
+from .object_merge import merge_objects, tag_recipe
 from .recipe_tags import get_recipe, set_recipe
 from .save import checkpoint_hash
 from .shared import CATEGORY
