@@ -12,7 +12,7 @@ from .blocks.elemental import parse_elemental
 from .blocks.selection import parse_selection
 from .blocks.weights import parse_block_weights
 from .engine import DictSink, FileSink, ProgressFn, StopFn, run_merge
-from .errors import MergeInputError, require_finite, require_ratio
+from .errors import MergeInputError, require_ratio, require_seed
 from .io.bare_unet import StrippingSink, prefix_bare
 from .io.output_file import check_target
 from .io.precision import PRECISIONS, output_format
@@ -38,20 +38,11 @@ def make_settings(arch: Architecture, mode: str, alpha: float = 0.5, beta: float
         mode=merge_mode, alpha=require_ratio("alpha", alpha), beta=require_ratio("beta", beta),
         blocks_alpha=parse_block_weights(blocks_alpha, arch, "blocks_alpha", alpha),
         blocks_beta=parse_block_weights(blocks_beta, arch, "blocks_beta", beta),
-        calc=calc, gamma=require_ratio("gamma", gamma), seed=_seed(seed), tensor2_corrected=bool(tensor2_corrected),
+        calc=calc, gamma=require_ratio("gamma", gamma), seed=require_seed(seed),
+        tensor2_corrected=bool(tensor2_corrected),
         elemental=parse_elemental(elemental, arch), elemental_full_key=bool(elemental_full_key),
         adjust=require_adjustable(parse_adjust(adjust), arch), selection=parse_selection(include_exclude, arch),
     )
-
-
-def _seed(value) -> int:
-    if isinstance(value, float):
-        require_finite("seed", value, "give a whole number such as 0.")
-    try:
-        seed = int(value)
-    except (TypeError, ValueError):
-        raise MergeInputError("seed", f"is {value!r}, not a whole number.", "give a whole number such as 0.") from None
-    return seed
 
 
 def detect_architecture(sources: Mapping[str, KeySource]) -> Architecture:

@@ -54,3 +54,14 @@ def require_ratio(input_name: str, value: float, what: str = "", limit: float = 
                                           "(float16/float32 turn them into infinities).",
                               f"give a value between {-limit:g} and {limit:g}.")
     return number
+
+
+def require_seed(value, input_name: str = "seed") -> int:
+    """A seed as an int (a whole float such as 3.0 is taken; NaN, inf or a non-number are refused)."""
+    if isinstance(value, float):
+        require_finite(input_name, value, "give a whole number such as 0.")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise MergeInputError(input_name, f"is {value!r}, not a whole number.",
+                              "give a whole number such as 0.") from None

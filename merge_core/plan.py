@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Protocol, Sequence
 
 from .architectures import KEPT, NO_BLOCK, Architecture
 from .blocks.elemental import ElementalRule, elemental_alpha, require_rules_match
@@ -18,7 +18,6 @@ from .errors import MergeInputError
 from .methods.adjust import Adjust
 from .methods.calcmodes import CalcMode, check_calc_parameters
 from .methods.modes import MergeMode
-from .methods.nway import CombineMethod, MethodParams
 
 # The one list of keys that are never merged, in both namings (docs/merging.md#keys-that-are-never-merged, quirk 4,
 # kept).
@@ -82,6 +81,22 @@ class Reason(Enum):
 WIDE_INPUT_CHANNELS = (8, 9)
 
 
+class PlanSettings(Protocol):
+    """What build_plan reads from any merge's settings: a two-model merge's MergeSettings, or an n-model
+    combine's CombineSettings (merge_core/combine/settings.py), which has no mode, calc mode, C or Adjust."""
+
+    alpha: float
+    blocks_alpha: Optional[BlockWeights]
+    seed: int
+    elemental: tuple[ElementalRule, ...]
+    elemental_full_key: bool
+    selection: Optional[Selection]
+
+    def ratios(self, block: str, key: Optional[str] = None) -> tuple[float, float]: ...
+
+    def is_identity(self, alpha: float, beta: float) -> bool: ...
+
+
 @dataclass(frozen=True)
 class MergeSettings:
     mode: MergeMode
@@ -97,8 +112,6 @@ class MergeSettings:
     elemental_full_key: bool = False  # SuperMerger's matching on the full key (prefix included)
     adjust: Optional[Adjust] = None
     selection: Optional[Selection] = None  # include / exclude
-    method: Optional[CombineMethod] = None  # n-model combine (nway.py): base + alpha * method's delta
-    method_params: Optional[MethodParams] = None
 
     @property
     def beta_from_blocks(self) -> bool:
@@ -122,8 +135,6 @@ class MergeSettings:
 
     def is_identity(self, alpha: float, beta: float) -> bool:
         """True when a key certainly ends up equal to A (so it is not touched at all)."""
-        if self.method is not None:
-            return alpha == 0
         if self.calc is None:
             return self.mode.is_identity(alpha, beta)
         if self.calc.name in ("self", "plus random", "smoothAdd", "trainDifference", "add_perpendicular",
@@ -155,7 +166,7 @@ class KeyPlan:
 @dataclass
 class MergePlan:
     arch: Architecture
-    settings: MergeSettings
+    settings: PlanSettings  # MergeSettings, or CombineSettings for an n-model combine (models set)
     keys: list[KeyPlan] = field(default_factory=list)
     # {key: {"A"/"B"/"C": count}} of NaN/inf input values, filled while merging (nonfinite.py)
     nonfinite: dict = field(default_factory=dict)
@@ -223,7 +234,7 @@ def target_keys(arch: Architecture, keys) -> list[tuple[str, str]]:
     return [(arch.released_key(k), arch.block_of(k)) for k in keys if kept_reason(arch, k) is None]
 
 
-def require_targets(arch: Architecture, settings: MergeSettings, pairs: Sequence[tuple[str, str]]) -> None:
+def require_targets(arch: Architecture, settings: PlanSettings, pairs: Sequence[tuple[str, str]]) -> None:
     """Refuse an include/exclude target or an elemental rule that selects no key (a typo that would look
     like success). ``pairs``: target_keys of every model the settings apply to, so that Merge Checkpoints
     checks its U-Net and text encoder together (a U-Net block names no key of the text encoder)."""
@@ -233,7 +244,7 @@ def require_targets(arch: Architecture, settings: MergeSettings, pairs: Sequence
         require_rules_match(settings.elemental, pairs, arch, settings.elemental_full_key)
 
 
-def build_plan(arch: Architecture, settings: MergeSettings,
+def build_plan(arch: Architecture, settings: PlanSettings,
                shapes_a: Mapping[str, Sequence[int]],
                shapes_b: Mapping[str, Sequence[int]],
                shapes_c: Optional[Mapping[str, Sequence[int]]] = None,
@@ -247,11 +258,13 @@ def build_plan(arch: Architecture, settings: MergeSettings,
     dtypes ({"a"/"b"/"c": {key: torch dtype}}): a key that is an integer or bool tensor in
     any input keeps A, in every mode and calc mode (a formula would truncate or cast it).
     check_targets=False: the caller runs require_targets itself, over several plans (Merge Checkpoints).
+    An n-model combine's settings (no calc mode, C or Adjust) plan as a Weight sum of A and B would.
     """
-    mode = settings.mode
-    needs_c = settings.needs_c
-    what = settings.calc.name if settings.calc is not None else mode.label
+    pairwise = settings if isinstance(settings, MergeSettings) else None
+    calc = pairwise.calc if pairwise is not None else None
+    needs_c = pairwise is not None and pairwise.needs_c
     if needs_c and shapes_c is None:
+        what = calc.name if calc is not None else pairwise.mode.label
         raise MergeInputError("model_c", f"is required by '{what}' but is not connected.",
                               "connect a model C, or choose Weight sum.")
     if check_targets and (settings.selection is not None or settings.elemental):
@@ -270,7 +283,7 @@ def build_plan(arch: Architecture, settings: MergeSettings,
         if dtypes is not None and not all(getattr(d.get(key), "is_floating_point", True) for d in dtypes.values()):
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason=Reason.NOT_FLOAT))
             continue
-        if settings.calc is not None and settings.calc.keeps_vae and is_vae(key):
+        if calc is not None and calc.keeps_vae and is_vae(key):
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason=Reason.VAE_COSINE))
             continue
         if needs_c and key not in shapes_c:
@@ -294,13 +307,13 @@ def build_plan(arch: Architecture, settings: MergeSettings,
         if settings.elemental:
             alpha, rule = elemental_alpha(settings.elemental, name, block, alpha, settings.elemental_full_key,
                                           settings.seed)
-        if settings.calc is not None:
-            check_calc_parameters(settings.calc, alpha, beta, settings.gamma,
+        if calc is not None:
+            check_calc_parameters(calc, alpha, beta, pairwise.gamma,
                                   "blocks_alpha" if settings.blocks_alpha is not None else "alpha")
-        adjust = settings.adjust.op(key, arch) if settings.adjust is not None else None
+        adjust = pairwise.adjust.op(key, arch) if pairwise is not None and pairwise.adjust is not None else None
         # a ratio-0 key is A unchanged; Adjust still applies to it (docs/merging.md#adjust), except where a
         # calc mode skips the key altogether (self or trainDifference with alpha 0)
-        if settings.is_identity(alpha, beta) and (adjust is None or settings.calc is not None):
+        if settings.is_identity(alpha, beta) and (adjust is None or calc is not None):
             plan.keys.append(KeyPlan(key, KEEP_A, block, alpha, beta, reason=Reason.RATIO_0, rule=rule))
             continue
         plan.keys.append(KeyPlan(key, MERGE, block, alpha, beta, channels, rule=rule, adjust=adjust))

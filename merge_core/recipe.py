@@ -17,13 +17,16 @@ a Load recipe node can replay every step.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from .blocks.weights import is_named
 from .errors import MergeInputError, require_ratio
 from .methods.calcmodes import get_calc_mode
 from .methods.modes import get_mode
 from .plan import MergeSettings
+
+if TYPE_CHECKING:
+    from .combine.settings import CombineSettings
 
 SETTING_DEFAULTS: dict[str, Any] = {
     "mode": "Weight sum", "alpha": 0.5, "beta": 0.25, "blocks_alpha": "", "blocks_beta": "",
@@ -103,8 +106,8 @@ def merge_step(kind: str, params: Mapping[str, Any], settings: MergeSettings, in
     return node
 
 
-def combine_settings(settings: MergeSettings) -> dict:
-    """A combine step's settings from its MergeSettings (the method's parameters as applied)."""
+def combine_settings(settings: CombineSettings) -> dict:
+    """A combine step's settings from its CombineSettings (the method's parameters as applied)."""
     p = settings.method_params
     return {"method": settings.method.name, "alpha": settings.alpha,
             "weights": ",".join(f"{w:g}" for w in p.weights) if p.weights is not None else "",
@@ -115,7 +118,7 @@ def combine_settings(settings: MergeSettings) -> dict:
             "include_exclude": settings.selection.text if settings.selection else ""}
 
 
-def combine_step(settings: MergeSettings, inputs: list) -> dict:
+def combine_step(settings: CombineSettings, inputs: list) -> dict:
     """{"kind": "combine", "settings": ..., "a": base, "models": [M1, ...]}: an n-model step."""
     return {"kind": COMBINE, "settings": combine_settings(settings),
             "supermerger": {"type": "sd-webui-supermerger", "generator": "comfyui-merge-suite",
@@ -125,7 +128,7 @@ def combine_step(settings: MergeSettings, inputs: list) -> dict:
 
 def combine_text(settings: Mapping[str, Any]) -> str:
     """The parameters the step's method reads, and its block / elemental / include-exclude settings."""
-    from .methods.nway import get_method
+    from .combine.methods import get_method
     method = get_method(settings.get("method", "task_arithmetic"))
     keys = [{"median_eps": "median_epsilon"}.get(n, n) for n in method.uses]
     keys = (["alpha"] if not settings.get("blocks_alpha") else []) + keys + ["blocks_alpha", "elemental",
@@ -136,7 +139,7 @@ def combine_text(settings: Mapping[str, Any]) -> str:
 def replay_combine_settings(settings: Mapping[str, Any]) -> dict:
     """A combine step's settings with every key present, to combine again. Recipes written before
     median_epsilon existed kept the geometric median's epsilon under "epsilon"."""
-    from .methods.nway import get_method
+    from .combine.methods import get_method
     out = {**COMBINE_DEFAULTS, **settings}
     if "median_epsilon" not in settings and "epsilon" in settings and \
             get_method(out["method"]).name == "geometric_median":
@@ -344,7 +347,7 @@ class RecipeCheck:
 
     def combine(self, node: Mapping, field: str) -> None:
         """A combine step: known settings of the right types, a known method, a base and 1..64 models."""
-        from .methods.nway import get_method
+        from .combine.methods import get_method
         settings = self.mapping(node["settings"], f"{field}.settings")
         self.settings(settings, f"{field}.settings", COMBINE_DEFAULTS)
         try:
@@ -372,7 +375,7 @@ class RecipeCheck:
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2 ** 64:
                     raise self.error(where, f"is {value!r}, not a seed (a whole number from 0).")
             elif key == "iterations":  # sizes a loop: a crafted 2**63 would run past any interrupt
-                from .methods.nway import MAX_ITERATIONS
+                from .combine.methods import MAX_ITERATIONS
                 if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ITERATIONS:
                     raise self.error(where, f"is {value!r}, not an iteration count from 1 to {MAX_ITERATIONS}.")
             elif isinstance(default, float):

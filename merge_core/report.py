@@ -26,18 +26,20 @@ def fallback_note(fallbacks: dict, shown: int = 3) -> str:
 
 def applied_report(plan: MergePlan, per_key: bool = False) -> str:
     s = plan.settings
-    calc = s.calc.name if s.calc is not None else "normal"
-    if s.method is not None:
+    # beta is a two-model merge's: an n-model combine (plan.models) has none
+    uses_beta = not plan.models and (s.beta_from_blocks or s.mode.uses_beta)
+    if plan.models:
         used = ", ".join(f"{n} {getattr(s.method_params, n)}" for n in s.method.uses if n != "weights")
         lines = [f"{plan.arch.label} - {s.method.label} of {len(plan.models)} models over the base"
                  + (f" ({used})" if used else "") + f": {plan.count(MERGE)} keys merged, "
                  f"{plan.count(KEEP_A)} kept from the base"]
     else:
+        calc = s.calc.name if s.calc is not None else "normal"
         lines = [f"{plan.arch.label} - {s.mode.label}, calcmode {calc}: {plan.count(MERGE)} keys merged, "
                  f"{plan.count(KEEP_A)} kept from A, {plan.count(FROM_B)} copied from B"]
     if s.blocks_alpha is not None and not s.blocks_alpha.named:
         lines.append(f"alpha {s.alpha:g} not used: blocks_alpha gives every block's alpha (SuperMerger's rule)")
-    if s.blocks_beta is not None and s.beta_from_blocks and not s.blocks_beta.named:
+    if not plan.models and s.blocks_beta is not None and s.beta_from_blocks and not s.blocks_beta.named:
         lines.append(f"beta {s.beta:g} not used: blocks_beta gives every block's beta")
     rows = []
     for block in plan.arch.blocks:
@@ -46,7 +48,7 @@ def applied_report(plan: MergePlan, per_key: bool = False) -> str:
             continue
         alpha, beta = s.ratios(block, keys[0].key)
         merged = [k for k in keys if k.action == MERGE]
-        rows.append([block, alpha, beta if (s.beta_from_blocks or s.mode.uses_beta) else "-", len(merged),
+        rows.append([block, alpha, beta if uses_beta else "-", len(merged),
                      len(keys) - len(merged), sum(1 for k in merged if k.rule is not None)])
     lines += ["", format_table(rows, ["block", "alpha", "beta", "merged", "kept", "by elemental"])]
     if s.elemental:
@@ -76,7 +78,7 @@ def applied_report(plan: MergePlan, per_key: bool = False) -> str:
         lines.append(f"adjusted: {len(adjusted)} keys")
     if per_key:
         krows = [[k.key, k.block, k.action, k.alpha if k.action == MERGE else "-",
-                  k.beta if k.action == MERGE else "-", k.rule.position if k.rule else "", k.note]
+                  k.beta if k.action == MERGE and not plan.models else "-", k.rule.position if k.rule else "", k.note]
                  for k in plan.keys]
         lines += ["", format_table(krows, ["key", "block", "action", "alpha", "beta", "rule", "note"])]
     return "\n".join(lines)

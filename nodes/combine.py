@@ -16,8 +16,10 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..merge_core.blocks.presets import preset_names
-from ..merge_core.combine import make_combine_settings, plan_combine
-from ..merge_core.methods.nway import MAX_ITERATIONS, METHOD_NAMES, METHODS, MethodParams, combine_key, get_method
+from ..merge_core.combine.deltas import combine_key
+from ..merge_core.combine.methods import MAX_ITERATIONS, METHOD_NAMES, METHODS, MethodParams, get_method
+from ..merge_core.combine.planning import plan_combine
+from ..merge_core.combine.settings import make_combine_settings
 from ..merge_core.report import applied_report
 from .comfy_models import (apply_plan, architecture_of, base_layout, check_loaded, effective_weight, key_patches,
                            lazy_adapter, note_fallbacks, shapes_of)

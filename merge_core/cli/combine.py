@@ -5,9 +5,9 @@ import re
 import sys
 import time
 
-from ..combine import combine_files
+from ..combine.api import combine_files
 from ..errors import MergeInputError
-from ..methods.nway import MAX_ITERATIONS, METHODS
+from ..combine.methods import MAX_ITERATIONS, METHODS
 from .merge import _progress
 from .options import non_negative_int, positive_int, print_report, ratio, selection_text
 

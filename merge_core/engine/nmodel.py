@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from ..methods.nway import combine_key
+from ..combine.deltas import combine_key
 from ..nonfinite import check_result, count_inputs as count_nonfinite_inputs
 from ..plan import KeyPlan
 from .job import MergeJob, Put

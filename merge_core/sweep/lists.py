@@ -130,7 +130,7 @@ def calcmode_list(text: str, input_name: str = "calcmodes") -> list[str]:
 
 def method_list(text: str, input_name: str = "methods") -> list[str]:
     """n-model method names (Combine Models' method input)."""
-    from ..methods.nway import METHOD_NAMES
+    from ..combine.methods import METHOD_NAMES
     return _choice_list(text, METHOD_NAMES, "an n-model method", input_name)
 
 

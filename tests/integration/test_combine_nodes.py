@@ -13,7 +13,8 @@ from spec_blocks import sd1_block, sdxl_block  # noqa: E402
 from test_merge_nodes import SD1_NAMES, SDXL_NAMES, base_weights, effective, sample  # noqa: E402
 
 from merge_suite.merge_core import recipe as core  # noqa: E402
-from merge_suite.merge_core.methods.nway import METHODS, MethodParams, combine_key  # noqa: E402
+from merge_suite.merge_core.combine.deltas import combine_key  # noqa: E402
+from merge_suite.merge_core.combine.methods import METHODS, MethodParams  # noqa: E402
 from merge_suite.nodes.combine import CombineModels  # noqa: E402
 from merge_suite.nodes.errors import MergeNodeError  # noqa: E402
 from merge_suite.nodes.recipe_tags import get_recipe  # noqa: E402

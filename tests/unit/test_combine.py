@@ -12,9 +12,10 @@ from spec_blocks import sd1_block, sdxl_block
 from test_cli import run_cli
 from test_merge_api import SD1_NAMES, SDXL_NAMES, small_model
 
-from merge_core.combine import combine_state_dicts
+from merge_core.combine.api import combine_state_dicts
+from merge_core.combine.deltas import combine_key
 from merge_core.errors import MergeInputError
-from merge_core.methods.nway import METHODS, MethodParams, combine_key
+from merge_core.combine.methods import METHODS, MethodParams
 
 UNET_KEY = "model.diffusion_model.input_blocks.1.1.proj_in.weight"
 
@@ -117,7 +118,8 @@ def test_cli_ties_report_metadata_and_reproducible_dare(tmp_path, sd1_keys):
 def test_recipe_carries_the_geometric_medians_epsilon(sd1_keys):
     """The CLI's --epsilon is the geometric median's smallest distance: the recipe keeps it (median_epsilon, apart
     from DELLA's epsilon) and replays it; recipes written before median_epsilon kept it under epsilon."""
-    from merge_core.combine import combine_architecture, make_combine_settings
+    from merge_core.combine.planning import combine_architecture
+    from merge_core.combine.settings import make_combine_settings
     from merge_core.recipe import (combine_step, combine_text, file_metadata, leaf, parse_file_recipe,
                                    replay_combine_settings)
     base, _ = models_for(sd1_keys, 0)

@@ -1,4 +1,4 @@
-"""Each n-model method's parameters in their domain (methods/nway.py's docstring says why each rule), refused
+"""Each n-model method's parameters in their domain (combine/methods.py's docstring says why each rule), refused
 before any tensor is read, with valid edge values still merging by the formula; and every merged result checked
 (merge_core/nonfinite.py): a NaN/inf result of finite inputs stops the merge naming the key and the method, while
 NaN/inf inputs are merged as the formula says and counted."""
@@ -7,13 +7,14 @@ import torch
 from safetensors.torch import save_file
 from test_merge_api import small_model
 
-from merge_core import combine as combine_api
+from merge_core.combine import settings as combine_settings
 from merge_core.api import merge_files, merge_state_dicts
-from merge_core.combine import combine_files, combine_state_dicts
+from merge_core.combine.api import combine_files, combine_state_dicts
+from merge_core.combine.deltas import combine_key
 from merge_core.errors import MergeInputError
 from merge_core.io.sources import FileSource
 from merge_core.methods import fused_linear
-from merge_core.methods.nway import MAX_ITERATIONS, METHODS, MethodParams, check_params, combine_key
+from merge_core.combine.methods import MAX_ITERATIONS, METHODS, MethodParams, check_params
 from merge_core.nonfinite import NonFiniteResult, may_leave_range
 
 KEY = "model.diffusion_model.input_blocks.1.1.proj_in.weight"
@@ -215,5 +216,5 @@ def test_the_result_pass_is_skipped_only_where_the_coefficients_keep_the_range(m
 
 def test_parse_weights_names_the_input():
     with pytest.raises(MergeInputError) as info:
-        combine_api.parse_weights("1,x")
+        combine_settings.parse_weights("1,x")
     assert info.value.input_name == "weights"

@@ -1,13 +1,14 @@
-"""n-model methods (methods/multi.py, nway.py) and the SLERP / add-perpendicular calc modes against independent
+"""n-model methods (combine/formulas.py, deltas.py, methods.py) and the SLERP / add-perpendicular calc modes against independent
 NumPy computations of each formula on random tensors, n = 2..5 models."""
 import numpy as np
 import pytest
 import torch
 
 from merge_core.errors import MergeInputError
-from merge_core.methods import multi
+from merge_core.combine import formulas
+from merge_core.combine.deltas import combine_key
 from merge_core.methods.calcmodes import CALC_MODES, KeyContext, get_calc_mode
-from merge_core.methods.nway import METHODS, MethodParams, check_params, combine_key, get_method
+from merge_core.combine.methods import METHODS, MethodParams, check_params, get_method
 from merge_core.methods.spherical import add_perpendicular, slerp
 
 rng = np.random.default_rng(15)
@@ -90,11 +91,11 @@ def test_task_arithmetic_ties_breadcrumbs_against_numpy(n, shape):
 
 def test_ties_trim_keeps_ties_at_the_threshold_and_density_one_keeps_all():
     tau = t([3.0, -1.0, 1.0, -2.0, 0.5])
-    assert multi.trim(tau, 0.5).tolist() == [3.0, -1.0, 1.0, -2.0, 0.0]  # k = 2: |x| >= 1 stays (both 1s)
-    assert torch.equal(multi.trim(tau, 1.0), tau)
+    assert formulas.trim(tau, 0.5).tolist() == [3.0, -1.0, 1.0, -2.0, 0.0]  # k = 2: |x| >= 1 stays (both 1s)
+    assert torch.equal(formulas.trim(tau, 1.0), tau)
     # elected sign +: 3 and 1 agree -> mean 2; -2 and -1 are dropped
-    assert multi.elect_mean([t([3.0]), t([-2.0]), t([1.0])]).tolist() == [2.0]
-    assert multi.elect_mean([t([1.0]), t([-1.0])]).tolist() == [0.0]  # a tie elects 0: nothing agrees
+    assert formulas.elect_mean([t([3.0]), t([-2.0]), t([1.0])]).tolist() == [2.0]
+    assert formulas.elect_mean([t([1.0]), t([-1.0])]).tolist() == [0.0]  # a tie elects 0: nothing agrees
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5])
@@ -145,13 +146,13 @@ def test_geometric_median_against_numpy(n, shape):
 def test_dare_keeps_a_binomial_fraction_scaled_by_one_over_one_minus_p():
     tau = torch.ones(200_000)
     for p in (0.1, 0.5, 0.9):
-        out = multi.dare_drop(tau, p, multi.model_generator(7, KEY, 0))
+        out = formulas.dare_drop(tau, p, formulas.model_generator(7, KEY, 0))
         kept = out != 0
         n, frac = tau.numel(), float(kept.float().mean())
         assert abs(frac - (1 - p)) < 5 * np.sqrt(p * (1 - p) / n)  # five standard deviations
         assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / (1 - p)))
-    assert torch.count_nonzero(multi.dare_drop(tau, 1.0, multi.model_generator(7, KEY, 0))) == 0
-    assert torch.equal(multi.dare_drop(tau, 0.0, multi.model_generator(7, KEY, 0)), tau)
+    assert torch.count_nonzero(formulas.dare_drop(tau, 1.0, formulas.model_generator(7, KEY, 0))) == 0
+    assert torch.equal(formulas.dare_drop(tau, 0.0, formulas.model_generator(7, KEY, 0)), tau)
 
 
 @pytest.mark.parametrize("name", ["dare", "dare_ties", "della"])
@@ -164,15 +165,15 @@ def test_seeded_methods_are_reproducible_and_named_alike_in_both_namings(name):
     assert not np.array_equal(first, run(name, base, models, seed=6, drop_rate=0.6))
     assert not np.array_equal(first, run(name, base, models, key=KEY.replace("in_layers", "out_layers"), seed=5,
                                          drop_rate=0.6))
-    assert multi.seed_name("cond_stage_model.transformer.text_model.x.weight") == \
-        multi.seed_name("clip_l.transformer.text_model.x.weight")
+    assert formulas.seed_name("cond_stage_model.transformer.text_model.x.weight") == \
+        formulas.seed_name("clip_l.transformer.text_model.x.weight")
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])
 def test_dare_and_dare_ties_combine_the_dropped_task_vectors(n):
     base, models = draw((20, 8), n)
     weights = tuple(float(w) for w in rng.uniform(0.5, 1.5, n))
-    dropped = [multi.dare_drop(t(w * (m.astype(np.float64) - base)), 0.7, multi.model_generator(3, KEY, i)).numpy()
+    dropped = [formulas.dare_drop(t(w * (m.astype(np.float64) - base)), 0.7, formulas.model_generator(3, KEY, i)).numpy()
                for i, (m, w) in enumerate(zip(models, weights))]
     close(run("dare", base, models, 0.5, seed=3, drop_rate=0.7, weights=weights), base + 0.5 * sum(dropped))
     close(run("dare_ties", base, models, 1.0, seed=3, drop_rate=0.7, weights=weights), base + np_elect_mean(dropped))
@@ -184,17 +185,17 @@ def test_della_probabilities_by_rank_and_rescaling():
     rank = np.empty(tau.size)
     rank[np.argsort(np.abs(tau), kind="stable")] = np.arange(1, tau.size + 1)
     want = np.clip(p + eps * ((tau.size + 1) / (2 * tau.size) - rank / tau.size), 0, 1)
-    got = multi.della_probabilities(t(tau), p, eps).numpy()
+    got = formulas.della_probabilities(t(tau), p, eps).numpy()
     close(got, want, 1e-6)
     assert abs(got.mean() - p) < 1e-6 and got[np.argmax(np.abs(tau))] < got[np.argmin(np.abs(tau))]
-    out = multi.della_drop(t(tau), p, eps, multi.model_generator(1, KEY, 0)).numpy()
+    out = formulas.della_drop(t(tau), p, eps, formulas.model_generator(1, KEY, 0)).numpy()
     kept = out != 0
     close(out[kept], tau[kept] / (1 - want[kept]), 1e-6)
     big = torch.ones(100_000)
-    frac = float((multi.della_drop(big, p, eps, multi.model_generator(1, KEY, 0)) != 0).float().mean())
+    frac = float((formulas.della_drop(big, p, eps, formulas.model_generator(1, KEY, 0)) != 0).float().mean())
     assert abs(frac - (1 - p)) < 5 * np.sqrt(p * (1 - p) / big.numel())
     base, models = draw((30,), 3)
-    dropped = [multi.della_drop(t(m - base), 0.5, 0.1, multi.model_generator(2, KEY, i)).numpy()
+    dropped = [formulas.della_drop(t(m - base), 0.5, 0.1, formulas.model_generator(2, KEY, i)).numpy()
                for i, m in enumerate(models)]
     close(run("della", base, models, seed=2, drop_rate=0.5, epsilon=0.1), base + np_elect_mean(dropped))
 

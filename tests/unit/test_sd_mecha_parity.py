@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from merge_core.methods.multi import geometric_median, ties
+from merge_core.combine.formulas import geometric_median, ties
 from merge_core.methods.spherical import add_perpendicular, slerp
 
 SD_MECHA = Path(os.environ.get("MERGE_SUITE_SD_MECHA", Path.home() / ".cache/merge-suite/sd-mecha-1.1.8"))

@@ -214,8 +214,8 @@ def test_recipe_keeps_the_scalar_under_named_block_weights():
 
 def _replay_settings(tree, arch):
     """Parse every step's settings as Load Recipe replays them (merge_core's half of nodes/recipe.replay)."""
-    from merge_core.combine import make_combine_settings
-    from merge_core.methods.nway import get_method
+    from merge_core.combine.methods import get_method
+    from merge_core.combine.settings import make_combine_settings
     if tree is None or not recipe.is_merge(tree):
         return
     for item in recipe.step_inputs(tree):

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import elect
+from . import election
 
 Tensor = torch.Tensor
 
@@ -47,30 +47,30 @@ def task_arithmetic(taus: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
 
 def trim(tau: Tensor, density: float) -> Tensor:
     """TIES' trim: keep |x| >= the k-th smallest |x|, k = max(floor((1 - density) * numel), 1); 0 elsewhere."""
-    return elect.whole(trimmed([elect.TaskVector(tau)], density)[0], tau.shape)
+    return election.whole(trimmed([election.TaskVector(tau)], density)[0], tau.shape)
 
 
-def trimmed(taus: Sequence[elect.TaskVector], density: float) -> list:
+def trimmed(taus: Sequence[election.TaskVector], density: float) -> list:
     """Each task vector's trim (a threshold each; one |t| scratch buffer shared by all)."""
     scratch = torch.empty(taus[0].numel, dtype=torch.float32, device=taus[0].device)
-    return [elect.Trimmed(tau, density, scratch) for tau in taus]
+    return [election.Trimmed(tau, density, scratch) for tau in taus]
 
 
 def elect_mean(taus: Sequence[Tensor]) -> Tensor:
     """TIES' elect + disjoint mean: s = sign(sum_i t_i); d = mean of the t_i with sign(t_i) = s (0 where none)."""
-    return elect.elect_mean([elect.TaskVector(tau) for tau in taus]).reshape(taus[0].shape)
+    return election.elect_mean([election.TaskVector(tau) for tau in taus]).reshape(taus[0].shape)
 
 
 def ties(taus: Sequence[Tensor], density: float) -> Tensor:
     """TIES-Merging (Yadav et al., arXiv:2306.01708): trim each t_i to its top-density magnitudes, elect the
     sign per element as sign(sum of trimmed t_i), d = mean of the trimmed values that agree with it."""
-    return elect.elect_mean(trimmed([elect.TaskVector(tau) for tau in taus], density)).reshape(taus[0].shape)
+    return election.elect_mean(trimmed([election.TaskVector(tau) for tau in taus], density)).reshape(taus[0].shape)
 
 
 def dare_drop(tau: Tensor, drop_rate: float, generator: torch.Generator) -> Tensor:
     """DARE (Yu et al., arXiv:2311.03099): drop each element with probability p, scale the kept ones by 1/(1-p).
     p = 1 drops everything (d = 0)."""
-    return elect.whole(elect.Dropped(elect.TaskVector(tau), drop_rate, generator), tau.shape)
+    return election.whole(election.Dropped(election.TaskVector(tau), drop_rate, generator), tau.shape)
 
 
 def della_probabilities(tau: Tensor, drop_rate: float, epsilon: float) -> Tensor:

@@ -1,11 +1,11 @@
-"""The n-model methods by name: their parameters, their checks, and one key through one of them.
+"""The n-model method table: each method's name, label, formula, the parameters it reads, and their checks.
 
-Every method maps (base C, models M1..Mn) of one key to a delta d (multi.py); the merged key is
+Every method maps (base C, models M1..Mn) of one key to a delta d (deltas.py); the merged key is
 C + alpha * d. Every method is per key (it needs the whole tensor of one key of every model, and nothing
 of any other key), so the nodes can compute it lazily as a weight adapter when the sampler loads.
 
 Each parameter's domain, refused before any tensor is read (check_params), and why:
-- weights: finite, within +-1000 (combine.parse_weights). Every method but the geometric median scales each task
+- weights: finite, within +-1000 (settings.parse_weights). Every method but the geometric median scales each task
   vector by its weight and sums or averages them over a count, never over the weights: a negative weight subtracts
   that task vector (task arithmetic's "negation"; under TIES/DARE-TIES/DELLA the negated vector then votes with its
   flipped sign), and weights summing to 0 are well defined. The geometric median is a weighted mean
@@ -31,9 +31,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..errors import MergeInputError, require_finite
-from . import elect, multi
-
-Tensor = torch.Tensor
+from . import deltas
 
 MAX_ITERATIONS = 10_000  # geometric median's Weiszfeld steps: the node widget's maximum, checked on every path
 
@@ -60,92 +58,29 @@ class MethodParams:
 class CombineMethod:
     name: str
     label: str
-    fn: Callable[..., Tensor]  # (base, models, params, key, fallbacks) -> delta
+    fn: Callable[..., torch.Tensor]  # (base, models, params, key, fallbacks) -> delta
     min_models: int = 1
     uses: tuple[str, ...] = field(default=())  # MethodParams fields it reads (recipes, reports, checks)
     formula: str = ""
 
 
-def _float(base: Tensor, models: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
-    """C and M_i in float32, for the methods that work on whole tensors."""
-    return base.detach().float(), [m.detach().float() for m in models]
-
-
-def _taus(base: Tensor, models: Sequence[Tensor], params: MethodParams) -> list[Tensor]:
-    """w_i * (M_i - C)."""
-    base, models = _float(base, models)
-    return [(m - base) * w for m, w in zip(models, params.weights_for(len(models)))]
-
-
-def _lazy_taus(base: Tensor, models: Sequence[Tensor], params: MethodParams) -> list[elect.TaskVector]:
-    """w_i * (M_i - C), computed chunk by chunk when read (elect.py: TIES and DARE-TIES never hold them whole)."""
-    return [elect.TaskVector(m, base, w) for m, w in zip(models, params.weights_for(len(models)))]
-
-
-def _task_arithmetic(base, models, params, key, fallbacks):
-    base, models = _float(base, models)
-    return multi.task_arithmetic([m - base for m in models], params.weights_for(len(models)))
-
-
-def _ties(base, models, params, key, fallbacks):
-    return elect.elect_mean(multi.trimmed(_lazy_taus(base, models, params), params.density))
-
-
-def _dared(base, models, params, key):
-    return [elect.Dropped(t, params.drop_rate, multi.model_generator(params.seed, key, i))
-            for i, t in enumerate(_lazy_taus(base, models, params))]
-
-
-def _dare(base, models, params, key, fallbacks):
-    return multi.task_arithmetic([elect.whole(d, base.shape) for d in _dared(base, models, params, key)],
-                                 (1.0,) * len(models))
-
-
-def _dare_ties(base, models, params, key, fallbacks):
-    return elect.elect_mean(_dared(base, models, params, key))
-
-
-def _della(base, models, params, key, fallbacks):
-    dropped = [multi.della_drop(t, params.drop_rate, params.epsilon, multi.model_generator(params.seed, key, i))
-               for i, t in enumerate(_taus(base, models, params))]
-    return multi.elect_mean(dropped)
-
-
-def _breadcrumbs(base, models, params, key, fallbacks):
-    return multi.task_arithmetic([multi.breadcrumbs_mask(t, params.top, params.bottom)
-                                  for t in _taus(base, models, params)], (1.0,) * len(models))
-
-
-def _model_stock(base, models, params, key, fallbacks):
-    base, models = _float(base, models)
-    taus = [m - base for m in models]
-    t = multi.model_stock_ratio(taus, fallbacks)
-    return multi.task_arithmetic(taus, (t / len(taus),) * len(taus))
-
-
-def _geometric_median(base, models, params, key, fallbacks):
-    base, models = _float(base, models)
-    median = multi.geometric_median(models, params.weights_for(len(models)), params.median_eps, params.iterations)
-    return median - base
-
-
 METHODS: dict[str, CombineMethod] = {m.name: m for m in (
-    CombineMethod("task_arithmetic", "Task arithmetic", _task_arithmetic, 1, ("weights",),
+    CombineMethod("task_arithmetic", "Task arithmetic", deltas.task_arithmetic_delta, 1, ("weights",),
                   "d = sum w_i t_i"),
-    CombineMethod("ties", "TIES", _ties, 2, ("weights", "density"),
+    CombineMethod("ties", "TIES", deltas.ties_delta, 2, ("weights", "density"),
                   "trim each w_i t_i to its top density; elect sign(sum); d = mean of agreeing values"),
-    CombineMethod("dare", "DARE", _dare, 1, ("weights", "drop_rate", "seed"),
+    CombineMethod("dare", "DARE", deltas.dare_delta, 1, ("weights", "drop_rate", "seed"),
                   "drop each element with probability p, scale kept by 1/(1-p) (p = 1: d = 0); d = sum"),
-    CombineMethod("dare_ties", "DARE-TIES", _dare_ties, 2, ("weights", "drop_rate", "seed"),
+    CombineMethod("dare_ties", "DARE-TIES", deltas.dare_ties_delta, 2, ("weights", "drop_rate", "seed"),
                   "DARE each w_i t_i; elect sign(sum); d = mean of agreeing values"),
-    CombineMethod("della", "DELLA", _della, 2, ("weights", "drop_rate", "epsilon", "seed"),
+    CombineMethod("della", "DELLA", deltas.della_delta, 2, ("weights", "drop_rate", "epsilon", "seed"),
                   "drop by magnitude rank with p_i = p +- epsilon/2 (within [0, 1)), scale kept by 1/(1-p_i); "
                   "elect; mean"),
-    CombineMethod("breadcrumbs", "Model Breadcrumbs", _breadcrumbs, 1, ("weights", "top", "bottom"),
+    CombineMethod("breadcrumbs", "Model Breadcrumbs", deltas.breadcrumbs_delta, 1, ("weights", "top", "bottom"),
                   "drop the top and bottom fractions of each w_i t_i by magnitude; d = sum"),
-    CombineMethod("model_stock", "Model Stock", _model_stock, 2, (),
+    CombineMethod("model_stock", "Model Stock", deltas.model_stock_delta, 2, (),
                   "t = n cos / (1 + (n-1) cos), cos = mean pairwise cosine; d = t * mean(t_i)"),
-    CombineMethod("geometric_median", "Geometric median", _geometric_median, 2,
+    CombineMethod("geometric_median", "Geometric median", deltas.geometric_median_delta, 2,
                   ("weights", "median_eps", "iterations"),
                   "d = Weiszfeld median(M_i) - C (weights >= 0 with a positive sum)"),
 )}
@@ -222,14 +157,3 @@ def _check_normalised(method: CombineMethod, weights: Sequence[float]) -> None:
     if not sum(weights) > 0:
         raise MergeInputError("weights", f"are all 0, but {method.label} divides by their sum.",
                               "give weights >= 0 with a positive sum (e.g. 1,1).")
-
-
-def combine_key(method: CombineMethod, params: MethodParams, key: str, alpha: float, base: Tensor,
-                models: Sequence[Tensor], fallbacks: Optional[list] = None) -> Tensor:
-    """C + alpha * d of one key, float32 (C's shape); inputs are not modified. The methods take C and the M_i
-    as stored (fp16, ...) and convert what they need; C + alpha * d is formed in d's buffer, chunk by chunk."""
-    delta = method.fn(base, models, params, key, fallbacks).reshape(-1)
-    flat = base.detach().reshape(-1)
-    for s in elect.chunks(delta.numel()):
-        torch.add(flat[s].float(), delta[s], alpha=alpha, out=delta[s])
-    return delta.reshape(base.shape)
