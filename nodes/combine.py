@@ -36,12 +36,30 @@ MAX_MODELS = 8
 METHOD_TIP = "Task vectors t_i = model_i - base; result = base + alpha * d. " + "  ".join(
     f"{m.name}: {m.formula}." for m in METHODS.values())
 NUMBERS = ("alpha", "density", "drop_rate", "epsilon", "top", "bottom", "median_epsilon")
+# The input of each method parameter (merge_core's MethodParams field names), where the two names differ.
+PARAM_INPUT = {"median_eps": "median_epsilon"}
+# Key of the method input's spec that tells the frontend which inputs each method reads (web/js/method_inputs.js).
+METHOD_INPUTS_KEY = "merge_suite_method_inputs"
+
+
+def method_inputs() -> dict[str, list[str]]:
+    """The method-specific inputs each method reads, by input name (from the method's own list of the parameters
+    it uses, so the frontend can never hide one it reads). Method, alpha and block weights apply to every method."""
+    return {m.name: [PARAM_INPUT.get(p, p) for p in m.uses] for m in METHODS.values()}
+
+
+def method_input() -> io.Combo.Input:
+    """The method combo, carrying method_inputs() in its spec: the frontend shows only the chosen method's inputs.
+    They are hidden there, never removed, so the node's inputs, saved workflows and API prompts stay as they are."""
+    combo = io.Combo.Input("method", options=METHOD_NAMES, default="ties", tooltip=METHOD_TIP)
+    combo.extra_dict[METHOD_INPUTS_KEY] = method_inputs()  # 0.3.75's Combo.Input takes no extra_dict argument
+    return combo
 
 
 def combine_inputs() -> list:
     presets = [CUSTOM] + preset_names()
     return [
-        io.Combo.Input("method", options=METHOD_NAMES, default="ties", tooltip=METHOD_TIP),
+        method_input(),
         io.Float.Input("alpha", default=1.0, min=-2.0, max=4.0, step=0.01,
                        tooltip="Scale of the combined delta: 0 gives the base. model_stock: 1 is the paper's ratio."),
         io.String.Input("weights", default="", tooltip="One weight per connected model, in order, comma-separated "

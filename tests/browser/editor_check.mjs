@@ -338,6 +338,57 @@ try {
   await sd3Sliders(41);
   step("sd3_full", await sd3State());
 
+  // Combine Models shows only the chosen method's inputs (web/js/method_inputs.js): the widgets the canvas
+  // draws and, with Vue nodes, the widget rows on the page, as loaded (TIES) and after picking methods the
+  // way a widget edit does; the prompt still carries every input with the saved values.
+  const combineWorkflow = JSON.parse(readFileSync(join(examplesDir, "combine_ties_three_fine_tunes.json"), "utf8"));
+  const COMBINE = String(combineWorkflow.nodes.find((n) => n.type === "MergeSuite_CombineModels").id);
+  await page.evaluate(async (wf) => { await window.comfyAPI.app.app.loadGraphData(wf); }, combineWorkflow);
+  await page.waitForFunction((id) => window.comfyAPI.app.app.graph.getNodeById(Number(id))?.widgets
+    ?.some((w) => w.name === "blocks_alpha_editor"), COMBINE, { timeout: 30000 });
+  await showNode(COMBINE);
+  await page.waitForTimeout(800);
+  const combineState = () => page.evaluate((id) => {
+    const app = window.comfyAPI.app.app;
+    const LG = window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph;
+    const node = app.graph.getNodeById(Number(id));
+    const vue = document.querySelector(`[data-node-id="${id}"]`);
+    const rows = vue ? [...vue.querySelectorAll(".lg-node-widget")].filter((e) => e.getBoundingClientRect().height > 0) : null;
+    return {
+      method: node.widgets.find((w) => w.name === "method").value,
+      drawn: node.widgets.filter((w) => node.isWidgetVisible(w)).map((w) => w.name),
+      panels: node.widgets.filter((w) => w.type === "merge_suite_panel").map((w) => w.name),
+      // the panels' heights (a run's report fills its panel, and the frontend hands a node the outputs of the
+      // node that had its id in the workflow shown before), to compare the heights of the widgets alone
+      panelHeight: node.widgets.filter((w) => w.type === "merge_suite_panel")
+        .reduce((sum, w) => sum + (w.options?.getMinHeight?.() ?? 0), 0),
+      rendered: rows?.length ?? null,
+      height: vue ? vue.getBoundingClientRect().height / app.canvas.ds.scale : node.size[1] + (LG?.NODE_TITLE_HEIGHT ?? 30),
+    };
+  }, COMBINE);
+  const pickMethod = async (name) => {
+    await page.evaluate(([id, name]) => {
+      const app = window.comfyAPI.app.app;
+      const node = app.graph.getNodeById(Number(id));
+      const widget = node.widgets.find((w) => w.name === "method");
+      widget.value = name;
+      widget.callback?.(name, app.canvas, node);
+      app.canvas.setDirty(true, true);
+    }, [COMBINE, name]);
+    await page.waitForTimeout(800);
+  };
+  step("combine_loaded", await combineState());
+  await page.screenshot({ path: join(outDir, "combine_ties.png") });
+  await pickMethod("della");
+  step("combine_della", { ...await combineState(),
+    inputs: await page.evaluate(async (id) => (await window.comfyAPI.app.app.graphToPrompt()).output[id].inputs, COMBINE) });
+  await page.screenshot({ path: join(outDir, "combine_della.png") });
+  await pickMethod("geometric_median");
+  step("combine_median", await combineState());
+  await pickMethod("model_stock");
+  step("combine_stock", await combineState());
+  result.placementCombine = await placement();
+
   // Every example workflow as the frontend turns it into a prompt (widget values in the right inputs).
   result.examples = {};
   for (const name of readdirSync(examplesDir).filter((f) => f.endsWith(".json")).sort()) {

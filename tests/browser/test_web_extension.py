@@ -65,7 +65,8 @@ def seen(request, tmp_path_factory):
     assert run.returncode == 0, f"node failed:\n{run.stderr[-3000:]}"
     result = json.loads(run.stdout)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    for name in ("block_editor.png", "page.png", "after_load.png", "failure.png", "flux_editor.png"):
+    for name in ("block_editor.png", "page.png", "after_load.png", "failure.png", "flux_editor.png",
+                 "combine_ties.png", "combine_della.png"):
         if (out / name).is_file():
             shutil.copy(out / name, SHOTS / name.replace(".png", f"_{mode}.png"))
     assert "error" not in result, f"{mode}: {result['error']}\ndialogs: {result.get('dialogs')}\nserver log:\n{log}"
@@ -77,7 +78,7 @@ def seen(request, tmp_path_factory):
 
 def test_extensions_load_without_errors(seen):
     assert sorted(seen["extensions"]) == ["merge_suite.block_editor", "merge_suite.elemental_helper",
-                                          "merge_suite.text_outputs"]
+                                          "merge_suite.method_inputs", "merge_suite.text_outputs"]
     files = [p.name for p in (REPO / "web" / "js").iterdir()]  # not ".mjs": 1.32's PrimeVue is served as .mjs
     ours = [m for m in seen["console"] if "merge_suite" in m or any(f in m for f in files)]
     assert not ours, ours
@@ -213,6 +214,48 @@ def test_editor_follows_the_run_with_the_models_own_block_count(seen):
     assert after["ids"] == ["BASE", "IN", "J00", "J01", "OUT"] and after["state"] == "ok"
     assert after["status"] == "SD3/SD3.5: named values for 3 blocks, the others take the scalar"
     assert full["sliders"] == 41 and full["layout"] == "sd3"
+
+
+# Combine Models' widgets per method: what the method reads, besides method, alpha and block weights; a weights
+# text stays in sight under a method that refuses it (Model Stock). The pack's panels (block editor, report) too.
+COMBINE_SHOWN = ["method", "alpha", "blocks_alpha_preset", "blocks_alpha"]
+COMBINE_PANELS = ["blocks_alpha_editor", "merge_suite_output"]
+COMBINE_STEPS = {"combine_loaded": ("ties", ["weights", "density"]),
+                 "combine_della": ("della", ["weights", "drop_rate", "epsilon", "seed"]),
+                 "combine_median": ("geometric_median", ["weights", "median_epsilon", "iterations"]),
+                 "combine_stock": ("model_stock", ["weights"])}
+
+
+def test_combine_models_shows_only_the_chosen_methods_inputs(seen):
+    """The example workflow (TIES) and three picked methods: only the inputs the method reads are drawn (canvas)
+    or rendered (Vue nodes), at most 10 widgets besides the editor panel; the node gets shorter than with all
+    23 inputs, its panel stays inside it, and the prompt still carries every input with the saved values."""
+    counts = {}
+    for name, (method, inputs) in COMBINE_STEPS.items():
+        step = seen["by_step"][name]
+        assert step["method"] == method, step
+        assert sorted(step["panels"]) == COMBINE_PANELS
+        assert sorted(step["drawn"]) == sorted(COMBINE_SHOWN + inputs + COMBINE_PANELS), \
+            f"{seen['mode']} {method}: {step['drawn']}"
+        if seen["mode"] == "vue":
+            assert step["rendered"] == len(step["drawn"]), f"{method}: {step['rendered']} widget rows on the page"
+        counts[method] = len(step["drawn"]) - len(COMBINE_PANELS)
+        assert counts[method] <= 10
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    steps = [seen["by_step"][n] for n in COMBINE_STEPS]
+    heights = {s["method"]: round(s["height"] - s["panelHeight"]) for s in steps}  # the widgets' part
+    (SHOTS / f"combine_widgets_{seen['mode']}.json").write_text(json.dumps({"widgets": counts, "height": heights}))
+    assert heights["model_stock"] < heights["ties"] < heights["della"], heights
+    saved = json.loads((WORKFLOW.parent / "combine_ties_three_fine_tunes.json").read_text())
+    node = next(n for n in saved["nodes"] if n["type"] == "MergeSuite_CombineModels")
+    expected = to_prompt(saved, seen["object_info"])[str(node["id"])]["inputs"]
+    got = seen["by_step"]["combine_della"]["inputs"]
+    assert {k: got.get(k) for k in expected} == {**expected, "method": "della"}, "hidden inputs keep their values"
+    assert {"density", "top", "bottom", "iterations", "median_epsilon"} <= set(got), got
+    for p in seen["placementCombine"]:
+        box, panel = p["box"], p["panel"]
+        assert panel["bottom"] <= box["bottom"] + 2 and panel["top"] >= box["top"] - 2, \
+            f"{seen['mode']}: {p['widget']} lies outside its node"
 
 
 MERGE_NODES = ["MergeSuite_CLIPMerge", "MergeSuite_LoraMerge", "MergeSuite_ModelMerge", "MergeSuite_CheckpointMerge"]

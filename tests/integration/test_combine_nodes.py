@@ -140,3 +140,49 @@ def test_combine_clip_uses_the_base_block(tiny):
         torch.testing.assert_close(w.float(), want, rtol=1e-5, atol=1e-5, msg=key)
         merged_keys += 1
     assert merged_keys > 40
+
+
+# The node's inputs as saved workflows and API prompts name them (widget values by position, then the sockets):
+# the frontend hides the inputs a method does not read, so this list must never change.
+SAVED_INPUTS = ["base", "method", "alpha", "weights", "density", "drop_rate", "epsilon", "top", "bottom",
+                "iterations", "seed", "blocks_alpha_preset", "blocks_alpha", "median_epsilon", "options"]
+ALWAYS_SHOWN = ["method", "alpha", "blocks_alpha_preset", "blocks_alpha"]
+
+
+@pytest.mark.parametrize("node_id", ["CombineModels", "CombineCLIP"])
+def test_method_spec_names_the_inputs_each_method_reads_and_the_inputs_stay(node_id):
+    """The method input's spec tells the frontend which inputs each method reads (web/js/method_inputs.js
+    hides the others): every one is an input of the node, the union is every method-specific widget, each
+    method shows at most 10 widgets, and the node keeps all its inputs in the order saved workflows hold."""
+    from merge_suite.nodes import combine as node
+    cls = getattr(node, node_id)
+    info = cls.GET_NODE_INFO_V1()
+    kind = cls.KIND
+    assert info["input_order"]["required"] == SAVED_INPUTS[:-2] + [f"{kind}_1"]
+    assert info["input_order"]["optional"] == SAVED_INPUTS[-2:] + [f"{kind}_{i}" for i in range(2, 9)]
+    spec = info["input"]["required"]["method"][1]
+    shows = spec[node.METHOD_INPUTS_KEY]
+    assert sorted(shows) == sorted(METHODS)
+    specific = {n for n in SAVED_INPUTS if n not in ALWAYS_SHOWN + ["base", "options"]}
+    assert set().union(*map(set, shows.values())) == specific
+    counts = {m: len(ALWAYS_SHOWN) + len(inputs) for m, inputs in shows.items()}
+    assert max(counts.values()) <= 10, counts
+    assert shows["ties"] == ["weights", "density"] and shows["model_stock"] == []
+    assert shows["geometric_median"] == ["weights", "median_epsilon", "iterations"]
+    assert shows["della"] == ["weights", "drop_rate", "epsilon", "seed"]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_inputs_hidden_for_a_method_do_not_change_its_result(method, tiny):
+    """What the frontend hides for a method is what the method does not read: other values there give the
+    same weights (a workflow saved with any values in them runs as before)."""
+    from merge_suite.nodes.combine import method_inputs
+    base, *models = (tiny("model", "sd1", s) for s in (81, 82, 83))
+    shown = set(method_inputs()[method])
+    other = {"density": 0.7, "drop_rate": 0.3, "epsilon": 0.2, "top": 0.2, "bottom": 0.3, "iterations": 3,
+             "seed": 11, "median_epsilon": 0.5}
+    kw = {"weights": "1,0.5"} if "weights" in shown else {}
+    first = effective(combine(base, models, method=method, **kw)[0], "diffusion_model.")
+    hidden = {k: v for k, v in other.items() if k not in shown}
+    second = effective(combine(base, models, method=method, **kw, **hidden)[0], "diffusion_model.")
+    assert all(torch.equal(first[k], second[k]) for k in first), hidden
