@@ -4,14 +4,12 @@ here each method's parameters are applied to them. A function takes (base, model
 key seeds the random methods (formulas.model_generator), fallbacks collects documented fallbacks."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from . import election, formulas
-
-if TYPE_CHECKING:
-    from .methods import CombineMethod, MethodParams
+from .params import CombineMethod, MethodParams
 
 Tensor = torch.Tensor
 
