@@ -35,11 +35,11 @@ def _comfy() -> None:
     args.cpu = True
 
 
-def _write(path: Path, save) -> None:
-    """Write through a hidden temporary name, renamed when complete."""
+def _write(path: Path, save, *args) -> None:
+    """Write through a hidden temporary name, renamed when complete: ``save(tmp, *args)`` writes it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.part"
-    save(tmp)
+    save(tmp, *args)
     tmp.rename(path)
 
 
@@ -52,7 +52,7 @@ def main(folder: str, unet_folder: str | None = None) -> list[Path]:
         import tiny_models
         for name in missing:
             layout, seed = NAMES[name]
-            _write(out / name, lambda tmp: tiny_models.save_checkpoint(tmp, layout, seed))
+            _write(out / name, tiny_models.save_checkpoint, layout, seed)
     family_missing = [out / n for n in FLUX_CHECKPOINTS if not (out / n).exists()] + \
         [unets / n for n in UNETS if not (unets / n).exists()]
     if family_missing:
@@ -60,10 +60,9 @@ def main(folder: str, unet_folder: str | None = None) -> list[Path]:
         import tiny_families
         for path in family_missing:
             if path.parent == out and path.name in FLUX_CHECKPOINTS:  # the same names in diffusion_models
-                _write(path, lambda tmp: tiny_families.save_flux_checkpoint(tmp, "flux1-dev",
-                                                                           FLUX_CHECKPOINTS[path.name]))
+                _write(path, tiny_families.save_flux_checkpoint, "flux1-dev", FLUX_CHECKPOINTS[path.name])
             else:
-                _write(path, lambda tmp: tiny_families.save_diffusion_model(tmp, *UNETS[path.name]))
+                _write(path, tiny_families.save_diffusion_model, *UNETS[path.name])
     merged = out / MERGED
     if not merged.exists():
         sys.path.insert(0, str(HERE.parent))

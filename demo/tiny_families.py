@@ -61,16 +61,16 @@ def _only(config: dict, *names: str) -> dict:
 
 
 class TinyFluxClip(comfy.text_encoders.flux.FluxClipModel):
-    def __init__(self, device="cpu", dtype=None, model_options={}):
+    def __init__(self, device="cpu", dtype=None, model_options=None):
         super().__init__(device=device, dtype=dtype, model_options={
-            **model_options, "clip_l_model_config": TINY_CLIP_L, "t5xxl_model_config": TINY_T5})
+            **(model_options or {}), "clip_l_model_config": TINY_CLIP_L, "t5xxl_model_config": TINY_T5})
 
 
 class TinyFlux(TinyConfig, comfy.supported_models.Flux):
     unet_config = {"image_model": "flux", "guidance_embed": True, "hidden_size": WIDTH}
     unet_extra_config = _only(FLUX, "num_heads", "axes_dim")
 
-    def clip_target(self, state_dict={}):
+    def clip_target(self, state_dict=None):
         return comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer, TinyFluxClip)
 
 

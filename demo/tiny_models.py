@@ -48,21 +48,21 @@ SDXL_UNET = {
 
 
 class TinySD1Clip(sd1_clip.SD1ClipModel):
-    def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):
+    def __init__(self, device="cpu", dtype=None, model_options=None, **kwargs):
         super().__init__(device=device, dtype=dtype,
-                         model_options={**model_options, "clip_l_model_config": TINY_CLIP_L}, **kwargs)
+                         model_options={**(model_options or {}), "clip_l_model_config": TINY_CLIP_L}, **kwargs)
 
 
 class TinySD2Clip(sd2_clip.SD2ClipModel):
-    def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):
+    def __init__(self, device="cpu", dtype=None, model_options=None, **kwargs):
         super().__init__(device=device, dtype=dtype,
-                         model_options={**model_options, "clip_h_model_config": TINY_CLIP_L}, **kwargs)
+                         model_options={**(model_options or {}), "clip_h_model_config": TINY_CLIP_L}, **kwargs)
 
 
 class TinySDXLClip(sdxl_clip.SDXLClipModel):
-    def __init__(self, device="cpu", dtype=None, model_options={}):
+    def __init__(self, device="cpu", dtype=None, model_options=None):
         super().__init__(device=device, dtype=dtype, model_options={
-            **model_options, "clip_l_model_config": TINY_CLIP_L, "clip_g_model_config": TINY_CLIP_G})
+            **(model_options or {}), "clip_l_model_config": TINY_CLIP_L, "clip_g_model_config": TINY_CLIP_G})
 
 
 class TinyConfig:
@@ -87,7 +87,7 @@ class TinySD15(TinyConfig, comfy.supported_models.SD15):
                    "adm_in_channels": None, "use_temporal_attention": False}
     unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
 
-    def clip_target(self, state_dict={}):
+    def clip_target(self, state_dict=None):
         return comfy.supported_models_base.ClipTarget(sd1_clip.SD1Tokenizer, TinySD1Clip)
 
 
@@ -100,7 +100,7 @@ class TinySD20(TinyConfig, comfy.supported_models.SD20):
     def model_type(self, state_dict, prefix=""):
         return comfy.model_base.ModelType.V_PREDICTION
 
-    def clip_target(self, state_dict={}):
+    def clip_target(self, state_dict=None):
         return comfy.supported_models_base.ClipTarget(sd2_clip.SD2Tokenizer, TinySD2Clip)
 
 
@@ -109,7 +109,7 @@ class TinySDXL(TinyConfig, comfy.supported_models.SDXL):
                    "transformer_depth": [0, 0, 1, 1, 1, 1], "context_dim": 64,
                    "adm_in_channels": 32 + 6 * 256, "use_temporal_attention": False}
 
-    def clip_target(self, state_dict={}):
+    def clip_target(self, state_dict=None):
         return comfy.supported_models_base.ClipTarget(sdxl_clip.SDXLTokenizer, TinySDXLClip)
 
 

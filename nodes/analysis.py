@@ -1,6 +1,8 @@
 """Analysis nodes: how similar two models are per block (on effective weights), and the elements browser."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from comfy_api.latest import io
 
 from ..merge_core.analysis.charts import bar_chart
@@ -12,6 +14,9 @@ from .comfy_models import base_layout, effective_weight, key_patches, shapes_of
 from .errors import named_errors
 from .shared import CATEGORY, progress_bar
 from .ui import text_ui
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _image(pil) -> "torch.Tensor":

@@ -16,12 +16,15 @@ its own convert function, dequantized.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Any, Optional
+from collections import OrderedDict, defaultdict
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..merge_core.architectures import Architecture, detect_or_auto, require_compatible
 from ..merge_core.errors import MergeInputError
 from ..merge_core.plan import MERGE, MergePlan
+
+if TYPE_CHECKING:  # for annotations only: the functions below import torch where they use it
+    import torch
 
 UNET_PREFIX = "diffusion_model."
 STORED = ("weight", "bias")  # what an encoded layer holds as weights; its other keys describe the encoding
@@ -173,7 +176,6 @@ def serialised_layers(patcher: Any, lists: dict[str, list]) -> dict[str, "Ordere
     stores a patched weight, rounding to nearest), so the entries load back as that quantized layer.
     Hosts whose quantized layers are not written that way (0.3.75) have none here: their weights are
     saved dequantized."""
-    from collections import OrderedDict
     quantized = quantized_tensor_type()
     if quantized is None:
         return {}
@@ -264,7 +266,7 @@ def apply_plan(base: Any, plan: MergePlan, others: dict[str, dict[str, list]], p
     merged = base.clone()
     if first:
         _add(merged, first, 1.0, 1.0)
-    for (index, strength, keep), patches in sorted(groups.items(), key=lambda item: item[0][0]):
+    for (_index, strength, keep), patches in sorted(groups.items(), key=lambda item: item[0][0]):
         _add(merged, patches, strength, keep)
     add_adjust_patches(merged, [(kp.key, kp.adjust) for kp in plan.keys if kp.action == MERGE and kp.adjust])
     if last:

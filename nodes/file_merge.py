@@ -172,7 +172,7 @@ def _merge(*args, **kwargs) -> None:
     try:
         plan = merge_files(*args, **kwargs)
     except MergeInputError as exc:  # merge_core names the files as the MODEL-merge nodes' inputs
-        raise renamed(exc, FILE_NODE)
+        raise renamed(exc, FILE_NODE) from None
     for which, absent_from in (("B", Reason.ABSENT_FROM_B), ("C", Reason.ABSENT_FROM_C)):
         absent = [kp.key for kp in plan.keys if kp.reason is absent_from]
         if absent:

@@ -23,7 +23,9 @@ __all__ = ["BASE", "CombineSettings", "combine_architecture", "common_shapes", "
            "model_names", "parse_weights", "plan_combine", "plan_sources", *_LOADED_ON_USE]
 
 if TYPE_CHECKING:
-    from .api import combine_files, combine_metadata, combine_state_dicts
+    from .api import combine_files as combine_files  # "as": a re-export, for type checkers and linters
+    from .api import combine_metadata as combine_metadata
+    from .api import combine_state_dicts as combine_state_dicts
 
 
 def __getattr__(name: str):

@@ -225,7 +225,7 @@ def check_table(table: Table, gguf) -> None:
         ranges.append((begin, begin + need, e, qtype.name))
     ranges.sort(key=lambda r: (r[0], r[1]))
     position = table.data_offset
-    for i, (begin, end, e, type_name) in enumerate(ranges):
+    for i, (begin, end, e, _type_name) in enumerate(ranges):
         if begin < position:
             before = ranges[i - 1]
             raise ValueError(f"{_describe(before[2], before[3])} and tensor '{e.name}' overlap: the first needs "

@@ -43,7 +43,7 @@ from ..errors import MergeInputError
 from ..plan import Action
 from .fp8 import narrow
 from .json_limits import loads_bounded
-from .quantized import (FP8, HEADER_LAYOUT, LAYER_CONFIG, LEGACY_LAYOUT, MARKER, MIXED_FP8, MIXED_FP8_E5M2,
+from .quantized import (FP8, LAYER_CONFIG, LEGACY_LAYOUT, MARKER, MIXED_FP8, MIXED_FP8_E5M2,
                         PER_LAYER_LAYOUT, QUANT_METADATA, SCALED, UNET_PREFIX)
 from .sinks import Sink
 

@@ -68,7 +68,7 @@ def parse_presets(text: str = "", input_name: str = "lbw_presets") -> dict[str, 
     (quirk: SuperMerger's Merge LoRAs kept 4 leading spaces, so built-ins never matched there).
     12/17/20/26 values (the LBW layouts) or 61 (SuperMerger's Flux list)."""
     out: dict[str, tuple[float, ...]] = {}
-    for source, body in (("built-in", BUILTIN_PRESETS_TEXT), (input_name, text or "")):
+    for _source, body in (("built-in", BUILTIN_PRESETS_TEXT), (input_name, text or "")):
         for line in body.splitlines():
             line = line.strip()
             if not line or line.startswith("#"):

@@ -86,16 +86,16 @@ def require_plain(lora: LoraFile, what: str, input_name: str = "lora_list") -> N
 
 def common_architecture(loras: list[LoraFile], input_name: str = "lora_list") -> Architecture:
     """The one family of these LoRAs (the widest layout when they name different block counts)."""
-    archs = {l.arch.name: l.arch for l in loras if l.arch is not None}
+    archs = {lora.arch.name: lora.arch for lora in loras if lora.arch is not None}
     if len(archs) > 1:
-        names = ", ".join(f"'{l.name}' ({l.arch.label})" for l in loras if l.arch is not None)
+        names = ", ".join(f"'{lora.name}' ({lora.arch.label})" for lora in loras if lora.arch is not None)
         raise MergeInputError(input_name, f"the LoRAs are for different architectures: {names}.",
                               "merge LoRAs trained for the same base model family (e.g. all SDXL or all Flux.1).")
     if not archs:
         raise MergeInputError(input_name, f"LoRA '{loras[0].name}' is not a recognised LoRA of a known family "
                               "(no kohya lora_unet_/lora_te_, diffusers transformer. or diffusion_model. modules).",
                               "use a LoRA for SD1/SD2, SDXL, Flux, SD3, HiDream, Z-Image, Qwen-Image or Wan.")
-    widest = max((l.arch for l in loras if l.arch is not None), key=lambda a: a.n_blocks)
+    widest = max((lora.arch for lora in loras if lora.arch is not None), key=lambda a: a.n_blocks)
     return widest
 
 

@@ -127,7 +127,7 @@ def test_cli_catalogue(inputs, tmp_path):
         out = tmp_path / f"{case_id}.safetensors"
         outputs.append(out)
         names = {**files, "out": str(out)}
-        runs.append([re.sub(r"\{([^}]+)\}", lambda m: names[m[1]], a) for a in argv])
+        runs.append([re.sub(r"\{([^}]+)\}", lambda m, names=names: names[m[1]], a) for a in argv])
     results = run_cli(runs)
     failures = []
     for (case_id, _, expected), (rc, stderr), out in zip(CLI_CASES, results, outputs):

@@ -6,11 +6,12 @@ then writes each patched weight back into its fp8 parameter with stochastic roun
 around the float32 merge, not always the nearer one; ComfyUI rounds through half precision, so about
 one element in a few thousand lands one fp8 step further out. That is the documented result
 (docs/nodes.md#models-loaded-in-fp8)."""
+import pytest
 import torch
 
 import nodes as comfy_nodes  # (ComfyUI imported through conftest)
 from effective_weights import effective
-from test_file_merge import SETTINGS, UNET, folders  # noqa: F401  (fixture)
+from test_file_merge import SETTINGS, UNET, folders  # noqa: F401  (a fixture: pytest finds it by name)
 
 from merge_suite.nodes.merge import ModelMerge
 
@@ -38,7 +39,8 @@ def loaded_weights(model) -> dict[str, torch.Tensor]:
             model.unpatch_model()
 
 
-def test_fp8_models_merge_to_a_stochastic_rounding_of_the_float32_merge(folders):
+@pytest.mark.usefixtures("folders")
+def test_fp8_models_merge_to_a_stochastic_rounding_of_the_float32_merge():
     load = comfy_nodes.UNETLoader().load_unet
     ma, mb = (load(f"unet_{n}.safetensors", "fp8_e4m3fn")[0] for n in "ab")
     inputs = {"a": effective(ma, UNET), "b": effective(mb, UNET)}

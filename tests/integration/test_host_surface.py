@@ -153,6 +153,14 @@ def _shape(call: ast.Call) -> tuple[int, tuple[str, ...], bool]:
             tuple(sorted(k.arg for k in call.keywords if k.arg)), starred)
 
 
+def _host_name(expr, bound: dict[str, str]):
+    """The host's dotted name an expression reads (through the names a file's imports bound), or None."""
+    parts = _chain(expr)
+    if parts and parts[0] in bound:
+        return ".".join([bound[parts[0]]] + parts[1:])
+    return None
+
+
 def scan_pack():
     """({host dotted name: [(shape, where)]}, {method name: [(shape, where)]}, {optional name: [where]},
     every attribute name the pack reads)."""
@@ -176,29 +184,23 @@ def scan_pack():
                     bound[alias.asname or alias.name] = f"{node.module}.{alias.name}"
                     names.setdefault(f"{node.module}.{alias.name}", [])
 
-        def resolve(expr):
-            parts = _chain(expr)
-            if parts and parts[0] in bound:
-                return ".".join([bound[parts[0]]] + parts[1:])
-            return None
-
         for node in ast.walk(tree):
             where = f"{rel}:{getattr(node, 'lineno', 0)}"
             if isinstance(node, ast.Attribute):
                 attributes.add(node.attr)
-                full = resolve(node)
+                full = _host_name(node, bound)
                 if full:
                     names.setdefault(full, [])
             if not isinstance(node, ast.Call):
                 continue
-            full = resolve(node.func)
+            full = _host_name(node.func, bound)
             if full:
                 names[full].append((_shape(node), where))
             elif isinstance(node.func, ast.Attribute):
                 methods[node.func.attr].append((_shape(node), where))
             if isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2 \
-                    and isinstance(node.args[1], ast.Constant) and resolve(node.args[0]):
-                optional[f"{resolve(node.args[0])}.{node.args[1].value}"].append(where)
+                    and isinstance(node.args[1], ast.Constant) and _host_name(node.args[0], bound):
+                optional[f"{_host_name(node.args[0], bound)}.{node.args[1].value}"].append(where)
     return names, methods, optional, attributes
 
 

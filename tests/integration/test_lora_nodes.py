@@ -113,7 +113,7 @@ def test_block_weights_follow_the_formula_and_zero_exactly(layout, tiny, loras):
     base = effective(model, "diffusion_model.")
     base.update(effective(clip))
     zeroed = 0
-    for kname, key, rows, shape in targets(model, clip, layout):
+    for kname, key, rows, _shape in targets(model, clip, layout):
         if key.startswith("diffusion_model."):
             v = 0.5 * values[names.index(block_of(key))]
         else:

@@ -140,9 +140,9 @@ def test_text_encoder_only_sources_are_named_by_their_encoders():
     assert arch.name == "flux1"
     assert arch.block_of("clip_l.transformer.text_model.final_layer_norm.weight") == "CLIP"
     assert arch.block_of("t5xxl.transformer.encoder.final_layer_norm.weight") == "T5"
-    l, g, t5 = "clip_l.transformer.a.weight", "clip_g.transformer.a.weight", "t5xxl.transformer.a.weight"
-    assert detect([l, g, t5]).name == "sd3"
-    assert detect([l, g]).name == "sdxl" and detect([l]).name == "sd1"
+    clip_l, clip_g, t5 = "clip_l.transformer.a.weight", "clip_g.transformer.a.weight", "t5xxl.transformer.a.weight"
+    assert detect([clip_l, clip_g, t5]).name == "sd3"
+    assert detect([clip_l, clip_g]).name == "sdxl" and detect([clip_l]).name == "sd1"
     assert detect(["qwen25_7b.transformer.model.norm.weight"]).name == "qwen_image"
     assert detect(["umt5xxl.transformer.encoder.final_layer_norm.weight"]).name == "wan"
     # the Forge checkpoint itself is still detected by its diffusion layout

@@ -16,7 +16,7 @@ from spec_families import load_keyset
 from merge_core.architectures import CHROMA, FLUX1, FLUX2, HIDREAM, LUMINA2, QWEN_IMAGE, SD1, SD3, SDXL, WAN
 from merge_core.cli import main
 from merge_core.errors import MergeInputError
-from merge_core.lora.api import extract_lora_files, merge_lora_files
+from merge_core.lora.api import extract_lora_files
 from merge_core.lora.blocks import block_values, check_spec, parse_presets
 from merge_core.lora.families import lora_family
 from merge_core.lora.files import read_lora

@@ -125,7 +125,7 @@ def test_refused_before_any_tensor_is_read(tmp_path, sd1_keys, unreadable, optio
         paths.append(str(tmp_path / f"m{seed}.safetensors"))
         save_file(small_model(sd1_keys, seed), paths[-1])
     out = tmp_path / "out.safetensors"
-    with pytest.raises(MergeInputError) as info:
+    with pytest.raises(MergeInputError):
         combine_files(paths[0], paths[1:], str(out), **options)
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m1.safetensors", "m2.safetensors", "m3.safetensors"]

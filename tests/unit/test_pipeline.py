@@ -21,7 +21,7 @@ def test_loads_arrive_in_order_and_the_reader_stays_within_the_budget():
         ahead = ReadAhead(reader, load, keys, sizes.get, budget=100)
         assert [f.result() for f, _ in ahead.queue] == ["K0", "K1", "K2", "K3"]  # 80 bytes; k4 would pass 100
         got = []
-        for key in keys:
+        for _ in keys:
             queued = sum(cost for _, cost in ahead.queue)
             assert queued <= 100 or len(ahead.queue) == 1  # one key is always ahead, however large
             got.append(ahead.take())

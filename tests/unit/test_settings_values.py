@@ -53,7 +53,7 @@ def test_lora_ratios_blocks_ranks_and_clamps():
     refused(lambda: check_svd_settings(0, None, min_rank=1), "'rank'")
     refused(lambda: check_svd_settings(4, None, conv_rank=-2), "'conv_rank'")
     for q in (NAN, 1.5, -0.1):
-        refused(lambda: check_svd_settings(4, q), "'clamp_quantile'")
+        refused(lambda q=q: check_svd_settings(4, q), "'clamp_quantile'")
     check_svd_settings(0, None)
     check_svd_settings(4, 0.99, conv_rank=0)
 
@@ -66,7 +66,8 @@ def test_include_exclude_target_that_selects_nothing(sd1_keys):
         if bad is None:
             assert build_plan(SD1, settings, shapes, shapes).count("merge") > 0
         else:
-            err = refused(lambda: build_plan(SD1, settings, shapes, shapes), f"target '{bad}' selects no key")
+            err = refused(lambda settings=settings: build_plan(SD1, settings, shapes, shapes),
+                          f"target '{bad}' selects no key")
             assert "VAE, Adjust" in err.fix
     unet_only = {k: s for k, s in shapes.items() if k.startswith("model.diffusion_model.")}
     refused(lambda: build_plan(SD1, make_settings(SD1, "Weight sum", include_exclude="include: VAE"),

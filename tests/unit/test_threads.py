@@ -50,34 +50,39 @@ def test_scopes_overlapping_across_threads_leave_the_outside_setting(outside):
     """Two threads open scopes that overlap in time and close in either order; afterwards new
     threads and this one see the setting from before any scope."""
     for first_out in (0, 1):
-        opened = [threading.Event(), threading.Event()]
-        release = [threading.Event(), threading.Event()]
-        done = [threading.Event(), threading.Event()]
-        seen = {}
+        _overlap_scopes(first_out, outside)
 
-        def worker(i):
-            with thread_policy.torch_threads(1 + i * 2):
-                seen[i] = torch.get_num_threads()
-                opened[i].set()
-                release[i].wait(5)
-            done[i].set()
-        workers = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
-        workers[0].start()
-        opened[0].wait(5)
-        workers[1].start()
-        opened[1].wait(5)
-        release[first_out].set()
-        done[first_out].wait(5)
-        release[1 - first_out].set()
-        for w in workers:
-            w.join(5)
-        assert seen == {0: 1, 1: 3}
-        later = {}
-        fresh = threading.Thread(target=lambda: later.setdefault("n", torch.get_num_threads()))
-        fresh.start()
-        fresh.join(5)
-        assert later["n"] == outside
-        assert torch.get_num_threads() == outside
+
+def _overlap_scopes(first_out: int, outside: int) -> None:
+    """Thread 0 opens a 1-thread scope, thread 1 a 3-thread one; thread ``first_out`` closes first."""
+    opened = [threading.Event(), threading.Event()]
+    release = [threading.Event(), threading.Event()]
+    done = [threading.Event(), threading.Event()]
+    seen = {}
+
+    def worker(i):
+        with thread_policy.torch_threads(1 + i * 2):
+            seen[i] = torch.get_num_threads()
+            opened[i].set()
+            release[i].wait(5)
+        done[i].set()
+    workers = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    workers[0].start()
+    opened[0].wait(5)
+    workers[1].start()
+    opened[1].wait(5)
+    release[first_out].set()
+    done[first_out].wait(5)
+    release[1 - first_out].set()
+    for w in workers:
+        w.join(5)
+    assert seen == {0: 1, 1: 3}
+    later = {}
+    fresh = threading.Thread(target=lambda: later.setdefault("n", torch.get_num_threads()))
+    fresh.start()
+    fresh.join(5)
+    assert later["n"] == outside
+    assert torch.get_num_threads() == outside
 
 
 def test_compute_threads_takes_the_idle_cores(tmp_path, monkeypatch):
@@ -127,7 +132,7 @@ def test_merge_results_are_bit_identical_with_1_and_n_threads(sd1_keys, monkeypa
         sources = {name: open_source(m, name.upper()) for name, (m, _) in zip("abc", models)}
         plan = plan_merge(sources, mode, 0.3, 0.25, calcmode=calc)
         seen = set()
-        results[n] = run_merge(plan, sources, DictSink(), progress=lambda *_: seen.add(torch.get_num_threads()))
+        results[n] = run_merge(plan, sources, DictSink(), progress=lambda *_, seen=seen: seen.add(torch.get_num_threads()))
         used[n] = seen
         assert torch.get_num_threads() == outside
     assert used == {1: {1}, 2: {2}, 4: {4}}
