@@ -4,13 +4,16 @@ plan (plan.PlanSettings) like a two-model merge's MergeSettings, and by the n-mo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import ClassVar, Optional, Sequence
+
+import torch
 
 from ..architectures import Architecture
 from ..blocks.elemental import ElementalRule, parse_elemental
 from ..blocks.selection import Selection, parse_selection
 from ..blocks.weights import BlockWeights, parse_block_weights
 from ..errors import MergeInputError, require_finite, require_ratio, require_seed
+from .deltas import combine_key
 from .methods import CombineMethod, MethodParams, check_params, get_method
 
 
@@ -43,6 +46,12 @@ class CombineSettings:
     def is_identity(self, alpha: float, beta: float = 0.0) -> bool:
         """alpha 0 gives the base, whatever the method."""
         return alpha == 0
+
+    def merge_key(self, key: str, alpha: float, base: torch.Tensor, models: Sequence[torch.Tensor],
+                  fallbacks: Optional[list] = None) -> torch.Tensor:
+        """base + alpha * this method's delta for one key: what the engine's n-model handler asks of the settings
+        of an n-model plan (so the engine needs no import of this package)."""
+        return combine_key(self.method, self.method_params, key, alpha, base, models, fallbacks)
 
 
 def parse_weights(text, input_name: str = "weights") -> Optional[tuple[float, ...]]:

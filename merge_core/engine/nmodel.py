@@ -1,14 +1,14 @@
 """Merged keys of an n-model plan (``plan.models``): the base and every model's tensor through the method.
 
-The plan's settings go to the method as they are (whatever type the combine settings have: the method and
-its parameters are all this reads of them)."""
+The plan's settings do the per-key math: they give `method` (its name, for errors) and
+`merge_key(key, alpha, base, models, fallbacks)` (merge_core/combine/settings.py), so the engine does not import
+the combine package, which imports the engine for its entry points."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
 
-from ..combine.deltas import combine_key
 from ..nonfinite import check_result, count_inputs as count_nonfinite_inputs
 from ..plan import KeyPlan
 from .job import MergeJob, Put
@@ -19,8 +19,7 @@ def combine_tensor(kp: KeyPlan, settings, base: torch.Tensor, models: list, out_
     """One key through the n-model method: base + alpha * delta, whole tensors (the methods rank, trim
     and take norms over the whole key). An inpainting base merges its first input channels only."""
     n = kp.input_channels
-    part = combine_key(settings.method, settings.method_params, kp.key, kp.alpha,
-                       base if n is None else base[:, :n], models, fallbacks)
+    part = settings.merge_key(kp.key, kp.alpha, base if n is None else base[:, :n], models, fallbacks)
     if n is None:
         return part.to(out_dtype)
     out = base.to(out_dtype, copy=True)

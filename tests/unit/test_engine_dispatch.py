@@ -31,12 +31,12 @@ def test_plan_actions_read_as_their_text_and_reasons_carry_their_detail():
 
 
 def test_an_n_model_plan_runs_by_its_models_whatever_its_settings_type(sd1_keys):
-    """The combine handler reads the method and its parameters only: settings without a merge mode or
-    calc mode give the same bytes."""
+    """The combine handler asks the settings for the method (its name) and the per-key merge only: settings
+    without a merge mode or calc mode give the same bytes."""
     sources = {name: DictSource(small_model(sd1_keys, seed)) for name, seed in (("a", 1), ("m1", 2), ("m2", 3))}
     plan = plan_sources(sources, "ties")
     expected = run_merge(plan, sources, DictSink())
-    bare = types.SimpleNamespace(method=plan.settings.method, method_params=plan.settings.method_params)
+    bare = types.SimpleNamespace(method=plan.settings.method, merge_key=plan.settings.merge_key)
     got = run_merge(dataclasses.replace(plan, settings=bare, nonfinite={}, fallbacks={}), sources, DictSink())
     assert plan.count(MERGE) > 0 and expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
