@@ -1,6 +1,6 @@
 """Combine Models: a base and up to eight models through an n-model method (TIES, DARE, Model Stock, ...).
 
-Thin: merge_core.combine plans (block weights, elemental, include/exclude) and merge_core.methods.nway computes.
+Thin: merge_core.combine plans (block weights, elemental, include/exclude) and merge_core.combine computes.
 Every method is per key, so the result is a lazy clone of the base: each merged key is a weight adapter that
 computes base + alpha * delta from the models' effective weights when the sampler loads the model.
 

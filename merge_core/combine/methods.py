@@ -18,7 +18,7 @@ Each parameter's domain, refused before any tensor is read (check_params), and w
   were clamped to [0, 1] and kept values scaled by up to 1/(1 - p) with p near 1: 180x at 0.9/0.25).
 - DARE's drop_rate p may be 1 (everything dropped, d = 0); below 1 the kept values are scaled by 1/(1 - p) as the
   paper's formula says, so p = 0.999999 scales them by 1e6: large finite values are the formula's, and a result
-  that leaves the output's range stops the merge with an error naming the key and the method (engine.py,
+  that leaves the output's range stops the merge with an error naming the key and the method (engine/nmodel.py,
   nonfinite.check_result).
 - iterations: 1 to MAX_ITERATIONS (each Weiszfeld step is a pass over every model: a larger count only holds up
   the merge, or the server). median_eps: > 0.
