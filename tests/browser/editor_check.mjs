@@ -353,7 +353,8 @@ try {
     const LG = window.LiteGraph ?? window.comfyAPI?.litegraph?.LiteGraph;
     const node = app.graph.getNodeById(Number(id));
     const vue = document.querySelector(`[data-node-id="${id}"]`);
-    const rows = vue ? [...vue.querySelectorAll(".lg-node-widget")].filter((e) => e.getBoundingClientRect().height > 0) : null;
+    const rows = vue ? [...vue.querySelectorAll(".lg-node-widget")]
+      .filter((e) => e.getBoundingClientRect().height > 0) : null;
     return {
       method: node.widgets.find((w) => w.name === "method").value,
       drawn: node.widgets.filter((w) => node.isWidgetVisible(w)).map((w) => w.name),
@@ -363,7 +364,8 @@ try {
       panelHeight: node.widgets.filter((w) => w.type === "merge_suite_panel")
         .reduce((sum, w) => sum + (w.options?.getMinHeight?.() ?? 0), 0),
       rendered: rows?.length ?? null,
-      height: vue ? vue.getBoundingClientRect().height / app.canvas.ds.scale : node.size[1] + (LG?.NODE_TITLE_HEIGHT ?? 30),
+      height: vue ? vue.getBoundingClientRect().height / app.canvas.ds.scale
+        : node.size[1] + (LG?.NODE_TITLE_HEIGHT ?? 30),
     };
   }, COMBINE);
   const pickMethod = async (name) => {
@@ -381,7 +383,8 @@ try {
   await page.screenshot({ path: join(outDir, "combine_ties.png") });
   await pickMethod("della");
   step("combine_della", { ...await combineState(),
-    inputs: await page.evaluate(async (id) => (await window.comfyAPI.app.app.graphToPrompt()).output[id].inputs, COMBINE) });
+    inputs: await page.evaluate(async (id) => (await window.comfyAPI.app.app.graphToPrompt()).output[id].inputs,
+      COMBINE) });
   await page.screenshot({ path: join(outDir, "combine_della.png") });
   await pickMethod("geometric_median");
   step("combine_median", await combineState());
