@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import math
 import os
 import sys
 import time
@@ -68,9 +67,15 @@ def filter_bench(stride: int) -> None:
     by_kind = {}
     for t, a in zip(tensors, arrays):
         kind = "3x3 conv" if (t.dim() == 4 and t.shape[2] > 1) else f"{t.dim()}-D" if t.dim() != 4 else "1x1 conv"
-        s0 = time.perf_counter(); scipy_smooth(a); s1 = time.perf_counter(); smooth(t); s2 = time.perf_counter()
+        s0 = time.perf_counter()
+        scipy_smooth(a)
+        s1 = time.perf_counter()
+        smooth(t)
+        s2 = time.perf_counter()
         acc = by_kind.setdefault(kind, [0.0, 0.0, 0])
-        acc[0] += s1 - s0; acc[1] += s2 - s1; acc[2] += t.numel()
+        acc[0] += s1 - s0
+        acc[1] += s2 - s1
+        acc[2] += t.numel()
     print("\n| tensor kind | values | SciPy 1 thread | ours | speed-up |\n|---|---|---|---|---|")
     for kind, (s, o, n) in sorted(by_kind.items()):
         print(f"| {kind} | {n / 1e6:.1f} M | {s:.2f} s | {o:.2f} s | {s / o:.1f}x |")

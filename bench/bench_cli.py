@@ -110,7 +110,8 @@ def main():
         print(f"| `python -m merge_core merge --mode {mode}` | {ours[0]:.1f} s | {ours[1]:.2f} GB | "
               f"{ours[0] / naive[0]:.2f}x | {ours[1] / naive[1]:.2f}x |")
     wall, rss = run_measured([py, "-m", "merge_core", "analyze", *inputs[:2], "--keys"])
-    print(f"| `python -m merge_core analyze A B` (per-block similarity, streamed) | {wall:.1f} s | {rss:.2f} GB | - | - |")
+    print(f"| `python -m merge_core analyze A B` (per-block similarity, streamed) | {wall:.1f} s | {rss:.2f} GB "
+          "| - | - |")
     if not args.keep:
         for p in inputs:
             os.remove(p)

@@ -182,14 +182,16 @@ def node_rows(repeat: int) -> list[str]:
     values = [0.3, 0.3, 0.5] + [round(0.2 + i / 40, 3) for i in range(19)] + [round(0.7 - i / 80, 3)
                                                                             for i in range(38)] + [1.0]
     listed = ",".join(map(str, values))
-    flux_kw = {name: 1.0 - 0.5 for name in ModelMergeFlux1.INPUT_TYPES()["required"] if name not in ("model1", "model2")}
+    flux_kw = {name: 1.0 - 0.5 for name in ModelMergeFlux1.INPUT_TYPES()["required"]
+               if name not in ("model1", "model2")}
 
     def ours(text=""):
         return ModelMerge.execute(model_a=a, model_b=b, mode="Weight sum", alpha=0.3, beta=0.0,
                                   blocks_alpha_preset="custom", blocks_alpha=text, blocks_beta_preset="custom",
                                   blocks_beta="").result[0]
     timed = [("ComfyUI ModelMergeSimple (scalar)", median_time(lambda: ModelMergeSimple().merge(a, b, 0.7))),
-             ("ComfyUI ModelMergeFlux1 (its 61 sliders)", median_time(lambda: ModelMergeFlux1().merge(a, b, **flux_kw))),
+             ("ComfyUI ModelMergeFlux1 (its 61 sliders)",
+              median_time(lambda: ModelMergeFlux1().merge(a, b, **flux_kw))),
              ("ours, Weight sum, scalar alpha", median_time(lambda: ours())),
              ("ours, Weight sum, 61-value list", median_time(lambda: ours(listed)))]
     base = timed[0][1]

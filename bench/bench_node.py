@@ -114,7 +114,7 @@ def main():
             print(f"| {name} | {t * 1000:.1f} ms | {t / base:.3f}x |")
     rows = materialise_times(max(2, args.repeat // 2))
     base = rows[1][1]
-    print(f"\n### Materialising the merged SD1.5 U-Net (fp16, patches baked in on CPU)\n")
+    print("\n### Materialising the merged SD1.5 U-Net (fp16, patches baked in on CPU)\n")
     print("| what | time | vs ModelMergeSimple |\n|---|---|---|")
     for name, t in rows:
         print(f"| {name} | {t:.2f} s | {t / base:.2f}x |")

@@ -222,7 +222,8 @@ def _shape_rule(key: str, sa: Sequence[int], sb: Sequence[int], other: str) -> O
             raise MergeInputError(
                 f"model_{other}",
                 f"has {sb[1]} input channels at '{key}' while model A has 4.",
-                f"connect the inpainting / instruct-pix2pix model as model A and the normal model as model {other.upper()}.")
+                "connect the inpainting / instruct-pix2pix model as model A and the normal model as model "
+                f"{other.upper()}.")
     raise MergeInputError(
         f"model_{other}",
         f"tensor '{key}' has shape {list(sb)} but model A has {list(sa)}.",
@@ -298,7 +299,8 @@ def build_plan(arch: Architecture, settings: PlanSettings,
         # element names (include/exclude, elemental, random draws) are the released files' (naming.py), so a
         # rule and its draws mean the same on every host
         name = arch.released_key(key)
-        if settings.selection is not None and not settings.selection.merges(name, block, settings.elemental_full_key, arch):
+        if settings.selection is not None \
+                and not settings.selection.merges(name, block, settings.elemental_full_key, arch):
             left_out = Reason.NOT_INCLUDED if settings.selection.mode == "include" else Reason.EXCLUDED
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason=left_out))
             continue

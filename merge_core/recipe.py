@@ -36,8 +36,8 @@ SETTING_DEFAULTS: dict[str, Any] = {
 # A combine step's settings (the Combine Models node's / combine CLI's), every key present.
 COMBINE_DEFAULTS: dict[str, Any] = {
     "method": "task_arithmetic", "alpha": 1.0, "weights": "", "density": 0.2, "drop_rate": 0.9, "epsilon": 0.1,
-    "median_epsilon": 1e-6, "top": 0.01, "bottom": 0.1, "iterations": 100, "seed": 0, "blocks_alpha": "", "elemental": "",
-    "include_exclude": "",
+    "median_epsilon": 1e-6, "top": 0.01, "bottom": 0.1, "iterations": 100, "seed": 0, "blocks_alpha": "",
+    "elemental": "", "include_exclude": "",
 }
 COMBINE = "combine"
 # SuperMerger's mode strings in its history and metadata (docs/files.md#recipes-instead-of-a-merge-history)

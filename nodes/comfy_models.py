@@ -224,7 +224,8 @@ def architecture_of(shapes: dict[str, tuple], input_name: str) -> Architecture:
     """The model's family (declared, else automatic blocks), read from ComfyUI's key names."""
     arch = detect_or_auto(shapes)
     if arch is None:
-        raise MergeInputError(input_name, "has no diffusion-model or text-encoder keys this node can split into blocks.",
+        raise MergeInputError(input_name,
+                              "has no diffusion-model or text-encoder keys this node can split into blocks.",
                               "connect a MODEL from a checkpoint or diffusion-model loader, or a CLIP.")
     return arch
 

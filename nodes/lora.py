@@ -217,7 +217,8 @@ def apply_lora(model, clip, name: str, path: str, s_model: float, s_clip: float,
         log.warning("%s: %d LoRA patches of '%s' matched no weight, e.g. %s", LoraApply.DISPLAY, len(missing),
                     name, missing[0])
     return (f"{name}: {len(applied)} weights patched ({len(unet_keys)} diffusion-model modules in the file), {skipped} "
-            f"left out by zero block weights" + ("" if clip is not None else "; no CLIP connected, text encoder skipped")
+            "left out by zero block weights"
+            + ("" if clip is not None else "; no CLIP connected, text encoder skipped")
             + (f"; {len(unblocked)} outside every block at full strength (e.g. {unblocked[0]})" if unblocked else ""))
 
 

@@ -64,14 +64,16 @@ class _OptionNode(io.ComfyNode):
 class CalcModeOption(_OptionNode):
     NODE_ID, DISPLAY = "MergeSuite_OptionCalcMode", "Merge Option: Calc Mode"
     DESCRIPTION = ("SuperMerger's calc modes (cosineA/B, tensor, tensor2, self, plus random, smoothAdd, "
-                   "trainDifference, extract), plus slerp and add_perpendicular, with their parameters, for the merge nodes' options input.")
+                   "trainDifference, extract), plus slerp and add_perpendicular, with their parameters, "
+                   "for the merge nodes' options input.")
 
     INPUTS = [
         io.Combo.Input("calcmode", options=CALC_MODE_NAMES, default="normal", tooltip=CALC_TIP),
         io.Float.Input("gamma", default=0.3, min=0.0, max=20.0, step=0.1,
                        tooltip="extract only: how strictly features count as similar (high: only very "
                                "similar ones)."),
-        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,  # else the UI randomizes it
+        # control_after_generate=False: else the UI randomizes it
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
                      tooltip="Seed of plus random's noise and of random elemental ratios (R, U, low~up, e.g. "
                              "from 'Random Block Weights'): the same seed gives the same merge."),
         io.Boolean.Input("tensor2_corrected", default=False,

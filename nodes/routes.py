@@ -31,7 +31,8 @@ MAX_TEXT_CHARS = 16_384
 MAX_BODY_BYTES = 6 * MAX_TEXT_CHARS + 1024
 FAMILY_KEYSETS = {"flux1": "flux1-dev", "chroma": "chroma", "flux2": "flux2-dev", "sd3": "sd35-large",
                   "hidream": "hidream-full", "lumina2": "z-image", "qwen_image": "qwen-image", "wan": "wan21-14b"}
-KEYSETS = Path(__file__).resolve().parents[1] / "merge_core" / "architectures" / "keysets"  # key inventories of full SD1.5 / SDXL
+# key inventories of full SD1.5 / SDXL
+KEYSETS = Path(__file__).resolve().parents[1] / "merge_core" / "architectures" / "keysets"
 
 
 def _groups(blocks: tuple[str, ...]) -> dict[str, list[str]]:

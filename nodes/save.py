@@ -348,7 +348,8 @@ class SaveCheckpoint(io.ComfyNode):
                 raise MergeInputError("precision", f"unknown precision '{precision}'.",
                                       f"choose one of {', '.join(PRECISIONS)}.")
             if contents not in CONTENTS:
-                raise MergeInputError("contents", f"unknown choice '{contents}'.", f"choose one of {', '.join(CONTENTS)}.")
+                raise MergeInputError("contents", f"unknown choice '{contents}'.",
+                                      f"choose one of {', '.join(CONTENTS)}.")
             whole = contents == CHECKPOINT or (contents == AUTO and (clip is not None or vae is not None))
             clip, vae = (clip, vae) if whole else (None, None)
             path = output_path(filename_prefix, "checkpoints" if whole else "diffusion_models")

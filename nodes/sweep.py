@@ -113,8 +113,8 @@ class SweepMethods(_TextSweep):
 
 class SweepAdjust(_TextSweep):
     NODE_ID, DISPLAY = "MergeSuite_SweepAdjust", "Sweep Adjust"
-    DESCRIPTION = ("Adjust strings (8 values: IN, OUT, OUT2, CONT, BRI, COL1, COL2, COL3), one per line, for the adjust "
-                   "input of 'Merge Option: Adjust'.")
+    DESCRIPTION = ("Adjust strings (8 values: IN, OUT, OUT2, CONT, BRI, COL1, COL2, COL3), one per line, for the "
+                   "adjust input of 'Merge Option: Adjust'.")
     TEXT_TIP, DEFAULT, NAME = "One 8-value Adjust string per line.", "0,0,0,0,0,0,0,0\n2,0,0,0,0,0,0,0", "adjust"
     parse = staticmethod(core.adjust_list)
 

@@ -109,7 +109,8 @@ def _split_not(tokens: list[str]) -> tuple[bool, list[str]]:
     return False, tokens
 
 
-def parse_elemental(text: Optional[str], arch: Architecture, input_name: str = "elemental") -> tuple[ElementalRule, ...]:
+def parse_elemental(text: Optional[str], arch: Architecture,
+                    input_name: str = "elemental") -> tuple[ElementalRule, ...]:
     """Parse elemental text into rules; raises MergeInputError quoting the bad entry and its position."""
     if not text or not text.strip():
         return ()

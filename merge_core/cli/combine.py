@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
     m.add_argument("--method", required=True, choices=list(METHODS))
     m.add_argument("--alpha", type=ratio, default=1.0, help="scale of the combined delta (default 1); "
                    "model_stock: 1 is the paper's ratio t")
-    m.add_argument("--weights", default=None, help="one weight per model, comma-separated (default 1 each), within +-1000; a negative "
+    m.add_argument("--weights", default=None,
+                   help="one weight per model, comma-separated (default 1 each), within +-1000; a negative "
                    "weight subtracts that task vector, except for geometric_median (a weighted mean: weights >= 0 "
                    "with a positive sum)")
     m.add_argument("--density", type=ratio, default=0.2, help="ties: fraction of each task vector kept (default 0.2)")
@@ -36,7 +37,8 @@ def add_parser(sub) -> None:
     m.add_argument("--epsilon", type=ratio, default=None,
                    help="della: spread of p by magnitude rank (default 0.1); geometric_median: smallest distance "
                         "(default 1e-6)")
-    m.add_argument("--iterations", type=positive_int, default=100, help=f"geometric_median: Weiszfeld steps at most, 1 to {MAX_ITERATIONS} (default 100)")
+    m.add_argument("--iterations", type=positive_int, default=100,
+                   help=f"geometric_median: Weiszfeld steps at most, 1 to {MAX_ITERATIONS} (default 100)")
     m.add_argument("--top", type=ratio, default=0.01, help="breadcrumbs: largest fraction dropped (default 0.01)")
     m.add_argument("--bottom", type=ratio, default=0.1, help="breadcrumbs: smallest fraction dropped (default 0.1)")
     m.add_argument("--seed", type=non_negative_int, default=0, help="dare, dare_ties, della: seed (default 0)")

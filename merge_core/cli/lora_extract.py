@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     e.add_argument("--beta", type=ratio, default=1.0, help="models: factor of B; LoRAs: 1 keeps dissimilar features")
     e.add_argument("--gamma", type=ratio, default=1.0, help="LoRAs: similarity sharpness (>= 0)")
     e.add_argument("--rank", type=positive_int, default=64, help="rank of linear and 1x1 layers (default 64)")
-    e.add_argument("--conv-rank", type=non_negative_int, default=0, help="rank of 3x3 convolutions (default 0: skipped)")
+    e.add_argument("--conv-rank", type=non_negative_int, default=0,
+                   help="rank of 3x3 convolutions (default 0: skipped)")
     e.add_argument("--te-min-diff", type=finite, default=0.1,
                    help="keep the text encoder only if some weight differs by more than this (default 0.1, kohya)")
     add_common(e)

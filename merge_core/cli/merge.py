@@ -28,7 +28,8 @@ def _progress(stream):
 def add_parser(sub) -> None:
     m = sub.add_parser("merge", help="merge two or three safetensors checkpoints",
                        description="alpha is the weight of model B: 0 gives A, 1 gives B.")
-    m.add_argument("models", nargs="+", metavar="MODEL", help="A B [C]: .safetensors (fp8 and ComfyUI's scaled fp8 included) or .gguf files")
+    m.add_argument("models", nargs="+", metavar="MODEL",
+                   help="A B [C]: .safetensors (fp8 and ComfyUI's scaled fp8 included) or .gguf files")
     m.add_argument("--mode", default="weight_sum", choices=MODE_CHOICES,
                    help="weight_sum: (1-a)A+aB; add_difference: A+a(B-C); triple_sum: (1-a-b)A+aB+bC; "
                         "sum_twice: (1-b)((1-a)A+aB)+bC")
@@ -55,7 +56,8 @@ def add_parser(sub) -> None:
                         "brightness, cyan/red, magenta/green, yellow/blue), e.g. '2,0,0,0,0,0,0,0'")
     sel = m.add_mutually_exclusive_group()
     sel.add_argument("--include", default="", metavar="TARGETS",
-                     help="merge only these: block ids/ranges, element substrings, VAE, Adjust (e.g. 'IN01-IN05 attn2')")
+                     help="merge only these: block ids/ranges, element substrings, VAE, Adjust "
+                          "(e.g. 'IN01-IN05 attn2')")
     sel.add_argument("--exclude", default="", metavar="TARGETS",
                      help="keep A for these: block ids/ranges, element substrings, VAE, Adjust (e.g. 'OUT03 VAE')")
     m.add_argument("--report", choices=["blocks", "keys"], default=None,

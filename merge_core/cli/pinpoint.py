@@ -1,4 +1,5 @@
-"""``pinpoint TARGETS VALUES``: block weights (or elemental text) per target block and value, one JSON object per cell."""
+"""``pinpoint TARGETS VALUES``: block weights (or elemental text) per target block and value, one JSON object
+per cell."""
 from __future__ import annotations
 
 import json

@@ -28,7 +28,8 @@ DIFFUSERS_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
     "sd3": (("transformer_blocks.", "joint_blocks."), ("time_text_embed.", "t_embedder."),
             ("norm_out.", "final_layer."), ("proj_out.", "final_layer.")),
     "lumina2": (("time_caption_embed.", "t_embedder."), ("norm_out.", "final_layer.")),
-    "wan": (("condition_embedder.", "time_embedding."), ("proj_out.", "head."), ("scale_shift_table.", "head.modulation.")),
+    "wan": (("condition_embedder.", "time_embedding."), ("proj_out.", "head."),
+            ("scale_shift_table.", "head.modulation.")),
 }
 _DOTTED_PREFIXES = ("base_model.model.transformer.", "transformer.", "base_model.model.", "unet.")
 _UNDERSCORE_PREFIXES = ("lora_unet_", "lora_transformer_", "lycoris_")

@@ -67,7 +67,8 @@ def decompose(delta: Tensor, rank: int, method: str = "full", clamp_quantile: Op
 
     full: ``torch.linalg.svd`` (exact truncation). randomized: ``torch.svd_lowrank``
     with ``niter`` power iterations (4: within about 0.2% of the
-    full-SVD error on decaying spectra, measured in bench/bench_lora.py) and ``oversample`` extra columns (Halko et al.);
+    full-SVD error on decaying spectra, measured in bench/bench_lora.py) and ``oversample`` extra columns
+    (Halko et al.);
     its error is measured and returned, never assumed. ``clamp_quantile`` (e.g. 0.99)
     clips both factors to +-the quantile of their joint values, as kohya and
     ComfyUI's LoraSave do; off by default because it adds error.

@@ -45,7 +45,8 @@ def merged_metadata(inputs: list[tuple[LoraItem, LoraFile, dict[str, float]]], m
     Quirks fixed: dim and alpha follow
     the output's ranks, and ss_tag_frequency is merged from its JSON text."""
     if mode not in METADATA_MODES:
-        raise MergeInputError("metadata", f"'{mode}' is not a metadata mode.", "use one of " + ", ".join(METADATA_MODES))
+        raise MergeInputError("metadata", f"'{mode}' is not a metadata mode.",
+                              "use one of " + ", ".join(METADATA_MODES))
     per_input = []
     for item, lora, ratios in inputs:
         m = dict(lora.metadata)

@@ -89,7 +89,8 @@ def parse_adjust(text: Optional[str], input_name: str = "adjust") -> Optional[Ad
             values.append(float(part))
         except ValueError:
             name = NAMES[i] if len(parts) == 8 else f"value #{i + 1}"
-            raise MergeInputError(input_name, f"{name} '{part}' is not a number.", "write a number, 0 for none.") from None
+            raise MergeInputError(input_name, f"{name} '{part}' is not a number.",
+                                  "write a number, 0 for none.") from None
     if not any(values):
         return None
     return Adjust(tuple(values), text.strip(), input_name)

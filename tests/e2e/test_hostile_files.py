@@ -48,7 +48,8 @@ def _into_dev(p):
         return False
 def _guard(name, real, where):
     def call(*a, **k):
-        if any(_into_dev(a[i]) for i in where if i < len(a)) and (name != 'open' or (len(a) > 1 and a[1] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))):
+        if (any(_into_dev(a[i]) for i in where if i < len(a))
+                and (name != 'open' or (len(a) > 1 and a[1] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))):
             raise SystemExit('GUARD: ' + name + ' into /dev: ' + repr(a[:2]))
         return real(*a, **k)
     return call

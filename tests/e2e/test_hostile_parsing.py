@@ -124,7 +124,8 @@ def server(tmp_path_factory):
     for name, (metadata, _) in RECIPES.items():
         recipe_file(ckpts / name, metadata)
     step = {"kind": "checkpoint", "settings": {"mode": "Weight sum", "alpha": 0.25},
-            "a": {"file": "tiny_sd1_a.safetensors", "sha256": ""}, "b": {"file": "tiny_sd1_b.safetensors", "sha256": ""}}
+            "a": {"file": "tiny_sd1_a.safetensors", "sha256": ""},
+            "b": {"file": "tiny_sd1_b.safetensors", "sha256": ""}}
     recipe_file(ckpts / NO_BETA, {"merge_suite": {"model": step, "clip": step}})
     srv.start()
     srv.info = srv.get("/object_info")
@@ -237,7 +238,8 @@ def test_check_routes_bound_their_work(server):
     pairs = "ALL=0.5, " * ((1 << 20) // 9)
     status, answer, took = timed_post(server, ROUTE, json.dumps({"text": pairs, "layout": "flux1:999,999"}).encode())
     assert status == 413 and "at most" in answer["error"] and took < 2, (status, answer, took)
-    status, answer, took = timed_post(server, ROUTE, json.dumps({"text": "ALL=0.5", "layout": "flux1:999,999"}).encode())
+    status, answer, took = timed_post(server, ROUTE,
+                                      json.dumps({"text": "ALL=0.5", "layout": "flux1:999,999"}).encode())
     assert status == 400 and "'layout' 'flux1:999,999' is not a layout" in answer["error"] and took < 2
     status, answer, took = timed_post(server, ROUTE, json.dumps({"text": pairs[:20_000]}).encode())
     assert status == 400 and "at most 16384 are checked" in answer["error"] and took < 2

@@ -46,9 +46,11 @@ def test_node_equals_library(layout, calcmode, mode, alpha, beta, blocks, tiny):
 
 def test_lazy_calc_merge_samples(tiny):
     import tiny_models
-    ma, mb, ca, cb = tiny("model", "sd1", 21), tiny("model", "sd1", 22), tiny("clip", "sd1", 21), tiny("clip", "sd1", 22)
-    model, clip, _report, _recipe = CheckpointMerge.execute(model_a=ma, clip_a=ca, model_b=mb, clip_b=cb, mode="Weight sum",
-                                          alpha=0.3, beta=0.0, calcmode="cosineA").result
+    ma, mb = tiny("model", "sd1", 21), tiny("model", "sd1", 22)
+    ca, cb = tiny("clip", "sd1", 21), tiny("clip", "sd1", 22)
+    model, clip, _report, _recipe = CheckpointMerge.execute(model_a=ma, clip_a=ca, model_b=mb, clip_b=cb,
+                                                            mode="Weight sum", alpha=0.3, beta=0.0,
+                                                            calcmode="cosineA").result
     latent, image = sample(model, clip, tiny_models.build_vae(0))
     assert torch.isfinite(latent).all() and torch.isfinite(image).all()
 
@@ -136,7 +138,8 @@ def test_adjust_node_and_merge_input(layout, tiny):
     wa, wb = base_weights(a, "diffusion_model."), base_weights(b, "diffusion_model.")
     v = [2.0, -1.0, 0.5, 1.0, 3.0, -2.0, 1.0, 0.5]
     text = ",".join(map(str, v))
-    adjusted = AdjustModel.execute(a, **dict(zip(["IN", "OUT", "OUT2", "CONT", "BRI", "COL1", "COL2", "COL3"], v))).result[0]
+    names = ["IN", "OUT", "OUT2", "CONT", "BRI", "COL1", "COL2", "COL3"]
+    adjusted = AdjustModel.execute(a, **dict(zip(names, v))).result[0]
     got = effective(adjusted, "diffusion_model.")
     want = merge_state_dicts(wa, wb, alpha=0.0, adjust=text)
     for key in got:

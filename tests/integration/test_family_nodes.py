@@ -298,7 +298,8 @@ def test_save_flux_checkpoint_is_forge_style_and_reloads(folders):
                if not torch.equal(got[k].float(), want[k])]
         assert floats and not bad, bad[:5]
     reloaded_clip, want = base_weights(c2.patcher), effective(clip.patcher)  # ComfyUI loads it in fp16 on a CPU
-    assert all(torch.allclose(reloaded_clip[k].float(), want[k], atol=1e-3) for k in want if want[k].is_floating_point())
+    assert all(torch.allclose(reloaded_clip[k].float(), want[k], atol=1e-3)
+               for k in want if want[k].is_floating_point())
 
 
 def test_save_contents_choice_and_sampling_markers(folders, tiny):

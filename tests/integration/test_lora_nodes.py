@@ -247,7 +247,8 @@ def test_bad_inputs_name_the_lora_and_the_fix(tiny, loras):
     xl, xl_clip = tiny("model", "sdxl", 8), tiny("clip", "sdxl", 8)
     xl_lora = write_lora(loras, "only_xl", xl, xl_clip, "sdxl", seed=16)
     sd1_lora = write_lora(loras, "only_sd1", sd1, sd1_clip, "sd1", seed=17)
-    with pytest.raises(MergeNodeError, match=r"Apply LoRA with Block Weights: input .lora_name.: LoRA .only_xl.*SDXL LoRA but the model is SD1.*Fix:"):
+    with pytest.raises(MergeNodeError, match=r"Apply LoRA with Block Weights: input .lora_name.: LoRA .only_xl"
+                                             r".*SDXL LoRA but the model is SD1.*Fix:"):
         LoraApply.execute(sd1, lora_name=xl_lora)
     with pytest.raises(MergeNodeError, match=r"block_weights.*not a known preset.*Did you mean 'INS'"):
         LoraApply.execute(sd1, lora_name=sd1_lora, block_weights="ins")

@@ -124,8 +124,9 @@ def test_checkpoint_merge_samples_and_leaves_a_intact(layout, tiny):
     vae = tiny_models.build_vae(0)
     before = base_weights(ma, "diffusion_model.")
     lat_a, _ = sample(ma, ca, vae)
-    model, clip, _report, _recipe = CheckpointMerge.execute(model_a=ma, clip_a=ca, model_b=mb, clip_b=cb, mode="Weight sum",
-                                          alpha=0.5, beta=0.0, blocks_alpha_preset="GRAD_A").result
+    model, clip, _report, _recipe = CheckpointMerge.execute(model_a=ma, clip_a=ca, model_b=mb, clip_b=cb,
+                                                            mode="Weight sum", alpha=0.5, beta=0.0,
+                                                            blocks_alpha_preset="GRAD_A").result
     lat_m, image = sample(model, clip, vae)
     assert torch.isfinite(lat_m).all() and torch.isfinite(image).all() and image.shape == (1, 64, 64, 3)
     assert not torch.allclose(lat_m, lat_a), "the merge changed the sample"

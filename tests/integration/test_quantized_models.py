@@ -200,7 +200,8 @@ def model_folder(tmp_path, monkeypatch, kind, name):
     """A fresh folder as ComfyUI's only ``kind`` folder (loras, diffusion_models) for one test."""
     folder = tmp_path / name
     folder.mkdir()
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, kind, ([str(folder)], folder_paths.supported_pt_extensions))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, kind,
+                        ([str(folder)], folder_paths.supported_pt_extensions))
     return folder
 
 

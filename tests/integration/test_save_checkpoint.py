@@ -172,7 +172,8 @@ def test_load_recipe_recreates_the_merge_and_finds_renamed_inputs(ckpt_dir, monk
             torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
             torch.testing.assert_close(saved.get("model." + key), want[key], rtol=0, atol=0)
     want_c, got_c = effective(clip), effective(rclip)
-    bad = [k for k in want_c if not k.endswith(UNSAVED) and not torch.allclose(got_c[k], want_c[k], rtol=0, atol=0, equal_nan=True)]
+    bad = [k for k in want_c
+           if not k.endswith(UNSAVED) and not torch.allclose(got_c[k], want_c[k], rtol=0, atol=0, equal_nan=True)]
     assert not bad, bad
     assert set(rvae.get_sd()) == set(vae.get_sd())
     (ckpt_dir / "renamed_b.safetensors").unlink()

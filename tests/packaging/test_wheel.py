@@ -148,7 +148,8 @@ def test_installed_command_merges_like_the_checkout(venv, tmp_path):
     assert help_text.startswith("usage: merge-suite ")
     for name in ("merge", "analyze", "lora-merge", "lora-extract", "dice", "pinpoint", "elements"):
         assert re.search(rf"^    {name}\s+\S", help_text, re.M), name  # the command and its help on one line
-    installed, checkout = raw_tensors(tmp_path / "installed.safetensors"), raw_tensors(tmp_path / "checkout.safetensors")
+    installed = raw_tensors(tmp_path / "installed.safetensors")
+    checkout = raw_tensors(tmp_path / "checkout.safetensors")
     assert installed.keys() == checkout.keys() == toy_checkpoint(0).keys()
     assert installed == checkout
     assert installed != raw_tensors(models[0])  # it merged something

@@ -170,7 +170,8 @@ def test_cli_slerp_and_add_perpendicular_count_their_fallbacks(tmp_path, sd1_key
             ("slerp", "weight_sum", paths[:2], lambda k: slerp(a[k], b[k], 0.3)),
             ("add_perpendicular", "add_difference", paths, lambda k: add_perpendicular(a[k], b[k], c[k], 0.3))):
         out = tmp_path / f"{calc}.safetensors"
-        res = run_cli("merge", *files, "--mode", mode, "--calc", calc, "--alpha", "0.3", "--report", "blocks", "-o", str(out))
+        res = run_cli("merge", *files, "--mode", mode, "--calc", calc, "--alpha", "0.3", "--report", "blocks",
+                      "-o", str(out))
         assert res.returncode == 0, res.stderr
         assert "fallback: 1 key(s)" in res.stdout and parallel in res.stdout, res.stdout
         with safe_open(str(out), "pt") as f:

@@ -96,7 +96,8 @@ def test_detection_mixes_and_auto():
         require_compatible(detect(sd3), detect(load_keyset("sd35-large")), "model_b")
     # a model nobody declared: automatic blocks in order of first appearance
     keys = ["diffusion_model.patchify.weight", "diffusion_model.layers.0.attn.weight",
-            "diffusion_model.layers.1.attn.weight", "diffusion_model.norm.weight", "diffusion_model.layers.1.mlp.weight"]
+            "diffusion_model.layers.1.attn.weight", "diffusion_model.norm.weight",
+            "diffusion_model.layers.1.mlp.weight"]
     auto = detect_or_auto(keys)
     assert detect(keys) is None and auto.name == "auto"
     assert auto.blocks == ("BASE", "patchify", "layers.0", "layers.1", "norm")

@@ -76,7 +76,8 @@ def helper():
 
 
 @pytest.mark.parametrize("mode", ["weight_sum", "add_difference", "sum_twice"])
-@pytest.mark.parametrize("stored,out", [(torch.float8_e4m3fn, torch.float8_e4m3fn), (torch.float8_e4m3fn, torch.float32),
+@pytest.mark.parametrize("stored,out", [(torch.float8_e4m3fn, torch.float8_e4m3fn),
+                                        (torch.float8_e4m3fn, torch.float32),
                                         (torch.float16, torch.float16), (torch.bfloat16, torch.float8_e4m3fn)])
 def test_merge_tensor_halves_on_two_threads_equal_torchs_formula(monkeypatch, helper, mode, stored, out):
     monkeypatch.setattr(linear, "split_work", lambda total, chunk=0: True)

@@ -1,5 +1,5 @@
-"""n-model methods (combine/formulas.py, deltas.py, methods.py) and the SLERP / add-perpendicular calc modes against independent
-NumPy computations of each formula on random tensors, n = 2..5 models."""
+"""n-model methods (combine/formulas.py, deltas.py, methods.py) and the SLERP / add-perpendicular calc modes
+against independent NumPy computations of each formula on random tensors, n = 2..5 models."""
 import numpy as np
 import pytest
 import torch
@@ -80,7 +80,8 @@ def test_task_arithmetic_ties_breadcrumbs_against_numpy(n, shape):
     base, models = draw(shape, n)
     weights = tuple(float(w) for w in rng.uniform(0.2, 1.5, n))
     taus = [m.astype(np.float64) - base for m in models]
-    close(run("task_arithmetic", base, models, 0.7, weights=weights), base + 0.7 * sum(w * x for w, x in zip(weights, taus)))
+    close(run("task_arithmetic", base, models, 0.7, weights=weights),
+          base + 0.7 * sum(w * x for w, x in zip(weights, taus)))
     close(run("ties", base, models, 0.8, density=0.3),
           base + 0.8 * np_elect_mean([np_trim(x.astype(np.float32), 0.3) for x in taus]))
     close(run("ties", base, models, 1.0, density=0.5, weights=weights),
@@ -173,7 +174,8 @@ def test_seeded_methods_are_reproducible_and_named_alike_in_both_namings(name):
 def test_dare_and_dare_ties_combine_the_dropped_task_vectors(n):
     base, models = draw((20, 8), n)
     weights = tuple(float(w) for w in rng.uniform(0.5, 1.5, n))
-    dropped = [formulas.dare_drop(t(w * (m.astype(np.float64) - base)), 0.7, formulas.model_generator(3, KEY, i)).numpy()
+    dropped = [formulas.dare_drop(t(w * (m.astype(np.float64) - base)), 0.7,
+                                  formulas.model_generator(3, KEY, i)).numpy()
                for i, (m, w) in enumerate(zip(models, weights))]
     close(run("dare", base, models, 0.5, seed=3, drop_rate=0.7, weights=weights), base + 0.5 * sum(dropped))
     close(run("dare_ties", base, models, 1.0, seed=3, drop_rate=0.7, weights=weights), base + np_elect_mean(dropped))

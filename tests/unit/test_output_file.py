@@ -165,7 +165,8 @@ def test_a_file_that_cannot_fit_is_refused_before_any_work(tmp_path, monkeypatch
     from safetensors.torch import save_file
 
     for name in ("a", "b"):
-        save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.randn(64, 64)}, str(tmp_path / f"{name}.safetensors"))
+        save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.randn(64, 64)},
+                  str(tmp_path / f"{name}.safetensors"))
     real = shutil.disk_usage
     seen = []
 

@@ -1,4 +1,5 @@
-"""merge_core/pipeline.py: loads come back in plan order within the byte budget; puts run in order, the\ncaller waits only beyond the budget; errors surface at their key or the next call."""
+"""merge_core/pipeline.py: loads come back in plan order within the byte budget; puts run in order, the
+caller waits only beyond the budget; errors surface at their key or the next call."""
 import concurrent.futures as cf
 import threading
 

@@ -65,8 +65,8 @@ def test_only_the_rmsnorm_scales_are_read_under_another_name(inventory):
 def test_chroma_radiance_nerf_head_norms_are_read_under_their_released_name():
     """Chroma Radiance (no inventory shipped): its NeRF head's RMSNorms are renamed by 0.33 like the rest."""
     head = {"nerf_image_embedder.embedder.0.weight": (4, 4), "nerf_blocks.0.param_generator.weight": (4, 4),
-            "nerf_blocks.0.norm.scale": (4,), "nerf_blocks.1.norm.scale": (4,), "nerf_final_layer_conv.norm.scale": (4,),
-            "nerf_final_layer_conv.conv.weight": (4, 4, 3, 3)}
+            "nerf_blocks.0.norm.scale": (4,), "nerf_blocks.1.norm.scale": (4,),
+            "nerf_final_layer_conv.norm.scale": (4,), "nerf_final_layer_conv.conv.weight": (4, 4, 3, 3)}
     keys = {k: s for k, s in diffusion_keys("chroma").items() if not k.startswith(("img_in.", "final_layer."))}
     keys |= head | {"img_in_patch.weight": (4, 4, 2, 2)}
     loaded = {"diffusion_model." + as_host_033(k, "chroma"): k for k in keys}

@@ -241,8 +241,9 @@ def _valid_recipes():
     params = {"mode": "sum Twice", "alpha": 0.3, "beta": 0.2, "blocks_alpha": "GRAD_V", "calcmode": "normal",
               "elemental": "OUT03:attn2:0.5", "include_exclude": "exclude: VAE", "seed": 7}
     settings = make_settings(arch, **params)
-    model = recipe.merge_step("checkpoint", params, settings, {"a": combine, "b": recipe.leaf("b.safetensors", "b" * 64),
-                                                                "c": recipe.leaf("c.safetensors")})
+    model = recipe.merge_step("checkpoint", params, settings,
+                              {"a": combine, "b": recipe.leaf("b.safetensors", "b" * 64),
+                               "c": recipe.leaf("c.safetensors")})
     clip = recipe.merge_step("clip", {"mode": "Weight sum", "alpha": 0.5}, make_settings(arch, "Weight sum", 0.5),
                              {"a": recipe.leaf("a.safetensors"), "b": recipe.leaf("b.safetensors")})
     ours = json.loads(recipe.file_metadata(model, clip)["sd_merge_recipe"])

@@ -132,7 +132,8 @@ def test_merge_results_are_bit_identical_with_1_and_n_threads(sd1_keys, monkeypa
         sources = {name: open_source(m, name.upper()) for name, (m, _) in zip("abc", models)}
         plan = plan_merge(sources, mode, 0.3, 0.25, calcmode=calc)
         seen = set()
-        results[n] = run_merge(plan, sources, DictSink(), progress=lambda *_, seen=seen: seen.add(torch.get_num_threads()))
+        results[n] = run_merge(plan, sources, DictSink(),
+                               progress=lambda *_, seen=seen: seen.add(torch.get_num_threads()))
         used[n] = seen
         assert torch.get_num_threads() == outside
     assert used == {1: {1}, 2: {2}, 4: {4}}
