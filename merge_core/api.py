@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union, cast
 
 import torch
 
@@ -97,7 +97,7 @@ def recipe_metadata(plan: MergePlan, names: Mapping[str, str],
     """merge_suite_recipe (flat JSON) plus SuperMerger's sd_merge_recipe / sd_merge_models
     (docs/files.md#metadata-written-with-a-merge);
     names and hashes are keyed by "A", "B", "C"."""
-    s = plan.settings
+    s = cast(MergeSettings, plan.settings)  # a two-model merge's plan
     recipe = {
         "type": "merge-suite", "mode": s.mode.label, "calcmode": s.calc.name if s.calc else "normal",
         "gamma": s.gamma if (s.calc and s.calc.uses_gamma) else None,

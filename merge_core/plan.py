@@ -85,12 +85,24 @@ class PlanSettings(Protocol):
     """What build_plan reads from any merge's settings: a two-model merge's MergeSettings, or an n-model
     combine's CombineSettings (merge_core/combine/settings.py), which has no mode, calc mode, C or Adjust."""
 
-    alpha: float
-    blocks_alpha: Optional[BlockWeights]
-    seed: int
-    elemental: tuple[ElementalRule, ...]
-    elemental_full_key: bool
-    selection: Optional[Selection]
+    # read-only: the settings types are frozen dataclasses
+    @property
+    def alpha(self) -> float: ...
+
+    @property
+    def blocks_alpha(self) -> Optional[BlockWeights]: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def elemental(self) -> tuple[ElementalRule, ...]: ...
+
+    @property
+    def elemental_full_key(self) -> bool: ...
+
+    @property
+    def selection(self) -> Optional[Selection]: ...
 
     def ratios(self, block: str, key: Optional[str] = None) -> tuple[float, float]: ...
 
@@ -263,11 +275,13 @@ def build_plan(arch: Architecture, settings: PlanSettings,
     """
     pairwise = settings if isinstance(settings, MergeSettings) else None
     calc = pairwise.calc if pairwise is not None else None
-    needs_c = pairwise is not None and pairwise.needs_c
-    if needs_c and shapes_c is None:
-        what = calc.name if calc is not None else pairwise.mode.label
-        raise MergeInputError("model_c", f"is required by '{what}' but is not connected.",
-                              "connect a model C, or choose Weight sum.")
+    used_c: Optional[Mapping[str, Sequence[int]]] = None  # C's shapes, where the merge reads C
+    if pairwise is not None and pairwise.needs_c:
+        if shapes_c is None:
+            what = calc.name if calc is not None else pairwise.mode.label
+            raise MergeInputError("model_c", f"is required by '{what}' but is not connected.",
+                                  "connect a model C, or choose Weight sum.")
+        used_c = shapes_c
     if check_targets and (settings.selection is not None or settings.elemental):
         require_targets(arch, settings, target_keys(arch, shapes_a))
     plan = MergePlan(arch, settings)
@@ -287,13 +301,13 @@ def build_plan(arch: Architecture, settings: PlanSettings,
         if calc is not None and calc.keeps_vae and is_vae(key):
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason=Reason.VAE_COSINE))
             continue
-        if needs_c and key not in shapes_c:
+        if used_c is not None and key not in used_c:
             plan.keys.append(KeyPlan(key, KEEP_A, block, reason=Reason.ABSENT_FROM_C))
             continue
         channels = _shape_rule(key, shape_a, shapes_b[key], "b")
-        if needs_c and _shape_rule(key, shape_a, shapes_c[key], "c") != channels:
+        if used_c is not None and _shape_rule(key, shape_a, used_c[key], "c") != channels:
             raise MergeInputError(
-                "model_c", f"tensor '{key}' has shape {list(shapes_c[key])} "
+                "model_c", f"tensor '{key}' has shape {list(used_c[key])} "
                 f"but model B has {list(shapes_b[key])}.",
                 "use a model C with the same layout as model B.")
         # element names (include/exclude, elemental, random draws) are the released files' (naming.py), so a
@@ -309,7 +323,7 @@ def build_plan(arch: Architecture, settings: PlanSettings,
         if settings.elemental:
             alpha, rule = elemental_alpha(settings.elemental, name, block, alpha, settings.elemental_full_key,
                                           settings.seed)
-        if calc is not None:
+        if calc is not None and pairwise is not None:  # a calc mode is a two-model merge's
             check_calc_parameters(calc, alpha, beta, pairwise.gamma,
                                   "blocks_alpha" if settings.blocks_alpha is not None else "alpha")
         adjust = pairwise.adjust.op(key, arch) if pairwise is not None and pairwise.adjust is not None else None

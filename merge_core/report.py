@@ -6,10 +6,14 @@ Built from the plan alone (no tensor is read), so it is exact and free; SuperMer
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING, cast
 
 from .analysis.similarity import format_table
 from .nonfinite import warning as nonfinite_warning
-from .plan import FROM_B, KEEP_A, MERGE, MergePlan, Reason
+from .plan import FROM_B, KEEP_A, MERGE, MergePlan, MergeSettings, Reason
+
+if TYPE_CHECKING:
+    from .combine.settings import CombineSettings
 
 # reasons whose keys the report names, each under its heading: keys one model lacks or no block names
 LISTED_REASONS = ((Reason.ABSENT_FROM_B, "absent from B"), (Reason.ABSENT_FROM_C, "absent from C"),
@@ -26,21 +30,24 @@ def fallback_note(fallbacks: dict, shown: int = 3) -> str:
 
 def applied_report(plan: MergePlan, per_key: bool = False) -> str:
     s = plan.settings
-    # beta is a two-model merge's: an n-model combine (plan.models) has none
-    uses_beta = not plan.models and (s.beta_from_blocks or s.mode.uses_beta)
-    if plan.models:
-        used = ", ".join(f"{n} {getattr(s.method_params, n)}" for n in s.method.uses if n != "weights")
-        lines = [f"{plan.arch.label} - {s.method.label} of {len(plan.models)} models over the base"
+    # plan.models says which settings the plan holds: an n-model combine's, or a two-model merge's (with beta)
+    pairwise = None if plan.models else cast(MergeSettings, s)
+    uses_beta = pairwise is not None and (pairwise.beta_from_blocks or pairwise.mode.uses_beta)
+    if pairwise is None:
+        combine = cast("CombineSettings", s)
+        used = ", ".join(f"{n} {getattr(combine.method_params, n)}" for n in combine.method.uses if n != "weights")
+        lines = [f"{plan.arch.label} - {combine.method.label} of {len(plan.models)} models over the base"
                  + (f" ({used})" if used else "") + f": {plan.count(MERGE)} keys merged, "
                  f"{plan.count(KEEP_A)} kept from the base"]
     else:
-        calc = s.calc.name if s.calc is not None else "normal"
-        lines = [f"{plan.arch.label} - {s.mode.label}, calcmode {calc}: {plan.count(MERGE)} keys merged, "
+        calc = pairwise.calc.name if pairwise.calc is not None else "normal"
+        lines = [f"{plan.arch.label} - {pairwise.mode.label}, calcmode {calc}: {plan.count(MERGE)} keys merged, "
                  f"{plan.count(KEEP_A)} kept from A, {plan.count(FROM_B)} copied from B"]
     if s.blocks_alpha is not None and not s.blocks_alpha.named:
         lines.append(f"alpha {s.alpha:g} not used: blocks_alpha gives every block's alpha (SuperMerger's rule)")
-    if not plan.models and s.blocks_beta is not None and s.beta_from_blocks and not s.blocks_beta.named:
-        lines.append(f"beta {s.beta:g} not used: blocks_beta gives every block's beta")
+    if pairwise is not None and pairwise.blocks_beta is not None and pairwise.beta_from_blocks \
+            and not pairwise.blocks_beta.named:
+        lines.append(f"beta {pairwise.beta:g} not used: blocks_beta gives every block's beta")
     rows = []
     for block in plan.arch.blocks:
         keys = [k for k in plan.keys if k.block == block]

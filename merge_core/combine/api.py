@@ -3,7 +3,7 @@ C + alpha * delta, key by key, in memory or from files to a file."""
 from __future__ import annotations
 
 import json
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, cast
 
 import torch
 
@@ -14,6 +14,7 @@ from ..io.output_file import check_target
 from ..io.sources import open_source
 from ..plan import MergePlan
 from .planning import BASE, model_names, plan_sources
+from .settings import CombineSettings
 
 
 def combine_state_dicts(base: Mapping[str, torch.Tensor], models: Sequence[Mapping[str, torch.Tensor]], *,
@@ -28,7 +29,8 @@ def combine_state_dicts(base: Mapping[str, torch.Tensor], models: Sequence[Mappi
 def combine_metadata(plan: MergePlan, names: Mapping[str, str]) -> dict[str, str]:
     """merge_suite_recipe: the method, its parameters (those it uses) and the models, as flat JSON; and the
     recipe tree in sd_merge_recipe, which Load Recipe replays (names: base first, then the models in order)."""
-    s, p = plan.settings, plan.settings.method_params
+    s = cast(CombineSettings, plan.settings)  # an n-model plan's
+    p = s.method_params
     used = {name: getattr(p, name) for name in s.method.uses if name != "weights"}
     recipe = {"type": "merge-suite-combine", "method": s.method.name, "alpha": s.alpha,
               "weights": list(p.weights) if p.weights is not None else None, **used,

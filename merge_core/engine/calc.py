@@ -1,13 +1,13 @@
 """Merged keys under a calc mode (methods/calcmodes.py), and the cosine modes' statistics over a whole plan."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 import torch
 
 from .. import threads as thread_policy
 from ..architectures import fused_tensor_of
-from ..methods.calcmodes import KeyContext, column_sums, cosine_stats, similarities_from_sums
+from ..methods.calcmodes import CalcMode, KeyContext, column_sums, cosine_stats, similarities_from_sums
 from ..nonfinite import check_result, count_inputs as count_nonfinite_inputs
 from ..plan import KeyPlan, MergePlan, MergeSettings
 from .job import MergeJob, Put
@@ -23,6 +23,12 @@ def key_context(kp: KeyPlan, settings: MergeSettings, stats=None, fallbacks: Opt
                       settings.tensor2_corrected, combined.get(kp.key), fallbacks)
 
 
+def calc_mode(settings: MergeSettings) -> CalcMode:
+    """The settings' calc mode: the functions here run only for a plan that has one."""
+    assert settings.calc is not None, "a calc-mode key of a plan without a calc mode"
+    return settings.calc
+
+
 def apply_calc(kp: KeyPlan, settings: MergeSettings, a: torch.Tensor, b: torch.Tensor,
                c: Optional[torch.Tensor], stats=None, fallbacks: Optional[list] = None) -> Optional[torch.Tensor]:
     """One key through the plan's calc mode, in float32; None means "keep A".
@@ -32,14 +38,14 @@ def apply_calc(kp: KeyPlan, settings: MergeSettings, a: torch.Tensor, b: torch.T
     """
     n = kp.input_channels
     a32 = a.float() if n is None else a[:, :n].float()
-    return settings.calc.fn(a32, b.float(), None if c is None else c.float(),
+    return calc_mode(settings).fn(a32, b.float(), None if c is None else c.float(),
                             key_context(kp, settings, stats, fallbacks))
 
 
 def calc_tensor(kp: KeyPlan, settings: MergeSettings, a, b, c, out_dtype, stats=None,
                 chunk: int = CHUNK_ELEMENTS, fallbacks: Optional[list] = None) -> torch.Tensor:
     """One key through the calc mode into a new tensor of out_dtype, chunked where the mode allows."""
-    calc = settings.calc
+    calc = calc_mode(settings)
     chunking = calc.chunking if kp.input_channels is None else ""
     if chunking == "rows" and (a.dim() < 2 or (calc.needs_stats and stats is None)):
         chunking = ""  # cosine rows need the key's similarity from stage 0; 1-D extract is one row
@@ -111,12 +117,13 @@ class CalcKey:
     """The handler of merged keys under a calc mode. stats: the cosine modes' stage 0 (``statistics``)."""
 
     def __init__(self, job: MergeJob, stats=None):
-        self.job, self.settings, self.stats = job, job.plan.settings, stats
+        settings = cast(MergeSettings, job.plan.settings)  # a two-model merge's plan, with a calc mode
+        self.job, self.settings, self.calc, self.stats = job, settings, calc_mode(settings), stats
 
     @classmethod
     def with_statistics(cls, job: MergeJob, should_stop: Optional[StopFn]) -> CalcKey:
         """The handler, with stage 0 computed first where the calc mode needs it (a pass over A and B)."""
-        if not job.plan.settings.calc.needs_stats:
+        if not calc_mode(cast(MergeSettings, job.plan.settings)).needs_stats:
             return cls(job)
         sources, move = job.sources, job.move
 
@@ -145,5 +152,5 @@ class CalcKey:
         notes: list = []
         result = calc_tensor(kp, self.settings, a, b, c, job.dtypes[kp.key], self.stats, fallbacks=notes)
         job.note_fallback(kp.key, notes)
-        check_result(result, kp.key, self.settings.calc.name, not nonfinite, "calcmode", result.dtype)
+        check_result(result, kp.key, self.calc.name, not nonfinite, "calcmode", result.dtype)
         return job.merged_put(kp, inputs, result)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, NamedTuple, Optional, Protocol
+from typing import Callable, Iterable, Mapping, NamedTuple, Optional, Protocol, Union
 
 import torch
 
@@ -27,7 +27,7 @@ class Put(NamedTuple):
     the pool once written (a result computed into pooled memory, or a pooled buffer of stored bytes)."""
     write: Callable
     key: str
-    data: object  # a tensor, or stored bytes
+    data: Union[torch.Tensor, bytes, bytearray, memoryview]  # a tensor, or stored bytes
     release: Optional[torch.Tensor] = None
 
     @property

@@ -10,7 +10,7 @@ per input and per result cost more than the merge itself on full-size fp8 Flux f
 from __future__ import annotations
 
 import concurrent.futures as cf
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 import torch
 
@@ -19,7 +19,7 @@ from ..io.buffers import BufferPool
 from ..io.fp8 import FP8, widened
 from ..methods import fused_linear
 from ..nonfinite import all_finite, check_result, count_inputs as count_nonfinite_inputs, may_leave_range
-from ..plan import KeyPlan
+from ..plan import KeyPlan, MergeSettings
 from .job import MergeJob, Put
 
 CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32 per operand
@@ -71,10 +71,11 @@ def fused_merge(kp: KeyPlan, mode: str, a: torch.Tensor, b: torch.Tensor, c: Opt
     nbytes = a.numel() * out_dtype.itemsize
     out = torch.empty(a.shape, dtype=out_dtype) if buffers is None else \
         buffers.take(nbytes).view(out_dtype).view(a.shape)
-    flat = [None if t is None else t.reshape(-1) for t in (a, b, c, out)]
+    flat_a, flat_b, flat_out = a.reshape(-1), b.reshape(-1), out.reshape(-1)
+    flat_c = None if c is None else c.reshape(-1)
 
     def run(first: int, last: int) -> list[int]:
-        return fused_linear.merge_span(mode, kp.alpha, kp.beta, *flat, first, last)
+        return fused_linear.merge_span(mode, kp.alpha, kp.beta, flat_a, flat_b, flat_c, flat_out, first, last)
 
     parts = in_halves(run, out.numel(), chunk, helper)
     counts = {name: n for name, *found in zip(fused_linear.INPUTS, *parts) if (n := sum(found))}
@@ -122,7 +123,8 @@ class LinearKey:
 
     def __init__(self, job: MergeJob):
         self.job = job
-        self.mode, self.needs_c = job.plan.settings.mode, job.plan.settings.needs_c
+        settings = cast(MergeSettings, job.plan.settings)  # a two-model merge's plan
+        self.mode, self.needs_c = settings.mode, settings.needs_c
         # a file sink keeps no result: each key's result memory serves a later key once written (fresh memory
         # costs a page fault per 4 KiB, and with the page cache full of the inputs, reclaiming a page for each)
         self.reuse_results = not job.sink.keeps_tensors

@@ -5,7 +5,7 @@ The plan's settings do the per-key math: they give `method` (its name, for error
 the combine package, which imports the engine for its entry points."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Protocol, cast
 
 import torch
 
@@ -14,7 +14,24 @@ from ..plan import KeyPlan
 from .job import MergeJob, Put
 
 
-def combine_tensor(kp: KeyPlan, settings, base: torch.Tensor, models: list, out_dtype: torch.dtype,
+class NamedMethod(Protocol):
+    """A method as errors name it."""
+
+    @property
+    def name(self) -> str: ...
+
+
+class KeyCombiner(Protocol):
+    """What the engine reads from an n-model plan's settings (CombineSettings, or any object with these)."""
+
+    @property
+    def method(self) -> NamedMethod: ...
+
+    def merge_key(self, key: str, alpha: float, base: torch.Tensor, models: list,
+                  fallbacks: Optional[list] = None) -> torch.Tensor: ...
+
+
+def combine_tensor(kp: KeyPlan, settings: KeyCombiner, base: torch.Tensor, models: list, out_dtype: torch.dtype,
                    fallbacks: Optional[list] = None) -> torch.Tensor:
     """One key through the n-model method: base + alpha * delta, whole tensors (the methods rank, trim
     and take norms over the whole key). An inpainting base merges its first input channels only."""
@@ -43,7 +60,7 @@ class CombineKey:
         return base, models, count_nonfinite_inputs({"base": base} | {f"M{j + 1}": m for j, m in enumerate(models)})
 
     def compute(self, kp: KeyPlan, loaded) -> Put:
-        job, settings = self.job, self.job.plan.settings
+        job, settings = self.job, cast(KeyCombiner, self.job.plan.settings)
         base, models, nonfinite = loaded
         job.note_nonfinite(kp.key, nonfinite)
         notes: list = []

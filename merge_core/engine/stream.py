@@ -10,7 +10,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import math
-from typing import Mapping, Optional
+from typing import Mapping, Optional, cast
 
 import torch
 
@@ -21,7 +21,7 @@ from ..io.file_source import FileSource
 from ..io.key_source import KeySource
 from ..io.sinks import Sink
 from ..pipeline import ReadAhead, WriteBehind
-from ..plan import Action, KeyPlan, MergePlan
+from ..plan import Action, KeyPlan, MergePlan, MergeSettings
 from .calc import CalcKey
 from .copied import CopyKey
 from .job import KeyHandler, MergeJob, source_of
@@ -72,7 +72,7 @@ def merge_handler(job: MergeJob, should_stop: Optional[StopFn]) -> KeyHandler:
     mode's (a cosine mode's statistics computed first), else the merge mode's formula."""
     if job.plan.models:
         return CombineKey(job)
-    if job.plan.settings.calc is not None:
+    if cast(MergeSettings, job.plan.settings).calc is not None:
         return CalcKey.with_statistics(job, should_stop)
     return LinearKey(job)
 
