@@ -49,7 +49,8 @@ def _split(keys: Iterable[str]) -> tuple[list[str], list[str], bool]:
     keys = list(keys)
     if not has_prefixed_keys(keys):
         return keys, keys, True
-    rel_keys, outside = [], []
+    rel_keys: list[str] = []
+    outside: list[str] = []
     for key in keys:
         rel = unet_relative(key)
         (outside if rel is None else rel_keys).append(key if rel is None else rel)
@@ -96,7 +97,7 @@ def detect(keys: Iterable[str]) -> Optional[Architecture]:
         candidates = [(a, te) for a in families
                       if _layout_matches(a, rel_keys, highest, te := has_text_encoder(a))]
         with_te = [a for a, te in candidates if te]
-        found = (with_te or [a for a, _ in candidates] or [None])[0]
+        found = next(iter(with_te or [a for a, _ in candidates]), None)
         if found is not None:
             return found.sized(keys, bare) if found.numbered else _with_bare(found, bare)
     for arch in TEXT_ENCODER_ORDER:

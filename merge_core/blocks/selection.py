@@ -81,7 +81,9 @@ def parse_selection(text: Optional[str], arch: Architecture, input_name: str = "
             raise MergeInputError(input_name, f"'{body[:40]}' does not start with 'include:' or 'exclude:'.",
                                   "write e.g. 'exclude: OUT03-OUT05 VAE' or 'include: IN01 IN02 attn2'.")
         mode, body = head.strip().lower(), rest
-    blocks, elements, vae, adjust = set(), [], False, False
+    blocks: set[str] = set()
+    elements: list[str] = []
+    vae = adjust = False
     targets = tuple(dict.fromkeys(body.replace(",", " ").split()))
     for token in targets:
         ends = token.split("-")

@@ -30,7 +30,7 @@ def unknown_block_error(token: str, arch: Architecture, input_name: str, where: 
 
 
 def expand_tokens(tokens: list[str], arch: Architecture, input_name: str, where: str = "") -> frozenset:
-    out = set()
+    out: set[str] = set()
     for token in tokens:
         blocks = expand_token(token, arch)
         if blocks is None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import math
 import os
 import sys
+from typing import cast
 
+from ..analysis.similarity import Analysis
 from ..api import analyze_files
 from ..errors import MergeInputError
 from ..io.output_file import check_target, write_bytes
@@ -51,26 +53,29 @@ def run(args) -> int:
                               "give each output its own name.")
     arch, result = analyze_files(args.model_a, args.model_b, method=args.method, include=include,
                                  mismatch="common" if args.common_keys else "error")
+    analysis = None  # the cosine methods' Analysis; asim gives its sites' values
     if args.method == "asim":
-        header, rows = ["site", "ASimilarity %"], [list(r) for r in result]
-        labels, values, title = [r[0].split("diffusion_model.")[-1][:14] for r in result], [r[1] for r in result], \
+        sites = cast("list[tuple[str, float]]", result)
+        header, rows = ["site", "ASimilarity %"], [list(r) for r in sites]
+        labels, values, title = [r[0].split("diffusion_model.")[-1][:14] for r in sites], [r[1] for r in sites], \
             "ASimilarity per attention site (%)"
     else:
-        header, rows = analysis_tables(arch, result, args.block_method, args.keys)
+        analysis = cast(Analysis, result)
+        header, rows = analysis_tables(arch, analysis, args.block_method, args.keys)
         blocks = [r for r in rows if r[1] == ""]
         labels, values = [r[0] for r in blocks], [r[2] for r in blocks]
         title = f"cosine similarity per block ({args.block_method}, %), {arch.label}"
-        if result.skipped:
-            print(f"note: {result.skipped_note()}, "
-                  f"e.g. {result.skipped[0][0]}", file=sys.stderr)
+        if analysis.skipped:
+            print(f"note: {analysis.skipped_note()}, "
+                  f"e.g. {analysis.skipped[0][0]}", file=sys.stderr)
     print(format_table(rows, header))
     inputs = (args.model_a, args.model_b)
     if args.csv:
         write_bytes(args.csv, format_csv(rows, header).encode("utf-8"), inputs, args.overwrite, "--csv")
     if args.png:
         write_bytes(args.png, png_bytes(bar_chart(labels, values, title, "%")), inputs, args.overwrite, "--png")
-    if args.diff_png and args.method != "asim":
-        diffs = result.block_difference()
+    if args.diff_png and analysis is not None:
+        diffs = analysis.block_difference()
         chart = bar_chart(list(diffs), list(diffs.values()), "difference ||B-A|| / ||A|| per block")
         write_bytes(args.diff_png, png_bytes(chart), inputs, args.overwrite, "--diff-png")
     return 0

@@ -35,7 +35,7 @@ def run(args) -> int:
     print(f"layout: {arch.layout_text()}")
     print(f"block weights: {arch.n_blocks} values in this order, or named pairs such as {named_example(arch)} "
           "(blocks not named take alpha)")
-    first = {}
+    first: dict[str, str] = {}  # block -> its first key
     for key in keys:
         first.setdefault(arch.block_of(key), key)
     rows = [[i, b, counts.get(b, 0), first.get(b, "")] for i, b in enumerate(arch.blocks)]

@@ -8,6 +8,7 @@ import time
 from ..combine.api import combine_files
 from ..errors import MergeInputError
 from ..combine.methods import MAX_ITERATIONS, METHODS
+from ..plan import KEEP_A, MERGE
 from .merge import _progress
 from .options import non_negative_int, positive_int, print_report, ratio, selection_text
 
@@ -78,7 +79,7 @@ def run(args) -> int:
         raise _rename(exc) from None
     print_report(plan, args)
     if not args.quiet:
-        print(f"wrote {args.output}: {args.method} of {len(args.models)} models, {plan.count('merge')} keys merged, "
-              f"{plan.count('keep_a')} kept from the base, {len(plan.fallbacks)} fallbacks "
+        print(f"wrote {args.output}: {args.method} of {len(args.models)} models, {plan.count(MERGE)} keys merged, "
+              f"{plan.count(KEEP_A)} kept from the base, {len(plan.fallbacks)} fallbacks "
               f"({plan.arch.label}, {time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return 0

@@ -9,6 +9,7 @@ from ..device import DEVICES
 from ..io.precision import SCALED_LAYOUTS
 from ..methods.calcmodes import CALC_MODE_NAMES
 from ..methods.modes import MODES
+from ..plan import FROM_B, KEEP_A, MERGE
 from .options import print_report, ratio, selection_text
 
 MODE_CHOICES = [m.name for m in MODES.values()]
@@ -98,8 +99,8 @@ def run(args) -> int:
                        include_exclude=selection_text(args))
     print_report(plan, args)
     if not args.quiet:
-        print(f"wrote {args.output}: {plan.count('merge')} keys merged, {plan.count('keep_a')} kept from A, "
-              f"{plan.count('from_b')} copied from B, {len(plan.nonfinite)} with non-finite input values "
+        print(f"wrote {args.output}: {plan.count(MERGE)} keys merged, {plan.count(KEEP_A)} kept from A, "
+              f"{plan.count(FROM_B)} copied from B, {len(plan.nonfinite)} with non-finite input values "
               f"({plan.arch.label}, {time.perf_counter() - start:.1f} s)", file=sys.stderr)
     if plan.nonfinite and not args.report:  # --report already has the warning
         from ..nonfinite import warning

@@ -134,8 +134,8 @@ def block_values(spec: str, ratio: float, arch: Architecture, presets: dict[str,
         values = fit_to_layout(values, arch, input_name)
         return {b: ratio * v for b, v in zip(arch.blocks, values)}
     _check_count(values, input_name, where)
-    named = dict(zip(LAYOUTS[len(values)], values))
-    return {b: ratio * named.get(b, 0.0) for b in arch.blocks}
+    by_block = dict(zip(LAYOUTS[len(values)], values))
+    return {b: ratio * by_block.get(b, 0.0) for b in arch.blocks}
 
 
 def check_spec(spec: str, ratio: float, presets: dict[str, tuple[float, ...]], input_name: str = "block_weights",

@@ -55,10 +55,11 @@ def sd1_unet_to_diffusers(rel: str) -> Optional[str]:
         if rel == ldm or rel.startswith(ldm + "."):
             rest = rel[len(ldm) + 1:]
             if resnet:
-                rest = next((v + rest[len(k):] for k, v in _RESNET_SUFFIX.items()
-                             if rest == k or rest.startswith(k + ".")), None)
-                if rest is None:
+                renamed = next((v + rest[len(k):] for k, v in _RESNET_SUFFIX.items()
+                                if rest == k or rest.startswith(k + ".")), None)
+                if renamed is None:
                     return None
+                rest = renamed
             return diff + ("." + rest if rest else "")
     return None
 

@@ -144,6 +144,7 @@ def exact_merge(modules: list[tuple[LoraModule, float]], rank: int, method: str 
                                   f"{tuple(total.shape)} in another.",
                                   "merge LoRAs made for the same base model.")
         total = d if total is None else total + d
+    assert total is not None, "exact_merge of no modules"
     return decompose(total, rank, method, clamp_quantile)
 
 
@@ -156,11 +157,12 @@ def naive_merge(modules: list[tuple[LoraModule, float]], same_to_strength: bool)
         alpha = module.alpha if module.alpha is not None else float(module.rank)
         base_alpha = alpha if base_alpha is None else base_alpha
         up, down = scaled_factors(module, ratio, math.sqrt(alpha / base_alpha), same_to_strength)
-        if up_sum is not None and (up.shape != up_sum.shape or down.shape != down_sum.shape):
+        if up_sum is not None and down_sum is not None and (up.shape != up_sum.shape or down.shape != down_sum.shape):
             raise MergeInputError("lora_list", f"the naive merge needs equal ranks, got {down.shape[0]} and "
                                   f"{down_sum.shape[0]}.", "use the exact (SVD) merge for LoRAs of different ranks.")
         up_sum = up if up_sum is None else up_sum + up
         down_sum = down if down_sum is None else down_sum + down
+    assert up_sum is not None and down_sum is not None, "naive_merge of no modules"
     return LoraModule(up_sum, down_sum, base_alpha)
 
 

@@ -3,6 +3,7 @@ merged LoRAs."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from ..architectures import Architecture
 from ..errors import MergeInputError
@@ -53,6 +54,7 @@ def merged_metadata(inputs: list[tuple[LoraItem, LoraFile, dict[str, float]]], m
         m.update(sshs_ratio=item.ratio_text(), sshs_blocks=blocks26_text(ratios), ss_output_name=lora.name)
         per_input.append(m)
     first = per_input[0]
+    meta: dict[str, Any]  # text values, and the merged tag frequencies (a dict)
     if mode.startswith("create new"):
         meta = {k: first[k] for k in _COPIED if k in first}
     elif mode == "use first lora":

@@ -72,6 +72,7 @@ def merge_loras(items: list[tuple[LoraItem, LoraFile]], method: str = "exact", r
             continue
         if method == "naive":
             merged = naive_merge(parts, same_to_strength)
+            assert merged.alpha is not None  # the naive merge takes the first LoRA's alpha (or its rank)
             result.add(name, merged.up, merged.down, merged.alpha)
         else:
             dec = exact_merge(parts, target, svd, clamp_quantile)
@@ -143,7 +144,8 @@ def extract_from_models(shapes: Mapping[str, tuple[int, ...]], get_a: Callable[[
 
 def _extract_from_models(shapes, get_a, get_b, arch, alpha, beta, rank, conv_rank, svd, clamp_quantile, te_min_diff,
                          progress) -> LoraResult:
-    unet, te = [], []
+    unet: list[tuple] = []  # (key, module name, rows, shape)
+    te: list[tuple] = []
     for key, shape in shapes.items():
         name = unet_module(key, arch, shape, conv=conv_rank > 0)
         if name is not None:
