@@ -32,8 +32,12 @@ class KeySource(Protocol):
         (plain fp8, widened chunk by chunk as the math goes); None otherwise."""
         return None
 
+    # The two bodies below return explicitly: a protocol method with an empty body is abstract to type checkers,
+    # and these are defaults every source inherits.
     def prefetch(self, key: str) -> None:
         """A hint that ``key`` is read soon (a file source starts reading it from disk)."""
+        return None
 
     def close(self) -> None:
         """Release what the source holds open."""
+        return None

@@ -34,7 +34,7 @@ RENUMBER_TRIES = 1000  # automatic names tried after the first was taken meanwhi
 STALE_IDLE_S = 600.0  # a part untouched this long is stale even if its pid is alive (pid reuse)
 WRITEBACK_STEP = 64 << 20  # start the kernel's writeback every 64 MiB written (see _start_writeback)
 DEAD_PID_IDLE_S = 60.0  # grace for a part whose pid is not running here (another host or container)
-DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+DISK_ERRORS: dict[Optional[int], str] = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                errno.EFBIG: "the file is too large for this disk or limit", errno.EROFS: "the disk is read-only",
                errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 
@@ -314,6 +314,8 @@ class OutputFile:
             raise
 
     def _commit(self) -> None:
+        tmp = self.tmp
+        assert tmp is not None and self.path is not None, "committed before __enter__"
         try:
             os.fsync(self._fd)
             os.close(self._fd)
@@ -323,27 +325,33 @@ class OutputFile:
         target = str(self.path)
         if self.overwrite:
             check_target(self.requested, self.inputs, True, self.input_name)  # an input may have been moved here
-            os.replace(self.tmp, target)
+            os.replace(tmp, target)
         else:
-            self._link_no_clobber(target)
+            self._link_no_clobber(tmp, target)
         self._forget()
         self._made = []
         _fsync_dir(str(self.path.parent))
 
-    def _link_no_clobber(self, target: str) -> None:
+    def _next_name(self, target: str) -> str:
+        """The automatic name after ``target``, now the one this file is committed to (renumber is set)."""
+        assert self.renumber is not None
+        self.path = Path(self.renumber(Path(target)))
+        self.requested = str(self.path)
+        return self.requested
+
+    def _link_no_clobber(self, tmp: str, target: str) -> None:
         for _ in range(RENUMBER_TRIES if self.renumber is not None else 0):
             try:
-                os.link(self.tmp, target)
+                os.link(tmp, target)
             except FileExistsError:  # another save took this automatic name first: take the next free one
-                self.path = Path(self.renumber(Path(target)))
-                self.requested = target = str(self.path)
+                target = self._next_name(target)
                 continue
             except OSError:
                 break  # no hard links here (or another error): the plain path below says what it is
-            os.unlink(self.tmp)
+            os.unlink(tmp)
             return
         try:
-            os.link(self.tmp, target)  # fails if anything exists at target now
+            os.link(tmp, target)  # fails if anything exists at target now
         except FileExistsError:
             raise MergeInputError(self.input_name, f"'{self.requested}' appeared while it was being written; it was "
                                   "not replaced and this result was discarded.",
@@ -358,14 +366,13 @@ class OutputFile:
             for _ in range(RENUMBER_TRIES if self.renumber is not None else 0):
                 if not os.path.lexists(target):
                     break
-                self.path = Path(self.renumber(Path(target)))
-                self.requested = target = str(self.path)
+                target = self._next_name(target)
             if os.path.lexists(target):
                 raise MergeInputError(self.input_name, f"'{self.requested}' appeared while it was being written; "
                                       "it was not replaced.", "choose another name.") from None
-            os.rename(self.tmp, target)
+            os.rename(tmp, target)
             return
-        os.unlink(self.tmp)
+        os.unlink(tmp)
 
     def discard(self) -> None:
         """Close and remove the temporary file (safe to call more than once)."""
@@ -400,6 +407,7 @@ def write_bytes(path, data: bytes, inputs: Iterable = (), overwrite: bool = Fals
     """A small file (CSV, PNG, cache) written through OutputFile."""
     with OutputFile(path, inputs, overwrite, input_name) as out:
         out.write(data)
+    assert out.path is not None  # set on entering
     return out.path
 
 

@@ -203,7 +203,8 @@ class EncodingSink(Sink):
 
     def begin(self, layout) -> None:
         self.layout = {k: (d, s) for k, d, s in layout}
-        out = [(self.marker, torch.float8_e4m3fn, (2,))] if self.marker else []
+        out: list[tuple[str, torch.dtype, tuple[int, ...]]] = \
+            [(self.marker, torch.float8_e4m3fn, (2,))] if self.marker else []
         for key, dtype, shape in layout:
             fmt = self.encode.get(key)
             if not dtype.is_floating_point or fmt is None:
@@ -221,7 +222,8 @@ class EncodingSink(Sink):
     def encoded_dtype(self, key: str) -> Optional[torch.dtype]:
         """The plain fp8 dtype a key is written in, which ``put`` also takes as it is (the engine then
         computes that key straight into fp8, without a float32 copy of the whole tensor); else None."""
-        dtype = PLAIN.get(self.encode.get(key))
+        fmt = self.encode.get(key)
+        dtype = PLAIN.get(fmt) if fmt is not None else None
         return dtype if dtype in FP8 else None
 
     def put(self, key: str, tensor: torch.Tensor) -> None:

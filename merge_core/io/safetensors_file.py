@@ -99,7 +99,8 @@ class SafetensorsReader:
             where = f"tensor '{key}'"
             if not isinstance(info, dict):
                 raise ValueError(f"{where}: its entry is not a JSON object")
-            dtype = DTYPES.get(info.get("dtype"))
+            name = info.get("dtype")
+            dtype = DTYPES.get(name) if isinstance(name, str) else None  # a list here must not raise TypeError
             if dtype is None:
                 raise ValueError(f"{where}: unknown dtype {info.get('dtype')!r}")
             shape, offsets = info.get("shape"), info.get("data_offsets")
@@ -127,7 +128,7 @@ class SafetensorsReader:
 
     def raw(self, key: str, buffers: Optional[BufferPool] = None) -> memoryview:
         """The stored bytes of one tensor (a view of a fresh uint8 buffer, from ``buffers`` when given)."""
-        return memoryview(self._read(key, buffers).numpy())
+        return memoryview(self._read(key, buffers).numpy())  # type: ignore[arg-type]  # see _tensor_bytes
 
     def _read(self, key: str, buffers: Optional[BufferPool] = None) -> torch.Tensor:
         """One tensor's bytes into a new uint8 tensor (from ``buffers`` when given).
@@ -137,7 +138,7 @@ class SafetensorsReader:
         fills it, and preadv releases the GIL (bench/RESULTS.md, busy-machine section)."""
         info = self.tensors[key]
         buf = torch.empty(info.nbytes, dtype=torch.uint8) if buffers is None else buffers.take(info.nbytes)
-        view = memoryview(buf.numpy())
+        view = memoryview(buf.numpy())  # type: ignore[arg-type]  # see _tensor_bytes
         done = 0
         while done < info.nbytes:  # pread may return short reads on huge tensors
             got = os.preadv(self._fd, [view[done:]], info.begin + done)
@@ -185,7 +186,9 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     t = t.detach().contiguous().cpu()
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())  # reshape first: a 0-d tensor cannot be viewed
+    # reshape first: a 0-d tensor cannot be viewed. The ignore: numpy's stubs give ndarray the buffer protocol
+    # (__buffer__) only from Python 3.12, but every ndarray is a buffer.
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
 
 
 class SafetensorsWriter:
@@ -248,8 +251,10 @@ class SafetensorsWriter:
             self._out.discard()
             raise RuntimeError(f"only {self._next} of {len(self.order)} tensors were written")
         self._out.__exit__(None, None, None)
-        self.path = self._out.path  # another name when the automatic one was taken meanwhile (renumber)
-        return self.path
+        path = self._out.path  # another name when the automatic one was taken meanwhile (renumber)
+        assert path is not None  # set when the output file was opened
+        self.path = path
+        return path
 
     def abort(self) -> None:
         self._out.discard()

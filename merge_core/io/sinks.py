@@ -12,9 +12,11 @@ from .safetensors_file import SafetensorsWriter
 
 
 class Sink(Protocol):
-    # False when ``put`` keeps no reference to its tensor once it returns (a file sink writes it): the engine
-    # then computes later keys into the same memory
-    keeps_tensors: bool = True
+    @property
+    def keeps_tensors(self) -> bool:
+        """False when ``put`` keeps no reference to its tensor once it returns (a file sink writes it): the
+        engine then computes later keys into the same memory. A property, so a sink may ask its inner sink."""
+        return True
 
     def begin(self, layout: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> None: ...
 
@@ -64,19 +66,23 @@ class FileSink(Sink):
     def __init__(self, path, metadata=None, overwrite: bool = False, inputs=(), input_name: str = "output"):
         self.path, self.metadata, self.overwrite = path, metadata, overwrite
         self.inputs, self.input_name = inputs, input_name  # the output may never be one of the inputs
-        self.writer = None
+        self.writer: Optional[SafetensorsWriter] = None  # from begin() on
 
     def begin(self, layout) -> None:
         self.writer = SafetensorsWriter(self.path, layout, self.metadata, self.overwrite, self.inputs, self.input_name)
 
+    def _open(self) -> SafetensorsWriter:
+        assert self.writer is not None, "begin() first"
+        return self.writer
+
     def put(self, key, tensor) -> None:
-        self.writer.write(key, tensor)
+        self._open().write(key, tensor)
 
     def put_raw(self, key, data) -> None:
-        self.writer.write_raw(key, data)
+        self._open().write_raw(key, data)
 
     def commit(self):
-        return self.writer.commit()
+        return self._open().commit()
 
     def abort(self) -> None:
         if self.writer is not None:
