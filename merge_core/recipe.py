@@ -87,8 +87,9 @@ def supermerger_fields(settings: MergeSettings) -> dict:
         "type": "sd-webui-supermerger", "generator": "comfyui-merge-suite",
         "weights_alpha": list(wa[1:]) if (mbw and wa) else None,
         "weights_beta": list(wb[1:]) if (mbw and wb) else None,
-        "weights_alpha_orig": s.blocks_alpha.as_text() if (mbw and wa) else None,
-        "weights_beta_orig": s.blocks_beta.as_text() if (mbw and wb) else None,
+        # wa/wb set imply their block weights are set (the extra test narrows the type)
+        "weights_alpha_orig": s.blocks_alpha.as_text() if (mbw and wa and s.blocks_alpha) else None,
+        "weights_beta_orig": s.blocks_beta.as_text() if (mbw and wb and s.blocks_beta) else None,
         "model_a": "", "model_b": "", "model_c": "",
         "base_alpha": wa[0] if wa else s.alpha, "base_beta": wb[0] if wb else s.beta,
         "mode": SUPERMERGER_MODES.get(s.mode.label, s.mode.label), "mbw": mbw,

@@ -105,5 +105,6 @@ def torch_threads(n: int) -> Iterator[int]:
             before = stack.pop()
             _open -= 1
             restore = before if stack else _outside
+            assert restore is not None  # _outside is set when the first scope opens
             if torch.get_num_threads() != restore:
                 torch.set_num_threads(restore)

@@ -210,7 +210,7 @@ def asimilarity_sites(shapes_a: Mapping[str, Sequence[int]], shapes_b: Mapping[s
                       arch: Architecture) -> list:
     """The ASimilarity sites both models have (SuperMerger's on SD, every square attention elsewhere);
     an error naming the family when there is none."""
-    sites = [s for s in attention_sites(shapes_a) if s + "to_q.weight" in shapes_b]
+    sites: list[str | AttentionSite] = [s for s in attention_sites(shapes_a) if s + "to_q.weight" in shapes_b]
     if not sites:
         sites = [s for s in transformer_attention_sites(shapes_a) if all(k in shapes_b for k in s.keys)]
     if not sites:

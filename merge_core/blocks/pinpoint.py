@@ -46,7 +46,7 @@ def parse_values(text: str, input_name: str = "values") -> list[float]:
 
 def block_targets(text: str, arch: Architecture, input_name: str = "targets") -> list[tuple[str, tuple[str, ...]]]:
     """Each target with the blocks it names; ``ALL`` expands to one target per block."""
-    out = []
+    out: list[tuple[str, tuple[str, ...]]] = []
     for item in split_items(text):
         if item == "ALL":
             out += [(b, (b,)) for b in arch.blocks]

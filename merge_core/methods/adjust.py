@@ -60,7 +60,8 @@ class Adjust:
     def bias_shift(self, arch: Architecture) -> tuple[float, float, float, float]:
         v = self.values
         if len(v) == 7:
-            return tuple(0.02 * x for x in v[3:7])
+            c1, c2, c3, c4 = v[3:7]
+            return (0.02 * c1, 0.02 * c2, 0.02 * c3, 0.02 * c4)
         colours = COLOURS["sdxl" if arch.name == "sdxl" else "sd1"]
         mixed = [sum(knob * row[ch] for knob, row in zip(v[4:8], colours)) for ch in range(3)]
         return (0.02 * v[3], 0.02 * mixed[0], 0.02 * mixed[1], 0.02 * mixed[2])

@@ -40,6 +40,7 @@ def merge_span(mode: str, alpha: float, beta: float, a: torch.Tensor, b: torch.T
     portable: the plain C loops even where AVX2 is there (the tests compare both)."""
     counts = (ctypes.c_int64 * 3)()
     lib = library()
+    assert lib is not None, "merge_span without the native library"
     code = (lib.merge_linear_portable if portable else lib.merge_linear)(
         MODE_CODES[mode], float(alpha), float(beta), a.data_ptr(), KINDS[a.dtype], b.data_ptr(), KINDS[b.dtype],
         None if c is None else c.data_ptr(), 0 if c is None else KINDS[c.dtype], out.data_ptr(), KINDS[out.dtype],

@@ -28,11 +28,13 @@ def weight_sum(a: Tensor, b: Tensor, c: Optional[Tensor], alpha: float, beta: fl
 
 def add_difference(a: Tensor, b: Tensor, c: Optional[Tensor], alpha: float, beta: float) -> Tensor:
     """A + alpha*(B - C)."""
+    assert c is not None, "Add difference needs C"
     return torch.add(a, b - c, alpha=alpha)
 
 
 def triple_sum(a: Tensor, b: Tensor, c: Optional[Tensor], alpha: float, beta: float) -> Tensor:
     """(1 - alpha - beta)*A + alpha*B + beta*C."""
+    assert c is not None, "Triple sum needs C"
     out = a * (1.0 - alpha - beta)
     out.add_(b, alpha=alpha)
     out.add_(c, alpha=beta)
@@ -41,6 +43,7 @@ def triple_sum(a: Tensor, b: Tensor, c: Optional[Tensor], alpha: float, beta: fl
 
 def sum_twice(a: Tensor, b: Tensor, c: Optional[Tensor], alpha: float, beta: float) -> Tensor:
     """(1 - beta)*((1 - alpha)*A + alpha*B) + beta*C, computed as lerp(lerp(A, B, alpha), C, beta)."""
+    assert c is not None, "sum Twice needs C"
     return torch.lerp(torch.lerp(a, b, alpha), c, beta)
 
 

@@ -148,8 +148,8 @@ def _build() -> Optional[ctypes.CDLL]:
     lib.median3_kernel4d.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 6
     lib.median3_kernel4d.restype = ctypes.c_int
     for fused in (lib.merge_linear, lib.merge_linear_portable):
-        fused.argtypes = [ctypes.c_int, ctypes.c_double, ctypes.c_double] + \
-            [ctypes.c_void_p, ctypes.c_int] * 4 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        fused.argtypes = (ctypes.c_int, ctypes.c_double, ctypes.c_double, *(ctypes.c_void_p, ctypes.c_int) * 4,
+                          ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
         fused.restype = ctypes.c_int
     return lib
 

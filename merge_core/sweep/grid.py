@@ -40,7 +40,7 @@ def layouts(x_labels: Sequence[str], y_labels: Sequence[str], z_labels: Sequence
         idx = [i for i in range(n) if zs[i] == z]
         cols = _unique([x_labels[i] for i in idx])
         rows = _unique([ys[i] for i in idx])
-        cells = [[None] * len(cols) for _ in rows]
+        cells: list[list[Optional[int]]] = [[None] * len(cols) for _ in rows]
         for i in idx:
             cells[rows.index(ys[i])][cols.index(x_labels[i])] = i
         out.append(GridLayout(z, tuple(cols), tuple(rows), tuple(tuple(r) for r in cells)))
