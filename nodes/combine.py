@@ -72,7 +72,8 @@ def combine_inputs() -> list:
                        tooltip="dare, dare_ties, della: probability p of dropping each element (kept ones x 1/(1-p)). "
                                "della: p - epsilon/2 >= 0 and p + epsilon/2 < 1."),
         io.Float.Input("epsilon", default=0.1, min=0.0, max=1.0, step=0.01,
-                       tooltip="della: spread of the drop probability by magnitude rank (p +- epsilon/2, within [0, 1))."),
+                       tooltip="della: spread of the drop probability by magnitude rank "
+                               "(p +- epsilon/2, within [0, 1))."),
         io.Float.Input("top", default=0.01, min=0.0, max=1.0, step=0.01,
                        tooltip="breadcrumbs: largest-magnitude fraction of each task vector dropped."),
         io.Float.Input("bottom", default=0.1, min=0.0, max=1.0, step=0.01,

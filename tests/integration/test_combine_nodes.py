@@ -45,7 +45,8 @@ def test_node_equals_the_method_per_key_under_cli_names(method, layout, tiny):
     strength, adapter = next(iter(merged.patches.values()))[-1][:2]  # after the base's NaN/inf observer, if any
     assert strength == 1.0 and adapter.name == "merge_suite_combine", "a lazy weight adapter, nothing computed"
     assert "diffusion_model.middle_block.1.proj_in.weight" not in merged.patches  # alpha 0: the base, untouched
-    params = MethodParams(weights=(1, 0.5, 0.75) if weighted else None, density=0.4, drop_rate=0.5, seed=7, iterations=30)
+    params = MethodParams(weights=(1, 0.5, 0.75) if weighted else None, density=0.4, drop_rate=0.5, seed=7,
+                          iterations=30)
     got = effective(merged, "diffusion_model.")
     for k, w in got.items():
         alpha = alphas[names.index(block_of(k))]
