@@ -108,7 +108,7 @@ class Architecture:
     _scale_norms: Optional[re.Pattern] = field(default=None, init=False, repr=False, compare=False)
     _blocks: tuple = field(default=(), init=False, repr=False, compare=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         numbered = [part.rule for part in self.layout if isinstance(part, Numbered)]
         object.__setattr__(self, "_compiled", tuple((re.compile(p), t) for p, t in (*numbered, *self.rules)))
         object.__setattr__(self, "_scale_norms", re.compile(self.scale_norms) if self.scale_norms else None)

@@ -38,7 +38,7 @@ class Sink(Protocol):
 class DictSink(Sink):
     """Collects results in memory (tests and small models)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.tensors: dict[str, torch.Tensor] = {}
 
     def begin(self, layout) -> None:
