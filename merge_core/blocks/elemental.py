@@ -84,19 +84,20 @@ class ElementalRule:
         return self.draw.text if self.draw is not None else f"{self.ratio:g}"
 
     def alpha_for(self, key: str, seed: int) -> float:
-        return self.ratio if self.draw is None else self.draw.value(keyed_uniform(seed, _strip_prefix(key)))
+        return self.ratio if self.draw is None else self.draw.value(keyed_uniform(seed, strip_prefix(key)))
 
     def matches(self, key: str, block: str, full_key: bool = False) -> bool:
         if self.blocks is not None and ((block in self.blocks) == self.blocks_not):
             return False
         if not self.elements:
             return True
-        name = key if full_key else _strip_prefix(key)
+        name = key if full_key else strip_prefix(key)
         hit = any(e in name for e in self.elements)
         return hit != self.elements_not
 
 
-def _strip_prefix(key: str) -> str:
+def strip_prefix(key: str) -> str:
+    """The key without its U-Net prefix: elemental rules and include/exclude match element names."""
     for prefix in UNET_PREFIXES:
         if key.startswith(prefix):
             return key[len(prefix):]

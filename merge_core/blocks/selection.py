@@ -16,7 +16,7 @@ from typing import Optional
 from ..architectures import Architecture
 from ..errors import MergeInputError
 from ..methods.adjust import adjust_target
-from .elemental import _strip_prefix
+from .elemental import strip_prefix
 from .specs import expand_token, unknown_block_error
 
 MODES = ("include", "exclude")
@@ -35,7 +35,7 @@ class Selection:
     def merges(self, key: str, block: str, full_key: bool = False, arch: Optional[Architecture] = None) -> bool:
         hit = (block in self.blocks
                or (self.adjust and adjust_target(key, arch) is not None)
-               or any(e in (key if full_key else _strip_prefix(key)) for e in self.elements)
+               or any(e in (key if full_key else strip_prefix(key)) for e in self.elements)
                or (self.vae and is_vae(key)))
         return hit if self.mode == "include" else not hit
 
@@ -65,7 +65,7 @@ def _target_hits(token: str, key: str, block: str, arch: Architecture, full_key:
     named = expand_token(token, arch)
     if named is not None:
         return block in named
-    return token in (key if full_key else _strip_prefix(key))
+    return token in (key if full_key else strip_prefix(key))
 
 
 def parse_selection(text: Optional[str], arch: Architecture, input_name: str = "include_exclude",

@@ -9,7 +9,7 @@ from ..combine.api import combine_files
 from ..errors import MergeInputError
 from ..combine.methods import MAX_ITERATIONS, METHODS
 from ..plan import KEEP_A, MERGE
-from .merge import _progress
+from .merge import progress_printer
 from .options import non_negative_int, positive_int, print_report, ratio, selection_text
 
 METHOD_HELP = "; ".join(f"{m.name}: {m.formula}" for m in METHODS.values())
@@ -74,7 +74,7 @@ def run(args) -> int:
                              seed=args.seed, blocks=args.blocks, elemental=args.elemental,
                              include_exclude=selection_text(args),
                              dtype=args.dtype, overwrite=args.overwrite,
-                             progress=None if args.quiet else _progress(sys.stderr))
+                             progress=None if args.quiet else progress_printer(sys.stderr))
     except MergeInputError as exc:
         raise _rename(exc) from None
     print_report(plan, args)

@@ -15,7 +15,8 @@ from .options import print_report, ratio, selection_text
 MODE_CHOICES = [m.name for m in MODES.values()]
 
 
-def _progress(stream):
+def progress_printer(stream):
+    """A progress callback printing whole percents to stream (merge and combine share it)."""
     last = [-1]
 
     def report(done: int, total: int) -> None:
@@ -91,7 +92,7 @@ def run(args) -> int:
     plan = merge_files(a, b, c, args.output, mode=args.mode, alpha=args.alpha, beta=args.beta,
                        blocks_alpha=args.blocks, blocks_beta=args.blocks_beta, dtype=args.dtype,
                        scaled_layout=args.scaled_layout,
-                       overwrite=args.overwrite, progress=None if args.quiet else _progress(sys.stderr),
+                       overwrite=args.overwrite, progress=None if args.quiet else progress_printer(sys.stderr),
                        hash_inputs=args.hash_inputs, device=args.device,
                        calcmode=args.calc, gamma=args.gamma, seed=args.seed,
                        tensor2_corrected=args.tensor2_corrected, elemental=args.elemental,
