@@ -16,6 +16,9 @@ CLI = "cli"                  # the merge command line (merge_core/cli): options 
 FILE_NODE = "file node"      # the file-merge nodes: file widgets and a filename prefix
 MODEL_NODE = "model node"    # Merge Models and Merge Checkpoints' U-Net: the engine's own names
 CLIP_NODE = "clip node"      # Merge CLIP and Merge Checkpoints' text encoder: clip_a, clip_b, clip_c
+CLI_COMBINE = "cli combine"  # the combine command: --base and MODEL files (its other options are named after
+                             # their parameters: cli/combine.py adds the dashes)
+CLI_LORA = "cli lora"        # the lora-merge and lora-extract commands
 
 FRONT_END_NAMES: Mapping[str, Mapping[str, str]] = MappingProxyType({
     CLI: MappingProxyType({
@@ -29,6 +32,14 @@ FRONT_END_NAMES: Mapping[str, Mapping[str, str]] = MappingProxyType({
                                  "output": "filename_prefix"}),
     MODEL_NODE: MappingProxyType({}),
     CLIP_NODE: MappingProxyType({"model_a": "clip_a", "model_b": "clip_b", "model_c": "clip_c"}),
+    CLI_COMBINE: MappingProxyType({
+        "model_a": "--base", "base": "--base", "models": "MODEL", "blocks_alpha": "--blocks",
+        "drop_rate": "--drop-rate", "include_exclude": "--include/--exclude"}),
+    CLI_LORA: MappingProxyType({
+        "lora_list": "the LoRA list", "lora_1": "LoRA 1", "lora_2": "LoRA 2", "rank": "--rank",
+        "model_a": "TUNED", "model_b": "ORIGINAL", "filename": "-o", "alpha": "--alpha", "beta": "--beta",
+        "gamma": "--gamma", "block_weights": "the LoRA list", "lbw_presets": "--presets",
+        "conv_rank": "--conv-rank", "clamp_quantile": "--clamp", "te_min_diff": "--te-min-diff"}),
 })
 
 

@@ -7,6 +7,7 @@ import time
 
 from ..combine.api import combine_files
 from ..errors import MergeInputError
+from ..input_names import CLI_COMBINE, front_end_name
 from ..combine.methods import MAX_ITERATIONS, METHODS
 from ..plan import KEEP_A, MERGE
 from .merge import progress_printer
@@ -14,8 +15,6 @@ from .options import non_negative_int, positive_int, print_report, ratio, select
 
 METHOD_HELP = "; ".join(f"{m.name}: {m.formula}" for m in METHODS.values())
 # merge_core's input names as this command spells them
-INPUTS = {"model_a": "--base", "base": "--base", "models": "MODEL", "blocks_alpha": "--blocks",
-          "drop_rate": "--drop-rate", "include_exclude": "--include/--exclude"}
 
 
 def add_parser(sub) -> None:
@@ -61,7 +60,10 @@ def _rename(exc: MergeInputError) -> MergeInputError:
     found = re.fullmatch(r"model_m(\d+)|model (\d+)", name)
     if found:
         name = f"MODEL {found.group(1) or found.group(2)}"
-    exc.input_name = INPUTS.get(name, name if name.startswith("MODEL") else "--" + name.replace("_", "-"))
+    shown = front_end_name(name, CLI_COMBINE)
+    if shown == name and not name.startswith("MODEL"):
+        shown = "--" + name.replace("_", "-")  # the other options are named after their parameters
+    exc.input_name = shown
     return exc
 
 

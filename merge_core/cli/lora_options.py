@@ -7,14 +7,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import MergeInputError
+from ..input_names import CLI_LORA, renamed
 from ..lora.files import SAVE_DTYPES
 from ..lora.linalg import SVD_METHODS
 from .options import quantile
 
-OPTION_NAMES = {"lora_list": "the LoRA list", "lora_1": "LoRA 1", "lora_2": "LoRA 2", "rank": "--rank",
-                "model_a": "TUNED", "model_b": "ORIGINAL", "filename": "-o", "alpha": "--alpha", "beta": "--beta",
-                "gamma": "--gamma", "block_weights": "the LoRA list", "lbw_presets": "--presets",
-                "conv_rank": "--conv-rank", "clamp_quantile": "--clamp", "te_min_diff": "--te-min-diff"}
 LIST_HELP = "'file:ratio[:blocks]' items, comma-separated; blocks = a preset name or 12/17/20/26 values"
 
 
@@ -38,7 +35,7 @@ def cli_names():
     try:
         yield
     except MergeInputError as exc:
-        exc.input_name = OPTION_NAMES.get(exc.input_name, exc.input_name)
+        renamed(exc, CLI_LORA)
         raise
 
 
