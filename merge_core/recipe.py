@@ -40,7 +40,7 @@ COMBINE_DEFAULTS: dict[str, Any] = {
     "elemental": "", "include_exclude": "",
 }
 COMBINE = "combine"
-# SuperMerger's mode strings in its history and metadata (docs/files.md#recipes-instead-of-a-merge-history)
+# SuperMerger's mode strings in its history and metadata (docs/files.md#recipes)
 SUPERMERGER_MODES = {
     "Weight sum": "Weight sum:A*(1-alpha)+B*alpha",
     "Add difference": "Add difference:A+(B-C)*alpha",
