@@ -17,6 +17,7 @@ if ComfyExtension is not None:
     from .nodes.analysis import NODES as _ANALYSIS_NODES
     from .nodes.combine import NODES as _COMBINE_NODES
     from .nodes.file_merge import NODES as _FILE_MERGE_NODES
+    from .nodes.history_node import NODES as _HISTORY_NODES
     from .nodes.lora import NODES as _LORA_NODES
     from .nodes.merge import NODES as _MERGE_NODES
     from .nodes.merge_options import NODES as _OPTION_NODES
@@ -29,7 +30,8 @@ if ComfyExtension is not None:
         async def get_node_list(self):
             return (list(_MERGE_NODES) + list(_COMBINE_NODES) + list(_OPTION_NODES) + list(_ADJUST_NODES)
                     + list(_ANALYSIS_NODES) + list(_WEIGHT_LIST_NODES) + list(_SAVE_NODES) + list(_LORA_NODES)
-                    + list(_SWEEP_NODES) + list(_RECIPE_NODES) + list(_FILE_MERGE_NODES))
+                    + list(_SWEEP_NODES) + list(_RECIPE_NODES) + list(_HISTORY_NODES)
+                    + list(_FILE_MERGE_NODES))
 
     async def comfy_entrypoint() -> "MergeSuiteExtension":
         return MergeSuiteExtension()

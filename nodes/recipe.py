@@ -8,7 +8,7 @@ saved ones up to the saved precision.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from comfy_api.latest import io
 
@@ -20,6 +20,8 @@ from .object_merge import merge_objects, tag_recipe
 from .recipe_tags import get_recipe, set_recipe
 from .save import checkpoint_hash
 from .shared import CATEGORY
+
+DIFFUSION_MODELS = "diffusion_models"
 
 
 def _find_checkpoint(item: dict, where: str) -> str:
@@ -42,34 +44,50 @@ def _find_checkpoint(item: dict, where: str) -> str:
                           "put that checkpoint in the checkpoints folder (any file name: it is found by hash).")
 
 
-def _load(name: str, cache: dict) -> tuple:
-    if name not in cache:
+def _load(name: str, cache: dict, folder: str = "checkpoints", path: Optional[str] = None) -> tuple:
+    """(MODEL, CLIP, VAE) of one input file, loaded once per replay. A file of the diffusion_models folder
+    loads as Load Diffusion Model loads it (its default weight dtype): a MODEL alone, CLIP and VAE None."""
+    if (folder, name) not in cache:
         import comfy.sd
         import folder_paths
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-            folder_paths.get_full_path("checkpoints", name), output_vae=True, output_clip=True,
-            embedding_directory=folder_paths.get_folder_paths("embeddings"))
+        full = path or folder_paths.get_full_path(folder, name)
+        if folder == DIFFUSION_MODELS:
+            model, clip, vae = comfy.sd.load_diffusion_model(full, model_options={}), None, None
+        else:
+            model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+                full, output_vae=True, output_clip=True,
+                embedding_directory=folder_paths.get_folder_paths("embeddings"))
+            set_recipe(clip, "clip", core.leaf(name))
         set_recipe(model, "model", core.leaf(name))
-        set_recipe(clip, "clip", core.leaf(name))
-        cache[name] = (model, clip, vae)
-    return cache[name]
+        cache[(folder, name)] = (model, clip, vae)
+    return cache[(folder, name)]
 
 
-def replay(node: Optional[dict], kind: str, cache: dict, where: str = "model A") -> Optional[Any]:
-    """The MODEL (kind "model") or CLIP ("clip") a recipe tree describes, merged again step by step."""
+def find_in_checkpoints(item: dict, where: str) -> tuple[str, str, Optional[str]]:
+    """Load Recipe's way to a leaf's file: (folder, name, full path or None) among the checkpoints."""
+    return "checkpoints", _find_checkpoint(item, where), None
+
+
+def replay(node: Optional[dict], kind: str, cache: dict, where: str = "model A",
+           locate: Callable[[dict, str], tuple[str, str, Optional[str]]] = find_in_checkpoints) -> Optional[Any]:
+    """The MODEL (kind "model") or CLIP ("clip") a recipe tree describes, merged again step by step.
+    ``locate`` finds a leaf's file: (folder, name, full path or None); Load Recipe looks among the
+    checkpoints, Merge from History where the entry recorded each input."""
     if not node:
         return None
     if not core.is_merge(node):
-        return _load(_find_checkpoint(node, where), cache)[0 if kind == "model" else 1]
+        folder, name, path = locate(node, where)
+        return _load(name, cache, folder, path)[0 if kind == "model" else 1]
     if node.get("kind") == core.COMBINE:
         from .combine import combine_models, tag_combine
-        base = replay(node["a"], kind, cache, f"the base {kind} of a combine step")
-        models = [(f"{kind}_{i + 1}", replay(m, kind, cache, f"{kind} {i + 1} of a combine step"))
+        base = replay(node["a"], kind, cache, f"the base {kind} of a combine step", locate)
+        models = [(f"{kind}_{i + 1}", replay(m, kind, cache, f"{kind} {i + 1} of a combine step", locate))
                   for i, m in enumerate(node["models"])]
         merged, plan = combine_models(base, models, core.replay_combine_settings(node["settings"]), kind)
         tag_combine(merged, plan, base, models, None, kind)
         return merged
-    objects = {n: replay(node.get(n), kind, cache, f"{kind} {n.upper()} of a merge step") for n in ("a", "b", "c")}
+    objects = {n: replay(node.get(n), kind, cache, f"{kind} {n.upper()} of a merge step", locate)
+               for n in ("a", "b", "c")}
     params = core.replay_settings(node["settings"])
     merged, plan = merge_objects(kind, objects["a"], objects["b"], objects["c"], params)
     tag_recipe(kind, merged, plan, params, objects, None, node.get("kind", kind))

@@ -1,4 +1,4 @@
-"""HTTP routes behind the web extension (web/js): presets, block layouts and validation.
+"""HTTP routes behind the web extension (web/js): presets, block layouts, validation and the merge history.
 
 Every answer comes from merge_core (blocks/presets.py, architectures/, blocks/weights.py,
 blocks/elemental.py), so the browser never re-implements a list or a grammar: the editor
@@ -13,6 +13,7 @@ import re
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 from ..merge_core.analysis.similarity import element_name
 from ..merge_core.architectures import SD1, Architecture, Numbered
@@ -216,6 +217,44 @@ async def read_body(request, limit: int = MAX_BODY_BYTES) -> bytes:
             raise BadRequest(f"the body is larger than {limit} bytes.", 413)
 
 
+HISTORY_MAX_LIMIT = 100
+HISTORY_MAX_SEARCH_CHARS = 1000
+
+
+def _whole_number(params: dict, name: str, default: int, low: int, high: Optional[int] = None) -> int:
+    raw = params.get(name)
+    if raw is None or str(raw).strip() == "":
+        return default
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise BadRequest(f"'{name}' is '{str(raw)[:40]}', not a whole number.") from None
+    if value < low or (high is not None and value > high):
+        raise BadRequest(f"'{name}' is {value}; give {low} or more" + (f", at most {high}." if high else "."))
+    return value
+
+
+def history_page(params: dict) -> dict:
+    """One page of the merge history, newest first, filtered on the server (the log can hold 100,000 entries;
+    only the page is sent): query ``search`` (words), ``mode`` (and|or), ``offset``, ``limit`` (1..100).
+    Bad values raise BadRequest; a history turned off (MERGE_SUITE_HISTORY=0) answers an empty page marked
+    "disabled"."""
+    from .history_log import comfy_history
+    search = str(params.get("search") or "")
+    if len(search) > HISTORY_MAX_SEARCH_CHARS:
+        raise BadRequest(f"'search' has {len(search)} characters; at most {HISTORY_MAX_SEARCH_CHARS} are accepted.")
+    mode = str(params.get("mode") or "and").strip().lower()
+    if mode not in ("and", "or"):
+        raise BadRequest(f"'mode' is '{mode[:40]}'; give 'and' (entries with every word) or 'or' (any word).")
+    offset = _whole_number(params, "offset", 0, 0)
+    limit = _whole_number(params, "limit", 20, 1, HISTORY_MAX_LIMIT)
+    log = comfy_history()
+    if log is None:
+        return {"total": 0, "count": 0, "offset": offset, "limit": limit, "entries": [], "disabled": True}
+    total, entries = log.search(search, mode, offset, limit)
+    return {"total": total, "count": log.count(), "offset": offset, "limit": limit, "entries": entries}
+
+
 def register(routes) -> None:
     """Mount the routes on an aiohttp RouteTableDef (ComfyUI also serves them under /api)."""
     import asyncio
@@ -245,6 +284,15 @@ def register(routes) -> None:
     @routes.post(PREFIX + "/check/elemental")
     async def _check_elemental(request):
         return await answer(request, check_elemental, "sd1")
+
+    @routes.get(PREFIX + "/history")
+    async def _history(request):
+        """Read in a worker thread: a search of a large log takes a moment."""
+        try:
+            params = dict(request.rel_url.query)
+            return web.json_response(await asyncio.to_thread(history_page, params))
+        except BadRequest as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
 
     @routes.get(PREFIX + "/elements")
     async def _elements(request):
