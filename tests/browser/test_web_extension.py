@@ -78,6 +78,7 @@ def seen(request, tmp_path_factory):
 
 def test_extensions_load_without_errors(seen):
     assert sorted(seen["extensions"]) == ["merge_suite.block_editor", "merge_suite.elemental_helper",
+                                          "merge_suite.history_tab",
                                           "merge_suite.method_inputs", "merge_suite.text_outputs"]
     files = [p.name for p in (REPO / "web" / "js").iterdir()]  # not ".mjs": 1.32's PrimeVue is served as .mjs
     ours = [m for m in seen["console"] if "merge_suite" in m or any(f in m for f in files)]
