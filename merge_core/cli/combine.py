@@ -10,6 +10,7 @@ from ..errors import MergeInputError
 from ..input_names import CLI_COMBINE, front_end_name
 from ..combine.methods import MAX_ITERATIONS, METHODS
 from ..plan import KEEP_A, MERGE
+from .history import add_history_option, add_replay_option, combine_entry, record, replay_combine
 from .merge import progress_printer
 from .options import non_negative_int, positive_int, print_report, ratio, selection_text
 
@@ -21,9 +22,9 @@ def add_parser(sub) -> None:
     m = sub.add_parser("combine", help="merge a base and n models: TIES, DARE, DELLA, Model Stock, ...",
                        description="result = base + alpha * delta, delta from the task vectors Mi - base. "
                                    + METHOD_HELP)
-    m.add_argument("models", nargs="+", metavar="MODEL", help="M1.safetensors M2.safetensors [M3 ...]")
-    m.add_argument("--base", required=True, help="the base model C the task vectors are taken from")
-    m.add_argument("--method", required=True, choices=list(METHODS))
+    m.add_argument("models", nargs="*", metavar="MODEL", help="M1.safetensors M2.safetensors [M3 ...]")
+    m.add_argument("--base", help="the base model C the task vectors are taken from (required)")
+    m.add_argument("--method", choices=list(METHODS), help="required")
     m.add_argument("--alpha", type=ratio, default=1.0, help="scale of the combined delta (default 1); "
                    "model_stock: 1 is the paper's ratio t")
     m.add_argument("--weights", default=None,
@@ -52,6 +53,8 @@ def add_parser(sub) -> None:
     m.add_argument("-o", "--output", required=True, help="output .safetensors path")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    add_replay_option(m)
+    add_history_option(m)
     m.set_defaults(run=run)
 
 
@@ -67,18 +70,37 @@ def _rename(exc: MergeInputError) -> MergeInputError:
     return exc
 
 
+def _settings(args) -> dict:
+    """The options combine_files takes, from the command line."""
+    return dict(method=args.method, alpha=args.alpha, weights=args.weights, density=args.density,
+                drop_rate=args.drop_rate, epsilon=args.epsilon, iterations=args.iterations, top=args.top,
+                bottom=args.bottom, seed=args.seed, blocks=args.blocks, elemental=args.elemental,
+                include_exclude=selection_text(args))
+
+
 def run(args) -> int:
+    if args.from_history is not None:
+        if args.models or args.base:
+            print("error: combine: --from-history takes the entry's own files; give no --base or MODEL",
+                  file=sys.stderr)
+            return 2
+        args.base, args.models, options, args.dtype = replay_combine(args)
+        args.method = options["method"]
+    else:
+        missing = [name for name, value in (("MODEL", args.models), ("--base", args.base),
+                                            ("--method", args.method)) if not value]
+        if missing:  # required unless --from-history names the entry to redo
+            print(f"error: combine: the following arguments are required: {', '.join(missing)} (see --help)",
+                  file=sys.stderr)
+            return 2
+        options = _settings(args)
     start = time.perf_counter()
     try:
-        plan = combine_files(args.base, args.models, args.output, method=args.method, alpha=args.alpha,
-                             weights=args.weights, density=args.density, drop_rate=args.drop_rate,
-                             epsilon=args.epsilon, iterations=args.iterations, top=args.top, bottom=args.bottom,
-                             seed=args.seed, blocks=args.blocks, elemental=args.elemental,
-                             include_exclude=selection_text(args),
-                             dtype=args.dtype, overwrite=args.overwrite,
-                             progress=None if args.quiet else progress_printer(sys.stderr))
+        plan = combine_files(args.base, args.models, args.output, dtype=args.dtype, overwrite=args.overwrite,
+                             progress=None if args.quiet else progress_printer(sys.stderr), **options)
     except MergeInputError as exc:
         raise _rename(exc) from None
+    record(args, lambda: combine_entry(args, plan, args.output))
     print_report(plan, args)
     if not args.quiet:
         print(f"wrote {args.output}: {args.method} of {len(args.models)} models, {plan.count(MERGE)} keys merged, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 from ..lora.api import extract_lora_files, extract_lora_from_loras
+from .history import add_history_option, lora_extract_entry, record
 from .lora_options import add_common, cli_names, presets_text, report
 from .options import finite, non_negative_int, positive_int, ratio
 
@@ -24,19 +25,22 @@ def add_parser(sub) -> None:
     e.add_argument("--te-min-diff", type=finite, default=0.1,
                    help="keep the text encoder only if some weight differs by more than this (default 0.1, kohya)")
     add_common(e)
+    add_history_option(e)
     e.set_defaults(run=run)
 
 
 def run(args) -> int:
     start = time.perf_counter()
+    presets = presets_text(args)
     with cli_names():
         if args.loras:
             path, result = extract_lora_from_loras(args.a, args.b, args.output, alpha=args.alpha, beta=args.beta,
-                                                   gamma=args.gamma, lbw_presets=presets_text(args),
+                                                   gamma=args.gamma, lbw_presets=presets,
                                                    save_dtype=args.dtype, overwrite=args.overwrite)
         else:
             path, result = extract_lora_files(args.a, args.b, args.output, alpha=args.alpha, beta=args.beta,
                                               rank=args.rank, conv_rank=args.conv_rank, svd=args.svd,
                                               clamp_quantile=args.clamp, te_min_diff=args.te_min_diff,
                                               save_dtype=args.dtype, overwrite=args.overwrite)
+    record(args, lambda: lora_extract_entry(args, presets, path))
     return report(path, result, start)

@@ -5,6 +5,7 @@ import time
 
 from ..lora.api import merge_lora_files
 from ..lora.metadata import METADATA_MODES
+from .history import add_history_option, lora_merge_entry, record
 from .lora_options import LIST_HELP, add_common, cli_names, presets_text, report
 from .options import positive_int
 
@@ -21,14 +22,17 @@ def add_parser(sub) -> None:
                    help="naive: kohya's ratio semantics (effect = ratio squared); default: linear")
     m.add_argument("--metadata", choices=METADATA_MODES, default="create new")
     add_common(m)
+    add_history_option(m)
     m.set_defaults(run=run)
 
 
 def run(args) -> int:
     start = time.perf_counter()
+    presets = presets_text(args)
     with cli_names():
         path, result = merge_lora_files(args.loras, args.output, method=args.method, rank=args.rank, svd=args.svd,
                                         clamp_quantile=args.clamp, kohya_strength=args.kohya_strength,
-                                        metadata=args.metadata, lbw_presets=presets_text(args), save_dtype=args.dtype,
+                                        metadata=args.metadata, lbw_presets=presets, save_dtype=args.dtype,
                                         overwrite=args.overwrite)
+    record(args, lambda: lora_merge_entry(args, presets, path))
     return report(path, result, start)

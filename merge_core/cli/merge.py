@@ -10,6 +10,7 @@ from ..io.precision import SCALED_LAYOUTS
 from ..methods.calcmodes import CALC_MODE_NAMES
 from ..methods.modes import MODES
 from ..plan import FROM_B, KEEP_A, MERGE
+from .history import add_history_option, add_replay_option, merge_entry, record, replay_merge
 from .options import print_report, ratio, selection_text
 
 MODE_CHOICES = [m.name for m in MODES.values()]
@@ -30,7 +31,7 @@ def progress_printer(stream):
 def add_parser(sub) -> None:
     m = sub.add_parser("merge", help="merge two or three safetensors checkpoints",
                        description="alpha is the weight of model B: 0 gives A, 1 gives B.")
-    m.add_argument("models", nargs="+", metavar="MODEL",
+    m.add_argument("models", nargs="*", metavar="MODEL",
                    help="A B [C]: .safetensors (fp8 and ComfyUI's scaled fp8 included) or .gguf files")
     m.add_argument("--mode", default="weight_sum", choices=MODE_CHOICES,
                    help="weight_sum: (1-a)A+aB; add_difference: A+a(B-C); triple_sum: (1-a-b)A+aB+bC; "
@@ -79,25 +80,37 @@ def add_parser(sub) -> None:
     m.add_argument("--hash-inputs", action="store_true",
                    help="record each input's sha256 in sd_merge_models (SuperMerger metadata; takes a while)")
     m.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    add_replay_option(m)
+    add_history_option(m)
     m.set_defaults(run=run)
 
 
 def run(args) -> int:
-    if len(args.models) not in (2, 3):
+    if args.from_history is not None:
+        if args.models:
+            print("error: merge: --from-history takes the entry's own files; give no MODEL", file=sys.stderr)
+            return 2
+        paths, settings, options = replay_merge(args)
+    elif len(args.models) not in (2, 3):
         print("error: give two or three model files (A B [C])", file=sys.stderr)
         return 2
-    a, b = args.models[:2]
-    c = args.models[2] if len(args.models) == 3 else None
+    else:
+        paths = list(args.models)
+        settings = dict(mode=args.mode, alpha=args.alpha, beta=args.beta, blocks_alpha=args.blocks,
+                        blocks_beta=args.blocks_beta, calcmode=args.calc, gamma=args.gamma, seed=args.seed,
+                        tensor2_corrected=args.tensor2_corrected, elemental=args.elemental,
+                        elemental_full_key=args.elemental_full_key, adjust=args.adjust,
+                        include_exclude=selection_text(args))
+        options = dict(dtype=args.dtype, scaled_layout=args.scaled_layout, hash_inputs=args.hash_inputs,
+                       device=args.device)
+    for key, value in options.items():
+        setattr(args, key, value)  # the entry records the options the merge ran with
+    a, b = paths[:2]
+    c = paths[2] if len(paths) == 3 else None
     start = time.perf_counter()
-    plan = merge_files(a, b, c, args.output, mode=args.mode, alpha=args.alpha, beta=args.beta,
-                       blocks_alpha=args.blocks, blocks_beta=args.blocks_beta, dtype=args.dtype,
-                       scaled_layout=args.scaled_layout,
-                       overwrite=args.overwrite, progress=None if args.quiet else progress_printer(sys.stderr),
-                       hash_inputs=args.hash_inputs, device=args.device,
-                       calcmode=args.calc, gamma=args.gamma, seed=args.seed,
-                       tensor2_corrected=args.tensor2_corrected, elemental=args.elemental,
-                       elemental_full_key=args.elemental_full_key, adjust=args.adjust,
-                       include_exclude=selection_text(args))
+    plan = merge_files(a, b, c, args.output, overwrite=args.overwrite,
+                       progress=None if args.quiet else progress_printer(sys.stderr), **options, **settings)
+    record(args, lambda: merge_entry(args, plan, paths, args.output))
     print_report(plan, args)
     if not args.quiet:
         print(f"wrote {args.output}: {plan.count(MERGE)} keys merged, {plan.count(KEEP_A)} kept from A, "
