@@ -1,4 +1,5 @@
-"""Shared test setup: make merge_core importable without shadowing ComfyUI's `nodes`.
+"""Shared test setup: make merge_core importable without shadowing ComfyUI's `nodes`, and keep the CLI's
+merge history out of the real user data directory.
 
 The repo root holds this pack's `nodes/` package, so it goes at the END of
 sys.path: ComfyUI's own top-level `nodes` module (inserted first by the
@@ -6,6 +7,7 @@ integration conftest) must win.
 """
 import gzip
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,3 +32,16 @@ def sd1_keys():
 @pytest.fixture(scope="session")
 def sdxl_keys():
     return load_keyset("sdxl")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_user_data(tmp_path_factory):
+    """XDG_DATA_HOME in a temporary directory for the whole session (subprocesses inherit it): CLI merges
+    record their history there, never in ~/.local/share."""
+    before = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("user_data"))
+    yield Path(os.environ["XDG_DATA_HOME"])
+    if before is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = before
