@@ -120,10 +120,10 @@ function entryRow(entry) {
       el("b", { textContent: `#${entry.id}` }),
       el("span", { textContent: shortTime(entry.time), title: String(entry.time ?? "") }),
       el("span", { className: "ms-history-kind", textContent: entry.kind ?? "" }),
-      el("span", { className: "ms-history-actions" }, [copy, add]),
     ]),
     el("div", { className: "ms-history-models", textContent: models.join(", "), title: models.join("\n") }),
     el("div", { className: "ms-history-text", textContent: firstLine(text), title: text }),
+    el("div", { className: "ms-history-actions" }, [copy, add]),
   ]);
 }
 
@@ -242,9 +242,9 @@ function injectHistoryStyle() {
 .ms-history-list { display: flex; flex-direction: column; gap: 4px; overflow-y: auto; flex: 1 1 auto; }
 .ms-history-entry { border: 1px solid var(--border-color, #555); border-radius: 4px; padding: 4px 6px;
   display: flex; flex-direction: column; gap: 2px; }
-.ms-history-head { display: flex; gap: 8px; align-items: center; }
-.ms-history-kind { opacity: 0.8; font-style: italic; }
-.ms-history-actions { margin-left: auto; display: flex; gap: 4px; }
+.ms-history-head { display: flex; gap: 8px; align-items: baseline; white-space: nowrap; overflow: hidden; }
+.ms-history-kind { opacity: 0.8; font-style: italic; overflow: hidden; text-overflow: ellipsis; }
+.ms-history-actions { display: flex; gap: 4px; justify-content: flex-end; }
 .ms-history-actions button { font-size: 11px; padding: 1px 5px; cursor: pointer; }
 .ms-history-models { opacity: 0.8; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 .ms-history-text { font-family: monospace; font-size: 11px; overflow: hidden; text-overflow: ellipsis;
