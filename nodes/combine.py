@@ -24,6 +24,7 @@ from ..merge_core.report import applied_report
 from .comfy_models import (apply_plan, architecture_of, base_layout, check_loaded, effective_weight, key_patches,
                            lazy_adapter, note_fallbacks, shapes_of)
 from .errors import named_errors
+from .history_log import record_merge
 from .merge_fields import (BLOCKS_TIP, CUSTOM, PRESET_TIP, RECIPE_TIP, REPORT_TIP, merge_params, options_input,
                            resolve_block_weights)
 from .nonfinite_watch import watch_inputs
@@ -195,6 +196,7 @@ class _Combine(io.ComfyNode):
             merged, plan = combine_models(base, models, params, cls.KIND, node_label(cls, cls.DISPLAY))
             recipe = tag_combine(merged, plan, base, models, getattr(cls, "hidden", None), cls.KIND)
             report = applied_report(plan, per_key)
+            record_merge(cls.DISPLAY, {cls.KIND: merged}, "combine")
             return io.NodeOutput(merged, report, recipe, ui=text_ui(report, recipe))
 
 

@@ -32,6 +32,7 @@ from ..merge_core.io.safetensors_file import SafetensorsReader
 from ..merge_core.nonfinite import warning as nonfinite_warning
 from ..merge_core.plan import Reason
 from .errors import named_errors
+from .history_log import record_file_merge
 from .merge_fields import BLOCK_WEIGHTS, alpha_beta_problems, merge_params, resolve_block_weights, settings_inputs
 from .save import numbered_names, output_path
 from .search import search_fields
@@ -308,6 +309,8 @@ class _FileMerge(io.ComfyNode):
             root = next(r for r in folder_paths.get_folder_paths(cls.FOLDER)
                         if os.path.commonpath((os.path.abspath(r), str(done))) == os.path.abspath(r))
             name = os.path.relpath(done, root)
+            record_file_merge(cls.DISPLAY, cls.FOLDER,
+                              {"a": file_a, "b": file_b, "c": file_c if "c" in paths else None}, done)
             return io.NodeOutput(*cls.load(name), name)
 
 

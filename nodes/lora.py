@@ -26,6 +26,7 @@ from ..merge_core.lora.operations import LoraResult, extract_from_loras, extract
 from .comfy_models import (architecture_of, base_layout, effective_weight, key_patches, patch_lists, shapes_of,
                            value_dtype)
 from .errors import named_errors
+from .history_log import record_lora
 from .search import search_fields
 from .shared import LORA_CATEGORY, progress_bar
 from .validation import settings_problems
@@ -336,7 +337,12 @@ class LoraExtract(io.ComfyNode):
                 shapes, lambda k: effective_weight(la[k]), lambda k: effective_weight(lb[k]), arch, alpha, beta,
                 rank, conv_rank, svd, clamp_quantile or None, te_min_diff, progress=progress_bar(len(shapes)))
             meta = extraction_metadata(arch, rank, conv_rank, filename_prefix)
-            return _file_outputs(_save(result, filename_prefix, meta, save_dtype), result)
+            name = _save(result, filename_prefix, meta, save_dtype)
+            record_lora("lora extract", cls.DISPLAY, "extract", dict(
+                alpha=alpha, beta=beta, rank=rank, conv_rank=conv_rank, svd=svd, clamp_quantile=clamp_quantile,
+                te_min_diff=te_min_diff, filename_prefix=filename_prefix, save_dtype=save_dtype),
+                models=[("model", model_a), ("model", model_b), ("clip", clip_a), ("clip", clip_b)], output=name)
+            return _file_outputs(name, result)
 
 
 def _read_items(text: str, input_name: str) -> list:
@@ -394,8 +400,12 @@ class LoraMerge(io.ComfyNode):
             items = _read_items(lora_list, "lora_list")
             result = merge_loras(items, method, rank, svd, clamp_quantile or None, same_to_strength, lbw_presets,
                                  progress=progress_bar(1))
-            return _file_outputs(_save_with_inputs(result, items, metadata, filename_prefix, save_dtype,
-                                                   lbw_presets), result)
+            name = _save_with_inputs(result, items, metadata, filename_prefix, save_dtype, lbw_presets)
+            record_lora("lora merge", cls.DISPLAY, method, dict(
+                lora_list=lora_list, method=method, rank=rank, svd=svd, clamp_quantile=clamp_quantile,
+                same_to_strength=same_to_strength, metadata=metadata, filename_prefix=filename_prefix,
+                save_dtype=save_dtype, lbw_presets=lbw_presets), loras=[item.name for item, _ in items], output=name)
+            return _file_outputs(name, result)
 
 
 def _save_with_inputs(result, items, mode, prefix, save_dtype, lbw_presets) -> str:
@@ -463,8 +473,12 @@ class LoraExtractFromLoras(io.ComfyNode):
                     raise MergeInputError(input_name, f"names {len(found)} LoRAs.", "give exactly one 'name:ratio'.")
                 items.extend(found)
             result = extract_from_loras(items[0], items[1], alpha, beta, gamma, same_to_strength, lbw_presets)
-            return _file_outputs(_save_with_inputs(result, items, metadata, filename_prefix, save_dtype,
-                                                   lbw_presets), result)
+            name = _save_with_inputs(result, items, metadata, filename_prefix, save_dtype, lbw_presets)
+            record_lora("lora extract", cls.DISPLAY, "extract from LoRAs", dict(
+                lora_1=lora_1, lora_2=lora_2, alpha=alpha, beta=beta, gamma=gamma, same_to_strength=same_to_strength,
+                filename_prefix=filename_prefix, save_dtype=save_dtype, metadata=metadata, lbw_presets=lbw_presets),
+                loras=[item.name for item, _ in items], output=name)
+            return _file_outputs(name, result)
 
 
 NODES = [LoraApply, LoraBake, LoraExtract, LoraMerge, LoraExtractFromLoras]

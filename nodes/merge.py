@@ -11,6 +11,7 @@ from comfy_api.latest import io
 from ..merge_core.plan import require_targets, target_keys
 from ..merge_core.report import applied_report
 from .errors import named_errors
+from .history_log import record_merge
 from .merge_fields import RECIPE_TIP, REPORT_TIP, alpha_beta_problems, merge_params, settings_inputs
 from .object_merge import merge_objects, plan_objects, shared_cosine_statistics, tag_recipe
 from .search import search_fields
@@ -52,6 +53,7 @@ class _PairMerge(io.ComfyNode):
             merged, plan = merge_objects(k, a, b, c, inputs, node=node_label(cls, cls.DISPLAY))
             recipe = tag_recipe(k, merged, plan, inputs, {"a": a, "b": b, "c": c}, getattr(cls, "hidden", None))
             report = applied_report(plan, per_key)
+            record_merge(cls.DISPLAY, {k: merged})
             return io.NodeOutput(merged, report, recipe, ui=merge_ui(report, recipe, plan.arch))
 
 
@@ -124,6 +126,7 @@ class CheckpointMerge(io.ComfyNode):
             recipe = tag_recipe("model", model, model_plan, params, {"a": model_a, "b": model_b, "c": model_c},
                                 hidden, "checkpoint")
             tag_recipe("clip", clip, clip_plan, params, {"a": clip_a, "b": clip_b, "c": clip_c}, hidden, "checkpoint")
+            record_merge(cls.DISPLAY, {"model": model, "clip": clip})
             return io.NodeOutput(model, clip, report, recipe, ui=merge_ui(report, recipe, model_plan.arch))
 
 

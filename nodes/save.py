@@ -33,6 +33,7 @@ from ..merge_core.io.released_names import released_namer
 from ..merge_core.io.safetensors_file import SafetensorsWriter
 from .comfy_models import UNET_PREFIX, effective_weight, key_patches, serialised_layers
 from .errors import named_errors
+from .history_log import record_save
 from .recipe_tags import get_recipe
 from .shared import CATEGORY, progress_bar
 
@@ -373,6 +374,7 @@ class SaveCheckpoint(io.ComfyNode):
                 raise MergeInputError("filename_prefix", f"cannot write '{path}': {exc.strerror or exc}.",
                                       "choose a folder you can write to, or free disk space.") from None
             logging.info("merge_suite: saved %s", written)
+            record_save(cls.DISPLAY, trees, written)
             return io.NodeOutput(str(written))
 
 

@@ -47,6 +47,23 @@ def _load(cache_file: Optional[Path]) -> dict:
     return {k: v for k, v in data.items() if isinstance(v, str) and len(v) == 64}
 
 
+def known_sha256(path: str | os.PathLike, cache_file: Optional[str | os.PathLike] = None) -> str:
+    """The sha256 of ``path`` when it was already computed (in memory, or in the cache file), else '': never
+    hashes, so a caller that only wants to note the hash when it is free (the merge history) costs nothing."""
+    try:
+        stamp = _stamp(Path(path))
+    except OSError:
+        return ""
+    with _LOCK:
+        if stamp in _MEMORY:
+            return _MEMORY[stamp]
+        stored = _load(Path(cache_file)).get(stamp) if cache_file else None
+        if stored:
+            _MEMORY[stamp] = stored
+            return stored
+    return ""
+
+
 def file_sha256(path: str | os.PathLike, cache_file: Optional[str | os.PathLike] = None) -> str:
     path = Path(path)
     cache_path = Path(cache_file) if cache_file else None

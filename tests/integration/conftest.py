@@ -21,3 +21,12 @@ def tiny():
             cache[key] = (tiny_models.build_model if kind == "model" else tiny_models.build_clip)(layout, seed)
         return cache[key]
     return get
+
+
+@pytest.fixture(autouse=True)
+def merge_history(tmp_path_factory, monkeypatch):
+    """Every test records its merges in a history of its own, never in the host's user directory."""
+    from merge_suite.nodes import history_log
+    path = tmp_path_factory.mktemp("history") / "history.jsonl"
+    monkeypatch.setattr(history_log, "history_path", lambda: path)
+    return path
