@@ -59,6 +59,7 @@ OUTPUTS = {
     "MergeSuite_SweepAdjust": [("values", "STRING"), ("labels", "STRING")],
     "MergeSuite_SweepModels": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE"), ("labels", "STRING")],
     "MergeSuite_LoadRecipe": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE"), ("recipe", "STRING")],
+    "MergeSuite_MergeFromHistory": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE"), ("recipe", "STRING")],
     **{f"MergeSuite_Option{kind}": [("options", "MERGE_OPTIONS")] for kind, _ in OPTION_NODES},
     "MergeSuite_RandomBlockWeights": [("blocks_alpha", "STRING"), ("blocks_beta", "STRING"),
                                       ("elemental", "STRING"), ("seed", "INT"), ("label", "STRING")],
@@ -104,22 +105,23 @@ class Graph:
 
 
 def sampler_tail(g, model, model_slot, clip, clip_slot, vae, prefix, x=1100, latent="EmptyLatentImage", cfg=5.0,
-                 scheduler="normal"):
-    """Prompt -> KSampler -> VAE Decode -> Save Image. latent: EmptySD3LatentImage for 16-channel families (Flux)."""
-    pos = g.add("CLIPTextEncode", ["a watercolor painting of a lighthouse at dusk"], (x, 0), (400, 160))
-    neg = g.add("CLIPTextEncode", ["blurry"], (x, 200), (400, 160))
+                 scheduler="normal", y=0):
+    """Prompt -> KSampler -> VAE Decode -> Save Image. latent: EmptySD3LatentImage for 16-channel families (Flux).
+    y: the top of the tail (a second tail below the first)."""
+    pos = g.add("CLIPTextEncode", ["a watercolor painting of a lighthouse at dusk"], (x, y), (400, 160))
+    neg = g.add("CLIPTextEncode", ["blurry"], (x, y + 200), (400, 160))
     g.link(clip, clip_slot, pos, "clip")
     g.link(clip, clip_slot, neg, "clip")
-    latent = g.add(latent, [64, 64, 1], (x, 400), (300, 110))
-    ks = g.add("KSampler", [42, "fixed", 4, cfg, "euler", scheduler, 1.0], (x + 450, 0), (300, 260))
+    latent = g.add(latent, [64, 64, 1], (x, y + 400), (300, 110))
+    ks = g.add("KSampler", [42, "fixed", 4, cfg, "euler", scheduler, 1.0], (x + 450, y), (300, 260))
     g.link(model, model_slot, ks, "model")
     g.link(pos, 0, ks, "positive")
     g.link(neg, 0, ks, "negative")
     g.link(latent, 0, ks, "latent_image")
-    dec = g.add("VAEDecode", [], (x + 800, 0), (200, 50))
+    dec = g.add("VAEDecode", [], (x + 800, y), (200, 50))
     g.link(ks, 0, dec, "samples")
     g.link(vae, 2, dec, "vae")
-    save = g.add("SaveImage", [prefix], (x + 800, 120), (300, 300))
+    save = g.add("SaveImage", [prefix], (x + 800, y + 120), (300, 300))
     g.link(dec, 0, save, "images")
     return dec
 
@@ -393,6 +395,25 @@ def load_recipe():
     return g
 
 
+def merge_from_history():
+    """Merge Checkpoints (GRAD_A block weights) sampled, and the same merge re-created by Merge from History
+    (-1: the merge just recorded; its after input, wired to the merged MODEL, makes the merge run first)
+    and sampled with the same seed and prompt: the two images are identical."""
+    g = Graph()
+    a, b = loaders(g)
+    m = g.add("MergeSuite_CheckpointMerge", merge_widgets("Weight sum", 0.4, 0.25, "GRAD_A"), (400, 0), (400, 330))
+    for src, name in ((a, "a"), (b, "b")):
+        g.link(src, 0, m, f"model_{name}")
+        g.link(src, 1, m, f"clip_{name}")
+    sampler_tail(g, m, 0, m, 1, a, "merge_suite/merged")
+    h = g.add("MergeSuite_MergeFromHistory", [-1], (400, 700), (360, 140), "Merge from History")
+    g.link(m, 0, h, "after")
+    sampler_tail(g, h, 0, h, 1, h, "merge_suite/from_history", y=700)
+    show = g.add("PreviewAny", [], (0, 700), (360, 160), "Re-created recipe")
+    g.link(h, 3, show, "source")
+    return g
+
+
 def save_merged_checkpoint():
     """Merge two checkpoints and save the result as fp16 with the recipe in its metadata (streamed)."""
     g = Graph()
@@ -633,6 +654,7 @@ WORKFLOWS = {
     "merge_paired_lists": paired_lists,
     "merge_model_list_pinpoint_elements": model_list_pinpoint_elements,
     "load_recipe": load_recipe,
+    "merge_from_history": merge_from_history,
     "sweep_alpha_x_beta_blocks": sweep_alpha_x_blocks,
     "sweep_seeds_one_merge": sweep_seeds_one_merge,
     "save_merged_checkpoint_fp16": save_merged_checkpoint,

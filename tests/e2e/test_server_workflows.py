@@ -68,6 +68,7 @@ def test_example_workflow_runs(path, server):
     check_sweep_outputs(path.stem, workflow, entry, images, texts, server)
     check_family_outputs(path.stem, texts, server)
     check_file_merge_outputs(path.stem, texts, server)
+    check_history_outputs(path.stem, images, texts)
     assert "invalid value encountered" not in server.log_tail(200)
 
 
@@ -114,6 +115,20 @@ def check_file_merge_outputs(stem, texts, server):
     assert recipe["models"] == {t.upper(): f"tiny_flux1-dev_{t}.safetensors" for t in "abc"}, recipe
     assert "merge_suite_content_key" in meta and "sd_merge_recipe" in meta
     assert [p.name for p in folder.rglob("*") if p.name.endswith(".part") or p.name.startswith(".")] == []
+
+
+def check_history_outputs(stem, images, texts):
+    """Merge from History re-created the merge its graph had just made and recorded: the sample of the merge
+    and the sample of its re-creation (same seed and prompt) are the same pixels."""
+    if stem != "merge_from_history":
+        return
+    assert len(images) == 2
+    pixels = []
+    for image in images:
+        with Image.open(image) as im:
+            pixels.append(im.tobytes())
+    assert pixels[0] == pixels[1], "the re-created merge samples differently"
+    assert any("Weight sum(tiny_sd1_a, tiny_sd1_b) blocks_alpha=GRAD_A" in t for t in texts), texts
 
 
 def check_sweep_outputs(stem, workflow, entry, images, texts, server):
