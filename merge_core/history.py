@@ -189,6 +189,53 @@ def _last_id(fd: int) -> tuple[int, bool]:
     return 0, ends_clean
 
 
+def _parsed(raw: bytes) -> Optional[dict]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _first_valid_line(f, pos: int, stop: int) -> Optional[tuple[int, bytes, int]]:
+    """(offset, line with its newline, id) of the first whole valid line starting at or after ``pos`` (a line
+    starting exactly at ``pos`` counts only when ``pos`` is 0 or follows a newline) and before ``stop``."""
+    if pos > 0:
+        f.seek(pos - 1)
+        if f.read(1) != b"\n":
+            f.readline()  # the rest of a cut line
+    else:
+        f.seek(0)
+    while True:
+        start = f.tell()
+        if start >= stop:
+            return None
+        raw = f.readline()
+        if not raw.endswith(b"\n"):
+            return None
+        found = _line_id(raw.decode("utf-8", "replace"))
+        if found is not None:
+            return start, raw, found
+
+
+def _valid_lines_backwards(f, end: int, count: int) -> Iterator[bytes]:
+    """Up to ``count`` whole valid lines, the last first."""
+    tail, pos, given = b"", end, 0
+    while pos > 0 and given < count:
+        step = min(1 << 16, pos)
+        pos -= step
+        f.seek(pos)
+        tail = f.read(step) + tail
+        lines = tail.split(b"\n")
+        for raw in reversed(lines[1:] if pos > 0 else lines):  # the first piece may be cut
+            if raw and _line_id(raw.decode("utf-8", "replace")) is not None:
+                yield raw
+                given += 1
+                if given == count:
+                    return
+        tail = lines[0] if pos > 0 else b""
+
+
 class History:
     """One log file. Appends from any number of processes; reads keep an index refreshed incrementally."""
 
@@ -261,17 +308,19 @@ class History:
             f.seek(start)
             data = f.read(st.st_size - start)
         cut = data.rfind(b"\n") + 1  # a line still being written is read next time
+        # in bulk: one decode and one lower() of the whole chunk (a newline never changes under either)
+        raws = data[:cut].split(b"\n")[:-1]
+        lows = data[:cut].decode("utf-8", "replace").lower().split("\n")[:-1]
         offset = start
-        for raw in data[:cut].split(b"\n")[:-1]:
-            line = raw.decode("utf-8", "replace")
-            found = _line_id(line)
+        for raw, low in zip(raws, lows):
+            found = _line_id(low)
             if found is None:
-                if line.strip():
+                if low.strip():
                     self._damaged += 1
             else:
                 self._ids.append(found)
                 self._offsets.append(offset)
-                self._lower.append(line.lower())
+                self._lower.append(low)
             offset += len(raw) + 1
         self._stamp = (st.st_ino, start + cut)
         if self._damaged:
@@ -300,6 +349,10 @@ class History:
     def get(self, ref: int, input_name: str = "history_id") -> dict:
         """Entry ``ref``: -1 the last, -2 the one before, ..., n > 0 the entry with id n."""
         with self._lock:
+            if self._stamp is None:  # a fresh process (the CLI): look near the end or bisect, without an index
+                quick = self._find_without_index(ref)
+                if quick is not None:
+                    return quick
             self._refresh()
             total = len(self._ids)
             where = (f"the merge history ({self.path}) has {total} entr{'y' if total == 1 else 'ies'}"
@@ -319,6 +372,32 @@ class History:
                                       "choose another entry.")
             return found
 
+    def _find_without_index(self, ref: int) -> Optional[dict]:
+        """Entry ``ref`` read straight from the file: -k among the last lines, id n by bisecting on the byte
+        offset (ids grow along the file). None when that does not find it: the caller builds the index."""
+        try:
+            with open(self.path, "rb") as f:
+                end = f.seek(0, os.SEEK_END)
+                if ref < 0:
+                    found = list(_valid_lines_backwards(f, end, -ref))
+                    return _parsed(found[-1]) if len(found) == -ref else None
+                lo, hi = 0, end
+                while hi - lo > 1 << 16:
+                    mid = (lo + hi) // 2
+                    at = _first_valid_line(f, mid, hi)
+                    if at is None or at[2] > ref:
+                        hi = mid
+                    elif at[2] < ref:
+                        lo = at[0] + len(at[1])
+                    else:
+                        return _parsed(at[1])
+                at = _first_valid_line(f, lo, hi)
+                while at is not None and at[2] < ref:
+                    at = _first_valid_line(f, at[0] + len(at[1]), hi)
+                return _parsed(at[1]) if at is not None and at[2] == ref else None
+        except OSError:
+            return None
+
     def search(self, text: str = "", mode: str = "and", offset: int = 0, limit: int = 20) -> tuple[int, list[dict]]:
         """(number of matches, the entries offset..offset+limit of them, newest first). Words match anywhere
         in an entry (case-insensitive): all of them in "and" mode, any in "or" mode."""
@@ -327,12 +406,20 @@ class History:
         words = text.lower().split()
         with self._lock:
             self._refresh()
+            picked: Sequence[int]
             if not words:
                 picked = range(len(self._ids) - 1, -1, -1)
+            elif mode == "and":  # narrowed word by word: each pass is a comprehension over what is left
+                lower = self._lower
+                left: Sequence[int] = range(len(lower))
+                for word in words:
+                    left = [i for i in left if word in lower[i]]
+                picked = left[::-1]
             else:
-                test = all if mode == "and" else any
-                picked = [i for i in range(len(self._lower) - 1, -1, -1)
-                          if test(w in self._lower[i] for w in words)]
+                hits: set[int] = set()
+                for word in words:
+                    hits.update(i for i, line in enumerate(self._lower) if word in line)
+                picked = sorted(hits, reverse=True)
             total = len(picked)
             page = [found for i in picked[max(0, offset):max(0, offset) + max(0, limit)]
                     if (found := self._read(i)) is not None]

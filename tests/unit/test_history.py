@@ -135,3 +135,25 @@ def test_switch_and_default_place(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     if os.name != "nt" and not str(default_cli_path()).startswith(str(os.path.expanduser("~/Library"))):
         assert default_cli_path() == tmp_path / "merge-suite" / "history.jsonl"
+
+
+def test_a_fresh_process_finds_entries_without_the_index_as_the_index_does(tmp_path):
+    """The CLI's get(-k) and get(id) read near the end or bisect the file; same answers as the full index,
+    damaged lines and a cut last line included."""
+    path = tmp_path / "h.jsonl"
+    writer = History(path, warn=lambda text: None)
+    for i in range(600):
+        writer.append(dict(_entry(i), padding="x" * (i % 7) * 150))
+        if i % 97 == 5:
+            with open(path, "a") as f:
+                f.write('{"id": 999999, damaged\n')
+    with open(path, "a") as f:
+        f.write('{"id": 601, "cut')
+    indexed = History(path, warn=lambda text: None)
+    indexed.count()
+    for ref in (-1, -2, -77, -600, 1, 2, 300, 599, 600):
+        fresh = History(path, warn=lambda text: None)
+        assert fresh.get(ref) == indexed.get(ref), ref
+        assert fresh._stamp is None, "answered without building the index"
+    with pytest.raises(MergeInputError, match="has 600 entries"):
+        History(path, warn=lambda text: None).get(601)
