@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from ..merge_core import recipe as core
 from ..merge_core.history import FILE_NAME, History, digest, enabled, entry, input_record
@@ -106,7 +106,7 @@ def _same_merge(item: Mapping[str, Any]) -> str:
     return digest(dict(item, models=models))
 
 
-def record(kind: str, source: str, build) -> Optional[dict]:
+def record(kind: str, source: str, build: Callable[[], Optional[dict]]) -> Optional[dict]:
     """Append the entry ``build()`` returns (kwargs of merge_core.history.entry besides kind and source) to the
     server's log, unless the history is off, ``build()`` returns None (nothing to record) or this process
     already appended the same merge there. Never raises: an error is one warning and the merge goes on."""
