@@ -309,10 +309,15 @@ class History:
             data = f.read(st.st_size - start)
         cut = data.rfind(b"\n") + 1  # a line still being written is read next time
         # in bulk: one decode and one lower() of the whole chunk (a newline never changes under either)
-        raws = data[:cut].split(b"\n")[:-1]
-        lows = data[:cut].decode("utf-8", "replace").lower().split("\n")[:-1]
+        whole = data[:cut]
+        if whole.isascii():  # the usual case: a line's length in bytes is its length in characters
+            lows = whole.lower().decode("ascii").split("\n")[:-1]
+            lengths: Sequence[int] = [len(low) for low in lows]
+        else:
+            lengths = [len(raw) for raw in whole.split(b"\n")[:-1]]
+            lows = whole.decode("utf-8", "replace").lower().split("\n")[:-1]
         offset = start
-        for raw, low in zip(raws, lows):
+        for length, low in zip(lengths, lows):
             found = _line_id(low)
             if found is None:
                 if low.strip():
@@ -321,7 +326,7 @@ class History:
                 self._ids.append(found)
                 self._offsets.append(offset)
                 self._lower.append(low)
-            offset += len(raw) + 1
+            offset += length + 1
         self._stamp = (st.st_ino, start + cut)
         if self._damaged:
             self._warn_once("damaged", f"the merge history '{self.path}' has {self._damaged} damaged line(s); "
@@ -418,7 +423,7 @@ class History:
             else:
                 hits: set[int] = set()
                 for word in words:
-                    hits.update(i for i, line in enumerate(self._lower) if word in line)
+                    hits.update([i for i, line in enumerate(self._lower) if word in line])
                 picked = sorted(hits, reverse=True)
             total = len(picked)
             page = [found for i in picked[max(0, offset):max(0, offset) + max(0, limit)]

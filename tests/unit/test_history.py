@@ -157,3 +157,12 @@ def test_a_fresh_process_finds_entries_without_the_index_as_the_index_does(tmp_p
         assert fresh._stamp is None, "answered without building the index"
     with pytest.raises(MergeInputError, match="has 600 entries"):
         History(path, warn=lambda text: None).get(601)
+
+
+def test_non_ascii_entries_are_found_case_insensitively_and_read_back(tmp_path):
+    log = History(tmp_path / "h.jsonl")
+    log.append(_entry(1, model="Café_Ünïcode.safetensors"))
+    log.append(_entry(2))
+    total, page = log.search("café ÜNÏCODE")
+    assert total == 1 and page[0]["models"][0]["name"] == "Café_Ünïcode.safetensors"
+    assert log.get(-1)["id"] == 2 and log.get(1)["models"][0]["name"].startswith("Café")
