@@ -58,17 +58,20 @@ def replayable_recipe(entry: Mapping[str, Any]) -> dict:
     return {"model": recipe.get("model"), "clip": recipe.get("clip")}
 
 
+def in_folder(record: Mapping[str, Any]) -> Optional[str]:
+    """The input's path by its name in its ComfyUI folder, None when it is not there."""
+    import folder_paths
+    if not (record.get("folder") and record.get("name")):
+        return None
+    try:
+        return folder_paths.get_full_path(record["folder"], record["name"])
+    except KeyError:  # a folder kind this ComfyUI does not know
+        return None
+
+
 def input_path(record: Mapping[str, Any]) -> Optional[str]:
     """Where an input is now: by its name in its ComfyUI folder, else the absolute path recorded."""
-    import folder_paths
-    if record.get("folder") and record.get("name"):
-        try:
-            found = folder_paths.get_full_path(record["folder"], record["name"])
-        except KeyError:  # a folder kind this ComfyUI does not know
-            found = None
-        if found:
-            return found
-    return record.get("path")
+    return in_folder(record) or record.get("path")
 
 
 def check_inputs(entry: Mapping[str, Any]) -> dict[str, tuple[str, str, Optional[str]]]:
@@ -80,6 +83,10 @@ def check_inputs(entry: Mapping[str, Any]) -> dict[str, tuple[str, str, Optional
     for record in entry.get("models") or []:
         path = input_path(record)
         check_input(record, path, lambda p: file_sha256(p, sha_cache), INPUT)
+        if record.get("folder") == DIFFUSION_MODELS and in_folder(record) is None:  # its loader reads names
+            raise MergeInputError(INPUT, f"the entry's input '{record.get('name')}' is no longer in the "
+                                         f"{DIFFUSION_MODELS} folder (it is at {path}).",
+                                  f"put it back in the {DIFFUSION_MODELS} folder under that name.")
         places[record.get("name", "")] = (record.get("folder") or "checkpoints", record.get("name", ""), path)
     return places
 

@@ -46,16 +46,17 @@ def _find_checkpoint(item: dict, where: str) -> str:
 
 def _load(name: str, cache: dict, folder: str = "checkpoints", path: Optional[str] = None) -> tuple:
     """(MODEL, CLIP, VAE) of one input file, loaded once per replay. A file of the diffusion_models folder
-    loads as Load Diffusion Model loads it (its default weight dtype): a MODEL alone, CLIP and VAE None."""
+    (by its name there) loads with Load Diffusion Model at its default weight dtype: a MODEL alone, CLIP and
+    VAE None."""
     if (folder, name) not in cache:
-        import comfy.sd
-        import folder_paths
-        full = path or folder_paths.get_full_path(folder, name)
         if folder == DIFFUSION_MODELS:
-            model, clip, vae = comfy.sd.load_diffusion_model(full, model_options={}), None, None
+            import nodes as comfy_nodes
+            model, clip, vae = comfy_nodes.UNETLoader().load_unet(name, "default")[0], None, None
         else:
+            import comfy.sd
+            import folder_paths
             model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-                full, output_vae=True, output_clip=True,
+                path or folder_paths.get_full_path(folder, name), output_vae=True, output_clip=True,
                 embedding_directory=folder_paths.get_folder_paths("embeddings"))
             set_recipe(clip, "clip", core.leaf(name))
         set_recipe(model, "model", core.leaf(name))
