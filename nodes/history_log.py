@@ -34,9 +34,23 @@ def comfy_history() -> Optional[History]:
     if not enabled():
         return None
     path = str(history_path())
-    if path not in _LOGS:
-        _LOGS[path] = History(path)
-    return _LOGS[path]
+    with _LOCK:
+        if path not in _LOGS:
+            _LOGS[path] = History(path)
+        return _LOGS[path]
+
+
+def warm_up() -> None:
+    """Build the search index in the background when the server starts: a 100,000-entry log takes a second or
+    two to index, which the first search of the sidebar tab would otherwise wait for."""
+    def build() -> None:
+        try:
+            log = comfy_history()
+            if log is not None:
+                log.count()
+        except Exception as exc:  # noqa: BLE001 - an optimisation only
+            _LOG.warning("merge_suite: the merge history could not be read (%s)", exc)
+    threading.Thread(target=build, name="merge_suite history index", daemon=True).start()
 
 
 # --- what an entry says about its inputs -------------------------------------------------

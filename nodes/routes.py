@@ -307,4 +307,6 @@ def register_with_server() -> bool:
     if instance is None:
         return False
     register(instance.routes)
+    from .history_log import warm_up
+    warm_up()
     return True

@@ -96,6 +96,8 @@ MODULE_NAMES = (
     "folder_paths.get_full_path",
     "folder_paths.get_user_directory",
     "folder_paths.recursive_search",
+    # the running prompt's id, recorded in the merge history (history_log.py)
+    "comfy_execution.utils.get_executing_context",
 )
 
 # Read with getattr(module, "name", default): a capability the pack uses only where the host has it.
