@@ -237,6 +237,48 @@ class SweepCrossProduct(io.ComfyNode):
             return io.NodeOutput(cols[0], cols[1], cols[2], *label_cols, len(values))
 
 
+class SweepJoin(io.ComfyNode):
+    DISPLAY = "Sweep Join Lists"
+    PARTS = ("a", "b", "c")
+
+    @classmethod
+    def define_schema(cls):
+        inputs = []
+        for n in cls.PARTS:
+            inputs += [io.AnyType.Input(n, optional=n != "a", tooltip=f"List {n.upper()} (or a single value)."),
+                       io.String.Input(f"{n}_labels", optional=True, force_input=True,
+                                       tooltip=f"Labels of {n.upper()}'s values; without them, text values are "
+                                               "their own labels.")]
+        return io.Schema(
+            node_id="MergeSuite_SweepJoin", display_name=cls.DISPLAY, category=SWEEP_CATEGORY,
+            description="One list made of A, then B, then C (e.g. the MODELs of different merge nodes, or a few "
+                        "prompts), with their labels: different merges become columns of one grid.",
+            inputs=inputs,
+            outputs=[io.AnyType.Output(display_name="values", is_output_list=True),
+                     io.String.Output(display_name="labels", is_output_list=True, tooltip=LABELS_TIP)],
+            is_input_list=True,
+        )
+
+    @classmethod
+    def execute(cls, a, a_labels=None, b=None, b_labels=None, c=None, c_labels=None) -> io.NodeOutput:
+        with named_errors(cls.DISPLAY):
+            values, labels = [], []
+            for name, part, part_labels in (("a", a, a_labels), ("b", b, b_labels), ("c", c, c_labels)):
+                if not part:
+                    continue
+                if part_labels:
+                    _axis(part, part_labels, name)
+                elif not all(isinstance(v, str) for v in part):
+                    raise MergeInputError(f"{name}_labels", "is not connected and the values are not text.",
+                                          f"connect labels for {name} (e.g. a String node with the cell's name).")
+                values += list(part)
+                labels += list(part_labels or part)
+            if len(values) > core.MAX_ELEMENTS:
+                raise MergeInputError("a", f"joins {len(values)} values (at most {core.MAX_ELEMENTS}).",
+                                      "split the sweep into several runs.")
+            return io.NodeOutput(values, labels)
+
+
 class SweepGrid(io.ComfyNode):
     DISPLAY = "Sweep Grid (labelled image grid)"
 
@@ -288,4 +330,4 @@ class SweepGrid(io.ComfyNode):
 
 
 NODES = [SweepFloats, SweepFloatRange, SweepSeeds, SweepBlockWeights, SweepElemental, SweepCalcModes, SweepMethods,
-         SweepAdjust, SweepModels, SweepCrossProduct, SweepGrid]
+         SweepAdjust, SweepModels, SweepCrossProduct, SweepJoin, SweepGrid]
