@@ -49,6 +49,8 @@ OUTPUTS = {
     "MergeSuite_SweepCrossProduct": [("x", "*"), ("y", "*"), ("z", "*"), ("x_labels", "STRING"),
                                      ("y_labels", "STRING"), ("z_labels", "STRING"), ("count", "INT")],
     "MergeSuite_SweepGrid": [("grids", "IMAGE"), ("layout", "STRING")],
+    "MergeSuite_SweepJoin": [("values", "*"), ("labels", "STRING")],
+    "PrimitiveString": [("STRING", "STRING")],
     "MergeSuite_SaveCheckpoint": [("path", "STRING")],
     "MergeSuite_DiffusionModelFileMerge": [("MODEL", "MODEL"), ("file_name", "STRING")],
     "MergeSuite_PinpointBlocks": [("blocks", "STRING"), ("x_label", "STRING"), ("y_label", "STRING")],
@@ -627,6 +629,86 @@ def combine_ties():
     return g
 
 
+# --- The demo: the shipped model family (demo/models, demo/train) ------------------------------------------
+# Sampler settings and size from the model card (demo/models/README.md).
+DEMO_MODELS = {"base": "tiny_sd1_c.safetensors", "A": "tiny_sd1_a.safetensors", "B": "tiny_sd1_b.safetensors"}
+DEMO_STYLES = ("A", "B")  # the style names shown in the grid's title
+DEMO_PROMPTS = ("a red circle on the left", "a blue square in the middle", "a yellow triangle on the right")
+DEMO_SAMPLING = {"size": 64, "seed": 7, "steps": 20, "cfg": 6.0, "sampler": "euler", "scheduler": "normal"}
+DEMO_ALPHAS = "0, 0.25, 0.5, 0.75, 1"
+# 26 block weights, BASE first: BASE, IN00-IN11 and M00 from A (0), OUT00-OUT11 from B (1).
+IN_A_OUT_B = ",".join(["0"] * 14 + ["1"] * 12)
+
+
+def demo_style_blend(models=None, sampling=None, styles=DEMO_STYLES, prompts=DEMO_PROMPTS):
+    """The demo grid: a base model and two style fine-tunes (A, B) merged seven ways -- weight sum at five
+    alphas, A + 1*(B - base), and the input side of A with the output side of B -- as the columns, prompts as
+    rows; every cell the same seed. The merges' MODEL lists are joined into one list and crossed with the
+    prompts, so one KSampler and one grid hold them all. Without a base in models (a user's own A and B),
+    only the weight sums, with A's CLIP and VAE."""
+    models, s = models or DEMO_MODELS, sampling or DEMO_SAMPLING
+    merges = 7 if "base" in models else 5
+    g = Graph(expect_images=merges * len(prompts) + 1)  # the cells + the grid
+    titles = {"base": "Base", "A": f"A: {styles[0]}", "B": f"B: {styles[1]}"}
+    loaded = {k: g.add("CheckpointLoaderSimple", [models[k]], (0, i * 140), (340, 100), titles[k])
+              for i, k in enumerate(k for k in ("base", "A", "B") if k in models)}
+    a, b, clip_vae = loaded["A"], loaded["B"], loaded.get("base", loaded["A"])
+    alphas = g.add("MergeSuite_SweepFloats", [DEMO_ALPHAS, "alpha"], (0, 440), (340, 100), "Alphas (B's share)")
+    ws = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25), (400, 0), (400, 380),
+               "Weight sum A, B")
+    g.link(alphas, 0, ws, "alpha", widget=True)
+    parts = [(ws, alphas, 1)]
+    if "base" in models:
+        ad = g.add("MergeSuite_ModelMerge", merge_widgets("Add difference", 1.0, 0.25), (400, 420), (400, 380),
+                   "A + 1*(B - base)")
+        g.link(loaded["base"], 0, ad, "model_c")
+        bw = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25, "custom", IN_A_OUT_B),
+                   (400, 840), (400, 380), "Input side from A, output side from B")
+        names = [g.add("PrimitiveString", [text], (850, 420 + i * 120), (300, 80), "Column label")
+                 for i, text in enumerate(("A + (B - base)", "IN A | OUT B"))]
+        parts += [(ad, names[0], 0), (bw, names[1], 0)]
+    joined = g.add("MergeSuite_SweepJoin", [], (850, 0), (300, 200), "Join the merges (columns)")
+    for part, (merge, labels, slot) in zip("abc", parts):
+        g.link(a, 0, merge, "model_a")
+        g.link(b, 0, merge, "model_b")
+        g.link(merge, 0, joined, part)
+        g.link(labels, slot, joined, f"{part}_labels")
+    texts = [g.add("PrimitiveString", [text], (850, 700 + i * 120), (300, 80), "Prompt")
+             for i, text in enumerate(prompts)]
+    rows = g.add("MergeSuite_SweepJoin", [], (1200, 420), (300, 200), "Join the prompts (rows)")
+    for part, text in zip("abc", texts):
+        g.link(text, 0, rows, part)
+    cross = g.add("MergeSuite_SweepCrossProduct", [], (1200, 0), (300, 200))
+    for name, src, slot in (("x", joined, 0), ("x_labels", joined, 1), ("y", rows, 0), ("y_labels", rows, 1)):
+        g.link(src, slot, cross, name)
+    pos = g.add("CLIPTextEncode", [""], (1550, 0), (400, 160), "Prompt (from the rows)")
+    g.link(clip_vae, 1, pos, "clip")
+    g.link(cross, 1, pos, "text", widget=True)
+    neg = g.add("CLIPTextEncode", [""], (1550, 200), (400, 160), "Negative (empty)")
+    g.link(clip_vae, 1, neg, "clip")
+    latent = g.add("EmptyLatentImage", [s["size"], s["size"], 1], (1550, 400), (300, 110))
+    ks = g.add("KSampler", [s["seed"], "fixed", s["steps"], s["cfg"], s["sampler"], s["scheduler"], 1.0],
+               (2000, 0), (300, 260))
+    g.link(cross, 0, ks, "model")
+    g.link(pos, 0, ks, "positive")
+    g.link(neg, 0, ks, "negative")
+    g.link(latent, 0, ks, "latent_image")
+    dec = g.add("VAEDecode", [], (2350, 0), (200, 50))
+    g.link(ks, 0, dec, "samples")
+    g.link(clip_vae, 2, dec, "vae")
+    save = g.add("SaveImage", ["merge_suite/demo_cell"], (2350, 120), (300, 300))
+    g.link(dec, 0, save, "images")
+    grid = g.add("MergeSuite_SweepGrid", [f"A = {styles[0]}, B = {styles[1]}, seed {s['seed']}"],
+                 (2700, 0), (320, 160))
+    g.link(dec, 0, grid, "images")
+    g.link(cross, 3, grid, "x_labels")
+    g.link(cross, 4, grid, "y_labels")
+    save = g.add("SaveImage", ["merge_suite/demo_grid"], (3050, 0), (500, 400))
+    g.link(grid, 0, save, "images")
+    shown = g.add("PreviewAny", [], (2700, 220), (320, 160), "Grid layout")
+    g.link(grid, 1, shown, "source")
+    return g
+
 WORKFLOWS = {
     "adjust_model": adjust_only,
     "combine_ties_three_fine_tunes": combine_ties,
@@ -657,6 +739,7 @@ WORKFLOWS = {
     "merge_from_history": merge_from_history,
     "sweep_alpha_x_beta_blocks": sweep_alpha_x_blocks,
     "sweep_seeds_one_merge": sweep_seeds_one_merge,
+    "demo_style_blend": demo_style_blend,
     "save_merged_checkpoint_fp16": save_merged_checkpoint,
     "family_flux_named_blocks": flux_named_blocks,
     "family_sd3_unet_merge_save": sd3_unet_merge_save,
