@@ -14,6 +14,7 @@ Pure numpy: no ComfyUI, so the unit tests run the measures on scenes.py's own dr
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,10 +114,24 @@ def shape_mask(image, threshold: float = MASK_THRESHOLD) -> np.ndarray:
     return fill_holes(erode(dilate(far, bridge), bridge) | far)
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:
+    coords = np.arange(size, dtype=np.float64) + 0.5
+    return np.meshgrid(coords, coords)
+
+
 def template(shape: str, cx: float, cy: float, half: float, size: int) -> np.ndarray:
-    """scenes.py's shape as a pixel mask (pixel centres inside), positions as fractions of the side."""
-    scene = scenes.Scene("red", shape, "middle", cx, cy, half)
-    return scenes.signed_distance(scene, size) < 0
+    """scenes.py's shape as a pixel mask (pixel centres inside), positions as fractions of the side: the same
+    inside test as ``scenes.signed_distance(...) < 0``, on cached pixel grids (the fits try many)."""
+    x, y = _pixel_centres(size)
+    cx, cy, h = cx * size, cy * size, half * size
+    if shape == "circle":
+        return (x - cx) ** 2 + (y - cy) ** 2 < h * h
+    if shape == "square":
+        return (np.abs(x - cx) < h) & (np.abs(y - cy) < h)
+    if shape == "triangle":  # apex (cx, cy - h), base corners (cx -/+ h, cy + h): the sides have slope 2
+        return (y < cy + h) & (2 * np.abs(x - cx) < y - (cy - h))
+    raise ValueError(f"unknown shape {shape!r}")
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
