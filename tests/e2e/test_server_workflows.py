@@ -45,16 +45,18 @@ def test_pack_nodes_are_registered_with_tooltips(server):
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_example_workflow_runs(path, server):
     workflow = json.loads(path.read_text())
+    if path.stem == "demo_style_blend":  # 21 samples: at the other examples' 4 steps, not the model card's
+        next(n for n in workflow["nodes"] if n["type"] == "KSampler")["widgets_values"][2] = 4
     entry = server.run_prompt(to_prompt(workflow, server.get("/object_info")))
     images = server.output_images(entry)
     saves = [n for n in workflow["nodes"] if n["type"] == "SaveImage"]
     expected = workflow.get("extra", {}).get("merge_suite", {}).get("images", len(saves))  # list outputs
     assert len(images) == expected >= len(saves) >= 1
-    sampled = any(n["type"] == "KSampler" for n in workflow["nodes"])
+    latents = [n["widgets_values"][:2] for n in workflow["nodes"] if n["type"].startswith("Empty")]
     for image in images:
         with Image.open(image) as im:
             if "grid" not in image.name:  # sweep grids are checked in check_sweep_outputs
-                assert im.size == ((64, 64) if sampled else (1024, 512))  # samples, or analysis charts
+                assert im.size == (tuple(latents[0]) if latents else (1024, 512))  # samples, or analysis charts
             assert len(set(im.convert("L").tobytes())) > 1, "a blank image means NaNs or a dead model"
     texts = [t for out in entry["outputs"].values() for t in out.get("text", [])]
     if path.stem == "merge_add_difference":  # the applied-ratio report of the merge node
@@ -151,11 +153,31 @@ def check_sweep_outputs(stem, workflow, entry, images, texts, server):
         assert any("calcmode normal" in t for t in texts) and any("calcmode cosineA" in t for t in texts), texts
     if stem == "load_recipe":  # the inputs were found among the checkpoints and merged again
         assert any("Weight sum(tiny_sd1_a, tiny_sd1_b) blocks_alpha=" in t for t in texts), texts  # alpha overridden
+    if stem == "demo_style_blend":
+        check_demo_grid(workflow, images, texts)
     if stem.startswith("sweep"):
         grids = [p for p in images if "grid" in p.name]
         assert len(grids) == 1
         with Image.open(grids[0]) as im:
             assert im.width > 64 * 3 and im.height > 64
+
+
+def check_demo_grid(workflow, images, texts):
+    """The demo: seven merges (columns) x the prompts (rows), every cell a different image, in one grid."""
+    prompts = [n["widgets_values"][0] for n in workflow["nodes"] if n.get("title") == "Prompt"]
+    cells = [p for p in images if "grid" not in p.name]
+    assert len(prompts) >= 2 and len(cells) == 7 * len(prompts)
+    assert len({p.read_bytes() for p in cells}) == len(cells), "every merge and prompt samples differently"
+    layout = next(t for t in texts if t.startswith("grid"))
+    assert layout.splitlines() == [f"grid: {len(prompts)} rows x 7 cols",
+                                   "X: " + " | ".join([f"alpha={a}" for a in (0, 0.25, 0.5, 0.75, 1)]
+                                                      + ["A + (B - base)", "IN A | OUT B"]),
+                                   "Y: " + " | ".join(prompts)]
+    grids = [p for p in images if "grid" in p.name]
+    assert len(grids) == 1
+    side = Image.open(cells[0]).width
+    with Image.open(grids[0]) as im:  # row labels, then seven columns of at least a cell's width
+        assert im.width == 180 + 7 * max(side, 120) and im.height > len(prompts) * side
 
 
 def check_saved_checkpoint(texts, server):
