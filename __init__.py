@@ -44,3 +44,7 @@ if ComfyExtension is not None:
 
     _startup_cleanup()  # partial files of stopped saves; SIGTERM/SIGHUP remove the live ones
 
+    from .nodes.demo_models import register as _register_demo_models
+
+    _register_demo_models()  # Load Checkpoint lists and loads demo/models (the trained demo model family)
+
