@@ -1,11 +1,11 @@
 """Measures of a demo image: where its shape is, which shape and colour it is, and how strongly each style shows.
 
 They let tests judge a sampled image against its caption without looking at it: the shape region is what
-differs from the background (estimated from the border), its mask is compared with scenes.py's shape templates
-fitted at the caption's place, and its chromatic pixels vote for the nearest palette hue. The style measures are
-continuous, so a blend of two styles lands between them:
+differs from the background (estimated from bands along the top and bottom), its mask is compared with
+scenes.py's shape templates fitted at the caption's place, and its chromatic pixels vote for the nearest
+palette hue. The style measures are continuous, so a blend of two styles lands between them:
 
-- ``background_darkness``: 1 - the border's luminance (base and pastel near 0.07, stripes near 0.88);
+- ``background_darkness``: 1 - the background's luminance (base and pastel near 0.07, stripes near 0.88);
 - ``stripe_contrast``: how much the shape's inside changes across 45-degree stripes more than along them;
 - ``outline_darkness``: how much darker the shape's rim is than its inside (pastel's outline).
 
@@ -45,18 +45,25 @@ def luminance(image) -> np.ndarray:
     return as_rgb(image) @ LUMA
 
 
-def border_pixels(image, width: int | None = None) -> np.ndarray:
-    """The pixels of the image's frame, ``(N, 3)``; scenes never reach the border, so this is background."""
+def frame_width(side: int) -> int:
+    """The image's outermost pixels that the measures ignore (1/32 of the side): no shape reaches them."""
+    return max(1, round(side / 32))
+
+
+def background_pixels(image) -> np.ndarray:
+    """Background pixels, ``(N, 3)``: bands along the top and bottom (from 1/32 to 1/8 of the side in), where
+    no scene's shape reaches (its centre is within 0.06 of the middle and its half size at most 0.2); the
+    outermost pixels are left out, as a decoder may darken an image's very edge."""
     rgb = as_rgb(image)
-    w = width or max(1, min(rgb.shape[:2]) // 32)
-    frame = np.ones(rgb.shape[:2], dtype=bool)
-    frame[w:-w, w:-w] = False
-    return rgb[frame]
+    h, w = rgb.shape[:2]
+    edge, depth = frame_width(h), max(2, round(h / 8))
+    cols = slice(frame_width(w), w - frame_width(w))
+    return np.concatenate([rgb[edge:depth, cols].reshape(-1, 3), rgb[h - depth:h - edge, cols].reshape(-1, 3)])
 
 
 def background_colour(image) -> np.ndarray:
-    """The median colour of the border: robust to a stray shape pixel or sampling noise."""
-    return np.median(border_pixels(image), axis=0)
+    """The median colour of the background bands: robust to a stray pixel or sampling noise."""
+    return np.median(background_pixels(image), axis=0)
 
 
 _SQUARE = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
@@ -105,11 +112,15 @@ def drop_specks(mask: np.ndarray) -> np.ndarray:
 
 
 def shape_mask(image, threshold: float = MASK_THRESHOLD) -> np.ndarray:
-    """Pixels farther than ``threshold`` (RGB distance) from the background, without isolated specks, closed
-    by ``size / 32`` so that gaps of a few pixels in the edge are bridged, with the holes filled: a fill close
-    to the background (a pastel, or light stripes half-way to a dark background) is still inside its edge."""
+    """Pixels farther than ``threshold`` (RGB distance) from the background colour, inside the frame and
+    without isolated specks, closed by ``size / 32`` so that gaps of a few pixels in the edge are bridged,
+    with the holes filled: a fill close to the background (a pastel, or light stripes half-way to a dark
+    background) is still inside its edge."""
     rgb = as_rgb(image)
-    far = drop_specks(np.linalg.norm(rgb - background_colour(rgb), axis=-1) > threshold)
+    far = np.linalg.norm(rgb - background_colour(rgb), axis=-1) > threshold
+    e = frame_width(min(far.shape))
+    far[:e], far[-e:], far[:, :e], far[:, -e:] = False, False, False, False  # a decoder's dark edge is no shape
+    far = drop_specks(far)
     bridge = max(1, round(min(far.shape) / 32))
     return fill_holes(erode(dilate(far, bridge), bridge) | far)
 
@@ -281,7 +292,7 @@ def colour_shares(image, mask: np.ndarray | None = None) -> dict[str, float]:
 
 
 def background_darkness(image) -> float:
-    """1 - the border's median luminance, 0 (white) .. 1 (black)."""
+    """1 - the background colour's luminance, 0 (white) .. 1 (black)."""
     return float(1.0 - background_colour(image) @ LUMA / 255.0)
 
 
