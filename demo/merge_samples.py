@@ -19,6 +19,10 @@ DEMO_MODELS = {"base": "merge-suite-demo-base.safetensors", "A": "merge-suite-de
                "B": "merge-suite-demo-stripes.safetensors"}
 # The model card's sampler settings (demo/models/README.md).
 SAMPLING = {"size": 64, "seed": 7, "steps": 20, "cfg": 6.0, "sampler": "euler", "scheduler": "normal"}
+# The server's environment for these samples: one CPU thread. The models are tiny, and torch's default thread
+# pool spins against the other processes of a busy machine (a 64 px sample took 26 s with the default threads
+# on a loaded 2-core machine, 0.5 s with one).
+SERVER_ENV = {"OMP_NUM_THREADS": "1"}
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Block weights, BASE first, then IN00-IN11, M00, OUT00-OUT11: the input side (and BASE) from one model, the
 # output side from the other.
