@@ -99,3 +99,20 @@ def test_fitted_template_finds_the_drawn_geometry():
     assert abs(fit.cx - scene.cx) <= 1 / 64 and abs(fit.cy - scene.cy) <= 1 / 64
     assert abs(fit.half - scene.half) < 0.02
     assert measures.nearest_place(measures.shape_mask(scenes.render(scene))) == "right"
+
+
+def test_blurred_noisy_drawings_still_pass_their_captions():
+    """A model draws softer than scenes.py: a Gaussian blur (radius 1.5 px) and noise (sigma 15) keep every
+    drawing passing its caption and failing the other shapes' (the misfit ratio, not an IoU difference,
+    tells a soft square from a circle)."""
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(1)
+    for scene in SCENES:
+        for style in scenes.STYLES:
+            soft = Image.fromarray(scenes.render(scene, style)).filter(ImageFilter.GaussianBlur(1.5))
+            image = np.clip(np.asarray(soft) + rng.normal(0, 15, (64, 64, 3)), 0, 255).astype(np.uint8)
+            assert measures.check_scene(image, scene.colour, scene.shape, scene.place).passed, (scene, style)
+            for shape in scenes.SHAPES:
+                if shape != scene.shape:
+                    assert not measures.check_scene(image, scene.colour, shape, scene.place).passed
