@@ -275,12 +275,14 @@ def chromatic(rgb: np.ndarray) -> np.ndarray:
 
 
 def colour_shares(image, mask: np.ndarray | None = None) -> dict[str, float]:
-    """Share of the shape region's chromatic pixels whose hue is nearest each palette colour's hue (all zero
-    when the region has no chromatic pixel). Hue ignores the mix with white, so pastel and stripes vote for
-    their own colour."""
+    """Share of the chromatic pixels of the shape region's core (the region less its outer ``OUTLINE``, where
+    an outline or a blurred edge mixes colours) whose hue is nearest each palette colour's hue (all zero when
+    there is no chromatic pixel). Hue ignores the mix with white, so pastel and stripes vote for their own
+    colour."""
     rgb = as_rgb(image)
     region = shape_mask(rgb) if mask is None else mask
-    pixels = rgb[region]
+    core = erode(region, round(scenes.OUTLINE * region.shape[0]) + 1)  # inside an outline and a soft edge
+    pixels = rgb[core if core.any() else region]
     pixels = pixels[chromatic(pixels)]
     if not len(pixels):
         return {name: 0.0 for name in scenes.COLOURS}
