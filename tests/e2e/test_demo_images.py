@@ -22,8 +22,9 @@ from demo.train import measures, scenes  # noqa: E402
 
 CAPTIONS = ("a red circle on the left", "a blue square in the middle", "a yellow triangle on the right")
 TINY = "tiny_sd1_a.safetensors"
-# Content thresholds, set from the trained models' images with a margin (their values are in the report of
-# test_base_draws_each_caption's failure message and in bench/RESULTS.md).
+# Content thresholds (demo/train/measures.check_scene's defaults): scenes.py's drawings blurred by 1.5 px with
+# noise of sigma 15 pass them with a misfit ratio of 2.0 or more (tests/unit/test_demo_measures.py); the
+# trained models' values are in bench/RESULTS.md (python bench/demo_style_values.py).
 MIN_IOU, MISFIT_RATIO, MIN_SHARE = 0.6, 1.5, 0.6
 # A weight sum's style measure may step back by this much between neighbouring alphas and still count as
 # monotone (sampling noise of a 64 px image).
