@@ -322,10 +322,11 @@ def stripe_contrast(image, mask: np.ndarray | None = None) -> float:
 
 
 def outline_darkness(image, mask: np.ndarray | None = None) -> float:
-    """Mean luminance (0..1) of the shape's inside minus that of its darkest one-pixel ring among the depths
-    1 .. ``OUTLINE`` * size under its edge (the outermost ring mixes with the background, so it is left out):
-    pastel's dark outline makes this large, a flat or striped fill leaves it near 0. Taking the darkest ring
-    keeps the value when the region found is a pixel larger or smaller than the shape."""
+    """How much darker (luminance, 0..1) the shape's darkest one-pixel ring, among the depths 1 .. ``OUTLINE``
+    * size under its edge, is than both its inside and the background: pastel's dark outline makes this large;
+    a flat or striped fill, or a soft edge fading into a dark background, leaves it near 0 or below. The
+    outermost ring mixes with the background, so it is left out; taking the darkest ring keeps the value when
+    the region found is a pixel larger or smaller than the shape."""
     rgb = as_rgb(image)
     region = shape_region(rgb) if mask is None else mask
     width = max(1, round(scenes.OUTLINE * region.shape[0]))
@@ -335,7 +336,8 @@ def outline_darkness(image, mask: np.ndarray | None = None) -> float:
     if not inside.any() or not all(r.any() for r in rings):
         return 0.0
     lum = rgb @ LUMA / 255.0
-    return float(lum[inside].mean() - min(lum[r].mean() for r in rings))
+    surround = min(lum[inside].mean(), background_colour(rgb) @ LUMA / 255.0)
+    return float(surround - min(lum[r].mean() for r in rings))
 
 
 STYLE_MEASURES = {"background_darkness": background_darkness, "stripe_contrast": stripe_contrast,
