@@ -630,9 +630,11 @@ def combine_ties():
 
 
 # --- The demo: the shipped model family (demo/models, demo/train) ------------------------------------------
-# Sampler settings and size from the model card (demo/models/README.md).
-DEMO_MODELS = {"base": "tiny_sd1_c.safetensors", "A": "tiny_sd1_a.safetensors", "B": "tiny_sd1_b.safetensors"}
-DEMO_STYLES = ("A", "B")  # the style names shown in the grid's title
+# Sampler settings and size from the model card (demo/models/README.md). The fine-tunes share the base's frozen
+# CLIP and VAE, so the demo merges MODELs only (Merge Models) and encodes and decodes with the base's.
+DEMO_MODELS = {"base": "merge-suite-demo-base.safetensors", "A": "merge-suite-demo-pastel.safetensors",
+               "B": "merge-suite-demo-stripes.safetensors"}
+DEMO_STYLES = ("pastel", "stripes")  # the style names shown in the grid's title
 DEMO_PROMPTS = ("a red circle on the left", "a blue square in the middle", "a yellow triangle on the right")
 DEMO_SAMPLING = {"size": 64, "seed": 7, "steps": 20, "cfg": 6.0, "sampler": "euler", "scheduler": "normal"}
 DEMO_ALPHAS = "0, 0.25, 0.5, 0.75, 1"
