@@ -16,7 +16,8 @@ from comfy import model_detection
 from merge_suite.nodes import demo_models
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = [REPO / "demo" / "models" / f"merge-suite-demo-{style}.safetensors" for style in ("base", "pastel", "stripes")]
+SHIPPED = [REPO / "demo" / "models" / f"merge-suite-demo-{style}.safetensors"
+           for style in ("base", "pastel", "stripes")]
 
 
 def detected(model) -> dict:
