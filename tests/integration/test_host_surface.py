@@ -96,6 +96,14 @@ MODULE_NAMES = (
     "folder_paths.get_full_path",
     "folder_paths.get_user_directory",
     "folder_paths.recursive_search",
+    # the demo models' config and folder (demo_models.py)
+    "comfy.model_detection.convert_config",
+    "comfy.sd1_clip.SD1ClipModel",
+    "comfy.sd1_clip.SD1Tokenizer",
+    "comfy.supported_models.SD15",
+    "comfy.supported_models.models",
+    "comfy.supported_models_base.ClipTarget",
+    "folder_paths.add_model_folder_path",
     # the running prompt's id, recorded in the merge history (history_log.py)
     "comfy_execution.utils.get_executing_context",
 )
