@@ -3,7 +3,6 @@ itself reports; the same merge run again adds none, MERGE_SUITE_HISTORY=0 record
 that cannot be written never stops a merge (one warning).
 
 conftest.py points the history at a temporary file per test (the merge_history fixture)."""
-import asyncio
 import json
 import logging
 import os
@@ -13,10 +12,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import execution  # noqa: E402 (ComfyUI imported through conftest)
 import folder_paths  # noqa: E402
 import nodes as comfy_nodes  # noqa: E402
-from comfy_api.latest import io  # noqa: E402
 from test_lora_nodes import write_lora  # noqa: E402
 
 from merge_suite.merge_core import recipe as core  # noqa: E402
@@ -118,16 +115,21 @@ def test_merge_checkpoints_is_one_entry_with_the_model_and_clip_recipes(folders,
     assert_inputs(entry, "checkpoints", NAMES, folders["checkpoints"])
 
 
-def test_a_sweep_records_one_entry_per_cell_with_the_prompt_id(folders, merge_history):
-    """As ComfyUI runs a merge fed by a list: execute once per value, inside the prompt's context."""
+def test_a_sweep_records_one_entry_per_cell_with_the_prompt_id(folders, merge_history, monkeypatch):
+    """As ComfyUI runs a merge fed by a list: execute once per value, each inside the prompt's execution context
+    (comfy_execution.utils, the context both hosts set around a node's run)."""
+    from comfy_execution.utils import CurrentNodeContext
     (ma, _, _), (mb, _, _) = load(NAMES[0]), load(NAMES[1])
-    data = {k: [v] for k, v in SETTINGS.items()} | {"model_a": [ma], "model_b": [mb], "alpha": [0.2, 0.5, 0.8]}
-    hidden = {io.Hidden.prompt: from_loaders(model_a=NAMES[0], model_b=NAMES[1]).prompt, io.Hidden.unique_id: "9"}
+    monkeypatch.setattr(ModelMerge, "hidden", from_loaders(model_a=NAMES[0], model_b=NAMES[1]), raising=False)
 
     def run():
-        return asyncio.run(execution.get_output_data("prompt-7", "9", ModelMerge, data, hidden_inputs=hidden))[0]
+        recipes = []
+        for i, alpha in enumerate((0.2, 0.5, 0.8)):
+            with CurrentNodeContext("prompt-7", "9", i):
+                recipes.append(ModelMerge.execute(model_a=ma, model_b=mb, **dict(SETTINGS, alpha=alpha)).result[2])
+        return recipes
 
-    recipes = run()[2]
+    recipes = run()
     got = entries(merge_history)
     assert [e["settings"]["alpha"] for e in got] == [0.2, 0.5, 0.8] and [e["text"] for e in got] == recipes
     assert {e["prompt_id"] for e in got} == {"prompt-7"} and all(names(e) == list(NAMES[:2]) for e in got)
