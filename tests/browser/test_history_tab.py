@@ -18,11 +18,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "demo"))
+from browser_env import CHROMIUM, why_not_runnable  # noqa: E402
 from server import ComfyServer  # noqa: E402
 
 from merge_core.history import History, entry, input_record  # noqa: E402
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SHOTS = REPO / "out" / "browser"
 NODE_TYPE = "MergeSuite_MergeFromHistory"
 WORDS = "anime realistic"
@@ -32,17 +32,8 @@ MODELS = ["animeMix_v3.safetensors", "realisticVision_v5.safetensors", "dreamsha
 MODES = ["Weight sum", "Add difference", "Train Difference", "ties", "della"]
 
 
-def _why_not_runnable():
-    if not Path(CHROMIUM).is_file():
-        return (f"no Chromium at {CHROMIUM}: scripts/setup_host.sh installs Debian's 'chromium' package "
-                "when it runs as root with apt-get; otherwise install it or set CHROMIUM=/path")
-    if shutil.which("node") is None:
-        return "Node.js is not installed (needed to run playwright-core)"
-    return None
-
-
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_why_not_runnable() is not None,
-                                                   reason=_why_not_runnable() or "")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(why_not_runnable() is not None,
+                                                   reason=why_not_runnable() or "")]
 
 
 def _made_entry(i: int, folder: Path) -> dict:

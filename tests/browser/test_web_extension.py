@@ -17,29 +17,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "demo"))
+from browser_env import CHROMIUM, why_not_runnable  # noqa: E402
 from server import ComfyServer  # noqa: E402
 from workflow_api import to_prompt  # noqa: E402
 
 from merge_core.blocks.presets import presets  # noqa: E402
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 WORKFLOW = REPO / "example_workflows" / "merge_checkpoints_block_weights.json"
 SD1 = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
 SHOTS = REPO / "out" / "browser"
 FLUX1_GROUPS = [("BASE", 2), ("IN", 1), ("D", 19), ("S", 38), ("OUT", 1)]  # CLIP,T5 | IN | D00-D18 | S00-S37 | OUT
 
 
-def _why_not_runnable():
-    if not Path(CHROMIUM).is_file():
-        return (f"no Chromium at {CHROMIUM}: scripts/setup_host.sh installs Debian's 'chromium' package "
-                "when it runs as root with apt-get; otherwise install it or set CHROMIUM=/path")
-    if shutil.which("node") is None:
-        return "Node.js is not installed (needed to run playwright-core)"
-    return None
-
-
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_why_not_runnable() is not None,
-                                                   reason=_why_not_runnable() or "")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(why_not_runnable() is not None,
+                                                   reason=why_not_runnable() or "")]
 
 
 def _floats(text):
