@@ -12,15 +12,17 @@ import json
 import re
 import sys
 from functools import lru_cache
-from pathlib import Path
 from typing import Optional
 
 from ..merge_core.analysis.similarity import element_name
 from ..merge_core.architectures import SD1, Architecture, Numbered
+from ..merge_core.architectures.declaration import has_prefixed_keys
+from ..merge_core.architectures.registry import KEYSETS
 from ..merge_core.blocks.elemental import parse_elemental, require_rules_match
 from ..merge_core.blocks.presets import presets
 from ..merge_core.blocks.weights import parse_block_weights
 from ..merge_core.errors import MergeInputError
+from ..merge_core.lora.families import LORA_ORDER
 from ..merge_core.plan import target_keys
 from .layout_names import ALL_LAYOUTS, FAMILIES, LAYOUTS, layout_arch, sized_name  # noqa: F401 (sized_name: API)
 
@@ -30,10 +32,6 @@ PREFIX = "/merge_suite"
 # (\uXXXX), so one request costs milliseconds (a 1 MB body on layout flux1:999,999 took 17 s of CPU).
 MAX_TEXT_CHARS = 16_384
 MAX_BODY_BYTES = 6 * MAX_TEXT_CHARS + 1024
-FAMILY_KEYSETS = {"flux1": "flux1-dev", "chroma": "chroma", "flux2": "flux2-dev", "sd3": "sd35-large",
-                  "hidream": "hidream-full", "lumina2": "z-image", "qwen_image": "qwen-image", "wan": "wan21-14b"}
-# key inventories of full SD1.5 / SDXL
-KEYSETS = Path(__file__).resolve().parents[1] / "merge_core" / "architectures" / "keysets"
 
 
 def _groups(blocks: tuple[str, ...]) -> dict[str, list[str]]:
@@ -84,8 +82,9 @@ def family_layout(name: str) -> dict:
     return {"ok": True, "family": name, **layout_payload(arch)}
 
 
-# "auto" tries these after SD1/SD2 and SDXL: SuperMerger's 61-value Flux.1 list and Flux ids first
-AUTO_FAMILIES = ("flux1", "sd3", "qwen_image", "hidream", "lumina2", "wan", "chroma", "flux2")
+# "auto" tries the transformer families after SD1/SD2 and SDXL, in their LoRA naming order (SuperMerger's
+# 61-value Flux.1 list and Flux ids first)
+AUTO_FAMILIES = tuple(name for name in LORA_ORDER if name in FAMILIES)
 
 
 def check_block_weights(text: str, layout: str = "auto") -> dict:
@@ -134,7 +133,7 @@ def check_elemental(text: str, layout: str = "sd1") -> dict:
         rules = parse_elemental(text, arch, "elemental")
         keys = _keys(layout if layout in ALL_LAYOUTS else "sd1")
         if rules and keys:  # the full-size model's keys: a rule whose elements match none of them is a typo
-            sized = arch.sized(keys, bare=layout != "flux1") if layout in FAMILIES else arch
+            sized = arch.sized(keys, bare=not has_prefixed_keys(keys)) if layout in FAMILIES else arch
             require_rules_match(rules, target_keys(sized, keys), sized)
     except MergeInputError as exc:
         out = {"ok": False, "error": exc.problem, "fix": exc.fix}
@@ -150,7 +149,8 @@ def check_elemental(text: str, layout: str = "sd1") -> dict:
 
 @lru_cache(maxsize=None)
 def _keys(layout: str) -> tuple[str, ...]:
-    path = KEYSETS / f"{FAMILY_KEYSETS.get(layout, layout)}.json.gz"
+    arch = ALL_LAYOUTS.get(layout)
+    path = KEYSETS / f"{arch.keyset if arch is not None and arch.keyset else layout}.json.gz"  # the full-size model
     if not path.is_file():
         return ()
     with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -161,7 +161,7 @@ def block_elements(layout: str, block: str) -> dict:
     """Element names (what an elemental rule matches, less .weight/.bias) of one block of a full-size model."""
     arch = ALL_LAYOUTS.get(layout)
     if arch is not None and layout in FAMILIES:
-        arch = arch.sized(_keys(layout), bare=layout != "flux1")
+        arch = arch.sized(_keys(layout), bare=not has_prefixed_keys(_keys(layout)))
     if arch is None or block not in arch.blocks:
         return {"ok": False, "error": f"unknown layout '{layout}' or block '{block}'", "elements": []}
     seen = {}

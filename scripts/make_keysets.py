@@ -112,8 +112,22 @@ INVENTORIES = ("flux1-dev", "flux1-schnell", "flux2-dev", "chroma", "sd3-medium"
                "wan22-5b")
 
 
+# more families, one module each beside this script: INVENTORIES (names) and build(name) -> state dict source
+GROUPS = ("keysets_image_models", "keysets_cosmos", "keysets_video_models")
+
+
+def _group_of(name: str):
+    import importlib
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    for module in map(importlib.import_module, GROUPS):
+        if name in module.INVENTORIES:
+            return module
+    return None
+
+
 def inventory(name: str) -> dict:
-    sd = build(name).state_dict()
+    group = _group_of(name) if name not in INVENTORIES else None
+    sd = (group.build(name) if group is not None else build(name)).state_dict()
     if name == "flux1-dev":
         sd = {f"model.diffusion_model.{k}": v for k, v in sd.items()} | flux_components()
     return {k: [list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in sd.items()}
@@ -123,7 +137,11 @@ def main(names: list[str]) -> None:
     sys.path.insert(0, os.environ["COMFYUI_PATH"])
     from comfy.cli_args import args
     args.cpu = True
-    for name in names or INVENTORIES:
+    every = list(INVENTORIES)
+    for group in GROUPS:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        every += __import__(group).INVENTORIES
+    for name in names or every:
         keys = inventory(name)
         with gzip.open(OUT / f"{name}.json.gz", "wt", encoding="utf-8", compresslevel=9) as f:
             json.dump(keys, f, separators=(",", ":"))

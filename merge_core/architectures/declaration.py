@@ -4,8 +4,10 @@ A family is data: its layout (block ids in weight-list order, where a numbered c
 ``double_blocks`` stands for one block per index), ordered (pattern -> block) rules over keys relative
 to the diffusion model, the prefixes of its other components (text encoders, VAE) with the block they
 belong to (or kept from A), what is merged (SuperMerger's weight/bias name filter, or every float
-tensor), and a detection signature. Adding a family means adding a declaration; nothing here
-branches on a family's name.
+tensor), a detection signature with its rank among the other families, how its LoRA files name
+its modules, and its full-size key inventory. Adding a family means adding a declaration (and listing
+it in the registry's tuple); every table keyed by family (detection order, LoRA order, keysets) is
+derived from the declarations, and nothing here branches on a family's name.
 
 A declaration is a template: the counts of its numbered containers are the full-size model's until
 `sized` reads them from a model's keys (SD3 medium has 24 joint blocks, large 38), so the layout is
@@ -71,6 +73,27 @@ class Signature:
 
 
 @dataclass(frozen=True)
+class LoraNaming:
+    """How LoRA files name a family's modules, and what extraction writes for it.
+
+    rank: the order among families when a LoRA's module names fit several equally well (lower wins;
+        also the order a bare block-weight list is tried in); None where the family's LoRA names are
+        read by the U-Net key map (SD1/SD2/SDXL) rather than by family resolution (lora/families.py).
+    diffusers: (diffusers/PEFT prefix, the family's own prefix) pairs, enough to name a module's block.
+    group: families whose LoRA names cannot be told apart (Chroma and Flux.2 name modules as Flux.1
+        does) share a group; a LoRA of one may be applied to a model of another. Empty: the family's name.
+    base_model_version / modelspec: kohya's ``ss_base_model_version`` and SAI's
+        ``modelspec.architecture`` written by extraction (empty: the family name, ``<name>/lora``).
+    """
+
+    rank: Optional[int] = None
+    diffusers: tuple[tuple[str, str], ...] = ()
+    group: str = ""
+    base_model_version: str = ""
+    modelspec: str = ""
+
+
+@dataclass(frozen=True)
 class Architecture:
     """One model family, declared: its layout, its key -> block rules and its signature.
 
@@ -87,6 +110,14 @@ class Architecture:
     scale_norms: a regex over diffusion-relative key stems (no ``.scale`` suffix) of the RMSNorm
         parameters that released files name ``.scale`` and a host may load as ``.weight`` (naming.py);
         either name is read as the released one by the signature, the rules and file key matching.
+    detect_rank: when several families' signatures match a model, the lowest rank wins (a family whose
+        text encoders include another's, or that needs its text encoder to be told apart, ranks first).
+    text_encoder_rank: the order in which a source without diffusion-model keys (a ComfyUI CLIP) is
+        named by its text encoders; None: never named that way.
+    lora: how the family's LoRA files name modules (`LoraNaming`).
+    keyset: the file name (no extension) of the full-size model's key inventory in ``keysets/``.
+    variants: (counts, label) pairs: released models of the family that differ only in their block
+        counts (Flux.2 Klein 4B and 9B beside Flux.2 dev), named when `sized` reads those counts.
     counts / bare: set by `sized` — container counts read from a model, and whether that model's
         diffusion keys carry no prefix (a diffusion-model-only file).
     """
@@ -102,6 +133,11 @@ class Architecture:
     name_filter: bool = False
     base_blocks: int = 1
     scale_norms: str = ""
+    detect_rank: int = 100
+    text_encoder_rank: Optional[int] = None
+    lora: LoraNaming = LoraNaming()
+    keyset: str = ""
+    variants: tuple[tuple[tuple[int, ...], str], ...] = ()
     counts: tuple[tuple[str, int], ...] = ()
     bare: bool = False
     _compiled: tuple = field(default=(), init=False, repr=False, compare=False)
@@ -124,6 +160,11 @@ class Architecture:
             raise ValueError(f"architecture {self.name}: rules name blocks outside its list: {sorted(unknown)}")
 
     @property
+    def lora_group(self) -> str:
+        """The LoRA naming group: families in one group cannot be told apart by LoRA module names."""
+        return self.lora.group or self.name
+
+    @property
     def blocks(self) -> tuple[str, ...]:
         return self._blocks
 
@@ -143,7 +184,9 @@ class Architecture:
             pattern = re.compile(re.escape(part.container) + r"\.(\d+)\.")
             found = [int(m.group(1)) for m in map(pattern.match, filter(None, rel)) if m]
             counts.append((part.container, max(found) + 1 if found else 0))
-        return dataclasses.replace(self, counts=tuple(counts), bare=bare)
+        sizes = tuple(n for _, n in counts)
+        label = next((name for variant, name in self.variants if variant == sizes), self.label)
+        return dataclasses.replace(self, counts=tuple(counts), bare=bare, label=label)
 
     def relative(self, key: str) -> Optional[str]:
         """The key relative to the diffusion model, or None for a component (text encoder, VAE)."""

@@ -10,6 +10,7 @@ to the model (Architecture.sized); a model no declaration matches gets automatic
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Iterable, Optional
 
 from ..errors import MergeInputError
@@ -17,20 +18,21 @@ from .auto import auto_architecture
 from .declaration import Architecture, has_prefixed_keys
 from .keys import unet_relative
 from .sd import SD1, SD2, SDXL, SDXL_EXTENDED
-from .transformers import CHROMA, FLUX1, FLUX2, HIDREAM, LUMINA2, QWEN_IMAGE, SD3, TRANSFORMERS, WAN
+from . import cosmos, image_models, transformers, video_models
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (SD1, SD2, SDXL, *TRANSFORMERS)}
+TRANSFORMERS: tuple[Architecture, ...] = (*transformers.DECLARED, *image_models.DECLARED, *cosmos.DECLARED,
+                                          *video_models.DECLARED)
+FAMILIES: tuple[Architecture, ...] = (SD1, SD2, SDXL, *TRANSFORMERS)
+# the full-size models' key inventories ({key: [shape, dtype]}, gzipped JSON), named by each family's keyset
+KEYSETS = Path(__file__).resolve().parent / "keysets"
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in FAMILIES}
 # Layouts a block-weight list may select instead of its family's own (by its length).
 ALTERNATE_LAYOUTS: dict[str, tuple[Architecture, ...]] = {"sdxl": (SDXL_EXTENDED,)}
-# When several signatures match, the first family here wins: a family whose text encoders include
-# another's (SDXL has SD1's CLIP-L) or that needs its text encoder to be told apart (SD2) comes first.
-# The transformer families' signatures exclude one another (Flux.2 and Chroma by their own modules,
-# Flux.1 by their absence), so their order only matters for speed.
-DETECTION_ORDER: tuple[Architecture, ...] = (SDXL, SD2, SD1, FLUX2, CHROMA, FLUX1, SD3, HIDREAM, LUMINA2,
-                                             QWEN_IMAGE, WAN)
-# A text-encoder-only source (a ComfyUI CLIP) is named by its encoders: T5 without CLIP-G is Flux.1's pair,
-# T5 or a checkpoint's CLIP-G is SD3; SDXL, SD2 and SD1 then go by CLIP-G, CLIP-H and CLIP-L.
-TEXT_ENCODER_ORDER: tuple[Architecture, ...] = (FLUX1, SD3, LUMINA2, QWEN_IMAGE, WAN, SDXL, SD2, SD1)
+# When several signatures match, the family of the lowest detect_rank wins (each declaration says why).
+DETECTION_ORDER: tuple[Architecture, ...] = tuple(sorted(FAMILIES, key=lambda a: a.detect_rank))
+# A text-encoder-only source (a ComfyUI CLIP) is named by its encoders, in text_encoder_rank order.
+TEXT_ENCODER_ORDER: tuple[Architecture, ...] = tuple(sorted(
+    (a for a in FAMILIES if a.text_encoder_rank is not None), key=lambda a: a.text_encoder_rank))
 
 
 def _highest_indices(rel_keys: list[str], containers: set[str]) -> dict[str, int]:

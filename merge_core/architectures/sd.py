@@ -5,7 +5,7 @@ and every key outside the U-Net (text encoders, VAE, anything else) to BASE.
 """
 from __future__ import annotations
 
-from .declaration import Architecture, Signature
+from .declaration import Architecture, LoraNaming, Signature
 
 
 def unet_blocks(n_in_out: int) -> tuple[str, ...]:
@@ -31,15 +31,21 @@ SDXL_BLOCKS = unet_blocks(9)
 SD1 = Architecture(
     "sd1", "SD1.x", SD1_BLOCKS, unet_rules("OUT11"), name_filter=True,
     signature=Signature(numbered=(("input_blocks", 9, None),),
-                        text_encoder_markers=("cond_stage_model.transformer.", "clip_l.")))
+                        text_encoder_markers=("cond_stage_model.transformer.", "clip_l.")),
+    detect_rank=30, text_encoder_rank=80, keyset="sd1",
+    lora=LoraNaming(base_model_version="sd_v1", modelspec="stable-diffusion-v1/lora"))
 SD2 = Architecture(
     "sd2", "SD2.x", SD1_BLOCKS, unet_rules("OUT11"), name_filter=True,
     signature=Signature(numbered=(("input_blocks", 9, None),),
-                        text_encoder_markers=("cond_stage_model.model.", "clip_h."), needs_text_encoder=True))
+                        text_encoder_markers=("cond_stage_model.model.", "clip_h."), needs_text_encoder=True),
+    detect_rank=20, text_encoder_rank=70, keyset="sd1",
+    lora=LoraNaming(group="sd1", base_model_version="sd_v2", modelspec="stable-diffusion-v2-512/lora"))
 SDXL = Architecture(
     "sdxl", "SDXL", SDXL_BLOCKS, unet_rules("OUT08"), name_filter=True,
     signature=Signature(numbered=(("input_blocks", 0, 8),), any_of=(r"label_emb", r"input_blocks\.8\."),
-                        text_encoder_markers=("conditioner.embedders.1.", "clip_g.")))
+                        text_encoder_markers=("conditioner.embedders.1.", "clip_g.")),
+    detect_rank=10, text_encoder_rank=60, keyset="sdxl",
+    lora=LoraNaming(base_model_version="sdxl_base_v1-0", modelspec="stable-diffusion-xl-v1-base/lora"))
 
 
 def _extended_blocks() -> tuple[str, ...]:

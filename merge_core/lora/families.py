@@ -1,11 +1,12 @@
-"""LoRA module names on the declared transformer families (Flux.1, Chroma, Flux.2, SD3, HiDream, Z-Image,
-Qwen-Image, Wan): the block of a module, the family of a LoRA file, and the names extraction writes.
+"""LoRA module names on the declared transformer families (every family whose declaration gives its LoRA
+naming a rank): the block of a module, the family of a LoRA file, and the names extraction writes.
 
 A module name is turned into a key relative to the diffusion model, then the family's own declaration
 (Architecture.block_of) names the block, so LoRA block weights follow the same rules as checkpoint merges.
 Namings read: kohya (``lora_unet_double_blocks_0_img_attn_qkv``; underscores are resolved against the
 family's numbered containers and top-level modules), diffusers/PEFT (``transformer.single_transformer_blocks.3
-.attn.to_q``, OneTrainer's ``lora_transformer_…``; translated by the per-family prefix table below) and
+.attn.to_q``, OneTrainer's ``lora_transformer_…``; translated by the prefix table of the family's
+declaration, LoraNaming.diffusers) and
 ComfyUI's own (``diffusion_model.double_blocks.0.img_attn.qkv``). Text-encoder modules go to the base slot
 (Flux.1: CLIP-L to CLIP, T5 to T5).
 """
@@ -15,29 +16,17 @@ import dataclasses
 import re
 from typing import Iterable, Optional
 
-from ..architectures import KEPT, NO_BLOCK, TRANSFORMERS, Architecture, unet_relative
+from ..architectures import ARCHITECTURES, KEPT, NO_BLOCK, Architecture, unet_relative
 
-# diffusers name prefix -> the family's own (ComfyUI) prefix; enough to name the block, not the exact key
-_FLUX_DIFFUSERS = (("single_transformer_blocks.", "single_blocks."), ("transformer_blocks.", "double_blocks."),
-                   ("x_embedder.", "img_in."), ("context_embedder.", "txt_in."),
-                   ("time_text_embed.guidance_embedder.", "guidance_in."),
-                   ("time_text_embed.text_embedder.", "vector_in."), ("time_text_embed.", "time_in."),
-                   ("time_guidance_embed.", "time_in."), ("norm_out.", "final_layer."), ("proj_out.", "final_layer."))
-DIFFUSERS_PREFIXES: dict[str, tuple[tuple[str, str], ...]] = {
-    "flux1": _FLUX_DIFFUSERS, "chroma": _FLUX_DIFFUSERS, "flux2": _FLUX_DIFFUSERS,
-    "sd3": (("transformer_blocks.", "joint_blocks."), ("time_text_embed.", "t_embedder."),
-            ("norm_out.", "final_layer."), ("proj_out.", "final_layer.")),
-    "lumina2": (("time_caption_embed.", "t_embedder."), ("norm_out.", "final_layer.")),
-    "wan": (("condition_embedder.", "time_embedding."), ("proj_out.", "head."),
-            ("scale_shift_table.", "head.modulation.")),
-}
 _DOTTED_PREFIXES = ("base_model.model.transformer.", "transformer.", "base_model.model.", "unet.")
 _UNDERSCORE_PREFIXES = ("lora_unet_", "lora_transformer_", "lycoris_")
 _TEXT_ENCODER = re.compile(r"^(lora_te\d?_|text_encoder(_\d)?\.|text_encoders\.|te\d?\.)")
 _T5 = re.compile(r"^(lora_te[23]_|text_encoder_2\.|text_encoders\.t5xxl\.)")
-# when several families explain a LoRA's names equally well, the first here wins (a diffusers Flux LoRA
-# that trains only double blocks looks like SD3 and Qwen-Image too)
-LORA_ORDER = ("flux1", "sd3", "qwen_image", "hidream", "lumina2", "wan", "chroma", "flux2")
+# the families LoRA names are resolved against, in the order that breaks ties (each declaration's
+# LoraNaming.rank: a diffusers Flux LoRA that trains only double blocks looks like SD3 and Qwen-Image too)
+LORA_FAMILIES: tuple[Architecture, ...] = tuple(sorted(
+    (a for a in ARCHITECTURES.values() if a.lora.rank is not None), key=lambda a: a.lora.rank))
+LORA_ORDER = tuple(a.name for a in LORA_FAMILIES)
 
 
 def is_family(arch: Architecture) -> bool:
@@ -68,7 +57,7 @@ def _rule_block(rel: str, arch: Architecture) -> Optional[str]:
 def _own_prefix(name: str, arch: Architecture, sep: str) -> str:
     """A diffusers-named module in the family's own naming (``sep``: "." dotted, "_" kohya-style)."""
     probe = name + sep  # a module may be the prefix itself (``x_embedder``)
-    for diffusers, own in DIFFUSERS_PREFIXES.get(arch.name, ()):
+    for diffusers, own in arch.lora.diffusers:
         if probe.startswith(diffusers.replace(".", sep)):
             return (own.replace(".", sep) + probe[len(diffusers):])[:-1]
     return name
@@ -131,21 +120,22 @@ def lora_family(names: Iterable[str]) -> Optional[Architecture]:
     every diffusion-model module must have a block there, and at least one a numbered one; the family
     explaining the most modules wins, ties go by LORA_ORDER."""
     names = list(names)
-    by_name = {a.name: a for a in TRANSFORMERS}
     best, best_hits = None, 0
-    for family in LORA_ORDER:
-        arch = by_name[family]
+    for arch in LORA_FAMILIES:
         hits = _numbered_hits(names, arch)
         if hits is not None and hits > best_hits:
             best, best_hits = arch, hits
     return None if best is None else sized_for_lora(best, names)
 
 
-# what extraction writes (metadata.py) for each family: kohya's base model version and SAI's architecture
-BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux1": "flux1", "sd3": "sd3"}
-MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
-                  "sdxl": "stable-diffusion-xl-v1-base/lora", "flux1": "flux-1-dev/lora",
-                  "sd3": "stable-diffusion-v3-medium/lora"}  # other families: '<family>/lora'
+def base_model_version(arch: Architecture) -> str:
+    """kohya's ``ss_base_model_version`` that extraction writes for the family (metadata.py)."""
+    return arch.lora.base_model_version or arch.name
+
+
+def modelspec_architecture(arch: Architecture) -> str:
+    """SAI's ``modelspec.architecture`` that extraction writes for the family."""
+    return arch.lora.modelspec or f"{arch.name}/lora"
 
 
 def metadata_family(metadata, names: Iterable[str]) -> Optional[Architecture]:
@@ -160,13 +150,13 @@ def metadata_family(metadata, names: Iterable[str]) -> Optional[Architecture]:
     claimed = set()
     version = metadata.get("ss_base_model_version")
     spec = metadata.get("modelspec.architecture")
-    for family in LORA_ORDER:
-        if version in {family, BASE_MODEL_VERSION.get(family, family)} or \
-                spec in {f"{family}/lora", MODELSPEC_ARCH.get(family, f"{family}/lora")}:
+    for family in LORA_FAMILIES:
+        if version in {family.name, base_model_version(family)} or \
+                spec in {f"{family.name}/lora", modelspec_architecture(family)}:
             claimed.add(family)
     if len(claimed) != 1:
         return None
-    arch = next(a for a in TRANSFORMERS if a.name in claimed)
+    arch = claimed.pop()
     names = list(names)
     if not _numbered_hits(names, arch):  # None (a module outside the family) or no numbered block
         return None
@@ -184,7 +174,6 @@ def family_module(key: str, arch: Architecture, shape: tuple[int, ...], conv: bo
     return "lora_unet_" + rel[:-len(".weight")].replace(".", "_")
 
 
-_LORA_GROUPS = {"sd2": "sd1", "chroma": "flux1", "flux2": "flux1"}
 
 
 def fits_model(lora: Optional[Architecture], model: Architecture) -> bool:
@@ -193,4 +182,4 @@ def fits_model(lora: Optional[Architecture], model: Architecture) -> bool:
     model on automatic blocks is left to ComfyUI's key map."""
     if lora is None or model.name == "auto":
         return True
-    return _LORA_GROUPS.get(lora.name, lora.name) == _LORA_GROUPS.get(model.name, model.name)
+    return lora.lora_group == model.lora_group

@@ -9,7 +9,7 @@ from ..architectures import Architecture
 from ..errors import MergeInputError
 from ..io.json_limits import loads_bounded
 from .blocks import LoraItem, blocks26_text
-from .families import BASE_MODEL_VERSION, MODELSPEC_ARCH
+from .families import base_model_version, modelspec_architecture
 from .files import LoraFile
 
 METADATA_MODES = ("create new", "create new without output_name", "merge", "save all", "use first lora")
@@ -21,9 +21,9 @@ _COPIED = ("ss_network_module", "ss_network_alpha", "ss_network_dim", "ss_v2", "
 def extraction_metadata(arch: Architecture, rank: int, conv_rank: int, title: str) -> dict[str, str]:
     """kohya's fields for an extracted LoRA (the SD1 'sd_v1_v' quirk fixed) plus SAI model-spec fields."""
     meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(rank),
-            "ss_v2": str(arch.name == "sd2"), "ss_base_model_version": BASE_MODEL_VERSION.get(arch.name, arch.name),
+            "ss_v2": str(arch.name == "sd2"), "ss_base_model_version": base_model_version(arch),
             "modelspec.sai_model_spec": "1.0.0",
-            "modelspec.architecture": MODELSPEC_ARCH.get(arch.name, f"{arch.name}/lora"),
+            "modelspec.architecture": modelspec_architecture(arch),
             "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
             "modelspec.title": title}
     if conv_rank:
