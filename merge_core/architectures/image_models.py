@@ -1,4 +1,4 @@
-"""Image transformer families: Krea 2, LongCat-Image, HunyuanImage 2.1 and AuraFlow.
+"""Image transformer families: Krea 2, LongCat-Image and AuraFlow.
 
 Declared as the families of transformers.py are (see its docstring for what every family shares).
 """

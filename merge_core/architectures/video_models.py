@@ -1,4 +1,5 @@
-"""Video transformer families: LTXV, LTX-2 (audio-video), Mochi, HunyuanVideo and Kandinsky 5.
+"""Video transformer families: LTXV, LTX-2 (audio-video), Mochi, HunyuanVideo (and HunyuanImage 2.1, the same
+class) and Kandinsky 5.
 
 Declared as the families of transformers.py are (see its docstring for what every family shares).
 """
