@@ -1,4 +1,4 @@
-"""Output precisions of a merged file: fp32, fp16, bf16, fp8 e4m3fn, ComfyUI's scaled fp8, or as in A.
+"""Output precisions of a merged file: fp32, fp16, bf16, fp8 e4m3fn, ComfyUI's scaled fp8, mxfp8, nvfp4, or as in A.
 
 The engine computes in float32; plain fp32/fp16/bf16 are a cast it does itself. The fp8 formats
 need more than a cast, so the engine then hands float32 tensors to ``EncodingSink``, which writes
@@ -19,17 +19,30 @@ each key in its format:
     ignores the config and would read the fp8 values unscaled, so the file node writes it only in
     a host whose loader reads it (nodes/file_merge.py), and the CLI only when asked;
 
+- ``mxfp8`` / ``nvfp4``: ComfyUI 0.33's block-scaled formats (io/microscaling.py), for the same 2-D
+  weights, every other float tensor in bf16, in the ``comfy_quant`` layout (the only one that has
+  them; 0.3.75 cannot load them). The values and scales are what 0.33's own quantisation computes
+  from the merged float32 tensor, bit for bit (nvfp4's tensor scale recalculated: max|w| / (448 x 6)).
+  The config is ``{"format": ...}``: these formats quantise activations with scales computed per call,
+  so no input scale is needed;
+
 - as in A (no precision given): each key as A stored it. Plain dtypes are kept (kept keys byte for
-  byte); an fp8 key of A is written as fp8; a scaled key is scaled again with a fresh scale, every
+  byte); an fp8 key of A is written as fp8; a scaled key is scaled again with a fresh scale, and an
+  mxfp8 or nvfp4 key quantised again in its format (as 0.33 quantises, scales recalculated), every
   scaled key in A's layout (legacy marker, ``_quantization_metadata`` header named as A names its
   layers, or per-layer ``comfy_quant`` configs with A's config for each layer), so that the file
-  loads wherever A loads; a quantised GGUF tensor of A is written as bf16 (io/gguf_file.py). Keys
-  copied from B take B's stored format (a scaled one in A's layout, or B's when A has none).
+  loads wherever A loads (the legacy layout has no block formats: such keys become scaled fp8 there);
+  a quantised GGUF tensor of A is written as bf16 (io/gguf_file.py). Keys copied from B take B's
+  stored format (a scaled one in A's layout, or B's when A has none).
 
-Input scales are never written: they were measured on the inputs' activations, not the merge's.
-A ``comfy_quant`` layer whose input scale was dropped, or that has no config from its input, is
-marked ``full_precision_matrix_mult`` (as 0.33 marks a converted ``scaled_fp8`` file), so that
-ComfyUI does not cast its activations to fp8 unscaled; a config without input scale is kept as is.
+Input scales (``input_scale``) are copied from the layer's input, A for a merged key: they were
+calibrated on activations, which cannot be recomputed from weights, and a merge of similar models
+feeds its layers similar activations, so A's calibration is the best one there is. A layer whose
+input had none stays without one, and its config is kept as is. The legacy layout's ``scale_input``
+is not written (its 2-value marker makes ComfyUI compute in full precision, never using it). A
+``comfy_quant`` layer whose input scale cannot be kept (a smoothed nvfp4 layer, io/quantized.py),
+or that has no config from its input, is marked ``full_precision_matrix_mult`` (as 0.33 marks a
+converted ``scaled_fp8`` file), so that ComfyUI does not cast its activations to fp8 unscaled.
 """
 from __future__ import annotations
 
@@ -43,18 +56,23 @@ from ..errors import MergeInputError
 from ..plan import Action
 from .fp8 import narrow
 from .json_limits import loads_bounded
-from .quantized import (FP8, LAYER_CONFIG, LEGACY_LAYOUT, MARKER, MIXED_FP8, MIXED_FP8_E5M2,
-                        PER_LAYER_LAYOUT, QUANT_METADATA, SCALED, UNET_PREFIX)
+from .microscaling import (MXFP8, NVFP4, nvfp4_tensor_scale, quantize_mxfp8, quantize_nvfp4, scale_shape,
+                           storage_shape)
+from .quantized import (BLOCK_STORAGE, FP8, LAYER_CONFIG, LEGACY_LAYOUT, MARKER, MIXED, MIXED_FP8, MIXED_FP8_E5M2,
+                        PER_LAYER_LAYOUT, QUANT_METADATA, SCALED, TENSOR_SCALE, UNET_PREFIX)
 from .sinks import Sink
 
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8_e4m3fn", "scaled_fp8")
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8_e4m3fn", "scaled_fp8", MXFP8, NVFP4)
+BLOCK_FORMATS = (MXFP8, NVFP4)  # written with block scales (io/microscaling.py), in the comfy_quant layout only
+BLOCK_SCALE_DTYPES = {MXFP8: torch.float8_e8m0fnu, NVFP4: torch.float8_e4m3fn}
+INPUT_SCALE = MIXED[1]
 SCALED_LAYOUTS = (LEGACY_LAYOUT, PER_LAYER_LAYOUT)  # what an explicit scaled_fp8 output can be written as
 PLAIN = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
          "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 REST_OF_SCALED = torch.bfloat16  # non-linear tensors of a scaled-fp8 file
 SCALE_KEYS = {SCALED: "scale_weight", MIXED_FP8: "weight_scale", MIXED_FP8_E5M2: "weight_scale"}
 SCALED_DTYPES = {SCALED: torch.float8_e4m3fn, MIXED_FP8: torch.float8_e4m3fn, MIXED_FP8_E5M2: torch.float8_e5m2}
-CONFIG_FORMATS = {MIXED_FP8: "float8_e4m3fn", MIXED_FP8_E5M2: "float8_e5m2"}
+CONFIG_FORMATS = {MIXED_FP8: "float8_e4m3fn", MIXED_FP8_E5M2: "float8_e5m2", MXFP8: MXFP8, NVFP4: NVFP4}
 
 
 def quantize_scaled(tensor: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn):
@@ -74,15 +92,18 @@ def config_tensor(config: Mapping) -> torch.Tensor:
 class OutputFormat:
     """engine_dtype: what the engine computes into (None: each key in its source's dtype);
     encode: {key: format} for EncodingSink, or None when the engine's cast is all there is;
-    configs: {weight key: comfy_quant config} of the layers written in that layout."""
+    configs: {weight key: comfy_quant config} of the layers written in that layout;
+    input_scales: {weight key: input scale} kept from the layer's input."""
     engine_dtype: Optional[torch.dtype]
     encode: Optional[dict[str, str]] = None
     marker: Optional[str] = None  # key of the scaled_fp8 marker to write
     metadata: dict = field(default_factory=dict)
     configs: dict = field(default_factory=dict)
+    input_scales: dict = field(default_factory=dict)
 
     def wrap(self, sink):
-        return sink if self.encode is None else EncodingSink(sink, self.encode, self.marker, self.configs)
+        return sink if self.encode is None else EncodingSink(sink, self.encode, self.marker, self.configs,
+                                                             self.input_scales)
 
 
 def _stored(source, key: str) -> str:
@@ -112,9 +133,9 @@ def output_format(precision: Optional[str], plan, sources: Mapping, input_name: 
     keys = [kp.key for kp in plan.keys]
     if precision == "fp8_e4m3fn":
         return OutputFormat(torch.float32, {k: precision for k in keys})
-    if precision == "scaled_fp8":
+    if precision in ("scaled_fp8", *BLOCK_FORMATS):
         prefix = _unet_prefix(keys)
-        scaled = SCALED if scaled_layout == LEGACY_LAYOUT else MIXED_FP8
+        scaled = precision if precision in BLOCK_FORMATS else SCALED if scaled_layout == LEGACY_LAYOUT else MIXED_FP8
         encode, shapes = {}, {n: sources[n].shapes() for n in ("a", "b")}
         for kp in plan.keys:
             shape = shapes["b" if kp.action is Action.FROM_B else "a"][kp.key]
@@ -128,6 +149,10 @@ def output_format(precision: Optional[str], plan, sources: Mapping, input_name: 
 
 
 def _fresh_config(fmt: str) -> dict:
+    """A layer without input scale: fp8 formats would cast its activations to fp8 unscaled, so ComfyUI
+    computes in full precision; the block formats scale activations per call on their own."""
+    if fmt in BLOCK_FORMATS:
+        return {"format": fmt}
     return {"format": CONFIG_FORMATS[fmt], "full_precision_matrix_mult": True}
 
 
@@ -135,23 +160,28 @@ def _as_in_a(plan, sources: Mapping) -> OutputFormat:
     origin = {kp.key: sources["b" if kp.action is Action.FROM_B else "a"] for kp in plan.keys}
     formats = {k: _stored(s, k) for k, s in origin.items()}
     special = {f for f in formats.values() if f not in ("fp32", "fp16", "bf16")} & {
-        SCALED, MIXED_FP8, MIXED_FP8_E5M2, *(n for n, d in PLAIN.items() if d in FP8)}
+        SCALED, MIXED_FP8, MIXED_FP8_E5M2, *BLOCK_FORMATS, *(n for n, d in PLAIN.items() if d in FP8)}
     # a source read under released names wraps the file's own source (io/released_names.py)
     quantised_gguf = any(type(getattr(s, "inner", s)).__name__ == "GGUFSource" for s in sources.values())
     if not special and not quantised_gguf:
         return OutputFormat(None)  # the engine's own path: kept keys byte for byte
     fmt = OutputFormat(torch.float32, formats)
-    if not set(formats.values()) & set(SCALE_KEYS):
+    if not set(formats.values()) & {*SCALE_KEYS, *BLOCK_FORMATS}:
         return fmt
     # one layout for every scaled key: A's, else the first other input's that has one
     model = next((s for s in (sources[n] for n in ("a", "b", "c") if n in sources) if getattr(s, "layout", None)),
                  None)
     if model is None or model.layout == LEGACY_LAYOUT:
-        formats.update({k: SCALED for k, f in formats.items() if f in SCALE_KEYS})
+        formats.update({k: SCALED for k, f in formats.items() if f in SCALE_KEYS or f in BLOCK_FORMATS})
         fmt.marker = getattr(model, "marker", None) or _unet_prefix(formats) + MARKER
         return fmt
     formats.update({k: MIXED_FP8 for k, f in formats.items() if f == SCALED})
-    configs = {k: _kept_config(origin[k], k, f) for k, f in formats.items() if f in CONFIG_FORMATS}
+    for k, f in formats.items():
+        kept = getattr(origin[k], "input_scale", lambda _k: None)(k) if f in CONFIG_FORMATS else None
+        if kept is not None:
+            fmt.input_scales[k] = kept
+    configs = {k: _kept_config(origin[k], k, f, k in fmt.input_scales) for k, f in formats.items()
+               if f in CONFIG_FORMATS}
     if model.layout == PER_LAYER_LAYOUT:
         fmt.configs = configs
     else:
@@ -159,14 +189,14 @@ def _as_in_a(plan, sources: Mapping) -> OutputFormat:
     return fmt
 
 
-def _kept_config(source, key: str, fmt: str) -> dict:
-    """The layer's config as its input gave it (a fresh one when it had none), with the fp8 type
-    written; a dropped input scale means ComfyUI must not cast activations to fp8 unscaled."""
+def _kept_config(source, key: str, fmt: str, input_scale_kept: bool) -> dict:
+    """The layer's config as its input gave it (a fresh one when it had none), with the format
+    written; an input scale that could not be kept means ComfyUI must not cast activations unscaled."""
     kept = getattr(source, "quant_config", lambda k: None)(key)
     if kept is None:
         return _fresh_config(fmt)
     config = dict(kept, format=CONFIG_FORMATS[fmt])
-    if getattr(source, "had_input_scale", lambda k: False)(key):
+    if getattr(source, "had_input_scale", lambda k: False)(key) and not input_scale_kept:
         config["full_precision_matrix_mult"] = True
     return config
 
@@ -192,9 +222,10 @@ class EncodingSink(Sink):
     """Wraps a sink: float32 tensors in, each key written in its format (scale and config tensors added)."""
 
     def __init__(self, inner, encode: Mapping[str, str], marker: Optional[str] = None,
-                 configs: Optional[Mapping[str, dict]] = None):
+                 configs: Optional[Mapping[str, dict]] = None, input_scales: Optional[Mapping] = None):
         self.inner, self.encode, self.marker = inner, encode, marker
         self.configs = {k: config_tensor(c) for k, c in (configs or {}).items()}
+        self.input_scales = dict(input_scales or {})
 
     @property
     def keeps_tensors(self) -> bool:
@@ -209,15 +240,52 @@ class EncodingSink(Sink):
             fmt = self.encode.get(key)
             if not dtype.is_floating_point or fmt is None:
                 out.append((key, dtype, shape))
-            elif fmt in SCALE_KEYS:
-                out += [(key, SCALED_DTYPES[fmt], shape), (_scale_key(key, fmt), torch.float32, ())]
-                if key in self.configs:
-                    out.append((_config_key(key), torch.uint8, tuple(self.configs[key].shape)))
+            elif fmt in SCALE_KEYS or fmt in BLOCK_FORMATS:
+                out += self._quantised_layout(key, fmt, shape)
             else:
                 out.append((key, PLAIN[fmt], shape))
         self.inner.begin(out)
         if self.marker:
             self.inner.put(self.marker, torch.zeros(2, dtype=torch.float8_e4m3fn))
+
+    def _quantised_layout(self, key: str, fmt: str, shape) -> list:
+        """The tensors a quantised layer is written as, in the order ``put`` writes them."""
+        if fmt in BLOCK_FORMATS:
+            out = [(key, BLOCK_STORAGE[fmt], storage_shape(fmt, shape)),
+                   (_sibling(key, MIXED[0]), BLOCK_SCALE_DTYPES[fmt], scale_shape(fmt, shape))]
+            if fmt == NVFP4:
+                out.append((_sibling(key, TENSOR_SCALE), torch.float32, ()))
+        else:
+            out = [(key, SCALED_DTYPES[fmt], shape), (_scale_key(key, fmt), torch.float32, ())]
+        if key in self.input_scales:
+            scale = self.input_scales[key]
+            out.append((_sibling(key, INPUT_SCALE), scale.dtype, tuple(scale.shape)))
+        if key in self.configs:
+            out.append((_config_key(key), torch.uint8, tuple(self.configs[key].shape)))
+        return out
+
+    def _put_quantised(self, key: str, fmt: str, tensor: torch.Tensor) -> None:
+        if fmt in BLOCK_FORMATS:
+            t = tensor.float()
+            if fmt == MXFP8:
+                values, scales = quantize_mxfp8(t)
+                extra = {}
+            else:
+                tensor_scale = nvfp4_tensor_scale(t)
+                values, scales = quantize_nvfp4(t, tensor_scale)
+                extra = {_sibling(key, TENSOR_SCALE): tensor_scale}
+            self.inner.put(key, values)
+            self.inner.put(_sibling(key, MIXED[0]), scales)
+            for name, value in extra.items():
+                self.inner.put(name, value)
+        else:
+            weight, scale = quantize_scaled(tensor, SCALED_DTYPES[fmt])
+            self.inner.put(key, weight)
+            self.inner.put(_scale_key(key, fmt), scale)
+        if key in self.input_scales:
+            self.inner.put(_sibling(key, INPUT_SCALE), self.input_scales[key])
+        if key in self.configs:
+            self.inner.put(_config_key(key), self.configs[key])
 
     def encoded_dtype(self, key: str) -> Optional[torch.dtype]:
         """The plain fp8 dtype a key is written in, which ``put`` also takes as it is (the engine then
@@ -230,12 +298,8 @@ class EncodingSink(Sink):
         fmt = self.encode.get(key)
         if not tensor.dtype.is_floating_point or fmt is None:
             self.inner.put(key, tensor)
-        elif fmt in SCALE_KEYS:
-            weight, scale = quantize_scaled(tensor, SCALED_DTYPES[fmt])
-            self.inner.put(key, weight)
-            self.inner.put(_scale_key(key, fmt), scale)
-            if key in self.configs:
-                self.inner.put(_config_key(key), self.configs[key])
+        elif fmt in SCALE_KEYS or fmt in BLOCK_FORMATS:
+            self._put_quantised(key, fmt, tensor)
         elif PLAIN[fmt] in FP8:
             self.inner.put(key, narrow(tensor, PLAIN[fmt]))  # fp8 from the engine: as it is
         else:
@@ -258,6 +322,10 @@ class EncodingSink(Sink):
 
 def _scale_key(key: str, fmt: str) -> str:
     return key[: -len("weight")] + SCALE_KEYS[fmt]
+
+
+def _sibling(key: str, name: str) -> str:
+    return key[: -len("weight")] + name
 
 
 def _config_key(key: str) -> str:

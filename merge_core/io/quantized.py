@@ -12,13 +12,21 @@ Three layouts describe a scaled fp8 weight (``weight = fp8 * scale``); each is r
 - ``comfy_quant`` (what ComfyUI 0.33 writes): the same tensors, each layer's config in a
   ``<layer>.comfy_quant`` uint8 tensor holding its JSON. 0.3.75 does not read it.
 
-Only the per-tensor fp8 formats (``float8_e4m3fn``, ``float8_e5m2``) are dequantised; a layer in
-another of 0.33's formats (mxfp8, nvfp4, int8, ...) is a one-line error naming the input, the
-layer and the format, raised when the file is opened. Every weight is handed out as float32 (its
-scale applied); scale, marker and config tensors are consumed here and never reach the merge plan.
+Dequantised: the per-tensor fp8 formats (``float8_e4m3fn``, ``float8_e5m2``) and 0.33's block-scaled
+float formats ``mxfp8`` and ``nvfp4`` (io/microscaling.py: the same values as 0.33 computes, bit for
+bit). A block-scaled weight is stored padded (to multiples of 32 or 16) and is handed out in that
+padded shape, so it merges with inputs stored with the same padding (an unpadded input of another
+shape is the plan's shape error). An nvfp4 layer's ``pre_quant_scale`` (smoothing: 0.33 multiplies
+the layer's input by it) is folded into the weight's columns, which is the same product; that layer's
+input scale, measured on the smoothed input, is then not kept. A fp8 layer's ``pre_quant_scale`` is
+ignored, as 0.33 ignores it. A layer in another of 0.33's formats (int8, w4a4, w4a8, ...) or a
+malformed block-scaled layer is a one-line error naming the input, the layer and the format, raised
+when the file is opened. Every weight is handed out as float32 (its scales applied); scale, marker
+and config tensors are consumed here and never reach the merge plan.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -28,6 +36,8 @@ from .dtype_names import dtype_name
 from .file_source import FileSource
 from .fp8 import FP8, widen
 from .json_limits import loads_bounded
+from .microscaling import (BLOCK, MXFP8, NVFP4, dequantize_mxfp8, dequantize_nvfp4, scale_shape,
+                           values_shape)
 
 MARKER = "scaled_fp8"
 QUANT_METADATA = "_quantization_metadata"
@@ -36,7 +46,9 @@ LEGACY = ("scale_weight", "scale_input")
 MIXED = ("weight_scale", "input_scale")
 LAYER_CONFIG = "comfy_quant"
 # buffers of 0.33's other formats: consumed with their weight, never merged as weights
-OTHER_BUFFERS = ("weight_scale_2", "pre_quant_scale")
+TENSOR_SCALE, SMOOTHING = "weight_scale_2", "pre_quant_scale"
+OTHER_BUFFERS = (TENSOR_SCALE, SMOOTHING)
+BLOCK_STORAGE = {MXFP8: torch.float8_e4m3fn, NVFP4: torch.uint8}  # how 0.33 stores each block format's values
 # stored formats besides plain dtype names: the legacy layout's scaled weight, and a weight_scale one
 SCALED, MIXED_FP8, MIXED_FP8_E5M2 = "scaled_fp8", "mixed_fp8", "mixed_fp8_e5m2"
 # layouts of a file's scaled weights (see the module docstring)
@@ -73,6 +85,8 @@ class QuantizedFileSource(FileSource):
         self.formats: dict[str, str] = {}  # weight key -> SCALED or MIXED_FP8(_E5M2)
         self.configs: dict[str, dict] = {}  # weight key -> its layer's config (comfy_quant or header)
         self.inputs_scaled: set[str] = set()  # weight keys that came with an input scale
+        self.blocks: dict[str, str] = {}  # weight key -> MXFP8 or NVFP4
+        self.smoothed: dict[str, str] = {}  # nvfp4 weight key -> its pre_quant_scale key (folded in)
         consumed = {k for k in tensors if _is_marker(k) or k.endswith("." + LAYER_CONFIG)}
         self.marker = next((k for k in tensors if _is_marker(k)), None)
         self.quant_metadata = self.reader.metadata.get(QUANT_METADATA)
@@ -126,20 +140,50 @@ class QuantizedFileSource(FileSource):
         return entry if isinstance(entry, dict) else None
 
     def _check_format(self, key: str, config: Optional[dict]) -> None:
-        """Only per-tensor fp8 is dequantised here: any other format is refused before any work."""
+        """Per-tensor fp8, mxfp8 and nvfp4 are dequantised here: any other format is refused before any work."""
         fmt = (config or {}).get("format")
         stored = self.reader.tensors[key].dtype
         if fmt is None and stored in FP8:
             return
         if fmt in FP8_FORMATS and stored in FP8:
             return
+        if fmt in BLOCK:
+            self._check_blocks(key, fmt)
+            return
         what = f"ComfyUI's quantised format '{fmt}'" if fmt else f"a {dtype_name(stored)} weight with a scale"
         raise MergeInputError(self.input_name, f"'{self.name}' stores '{key}' as {what}, which this version "
-                              "cannot dequantise (per-tensor fp8 only).",
-                              "use an fp8, scaled-fp8, GGUF or unquantised version of the model.")
+                              "cannot dequantise (per-tensor fp8, mxfp8 and nvfp4 only).",
+                              "use an fp8, scaled-fp8, mxfp8, nvfp4, GGUF or unquantised version of the model.")
+
+    def _check_blocks(self, key: str, fmt: str) -> None:
+        """A block-scaled layer as 0.33 stores it: values of the padded shape, tiled block scales (and the
+        tensor scale of nvfp4); anything else is refused, naming what does not fit."""
+        tensors, info = self.reader.tensors, self.reader.tensors[key]
+        scale, tensor_scale, smoothing = (_sibling(key, n) for n in (MIXED[0], TENSOR_SCALE, SMOOTHING))
+        problem = None
+        if info.dtype != BLOCK_STORAGE[fmt] or len(info.shape) != 2:
+            problem = f"a {len(info.shape)}-D {dtype_name(info.dtype)} weight"
+        elif any(d % BLOCK[fmt] for d in values_shape(fmt, info.shape)):
+            problem = f"the shape {list(info.shape)}, not padded to multiples of {BLOCK[fmt]}"
+        elif scale not in tensors or tensors[scale].shape != scale_shape(fmt, values_shape(fmt, info.shape)):
+            problem = f"block scales of shape {list(tensors[scale].shape) if scale in tensors else None}"
+        elif fmt == NVFP4 and (tensor_scale not in tensors or math.prod(tensors[tensor_scale].shape) != 1):
+            problem = f"no single-value '{TENSOR_SCALE}'"
+        elif fmt == NVFP4 and smoothing in tensors and (
+                len(tensors[smoothing].shape) != 1 or tensors[smoothing].shape[0] > values_shape(fmt, info.shape)[1]):
+            problem = f"a '{SMOOTHING}' of shape {list(tensors[smoothing].shape)}"
+        if problem is not None:
+            raise MergeInputError(self.input_name, f"'{self.name}' stores '{key}' in ComfyUI's quantised format "
+                                  f"'{fmt}' with {problem}, which this version cannot read.",
+                                  "the file is damaged or of a newer layout; use another version of the model.")
+        self.blocks[key] = self.formats[key] = fmt
+        self.scales.setdefault(key, scale)
+        if fmt == NVFP4 and smoothing in tensors:
+            self.smoothed[key] = smoothing
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {k: v.shape for k, v in self.reader.tensors.items() if k not in self.consumed}
+        return {k: values_shape(self.blocks[k], v.shape) if k in self.blocks else v.shape
+                for k, v in self.reader.tensors.items() if k not in self.consumed}
 
     def dtype(self, key: str) -> torch.dtype:
         own = self.reader.tensors[key].dtype
@@ -158,7 +202,19 @@ class QuantizedFileSource(FileSource):
     def had_input_scale(self, key: str) -> bool:
         return key in self.inputs_scaled
 
+    def input_scale(self, key: str) -> Optional[torch.Tensor]:
+        """The layer's stored ``input_scale`` (the weight_scale layouts), which "as in A" writes again: it was
+        measured on the layer's activations, which no weight merge can recompute. None without one, for the
+        legacy layout's ``scale_input`` (its 2-value marker means no fp8 activations), and for a smoothed
+        nvfp4 layer (its scale was measured after the smoothing that the merge folds away)."""
+        name = _sibling(key, MIXED[1])
+        if key not in self.inputs_scaled or self.formats.get(key) == SCALED or key in self.smoothed:
+            return None
+        return self.reader.get(name).clone() if name in self.reader.tensors else None
+
     def get(self, key: str) -> torch.Tensor:
+        if key in self.blocks:
+            return self._blocks(key)
         tensor = self.reader.get(key, self.buffers)
         if key not in self.scales:
             return widen(tensor) if tensor.dtype in FP8 else tensor
@@ -171,6 +227,16 @@ class QuantizedFileSource(FileSource):
                                   f"{tuple(scale.shape)}, which does not fit the weight {tuple(weight.shape)} "
                                   "(a block-wise quantisation this version does not read).",
                                   "use an fp8 scaled-per-tensor, GGUF or unquantised file.") from None
+
+    def _blocks(self, key: str) -> torch.Tensor:
+        values, scales = self.reader.get(key), self.reader.get(self.scales[key])
+        if self.blocks[key] == MXFP8:
+            return dequantize_mxfp8(values, scales)
+        weight = dequantize_nvfp4(values, scales, self.reader.get(_sibling(key, TENSOR_SCALE)).reshape(()))
+        if key in self.smoothed:  # 0.33 computes (input * s) @ weight.T, which is input @ (weight * s).T
+            smoothing = self.reader.get(self.smoothed[key]).float()
+            weight[:, :smoothing.shape[0]] *= smoothing
+        return weight
 
     def stored(self, key: str) -> Optional[torch.Tensor]:
         """A plain (unscaled) fp8 weight as stored, for the engine's linear modes, which widen it to

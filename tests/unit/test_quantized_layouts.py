@@ -161,14 +161,14 @@ def test_as_033_a_keeps_per_layer_configs(tmp_path, models):
     merge_files(a, b, None, str(tmp_path / "as_a.safetensors"), alpha=0.5)
     stored, meta = read(tmp_path / "as_a.safetensors")
     assert "_quantization_metadata" not in meta and UNET + "scaled_fp8" not in stored
-    assert not [k for k in stored if k.endswith(("scale_weight", "scale_input", "input_scale"))]
+    assert not [k for k in stored if k.endswith(("scale_weight", "scale_input"))]
     layers = [k for k, v in models[0].items() if is_linear(k, v)]
     for k in layers:
         layer = k[: -len(".weight")]
         config = json.loads(stored[layer + ".comfy_quant"].numpy().tobytes())
-        # A's config kept; its input scale is dropped, so activations must not be cast to fp8 unscaled
-        assert config == {"format": "float8_e5m2" if k == E5M2_LAYER else "float8_e4m3fn", "kept": "yes",
-                          "full_precision_matrix_mult": True}, k
+        # A's config kept, and A's input scale with it (activation calibration is not recomputable)
+        assert config == {"format": "float8_e5m2" if k == E5M2_LAYER else "float8_e4m3fn", "kept": "yes"}, k
+        assert torch.equal(stored[layer + ".input_scale"], torch.tensor(0.5)), k
         assert stored[k].dtype == (E5M2 if k == E5M2_LAYER else E4M3)
         assert stored[layer + ".weight_scale"].dtype == torch.float32 and stored[layer + ".weight_scale"].dim() == 0
     assert len([k for k in stored if k.endswith(".comfy_quant")]) == len(layers)
@@ -181,7 +181,9 @@ def test_as_header_a_keeps_its_header_and_naming(tmp_path, models, full_names):
     b, db = save(tmp_path, "b", per_layer(models[1]))
     merge_files(a, b, None, str(tmp_path / "as_a.safetensors"), alpha=0.25)
     stored, meta = read(tmp_path / "as_a.safetensors")
-    assert not [k for k in stored if k.endswith(("comfy_quant", "input_scale", "scaled_fp8"))]
+    assert not [k for k in stored if k.endswith(("comfy_quant", "scaled_fp8"))]
+    assert all(torch.equal(stored[k[:-6] + "input_scale"], torch.tensor(0.5))
+               for k, v in models[0].items() if is_linear(k, v))  # A's input scales kept
     table = json.loads(meta["_quantization_metadata"])
     names = {k[: -len(".weight")] if full_names else k[len(UNET):-len(".weight")]
              for k, v in models[0].items() if is_linear(k, v)}
@@ -226,7 +228,7 @@ def test_bare_033_file_keeps_bare_names(tmp_path, models):
     merge_files(str(a), str(b), None, str(tmp_path / "o.safetensors"), alpha=0.5)
     stored, meta = read(tmp_path / "o.safetensors")
     assert not [k for k in stored if k.startswith("model.")]
-    assert "input_blocks.1.1.proj_in.comfy_quant" in stored and "input_blocks.1.1.proj_in.input_scale" not in stored
+    assert "input_blocks.1.1.proj_in.comfy_quant" in stored and "input_blocks.1.1.proj_in.input_scale" in stored
     want = {k[len(UNET):]: 0.5 * v.float() + 0.5 * other[k[len(UNET):]] for k, v in da.items()}
     assert_formula(dequantise_output(stored, meta), want,
                    lambda k, w: per_tensor(UNET + k, w), "bare 0.33")
