@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..analysis.similarity import format_table
     from ..architectures import KEPT, NO_BLOCK, detect_or_auto
+    from ..architectures.auto import AUTO
+    from ..architectures.auto import RULE as AUTO_RULE
     from ..blocks.weights import named_example
     from ..io.sources import open_source
     src = open_source(args.file, input_name="file")
@@ -33,6 +35,8 @@ def run(args) -> int:
     counts = Counter(arch.block_of(k) for k in keys)
     print(f"{arch.label} ({arch.name}), {naming}: {arch.n_blocks} blocks")
     print(f"layout: {arch.layout_text()}")
+    if arch.name == AUTO:
+        print(f"order: {AUTO_RULE}")
     print(f"block weights: {arch.n_blocks} values in this order, or named pairs such as {named_example(arch)} "
           "(blocks not named take alpha)")
     first: dict[str, str] = {}  # block -> its first key

@@ -94,7 +94,7 @@ def test_detection_mixes_and_auto():
         require_compatible(detect(flux), detect(load_keyset("chroma")), "model_b")
     with pytest.raises(MergeInputError, match="J00-J37, OUT but model A has BASE, IN, J00-J23"):
         require_compatible(detect(sd3), detect(load_keyset("sd35-large")), "model_b")
-    # a model nobody declared: automatic blocks in order of first appearance
+    # a model nobody declared: automatic blocks (input-side modules, stacks, output-side modules)
     keys = ["diffusion_model.patchify.weight", "diffusion_model.layers.0.attn.weight",
             "diffusion_model.layers.1.attn.weight", "diffusion_model.norm.weight",
             "diffusion_model.layers.1.mlp.weight"]
@@ -103,6 +103,22 @@ def test_detection_mixes_and_auto():
     assert auto.blocks == ("BASE", "patchify", "layers.0", "layers.1", "norm")
     assert [auto.block_of(k) for k in keys] == ["patchify", "layers.0", "layers.1", "norm", "layers.1"]
     assert auto.block_of("clip_l.transformer.x.weight") == "BASE"
+
+
+def test_automatic_blocks_are_in_block_order_whatever_the_key_order():
+    """Numbered stacks by index (2 before 10), a Sequential of single layers one block, input-side modules
+    before the stacks and output-side ones after, the same for any key order (a file's alphabetical one, a
+    loaded model's module order)."""
+    stack = [f"blocks.{i}.attn.qkv.weight" for i in (0, 1, 2, 10, 11)] + ["blocks.2.mlp.0.weight"]
+    keys = ["tmlp.0.weight", "tmlp.0.bias", "tmlp.2.weight", "first.weight", "last.linear.weight",
+            "txtfusion.projector.weight", "final_norm.weight", "pos_embed", "proj_out.bias", *stack]
+    want = ("BASE", "first", "pos_embed", "tmlp", "txtfusion", "blocks.0", "blocks.1", "blocks.2", "blocks.10",
+            "blocks.11", "final_norm", "last", "proj_out")
+    for order in (keys, sorted(keys), list(reversed(keys))):
+        auto = detect_or_auto(order)
+        assert auto.name == "auto" and auto.blocks == want
+        assert auto.block_of("tmlp.2.weight") == "tmlp" and auto.block_of("blocks.10.attn.qkv.weight") == "blocks.10"
+        assert auto.block_of("blocks.2.mlp.0.weight") == "blocks.2" and auto.block_of("pos_embed") == "pos_embed"
 
 
 def test_positional_and_named_weights_on_flux():
