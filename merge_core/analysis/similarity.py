@@ -44,9 +44,8 @@ def element_name(key: str, arch: Architecture) -> str:
             if key.startswith(prefix):
                 return key[len(prefix):]
         return key
-    containers = "|".join(re.escape(n.container) for n in arch.numbered)
-    numbered = r"^(input_blocks|output_blocks" + (f"|{containers}" if containers else "") + r")\.\d+\."
-    m = re.match(numbered + r"|^middle_block\.", rel)
+    containers = "".join("|" + n.index_pattern for n in arch.numbered)
+    m = re.match(r"^(?:input_blocks\.\d+\.|output_blocks\.\d+\." + containers + r"|middle_block\.)", rel)
     return rel[m.end():] if m else rel
 
 

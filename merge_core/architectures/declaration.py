@@ -32,18 +32,30 @@ KEPT = "(kept)"
 
 @dataclass(frozen=True)
 class Numbered:
-    """A numbered container of the diffusion model: ``<container>.N.`` is block ``<prefix>NN``."""
+    """A numbered container of the diffusion model: ``<container>.N.`` is block ``<prefix>NN``
+    (``<container>N.`` when glued: Cosmos 1 names its blocks ``blocks.block0.``)."""
 
     container: str
     prefix: str
     default: int  # the count of the full-size model, used until `sized` reads the keys
+    glued: bool = False
 
     def ids(self, count: int) -> tuple[str, ...]:
         return tuple(f"{self.prefix}{i:02d}" for i in range(count))
 
     @property
+    def separator(self) -> str:
+        """What stands between the container's name and the index."""
+        return "" if self.glued else "."
+
+    @property
+    def index_pattern(self) -> str:
+        """A regex over diffusion-relative keys whose group is the index."""
+        return re.escape(self.container + self.separator) + r"(\d+)\."
+
+    @property
     def rule(self) -> tuple[str, str]:
-        return re.escape(self.container) + r"\.(\d+)\.", self.prefix + "{0:02d}"
+        return self.index_pattern, self.prefix + "{0:02d}"
 
 
 @dataclass(frozen=True)
@@ -181,7 +193,7 @@ class Architecture:
         rel = [key if bare else unet_relative(key) for key in keys]
         counts = []
         for part in self.numbered:
-            pattern = re.compile(re.escape(part.container) + r"\.(\d+)\.")
+            pattern = re.compile(part.index_pattern)
             found = [int(m.group(1)) for m in map(pattern.match, filter(None, rel)) if m]
             counts.append((part.container, max(found) + 1 if found else 0))
         sizes = tuple(n for _, n in counts)

@@ -38,9 +38,10 @@ def _underscored(body: str, arch: Architecture) -> Optional[str]:
     """``double_blocks_0_img_attn_qkv`` -> ``double_blocks.0.img_attn_qkv``: a numbered container of the
     family, else the shortest leading module name (``final_layer``, ``img_in``) one of its rules names."""
     for part in sorted(arch.numbered, key=lambda p: -len(p.container)):
-        m = re.match(re.escape(part.container.replace(".", "_")) + r"_(\d+)(?:_|$)", body)
+        stem = (part.container + part.separator).replace(".", "_")
+        m = re.match(re.escape(stem) + r"(\d+)(?:_|$)", body)
         if m:
-            return f"{part.container}.{m.group(1)}.{body[m.end():]}"
+            return f"{part.container}{part.separator}{m.group(1)}.{body[m.end():]}"
     words = body.split("_")
     for i in range(1, len(words) + 1):
         rel = "_".join(words[:i]) + "." + "_".join(words[i:])
@@ -108,7 +109,7 @@ def sized_for_lora(arch: Architecture, names: Iterable[str]) -> Architecture:
     for name in names:
         rel = relative_name(name, arch) or ""
         for part in arch.numbered:
-            m = re.match(re.escape(part.container) + r"\.(\d+)\.", rel)
+            m = re.match(part.index_pattern, rel)
             if m:
                 found[part.container] = max(found.get(part.container, 0), int(m.group(1)) + 1)
     counts = tuple((p.container, max(p.default, found.get(p.container, 0))) for p in arch.numbered)
