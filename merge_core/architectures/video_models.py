@@ -39,7 +39,8 @@ MOCHI = transformer(
     Signature(numbered=(("blocks", 0, None),), all_of=(r"t5_yproj\.", r"x_embedder\.")),
     keyset="mochi-preview",
     lora=LoraNaming(210, (("transformer_blocks.", "blocks."), ("patch_embed.", "x_embedder."),
-                          ("time_embed.", "t_embedder."), ("norm_out.", "final_layer."), ("proj_out.", "final_layer."))))
+                          ("time_embed.", "t_embedder."), ("norm_out.", "final_layer."),
+                          ("proj_out.", "final_layer."))))
 # the input side of the HunyuanVideo class: latent patches, time, CLIP vector and guidance, the text token
 # refiner, and the optional ByT5 glyph mapper, mean-flow time, vision and condition-type embeddings
 HUNYUAN_IN = modules("img_in", "time_in", "vector_in", "guidance_in", "txt_in", "byt5_in", "time_r_in", "vision_in",
