@@ -5,8 +5,10 @@ Krea 2 is its class's defaults (12.8B parameters); LongCat-Image is ComfyUI's Fl
 0.33's detection and supported_models.LongCatImage set (10 double and 20 single blocks, Qwen2.5-VL's 3584-wide
 text, no pooled vector, no guidance); AuraFlow the class defaults at the released width (4 joint and 32 single
 layers, a 9216-token position table: v0.3); Flux.2 Klein 4B and 9B are Flux.2 at 3072 and 4096 wide with
-5/20 and 8/24 blocks, their Qwen3 4B / 8B text (three hidden layers concatenated). The Flux-class files keep
-the released ``.scale`` name of their RMSNorm parameters (0.33's class says ``.weight`` and renames on load).
+5/20 and 8/24 blocks, their Qwen3 4B / 8B text (three hidden layers concatenated). The Klein files keep the
+``.scale`` name BFL's releases give their RMSNorm parameters (0.33's class says ``.weight`` and its Flux.2 config
+renames on load); LongCat-Image keeps the class's ``.weight``: 0.33's LongCatImage config renames nothing, so
+the files it loads say ``.weight``.
 """
 from __future__ import annotations
 
@@ -52,8 +54,10 @@ def build(name: str):
     if name == "auraflow":
         from comfy.ldm.aura.mmdit import MMDiT
         return MMDiT(**AURAFLOW, **ops)
-    if name in ("longcat-image", "flux2-klein-4b", "flux2-klein-9b"):
+    if name == "longcat-image":
         from comfy.ldm.flux.model import Flux
-        config = {"longcat-image": LONGCAT_IMAGE, "flux2-klein-4b": KLEIN_4B, "flux2-klein-9b": KLEIN_9B}[name]
-        return _ReleasedNames(Flux(**config, **ops))
+        return Flux(**LONGCAT_IMAGE, **ops)
+    if name in ("flux2-klein-4b", "flux2-klein-9b"):
+        from comfy.ldm.flux.model import Flux
+        return _ReleasedNames(Flux(**(KLEIN_4B if name == "flux2-klein-4b" else KLEIN_9B), **ops))
     raise SystemExit(f"unknown inventory '{name}'")

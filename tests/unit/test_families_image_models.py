@@ -57,9 +57,10 @@ def test_other_families_are_not_detected_as_these(name):
 
 
 def test_longcat_under_a_hosts_parameter_names_and_the_flux_labels():
-    """0.33 loads Flux's RMSNorm scales as ``.weight``: still LongCat-Image; Flux.1 files stay Flux.1 (they
-    have vector_in), Flux.2 dev stays Flux.2 dev."""
-    renamed = [k[:-len("scale")] + "weight" if k.endswith(".scale") else k for k in load_keyset("longcat-image")]
+    """LongCat-Image's RMSNorm scales under either name (``.weight`` as 0.33 loads them, ``.scale`` as BFL
+    names Flux's): LongCat-Image; Flux.1 files stay Flux.1 (they have vector_in), Flux.2 dev stays Flux.2 dev."""
+    renamed = [k[:-len("weight")] + "scale" if k.endswith("_norm.weight") else k for k in load_keyset("longcat-image")]
+    assert any(k.endswith("key_norm.scale") for k in renamed)
     assert detect(renamed).name == "longcat_image"
     assert detect(["diffusion_model." + k for k in renamed]).name == "longcat_image"
     assert detect(load_keyset("flux1-schnell")).label == "Flux.1"

@@ -1,0 +1,144 @@
+"""Tiny Krea 2, LongCat-Image and AuraFlow models built from ComfyUI's own classes (width 64, two or three
+blocks), with the key names of the released models (merge_core/architectures/keysets).
+
+As in tiny_families: the host's detection reads the released key set's shapes (meta tensors) and only the size
+settings are replaced; ``register()`` adds tiny configs so that UNETLoader loads the files (the host's
+detection hard-codes full-size values: Krea 2's 128-wide heads, AuraFlow's 3072 width). A family whose class
+the running ComfyUI lacks (Krea 2 and LongCat-Image before 0.33) is listed by ``missing(family)``.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import torch
+
+import comfy.ops
+import comfy.sd
+import comfy.supported_models
+import comfy.utils
+from tiny_families import HEADS, ROPE, TEXT_WIDTH, WIDTH, _only
+from tiny_models import TinyConfig, _fill
+
+KEYSETS = Path(__file__).resolve().parents[1] / "merge_core" / "architectures" / "keysets"
+KREA2 = dict(features=WIDTH, heads=HEADS, kvheads=1, layers=3, txtdim=TEXT_WIDTH, txtlayers=3, txtheads=HEADS,
+             txtkvheads=HEADS, tdim=32)
+LONGCAT_IMAGE = dict(hidden_size=WIDTH, num_heads=HEADS, axes_dim=ROPE, context_in_dim=48, depth=2,
+                     depth_single_blocks=3)
+AURAFLOW = dict(dim=WIDTH, n_heads=HEADS, global_conddim=WIDTH, cond_seq_dim=TEXT_WIDTH, n_double_layers=2,
+                n_layers=4, max_seq=64)
+TINY = {"krea2": KREA2, "longcat-image": LONGCAT_IMAGE, "auraflow": AURAFLOW}
+HOST_CONFIG = {"krea2": "Krea2", "longcat-image": "LongCatImage", "auraflow": "AuraFlow"}  # supported_models
+FAMILIES = tuple(TINY)
+
+
+def missing(family: str) -> str:
+    """Why the running ComfyUI cannot build this family ('' when it can)."""
+    if getattr(comfy.supported_models, HOST_CONFIG[family], None) is None:
+        return f"this ComfyUI has no {HOST_CONFIG[family]} model (ComfyUI 0.33 has it)"
+    return ""
+
+
+def _width(state_dict, suffix: str) -> list[int]:
+    return [v.shape[0] for k, v in (state_dict or {}).items() if k.endswith(suffix)]
+
+
+def _tiny_configs() -> tuple:
+    configs = []
+    if not missing("krea2"):
+        class TinyKrea2(TinyConfig, comfy.supported_models.Krea2):
+            unet_config = {"image_model": "krea2", "features": WIDTH}
+            unet_extra_config = _only(KREA2, "heads", "kvheads", "txtheads", "txtkvheads", "tdim")
+        configs.append(TinyKrea2)
+    if not missing("longcat-image"):
+        class TinyLongCatImage(TinyConfig, comfy.supported_models.LongCatImage):
+            unet_config = {"image_model": "flux", "guidance_embed": False, "vec_in_dim": None, "hidden_size": WIDTH,
+                           "context_in_dim": LONGCAT_IMAGE["context_in_dim"]}
+            unet_extra_config = {**_only(LONGCAT_IMAGE, "num_heads", "axes_dim"), "txt_ids_dims": [1, 2]}
+        configs.append(TinyLongCatImage)
+
+    class TinyAuraFlow(TinyConfig, comfy.supported_models.AuraFlow):
+        """Detection reads no width: the config matches on the image embedding's and sets the rest."""
+        unet_config = {"cond_seq_dim": TEXT_WIDTH}
+        unet_extra_config = _only(AURAFLOW, "dim", "n_heads", "global_conddim")
+
+        @classmethod
+        def tiny_match(cls, state_dict) -> bool:
+            return _width(state_dict, "init_x_linear.weight") == [WIDTH]
+    configs.append(TinyAuraFlow)
+    return tuple(configs)
+
+
+TINY_CONFIGS = _tiny_configs()
+
+
+def register() -> None:
+    """Let UNETLoader recognise the tiny files (idempotent); ahead of tiny_families' Flux configs, whose tiny
+    schnell would otherwise also claim the tiny LongCat-Image (no guidance input either)."""
+    models = comfy.supported_models.models
+    for cls in TINY_CONFIGS:
+        if cls in models:
+            models.remove(cls)
+        models.insert(0, cls)
+
+
+def released_keys(family: str) -> dict[str, tuple[list, str]]:
+    """{key: (shape, dtype)} of the family's released diffusion model (bare keys)."""
+    with gzip.open(KEYSETS / f"{family}.json.gz") as f:
+        return {k: tuple(v) for k, v in json.loads(f.read()).items()}
+
+
+def host_config(family: str) -> dict:
+    """The configuration the running ComfyUI detects from the released key set, shrunk to the tiny size."""
+    from comfy import model_detection
+    if missing(family):
+        raise RuntimeError(missing(family))
+    meta = {k: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+            for k, (shape, dtype) in released_keys(family).items()}
+    detected = model_detection.detect_unet_config(meta, "")
+    if detected is None:
+        raise RuntimeError(f"this ComfyUI does not recognise the released {family} key set")
+    return {**detected, **TINY[family]}
+
+
+def _model_class(family: str):
+    if family == "krea2":
+        from comfy.ldm.krea2.model import SingleStreamDiT
+        return SingleStreamDiT
+    if family == "longcat-image":
+        from comfy.ldm.flux.model import Flux
+        return Flux
+    from comfy.ldm.aura.mmdit import MMDiT
+    return MMDiT
+
+
+def released_naming(family: str, state_dict: dict) -> dict:
+    """LongCat-Image's RMSNorm scales under the released ``.scale`` (0.33's Flux class says ``.weight``)."""
+    released = released_keys(family)
+    return {k[:-len("weight")] + "scale" if k not in released and k[:-len("weight")] + "scale" in released else k: v
+            for k, v in state_dict.items()}
+
+
+@torch.no_grad()
+def diffusion_state_dict(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A diffusion-model-only state dict (bare keys), every float tensor random (norm scales around 1)."""
+    module = _model_class(family)(**host_config(family), operations=comfy.ops.disable_weight_init,
+                                  device=torch.device("cpu"), dtype=torch.float32)
+    _fill(module, seed, all_random=True)
+    return released_naming(family, {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()})
+
+
+def build_model(family: str, seed: int = 0):
+    """A ModelPatcher loaded the way UNETLoader loads a diffusion-model file."""
+    register()
+    return comfy.sd.load_diffusion_model_state_dict(diffusion_state_dict(family, seed))
+
+
+def save_diffusion_model(path: str | os.PathLike, family: str, seed: int) -> Path:
+    """A diffusion-model-only safetensors file that UNETLoader loads once register() ran."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comfy.utils.save_torch_file(diffusion_state_dict(family, seed), str(path))
+    return path
