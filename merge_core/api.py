@@ -15,7 +15,7 @@ from .engine import DictSink, FileSink, ProgressFn, StopFn, run_merge
 from .errors import MergeInputError, require_ratio, require_seed
 from .io.bare_unet import StrippingSink, prefix_bare
 from .io.output_file import check_target
-from .io.precision import PRECISIONS, output_format
+from .io.precision import ALL_PRECISIONS, output_format
 from .io.released_names import with_released_names
 from .io.sources import KeySource, open_source
 from .methods.adjust import parse_adjust, require_adjustable
@@ -24,7 +24,7 @@ from .methods.modes import get_mode
 from .plan import MergePlan, MergeSettings, build_plan
 
 OUTPUT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}  # plain casts
-OUTPUT_PRECISIONS = PRECISIONS  # every precision a written file can take (io/precision.py); None: as in A
+OUTPUT_PRECISIONS = ALL_PRECISIONS  # every precision a written file can take (io/precision.py); None: as in A
 
 
 def make_settings(arch: Architecture, mode: str, alpha: float = 0.5, beta: float = 0.25,

@@ -25,7 +25,7 @@ from comfy_api.latest import io
 from ..merge_core.api import merge_files
 from ..merge_core.errors import MergeInputError
 from ..merge_core.input_names import FILE_NODE, renamed
-from ..merge_core.io.precision import PRECISIONS
+from ..merge_core.io.precision import BLOCK_FORMATS, PRECISIONS
 from ..merge_core.io.quantized import LEGACY_LAYOUT, PER_LAYER_LAYOUT
 from ..merge_core.io.output_file import check_prefix
 from ..merge_core.io.safetensors_file import SafetensorsReader
@@ -192,6 +192,11 @@ def host_scaled_layout() -> str:
     return PER_LAYER_LAYOUT if callable(getattr(comfy.utils, "convert_old_quants", None)) else LEGACY_LAYOUT
 
 
+def host_block_formats() -> tuple[str, ...]:
+    """mxfp8/nvfp4 outputs where this host's loader reads their comfy_quant layout (0.33), else none."""
+    return BLOCK_FORMATS if host_scaled_layout() == PER_LAYER_LAYOUT else ()
+
+
 def _interrupted() -> None:
     """Raises ComfyUI's interrupt exception when the user pressed Cancel (while waiting for a lock)."""
     import comfy.model_management
@@ -222,7 +227,8 @@ class _FileMerge(io.ComfyNode):
             inputs=[io.Combo.Input("file_a", options=names, tooltip=f"Model A (in {cls.FOLDER}): the base."),
                     io.Combo.Input("file_b", options=names, tooltip="Model B."),
                     *settings_inputs(),
-                    io.Combo.Input("precision", options=[AS_A, *PRECISIONS], default=AS_A, tooltip=PRECISION_TIP),
+                    io.Combo.Input("precision", options=[AS_A, *PRECISIONS, *host_block_formats()], default=AS_A,
+                                   tooltip=PRECISION_TIP),
                     io.String.Input("filename_prefix", default=cls.PREFIX,
                                     tooltip=f"Name inside the {cls.FOLDER} folder; a content key and "
                                             "'_00001_.safetensors' are appended, so nothing is overwritten."),

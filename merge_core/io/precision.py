@@ -62,8 +62,9 @@ from .quantized import (BLOCK_STORAGE, FP8, LAYER_CONFIG, LEGACY_LAYOUT, MARKER,
                         PER_LAYER_LAYOUT, QUANT_METADATA, SCALED, TENSOR_SCALE, UNET_PREFIX)
 from .sinks import Sink
 
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8_e4m3fn", "scaled_fp8", MXFP8, NVFP4)
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8_e4m3fn", "scaled_fp8")  # what every host's loader reads
 BLOCK_FORMATS = (MXFP8, NVFP4)  # written with block scales (io/microscaling.py), in the comfy_quant layout only
+ALL_PRECISIONS = PRECISIONS + BLOCK_FORMATS  # the block formats load in ComfyUI 0.33 only
 BLOCK_SCALE_DTYPES = {MXFP8: torch.float8_e8m0fnu, NVFP4: torch.float8_e4m3fn}
 INPUT_SCALE = MIXED[1]
 SCALED_LAYOUTS = (LEGACY_LAYOUT, PER_LAYER_LAYOUT)  # what an explicit scaled_fp8 output can be written as
@@ -122,9 +123,9 @@ def output_format(precision: Optional[str], plan, sources: Mapping, input_name: 
                   scaled_layout: str = LEGACY_LAYOUT) -> OutputFormat:
     """The format of every output key for a precision name (None: as in A); scaled_layout: the
     layout of an explicit scaled_fp8 output (SCALED_LAYOUTS; the module docstring says which when)."""
-    if precision is not None and precision not in PRECISIONS:
+    if precision is not None and precision not in ALL_PRECISIONS:
         raise MergeInputError(input_name, f"unknown output precision '{precision}'.",
-                              "use " + ", ".join(PRECISIONS) + " (or nothing: as in A).")
+                              "use " + ", ".join(ALL_PRECISIONS) + " (or nothing: as in A).")
     if scaled_layout not in SCALED_LAYOUTS:
         raise MergeInputError("scaled_layout", f"unknown scaled-fp8 layout '{scaled_layout}'.",
                               "use " + " or ".join(SCALED_LAYOUTS) + ".")

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from merge_core import merge_files, merge_state_dicts
 from merge_core.errors import MergeInputError
-from merge_core.io.precision import BLOCK_FORMATS, PRECISIONS, quantize_scaled
+from merge_core.io.precision import PRECISIONS, quantize_scaled
 from merge_core.io.sources import open_source
 
 gguf = pytest.importorskip("gguf")
@@ -147,7 +147,7 @@ TOLERANCE = {"fp32": (1e-6, 0), "fp16": (2 ** -11, 2 ** -24), "bf16": (2 ** -8, 
              "fp8_e4m3fn": (2 ** -4, 2 ** -9), "scaled_fp8": (2 ** -4, 2e-4)}
 
 
-@pytest.mark.parametrize("precision", [p for p in PRECISIONS if p not in BLOCK_FORMATS])  # those: microscaling
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_each_output_precision_reloads_as_the_float32_merge(tmp_path, pair, precision):
     a, b = pair
     save_file(a, tmp_path / "a.safetensors", metadata={"modelspec.architecture": "stable-diffusion-v1",
