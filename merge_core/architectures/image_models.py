@@ -6,7 +6,7 @@ Klein 4B and 9B are size variants of Flux.2 (transformers.FLUX2), not families o
 from __future__ import annotations
 
 from .declaration import LoraNaming, Numbered, Signature
-from .transformers import FLUX_DIFFUSERS, FLUX_LIKE, FLUX_NORMS, modules, transformer
+from .transformers import FLUX_DIFFUSERS, modules, transformer
 
 # Krea 2: one stream of 28 blocks; its text adapter (``txtfusion``: two layer-wise blocks, the projector that
 # mixes the text encoder's layers, two refiner blocks) is a group of blocks of its own between IN and the stack
@@ -22,16 +22,19 @@ KREA2 = transformer(
                           ("final_layer.", "last."))))
 # LongCat-Image: ComfyUI's Flux class without the pooled vector and guidance inputs (Qwen2.5-VL text); Flux.1's
 # signature also fits it, so it ranks before Flux.1 and rules out Flux.1's ``vector_in`` (every Flux.1 has it),
-# Flux.2's shared modulation and Chroma's guidance layer. Its LoRA names are Flux.1's (one LoRA group).
+# Flux.2's shared modulation and Chroma's guidance layer. Its LoRA names are Flux.1's (one LoRA group). Its
+# RMSNorm scales keep the names a file gives them: ComfyUI's LongCat-Image loads ``.weight`` and renames nothing,
+# so no released ``.scale`` name is imposed on a merged file (no scale_norms).
 LONGCAT_IMAGE = transformer(
     "longcat_image", "LongCat-Image", ("BASE", "IN", Numbered("double_blocks", "D", 10),
                                        Numbered("single_blocks", "S", 20), "OUT"),
     ((r"\w+_in\.", "IN"), (modules("final_layer"), "OUT")),
     Signature(numbered=(("double_blocks", 0, None), ("single_blocks", 0, None)),
-              all_of=(*FLUX_LIKE, r"img_in\.weight$", r"txt_in\.weight$"),
+              all_of=(r"double_blocks\.0\.img_attn\.norm\.key_norm\.(?:weight|scale)$", r"img_in\.weight$",
+                      r"txt_in\.weight$"),
               none_of=(r"vector_in\.", r"guidance_in\.", r"double_stream_modulation_img\.",
                        r"distilled_guidance_layer\.", r"txt_norm\.")),
-    scale_norms=FLUX_NORMS, detect_rank=39, keyset="longcat-image",
+    detect_rank=39, keyset="longcat-image",
     lora=LoraNaming(110, FLUX_DIFFUSERS, group="flux1"))
 # AuraFlow: 4 joint (double) and 32 single layers; the names of core's ModelMergeAuraflow sliders
 AURAFLOW = transformer(
