@@ -32,7 +32,7 @@ ALTERNATE_LAYOUTS: dict[str, tuple[Architecture, ...]] = {"sdxl": (SDXL_EXTENDED
 DETECTION_ORDER: tuple[Architecture, ...] = tuple(sorted(FAMILIES, key=lambda a: a.detect_rank))
 # A text-encoder-only source (a ComfyUI CLIP) is named by its encoders, in text_encoder_rank order.
 TEXT_ENCODER_ORDER: tuple[Architecture, ...] = tuple(sorted(
-    (a for a in FAMILIES if a.text_encoder_rank is not None), key=lambda a: a.text_encoder_rank))
+    (a for a in FAMILIES if a.text_encoder_rank is not None), key=lambda a: a.text_encoder_rank or 0))
 
 
 def _highest_indices(rel_keys: list[str], containers: set[str]) -> dict[str, int]:

@@ -25,7 +25,7 @@ _T5 = re.compile(r"^(lora_te[23]_|text_encoder_2\.|text_encoders\.t5xxl\.)")
 # the families LoRA names are resolved against, in the order that breaks ties (each declaration's
 # LoraNaming.rank: a diffusers Flux LoRA that trains only double blocks looks like SD3 and Qwen-Image too)
 LORA_FAMILIES: tuple[Architecture, ...] = tuple(sorted(
-    (a for a in ARCHITECTURES.values() if a.lora.rank is not None), key=lambda a: a.lora.rank))
+    (a for a in ARCHITECTURES.values() if a.lora.rank is not None), key=lambda a: a.lora.rank or 0))
 LORA_ORDER = tuple(a.name for a in LORA_FAMILIES)
 
 

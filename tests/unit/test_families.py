@@ -110,9 +110,9 @@ def test_automatic_blocks_are_in_block_order_whatever_the_key_order():
     before the stacks and output-side ones after, the same for any key order (a file's alphabetical one, a
     loaded model's module order)."""
     stack = [f"blocks.{i}.attn.qkv.weight" for i in (0, 1, 2, 10, 11)] + ["blocks.2.mlp.0.weight"]
-    keys = ["tmlp.0.weight", "tmlp.0.bias", "tmlp.2.weight", "first.weight", "last.linear.weight",
-            "txtfusion.projector.weight", "final_norm.weight", "pos_embed", "proj_out.bias", *stack]
-    want = ("BASE", "first", "pos_embed", "tmlp", "txtfusion", "blocks.0", "blocks.1", "blocks.2", "blocks.10",
+    keys = ["tmlp.0.weight", "tmlp.0.bias", "tmlp.2.weight", "stem.weight", "last.linear.weight",
+            "adapter.projector.weight", "final_norm.weight", "pos_embed", "proj_out.bias", *stack]
+    want = ("BASE", "adapter", "pos_embed", "stem", "tmlp", "blocks.0", "blocks.1", "blocks.2", "blocks.10",
             "blocks.11", "final_norm", "last", "proj_out")
     for order in (keys, sorted(keys), list(reversed(keys))):
         auto = detect_or_auto(order)
