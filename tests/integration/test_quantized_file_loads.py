@@ -157,7 +157,8 @@ def test_as_a_output_keeps_a_comfy_quant_layout_and_loads_in_033(inputs, tmp_pat
     layer = prefix + "blocks.0.self_attn.q."
     assert stored[layer + "weight"].dtype == E4M3 and stored[layer + "weight_scale"].dtype == torch.float32
     assert json.loads(stored[layer + "comfy_quant"].numpy().tobytes())["format"] == "float8_e4m3fn"
-    assert not [k for k in stored if k.endswith(("scale_weight", "input_scale", "scaled_fp8"))]
+    assert not [k for k in stored if k.endswith(("scale_weight", "scaled_fp8"))]
+    assert torch.equal(stored[layer + "input_scale"], torch.tensor(0.02))  # A's activation calibration, kept
     if not READS_COMFY_QUANT:
         pytest.skip("A is in ComfyUI 0.33's comfy_quant layout, which this host's loader (0.3.75) does not "
                     "read: A itself does not load here either; the file's layout is checked above")
