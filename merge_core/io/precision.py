@@ -251,6 +251,7 @@ class EncodingSink(Sink):
 
     def _quantised_layout(self, key: str, fmt: str, shape) -> list:
         """The tensors a quantised layer is written as, in the order ``put`` writes them."""
+        out: list[tuple[str, torch.dtype, tuple[int, ...]]]
         if fmt in BLOCK_FORMATS:
             out = [(key, BLOCK_STORAGE[fmt], storage_shape(fmt, shape)),
                    (_sibling(key, MIXED[0]), BLOCK_SCALE_DTYPES[fmt], scale_shape(fmt, shape))]

@@ -61,6 +61,11 @@ def _sibling(key: str, name: str) -> Optional[str]:
     return key[: -len("weight")] + name if key.endswith("weight") else None
 
 
+def _buffer(weight_key: str, name: str) -> str:
+    """A buffer of a weight's layer: ``<layer>.weight`` -> ``<layer>.<name>``."""
+    return weight_key[: -len("weight")] + name
+
+
 def _is_marker(key: str) -> bool:
     return key == MARKER or key.endswith("." + MARKER)
 
@@ -159,7 +164,7 @@ class QuantizedFileSource(FileSource):
         """A block-scaled layer as 0.33 stores it: values of the padded shape, tiled block scales (and the
         tensor scale of nvfp4); anything else is refused, naming what does not fit."""
         tensors, info = self.reader.tensors, self.reader.tensors[key]
-        scale, tensor_scale, smoothing = (_sibling(key, n) for n in (MIXED[0], TENSOR_SCALE, SMOOTHING))
+        scale, tensor_scale, smoothing = (_buffer(key, n) for n in (MIXED[0], TENSOR_SCALE, SMOOTHING))
         problem = None
         if info.dtype != BLOCK_STORAGE[fmt] or len(info.shape) != 2:
             problem = f"a {len(info.shape)}-D {dtype_name(info.dtype)} weight"
@@ -207,7 +212,7 @@ class QuantizedFileSource(FileSource):
         measured on the layer's activations, which no weight merge can recompute. None without one, for the
         legacy layout's ``scale_input`` (its 2-value marker means no fp8 activations), and for a smoothed
         nvfp4 layer (its scale was measured after the smoothing that the merge folds away)."""
-        name = _sibling(key, MIXED[1])
+        name = _buffer(key, MIXED[1])
         if key not in self.inputs_scaled or self.formats.get(key) == SCALED or key in self.smoothed:
             return None
         return self.reader.get(name).clone() if name in self.reader.tensors else None
@@ -232,7 +237,7 @@ class QuantizedFileSource(FileSource):
         values, scales = self.reader.get(key), self.reader.get(self.scales[key])
         if self.blocks[key] == MXFP8:
             return dequantize_mxfp8(values, scales)
-        weight = dequantize_nvfp4(values, scales, self.reader.get(_sibling(key, TENSOR_SCALE)).reshape(()))
+        weight = dequantize_nvfp4(values, scales, self.reader.get(_buffer(key, TENSOR_SCALE)).reshape(()))
         if key in self.smoothed:  # 0.33 computes (input * s) @ weight.T, which is input @ (weight * s).T
             smoothing = self.reader.get(self.smoothed[key]).float()
             weight[:, :smoothing.shape[0]] *= smoothing
