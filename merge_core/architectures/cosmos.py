@@ -22,15 +22,16 @@ COSMOS1 = transformer(
     detect_rank=150, lora=LoraNaming(150), keyset="cosmos1-7b",
     variants=(((28,), "Cosmos 7B"), ((36,), "Cosmos 14B")))
 # Predict2's kohya names (``lora_unet_blocks_0_self_attn_q_proj``) are explained by Wan's layout as well
-# (``blocks.N`` and its catch-all input rule), which ranks first: both share Wan's LoRA group, so a
-# Predict2 LoRA is applied to a Predict2 model without its metadata naming the family
+# (``blocks.N`` and its catch-all input rule): the tie goes to the family whose full-size model has those
+# modules (lora/families.py). Anima is Predict2 with an LLM adapter: a LoRA of its blocks alone is a Predict2
+# LoRA (ranked first), and both share one LoRA group, so it applies to either
 PREDICT2_LIKE = (r"blocks\.0\.mlp\.layer1\.", r"t_embedding_norm\.")
 PREDICT2_RULES = ((modules("x_embedder", "t_embedder", "pos_embedder", "t_embedding_norm"), "IN"),
                   (modules("final_layer"), "OUT"))
 COSMOS_PREDICT2 = transformer(
     "cosmos_predict2", "Cosmos-Predict2", ("BASE", "IN", Numbered("blocks", "B", 28), "OUT"), PREDICT2_RULES,
     Signature(numbered=(("blocks", 0, None),), all_of=PREDICT2_LIKE, none_of=(r"llm_adapter\.",)),
-    detect_rank=152, lora=LoraNaming(152, group="wan"), keyset="cosmos-predict2-2b",
+    detect_rank=152, lora=LoraNaming(151), keyset="cosmos-predict2-2b",
     variants=(((28,), "Cosmos-Predict2 2B"), ((36,), "Cosmos-Predict2 14B")))
 ANIMA = transformer(
     "anima", "Anima", ("BASE", "AIN", Numbered("llm_adapter.blocks", "A", 6), "AOUT", "IN",
@@ -40,6 +41,6 @@ ANIMA = transformer(
     Signature(numbered=(("blocks", 0, None), ("llm_adapter.blocks", 0, None)),
               all_of=(*PREDICT2_LIKE, r"llm_adapter\.blocks\.0\.cross_attn\.q_proj\."),
               text_encoder_markers=encoders("qwen3_06b")),
-    detect_rank=151, text_encoder_rank=150, lora=LoraNaming(151, group="wan"), keyset="anima")
+    detect_rank=151, text_encoder_rank=150, lora=LoraNaming(152, group="cosmos_predict2"), keyset="anima")
 
 DECLARED = (COSMOS1, ANIMA, COSMOS_PREDICT2)

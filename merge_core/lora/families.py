@@ -13,10 +13,14 @@ ComfyUI's own (``diffusion_model.double_blocks.0.img_attn.qkv``). Text-encoder m
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import json
 import re
+from functools import lru_cache
 from typing import Iterable, Optional
 
 from ..architectures import ARCHITECTURES, KEPT, NO_BLOCK, Architecture, unet_relative
+from ..architectures.registry import KEYSETS
 
 _DOTTED_PREFIXES = ("base_model.model.transformer.", "transformer.", "base_model.model.", "unet.")
 _UNDERSCORE_PREFIXES = ("lora_unet_", "lora_transformer_", "lycoris_")
@@ -119,14 +123,45 @@ def sized_for_lora(arch: Architecture, names: Iterable[str]) -> Architecture:
 def lora_family(names: Iterable[str]) -> Optional[Architecture]:
     """The transformer family a LoRA's module names belong to (full-size layout), None when none fits:
     every diffusion-model module must have a block there, and at least one a numbered one; the family
-    explaining the most modules wins, ties go by LORA_ORDER."""
+    explaining the most modules wins. kohya and ComfyUI names are matched against each family's full-size
+    key inventory first (block indices aside): the family whose model has the most of these modules wins, so a
+    family with a catch-all rule (Wan's input side explains any name) or more blocks by default does not take
+    another's LoRA; diffusers names, translated by prefix only, go by the count, then by LORA_ORDER."""
     names = list(names)
-    best, best_hits = None, 0
-    for arch in LORA_FAMILIES:
-        hits = _numbered_hits(names, arch)
-        if hits is not None and hits > best_hits:
-            best, best_hits = arch, hits
-    return None if best is None else sized_for_lora(best, names)
+    scored = [(_known_modules(names, arch), hits, arch) for arch in LORA_FAMILIES
+              if (hits := _numbered_hits(names, arch))]
+    if not scored:
+        return None
+    best = max(scored, key=lambda s: s[:2])[2]  # max keeps the first of equals: LORA_ORDER breaks ties
+    return sized_for_lora(best, names)
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+@lru_cache(maxsize=None)
+def _inventory_modules(keyset: str) -> frozenset[str]:
+    """The weights of a family's full-size key inventory as underscored module names with their indices
+    elided (``double_blocks_N_img_attn_qkv``), the form a kohya name is compared in."""
+    path = KEYSETS / f"{keyset}.json.gz"
+    if not keyset or not path.is_file():
+        return frozenset()
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        keys = json.load(f)
+    rels = ((unet_relative(k) or k) for k in keys)
+    return frozenset(_DIGITS.sub("N", rel[:-len(".weight")].replace(".", "_")) for rel in rels
+                     if rel.endswith(".weight"))
+
+
+def _known_modules(names: list[str], arch: Architecture) -> int:
+    """How many of a LoRA's kohya or ComfyUI-named modules the family's full-size model has (any size)."""
+    known = _inventory_modules(arch.keyset)
+    count = 0
+    for name in names:
+        if name.startswith(("lora_unet_", "lycoris_")) or unet_relative(name) is not None:
+            rel = relative_name(name, arch)
+            count += rel is not None and _DIGITS.sub("N", rel.replace(".", "_")) in known
+    return count
 
 
 def base_model_version(arch: Architecture) -> str:

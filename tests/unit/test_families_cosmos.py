@@ -75,15 +75,14 @@ def _kohya(rel):
 
 @pytest.mark.parametrize("name", CASES)
 def test_kohya_names_of_every_linear_layer(name):
-    """Cosmos 1's names are its own; Predict2's (and a blocks-only Anima LoRA's) are explained by Wan's layout
-    as well, which ranks first: they share Wan's LoRA group, and the family's own layout names the block."""
+    """Each family's kohya names are read as that family, though Wan's layout explains Predict2's as well (its
+    catch-all input rule): the family whose full-size model has the modules wins; the family's own layout names
+    the block."""
     family = CASES[name][0]
     rels = [k for k, s in load_keyset(name).items() if k.endswith(".weight") and len(s) == 2]
     names = [_kohya(rel) for rel in rels]
     found = lora_family(names)
-    assert found is not None and found.lora_group == ARCHITECTURES[family].lora_group
-    if family != "cosmos_predict2":
-        assert found.name == family
+    assert found is not None and found.name == family
     arch = ARCHITECTURES[family].sized(load_keyset(name), bare=True)
     for rel, lora_name in zip(rels, names):
         want = spec.TRANSCRIPTIONS[name](rel)
@@ -93,8 +92,13 @@ def test_kohya_names_of_every_linear_layer(name):
 
 def test_predict2_lora_metadata_names_its_family():
     names = [_kohya(k) for k, s in load_keyset("cosmos-predict2-2b").items() if k.endswith(".weight") and len(s) == 2]
-    assert lora_arch(names).name == "wan"  # names alone
+    assert lora_arch(names).name == "cosmos_predict2"  # names alone
     assert lora_arch(names, {"ss_base_model_version": "cosmos_predict2"}).name == "cosmos_predict2"
+    # an Anima LoRA of its diffusion blocks alone is a Predict2 LoRA, of the same LoRA group
+    anima = [_kohya(k) for k, s in load_keyset("anima").items()
+             if k.startswith("blocks.") and k.endswith(".weight") and len(s) == 2]
+    assert lora_arch(anima).name == "cosmos_predict2"
+    assert lora_arch(anima).lora_group == ARCHITECTURES["anima"].lora_group
 
 
 def _tiny(keys, seed):

@@ -236,7 +236,8 @@ def test_extract_refuses_two_families(tmp_path):
 def test_qwen_image_lora_of_few_blocks_reads_its_family_from_its_own_metadata(tmp_path):
     """A Qwen-Image model of 10 blocks names only transformer_blocks.0-9, which Flux.1 explains
     as well (its diffusers double blocks); the pack's own extraction says qwen_image in its metadata, and
-    that decides: Qwen-Image block ids are accepted, on merge and on read."""
+    that decides (names alone decide too now: Qwen-Image's full-size model has these kohya modules, Flux.1's
+    not): Qwen-Image block ids are accepted, on merge and on read."""
     keys = {k: s for k, s in load_keyset("qwen-image").items()
             if not re.search(r"transformer_blocks\.(\d+)\.", k) or int(re.search(r"blocks\.(\d+)\.", k)[1]) < 10}
     gen = torch.Generator().manual_seed(0)
@@ -253,12 +254,12 @@ def test_qwen_image_lora_of_few_blocks_reads_its_family_from_its_own_metadata(tm
     lora = read_lora(out)
     assert lora.metadata["ss_base_model_version"] == "qwen_image"
     assert lora.arch.name == "qwen_image" and lora.arch.n_blocks == QWEN_IMAGE.n_blocks
-    assert lora_family(lora.modules).name == "flux1"  # names alone: the tie Flux.1 wins
+    assert lora_family(lora.modules).name == "qwen_image"  # kohya names alone: Qwen-Image's model has the modules
     code = main(["lora-merge", f"{out}:1:T00-T59=0.5", "-o", str(tmp_path / "half.safetensors"), "--dtype", "fp32"])
     assert code == 0
     half, full = load_file(str(tmp_path / "half.safetensors")), load_file(str(out))
     name = next(n for n in lora.modules if "transformer_blocks_3_" in n)
     assert torch.allclose(delta(half, name), 0.5 * delta(full, name), atol=1e-5)
     # metadata naming a family the modules do not fit (copied from another LoRA) is not believed
-    assert lora_arch(lora.modules, {"ss_base_model_version": "sd3"}).name == "flux1"
+    assert lora_arch(lora.modules, {"ss_base_model_version": "sd3"}).name == "qwen_image"
     assert lora_arch(lora.modules, {"modelspec.architecture": "qwen_image/lora"}).name == "qwen_image"
