@@ -67,23 +67,23 @@ print(json.dumps({k: list(v.shape) for k, v in model.state_dict().items()}))
 
 # bench_cli.run_measured's child reports at least the peak RSS of the process that started it (Linux carries the
 # parent's high-water mark over fork and exec: 0.47 GB here, torch imported), so each measured command runs under
-# this small launcher, which starts it, waits and writes the command's own peak RSS (GB) to a file.
+# this small launcher, which starts it, waits and writes the command's own peak RSS (GB) and CPU seconds to a file.
 LAUNCH = r"""
 import os, subprocess, sys
 proc = subprocess.Popen(sys.argv[2:])
 _, status, usage = os.wait4(proc.pid, 0)
-open(sys.argv[1], "w").write(str(usage.ru_maxrss / 1024 / 1024))
+open(sys.argv[1], "w").write(f"{usage.ru_maxrss / 1024 / 1024} {usage.ru_utime + usage.ru_stime}")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def run_lean(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds (run_measured) and the command's own peak RSS in GB (LAUNCH)."""
+def run_lean(cmd: list[str]) -> tuple[float, float, float]:
+    """Wall seconds (run_measured), the command's own peak RSS in GB and its CPU seconds, user + system (LAUNCH)."""
     rss_file = WORK / "krea2_rss.txt"
     wall, _ = run_measured([sys.executable, "-S", "-c", LAUNCH, str(rss_file), *cmd])
-    rss = float(rss_file.read_text())
+    rss, cpu = map(float, rss_file.read_text().split())
     rss_file.unlink()
-    return wall, rss
+    return wall, rss, cpu
 
 
 def krea2_shapes() -> tuple[dict[str, tuple[int, ...]], str]:
@@ -262,7 +262,7 @@ def measure(a: Path, b: Path, rounds: int, tag: str, smoke: list[str]) -> tuple[
                                    "--overwrite", "-q"])
             rows.append((r + 1, floor, floor_load, merged, merge_load))
             print(f"round {r + 1}: floor {floor[0]:.1f} s (load {floor_load}), merge {merged[0]:.1f} s "
-                  f"{merged[1]:.2f} GB (load {merge_load})", file=sys.stderr, flush=True)
+                  f"{merged[1]:.2f} GB, {merged[2]:.0f} CPU-s (load {merge_load})", file=sys.stderr, flush=True)
             if r == 0:
                 checks = subprocess.run([sys.executable, __file__, "--verify", str(a), str(b), str(out), *smoke],
                                         check=True, capture_output=True, text=True).stdout.splitlines()
@@ -285,10 +285,10 @@ def report(rows, checks, size: int, source: str, params: float, keys: int) -> st
              f"{max(r[1][1] for r in rows):.2f} GB | 1.00x |",
              f"| `python -m merge_core merge A B --alpha 0.5 -o OUT` (as A: fp8 with scales) | {merge:.1f} s | "
              f"{rss:.2f} GB | {merge / floor:.2f}x |", "",
-             "| round | floor | load (1/5/15 min) | merge | load (1/5/15 min) | merge vs floor | merge peak RSS |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {n} | {f[0]:.1f} s | {fl} | {m[0]:.1f} s | {ml} | {m[0] / f[0]:.2f}x | {m[1]:.2f} GB |"
-              for n, f, fl, m, ml in rows]
+             "| round | floor | load (1/5/15 min) | merge | merge CPU (user + sys) | load (1/5/15 min) | "
+             "merge vs floor | merge peak RSS |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {f[0]:.1f} s | {fl} | {m[0]:.1f} s | {m[2]:.0f} s | {ml} | {m[0] / f[0]:.2f}x | "
+              f"{m[1]:.2f} GB |" for n, f, fl, m, ml in rows]
     lines += ["", "Output check (first round):", *[f"- {c}" for c in checks]]
     return "\n".join(lines)
 
