@@ -41,31 +41,32 @@ MOCHI = transformer(
     lora=LoraNaming(210, (("transformer_blocks.", "blocks."), ("patch_embed.", "x_embedder."),
                           ("time_embed.", "t_embedder."), ("norm_out.", "final_layer."),
                           ("proj_out.", "final_layer."))))
-# the input side of the HunyuanVideo class: latent patches, time, CLIP vector and guidance, the text token
-# refiner, and the optional ByT5 glyph mapper, mean-flow time, vision and condition-type embeddings
-HUNYUAN_IN = modules("img_in", "time_in", "vector_in", "guidance_in", "txt_in", "byt5_in", "time_r_in", "vision_in",
-                     "cond_type_embedding")
+# the input side of the HunyuanVideo class: latent patches, time, guidance, the text token refiner, the ByT5 glyph
+# mapper and mean-flow time; HunyuanVideo also has the CLIP vector (1.0), vision and condition-type inputs (1.5),
+# which HunyuanImage 2.1 never has (so a LoRA naming them is not read as HunyuanImage's)
+HUNYUAN_IMAGE_IN = ("img_in", "time_in", "guidance_in", "txt_in", "byt5_in", "time_r_in")
+HUNYUAN_VIDEO_IN = (*HUNYUAN_IMAGE_IN, "vector_in", "vision_in", "cond_type_embedding")
 HUNYUAN_DIFFUSERS = (("context_embedder_2.", "byt5_in."), *FLUX_DIFFUSERS)
 HUNYUAN_IMAGE_21 = transformer(
     "hunyuan_image21", "HunyuanImage 2.1", ("BASE", "IN", Numbered("double_blocks", "D", 20),
                                             Numbered("single_blocks", "S", 40), "OUT"),
-    ((HUNYUAN_IN, "IN"), (modules("final_layer"), "OUT")),
+    ((modules(*HUNYUAN_IMAGE_IN), "IN"), (modules("final_layer"), "OUT")),
     Signature(numbered=(("double_blocks", 0, None), ("single_blocks", 0, None)),
               all_of=(r"txt_in\.individual_token_refiner\.", r"byt5_in\."),
               none_of=(r"vector_in\.", r"vision_in\.", r"cond_type_embedding\.")),
     # ranked before HunyuanVideo, whose signature (the class's token refiner) it also matches
     detect_rank=98, keyset="hunyuan-image-21",
-    # the same class as HunyuanVideo: its LoRAs name the same modules
+    # the same class as HunyuanVideo: a LoRA of blocks only cannot be told from a HunyuanVideo one
     lora=LoraNaming(221, HUNYUAN_DIFFUSERS, group="hunyuan_video"))
 HUNYUAN_VIDEO = transformer(
     "hunyuan_video", "HunyuanVideo", ("BASE", "IN", Numbered("double_blocks", "D", 20),
                                       Numbered("single_blocks", "S", 40), "OUT"),
-    ((HUNYUAN_IN, "IN"), (modules("final_layer"), "OUT")),
+    ((modules(*HUNYUAN_VIDEO_IN), "IN"), (modules("final_layer"), "OUT")),
     # its patch embedding is ``img_in.proj`` (Flux's is ``img_in``); 1.5 has double blocks only
     Signature(numbered=(("double_blocks", 0, None),), all_of=(r"txt_in\.individual_token_refiner\.",)),
     detect_rank=99, keyset="hunyuan-video",
-    # a LoRA of up to Flux.1's 19 double / 38 single blocks reads as Flux.1 (the same kohya names); a LoRA
-    # of every HunyuanVideo block names more blocks than Flux.1 has
+    # its blocks' kohya names are Flux.1's: a LoRA of blocks only, up to Flux.1's 19 double / 38 single, reads
+    # as Flux.1; its own input modules (img_in.proj, the token refiner) or more blocks name HunyuanVideo
     lora=LoraNaming(220, HUNYUAN_DIFFUSERS),
     variants=(((20, 40), "HunyuanVideo"), ((54, 0), "HunyuanVideo 1.5")))
 KANDINSKY5 = transformer(

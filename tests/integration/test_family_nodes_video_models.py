@@ -26,8 +26,7 @@ from test_lora_family_nodes import file_delta, kohya_targets  # noqa: E402
 from test_merge_nodes import base_weights, effective  # noqa: E402
 
 from merge_suite.merge_core import cli  # noqa: E402
-from merge_suite.merge_core.architectures import ARCHITECTURES, detect  # noqa: E402
-from merge_suite.merge_core.lora.families import base_model_version, modelspec_architecture  # noqa: E402
+from merge_suite.merge_core.architectures import detect  # noqa: E402
 from merge_suite.nodes.analysis import ElementsBrowser  # noqa: E402
 from merge_suite.nodes.combine import CombineModels  # noqa: E402
 from merge_suite.nodes.errors import MergeNodeError  # noqa: E402
@@ -191,11 +190,7 @@ def test_kohya_lora_with_block_weights_follows_the_formula(family, folders):
     lora_dir = folders / "loras"
     lora_dir.mkdir(exist_ok=True)
     folder_paths.add_model_folder_path("loras", str(lora_dir), is_default=True)
-    # the tiny LoRA names two or three blocks, which Flux.1's (HunyuanVideo) or Wan's (Mochi) names explain as
-    # well: the family its metadata names decides, as extraction and trainers write it
-    arch = ARCHITECTURES[FAMILIES[family][3]]
-    save_file(sd, str(lora_dir / f"{family}_lora.safetensors"), metadata={
-        "ss_base_model_version": base_model_version(arch), "modelspec.architecture": modelspec_architecture(arch)})
+    save_file(sd, str(lora_dir / f"{family}_lora.safetensors"))  # no metadata: its module names name the family
     named, ratios = FAMILIES[family][:2]
     out = LoraApply.execute(model, lora_name=f"{family}_lora.safetensors", strength_model=0.8,
                             block_weights=named).result

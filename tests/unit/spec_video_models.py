@@ -57,16 +57,26 @@ def mochi_block(rel):
     return "OUT" if _head(rel) == "final_layer" else KEEP
 
 
-def hunyuan_block(rel):
-    """HunyuanVideo / HunyuanImage 2.1: double and single blocks, every embedder (latent, time, vector,
-    guidance, text refiner, ByT5, vision, condition type) the input, final_layer the output."""
+HUNYUAN_IMAGE_INPUTS = ("img_in", "time_in", "guidance_in", "txt_in", "byt5_in", "time_r_in")
+
+
+def hunyuan_image_block(rel):
+    """HunyuanImage 2.1: double and single blocks, its embedders (latent, time, guidance, text refiner, ByT5
+    glyphs, mean-flow time) the input, final_layer the output."""
     hit = _indexed(rel, "double_blocks", "D") or _indexed(rel, "single_blocks", "S")
     if hit:
         return hit
-    if _head(rel) in ("img_in", "time_in", "vector_in", "guidance_in", "txt_in", "byt5_in", "time_r_in",
-                      "vision_in", "cond_type_embedding"):
+    if _head(rel) in HUNYUAN_IMAGE_INPUTS:
         return "IN"
     return "OUT" if _head(rel) == "final_layer" else KEEP
+
+
+def hunyuan_block(rel):
+    """HunyuanVideo (1.0 and 1.5): HunyuanImage's blocks, with the CLIP vector, vision and condition-type
+    embedders also the input."""
+    if _head(rel) in ("vector_in", "vision_in", "cond_type_embedding"):
+        return "IN"
+    return hunyuan_image_block(rel)
 
 
 def kandinsky5_block(rel):
@@ -81,4 +91,4 @@ def kandinsky5_block(rel):
 
 TRANSCRIPTIONS = {"ltxv-2b": ltxv_block, "ltx2-19b": ltx2_block, "mochi-preview": mochi_block,
                   "hunyuan-video": hunyuan_block, "hunyuan-video-15": hunyuan_block,
-                  "hunyuan-image-21": hunyuan_block, "kandinsky5-lite": kandinsky5_block}
+                  "hunyuan-image-21": hunyuan_image_block, "kandinsky5-lite": kandinsky5_block}

@@ -109,12 +109,7 @@ def test_kohya_names_of_every_linear_layer(name):
     rels = [k for k, s in load_keyset(name).items() if k.endswith(".weight") and len(s) == 2]
     names = [_kohya(rel) for rel in rels]
     arch = lora_family(names)
-    assert arch is not None and arch.lora_group == ARCHITECTURES[family].lora_group
-    if family == "hunyuan_image21":  # the class of HunyuanVideo: one LoRA group, read as HunyuanVideo
-        assert arch.name == "hunyuan_video"
-        arch = ARCHITECTURES[family]
-    else:
-        assert arch.name == family
+    assert arch is not None and arch.name == family  # HunyuanImage 2.1: its ByT5 mapper, no vector input
     for rel, lora_name in zip(rels, names):
         want = spec.TRANSCRIPTIONS[name](rel)
         assert module_block(lora_name, arch) == want, lora_name
@@ -144,14 +139,19 @@ def test_diffusers_names():
             assert module_block(name, ARCHITECTURES[family]) == block, (family, name)
 
 
-def test_hunyuan_video_lora_with_every_block_is_not_flux():
-    """HunyuanVideo's kohya names are Flux.1's: a LoRA naming all 20 double and 40 single blocks is
-    HunyuanVideo (more blocks than Flux.1 has); one of Flux.1's own 19/38 stays Flux.1."""
+def test_hunyuan_lora_names_beside_flux():
+    """HunyuanVideo's block modules have Flux.1's kohya names: a LoRA of blocks only is HunyuanVideo when it
+    names all 20 double and 40 single blocks (more than Flux.1 has), Flux.1 within Flux.1's 19/38; one that
+    names the class's own input modules (the token refiner) is HunyuanVideo at any size, and with the ByT5
+    mapper HunyuanImage 2.1."""
     names = [f"lora_unet_double_blocks_{i}_img_attn_qkv" for i in range(20)]
     names += [f"lora_unet_single_blocks_{i}_linear1" for i in range(40)]
     assert lora_family(names).name == "hunyuan_video"
     flux = [n for n in names if not re.search(r"double_blocks_19_|single_blocks_3[89]_", n)]
     assert lora_family(flux).name == "flux1"
+    refiner = ["lora_unet_txt_in_individual_token_refiner_blocks_0_self_attn_qkv"]
+    assert lora_family(names[:2] + refiner).name == "hunyuan_video"
+    assert lora_family(names[:2] + refiner + ["lora_unet_byt5_in_fc1"]).name == "hunyuan_image21"
 
 
 def _tiny(keys, seed):
