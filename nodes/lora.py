@@ -17,7 +17,7 @@ from ..merge_core.errors import MergeInputError, require_ratio
 from ..merge_core.io.output_file import check_prefix, next_numbered
 from ..merge_core.io.safetensors_file import SafetensorsReader
 from ..merge_core.lora.blocks import block_values, check_spec, parse_lora_list, parse_presets
-from ..merge_core.lora.families import fits_model
+from ..merge_core.lora.families import explained_by, fits_model
 from ..merge_core.lora.files import SAVE_DTYPES, module_names, next_free_path, read_lora, save_lora
 from ..merge_core.lora.keys import lora_arch
 from ..merge_core.lora.linalg import SVD_METHODS
@@ -182,7 +182,10 @@ def apply_lora(model, clip, name: str, path: str, s_model: float, s_clip: float,
         with SafetensorsReader(path, input_name) as reader:
             metadata = reader.metadata  # the family the LoRA names (a Qwen-Image LoRA of few blocks fits Flux.1 too)
     sd = comfy.lora_convert.convert_lora(comfy.utils.load_torch_file(path, safe_load=True))
-    kind = lora_arch(module_names(sd), metadata)
+    names = module_names(sd)
+    kind = lora_arch(names, metadata)
+    if not fits_model(kind, arch) and explained_by(names, arch):
+        kind = arch  # the model's own family explains the names as well as the one they were read as
     if not fits_model(kind, arch):
         label = "SD1/SD2" if kind.name in ("sd1", "sd2") else kind.label
         raise MergeInputError(input_name, f"LoRA '{name}' is {'an' if label.startswith('SD') else 'a'} {label} LoRA "

@@ -212,6 +212,15 @@ def family_module(key: str, arch: Architecture, shape: tuple[int, ...], conv: bo
 
 
 
+def explained_by(names: Iterable[str], model: Architecture) -> bool:
+    """Whether a model's own family explains a LoRA's module names (every diffusion-model module has a block
+    there, one at least a numbered one). Names alone cannot tell some families apart (a HunyuanVideo LoRA of its
+    blocks reads as Flux.1, an LTX-2 LoRA of its video blocks as LTXV): such a LoRA is the model's own."""
+    if not is_family(model) or model.name == "auto":
+        return False
+    return bool(_numbered_hits(list(names), model))
+
+
 def fits_model(lora: Optional[Architecture], model: Architecture) -> bool:
     """Whether a LoRA of family ``lora`` may be applied to a model of family ``model``. Names alone cannot
     tell SD1 from SD2, nor Flux.1 from Chroma and Flux.2, so those count as one; an unrecognised LoRA or a

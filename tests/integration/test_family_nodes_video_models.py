@@ -245,3 +245,25 @@ def test_two_families_merged_together_name_both(folders):
                                              r"is LTXV: two different families"):
         ModelMerge.execute(model_a=unet("ltxv", 1), model_b=unet("ltx2", 1), mode="Weight sum", alpha=0.5,
                            beta=0.0)
+
+
+@pytest.mark.parametrize("family", family_params(["hunyuan-video", "ltx2"]))
+def test_a_lora_of_blocks_only_applies_to_its_own_model(family, folders):
+    """A HunyuanVideo LoRA of its blocks alone reads as Flux.1 by names, an LTX-2 one of a few video blocks as
+    LTXV: the model's own family explains the names too, so the LoRA applies to it instead of being refused."""
+    model = unet(family, 1)
+    gen = torch.Generator().manual_seed(4)
+    sd = {}
+    for kname, key, (out_dim, in_dim) in kohya_targets(model):
+        if block_of(family, key[len(UNET):]) in ("IN", "OUT"):
+            continue  # the blocks alone
+        sd[f"{kname}.lora_up.weight"] = torch.randn(out_dim, 2, generator=gen) * 0.1
+        sd[f"{kname}.lora_down.weight"] = torch.randn(2, in_dim, generator=gen) * 0.1
+    lora_dir = folders / "loras"
+    lora_dir.mkdir(exist_ok=True)
+    folder_paths.add_model_folder_path("loras", str(lora_dir), is_default=True)
+    save_file(sd, str(lora_dir / f"{family}_blocks.safetensors"))
+    out = LoraApply.execute(model, lora_name=f"{family}_blocks.safetensors", strength_model=1.0).result
+    got, base = effective(out[0], UNET), effective(model, UNET)
+    changed = [k for k in got if not torch.equal(got[k], base[k])]
+    assert changed and all(block_of(family, k[len(UNET):]) not in ("IN", "OUT") for k in changed)
