@@ -38,7 +38,8 @@ LONGCAT_IMAGE = transformer(
     lora=LoraNaming(110, FLUX_DIFFUSERS, group="flux1"))
 # AuraFlow: 4 joint (double) and 32 single layers; the names of core's ModelMergeAuraflow sliders
 AURAFLOW = transformer(
-    "auraflow", "AuraFlow", ("BASE", "IN", Numbered("double_layers", "D", 4), Numbered("single_layers", "S", 32), "OUT"),
+    "auraflow", "AuraFlow",
+    ("BASE", "IN", Numbered("double_layers", "D", 4), Numbered("single_layers", "S", 32), "OUT"),
     ((modules("init_x_linear", "positional_encoding", "cond_seq_linear", "register_tokens", "t_embedder"), "IN"),
      (modules("modF", "final_linear"), "OUT")),
     Signature(numbered=(("double_layers", 0, None),), all_of=(r"cond_seq_linear\.", r"init_x_linear\.")),

@@ -19,7 +19,8 @@ def _indexed(rel, container, prefix):
 def krea2_block(rel):
     """``blocks.N`` one block each; first/tmlp/txtmlp/tproj the input side; the text adapter
     (txtfusion: layer-wise blocks, projector, refiner blocks) its own group; ``last`` the output."""
-    for container, prefix in (("blocks", "B"), ("txtfusion.layerwise_blocks", "TL"), ("txtfusion.refiner_blocks", "TR")):
+    stacks = (("blocks", "B"), ("txtfusion.layerwise_blocks", "TL"), ("txtfusion.refiner_blocks", "TR"))
+    for container, prefix in stacks:
         hit = _indexed(rel, container, prefix)
         if hit:
             return hit
