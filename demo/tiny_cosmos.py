@@ -10,21 +10,12 @@ so. Needs ComfyUI importable.
 """
 from __future__ import annotations
 
-import gzip
-import json
-import os
-from pathlib import Path
 from typing import Optional
 
-import torch
-
 import comfy.model_base
-import comfy.ops
-import comfy.sd
 import comfy.supported_models
-import comfy.utils
-from tiny_families import MAX_PARAMETERS
-from tiny_models import TinyConfig, _fill
+from tiny_builder import TinyBuilder
+from tiny_models import TinyConfig
 
 WIDTH, HEADS = 64, 2
 ADAPTER_WIDTH = 32  # Anima's LLM adapter: the text encoder's width in, the cross-attention context out
@@ -87,32 +78,6 @@ if missing("anima") is None:
     TINY_CONFIGS += (TinyAnima,)
 
 
-def register() -> None:
-    """Let UNETLoader recognise the tiny family files (idempotent)."""
-    models = comfy.supported_models.models
-    for cls in TINY_CONFIGS:
-        if cls not in models:
-            models.insert(0, cls)
-
-
-def released_keys(family: str) -> dict[str, tuple[list, str]]:
-    """{key: (shape, dtype)} of the family's released diffusion model (bare keys)."""
-    path = Path(__file__).resolve().parents[1] / "merge_core" / "architectures" / "keysets"
-    with gzip.open(path / f"{RELEASED[family]}.json.gz") as f:
-        return {k: tuple(v) for k, v in json.loads(f.read()).items()}
-
-
-def host_config(family: str) -> dict:
-    """The family's configuration as the running ComfyUI detects it from the released keys, shrunk."""
-    from comfy import model_detection
-    meta = {k: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
-            for k, (shape, dtype) in released_keys(family).items()}
-    detected = model_detection.detect_unet_config(meta, "")
-    if detected is None:
-        raise RuntimeError(f"this ComfyUI does not recognise the released {family} key set")
-    return {**detected, **TINY[family]}
-
-
 def _model_class(family: str):
     if family == "cosmos1":
         from comfy.ldm.cosmos.model import GeneralDIT
@@ -125,31 +90,7 @@ def _model_class(family: str):
     raise ValueError(f"unknown tiny family '{family}' (one of {', '.join(FAMILIES)})")
 
 
-@torch.no_grad()
-def diffusion_state_dict(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A diffusion-model-only state dict (bare keys), every float tensor random so two seeds differ everywhere."""
-    reason = missing(family)
-    if reason:
-        raise RuntimeError(reason)
-    module = _model_class(family)(**host_config(family), operations=comfy.ops.disable_weight_init,
-                                  device=torch.device("cpu"), dtype=torch.float32)
-    count = sum(p.numel() for p in module.parameters())
-    if count > MAX_PARAMETERS:
-        raise RuntimeError(f"tiny {family} has {count:,} parameters: a size setting of TINY['{family}'] no longer "
-                           "applies to this ComfyUI's model class")
-    _fill(module, seed, all_random=True)
-    return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
-
-
-def build_model(family: str, seed: int = 0):
-    """A ModelPatcher loaded the way UNETLoader loads a diffusion-model file."""
-    register()
-    return comfy.sd.load_diffusion_model_state_dict(diffusion_state_dict(family, seed))
-
-
-def save_diffusion_model(path: str | os.PathLike, family: str, seed: int) -> Path:
-    """A diffusion-model-only safetensors file that UNETLoader loads once register() ran."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    comfy.utils.save_torch_file(diffusion_state_dict(family, seed), str(path))
-    return path
+BUILDER = TinyBuilder(released=RELEASED, tiny=TINY, model_class=_model_class, configs=TINY_CONFIGS,
+                      missing=missing)
+register, build_model, save_diffusion_model = BUILDER.register, BUILDER.build_model, BUILDER.save_diffusion_model
+diffusion_state_dict = BUILDER.diffusion_state_dict

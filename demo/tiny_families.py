@@ -16,12 +16,11 @@ from pathlib import Path
 import torch
 
 import comfy.model_base
-import comfy.ops
 import comfy.sd
 import comfy.supported_models
 import comfy.supported_models_base
 import comfy.text_encoders.flux
-import comfy.utils
+from tiny_builder import MAX_PARAMETERS, TinyBuilder  # noqa: F401 (MAX_PARAMETERS: tiny_cosmos imports it)
 from tiny_models import TINY_CLIP_L, TinyConfig, _fill
 
 WIDTH, HEADS = 64, 2
@@ -123,15 +122,6 @@ class TinyWan(TinyConfig, comfy.supported_models.WAN21_T2V):
 TINY_CONFIGS = (TinyFlux, TinyFluxSchnell, TinyFlux2, TinyChroma, TinyHiDream, TinyZImage, TinyQwenImage,
                 TinyWan)
 
-
-def register() -> None:
-    """Let UNETLoader / CheckpointLoaderSimple recognise the tiny family files (idempotent)."""
-    models = comfy.supported_models.models
-    for cls in TINY_CONFIGS:
-        if cls not in models:
-            models.insert(0, cls)
-
-
 # Each family's released model, as the full-size key inventory that ships with merge_core (name, key prefix):
 # the host's own detection reads its configuration from these shapes, and the tiny model keeps the key names
 # of these files.
@@ -142,35 +132,7 @@ RELEASED = {"flux1-dev": ("flux1-dev", "model.diffusion_model."), "flux1-schnell
 TINY = {"flux1-dev": dict(FLUX, guidance_embed=True), "flux1-schnell": dict(FLUX, guidance_embed=False),
         "flux2": FLUX2, "chroma": CHROMA, "sd3": SD3, "hidream": HIDREAM, "z-image": Z_IMAGE,
         "qwen-image": QWEN_IMAGE, "wan21": WAN}
-MAX_PARAMETERS = 20_000_000  # a tiny model is a few MB; more means a size setting did not take
-
-
-def released_keys(family: str) -> dict[str, tuple[list, str]]:
-    """{key: (shape, dtype)} of the family's released diffusion model (bare keys)."""
-    import gzip
-    import json
-    name, prefix = RELEASED[family]
-    path = Path(__file__).resolve().parents[1] / "merge_core" / "architectures" / "keysets" / f"{name}.json.gz"
-    with gzip.open(path) as f:
-        inventory = json.loads(f.read())
-    return {k[len(prefix):]: tuple(v) for k, v in inventory.items() if k.startswith(prefix)}
-
-
-def host_config(family: str) -> dict:
-    """The family's model configuration as the running ComfyUI derives it, shrunk to the tiny size.
-
-    ComfyUI's detection reads the released model's shapes (meta tensors, no memory) and adds whatever its own
-    model class needs in that release (0.33's Flux takes ``txt_ids_dims``, its Chroma ``vec_in_dim``); only
-    the size settings are then replaced. So no constructor signature is hard-coded here, and a ComfyUI
-    release that adds a setting still builds the tiny models.
-    """
-    from comfy import model_detection
-    meta = {k: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
-            for k, (shape, dtype) in released_keys(family).items()}
-    detected = model_detection.detect_unet_config(meta, "")
-    if detected is None:
-        raise RuntimeError(f"this ComfyUI does not recognise the released {family} key set")
-    return {**detected, **TINY[family]}
+FAMILIES = tuple(RELEASED)
 
 
 def _model_class(family: str):
@@ -198,61 +160,12 @@ def _model_class(family: str):
     raise ValueError(f"unknown tiny family '{family}' (one of {', '.join(FAMILIES)})")
 
 
-def _diffusion_module(family: str) -> torch.nn.Module:
-    module = _model_class(family)(**host_config(family), operations=comfy.ops.disable_weight_init,
-                                  device=torch.device("cpu"), dtype=torch.float32)
-    count = sum(p.numel() for p in module.parameters())
-    if count > MAX_PARAMETERS:
-        raise RuntimeError(f"tiny {family} has {count:,} parameters: a size setting of TINY['{family}'] no longer "
-                           "applies to this ComfyUI's model class")
-    return module
-
-
-def released_naming(family: str, state_dict: dict) -> dict:
-    """Keys renamed to the released files' names where the host's class names a parameter otherwise.
-
-    ComfyUI 0.33 builds Flux's and Chroma's RMSNorm scales as ``.weight`` (it renames ``.scale`` on load); the
-    released files, and so the test files, say ``.scale``.
-    """
-    released = released_keys(family)
-    out = {}
-    for key, value in state_dict.items():
-        if key not in released and key.endswith(".weight") and key[:-len("weight")] + "scale" in released:
-            key = key[:-len("weight")] + "scale"
-        out[key] = value
-    return out
-
-
-FAMILIES = tuple(RELEASED)
-
-
-@torch.no_grad()
-def diffusion_state_dict(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A diffusion-model-only state dict (bare keys, as ComfyUI's ModelSave and the releases store them).
-
-    Every float tensor is random (norm scales around 1), so that models of two seeds differ at every key.
-    """
-    module = _diffusion_module(family)
-    _fill(module, seed, all_random=True)
-    gen = torch.Generator().manual_seed(seed + 500)
-    for buf in module.buffers():  # SD3's pos_embed: a learned table stored as a buffer (uninitialised here)
-        if buf.is_floating_point():
-            buf.copy_(torch.randn(buf.shape, generator=gen) * 0.05)
-    return released_naming(family, {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()})
-
-
-def build_model(family: str, seed: int = 0):
-    """A ModelPatcher loaded the way UNETLoader loads a diffusion-model file (register() first)."""
-    register()
-    return comfy.sd.load_diffusion_model_state_dict(diffusion_state_dict(family, seed))
-
-
-def save_diffusion_model(path: str | os.PathLike, family: str, seed: int) -> Path:
-    """A diffusion-model-only safetensors file that UNETLoader loads once register() ran."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    comfy.utils.save_torch_file(diffusion_state_dict(family, seed), str(path))
-    return path
+# SD3's learned position table is a buffer: fill_buffers makes it random too
+BUILDER = TinyBuilder(released={f: name for f, (name, _) in RELEASED.items()},
+                      prefixes={f: prefix for f, (_, prefix) in RELEASED.items()}, tiny=TINY,
+                      model_class=_model_class, configs=TINY_CONFIGS, fill_buffers=True)
+register, build_model, save_diffusion_model = BUILDER.register, BUILDER.build_model, BUILDER.save_diffusion_model
+diffusion_state_dict = BUILDER.diffusion_state_dict
 
 
 def build_flux_clip(seed: int = 0):

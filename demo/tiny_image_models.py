@@ -8,21 +8,10 @@ the running ComfyUI lacks (Krea 2 and LongCat-Image before 0.33) is listed by ``
 """
 from __future__ import annotations
 
-import gzip
-import json
-import os
-from pathlib import Path
-
-import torch
-
-import comfy.ops
-import comfy.sd
 import comfy.supported_models
-import comfy.utils
+from tiny_builder import TinyBuilder
 from tiny_families import HEADS, ROPE, TEXT_WIDTH, WIDTH, _only
-from tiny_models import TinyConfig, _fill
-
-KEYSETS = Path(__file__).resolve().parents[1] / "merge_core" / "architectures" / "keysets"
+from tiny_models import TinyConfig
 KREA2 = dict(features=WIDTH, heads=HEADS, kvheads=1, layers=3, txtdim=TEXT_WIDTH, txtlayers=3, txtheads=HEADS,
              txtkvheads=HEADS, tdim=32)
 LONGCAT_IMAGE = dict(hidden_size=WIDTH, num_heads=HEADS, axes_dim=ROPE, context_in_dim=48, depth=2,
@@ -31,6 +20,7 @@ AURAFLOW = dict(dim=WIDTH, n_heads=HEADS, global_conddim=WIDTH, cond_seq_dim=TEX
                 n_layers=4, max_seq=64)
 TINY = {"krea2": KREA2, "longcat-image": LONGCAT_IMAGE, "auraflow": AURAFLOW}
 HOST_CONFIG = {"krea2": "Krea2", "longcat-image": "LongCatImage", "auraflow": "AuraFlow"}  # supported_models
+RELEASED = {family: family for family in TINY}  # each keyset is named after its family
 FAMILIES = tuple(TINY)
 
 
@@ -74,35 +64,6 @@ def _tiny_configs() -> tuple:
 TINY_CONFIGS = _tiny_configs()
 
 
-def register() -> None:
-    """Let UNETLoader recognise the tiny files (idempotent); ahead of tiny_families' Flux configs, whose tiny
-    schnell would otherwise also claim the tiny LongCat-Image (no guidance input either)."""
-    models = comfy.supported_models.models
-    for cls in TINY_CONFIGS:
-        if cls in models:
-            models.remove(cls)
-        models.insert(0, cls)
-
-
-def released_keys(family: str) -> dict[str, tuple[list, str]]:
-    """{key: (shape, dtype)} of the family's released diffusion model (bare keys)."""
-    with gzip.open(KEYSETS / f"{family}.json.gz") as f:
-        return {k: tuple(v) for k, v in json.loads(f.read()).items()}
-
-
-def host_config(family: str) -> dict:
-    """The configuration the running ComfyUI detects from the released key set, shrunk to the tiny size."""
-    from comfy import model_detection
-    if missing(family):
-        raise RuntimeError(missing(family))
-    meta = {k: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
-            for k, (shape, dtype) in released_keys(family).items()}
-    detected = model_detection.detect_unet_config(meta, "")
-    if detected is None:
-        raise RuntimeError(f"this ComfyUI does not recognise the released {family} key set")
-    return {**detected, **TINY[family]}
-
-
 def _model_class(family: str):
     if family == "krea2":
         from comfy.ldm.krea2.model import SingleStreamDiT
@@ -114,31 +75,9 @@ def _model_class(family: str):
     return MMDiT
 
 
-def released_naming(family: str, state_dict: dict) -> dict:
-    """LongCat-Image's RMSNorm scales under the released ``.scale`` (0.33's Flux class says ``.weight``)."""
-    released = released_keys(family)
-    return {k[:-len("weight")] + "scale" if k not in released and k[:-len("weight")] + "scale" in released else k: v
-            for k, v in state_dict.items()}
-
-
-@torch.no_grad()
-def diffusion_state_dict(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A diffusion-model-only state dict (bare keys), every float tensor random (norm scales around 1)."""
-    module = _model_class(family)(**host_config(family), operations=comfy.ops.disable_weight_init,
-                                  device=torch.device("cpu"), dtype=torch.float32)
-    _fill(module, seed, all_random=True)
-    return released_naming(family, {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()})
-
-
-def build_model(family: str, seed: int = 0):
-    """A ModelPatcher loaded the way UNETLoader loads a diffusion-model file."""
-    register()
-    return comfy.sd.load_diffusion_model_state_dict(diffusion_state_dict(family, seed))
-
-
-def save_diffusion_model(path: str | os.PathLike, family: str, seed: int) -> Path:
-    """A diffusion-model-only safetensors file that UNETLoader loads once register() ran."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    comfy.utils.save_torch_file(diffusion_state_dict(family, seed), str(path))
-    return path
+# to_front: ahead of tiny_families' Flux configs, whose tiny schnell would otherwise also claim the tiny
+# LongCat-Image (no guidance input either)
+BUILDER = TinyBuilder(released=RELEASED, tiny=TINY, model_class=_model_class, configs=TINY_CONFIGS,
+                      missing=missing, to_front=True)
+register, build_model, save_diffusion_model = BUILDER.register, BUILDER.build_model, BUILDER.save_diffusion_model
+diffusion_state_dict = BUILDER.diffusion_state_dict

@@ -10,21 +10,10 @@ A family whose class the running ComfyUI lacks (LTX-2 and Kandinsky 5 before 0.3
 """
 from __future__ import annotations
 
-import gzip
-import json
-import os
-from pathlib import Path
-
-import torch
-
-import comfy.ops
-import comfy.sd
 import comfy.supported_models
-import comfy.utils
+from tiny_builder import TinyBuilder
 from tiny_families import HEADS, ROPE, TEXT_WIDTH, WIDTH, _only
-from tiny_models import TinyConfig, _fill
-
-KEYSETS = Path(__file__).resolve().parents[1] / "merge_core" / "architectures" / "keysets"
+from tiny_models import TinyConfig
 HEAD = WIDTH // HEADS
 LTXV = dict(num_attention_heads=HEADS, attention_head_dim=HEAD, cross_attention_dim=WIDTH,
             caption_channels=TEXT_WIDTH, num_layers=2)
@@ -108,34 +97,6 @@ def _tiny_configs() -> tuple:
 TINY_CONFIGS = _tiny_configs()
 
 
-def register() -> None:
-    """Let UNETLoader recognise the tiny files (idempotent), ahead of the host's full-size configs."""
-    models = comfy.supported_models.models
-    for cls in TINY_CONFIGS:
-        if cls in models:
-            models.remove(cls)
-        models.insert(0, cls)
-
-
-def released_keys(family: str) -> dict[str, tuple[list, str]]:
-    """{key: (shape, dtype)} of the family's released diffusion model (bare keys)."""
-    with gzip.open(KEYSETS / f"{RELEASED[family]}.json.gz") as f:
-        return {k: tuple(v) for k, v in json.loads(f.read()).items()}
-
-
-def host_config(family: str) -> dict:
-    """The configuration the running ComfyUI detects from the released key set, shrunk to the tiny size."""
-    from comfy import model_detection
-    if missing(family):
-        raise RuntimeError(missing(family))
-    meta = {k: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
-            for k, (shape, dtype) in released_keys(family).items()}
-    detected = model_detection.detect_unet_config(meta, "")
-    if detected is None:
-        raise RuntimeError(f"this ComfyUI does not recognise the released {family} key set")
-    return {**detected, **TINY[family]}
-
-
 def _model_class(family: str):
     if family == "ltxv":
         from comfy.ldm.lightricks.model import LTXVModel
@@ -153,24 +114,8 @@ def _model_class(family: str):
     return HunyuanVideo
 
 
-@torch.no_grad()
-def diffusion_state_dict(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A diffusion-model-only state dict (bare keys), every float tensor random (norm scales around 1)."""
-    module = _model_class(family)(**host_config(family), operations=comfy.ops.disable_weight_init,
-                                  device=torch.device("cpu"), dtype=torch.float32)
-    _fill(module, seed, all_random=True)
-    return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
-
-
-def build_model(family: str, seed: int = 0):
-    """A ModelPatcher loaded the way UNETLoader loads a diffusion-model file."""
-    register()
-    return comfy.sd.load_diffusion_model_state_dict(diffusion_state_dict(family, seed))
-
-
-def save_diffusion_model(path: str | os.PathLike, family: str, seed: int) -> Path:
-    """A diffusion-model-only safetensors file that UNETLoader loads once register() ran."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    comfy.utils.save_torch_file(diffusion_state_dict(family, seed), str(path))
-    return path
+# to_front: ahead of the host's full-size configs
+BUILDER = TinyBuilder(released=RELEASED, tiny=TINY, model_class=_model_class, configs=TINY_CONFIGS,
+                      missing=missing, to_front=True)
+register, build_model, save_diffusion_model = BUILDER.register, BUILDER.build_model, BUILDER.save_diffusion_model
+diffusion_state_dict = BUILDER.diffusion_state_dict
