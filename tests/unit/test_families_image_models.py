@@ -6,11 +6,11 @@ import re
 import pytest
 import spec_image_models as spec
 import torch
-from safetensors.torch import save_file
-from spec_families import KEEP, KEYSETS, load_keyset
+from family_checks import (check_blocks_command, check_full_size_layout, check_module_blocks, check_not_detected_as,
+                           kohya, linear_layers, merge_refused, other_keysets)
+from spec_families import load_keyset
 
-from merge_core import cli
-from merge_core.architectures import ARCHITECTURES, KEPT, NO_BLOCK, detect
+from merge_core.architectures import ARCHITECTURES, detect
 from merge_core.lora.families import lora_family
 from merge_core.lora.keys import module_block
 
@@ -22,26 +22,12 @@ CASES = {  # keyset: (family, label, layout)
     "flux2-klein-9b": ("flux2", "Flux.2 Klein 9B", "BASE, IN, D00-D07, S00-S23, OUT"),
 }
 OWN = {"krea2", "longcat_image", "auraflow"}
-OTHER_KEYSETS = sorted(p.name[:-len(".json.gz")] for p in KEYSETS.glob("*.json.gz")
-                       if p.name[:-len(".json.gz")] not in CASES)
-
-
-def expected(block):
-    return KEEP if block in (KEPT, NO_BLOCK) else block
+OTHER_KEYSETS = other_keysets(CASES)
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_every_key_of_the_full_size_layout(name):
-    family, label, layout = CASES[name]
-    keys = load_keyset(name)
-    arch = detect(keys)
-    assert arch is not None and arch.name == family and arch.label == label
-    assert arch.layout_text() == layout
-    transcription = spec.TRANSCRIPTIONS[name]
-    for key in keys:
-        assert expected(arch.block_of(key)) == transcription(key), key
-    assert all(arch.block_of(k) != NO_BLOCK for k in keys), "every real key has a block"
-    assert set(arch.blocks[arch.base_blocks:]) <= {arch.block_of(k) for k in keys}, "every non-base block owns keys"
+    check_full_size_layout(name, CASES, spec.TRANSCRIPTIONS)
 
 
 def test_full_sizes():
@@ -52,8 +38,7 @@ def test_full_sizes():
 
 @pytest.mark.parametrize("name", OTHER_KEYSETS)
 def test_other_families_are_not_detected_as_these(name):
-    found = detect(load_keyset(name))
-    assert found is None or found.name not in OWN, f"{name} read as {found.name}"
+    check_not_detected_as(name, OWN)
 
 
 def test_longcat_under_a_hosts_parameter_names_and_the_flux_labels():
@@ -70,34 +55,20 @@ def test_longcat_under_a_hosts_parameter_names_and_the_flux_labels():
 
 
 def test_blocks_command_prints_each_layout(tmp_path, capsys):
-    for name, (family, label, layout) in CASES.items():
-        keys = load_keyset(name)
-        path = tmp_path / f"{name}.safetensors"
-        save_file({k: torch.zeros(2) for k in keys}, str(path))
-        assert cli.main(["blocks", str(path)]) == 0
-        out = capsys.readouterr().out
-        assert f"{label} ({family})" in out and layout in out, out
-
-
-def _kohya(rel):
-    return "lora_unet_" + rel[:-len(".weight")].replace(".", "_")
+    check_blocks_command(tmp_path, capsys, CASES)
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_kohya_names_of_every_linear_layer(name):
     family = CASES[name][0]
-    rels = [k for k, s in load_keyset(name).items() if k.endswith(".weight") and len(s) == 2]
-    names = [_kohya(rel) for rel in rels]
-    arch = lora_family(names)
+    rels = linear_layers(name)
+    arch = lora_family([kohya(rel) for rel in rels])
     if family == "longcat_image":  # Flux.1's LoRA names: one group, read as Flux.1's layout
         assert arch.lora_group == ARCHITECTURES["longcat_image"].lora_group == "flux1"
         arch = ARCHITECTURES["longcat_image"]
     else:
         assert arch is not None and arch.name == family
-    for rel, lora_name in zip(rels, names):
-        want = spec.TRANSCRIPTIONS[name](rel)
-        assert module_block(lora_name, arch) == want, lora_name
-        assert module_block("diffusion_model." + rel[:-len(".weight")], arch) == want
+    check_module_blocks(rels, arch, spec.TRANSCRIPTIONS[name])
 
 
 def test_diffusers_names():
@@ -114,25 +85,11 @@ def test_diffusers_names():
     assert module_block("transformer.proj_out", aura) == "OUT"
 
 
-def _tiny(keys, seed):
-    gen = torch.Generator().manual_seed(seed)
-    return {k: torch.randn((2, 3) if len(s) > 1 else (3,), generator=gen) for k, s in keys.items()}
-
-
 def test_klein_with_flux2_dev_is_an_error_not_a_partial_merge(tmp_path, capsys):
-    save_file(_tiny(load_keyset("flux2-klein-4b"), 1), str(tmp_path / "klein.safetensors"))
-    save_file(_tiny(load_keyset("flux2-dev"), 2), str(tmp_path / "dev.safetensors"))
-    out = tmp_path / "x.safetensors"
-    assert cli.main(["merge", str(tmp_path / "klein.safetensors"), str(tmp_path / "dev.safetensors"),
-                     "-o", str(out)]) != 0
-    err = capsys.readouterr().err
+    err = merge_refused(tmp_path, capsys, "flux2-klein-4b", "flux2-dev")
     assert "D00-D07, S00-S47" in err and "D00-D04, S00-S19" in err, err
-    assert not out.exists()
 
 
 def test_two_of_these_families_merged_together_name_both(tmp_path, capsys):
-    save_file(_tiny(load_keyset("krea2"), 1), str(tmp_path / "krea.safetensors"))
-    save_file(_tiny(load_keyset("auraflow"), 2), str(tmp_path / "aura.safetensors"))
-    assert cli.main(["merge", str(tmp_path / "krea.safetensors"), str(tmp_path / "aura.safetensors"),
-                     "-o", str(tmp_path / "x.safetensors")]) != 0
-    assert re.search(r"AuraFlow model but model A is Krea 2", capsys.readouterr().err)
+    err = merge_refused(tmp_path, capsys, "krea2", "auraflow")
+    assert re.search(r"AuraFlow model but model A is Krea 2", err)

@@ -6,12 +6,11 @@ import re
 
 import pytest
 import spec_video_models as spec
-import torch
-from safetensors.torch import save_file
-from spec_families import KEEP, KEYSETS, load_keyset
+from family_checks import (check_blocks_command, check_full_size_layout, check_module_blocks, check_not_detected_as,
+                           kohya, linear_layers, merge_refused, other_keysets)
+from spec_families import load_keyset
 
-from merge_core import cli
-from merge_core.architectures import ARCHITECTURES, KEPT, NO_BLOCK, detect
+from merge_core.architectures import ARCHITECTURES, KEPT, detect
 from merge_core.lora.families import lora_family
 from merge_core.lora.keys import module_block
 
@@ -25,32 +24,17 @@ CASES = {  # keyset: (family, label, layout)
     "kandinsky5-lite": ("kandinsky5", "Kandinsky 5", "BASE, IN, TX00-TX01, V00-V31, OUT"),
 }
 OWN = {family for family, _, _ in CASES.values()}
-OTHER_KEYSETS = sorted(p.name[:-len(".json.gz")] for p in KEYSETS.glob("*.json.gz")
-                       if p.name[:-len(".json.gz")] not in CASES)
-
-
-def expected(block):
-    return KEEP if block in (KEPT, NO_BLOCK) else block
+OTHER_KEYSETS = other_keysets(CASES)
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_every_key_of_the_full_size_layout(name):
-    family, label, layout = CASES[name]
-    keys = load_keyset(name)
-    arch = detect(keys)
-    assert arch is not None and arch.name == family and arch.label == label
-    assert arch.layout_text() == layout
-    transcription = spec.TRANSCRIPTIONS[name]
-    for key in keys:
-        assert expected(arch.block_of(key)) == transcription(key), key
-    assert all(arch.block_of(k) != NO_BLOCK for k in keys), "every real key has a block"
-    assert set(arch.blocks[arch.base_blocks:]) <= {arch.block_of(k) for k in keys}, "every non-base block owns keys"
+    check_full_size_layout(name, CASES, spec.TRANSCRIPTIONS)
 
 
 @pytest.mark.parametrize("name", OTHER_KEYSETS)
 def test_other_families_are_not_detected_as_these(name):
-    found = detect(load_keyset(name))
-    assert found is None or found.name not in OWN, f"{name} read as {found.name}"
+    check_not_detected_as(name, OWN)
 
 
 def test_hunyuan_image_and_video_told_apart_by_their_keys():
@@ -91,29 +75,16 @@ def test_ltx2_checkpoint_components_and_ltxv_not_ltx2():
 
 
 def test_blocks_command_prints_each_layout(tmp_path, capsys):
-    for name, (family, label, layout) in CASES.items():
-        path = tmp_path / f"{name}.safetensors"
-        save_file({k: torch.zeros(2) for k in load_keyset(name)}, str(path))
-        assert cli.main(["blocks", str(path)]) == 0
-        out = capsys.readouterr().out
-        assert f"{label} ({family})" in out and layout in out, out
-
-
-def _kohya(rel):
-    return "lora_unet_" + rel[:-len(".weight")].replace(".", "_")
+    check_blocks_command(tmp_path, capsys, CASES)
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_kohya_names_of_every_linear_layer(name):
     family = CASES[name][0]
-    rels = [k for k, s in load_keyset(name).items() if k.endswith(".weight") and len(s) == 2]
-    names = [_kohya(rel) for rel in rels]
-    arch = lora_family(names)
+    rels = linear_layers(name)
+    arch = lora_family([kohya(rel) for rel in rels])
     assert arch is not None and arch.name == family  # HunyuanImage 2.1: its ByT5 mapper, no vector input
-    for rel, lora_name in zip(rels, names):
-        want = spec.TRANSCRIPTIONS[name](rel)
-        assert module_block(lora_name, arch) == want, lora_name
-        assert module_block("diffusion_model." + rel[:-len(".weight")], arch) == want
+    check_module_blocks(rels, arch, spec.TRANSCRIPTIONS[name])
 
 
 def test_diffusers_names():
@@ -154,27 +125,11 @@ def test_hunyuan_lora_names_beside_flux():
     assert lora_family(names[:2] + refiner + ["lora_unet_byt5_in_fc1"]).name == "hunyuan_image21"
 
 
-def _tiny(keys, seed):
-    gen = torch.Generator().manual_seed(seed)
-    return {k: torch.randn((2, 3) if len(s) > 1 else (3,), generator=gen) for k, s in keys.items()}
-
-
 def test_two_of_these_families_merged_together_name_both(tmp_path, capsys):
-    save_file(_tiny(load_keyset("ltxv-2b"), 1), str(tmp_path / "ltxv.safetensors"))
-    save_file(_tiny(load_keyset("ltx2-19b"), 2), str(tmp_path / "ltx2.safetensors"))
-    out = tmp_path / "x.safetensors"
-    assert cli.main(["merge", str(tmp_path / "ltxv.safetensors"), str(tmp_path / "ltx2.safetensors"),
-                     "-o", str(out)]) != 0
-    assert re.search(r"LTX-2 model but model A is LTXV", capsys.readouterr().err)
-    assert not out.exists()
+    err = merge_refused(tmp_path, capsys, "ltxv-2b", "ltx2-19b")
+    assert re.search(r"LTX-2 model but model A is LTXV", err)
 
 
 def test_hunyuan_video_with_its_15_variant_is_an_error_not_a_partial_merge(tmp_path, capsys):
-    save_file(_tiny(load_keyset("hunyuan-video"), 1), str(tmp_path / "v1.safetensors"))
-    save_file(_tiny(load_keyset("hunyuan-video-15"), 2), str(tmp_path / "v15.safetensors"))
-    out = tmp_path / "x.safetensors"
-    assert cli.main(["merge", str(tmp_path / "v1.safetensors"), str(tmp_path / "v15.safetensors"),
-                     "-o", str(out)]) != 0
-    err = capsys.readouterr().err
+    err = merge_refused(tmp_path, capsys, "hunyuan-video", "hunyuan-video-15")
     assert "D00-D53" in err and "D00-D19, S00-S39" in err, err
-    assert not out.exists()
