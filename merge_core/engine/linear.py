@@ -62,10 +62,12 @@ def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[
 
 def fused_merge(kp: KeyPlan, mode: str, a: torch.Tensor, b: torch.Tensor, c: Optional[torch.Tensor],
                 out_dtype: torch.dtype, helper: Optional[cf.Executor] = None, chunk: int = CHUNK_ELEMENTS,
-                buffers: Optional[BufferPool] = None) -> Optional[tuple[torch.Tensor, dict[str, int]]]:
+                buffers: Optional[BufferPool] = None,
+                scales: Optional[tuple[float, ...]] = None) -> Optional[tuple[torch.Tensor, dict[str, int]]]:
     """``merge_tensor``'s result computed by the native kernel (methods/fused_linear.py), with the
     inputs' NaN/inf counts {input: n}; None where the kernel does not apply.
-    buffers: the result goes into memory from this pool (the caller gives it back once written)."""
+    buffers: the result goes into memory from this pool (the caller gives it back once written).
+    scales: A's, B's and C's per-tensor scales (stored scaled fp8 weights; 1.0 for the others)."""
     if not fuses(kp, mode, out_dtype, a, b, c):
         return None
     nbytes = a.numel() * out_dtype.itemsize
@@ -75,7 +77,8 @@ def fused_merge(kp: KeyPlan, mode: str, a: torch.Tensor, b: torch.Tensor, c: Opt
     flat_c = None if c is None else c.reshape(-1)
 
     def run(first: int, last: int) -> list[int]:
-        return fused_linear.merge_span(mode, kp.alpha, kp.beta, flat_a, flat_b, flat_c, flat_out, first, last)
+        return fused_linear.merge_span(mode, kp.alpha, kp.beta, flat_a, flat_b, flat_c, flat_out, first, last,
+                                       scales=scales)
 
     parts = in_halves(run, out.numel(), chunk, helper)
     counts = {name: n for name, *found in zip(fused_linear.INPUTS, *parts) if (n := sum(found))}
@@ -143,10 +146,19 @@ class LinearKey:
     def reads(self, kp: KeyPlan) -> tuple[str, ...]:
         return ("a", "b", "c") if self.needs_c else ("a", "b")
 
-    def read(self, name: str, kp: KeyPlan) -> torch.Tensor:
+    def read(self, name: str, kp: KeyPlan, scaled: bool) -> tuple[torch.Tensor, float]:
+        """(tensor, scale): as stored where cheaper (plain fp8; with ``scaled``, a per-tensor scaled fp8
+        weight's values and its scale, which only the fused kernel applies), else as ``get`` reads it."""
         source = self.job.sources[name]
-        tensor = source.stored(kp.key) if self.compact(kp) else None
-        return source.get(kp.key) if tensor is None else tensor
+        if self.compact(kp):
+            stored_scaled = getattr(source, "stored_scaled", None) if scaled else None
+            pair = stored_scaled(kp.key) if stored_scaled is not None else None
+            if pair is not None:
+                return pair
+            tensor = source.stored(kp.key)
+            if tensor is not None:
+                return tensor, 1.0
+        return source.get(kp.key), 1.0
 
     def load(self, kp: KeyPlan):
         """A, B (and C) as read, moved toward the math device, and their NaN/inf counts where counted here.
@@ -154,27 +166,38 @@ class LinearKey:
         A linear mode is checked on its result instead (one tensor, not two or three): its formula
         multiplies every input, so any NaN/inf in A, B or C makes the result non-finite there. Stored fp8
         inputs are the exception: their scan is cheap bit tests here, and a clean result lets the math
-        thread widen them without looking for NaN. The fused kernel counts as it reads."""
-        a, b = self.read("a", kp), self.read("b", kp)
-        c = self.read("c", kp) if self.needs_c else None
-        inputs = {"A": a, "B": b, "C": c}
+        thread widen them without looking for NaN. The fused kernel counts as it reads, and it alone applies
+        a scaled fp8 weight's scale: such a weight read as stored is dequantised by ``get`` after all when the
+        kernel does not take the key (another input's dtype or shape)."""
         move = self.job.move
+        scaled = move.device.type == "cpu" and fused_linear.available()
+        (a, sa), (b, sb) = self.read("a", kp, scaled), self.read("b", kp, scaled)
+        c, sc = self.read("c", kp, scaled) if self.needs_c else (None, 1.0)
         fused = move.device.type == "cpu" and fuses(kp, self.mode.name, self.target(kp), a, b, c)
+        if not fused and (sa, sb, sc) != (1.0, 1.0, 1.0):  # rare (another input's dtype): dequantised after all
+            sources = self.job.sources
+            a, b = (t if s == 1.0 else sources[n].get(kp.key) for n, t, s in (("a", a, sa), ("b", b, sb)))
+            c = c if sc == 1.0 else sources["c"].get(kp.key)
+            sa = sb = sc = 1.0
+        inputs = {"A": a, "B": b, "C": c}
         checked = not fused and all(t is None or t.dtype in FP8 for t in inputs.values())
         nonfinite = count_nonfinite_inputs(inputs) if checked else None
-        return move.prepare(a), move.prepare(b), move.prepare(c), nonfinite
+        return move.prepare(a), move.prepare(b), move.prepare(c), (sa, sb, sc), nonfinite
 
     def compute(self, kp: KeyPlan, loaded) -> Put:
         job, mode = self.job, self.mode
-        *inputs, nonfinite = loaded
+        *inputs, scales, nonfinite = loaded
         a, b, c = job.move.inputs(*inputs)
         job.note_nonfinite(kp.key, nonfinite)
         into = job.pool if self.reuse_results and kp.adjust is None else None
-        fused = fused_merge(kp, mode.name, a, b, c, self.target(kp), job.halves, buffers=into)
+        fused = fused_merge(kp, mode.name, a, b, c, self.target(kp), job.halves, buffers=into, scales=scales)
+        assert fused is not None or scales == (1.0, 1.0, 1.0), "scaled inputs read as stored need the kernel"
         if fused is not None:
             result, counted = fused
             job.note_nonfinite(kp.key, counted)
-            if not counted and may_leave_range(mode.name, kp.alpha, kp.beta, in_dtypes(a, b, c), result.dtype):
+            # a scaled input's values are float32 (as ``get`` hands them out)
+            dtypes = tuple(torch.float32 if s != 1.0 else t.dtype for t, s in zip((a, b, c), scales) if t is not None)
+            if not counted and may_leave_range(mode.name, kp.alpha, kp.beta, dtypes, result.dtype):
                 check_result(result, kp.key, mode.name, True, "mode", result.dtype)
             return job.merged_put(kp, inputs, result, release=result if into is not None else None)
         result = merge_tensor(kp, mode.fn, a, b, c, self.target(kp), helper=job.halves, finite=nonfinite == {})

@@ -106,3 +106,58 @@ def narrow(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
             widen(chunk, out=part).clamp_(-top, top)
         dst[start:end].copy_(part)
     return out
+
+
+def _native():
+    """The fused linear kernels' module when its library is built (methods/native.py), else None."""
+    from ..methods import fused_linear  # here: io is imported by methods' callers first
+    return fused_linear if fused_linear.available() else None
+
+
+def abs_max(t: torch.Tensor) -> torch.Tensor:
+    """``t.abs().max()`` (float32, 0-dim) without the whole ``abs()`` copy, chunk by chunk (a maximum is exact
+    in any order). A tensor holding NaN or inf is left to torch whole, so that every value is torch's."""
+    flat = t.reshape(-1)
+    if flat.numel() == 0:
+        raise ValueError("abs_max of an empty tensor")
+    native = _native() if flat.dtype == torch.float32 and flat.device.type == "cpu" and flat.is_contiguous() \
+        else None
+    if native is not None:
+        bits = native.abs_max_bits(flat)
+        if bits < 0x7F800000:
+            return torch.tensor([bits], dtype=torch.int32).view(torch.float32).reshape(())
+        return flat.abs().max()
+    top = None
+    for start in range(0, flat.numel(), CHUNK):
+        part = flat[start:start + CHUNK].float().abs().max()
+        top = part if top is None else torch.maximum(top, part)
+    assert top is not None
+    if not torch.isfinite(top):
+        return flat.float().abs().max()
+    return top
+
+
+def narrow_divided(t: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``narrow(t / scale, dtype)``, the same bytes, without the whole float32 quotient: the division and the
+    encoding chunk by chunk into the preallocated output (natively where the kernel is built). scale: a
+    0-dim float32 tensor, finite (a non-finite one is left to torch whole, as NaN's sign is not promised
+    by the kernel)."""
+    flat = t.reshape(-1)
+    out = torch.empty(t.shape, dtype=dtype, device=t.device)
+    if not torch.isfinite(scale):
+        return narrow(t.float() / scale, dtype)
+    native = _native() if flat.dtype == torch.float32 and flat.device.type == "cpu" and flat.is_contiguous() \
+        else None
+    if native is not None and flat.numel():
+        native.encode_divided(flat, float(scale), out.view(-1))
+        return out
+    top = torch.finfo(dtype).max
+    dst = out.view(-1)
+    buf = scratch("narrow", torch.float32, min(CHUNK, flat.numel())) if t.device.type == "cpu" else \
+        torch.empty(min(CHUNK, flat.numel()), dtype=torch.float32, device=t.device)
+    for start in range(0, flat.numel(), CHUNK):
+        end = min(start + CHUNK, flat.numel())
+        part = buf[:end - start]
+        torch.div(flat[start:end].float(), scale, out=part).clamp_(-top, top)
+        dst[start:end].copy_(part)
+    return out

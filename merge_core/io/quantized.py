@@ -250,6 +250,19 @@ class QuantizedFileSource(FileSource):
             return None
         return self.reader.get(key, self.buffers)
 
+    def stored_scaled(self, key: str) -> Optional[tuple[torch.Tensor, float]]:
+        """A per-tensor scaled fp8 weight as stored, with its scale as a float32 value: ``get`` would hand out
+        ``widen(values) * scale``, which the fused linear kernel computes chunk by chunk instead (a whole
+        float32 copy per input cost 4 ns per value and 0.9 GB for a 226 M-value weight). None for every
+        other tensor (per-row or block scales, plain tensors)."""
+        if key not in self.scales or key in self.blocks or self.reader.tensors[key].dtype not in FP8:
+            return None
+        scale_key = self.scales[key]
+        if math.prod(self.reader.tensors[scale_key].shape) != 1:
+            return None
+        scale = float(self.reader.get(scale_key).float().reshape(()))
+        return self.reader.get(key, self.buffers), scale
+
     def raw(self, key: str):
         return None if key in self.scales or self.reader.tensors[key].dtype in FP8 else self.reader.raw(key)
 

@@ -12,7 +12,7 @@ another dtype, not contiguous), ``engine.fused_merge`` returns None and the engi
 from __future__ import annotations
 
 import ctypes
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -34,21 +34,43 @@ def applies(mode: str, out_dtype: torch.dtype, *tensors: Optional[torch.Tensor])
 
 def merge_span(mode: str, alpha: float, beta: float, a: torch.Tensor, b: torch.Tensor,
                c: Optional[torch.Tensor], out: torch.Tensor, first: int, last: int,
-               portable: bool = False) -> list[int]:
+               portable: bool = False, scales: Optional[Sequence[float]] = None) -> list[int]:
     """Values [first, last) of ``out`` from the flat positions of a, b, c; the NaN/inf counts of
     A, B, C in that span. ``applies`` must hold and the library must be loaded.
-    portable: the plain C loops even where AVX2 is there (the tests compare both)."""
+    portable: the plain C loops even where AVX2 is there (the tests compare both).
+    scales: each input's per-tensor float32 scale (1.0: none), applied to its decoded values as
+    ``widen(x) * scale`` is (its counts are then those of the products)."""
     counts = (ctypes.c_int64 * 3)()
     lib = library()
     assert lib is not None, "merge_span without the native library"
+    factors = None if scales is None or all(s == 1.0 for s in scales) else \
+        (ctypes.c_float * 3)(*(list(scales) + [1.0] * 3)[:3])
     code = (lib.merge_linear_portable if portable else lib.merge_linear)(
         MODE_CODES[mode], float(alpha), float(beta), a.data_ptr(), KINDS[a.dtype], b.data_ptr(), KINDS[b.dtype],
         None if c is None else c.data_ptr(), 0 if c is None else KINDS[c.dtype], out.data_ptr(), KINDS[out.dtype],
-        first, last, counts)
+        first, last, counts, factors)
     if code:
         raise ValueError(f"merge_suite: the fused kernel refused mode {mode} with {a.dtype}, {b.dtype}, "
                          f"{None if c is None else c.dtype} -> {out.dtype}")
     return list(counts)
+
+
+def abs_max_bits(t: torch.Tensor, portable: bool = False) -> int:
+    """The float32 bits of max |t| of a contiguous CPU float32 tensor (above 0x7F800000: it holds a NaN)."""
+    lib = library()
+    assert lib is not None and t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
+    return int(lib.abs_max_bits(t.data_ptr(), t.numel(), int(portable)))
+
+
+def encode_divided(t: torch.Tensor, scale: float, out: torch.Tensor, portable: bool = False) -> torch.Tensor:
+    """``out`` = t / scale (one float32 division per value) in out's dtype, fp8 saturating as clamp-then-cast
+    does; t a contiguous CPU float32 tensor, out contiguous of t's size and one of the five kinds."""
+    lib = library()
+    assert lib is not None and t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu"
+    assert out.is_contiguous() and out.numel() == t.numel() and out.dtype in KINDS
+    if lib.encode_divided(t.data_ptr(), t.numel(), scale, KINDS[out.dtype], out.data_ptr(), int(portable)):
+        raise ValueError(f"merge_suite: the native encoder refused {out.dtype}")
+    return out
 
 
 def available() -> bool:

@@ -168,23 +168,71 @@ static inline __attribute__((always_inline)) void formula(int mode, double alpha
     }
 }
 
+/* A stored per-tensor scale applied to n decoded values (torch's widen(x) * scale: one float32 multiply);
+   returns how many of the products are NaN/inf (a finite value times a large scale may overflow). */
+static inline __attribute__((always_inline)) int64_t apply_scale(float *x, int n, float scale) {
+    uint32_t bad = 0;
+    for (int i = 0; i < n; i++) {
+        float v = x[i] * scale;
+        bad += (to_bits(v) & 0x7F800000u) == 0x7F800000u;
+        x[i] = v;
+    }
+    return bad;
+}
+
+/* One input's block: decoded, scaled when its scale is not 1, its NaN/inf values counted. */
+#define DECODE_INPUT(decode_fn, src, kind, scale, dst, count)                                          \
+    {                                                                                                  \
+        int64_t bad = decode_fn(src, kind, n, dst);                                                    \
+        count += scale == 1.0f ? bad : apply_scale(dst, n, scale);                                     \
+    }
+
 #define RUN(decode_fn, encode_fn)                                                                      \
     static const int size[] = {4, 2, 2, 1, 1};                                                         \
     float fa[BLOCK], fb[BLOCK], fc[BLOCK], fo[BLOCK];                                                  \
+    float sa = scales ? scales[0] : 1.0f, sb = scales ? scales[1] : 1.0f, sc = scales ? scales[2] : 1.0f; \
     for (int64_t start = first; start < last; start += BLOCK) {                                        \
         int n = last - start < BLOCK ? (int)(last - start) : BLOCK;                                    \
-        counts[0] += decode_fn((const char *)a + start * size[ka], ka, n, fa);                         \
-        counts[1] += decode_fn((const char *)b + start * size[kb], kb, n, fb);                         \
+        DECODE_INPUT(decode_fn, (const char *)a + start * size[ka], ka, sa, fa, counts[0]);            \
+        DECODE_INPUT(decode_fn, (const char *)b + start * size[kb], kb, sb, fb, counts[1]);            \
         if (c != 0)                                                                                    \
-            counts[2] += decode_fn((const char *)c + start * size[kc], kc, n, fc);                     \
+            DECODE_INPUT(decode_fn, (const char *)c + start * size[kc], kc, sc, fc, counts[2]);        \
         formula(mode, alpha, beta, fa, fb, fc, n, fo);                                                 \
         encode_fn(fo, kout, n, (char *)out + start * size[kout]);                                      \
     }
 
+/* scales: the three inputs' per-tensor float32 scales (NULL: none, every value as stored) */
 #define ARGS int mode, double alpha, double beta, const void *a, int ka, const void *b, int kb, const void *c, \
-             int kc, void *out, int kout, int64_t first, int64_t last, int64_t *counts
+             int kc, void *out, int kout, int64_t first, int64_t last, int64_t *counts, const float *scales
 
 static void run_plain(ARGS) { RUN(decode, encode) }
+
+/* ---- a scaled fp8 output (io/precision.py quantize_scaled): max |x|, then x / scale encoded ---- */
+
+/* The bits of the largest |x| of n float32 values: for non-negative floats the order of the bits is the
+   order of the values, and a NaN's bits exceed infinity's, so any NaN shows as a result above 0x7F800000. */
+#define ABS_MAX_BITS                                                                                   \
+    uint32_t top = 0;                                                                                  \
+    const uint32_t *p = (const uint32_t *)src;                                                         \
+    for (int64_t i = 0; i < n; i++) {                                                                  \
+        uint32_t u = p[i] & 0x7FFFFFFFu;                                                               \
+        top = u > top ? u : top;                                                                       \
+    }                                                                                                  \
+    return top;
+
+/* x / scale (one float32 division, as torch's t / scale) encoded to kout, BLOCK values at a time. */
+#define ENCODE_DIVIDED(encode_fn)                                                                      \
+    static const int size[] = {4, 2, 2, 1, 1};                                                         \
+    float q[BLOCK];                                                                                    \
+    for (int64_t start = 0; start < n; start += BLOCK) {                                               \
+        int m = n - start < BLOCK ? (int)(n - start) : BLOCK;                                          \
+        for (int i = 0; i < m; i++)                                                                    \
+            q[i] = src[start + i] / scale;                                                             \
+        encode_fn(q, kout, m, (char *)dst + start * size[kout]);                                       \
+    }
+
+static uint32_t abs_max_plain(const float *src, int64_t n) { ABS_MAX_BITS }
+static void divided_plain(const float *src, int64_t n, float scale, int kout, void *dst) { ENCODE_DIVIDED(encode) }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -323,6 +371,10 @@ static AVX2 void encode_avx2(const float *src, int kind, int n, void *dst) {
 }
 
 static AVX2 void run_avx2(ARGS) { RUN(decode_avx2, encode_avx2) }
+static AVX2 uint32_t abs_max_avx2(const float *src, int64_t n) { ABS_MAX_BITS }
+static AVX2 void divided_avx2(const float *src, int64_t n, float scale, int kout, void *dst) {
+    ENCODE_DIVIDED(encode_avx2)
+}
 #endif
 
 static int valid(int mode, int ka, int kb, const void *c, int kc, int kout) {
@@ -331,7 +383,8 @@ static int valid(int mode, int ka, int kb, const void *c, int kc, int kout) {
 }
 
 /* Merge values [first, last) of one key. a, b, c, out: the whole stored tensors (c NULL for the
-   two-model modes); k*: their kinds (F32 ... E5M2); counts: three int64 NaN/inf counts, added to.
+   two-model modes); k*: their kinds (F32 ... E5M2); counts: three int64 NaN/inf counts, added to;
+   scales: each input's per-tensor scale (NULL for none).
    Returns 0, or -1 for an unknown mode or kind. */
 int merge_linear(ARGS) {
     if (!valid(mode, ka, kb, c, kc, kout))
@@ -340,11 +393,11 @@ int merge_linear(ARGS) {
         c = 0;
 #ifdef HAVE_AVX2
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-        run_avx2(mode, alpha, beta, a, ka, b, kb, c, kc, out, kout, first, last, counts);
+        run_avx2(mode, alpha, beta, a, ka, b, kb, c, kc, out, kout, first, last, counts, scales);
         return 0;
     }
 #endif
-    run_plain(mode, alpha, beta, a, ka, b, kb, c, kc, out, kout, first, last, counts);
+    run_plain(mode, alpha, beta, a, ka, b, kb, c, kc, out, kout, first, last, counts, scales);
     return 0;
 }
 
@@ -352,6 +405,38 @@ int merge_linear(ARGS) {
 int merge_linear_portable(ARGS) {
     if (!valid(mode, ka, kb, c, kc, kout))
         return -1;
-    run_plain(mode, alpha, beta, a, ka, b, kb, c, kc, out, kout, first, last, counts);
+    run_plain(mode, alpha, beta, a, ka, b, kb, c, kc, out, kout, first, last, counts, scales);
+    return 0;
+}
+
+static int have_avx2(void) {
+#ifdef HAVE_AVX2
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+    return 0;
+#endif
+}
+
+/* The bits of max |src[i]| over n float32 values (above 0x7F800000: a NaN among them). portable: the plain
+   loop only. */
+uint32_t abs_max_bits(const float *src, int64_t n, int portable) {
+#ifdef HAVE_AVX2
+    if (!portable && have_avx2())
+        return abs_max_avx2(src, n);
+#endif
+    return abs_max_plain(src, n);
+}
+
+/* dst = src / scale encoded to kout (fp8 saturating as clamp-then-cast does), n values; -1 for an unknown kind. */
+int encode_divided(const float *src, int64_t n, float scale, int kout, void *dst, int portable) {
+    if (kout < F32 || kout > E5M2)
+        return -1;
+#ifdef HAVE_AVX2
+    if (!portable && have_avx2()) {
+        divided_avx2(src, n, scale, kout, dst);
+        return 0;
+    }
+#endif
+    divided_plain(src, n, scale, kout, dst);
     return 0;
 }

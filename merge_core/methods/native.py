@@ -3,8 +3,9 @@
 - median3.c: SciPy's median filter selects from 81 values per element of a 3x3 conv kernel,
   which made smoothAdd ten times slower than every other calc mode. The kernel shares the
   sorting between overlapping windows and is exact (``median3_kernel4d`` below).
-- linear.c: the four linear merge modes fused with decoding the stored inputs and encoding
-  the output, bit for bit torch's values (``fused_linear.py``).
+- linear.c: the four linear merge modes fused with decoding the stored inputs (times a per-tensor
+  scale) and encoding the output, bit for bit torch's values (``fused_linear.py``); and the two passes
+  of a scaled fp8 output (max |x|, then x / scale encoded) without float32 temporaries.
 
 They are plain C with no Python or torch headers, so building them takes a few seconds; the library is cached under
 ``$XDG_CACHE_HOME/merge-suite/native`` keyed by the sources, flags and compiler. Loading a
@@ -149,8 +150,13 @@ def _build() -> Optional[ctypes.CDLL]:
     lib.median3_kernel4d.restype = ctypes.c_int
     for fused in (lib.merge_linear, lib.merge_linear_portable):
         fused.argtypes = (ctypes.c_int, ctypes.c_double, ctypes.c_double, *(ctypes.c_void_p, ctypes.c_int) * 4,
-                          ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
+                          ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
         fused.restype = ctypes.c_int
+    lib.abs_max_bits.argtypes = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int)
+    lib.abs_max_bits.restype = ctypes.c_uint32
+    lib.encode_divided.argtypes = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_void_p,
+                                   ctypes.c_int)
+    lib.encode_divided.restype = ctypes.c_int
     return lib
 
 

@@ -151,7 +151,7 @@ def test_engine_file_merge_runs_the_kernel_and_equals_the_torch_path(tmp_path, m
         save_file(sd, paths[-1])
     calls = []
     real = fused_linear.merge_span
-    monkeypatch.setattr(fused_linear, "merge_span", lambda *args: calls.append(args[0]) or real(*args))
+    monkeypatch.setattr(fused_linear, "merge_span", lambda *args, **kw: calls.append(args[0]) or real(*args, **kw))
     first = merge_files(*paths, str(tmp_path / "fused.safetensors"), mode="add_difference", alpha=0.6)
     assert len(calls) == 5 and set(calls) == {"add_difference"}
     monkeypatch.setattr(native, "_lib", None)
@@ -163,3 +163,47 @@ def test_engine_file_merge_runs_the_kernel_and_equals_the_torch_path(tmp_path, m
     for key in fused_file:
         assert same(torch_file[key], fused_file[key]), key
     assert first.nonfinite == second.nonfinite and len(first.nonfinite) >= 4
+
+
+SCALES = [0.0123, 1.0, 3.5e-5, 7.0e36]  # the last overflows float32 for most values: counted as inf
+
+
+@pytest.mark.parametrize("mode", list(fused_linear.MODE_CODES))
+def test_scaled_fp8_inputs_give_the_dequantised_torch_paths_bytes_and_counts(mode):
+    """A per-tensor scaled fp8 input read as stored with its scale: the kernel (both loops) gives what the
+    torch path gives from ``widen(x) * scale`` (what QuantizedFileSource.get hands out), counts included."""
+    from merge_core.io.fp8 import widen
+    g = torch.Generator().manual_seed(5)
+    three = mode != "weight_sum"
+    for ka, kb, out in itertools.product(FP8 + (torch.bfloat16,), FP8, KINDS):
+        n = 3000 + int(torch.randint(0, 64, (1,), generator=g))
+        a, b = sample(n, ka, g), sample(n, kb, g)
+        c = sample(n, kb, g) if three else None
+        for scales in itertools.permutations(SCALES, 3):
+            scales = tuple(1.0 if t is None or t.dtype not in FP8 else s for t, s in zip((a, b, c), scales))
+            dequantised = [None if t is None else widen(t) * torch.tensor(s) if s != 1.0 else t
+                           for t, s in zip((a, b, c), scales)]
+            expected = torch_path(mode, 0.3, 0.45, *dequantised, out)
+            counts = {name: k for name, t in zip("ABC", dequantised) if t is not None and (k := count_nonfinite(t))}
+            result, got = linear.fused_merge(Key(0.3, 0.45), mode, a, b, c, out, scales=scales)
+            assert same(expected, result), (mode, ka, kb, out, scales)
+            assert got == counts, (mode, ka, kb, out, scales)
+            portable = torch.empty_like(result)
+            portable_counts = fused_linear.merge_span(mode, 0.3, 0.45, a, b, c, portable, 0, n, portable=True,
+                                                      scales=scales)
+            assert same(expected, portable), (mode, ka, kb, out, scales)
+            assert portable_counts == [counts.get(x, 0) for x in "ABC"]
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize("out", FP8)
+def test_scaled_fp8_output_passes_equal_torchs_max_and_division(out, portable):
+    """The writer's two native passes (max |x|, then x / scale encoded) against torch's abs().max() and
+    narrow(t / scale), over float32 bit patterns of every magnitude (non-finite ones left out: those go to torch)."""
+    from merge_core.io.fp8 import narrow
+    x = torch.arange(0, 2 ** 32, 257, dtype=torch.int64).to(torch.int32).view(torch.float32)
+    x = x[x.isfinite()].contiguous()
+    assert fused_linear.abs_max_bits(x, portable) == int(x.abs().max().view(torch.int32))
+    for scale in (x.abs().max() / torch.finfo(out).max, torch.tensor(1.0), torch.tensor(3.1e-20)):
+        got = fused_linear.encode_divided(x, float(scale), torch.empty(x.shape, dtype=out), portable)
+        assert torch.equal(narrow(x / scale, out).view(torch.uint8), got.view(torch.uint8)), float(scale)
