@@ -9,27 +9,23 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 import folder_paths  # noqa: E402
-import nodes as comfy_nodes  # noqa: E402
 import spec_cosmos as spec  # noqa: E402
 import tiny_cosmos  # noqa: E402
 from core_parity import compare, core_node  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+from family_node_checks import (ALPHA, UNET, LoadedUnets, check_combine_ties, check_formula,  # noqa: E402
+                                check_kohya_lora, check_node_and_cli, check_save_reloads, check_unet_loader,
+                                model_folders)
 from spec_families import KEEP  # noqa: E402
-from test_combine_nodes import combine  # noqa: E402
-from test_family_nodes import UNET, base_weights, effective, read  # noqa: E402
-from test_lora_family_nodes import effective as patched, file_delta, kohya_targets  # noqa: E402
+from test_lora_family_nodes import effective as patched  # noqa: E402
 
 from merge_suite.merge_core import cli  # noqa: E402
 from merge_suite.merge_core.architectures import detect_or_auto  # noqa: E402
 from merge_suite.nodes.errors import MergeNodeError  # noqa: E402
-from merge_suite.nodes.lora import LoraApply  # noqa: E402
 from merge_suite.nodes.merge import ModelMerge  # noqa: E402
 from merge_suite.nodes.routes import block_elements  # noqa: E402
-from merge_suite.nodes.save import SaveCheckpoint  # noqa: E402
 
 # family: (transcription, named block weights, {block: ratio} they set, elemental rule, (block, element, ratio))
 FAMILIES = {
@@ -41,7 +37,6 @@ FAMILIES = {
               "A01:self_attn:0.85", ("A01", "self_attn", .85)),
 }
 LABELS = {"cosmos1": "Cosmos 7B/14B", "cosmos-predict2": "Cosmos-Predict2", "anima": "Anima"}
-ALPHA = 0.3
 
 
 def need(family):
@@ -52,39 +47,20 @@ def need(family):
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """Diffusion-model files (seeds 1, 2, 3) of every tiny family this ComfyUI has, in its model folder."""
-    tiny_cosmos.register()
-    root = tmp_path_factory.mktemp("cosmos_families")
-    unets = root / "diffusion_models"
-    for family in FAMILIES:
-        if tiny_cosmos.missing(family) is None:
-            for seed in (1, 2, 3):
-                tiny_cosmos.save_diffusion_model(unets / f"{family}_{seed}.safetensors", family, seed)
-    saved = folder_paths.folder_names_and_paths["diffusion_models"]
-    folder_paths.folder_names_and_paths["diffusion_models"] = ([str(unets)], folder_paths.supported_pt_extensions)
-    yield root
-    folder_paths.folder_names_and_paths["diffusion_models"] = saved
+    yield from model_folders(tmp_path_factory, tiny_cosmos, FAMILIES, "cosmos_families")
 
 
-LOADED = {}
+LOADED = LoadedUnets()
 
 
 def unet(family, seed):
-    """A family's model as UNETLoader loads it (cached: merges never modify their inputs)."""
     need(family)
-    if (family, seed) not in LOADED:
-        LOADED[family, seed] = comfy_nodes.UNETLoader().load_unet(f"{family}_{seed}.safetensors", "default")[0]
-    return LOADED[family, seed]
+    return LOADED(family, seed)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_unet_loader_loads_each_tiny_family(family, folders):
-    model = unet(family, 1)
-    stored = read(folders / "diffusion_models" / f"{family}_1.safetensors")
-    loaded = base_weights(model, UNET)
-    assert set(loaded) == {UNET + k for k in stored}
-    assert all(torch.equal(loaded[UNET + k].float(), t.float()) for k, t in stored.items())
-    assert type(model.model.model_config).__name__.startswith("Tiny")
+    check_unet_loader(unet(family, 1), folders, family)
 
 
 def ratio_of(family, rel):
@@ -96,59 +72,20 @@ def ratio_of(family, rel):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_merge_models_gives_the_formula_with_named_block_weights_and_elemental(family, folders):
-    _, named, _, elemental, _ = FAMILIES[family]
-    a, b = unet(family, 1), unet(family, 2)
-    before = base_weights(a, UNET)
-    merged, report, _ = ModelMerge.execute(model_a=a, model_b=b, mode="Weight sum", alpha=ALPHA, beta=0.0,
-                                           blocks_alpha=named, options={"elemental": elemental}).result
-    got, wb = effective(merged, UNET), base_weights(b, UNET)
-    assert set(got) == set(before) and "not used" not in report
-    elemental_hits = 0
-    for key, w in got.items():
-        r = ratio_of(family, key[len(UNET):])
-        elemental_hits += r == FAMILIES[family][4][2]
-        torch.testing.assert_close(w, before[key].float() * (1 - r) + wb[key].float() * r, rtol=1e-5, atol=1e-6,
-                                   msg=key)
-    assert elemental_hits > 0
-    after = base_weights(a, UNET)
-    assert all(torch.equal(after[k], before[k]) for k in before), "model A untouched"
+    _, named, _, elemental, (_, _, value) = FAMILIES[family]
+    check_formula(unet(family, 1), unet(family, 2), named, elemental, lambda rel: ratio_of(family, rel), value)
 
 
 @pytest.mark.parametrize("case", ["blocks+elemental", "add difference"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_node_and_cli_agree_on_every_key(family, case, folders):
     _, named, _, elemental, _ = FAMILIES[family]
-    a, b, c = (unet(family, s) for s in (1, 2, 3))
-    files = [str(folders / "diffusion_models" / f"{family}_{s}.safetensors") for s in (1, 2, 3)]
-    out = folders / f"cli_{family}_{case.replace(' ', '_')}.safetensors"
-    if case == "add difference":
-        argv = ["merge", *files, "--mode", "add_difference", "--alpha", "0.6"]
-        params = dict(mode="Add difference", alpha=0.6, model_c=c)
-    else:
-        argv = ["merge", *files[:2], "--alpha", str(ALPHA), "--blocks", named, "--elemental", elemental]
-        params = dict(mode="Weight sum", alpha=ALPHA, blocks_alpha=named, options={"elemental": elemental})
-    assert cli.main(argv + ["--dtype", "fp32", "-o", str(out), "-q"]) == 0
-    by_cli = read(out)
-    merged = ModelMerge.execute(model_a=a, model_b=b, beta=0.0, **params).result[0]
-    by_node = {k[len(UNET):]: v for k, v in effective(merged, UNET).items()}
-    wa = {k[len(UNET):]: v for k, v in base_weights(a, UNET).items()}
-    assert set(by_node) == set(by_cli)
-    problems = [k for k, x in by_cli.items() if torch.equal(x, wa[k]) != torch.equal(by_node[k], wa[k])
-                or not torch.allclose(x.double(), by_node[k].double(), rtol=1e-5, atol=1e-6)]
-    assert not problems, f"{len(problems)} keys differ, e.g. {problems[:5]}"
+    check_node_and_cli(folders, family, case, unet, named, elemental)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_save_checkpoint_of_a_merge_reloads_through_unet_loader(family, folders):
-    merged = ModelMerge.execute(model_a=unet(family, 1), model_b=unet(family, 2), mode="Weight sum", alpha=0.4,
-                                beta=0.0, blocks_alpha=FAMILIES[family][1]).result[0]
-    path = Path(SaveCheckpoint.execute(merged, filename_prefix=f"saved/{family}", precision="fp32",
-                                       hash_inputs=False).result[0])
-    assert path.parent.parent == folders / "diffusion_models"
-    reloaded = comfy_nodes.UNETLoader().load_unet(f"saved/{path.name}", "default")[0]
-    assert type(reloaded.model.model_config).__name__.startswith("Tiny")
-    want, got = effective(merged, UNET), base_weights(reloaded, UNET)
-    assert set(got) == set(want) and all(torch.equal(got[k].float(), want[k]) for k in want)
+    check_save_reloads(folders, family, unet(family, 1), unet(family, 2), FAMILIES[family][1])
 
 
 @pytest.fixture(scope="module")
@@ -161,32 +98,14 @@ def loras(tmp_path_factory):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_kohya_lora_with_block_weights_follows_the_formula(family, folders, loras):
     """Every linear layer, kohya-named; Predict2's names are Wan's LoRA group, which a Predict2 model accepts."""
-    model = unet(family, 1)
-    gen = torch.Generator().manual_seed(11)
-    sd = {}
-    for kname, _, (out_dim, in_dim) in kohya_targets(model):
-        sd[f"{kname}.lora_up.weight"] = torch.randn(out_dim, 2, generator=gen) * 0.1
-        sd[f"{kname}.lora_down.weight"] = torch.randn(2, in_dim, generator=gen) * 0.1
-        sd[f"{kname}.alpha"] = torch.tensor(1.0)
-    name = f"{family}_kohya.safetensors"
-    save_file(sd, str(loras / name))
     block_of, named, ratios = FAMILIES[family][:3]
-    out = LoraApply.execute(model, lora_name=name, strength_model=0.8, block_weights=named).result
-    got, base = patched(out[0]), patched(model)
-    for kname, key, _ in kohya_targets(model):
-        w = 0.8 * ratios.get(block_of(key[len(UNET):]), 1.0)
-        torch.testing.assert_close(got[key], base[key] + w * file_delta(sd, kname), rtol=1e-5, atol=1e-6)
-    assert "weights patched" in out[2]
+    check_kohya_lora(unet(family, 1), loras, f"{family}_kohya.safetensors", 11, named, ratios, block_of, patched)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_combine_models_ties_runs(family, folders):
     base, *models = (unet(family, s) for s in (1, 2, 3))
-    merged, report, _ = combine(base, models, method="ties", alpha=0.5)
-    got, wb = effective(merged, UNET), base_weights(base, UNET)
-    assert "of 2 models" in report and set(got) == set(wb)
-    assert all(torch.isfinite(w).all() for w in got.values())
-    assert sum(not torch.equal(got[k], wb[k].float()) for k in got) > len(got) // 2
+    check_combine_ties(base, models, alpha=0.5, density=0.2)
 
 
 @pytest.mark.parametrize("layout,block,element", [("cosmos1", "B27", "blocks.1.block.attn.to_k.0"),
