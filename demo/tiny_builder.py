@@ -30,6 +30,20 @@ def _never_missing(family: str) -> Optional[str]:
     return None
 
 
+def lacking_config(host_configs: dict[str, str], family: str) -> str:
+    """Why the running ComfyUI cannot build this family ('' when it can): it has no model config of the name
+    ``host_configs[family]`` (comfy.supported_models)."""
+    if getattr(comfy.supported_models, host_configs[family], None) is None:
+        return f"this ComfyUI has no {host_configs[family]} model (ComfyUI 0.33 has it)"
+    return ""
+
+
+def widths(state_dict, suffix: str) -> list[int]:
+    """The first dimension of every tensor whose key ends with ``suffix``: what a tiny config matches on where
+    the host's detection reads no width."""
+    return [v.shape[0] for k, v in (state_dict or {}).items() if k.endswith(suffix)]
+
+
 class TinyBuilder:
     """One family table's tiny models.
 

@@ -20,7 +20,7 @@ import comfy.sd
 import comfy.supported_models
 import comfy.supported_models_base
 import comfy.text_encoders.flux
-from tiny_builder import MAX_PARAMETERS, TinyBuilder  # noqa: F401 (MAX_PARAMETERS: tiny_cosmos imports it)
+from tiny_builder import MAX_PARAMETERS, TinyBuilder, widths  # noqa: F401 (MAX_PARAMETERS: importable from here as before)
 from tiny_models import TINY_CLIP_L, TinyConfig, _fill
 
 WIDTH, HEADS = 64, 2
@@ -110,8 +110,7 @@ class TinyHiDream(TinyConfig, comfy.supported_models.HiDream):
 
     @classmethod
     def tiny_match(cls, state_dict) -> bool:
-        width = [v.shape[0] for k, v in (state_dict or {}).items() if k.endswith("x_embedder.proj.weight")]
-        return width == [WIDTH]
+        return widths(state_dict, "x_embedder.proj.weight") == [WIDTH]
 
 
 class TinyWan(TinyConfig, comfy.supported_models.WAN21_T2V):

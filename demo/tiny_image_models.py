@@ -9,7 +9,7 @@ the running ComfyUI lacks (Krea 2 and LongCat-Image before 0.33) is listed by ``
 from __future__ import annotations
 
 import comfy.supported_models
-from tiny_builder import TinyBuilder
+from tiny_builder import TinyBuilder, lacking_config, widths
 from tiny_families import HEADS, ROPE, TEXT_WIDTH, WIDTH, _only
 from tiny_models import TinyConfig
 KREA2 = dict(features=WIDTH, heads=HEADS, kvheads=1, layers=3, txtdim=TEXT_WIDTH, txtlayers=3, txtheads=HEADS,
@@ -26,13 +26,7 @@ FAMILIES = tuple(TINY)
 
 def missing(family: str) -> str:
     """Why the running ComfyUI cannot build this family ('' when it can)."""
-    if getattr(comfy.supported_models, HOST_CONFIG[family], None) is None:
-        return f"this ComfyUI has no {HOST_CONFIG[family]} model (ComfyUI 0.33 has it)"
-    return ""
-
-
-def _width(state_dict, suffix: str) -> list[int]:
-    return [v.shape[0] for k, v in (state_dict or {}).items() if k.endswith(suffix)]
+    return lacking_config(HOST_CONFIG, family)
 
 
 def _tiny_configs() -> tuple:
@@ -56,7 +50,7 @@ def _tiny_configs() -> tuple:
 
         @classmethod
         def tiny_match(cls, state_dict) -> bool:
-            return _width(state_dict, "init_x_linear.weight") == [WIDTH]
+            return widths(state_dict, "init_x_linear.weight") == [WIDTH]
     configs.append(TinyAuraFlow)
     return tuple(configs)
 

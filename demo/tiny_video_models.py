@@ -11,7 +11,7 @@ A family whose class the running ComfyUI lacks (LTX-2 and Kandinsky 5 before 0.3
 from __future__ import annotations
 
 import comfy.supported_models
-from tiny_builder import TinyBuilder
+from tiny_builder import TinyBuilder, lacking_config, widths
 from tiny_families import HEADS, ROPE, TEXT_WIDTH, WIDTH, _only
 from tiny_models import TinyConfig
 HEAD = WIDTH // HEADS
@@ -40,13 +40,7 @@ FAMILIES = tuple(TINY)
 
 def missing(family: str) -> str:
     """Why the running ComfyUI cannot build this family ('' when it can)."""
-    if getattr(comfy.supported_models, HOST_CONFIG[family], None) is None:
-        return f"this ComfyUI has no {HOST_CONFIG[family]} model (ComfyUI 0.33 has it)"
-    return ""
-
-
-def _width(state_dict, suffix: str) -> list[int]:
-    return [v.shape[0] for k, v in (state_dict or {}).items() if k.endswith(suffix)]
+    return lacking_config(HOST_CONFIG, family)
 
 
 def _tiny_configs() -> tuple:
@@ -74,7 +68,7 @@ def _tiny_configs() -> tuple:
 
         @classmethod
         def tiny_match(cls, state_dict) -> bool:
-            return _width(state_dict, "x_embedder.proj.weight") == [WIDTH]
+            return widths(state_dict, "x_embedder.proj.weight") == [WIDTH]
     configs.append(TinyMochi)
 
     class TinyHunyuanVideo(TinyConfig, host.HunyuanVideo):
