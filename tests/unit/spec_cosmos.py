@@ -14,26 +14,26 @@ COSMOS1_IN = ("x_embedder", "t_embedder", "pos_embedder", "extra_pos_embedder", 
 PREDICT2_IN = ("x_embedder", "t_embedder", "pos_embedder", "t_embedding_norm")
 
 
-def cosmos1_block(rel):
-    """``blocks.blockN.`` (a ModuleDict: the index is part of the name) block BNN."""
-    m = re.match(r"blocks\.block(\d+)\.", rel)
+def _block(rel, blocks, inputs):
+    """``blocks`` (a pattern whose group is the index) block BNN; a top-level module in ``inputs`` IN;
+    ``final_layer`` OUT."""
+    m = re.match(blocks, rel)
     if m:
         return f"B{int(m.group(1)):02d}"
     head = rel.split(".")[0]
-    if head in COSMOS1_IN:
+    if head in inputs:
         return "IN"
     return "OUT" if head == "final_layer" else KEEP
+
+
+def cosmos1_block(rel):
+    """``blocks.blockN.`` (a ModuleDict: the index is part of the name) block BNN."""
+    return _block(rel, r"blocks\.block(\d+)\.", COSMOS1_IN)
 
 
 def predict2_block(rel):
     """``blocks.N.`` block BNN."""
-    m = re.match(r"blocks\.(\d+)\.", rel)
-    if m:
-        return f"B{int(m.group(1)):02d}"
-    head = rel.split(".")[0]
-    if head in PREDICT2_IN:
-        return "IN"
-    return "OUT" if head == "final_layer" else KEEP
+    return _block(rel, r"blocks\.(\d+)\.", PREDICT2_IN)
 
 
 def anima_block(rel):

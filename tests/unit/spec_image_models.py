@@ -16,6 +16,18 @@ def _indexed(rel, container, prefix):
     return f"{prefix}{int(m.group(1)):02d}" if m else None
 
 
+def _double_single(rel, double, single, inputs, outputs):
+    """A double/single-stream layout: ``double.N`` DNN, ``single.N`` SNN, a top-level module in ``inputs`` IN,
+    in ``outputs`` OUT."""
+    hit = _indexed(rel, double, "D") or _indexed(rel, single, "S")
+    if hit:
+        return hit
+    head = rel.split(".")[0]
+    if head in inputs:
+        return "IN"
+    return "OUT" if head in outputs else KEEP
+
+
 def krea2_block(rel):
     """``blocks.N`` one block each; first/tmlp/txtmlp/tproj the input side; the text adapter
     (txtfusion: layer-wise blocks, projector, refiner blocks) its own group; ``last`` the output."""
@@ -34,24 +46,13 @@ def krea2_block(rel):
 
 def longcat_block(rel):
     """Flux-like: double/single blocks, the ``*_in`` embedders the input, ``final_layer`` the output."""
-    hit = _indexed(rel, "double_blocks", "D") or _indexed(rel, "single_blocks", "S")
-    if hit:
-        return hit
-    head = rel.split(".")[0]
-    if head in ("img_in", "txt_in", "time_in"):
-        return "IN"
-    return "OUT" if head == "final_layer" else KEEP
+    return _double_single(rel, "double_blocks", "single_blocks", ("img_in", "txt_in", "time_in"), ("final_layer",))
 
 
 def auraflow_block(rel):
     """The modules of core's ModelMergeAuraflow sliders, grouped: embedders IN, modF/final_linear OUT."""
-    hit = _indexed(rel, "double_layers", "D") or _indexed(rel, "single_layers", "S")
-    if hit:
-        return hit
-    head = rel.split(".")[0]
-    if head in ("init_x_linear", "positional_encoding", "cond_seq_linear", "register_tokens", "t_embedder"):
-        return "IN"
-    return "OUT" if head in ("modF", "final_linear") else KEEP
+    inputs = ("init_x_linear", "positional_encoding", "cond_seq_linear", "register_tokens", "t_embedder")
+    return _double_single(rel, "double_layers", "single_layers", inputs, ("modF", "final_linear"))
 
 
 TRANSCRIPTIONS = {"krea2": krea2_block, "longcat-image": longcat_block, "auraflow": auraflow_block,
