@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# the shared check modules the test modules import: pytest's assertion messages inside them too
+pytest.register_assert_rewrite("family_checks", "family_node_checks", "core_parity")
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
