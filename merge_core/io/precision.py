@@ -81,8 +81,13 @@ def quantize_scaled(tensor: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3
     ``narrow(t / scale)`` with ``scale = max|t| / max``, computed in two chunked passes (io/fp8.py), as whole
     float32 temporaries (|t|, t / scale) cost 0.9 GB each for a 226 M-value weight and most of the writer's time."""
     amax = abs_max(tensor).to(tensor.device) if tensor.numel() else torch.zeros(())
-    scale = (amax / torch.finfo(dtype).max).clamp_min(torch.finfo(torch.float32).tiny).reshape(())
+    scale = per_tensor_scale(amax, dtype)
     return narrow_divided(tensor, scale, dtype), scale.to(torch.float32)
+
+
+def per_tensor_scale(amax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The scale that puts a tensor's largest magnitude ``amax`` (float32, 0-dim) at fp8 ``dtype``'s max."""
+    return (amax / torch.finfo(dtype).max).clamp_min(torch.finfo(torch.float32).tiny).reshape(())
 
 
 def config_tensor(config: Mapping) -> torch.Tensor:
@@ -283,12 +288,30 @@ class EncodingSink(Sink):
                 self.inner.put(name, value)
         else:
             weight, scale = quantize_scaled(tensor, SCALED_DTYPES[fmt])
-            self.inner.put(key, weight)
-            self.inner.put(_scale_key(key, fmt), scale)
+            self.put_scaled(key, weight, scale)
+            return
+        self._put_layer_buffers(key)
+
+    def _put_layer_buffers(self, key: str) -> None:
         if key in self.input_scales:
             self.inner.put(_sibling(key, INPUT_SCALE), self.input_scales[key])
         if key in self.configs:
             self.inner.put(_config_key(key), self.configs[key])
+
+    def scaled_encoding(self, key: str) -> Optional[torch.dtype]:
+        """The fp8 dtype of a key written as per-tensor scaled fp8, which ``put_scaled`` then takes already
+        quantised (the engine computes ``quantize_scaled`` of its result in two passes over its inputs,
+        without the float32 result); else None."""
+        fmt = self.encode.get(key)
+        return SCALED_DTYPES[fmt] if fmt in SCALE_KEYS else None
+
+    def put_scaled(self, key: str, values: torch.Tensor, scale: torch.Tensor) -> None:
+        """A per-tensor scaled fp8 key already quantised: ``quantize_scaled``'s (values, scale) of its result."""
+        fmt = self.encode[key]
+        assert fmt in SCALE_KEYS and values.dtype == SCALED_DTYPES[fmt], (key, fmt, values.dtype)
+        self.inner.put(key, values)
+        self.inner.put(_scale_key(key, fmt), scale.to(torch.float32))
+        self._put_layer_buffers(key)
 
     def encoded_dtype(self, key: str) -> Optional[torch.dtype]:
         """The plain fp8 dtype a key is written in, which ``put`` also takes as it is (the engine then

@@ -34,13 +34,31 @@ def applies(mode: str, out_dtype: torch.dtype, *tensors: Optional[torch.Tensor])
 
 def merge_span(mode: str, alpha: float, beta: float, a: torch.Tensor, b: torch.Tensor,
                c: Optional[torch.Tensor], out: torch.Tensor, first: int, last: int,
-               portable: bool = False, scales: Optional[Sequence[float]] = None) -> list[int]:
+               portable: bool = False, scales: Optional[Sequence[float]] = None, divisor: float = 1.0) -> list[int]:
     """Values [first, last) of ``out`` from the flat positions of a, b, c; the NaN/inf counts of
     A, B, C in that span. ``applies`` must hold and the library must be loaded.
     portable: the plain C loops even where AVX2 is there (the tests compare both).
     scales: each input's per-tensor float32 scale (1.0: none), applied to its decoded values as
-    ``widen(x) * scale`` is (its counts are then those of the products)."""
+    ``widen(x) * scale`` is (its counts are then those of the products).
+    divisor: every merged value divided by it (one float32 division) before the encoding, as a scaled fp8
+    output's ``narrow(result / scale)`` does."""
     counts = (ctypes.c_int64 * 3)()
+    _run(mode, alpha, beta, a, b, c, out, first, last, portable, scales, divisor, counts, None)
+    return list(counts)
+
+
+def abs_max_span(mode: str, alpha: float, beta: float, a: torch.Tensor, b: torch.Tensor,
+                 c: Optional[torch.Tensor], first: int, last: int, portable: bool = False,
+                 scales: Optional[Sequence[float]] = None) -> tuple[list[int], int]:
+    """``merge_span``'s NaN/inf counts and the float32 bits of max |merged value| over [first, last), nothing
+    written (above 0x7F800000: a NaN among them): the first pass of a scaled fp8 output, whose scale must be
+    known before any value is encoded; the second is ``merge_span`` with that scale as divisor."""
+    counts, top = (ctypes.c_int64 * 3)(), ctypes.c_uint32(0)
+    _run(mode, alpha, beta, a, b, c, a, first, last, portable, scales, 1.0, counts, ctypes.byref(top))
+    return list(counts), top.value
+
+
+def _run(mode, alpha, beta, a, b, c, out, first, last, portable, scales, divisor, counts, amax) -> None:
     lib = library()
     assert lib is not None, "merge_span without the native library"
     factors = None if scales is None or all(s == 1.0 for s in scales) else \
@@ -48,11 +66,10 @@ def merge_span(mode: str, alpha: float, beta: float, a: torch.Tensor, b: torch.T
     code = (lib.merge_linear_portable if portable else lib.merge_linear)(
         MODE_CODES[mode], float(alpha), float(beta), a.data_ptr(), KINDS[a.dtype], b.data_ptr(), KINDS[b.dtype],
         None if c is None else c.data_ptr(), 0 if c is None else KINDS[c.dtype], out.data_ptr(), KINDS[out.dtype],
-        first, last, counts, factors)
+        first, last, counts, factors, float(divisor), amax)
     if code:
         raise ValueError(f"merge_suite: the fused kernel refused mode {mode} with {a.dtype}, {b.dtype}, "
                          f"{None if c is None else c.dtype} -> {out.dtype}")
-    return list(counts)
 
 
 def abs_max_bits(t: torch.Tensor, portable: bool = False) -> int:

@@ -198,12 +198,31 @@ static inline __attribute__((always_inline)) int64_t apply_scale(float *x, int n
         if (c != 0)                                                                                    \
             DECODE_INPUT(decode_fn, (const char *)c + start * size[kc], kc, sc, fc, counts[2]);        \
         formula(mode, alpha, beta, fa, fb, fc, n, fo);                                                 \
+        if (amax != 0) {                                                                               \
+            *amax = block_abs_max(fo, n, *amax);                                                       \
+            continue;                                                                                  \
+        }                                                                                              \
+        if (divisor != 1.0f)                                                                           \
+            for (int i = 0; i < n; i++)                                                                \
+                fo[i] = fo[i] / divisor;                                                               \
         encode_fn(fo, kout, n, (char *)out + start * size[kout]);                                      \
     }
 
-/* scales: the three inputs' per-tensor float32 scales (NULL: none, every value as stored) */
+/* The bits of max(|x|) over n values and the bits `top` (a NaN's bits exceed every other's). */
+static inline __attribute__((always_inline)) uint32_t block_abs_max(const float *x, int n, uint32_t top) {
+    for (int i = 0; i < n; i++) {
+        uint32_t u = to_bits(x[i]) & 0x7FFFFFFFu;
+        top = u > top ? u : top;
+    }
+    return top;
+}
+
+/* scales: the three inputs' per-tensor float32 scales (NULL: none, every value as stored);
+   divisor: each merged value is divided by it before encoding (a scaled fp8 output's scale; 1: none);
+   amax: when not NULL, nothing is written: the bits of max |merged value| are accumulated into *amax */
 #define ARGS int mode, double alpha, double beta, const void *a, int ka, const void *b, int kb, const void *c, \
-             int kc, void *out, int kout, int64_t first, int64_t last, int64_t *counts, const float *scales
+             int kc, void *out, int kout, int64_t first, int64_t last, int64_t *counts, const float *scales,      \
+             float divisor, uint32_t *amax
 
 static void run_plain(ARGS) { RUN(decode, encode) }
 
@@ -393,11 +412,11 @@ int merge_linear(ARGS) {
         c = 0;
 #ifdef HAVE_AVX2
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-        run_avx2(mode, alpha, beta, a, ka, b, kb, c, kc, out, kout, first, last, counts, scales);
+        run_avx2(mode, alpha, beta, a, ka, b, kb, c, kc, out, kout, first, last, counts, scales, divisor, amax);
         return 0;
     }
 #endif
-    run_plain(mode, alpha, beta, a, ka, b, kb, c, kc, out, kout, first, last, counts, scales);
+    run_plain(mode, alpha, beta, a, ka, b, kb, c, kc, out, kout, first, last, counts, scales, divisor, amax);
     return 0;
 }
 
@@ -405,7 +424,7 @@ int merge_linear(ARGS) {
 int merge_linear_portable(ARGS) {
     if (!valid(mode, ka, kb, c, kc, kout))
         return -1;
-    run_plain(mode, alpha, beta, a, ka, b, kb, c, kc, out, kout, first, last, counts, scales);
+    run_plain(mode, alpha, beta, a, ka, b, kb, c, kc, out, kout, first, last, counts, scales, divisor, amax);
     return 0;
 }
 

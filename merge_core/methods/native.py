@@ -150,7 +150,8 @@ def _build() -> Optional[ctypes.CDLL]:
     lib.median3_kernel4d.restype = ctypes.c_int
     for fused in (lib.merge_linear, lib.merge_linear_portable):
         fused.argtypes = (ctypes.c_int, ctypes.c_double, ctypes.c_double, *(ctypes.c_void_p, ctypes.c_int) * 4,
-                          ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p)
+                          ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float,
+                          ctypes.c_void_p)
         fused.restype = ctypes.c_int
     lib.abs_max_bits.argtypes = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int)
     lib.abs_max_bits.restype = ctypes.c_uint32

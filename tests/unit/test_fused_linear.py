@@ -207,3 +207,38 @@ def test_scaled_fp8_output_passes_equal_torchs_max_and_division(out, portable):
     for scale in (x.abs().max() / torch.finfo(out).max, torch.tensor(1.0), torch.tensor(3.1e-20)):
         got = fused_linear.encode_divided(x, float(scale), torch.empty(x.shape, dtype=out), portable)
         assert torch.equal(narrow(x / scale, out).view(torch.uint8), got.view(torch.uint8)), float(scale)
+
+
+@pytest.mark.parametrize("mode", list(fused_linear.MODE_CODES))
+def test_scaled_fp8_output_in_two_passes_equals_quantize_scaled_of_the_float32_result(mode):
+    """A key written as per-tensor scaled fp8: max |result| in a first pass, the result divided by the scale and
+    encoded in a second (both loops), gives quantize_scaled's bytes and scale of the float32 result."""
+    from merge_core.io.precision import per_tensor_scale, quantize_scaled
+    g = torch.Generator().manual_seed(9)
+    three = mode != "weight_sum"
+    for ka, kb, out in itertools.product(FP8 + (torch.bfloat16,), FP8, FP8):
+        n = 3000 + int(torch.randint(0, 64, (1,), generator=g))
+        a, b = (sample(n, k, g).float().nan_to_num_(0.0, 1.0, -1.0).clamp_(-400, 400).to(k) for k in (ka, kb))
+        c = b.view(torch.uint8).flip(0).view(kb) if three else None
+        scales = tuple(s if t is not None and t.dtype in FP8 else 1.0
+                       for t, s in zip((a, b, c), (0.0123, 3.5e-3, 0.25)))
+        dequantised = [None if t is None else widen_scaled(t, s) for t, s in zip((a, b, c), scales)]
+        result = torch_path(mode, 0.3, 0.45, *dequantised, torch.float32)
+        expected, expected_scale = quantize_scaled(result, out)
+        got = linear.fused_scaled_merge(Key(0.3, 0.45), mode, a, b, c, out, scales=scales)
+        assert got is not None and got[2] == {}
+        assert torch.equal(got[0].view(torch.uint8), expected.view(torch.uint8)), (mode, ka, kb, out)
+        assert torch.equal(got[1].view(torch.int32), expected_scale.view(torch.int32))
+        counts, bits = fused_linear.abs_max_span(mode, 0.3, 0.45, a, b, c, 0, n, portable=True, scales=scales)
+        scale = per_tensor_scale(torch.tensor([bits], dtype=torch.int32).view(torch.float32).reshape(()), out)
+        portable = torch.empty(n, dtype=out)
+        fused_linear.merge_span(mode, 0.3, 0.45, a, b, c, portable, 0, n, portable=True, scales=scales,
+                                divisor=float(scale))
+        assert counts == [0, 0, 0] and torch.equal(portable.view(torch.uint8), expected.view(torch.uint8))
+    nan = torch.full((64,), float("nan")).to(E4M3)
+    assert linear.fused_scaled_merge(Key(0.5, 0.0), "weight_sum", nan, nan, None, E4M3) is None  # left to torch
+
+
+def widen_scaled(t: torch.Tensor, scale: float) -> torch.Tensor:
+    from merge_core.io.fp8 import widen
+    return widen(t) * torch.tensor(scale) if t.dtype in FP8 else t
