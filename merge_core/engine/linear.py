@@ -5,7 +5,9 @@ Elementwise methods run over cache-sized chunks, which keeps float32 accuracy at
 (large float32 temporaries cost more in memory traffic than the arithmetic). The linear modes run in one
 native pass per key where the kernel applies (``fused_merge``). Plain fp8 inputs are read as stored, and
 keys the sink stores as plain fp8 are computed straight in fp8 (io/fp8.py says why: a whole float32 copy
-per input and per result cost more than the merge itself on full-size fp8 Flux files).
+per input and per result cost more than the merge itself on full-size fp8 Flux files). Per-tensor scaled fp8
+inputs are read as stored too, their scale applied by the kernel, and keys the sink stores as scaled fp8 are
+quantised by it in two passes (``fused_scaled_merge``; bench/RESULTS.md, Krea 2 full size).
 """
 from __future__ import annotations
 
