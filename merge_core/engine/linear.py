@@ -20,7 +20,7 @@ import torch
 from .. import threads as thread_policy
 from ..io.buffers import BufferPool
 from ..io.fp8 import FP8, widened
-from ..io.precision import per_tensor_scale
+from ..io.precision import EncodingSink, per_tensor_scale
 from ..methods import fused_linear
 from ..nonfinite import all_finite, check_result, count_inputs as count_nonfinite_inputs, may_leave_range
 from ..plan import KeyPlan, MergeSettings
@@ -244,7 +244,7 @@ class LinearKey:
             values, scale, counted = quantised
             job.note_nonfinite(kp.key, counted)
             job.give_back(zip("abc", inputs), values)
-            write = functools.partial(job.sink.put_scaled, scale=scale)
+            write = functools.partial(cast(EncodingSink, job.sink).put_scaled, scale=scale)  # scaled_output says so
             return Put(write, kp.key, values, values if into is not None else None)
         fused = fused_merge(kp, mode.name, a, b, c, self.target(kp), job.halves, buffers=into, scales=scales)
         assert fused is not None or scales == (1.0, 1.0, 1.0), "scaled inputs read as stored need the kernel"
