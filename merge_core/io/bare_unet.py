@@ -49,6 +49,13 @@ class PrefixedSource(KeySource):
     def get(self, key):
         return self.inner.get(self._own(key))
 
+    def stored(self, key):
+        return self.inner.stored(self._own(key))
+
+    def stored_scaled(self, key):
+        own = getattr(self.inner, "stored_scaled", None)
+        return own(self._own(key)) if own else None
+
     def quant_config(self, key):
         own = getattr(self.inner, "quant_config", None)
         return own(self._own(key)) if own else None

@@ -65,6 +65,10 @@ class ReleasedNameSource(KeySource):
     def stored(self, key):
         return self.inner.stored(self._key(key))
 
+    def stored_scaled(self, key):
+        own = getattr(self.inner, "stored_scaled", None)
+        return own(self._key(key)) if own else None
+
     def prefetch(self, key):
         self.inner.prefetch(self._key(key))
 
