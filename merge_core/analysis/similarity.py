@@ -23,11 +23,12 @@ PARTS = ("te", "unet", "vae")
 ASIM_SEED = 2244096
 
 
-def part_of(key: str) -> Optional[str]:
-    """"unet", "te", "vae", or None for keys analysis ignores (EMA copies, buffers)."""
+def part_of(key: str, arch: Optional[Architecture] = None) -> Optional[str]:
+    """"unet", "te", "vae", or None for keys analysis ignores (EMA copies, buffers). With the model's
+    architecture, the bare keys of a diffusion-model-only file are its diffusion model too."""
     if key.startswith("model_ema."):
         return None
-    if unet_relative(key) is not None:
+    if unet_relative(key) is not None or (arch is not None and arch.bare and arch.relative(key) is not None):
         return "unet"
     if key.startswith(TEXT_ENCODER_PREFIXES):
         return "te"
@@ -133,7 +134,7 @@ def _compare_keys(keys_a, keys_b, arch, fetch, include, progress) -> Analysis:
     result = Analysis(arch)
     todo = []
     for key, shape in keys_a.items():
-        part = part_of(key)
+        part = part_of(key, arch)
         if part is None or part not in include or not is_mergeable_name(key):
             continue
         if key not in keys_b:

@@ -2,7 +2,8 @@
 LongCat-Image, AuraFlow, Flux.2 Klein, Cosmos, Cosmos-Predict2, Anima, LTXV, LTX-2, Mochi, HunyuanVideo,
 HunyuanImage 2.1, Kandinsky 5), on files with the full-size key names in tiny shapes: a calc mode with
 include and a report, elemental rules, an n-model method, LoRA extraction and a LoRA merge with block
-weights, and a merge replayed from its history entry (the editor's layouts: test_family_editor_routes.py).
+weights, a merge replayed from its history entry, and similarity per block (the editor's layouts:
+test_family_editor_routes.py).
 Expected values come from the formulas; blocks from the family's own layout (the per-family unit tests
 check that layout against an independent transcription)."""
 import json
@@ -110,3 +111,17 @@ def test_a_merge_replays_from_its_history_entry_bit_identically(family):
     assert cli.main(["merge", "--from-history", "-1", "--history", str(log), "-o", str(again), "-q"]) == 0
     first, second = load_file(str(out)), load_file(str(again))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_similarity_per_block(family):
+    """Analysis: a model against itself is 100 % similar in every block, against another less, per the
+    family's own blocks."""
+    from merge_core import analyze_files
+    name, arch, (a, b, _), _ = family
+    found, same = analyze_files(a, a)
+    assert found.name == arch.name
+    blocks = same.block_similarity("mean")
+    assert set(blocks) <= set(found.blocks) and arch.numbered[0].ids(1)[0] in blocks
+    assert all(abs(v - 100.0) < 1e-3 for v in blocks.values())
+    _, other = analyze_files(a, b)
+    assert all(v < 100.0 for v in other.block_similarity("mean").values())
