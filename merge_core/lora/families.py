@@ -128,10 +128,12 @@ def lora_family(names: Iterable[str]) -> Optional[Architecture]:
     family with a catch-all rule (Wan's input side explains any name) or more blocks by default does not take
     another's LoRA; diffusers names, translated by prefix only, go by the count, then by LORA_ORDER."""
     names = list(names)
-    scored = [(_known_modules(names, arch), hits, arch) for arch in LORA_FAMILIES
-              if (hits := _numbered_hits(names, arch))]
-    if not scored:
+    fitting = [(hits, arch) for arch in LORA_FAMILIES if (hits := _numbered_hits(names, arch))]
+    if not fitting:
         return None
+    if len(fitting) == 1:  # no choice to make: no inventory is read
+        return sized_for_lora(fitting[0][1], names)
+    scored = [(_known_modules(names, arch), hits, arch) for hits, arch in fitting]
     best = max(scored, key=lambda s: s[:2])[2]  # max keeps the first of equals: LORA_ORDER breaks ties
     return sized_for_lora(best, names)
 
