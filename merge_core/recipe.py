@@ -23,6 +23,7 @@ from .blocks.weights import is_named
 from .errors import MergeInputError, require_ratio
 from .methods.calcmodes import get_calc_mode
 from .methods.modes import get_mode
+from .combine.params import PARAMETER_BY_FIELD, PARAMETERS
 from .plan import MergeSettings
 
 if TYPE_CHECKING:
@@ -33,11 +34,11 @@ SETTING_DEFAULTS: dict[str, Any] = {
     "calcmode": "normal", "gamma": 0.3, "seed": 0, "tensor2_corrected": False, "elemental": "",
     "elemental_full_key": False, "adjust": "", "include_exclude": "",
 }
-# A combine step's settings (the Combine Models node's / combine CLI's), every key present.
+# A combine step's settings (the Combine Models node's / combine CLI's), every key present: the method, alpha,
+# weights, every method parameter (combine/params.py PARAMETERS, by input name) and the block settings.
 COMBINE_DEFAULTS: dict[str, Any] = {
-    "method": "task_arithmetic", "alpha": 1.0, "weights": "", "density": 0.2, "drop_rate": 0.9, "epsilon": 0.1,
-    "median_epsilon": 1e-6, "top": 0.01, "bottom": 0.1, "iterations": 100, "seed": 0, "blocks_alpha": "",
-    "elemental": "", "include_exclude": "",
+    "method": "task_arithmetic", "alpha": 1.0, "weights": "",
+    **{p.name: p.default for p in PARAMETERS}, "blocks_alpha": "", "elemental": "", "include_exclude": "",
 }
 COMBINE = "combine"
 # SuperMerger's mode strings in its history and metadata (docs/files.md#recipes)
@@ -112,11 +113,16 @@ def combine_settings(settings: CombineSettings) -> dict:
     p = settings.method_params
     return {"method": settings.method.name, "alpha": settings.alpha,
             "weights": ",".join(f"{w:g}" for w in p.weights) if p.weights is not None else "",
-            "density": p.density, "drop_rate": p.drop_rate, "epsilon": p.epsilon, "median_epsilon": p.median_eps,
-            "top": p.top, "bottom": p.bottom, "iterations": p.iterations, "seed": p.seed,
+            **{row.name: getattr(p, row.field) for row in PARAMETERS if _recorded(row, settings.method.uses)},
             "blocks_alpha": settings.blocks_alpha.as_text() if settings.blocks_alpha else "",
             "elemental": ",".join(r.text for r in settings.elemental),
             "include_exclude": settings.selection.text if settings.selection else ""}
+
+
+def _recorded(row, uses) -> bool:
+    """Whether a combine step records a parameter: the first release's every time (recipes have always held
+    them), a later one only where the method reads it (a replay gives the others their defaults)."""
+    return not row.late or row.field == "median_eps" or row.field in uses
 
 
 def combine_step(settings: CombineSettings, inputs: list) -> dict:
@@ -131,7 +137,7 @@ def combine_text(settings: Mapping[str, Any]) -> str:
     """The parameters the step's method reads, and its block / elemental / include-exclude settings."""
     from .combine.methods import get_method
     method = get_method(settings.get("method", "task_arithmetic"))
-    keys = [{"median_eps": "median_epsilon"}.get(n, n) for n in method.uses]
+    keys = [PARAMETER_BY_FIELD[n].name if n in PARAMETER_BY_FIELD else n for n in method.uses]
     keys = (["alpha"] if not settings.get("blocks_alpha") else []) + keys + ["blocks_alpha", "elemental",
                                                                               "include_exclude"]
     return " ".join(f"{k}={_fmt(settings.get(k))}" for k in keys if settings.get(k) not in ("", None))
@@ -379,6 +385,11 @@ class RecipeCheck:
                 from .combine.methods import MAX_ITERATIONS
                 if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ITERATIONS:
                     raise self.error(where, f"is {value!r}, not an iteration count from 1 to {MAX_ITERATIONS}.")
+            elif isinstance(default, int):  # a count such as a rank: a whole number within its row's domain
+                row = PARAMETER_BY_FIELD.get(key)
+                if isinstance(value, bool) or not isinstance(value, int) or row is not None and not row.accepts(value):
+                    raise self.error(where, f"is {value!r}, not a whole number"
+                                            + (f" {row.domain()}." if row is not None else "."))
             elif isinstance(default, float):
                 self.number(value, where)
             else:

@@ -17,7 +17,8 @@ from comfy_api.latest import io
 
 from ..merge_core.blocks.presets import preset_names
 from ..merge_core.combine.deltas import combine_key
-from ..merge_core.combine.methods import MAX_ITERATIONS, METHOD_NAMES, METHODS, MethodParams, get_method
+from ..merge_core.combine.methods import METHOD_NAMES, METHODS, MethodParams, get_method
+from ..merge_core.combine.params import PARAMETER_BY_FIELD, PARAMETERS, Parameter
 from ..merge_core.combine.planning import plan_combine
 from ..merge_core.combine.settings import make_combine_settings
 from ..merge_core.report import applied_report
@@ -36,9 +37,7 @@ from .validation import number_problems
 MAX_MODELS = 8
 METHOD_TIP = "Task vectors t_i = model_i - base; result = base + alpha * d. " + "  ".join(
     f"{m.name}: {m.formula}." for m in METHODS.values())
-NUMBERS = ("alpha", "density", "drop_rate", "epsilon", "top", "bottom", "median_epsilon")
-# The input of each method parameter (merge_core's MethodParams field names), where the two names differ.
-PARAM_INPUT = {"median_eps": "median_epsilon"}
+NUMBERS = ("alpha", *(p.name for p in PARAMETERS if not p.choices))
 # Key of the method input's spec that tells the frontend which inputs each method reads (web/js/method_inputs.js).
 METHOD_INPUTS_KEY = "merge_suite_method_inputs"
 
@@ -46,7 +45,8 @@ METHOD_INPUTS_KEY = "merge_suite_method_inputs"
 def method_inputs() -> dict[str, list[str]]:
     """The method-specific inputs each method reads, by input name (from the method's own list of the parameters
     it uses, so the frontend can never hide one it reads). Method, alpha and block weights apply to every method."""
-    return {m.name: [PARAM_INPUT.get(p, p) for p in m.uses] for m in METHODS.values()}
+    return {m.name: [PARAMETER_BY_FIELD[p].name if p in PARAMETER_BY_FIELD else p for p in m.uses]
+            for m in METHODS.values()}
 
 
 def method_input() -> io.Combo.Input:
@@ -55,6 +55,29 @@ def method_input() -> io.Combo.Input:
     combo = io.Combo.Input("method", options=METHOD_NAMES, default="ties", tooltip=METHOD_TIP)
     combo.extra_dict[METHOD_INPUTS_KEY] = method_inputs()  # 0.3.75's Combo.Input takes no extra_dict argument
     return combo
+
+
+def parameter_tip(row: Parameter) -> str:
+    """The row's help, the methods that read it and its domain: one tooltip per parameter, from the table."""
+    users = ", ".join(m.name for m in METHODS.values() if row.field in m.uses) or "no method"
+    return f"{users}: {row.help} ({row.domain()})."
+
+
+def parameter_input(row: Parameter):
+    """A method parameter's widget; the late ones are optional (API prompts saved before them lack them)."""
+    late = {"optional": True} if row.late else {}
+    if row.choices:
+        return io.Combo.Input(row.name, options=list(row.choices), default=row.default, tooltip=parameter_tip(row),
+                              **late)
+    low = row.widget_low if row.widget_low is not None else row.low
+    if row.kind is int:
+        extra = {"control_after_generate": False} if row.field == "seed" else {}
+        return io.Int.Input(row.name, default=row.default, min=low, max=row.high, tooltip=parameter_tip(row),
+                            **extra, **late)
+    bounds = {"min": low} | ({"max": row.high} if row.high is not None else {"max": 1e6})
+    exact = {"round": False} if row.step < 0.01 else {}
+    return io.Float.Input(row.name, default=row.default, step=row.step, tooltip=parameter_tip(row), **bounds,
+                          **exact, **late)
 
 
 def combine_inputs() -> list:
@@ -67,30 +90,12 @@ def combine_inputs() -> list:
                         "(e.g. 1,0.5,0.8). Empty: 1 each. Scales each task vector before the method; a negative weight "
                         "subtracts that task vector, except for geometric_median, a weighted mean: weights >= 0 "
                         "with a positive sum."),
-        io.Float.Input("density", default=0.2, min=0.0, max=1.0, step=0.01,
-                       tooltip="ties: fraction of each task vector kept (largest magnitudes)."),
-        io.Float.Input("drop_rate", default=0.9, min=0.0, max=1.0, step=0.01,
-                       tooltip="dare, dare_ties, della: probability p of dropping each element (kept ones x 1/(1-p)). "
-                               "della: p - epsilon/2 >= 0 and p + epsilon/2 < 1."),
-        io.Float.Input("epsilon", default=0.1, min=0.0, max=1.0, step=0.01,
-                       tooltip="della: spread of the drop probability by magnitude rank "
-                               "(p +- epsilon/2, within [0, 1))."),
-        io.Float.Input("top", default=0.01, min=0.0, max=1.0, step=0.01,
-                       tooltip="breadcrumbs: largest-magnitude fraction of each task vector dropped."),
-        io.Float.Input("bottom", default=0.1, min=0.0, max=1.0, step=0.01,
-                       tooltip="breadcrumbs: smallest-magnitude fraction dropped."),
-        io.Int.Input("iterations", default=100, min=1, max=MAX_ITERATIONS,
-                     tooltip=f"geometric_median: Weiszfeld steps at most (1 to {MAX_ITERATIONS})."),
-        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
-                     tooltip="dare, dare_ties, della: seed; draws depend on (seed, key, model), as in the CLI."),
+        *(parameter_input(row) for row in PARAMETERS if not row.late),
         io.Combo.Input("blocks_alpha_preset", options=presets, default=CUSTOM, tooltip=PRESET_TIP.format(what="alpha")),
         io.String.Input("blocks_alpha", default="", tooltip=BLOCKS_TIP.format(what="alpha", scalar="alpha")),
-        # last among the widgets and optional: saved workflows list widget values by position, and API
-        # prompts saved before it existed lack it (the default applies)
-        io.Float.Input("median_epsilon", default=MethodParams.median_eps, min=1e-12, max=1.0, step=1e-6,
-                       round=False, optional=True,
-                       tooltip="geometric_median: smallest distance in Weiszfeld's weights w_i / max(|M_i - m|, "
-                               "epsilon) (the CLI's --epsilon for this method; > 0)."),
+        # after the block inputs and optional: saved workflows list widget values by position, and API
+        # prompts saved before they existed lack them (the default applies)
+        *(parameter_input(row) for row in PARAMETERS if row.late),
         options_input(),
     ]
 
@@ -121,7 +126,8 @@ def plan_models(base: Any, models: list[tuple[str, Any]], params: dict, kind: st
         params["drop_rate"], _epsilon(params), params["top"],
         params["bottom"], params["iterations"], params["seed"],
         resolve_block_weights(params)["blocks_alpha"],
-        params.get("elemental", ""), params.get("include_exclude", ""))
+        params.get("elemental", ""), params.get("include_exclude", ""),
+        **{row.field: params.get(row.name) for row in PARAMETERS if row.late and row.field != "median_eps"})
     dtypes = {"a": base_dtypes} | {n: {k: v[0][0].dtype for k, v in p.items()} for n, p in patches.items()}
     plan = plan_combine(settings, arch, base_shapes, model_shapes, dtypes)
     plan.base_dtypes = base_dtypes  # the layers' dtypes, which ComfyUI rounds each merged key into at load
@@ -131,9 +137,10 @@ def plan_models(base: Any, models: list[tuple[str, Any]], params: dict, kind: st
 def _epsilon(params: dict):
     """The epsilon the chosen method reads (the CLI has one --epsilon for both): DELLA's spread or the
     geometric median's smallest distance; None for the other methods."""
-    name = get_method(params["method"]).name
-    return {"della": params["epsilon"],
-            "geometric_median": params.get("median_epsilon", MethodParams.median_eps)}.get(name)
+    uses = get_method(params["method"]).uses
+    if "median_eps" in uses:
+        return params.get("median_epsilon", MethodParams.median_eps)
+    return params["epsilon"] if "epsilon" in uses else None
 
 
 def combine_adapter(plan, kp, lists: list, label: str = "Combine"):

@@ -9,6 +9,7 @@ from ..combine.api import combine_files
 from ..errors import MergeInputError
 from ..input_names import CLI_COMBINE, front_end_name
 from ..combine.methods import MAX_ITERATIONS, METHODS
+from ..combine.params import PARAMETERS
 from ..plan import KEEP_A, MERGE
 from .history import add_history_option, add_replay_option, combine_entry, record, replay_combine
 from .merge import progress_printer
@@ -43,6 +44,8 @@ def add_parser(sub) -> None:
     m.add_argument("--top", type=ratio, default=0.01, help="breadcrumbs: largest fraction dropped (default 0.01)")
     m.add_argument("--bottom", type=ratio, default=0.1, help="breadcrumbs: smallest fraction dropped (default 0.1)")
     m.add_argument("--seed", type=non_negative_int, default=0, help="dare, dare_ties, della: seed (default 0)")
+    for row in LATE:
+        _add_parameter(m, row)
     m.add_argument("--blocks", default=None, help="alpha block weights (as merge --blocks); overrides --alpha")
     m.add_argument("--elemental", default="", help="per-element alpha overrides (as merge --elemental)")
     sel = m.add_mutually_exclusive_group()
@@ -56,6 +59,18 @@ def add_parser(sub) -> None:
     add_replay_option(m)
     add_history_option(m)
     m.set_defaults(run=run)
+
+
+# The method parameters added after the first release: one option each, from their rows (params.PARAMETERS).
+LATE = tuple(row for row in PARAMETERS if row.late and row.field != "median_eps")
+
+
+def _add_parameter(parser, row) -> None:
+    users = ", ".join(m.name for m in METHODS.values() if row.field in m.uses) or "no method yet"
+    kind = {"type": str.lower, "choices": list(row.choices)} if row.choices else {
+        "type": positive_int if row.kind is int else float}
+    parser.add_argument(row.option, default=None, **kind,
+                        help=f"{users}: {row.help}; {row.domain()} (default {row.default})")
 
 
 def _rename(exc: MergeInputError) -> MergeInputError:
@@ -75,7 +90,7 @@ def _settings(args) -> dict:
     return dict(method=args.method, alpha=args.alpha, weights=args.weights, density=args.density,
                 drop_rate=args.drop_rate, epsilon=args.epsilon, iterations=args.iterations, top=args.top,
                 bottom=args.bottom, seed=args.seed, blocks=args.blocks, elemental=args.elemental,
-                include_exclude=selection_text(args))
+                include_exclude=selection_text(args), **{row.field: getattr(args, row.field) for row in LATE})
 
 
 def run(args) -> int:

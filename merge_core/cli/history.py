@@ -100,6 +100,12 @@ def combine_entry(args, plan, output: str) -> dict:
                  options={"dtype": args.dtype})
 
 
+def _late_parameters():
+    """The combine parameters added after the first release (combine/params.py): keyword options of combine."""
+    from ..combine.params import PARAMETERS
+    return [row for row in PARAMETERS if row.late and row.field != "median_eps"]
+
+
 def _lora_files(text: str, input_name: str) -> list[str]:
     from ..lora.blocks import parse_lora_list
     return [item.name for item in parse_lora_list(text, input_name)]
@@ -200,7 +206,7 @@ def replay_combine(args) -> tuple[str, list[str], dict, Optional[str]]:
                "density": s["density"], "drop_rate": s["drop_rate"], "epsilon": epsilon, "top": s["top"],
                "bottom": s["bottom"], "iterations": s["iterations"], "seed": s["seed"],
                "blocks": s["blocks_alpha"] or None, "elemental": s["elemental"],
-               "include_exclude": s["include_exclude"]}
+               "include_exclude": s["include_exclude"], **{row.field: s[row.name] for row in _late_parameters()}}
     return paths[0], paths[1:], options, (item.get("options") or {}).get("dtype")
 
 
@@ -299,11 +305,10 @@ def command_line(item: Mapping) -> tuple[Optional[str], str]:
         parts = [*program_name().split(), "combine", *paths[1:], "--base", paths[0], "--method", s["method"]]
         _option(parts, "--alpha", float(s["alpha"]))
         _option(parts, "--weights", s["weights"])
-        for name, flag in (("density", "--density"), ("drop_rate", "--drop-rate"), ("epsilon", "--epsilon"),
-                           ("median_eps", "--epsilon"), ("top", "--top"), ("bottom", "--bottom"),
-                           ("iterations", "--iterations"), ("seed", "--seed")):
-            if name in uses:
-                _option(parts, flag, s["median_epsilon" if name == "median_eps" else name])
+        from ..combine.params import PARAMETERS
+        for row in PARAMETERS:
+            if row.field in uses:
+                _option(parts, row.option, s[row.name])
         dtype = options.get("dtype")
     else:
         from ..methods.modes import get_mode

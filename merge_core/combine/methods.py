@@ -22,19 +22,25 @@ Each parameter's domain, refused before any tensor is read (check_params), and w
   nonfinite.check_result).
 - iterations: 1 to MAX_ITERATIONS (each Weiszfeld step is a pass over every model: a larger count only holds up
   the merge, or the server). median_eps: > 0.
+- every other parameter: its row's domain in params.PARAMETERS; what a row cannot say (a combination of values,
+  a model count), the method's own check.
+
+The table is assembled from one module per family of methods (each exports DECLARED): this module's classic
+methods, and interpolation.py, consensus.py, elementwise.py, frequency.py, procrustes.py, truncation.py,
+subspace.py and widen.py.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 from ..errors import MergeInputError, require_finite
-from . import deltas
-from .params import CombineMethod, MethodParams
+from . import consensus, deltas, elementwise, frequency, interpolation, procrustes, subspace, truncation, widen
+from .params import PARAMETER_BY_FIELD, PARAMETERS, CombineMethod, MethodParams
 
-MAX_ITERATIONS = 10_000  # geometric median's Weiszfeld steps: the node widget's maximum, checked on every path
+MAX_ITERATIONS = PARAMETER_BY_FIELD["iterations"].high  # steps of the iterative methods, checked on every path
 
 
-METHODS: dict[str, CombineMethod] = {m.name: m for m in (
+CLASSIC: tuple[CombineMethod, ...] = (
     CombineMethod("task_arithmetic", "Task arithmetic", deltas.task_arithmetic_delta, 1, ("weights",),
                   "d = sum w_i t_i"),
     CombineMethod("ties", "TIES", deltas.ties_delta, 2, ("weights", "density"),
@@ -53,7 +59,10 @@ METHODS: dict[str, CombineMethod] = {m.name: m for m in (
     CombineMethod("geometric_median", "Geometric median", deltas.geometric_median_delta, 2,
                   ("weights", "median_eps", "iterations"),
                   "d = Weiszfeld median(M_i) - C (weights >= 0 with a positive sum)"),
-)}
+)
+METHODS: dict[str, CombineMethod] = {m.name: m for m in (
+    *CLASSIC, *consensus.DECLARED, *interpolation.DECLARED, *elementwise.DECLARED, *frequency.DECLARED,
+    *procrustes.DECLARED, *truncation.DECLARED, *subspace.DECLARED, *widen.DECLARED)}
 METHOD_NAMES = list(METHODS)
 
 
@@ -66,6 +75,8 @@ def get_method(name: str, input_name: str = "method") -> CombineMethod:
 
 
 PROBABILITIES = ("density", "drop_rate", "epsilon", "top", "bottom")
+# Checked by their rows (the others keep their own messages below).
+ROW_CHECKED = tuple(p for p in PARAMETERS if p.late and p.field != "median_eps")
 
 
 def check_params(method: CombineMethod, params: MethodParams, n_models: int, models_input: str = "models") -> None:
@@ -77,6 +88,11 @@ def check_params(method: CombineMethod, params: MethodParams, n_models: int, mod
         raise MergeInputError(models_input, f"has {n_models} model(s), but {method.label} needs at least "
                                             f"{method.min_models}.", f"connect {method.min_models} or more models "
                                                                      "besides the base, or choose task_arithmetic.")
+    if method.max_models is not None and n_models > method.max_models:
+        exactly = "exactly" if method.max_models == method.min_models else "at most"
+        raise MergeInputError(models_input, f"has {n_models} models, but {method.label} takes {exactly} "
+                                            f"{method.max_models} besides the base.",
+                              f"connect {method.max_models} model(s) besides the base, or choose a method for more.")
     if params.weights is not None:
         if "weights" not in method.uses:
             raise MergeInputError("weights", f"are given, but {method.label} does not weigh its models.",
@@ -110,6 +126,16 @@ def check_params(method: CombineMethod, params: MethodParams, n_models: int, mod
     if "iterations" in method.uses and not 1 <= params.iterations <= MAX_ITERATIONS:
         raise MergeInputError("iterations", f"is {params.iterations}, outside 1 to {MAX_ITERATIONS}.",
                               f"give 1 to {MAX_ITERATIONS} (100 is plenty: Weiszfeld stops once it converges).")
+    for row in ROW_CHECKED:
+        value = getattr(params, row.field)
+        if not row.choices:
+            require_finite(row.name, value)
+        if row.field in method.uses and not row.accepts(value):
+            shown = value if row.choices else f"{value:g}"
+            raise MergeInputError(row.name, f"is {shown}, but {method.label} needs {row.domain()}.",
+                                  f"set {row.name} to {row.domain()} (default {row.default}).")
+    if method.check is not None:
+        method.check(params, n_models)
 
 
 # Methods that divide by the sum of the weights (a weighted mean): every weight >= 0, their sum > 0.

@@ -14,7 +14,8 @@ from ..blocks.selection import Selection, parse_selection
 from ..blocks.weights import BlockWeights, parse_block_weights
 from ..errors import MergeInputError, require_finite, require_ratio, require_seed
 from .deltas import combine_key
-from .methods import CombineMethod, MethodParams, check_params, get_method
+from .methods import ROW_CHECKED, CombineMethod, MethodParams, check_params, get_method
+from .params import PARAMETER_BY_FIELD
 
 
 @dataclass(frozen=True)
@@ -75,22 +76,49 @@ def make_combine_settings(arch: Architecture, n_models: int, method: str, alpha:
                           weights=None, density: float = 0.2, drop_rate: float = 0.9,
                           epsilon: Optional[float] = None, top: float = 0.01, bottom: float = 0.1,
                           iterations: int = 100, seed: int = 0, blocks: Optional[str] = None,
-                          elemental: str = "", include_exclude: str = "") -> CombineSettings:
+                          elemental: str = "", include_exclude: str = "", **method_options) -> CombineSettings:
     """Parse and check user-facing combine settings. epsilon: DELLA's spread (default 0.1), or the geometric
-    median's smallest distance (default 1e-6), whichever the method uses."""
+    median's smallest distance (default 1e-6), whichever the method uses. method_options: the other method
+    parameters (params.PARAMETERS) by field name; a None value takes the default."""
     chosen = get_method(method)
     defaults = MethodParams()
-    eps = {} if epsilon is None else ({"median_eps": epsilon} if chosen.name == "geometric_median"
+    eps = {} if epsilon is None else ({"median_eps": epsilon} if "median_eps" in chosen.uses
                                       else {"epsilon": epsilon})
     params = MethodParams(weights=parse_weights(weights), density=density, drop_rate=drop_rate,
                           top=top, bottom=bottom, seed=require_seed(seed),
                           iterations=_count("iterations", iterations),
-                          **{"epsilon": defaults.epsilon, "median_eps": defaults.median_eps, **eps})
+                          **{"epsilon": defaults.epsilon, "median_eps": defaults.median_eps, **eps},
+                          **_method_options(method_options))
     check_params(chosen, params, n_models)
     return CombineSettings(method=chosen, method_params=params, alpha=require_ratio("alpha", alpha),
                            blocks_alpha=parse_block_weights(blocks, arch, "blocks_alpha"),
                            elemental=parse_elemental(elemental, arch),
                            selection=parse_selection(include_exclude, arch))
+
+
+def _method_options(options: dict) -> dict:
+    """The late parameters' values by field, typed (a whole-number float for an int is taken); unknown names are
+    refused, not ignored (a misspelt option would silently fall back to its default)."""
+    out = {}
+    for name, value in options.items():
+        row = PARAMETER_BY_FIELD.get(name)
+        if row is None or not row.late or name == "median_eps":
+            raise MergeInputError(name, "is not a combine parameter.",
+                                  "use one of: " + ", ".join(p.field for p in ROW_CHECKED) + ".")
+        if value is None:
+            continue
+        if row.choices:
+            if not isinstance(value, str):
+                raise MergeInputError(row.name, f"is {value!r}, not one of {', '.join(row.choices)}.",
+                                      f"choose one of {', '.join(row.choices)}.")
+            out[name] = value.strip().lower()
+        elif row.kind is int:
+            out[name] = _count(row.name, value)
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise MergeInputError(row.name, f"is {value!r}, not a number.", f"give a number, {row.domain()}.")
+            out[name] = require_finite(row.name, float(value))
+    return out
 
 
 def _count(input_name: str, value) -> int:

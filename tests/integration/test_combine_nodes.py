@@ -15,6 +15,7 @@ from test_merge_nodes import SD1_NAMES, SDXL_NAMES, base_weights, effective, sam
 from merge_suite.merge_core import recipe as core  # noqa: E402
 from merge_suite.merge_core.combine.deltas import combine_key  # noqa: E402
 from merge_suite.merge_core.combine.methods import METHODS, MethodParams  # noqa: E402
+from merge_suite.merge_core.combine.params import PARAMETERS  # noqa: E402
 from merge_suite.nodes.combine import CombineModels  # noqa: E402
 from merge_suite.nodes.errors import MergeNodeError  # noqa: E402
 from merge_suite.nodes.recipe_tags import get_recipe  # noqa: E402
@@ -145,8 +146,11 @@ def test_combine_clip_uses_the_base_block(tiny):
 
 # The node's inputs as saved workflows and API prompts name them (widget values by position, then the sockets):
 # the frontend hides the inputs a method does not read, so this list must never change.
+# The first release's inputs, in the order saved workflows hold their widget values; the parameters added later
+# come after median_epsilon, in their table's order (optional: prompts saved before them lack them).
+LATER = [p.name for p in PARAMETERS if p.late and p.name != "median_epsilon"]
 SAVED_INPUTS = ["base", "method", "alpha", "weights", "density", "drop_rate", "epsilon", "top", "bottom",
-                "iterations", "seed", "blocks_alpha_preset", "blocks_alpha", "median_epsilon", "options"]
+                "iterations", "seed", "blocks_alpha_preset", "blocks_alpha", "median_epsilon", *LATER, "options"]
 ALWAYS_SHOWN = ["method", "alpha", "blocks_alpha_preset", "blocks_alpha"]
 
 
@@ -159,8 +163,9 @@ def test_method_spec_names_the_inputs_each_method_reads_and_the_inputs_stay(node
     cls = getattr(node, node_id)
     info = cls.GET_NODE_INFO_V1()
     kind = cls.KIND
-    assert info["input_order"]["required"] == SAVED_INPUTS[:-2] + [f"{kind}_1"]
-    assert info["input_order"]["optional"] == SAVED_INPUTS[-2:] + [f"{kind}_{i}" for i in range(2, 9)]
+    optional = len(LATER) + 2
+    assert info["input_order"]["required"] == SAVED_INPUTS[:-optional] + [f"{kind}_1"]
+    assert info["input_order"]["optional"] == SAVED_INPUTS[-optional:] + [f"{kind}_{i}" for i in range(2, 9)]
     spec = info["input"]["required"]["method"][1]
     shows = spec[node.METHOD_INPUTS_KEY]
     assert sorted(shows) == sorted(METHODS)
@@ -173,16 +178,26 @@ def test_method_spec_names_the_inputs_each_method_reads_and_the_inputs_stay(node
     assert shows["della"] == ["weights", "drop_rate", "epsilon", "seed"]
 
 
+def other_value(row):
+    """A valid value of a parameter other than its default."""
+    if row.choices:
+        return row.choices[-1] if row.default != row.choices[-1] else row.choices[0]
+    if row.kind is int:
+        return row.default + 1
+    return row.default / 2 if row.default else 0.5
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_inputs_hidden_for_a_method_do_not_change_its_result(method, tiny):
     """What the frontend hides for a method is what the method does not read: other values there give the
     same weights (a workflow saved with any values in them runs as before)."""
     from merge_suite.nodes.combine import method_inputs
-    base, *models = (tiny("model", "sd1", s) for s in (81, 82, 83))
+    count = min(2, METHODS[method].max_models or 2)
+    base, *models = (tiny("model", "sd1", s) for s in (81, 82, 83)[:count + 1])
     shown = set(method_inputs()[method])
     other = {"density": 0.7, "drop_rate": 0.3, "epsilon": 0.2, "top": 0.2, "bottom": 0.3, "iterations": 3,
-             "seed": 11, "median_epsilon": 0.5}
-    kw = {"weights": "1,0.5"} if "weights" in shown else {}
+             "seed": 11, "median_epsilon": 0.5} | {p.name: other_value(p) for p in PARAMETERS if p.name in LATER}
+    kw = {"weights": "1,0.5"[:1 + 2 * (count - 1)]} if "weights" in shown else {}
     first = effective(combine(base, models, method=method, **kw)[0], "diffusion_model.")
     hidden = {k: v for k, v in other.items() if k not in shown}
     second = effective(combine(base, models, method=method, **kw, **hidden)[0], "diffusion_model.")

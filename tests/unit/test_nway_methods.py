@@ -231,8 +231,8 @@ def test_inputs_are_not_modified():
     base, models = draw((6, 6), 3)
     tb, tm = t(base), [t(m) for m in models]
     copies = [tb.clone()] + [m.clone() for m in tm]
-    for name in METHODS:
-        combine_key(METHODS[name], MethodParams(), KEY, 0.5, tb, tm)
+    for method in METHODS.values():
+        combine_key(method, MethodParams(), KEY, 0.5, tb, tm[:min(3, method.max_models or 3)])
     assert all(torch.equal(x, y) for x, y in zip([tb, *tm], copies))
 
 

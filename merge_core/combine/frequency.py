@@ -1,0 +1,8 @@
+"""crossover: a frequency-domain mix of the base and a model (low frequencies from one, high from the other).
+
+Each method maps (base C, models M1..Mn) of one key to a delta d; the merged key is C + alpha * d (methods.py)."""
+from __future__ import annotations
+
+from .params import CombineMethod
+
+DECLARED: tuple[CombineMethod, ...] = ()

@@ -1,0 +1,8 @@
+"""Interpolations on the sphere and by distance: NuSLERP, multi-SLERP, the Karcher mean and NearSwap.
+
+Each method maps (base C, models M1..Mn) of one key to a delta d; the merged key is C + alpha * d (methods.py)."""
+from __future__ import annotations
+
+from .params import CombineMethod
+
+DECLARED: tuple[CombineMethod, ...] = ()

@@ -1,0 +1,8 @@
+"""truncate_rank: the task arithmetic sum reduced to its top singular values per matrix.
+
+Each method maps (base C, models M1..Mn) of one key to a delta d; the merged key is C + alpha * d (methods.py)."""
+from __future__ import annotations
+
+from .params import CombineMethod
+
+DECLARED: tuple[CombineMethod, ...] = ()
