@@ -42,23 +42,33 @@ MAX_ITERATIONS = PARAMETER_BY_FIELD["iterations"].high  # steps of the iterative
 
 CLASSIC: tuple[CombineMethod, ...] = (
     CombineMethod("task_arithmetic", "Task arithmetic", deltas.task_arithmetic_delta, 1, ("weights",),
-                  "d = sum w_i t_i"),
+                  "d = sum w_i t_i",
+                  reference="Ilharco et al., Editing Models with Task Arithmetic, arXiv:2212.04089 (mergekit, "
+                            "sd-mecha)"),
     CombineMethod("ties", "TIES", deltas.ties_delta, 2, ("weights", "density"),
-                  "trim each w_i t_i to its top density; elect sign(sum); d = mean of agreeing values"),
+                  "trim each w_i t_i to its top density; elect sign(sum); d = mean of agreeing values",
+                  reference="Yadav et al., TIES-Merging, arXiv:2306.01708 (mergekit, sd-mecha)"),
     CombineMethod("dare", "DARE", deltas.dare_delta, 1, ("weights", "drop_rate", "seed"),
-                  "drop each element with probability p, scale kept by 1/(1-p) (p = 1: d = 0); d = sum"),
+                  "drop each element with probability p, scale kept by 1/(1-p) (p = 1: d = 0); d = sum",
+                  reference="Yu et al., Language Models are Super Mario (DARE), arXiv:2311.03099 (mergekit, "
+                            "sd-mecha)"),
     CombineMethod("dare_ties", "DARE-TIES", deltas.dare_ties_delta, 2, ("weights", "drop_rate", "seed"),
-                  "DARE each w_i t_i; elect sign(sum); d = mean of agreeing values"),
+                  "DARE each w_i t_i; elect sign(sum); d = mean of agreeing values",
+                  reference="arXiv:2311.03099 with arXiv:2306.01708 (mergekit, sd-mecha)"),
     CombineMethod("della", "DELLA", deltas.della_delta, 2, ("weights", "drop_rate", "epsilon", "seed"),
                   "drop by magnitude rank with p_i = p +- epsilon/2 (within [0, 1)), scale kept by 1/(1-p_i); "
-                  "elect; mean"),
+                  "elect; mean", reference="Deep et al., DELLA-Merging, arXiv:2406.11617 (mergekit)"),
     CombineMethod("breadcrumbs", "Model Breadcrumbs", deltas.breadcrumbs_delta, 1, ("weights", "top", "bottom"),
-                  "drop the top and bottom fractions of each w_i t_i by magnitude; d = sum"),
+                  "drop the top and bottom fractions of each w_i t_i by magnitude; d = sum",
+                  reference="Davari & Belilovsky, Model Breadcrumbs, arXiv:2312.06795 (mergekit)"),
     CombineMethod("model_stock", "Model Stock", deltas.model_stock_delta, 2, (),
-                  "t = n cos / (1 + (n-1) cos), cos = mean pairwise cosine; d = t * mean(t_i)"),
+                  "t = n cos / (1 + (n-1) cos), cos = mean pairwise cosine; d = t * mean(t_i)",
+                  reference="Jang et al., Model Stock, arXiv:2403.19522 (mergekit, sd-mecha)"),
     CombineMethod("geometric_median", "Geometric median", deltas.geometric_median_delta, 2,
                   ("weights", "median_eps", "iterations"),
-                  "d = Weiszfeld median(M_i) - C (weights >= 0 with a positive sum)"),
+                  "d = Weiszfeld median(M_i) - C (weights >= 0 with a positive sum)",
+                  reference="Pillutla et al., Robust Aggregation for Federated Learning, arXiv:1912.13445 "
+                            "(sd-mecha)"),
 )
 METHODS: dict[str, CombineMethod] = {m.name: m for m in (
     *CLASSIC, *consensus.DECLARED, *interpolation.DECLARED, *elementwise.DECLARED, *frequency.DECLARED,
