@@ -13,11 +13,11 @@ from ..errors import MergeInputError
 from ..input_names import CLI, renamed
 from ..io.output_file import Stopped, install_signal_cleanup
 from ..version import __version__
-from . import analyze, blocks, combine, dice, elements, history, lora_extract, lora_merge, merge, pinpoint
+from . import analyze, blocks, combine, dice, elements, history, lora_extract, lora_merge, merge, pinpoint, rebasin
 from .options import OneLineParser
 
 # order of --help
-COMMANDS = (merge, combine, analyze, lora_merge, lora_extract, dice, pinpoint, elements, blocks, history)
+COMMANDS = (merge, combine, analyze, lora_merge, lora_extract, dice, pinpoint, elements, blocks, history, rebasin)
 
 
 def program_name() -> str:
