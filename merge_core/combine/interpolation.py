@@ -18,7 +18,11 @@ Tensor = torch.Tensor
 
 NORM_FLOOR = 1e-7  # NuSLERP: a vector this short has no direction (mergekit's normalisation floor)
 COLINEAR_EPS = 1e-8  # NuSLERP: 1 - cos^2 <= eps^2 counts as (anti)parallel: linear interpolation
-SPHERE_EPS = 1e-8  # multi-SLERP: added to norms, and the shortest weighted mean of unit vectors
+SPHERE_EPS = 1e-8  # multi-SLERP: added to the norms (mergekit's eps)
+# multi-SLERP: a weighted mean of unit vectors shorter than this has no direction. mergekit's 1e-8 lies below the
+# float32 rounding of the unit vectors (~1e-7 of their norm 1): cancelling directions such as t, -3t (weights
+# 1/2 each) left a residual of a few 1e-8 and were scaled along that noise.
+CANCELLED = 1e-6
 
 
 def _note(fallbacks: Optional[list], why: str) -> None:
@@ -89,7 +93,7 @@ def multislerp(taus: Sequence[Tensor], weights: Sequence[float], fallbacks: Opti
     """Barycentric interpolation on the sphere of the vectors ``taus`` (weights summing to 1): their unit vectors
     u_i, the normalised weighted mean m of the u_i, the weighted mean g of the u_i's components tangent to m, the
     exponential map m cos|g| + g sin|g| / |g|, scaled by the weighted mean norm sum w_i |t_i|. One vector: itself.
-    Where sum w_i u_i is (nearly) zero (opposite directions cancel) it has no direction: d = sum w_i t_i, noted
+    Where |sum w_i u_i| < CANCELLED (opposite directions cancel) it has no direction: d = sum w_i t_i, noted
     in ``fallbacks`` (mergekit does the same for two vectors and stops with an error for more). ``taus`` are work
     buffers: they become the unit vectors (the memory of the n task vectors, no more)."""
     if len(taus) == 1:
@@ -100,7 +104,7 @@ def multislerp(taus: Sequence[Tensor], weights: Sequence[float], fallbacks: Opti
     for u, w in zip(units, weights):
         mean.add_(u, alpha=w)
     mean_norm = float(torch.linalg.vector_norm(mean))
-    if mean_norm < SPHERE_EPS:
+    if mean_norm < CANCELLED:
         _note(fallbacks, "multislerp: the weighted unit vectors cancel, weighted mean of the task vectors")
         mean.zero_()
         for u, w, n in zip(units, weights, norms):
