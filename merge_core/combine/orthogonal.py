@@ -6,7 +6,7 @@ never on a whole tensor."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 import torch
 
@@ -17,6 +17,7 @@ Tensor = torch.Tensor
 SPLIT = 0.5
 STIEFEL_TOLERANCE = 1e-10  # float64: the log's iteration stops when its lower-right block is this small
 STIEFEL_ITERATIONS = 100
+STIEFEL_CONVERGED = 1e-6   # a log whose residual stays above this after the iterations is not one
 NULL_SINGULAR = 1e-5  # a singular value of the wide cross matrix below this share of the largest is a null one
 
 
@@ -58,7 +59,7 @@ class FullRotation:
 
     q: Tensor
 
-    def apply(self, x: Tensor, t: float) -> Tensor:
+    def apply(self, x: Tensor, t: float, fallbacks: Optional[list] = None) -> Tensor:
         return x @ orthogonal_power(self.q, t).to(x.dtype)
 
 
@@ -71,13 +72,17 @@ class FrameRotation:
     u: Tensor
     v: Tensor
 
-    def apply(self, x: Tensor, t: float) -> Tensor:
-        if t == 1:
-            left, right = self.u, self.v
-        else:
-            direction = stiefel_log(self.v, self.u)
+    def apply(self, x: Tensor, t: float, fallbacks: Optional[list] = None) -> Tensor:
+        left, right = self.u, self.v
+        direction = None if t == 1 else stiefel_log(self.v, self.u)
+        if direction is not None:
             left = stiefel_exp(self.v, direction * ((1 + t) / 2))
             right = stiefel_exp(self.v, direction * ((1 - t) / 2))
+        elif t != 1:  # frames too far apart for one geodesic: the fraction t of the whole map's change
+            if fallbacks is not None:
+                fallbacks.append("rotate: no Stiefel geodesic between the frames, the map's change scaled by "
+                                 "alignment")
+            return x + ((x @ (left - right).to(x.dtype)) @ right.mT.to(x.dtype)).mul_(t)
         left, right = left.to(x.dtype), right.to(x.dtype)
         return x + (x @ (left - right)) @ right.mT
 
@@ -127,12 +132,20 @@ def stiefel_exp(frame: Tensor, tangent: Tensor) -> Tensor:
 
 
 def stiefel_log(start: Tensor, end: Tensor, tolerance: float = STIEFEL_TOLERANCE,
-                iterations: int = STIEFEL_ITERATIONS) -> Tensor:
+                iterations: int = STIEFEL_ITERATIONS) -> Optional[Tensor]:
     """The tangent D at the frame `start` (p x n, n < p) whose geodesic reaches `end`: stiefel_exp(start, D) = end
     (Zimmermann, "A matrix-algebraic algorithm for the Riemannian logarithm on the Stiefel manifold under the
     canonical metric", arXiv:1604.05054). With M = U0^T U1 and Q N = U1 - U0 M, the orthogonal V = [[M, X], [N, Y]]
     completes [M; N]; the block (X; Y) is turned until log(V)'s lower-right block vanishes, then
-    D = U0 L_11 + Q L_21. float64; stops after `iterations` steps when the tolerance is not reached."""
+    D = U0 L_11 + Q L_21. float64. None where the frames are too far apart for the iteration (it has not reached
+    STIEFEL_CONVERGED after `iterations` steps, or a decomposition fails)."""
+    try:
+        return _stiefel_log(start, end, tolerance, iterations)
+    except RuntimeError:  # torch.linalg's errors on a diverging iteration
+        return None
+
+
+def _stiefel_log(start: Tensor, end: Tensor, tolerance: float, iterations: int) -> Optional[Tensor]:
     start, end = start.double(), end.double()
     p, n = start.shape
     k = min(p - n, n)
@@ -149,9 +162,13 @@ def stiefel_log(start: Tensor, end: Tensor, tolerance: float = STIEFEL_TOLERANCE
         v[:, -1] = -v[:, -1]
     log = orthogonal_log(v)
     for _ in range(iterations):
-        lower = log[n:, n:]
-        if torch.linalg.matrix_norm(lower) <= tolerance:
+        residual = float(torch.linalg.matrix_norm(log[n:, n:]))
+        if residual <= tolerance:
             break
-        v[:, n:] = v[:, n:] @ torch.linalg.matrix_exp(-lower)
+        v[:, n:] = v[:, n:] @ torch.linalg.matrix_exp(-log[n:, n:])
         log = orthogonal_log(v)
+    else:
+        residual = float(torch.linalg.matrix_norm(log[n:, n:]))
+    if not residual <= STIEFEL_CONVERGED:
+        return None
     return start @ log[:n, :n] + q @ log[n:, :n]

@@ -7,6 +7,8 @@ M1's by the same fraction. Only C's orientation changes: its singular values sta
 mix them with M1's, is 0). d = R - C."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from . import orthogonal
@@ -23,7 +25,7 @@ def matrix_view(shape: torch.Size) -> tuple[int, int]:
     return shape[0], shape[1:].numel()
 
 
-def rotate(a: Tensor, b: Tensor, alignment: float) -> Tensor:
+def rotate(a: Tensor, b: Tensor, alignment: float, fallbacks: Optional[list] = None) -> Tensor:
     """a (float32, 2-D or more) aligned to b by Q^alignment (a new tensor). Rows are centred first; the result's row
     mean is lerp(mean a, mean b, alignment). A fractional alignment uses the rotation nearest to the optimal map
     (no reflection), as a fractional power of a reflection is not real."""
@@ -34,7 +36,7 @@ def rotate(a: Tensor, b: Tensor, alignment: float) -> Tensor:
     fractional = alignment != round(alignment)
     transform = orthogonal.procrustes(a_centred, b_centred, cancel_reflection=fractional)
     del b_centred
-    turned = transform.apply(a_centred, alignment)
+    turned = transform.apply(a_centred, alignment, fallbacks)
     return turned.add_(torch.lerp(a_mean, b_mean, alignment)).reshape(a.shape)
 
 
@@ -44,7 +46,7 @@ def rotate_delta(base, models, params: MethodParams, key, fallbacks):
     base, model = base.detach().float(), models[0].detach().float()
     if params.alignment == 0 or base.dim() <= 1 or torch.allclose(base.half(), model.half()):
         return torch.zeros_like(base)
-    return rotate(base, model, params.alignment).sub_(base)
+    return rotate(base, model, params.alignment, fallbacks).sub_(base)
 
 
 DECLARED: tuple[CombineMethod, ...] = (
