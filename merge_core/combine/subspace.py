@@ -17,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from ..nonfinite import all_finite
 from .params import CombineMethod, MethodParams
 
 Tensor = torch.Tensor
@@ -45,6 +46,16 @@ def _as_matrix(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
+def _undefined(taus: Sequence[Tensor], name: str, fallbacks) -> bool:
+    """A NaN or inf in a task vector leaves its SVD undefined (LAPACK refuses it): the whole matrix key becomes NaN,
+    the formula's own answer, which the engine reports with the input's non-finite count."""
+    if all(all_finite(t) for t in taus):
+        return False
+    if fallbacks is not None:
+        fallbacks.append(f"{name}: a non-finite input leaves the SVD undefined: the key is NaN")
+    return True
+
+
 def _polar(a: Tensor) -> Tensor:
     """The orthogonal polar factor P Q^T of a = P S Q^T: the nearest matrix with orthonormal columns (or rows)."""
     p, _, qh = torch.linalg.svd(a, full_matrices=False)
@@ -59,6 +70,8 @@ def tsv_delta(base, models, params: MethodParams, key, fallbacks):
     taus = _task_vectors(base, models, params.weights_for(len(models)))
     if not _is_matrix(base):
         return _running_mean(taus)
+    if _undefined(taus, "tsv", fallbacks):
+        return torch.full_like(taus[0], float("nan"))
     n = len(taus)
     rank = min(_as_matrix(taus[0]).shape)
     k = int(rank * (1 / n))  # fusion-bench's sv_reduction = 1 / n
@@ -92,6 +105,8 @@ def iso_c_delta(base, models, params: MethodParams, key, fallbacks):
     del taus
     if not _is_matrix(base):
         return total / len(models)
+    if _undefined([total], "iso_c", fallbacks):
+        return total.fill_(float("nan"))
     u, s, vh = torch.linalg.svd(_as_matrix(total), full_matrices=False)
     del total
     return ((u * s.mean()) @ vh).reshape(base.shape)
@@ -119,6 +134,8 @@ def iso_cts_delta(base, models, params: MethodParams, key, fallbacks):
     taus = _task_vectors(base, models, (1.0,) * len(models))
     if not _is_matrix(base):
         return _running_mean(taus)
+    if _undefined(taus, "iso_cts", fallbacks):
+        return torch.full_like(taus[0], float("nan"))
     n = len(taus)
     mats = [_as_matrix(t) for t in taus]
     rank = min(mats[0].shape)

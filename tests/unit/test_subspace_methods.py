@@ -129,6 +129,23 @@ def test_models_equal_to_the_base_give_zero(method):
     assert torch.equal(out, torch.zeros_like(base)), method
 
 
+@pytest.mark.parametrize("method", NEW)
+def test_a_nan_input_gives_nan_where_the_formula_does_and_no_error(method):
+    """The SVD methods mix every value of a matrix (LAPACK refuses a NaN): the key becomes NaN, noted; WIDEN's
+    NaN stays in its own column's values; a 1-D key's NaN stays at its element."""
+    base, models = draw((6, 5), 2)
+    models[1][2, 3] = math.nan
+    fallbacks = []
+    out = delta(method, base, models, fallbacks)
+    if method == "widen":
+        assert int(out.isnan().sum()) == 1 and fallbacks == []
+    else:
+        assert bool(out.isnan().all()) and "non-finite" in fallbacks[0]
+    vector_base, vector_models = draw((7,), 2)
+    vector_models[0][4] = math.nan
+    assert int(delta(method, vector_base, vector_models).isnan().sum()) == 1
+
+
 def test_widen_zero_columns_stay_finite_and_are_noted():
     base, models = draw((6, 5), 2)
     base[:, 1] = 0
