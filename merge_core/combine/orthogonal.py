@@ -74,6 +74,8 @@ class FrameRotation:
 
     def apply(self, x: Tensor, t: float, fallbacks: Optional[list] = None) -> Tensor:
         left, right = self.u, self.v
+        if left.shape[1] == 0:  # no pair of directions to turn
+            return x.clone()
         direction = None if t == 1 else stiefel_log(self.v, self.u)
         if direction is not None:
             left = stiefel_exp(self.v, direction * ((1 + t) / 2))
@@ -171,4 +173,8 @@ def _stiefel_log(start: Tensor, end: Tensor, tolerance: float, iterations: int) 
         residual = float(torch.linalg.matrix_norm(log[n:, n:]))
     if not residual <= STIEFEL_CONVERGED:
         return None
-    return start @ log[:n, :n] + q @ log[n:, :n]
+    tangent = start @ log[:n, :n] + q @ log[n:, :n]
+    # an eigenvalue -1 of V has no principal real logarithm (the real part of i pi is 0): check the geodesic
+    if not float((stiefel_exp(start, tangent) - end).abs().max()) <= STIEFEL_CONVERGED:
+        return None
+    return tangent
