@@ -37,7 +37,7 @@ from ..errors import MergeInputError, require_finite
 from . import consensus, deltas, elementwise, frequency, interpolation, procrustes, subspace, truncation, widen
 from .params import PARAMETER_BY_FIELD, PARAMETERS, CombineMethod, MethodParams
 
-MAX_ITERATIONS = PARAMETER_BY_FIELD["iterations"].high  # steps of the iterative methods, checked on every path
+MAX_ITERATIONS = int(PARAMETER_BY_FIELD["iterations"].high or 0)  # steps of the iterative methods, on every path
 
 
 CLASSIC: tuple[CombineMethod, ...] = (

@@ -4,7 +4,7 @@ plan (plan.PlanSettings) like a two-model merge's MergeSettings, and by the n-mo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 
@@ -82,7 +82,7 @@ def make_combine_settings(arch: Architecture, n_models: int, method: str, alpha:
     parameters (params.PARAMETERS) by field name; a None value takes the default."""
     chosen = get_method(method)
     defaults = MethodParams()
-    eps = {} if epsilon is None else ({"median_eps": epsilon} if "median_eps" in chosen.uses
+    eps: dict[str, Any] = {} if epsilon is None else ({"median_eps": epsilon} if "median_eps" in chosen.uses
                                       else {"epsilon": epsilon})
     params = MethodParams(weights=parse_weights(weights), density=density, drop_rate=drop_rate,
                           top=top, bottom=bottom, seed=require_seed(seed),
@@ -96,10 +96,10 @@ def make_combine_settings(arch: Architecture, n_models: int, method: str, alpha:
                            selection=parse_selection(include_exclude, arch))
 
 
-def _method_options(options: dict) -> dict:
+def _method_options(options: dict) -> dict[str, Any]:
     """The late parameters' values by field, typed (a whole-number float for an int is taken); unknown names are
     refused, not ignored (a misspelt option would silently fall back to its default)."""
-    out = {}
+    out: dict[str, Any] = {}
     for name, value in options.items():
         row = PARAMETER_BY_FIELD.get(name)
         if row is None or not row.late or name == "median_eps":

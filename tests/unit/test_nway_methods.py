@@ -224,7 +224,9 @@ def test_unknown_method_and_aliases():
     with pytest.raises(MergeInputError, match="use one of"):
         get_method("magic")
     assert set(METHODS) == {"task_arithmetic", "ties", "dare", "dare_ties", "della", "breadcrumbs", "model_stock",
-                            "geometric_median"}
+                            "geometric_median", "sce", "della_linear", "breadcrumbs_ties", "nuslerp", "multislerp",
+                            "karcher", "nearswap", "rotate", "crossover", "clamp", "add_opposite", "geometric_sum",
+                            "truncate_rank", "n_model_stock", "tsv", "iso_c", "iso_cts", "widen"}
 
 
 def test_inputs_are_not_modified():
