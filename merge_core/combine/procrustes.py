@@ -7,6 +7,7 @@ M1's by the same fraction. Only C's orientation changes: its singular values sta
 mix them with M1's, is 0). d = R - C."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -20,9 +21,9 @@ Tensor = torch.Tensor
 def matrix_view(shape: torch.Size) -> tuple[int, int]:
     """The 2-D view rotate aligns, as sd-mecha: a convolution with a kernel larger than 1x1 as
     (out * in, kh * kw) (the map turns the kernel taps), any other tensor as (dim 0, the rest)."""
-    if len(shape) == 4 and shape[-2:].numel() != 1:
-        return shape[:2].numel(), shape[2:].numel()
-    return shape[0], shape[1:].numel()
+    if len(shape) == 4 and shape[2] * shape[3] != 1:
+        return shape[0] * shape[1], shape[2] * shape[3]
+    return shape[0], math.prod(shape[1:])
 
 
 def rotate(a: Tensor, b: Tensor, alignment: float, fallbacks: Optional[list] = None) -> Tensor:
