@@ -25,13 +25,14 @@ if ComfyExtension is not None:
     from .nodes.save import NODES as _SAVE_NODES
     from .nodes.sweep import NODES as _SWEEP_NODES
     from .nodes.random_weights import NODES as _WEIGHT_LIST_NODES
+    from .nodes.rebasin import NODES as _REBASIN_NODES
 
     class MergeSuiteExtension(ComfyExtension):
         async def get_node_list(self):
             return (list(_MERGE_NODES) + list(_COMBINE_NODES) + list(_OPTION_NODES) + list(_ADJUST_NODES)
                     + list(_ANALYSIS_NODES) + list(_WEIGHT_LIST_NODES) + list(_SAVE_NODES) + list(_LORA_NODES)
                     + list(_SWEEP_NODES) + list(_RECIPE_NODES) + list(_HISTORY_NODES)
-                    + list(_FILE_MERGE_NODES))
+                    + list(_FILE_MERGE_NODES) + list(_REBASIN_NODES))
 
     async def comfy_entrypoint() -> "MergeSuiteExtension":
         return MergeSuiteExtension()

@@ -42,7 +42,7 @@ def rebasin_models(model_a: Any, model_b: Any, iterations: int, seed: int, progr
                              lambda k: effective_weight(pb[k], device), iterations=iterations, seed=seed,
                              heads=attention_heads(model_b), progress=progress)
     out = model_b.clone()
-    patches = {UNET_PREFIX + rel: permute_adapter(result, rel) for rel in sorted(result.perms.keys())}
+    patches = {UNET_PREFIX + rel: permute_adapter(result, rel) for rel in sorted(result.perms.moved_keys())}
     accepted = out.add_patches(patches, 1.0, 1.0)
     if len(accepted) != len(patches):
         raise RuntimeError(f"ComfyUI refused {len(patches) - len(accepted)} re-basin patches")

@@ -73,8 +73,9 @@ class RebasinResult:
 
     def summary(self) -> dict:
         s = self.stats
+        permuted = sum(not self.perms.is_identity(g) for g in range(len(self.groups)))
         return {"family": self.family, "groups": len(self.groups), "rounds": s.rounds, "iterations": self.iterations,
-                "seed": self.seed, "groups_permuted": sum(not self.perms.is_identity(g) for g in range(len(self.groups))),
+                "seed": self.seed, "groups_permuted": permuted,
                 "cosine_before": round(s.cosine(s.before), 6), "cosine_after": round(s.cosine(s.after), 6)}
 
     def report(self) -> str:
@@ -161,7 +162,7 @@ def rebasin_files(a: str, b: str, output: str, *, iterations: int = 10, seed: in
                                  seed=seed, progress=progress, should_stop=should_stop)
         shapes = src_b.shapes()
         prefix = unet_prefix(shapes)
-        permuted = {prefix + k for k in result.perms.keys()}
+        permuted = {prefix + k for k in result.perms.moved_keys()}
         meta = dict(getattr(src_b.reader, "metadata", None) or {})
         meta["merge_suite_rebasin"] = json.dumps({"reference": src_a.name, "permuted": src_b.name,
                                                   **result.summary()}, sort_keys=True)

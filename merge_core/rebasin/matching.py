@@ -82,7 +82,7 @@ def solve_group(group: PermGroup, sims: list[np.ndarray]) -> tuple[Orders, float
         found = [_assign(s) for s in sims]
         return tuple(torch.as_tensor(c, dtype=torch.long) for c, _ in found), sum(v for _, v in found)
     if bw == 1:
-        cols, value = _assign(sum(sims))
+        cols, value = _assign(np.sum(sims, axis=0))
         order = torch.as_tensor(cols, dtype=torch.long)
         return tuple(order for _ in sims), value
     values = np.zeros((n, n))

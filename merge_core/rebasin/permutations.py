@@ -47,6 +47,11 @@ class Permutations:
         """The keys some permutation indexes."""
         return set(self.index)
 
+    def moved_keys(self) -> set[str]:
+        """The keys a permutation other than the identity indexes (the others stay as they are)."""
+        moved = {g for g in range(len(self.groups)) if not self.is_identity(g)}
+        return {key for key, entries in self.index.items() if any(g in moved for g, _, _ in entries)}
+
     def is_identity(self, g: int) -> bool:
         return all(torch.equal(o, torch.arange(len(o))) for o in self.orders[g])
 

@@ -102,8 +102,10 @@ def test_node_output_is_the_library_result_and_samples(layout, built, tiny):
     torch.testing.assert_close(samples, reference, atol=1e-4, rtol=1e-4)
 
 
-def test_node_refuses_other_families_and_a_mix_naming_the_input(tiny):
+def test_node_refuses_other_families_and_a_mix_naming_the_input_and_leaves_a_match_alone(tiny):
     sd1, sdxl, sd2 = tiny("model", "sd1", 1), tiny("model", "sdxl", 1), tiny("model", "sd2", 1)
+    same, report = RebasinModel.execute(model_a=sd1, model_b=sd1).result
+    assert not same.patches and "0 groups permuted" in report and "1.000000 before" in report
     with pytest.raises(MergeNodeError, match=r"Re-basin Model: input 'model_b': is an SDXL model but model A is SD1"):
         RebasinModel.execute(model_a=sd1, model_b=sdxl)
     with pytest.raises(MergeNodeError, match=r"input 'model_a': .*re-basin is available for SD1 and SDXL U-Nets"):
