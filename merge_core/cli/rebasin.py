@@ -38,8 +38,9 @@ def progress_printer(stream):
 
 def run(args) -> int:
     start = time.perf_counter()
+    progress = None if args.quiet else progress_printer(sys.stderr)
     path, result = rebasin_files(args.a, args.b, args.output, iterations=args.iterations, seed=args.seed,
-                                 overwrite=args.overwrite, progress=None if args.quiet else progress_printer(sys.stderr))
+                                 overwrite=args.overwrite, progress=progress)
     if not args.quiet:
         print(result.report(), file=sys.stderr)
         print(f"wrote {path} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
