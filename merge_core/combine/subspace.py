@@ -7,9 +7,11 @@ mean task vector, as fusion-bench does. fusion-bench merges only 2-D keys by SVD
 here a conv weight is a matrix too (an SD U-Net is mostly convolutions), which is the one departure from it.
 
 The per-key math follows fusion-bench 0.2.33 (task_singular_vector/utils/TSVM_utils.py, isotropic_merging/
-iso_utils.py) step by step, in float32 with full (exact) SVDs. A truncated or randomized SVD was not used: the
-spectra of real task vectors fall off slowly near the cut at rank/n, so a sketch mixes the vectors around the cut
-and the result leaves the reference by far more than 1e-4.
+iso_utils.py) step by step, in float32 with exact (thin) SVDs. A matrix much wider or taller than square (an SDXL
+conv's 1280 x 23040, a 10240 x 1280 feed-forward) is first reduced by a QR of its long side and the small square
+factor decomposed: the same decomposition, as accurate as LAPACK's own, about 7x faster there on CPU (svd).
+A truncated or randomized SVD is not used: the spectra of task vectors fall off slowly near the cut at rank/n,
+so a sketch mixes the vectors around the cut and the result leaves the reference by far more than 1e-4.
 """
 from __future__ import annotations
 
@@ -46,6 +48,21 @@ def _as_matrix(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
+def svd(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The thin SVD a = U diag(S) Vh. Where one side is over twice the other, a QR of the long side first
+    (a^T = Q R for a wide a: a = R^T Q^T, and R^T's SVD gives U, S and Vh Q^T)."""
+    rows, cols = a.shape
+    if cols > 2 * rows:
+        q, r = torch.linalg.qr(a.T)
+        u, s, vh = torch.linalg.svd(r.T)
+        return u, s, vh @ q.T
+    if rows > 2 * cols:
+        q, r = torch.linalg.qr(a)
+        u, s, vh = torch.linalg.svd(r)
+        return q @ u, s, vh
+    return torch.linalg.svd(a, full_matrices=False)
+
+
 def _undefined(taus: Sequence[Tensor], name: str, fallbacks) -> bool:
     """A NaN or inf in a task vector leaves its SVD undefined (LAPACK refuses it): the whole matrix key becomes NaN,
     the formula's own answer, which the engine reports with the input's non-finite count."""
@@ -58,7 +75,7 @@ def _undefined(taus: Sequence[Tensor], name: str, fallbacks) -> bool:
 
 def _polar(a: Tensor) -> Tensor:
     """The orthogonal polar factor P Q^T of a = P S Q^T: the nearest matrix with orthonormal columns (or rows)."""
-    p, _, qh = torch.linalg.svd(a, full_matrices=False)
+    p, _, qh = svd(a)
     return p @ qh
 
 
@@ -82,7 +99,7 @@ def tsv_delta(base, models, params: MethodParams, key, fallbacks):
         return _running_mean(taus)
     us, ss, vhs = [], [], []
     for tau in taus:
-        u, s, vh = torch.linalg.svd(_as_matrix(tau), full_matrices=False)
+        u, s, vh = svd(_as_matrix(tau))
         us.append(u[:, :k])
         ss.append(s[:k])
         vhs.append(vh[:k])
@@ -107,7 +124,7 @@ def iso_c_delta(base, models, params: MethodParams, key, fallbacks):
         return total / len(models)
     if _undefined([total], "iso_c", fallbacks):
         return total.fill_(float("nan"))
-    u, s, vh = torch.linalg.svd(_as_matrix(total), full_matrices=False)
+    u, s, vh = svd(_as_matrix(total))
     del total
     return ((u * s.mean()) @ vh).reshape(base.shape)
 
@@ -146,13 +163,13 @@ def iso_cts_delta(base, models, params: MethodParams, key, fallbacks):
     total = mats[0].clone()
     for m in mats[1:]:
         total += m
-    u, s, vh = torch.linalg.svd(total, full_matrices=False)
+    u, s, vh = svd(total)
     del total
     u_common, s_common, vh_common = u[:, :common], s[:common], vh[:common]
     us, ss, vhs = [], [], []
     for m in mats:
         residual = m - u_common @ (u_common.T @ m)
-        u_t, s_t, vh_t = torch.linalg.svd(residual, full_matrices=False)
+        u_t, s_t, vh_t = svd(residual)
         us.append(u_t[:, :per_task])
         ss.append(s_t[:per_task])
         vhs.append(vh_t[:per_task])

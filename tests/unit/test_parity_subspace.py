@@ -76,7 +76,7 @@ def fusion_bench():
 
 
 rng = np.random.default_rng(2412)
-SHAPES = [(9,), (24, 40), (40, 24), (8, 4, 3, 3)]
+SHAPES = [(9,), (24, 40), (60, 24), (8, 4, 3, 3)]  # 1-D, square-ish, tall, wide (conv)
 
 
 def draw(shape, n, spread=0.1):
