@@ -26,8 +26,6 @@ its cosine is taken as 0 (torch.cosine_similarity's value), noted as a fallback.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
 from .params import CombineMethod, MethodParams
