@@ -109,8 +109,7 @@ DECLARED: tuple[CombineMethod, ...] = (
     CombineMethod("sce", "SCE", sce_delta, 2, ("weights", "density"),
                   "keep the density of elements with the largest variance over the w_i t_i; eta_i = mean(t_i^2) "
                   "normalised; elect sign(sum); d = sum eta_i t_i / sum eta_i over agreeing values",
-                  reference="Wan et al., FuseChat: Knowledge Fusion of Chat Models (SCE), arXiv:2408.07990 "
-                            "(mergekit)"),
+                  reference="Wan et al., FuseChat (SCE), arXiv:2408.07990 (mergekit)"),
     CombineMethod("della_linear", "DELLA linear", della_linear_delta, 1,
                   ("weights", "drop_rate", "epsilon", "seed"),
                   "drop by magnitude rank with p_i = p +- epsilon/2 (within [0, 1)), scale kept by 1/(1-p_i); "
@@ -119,6 +118,5 @@ DECLARED: tuple[CombineMethod, ...] = (
     CombineMethod("breadcrumbs_ties", "Breadcrumbs-TIES", breadcrumbs_ties_delta, 2, ("weights", "top", "bottom"),
                   "drop the top and bottom fractions of each w_i t_i by magnitude; elect sign(sum); "
                   "d = sum of agreeing values",
-                  reference="Davari & Belilovsky, Model Breadcrumbs, arXiv:2312.06795, with TIES' election, "
-                            "arXiv:2306.01708 (mergekit)"),
+                  reference="arXiv:2312.06795 with TIES' election, arXiv:2306.01708 (mergekit)"),
 )

@@ -131,6 +131,5 @@ DECLARED: tuple[CombineMethod, ...] = (
                   max_models=1, reference=f"{SD_MECHA} geometric_sum"),
     CombineMethod("n_model_stock", "N-model stock", n_model_stock_delta, 2, (),
                   "per row: cos = mean cosine of consecutive t_i, t = n cos / (1 + (n-1) cos); d = t * mean t_i",
-                  reference="Jang et al., Model Stock, arXiv:2403.19522; "
-                            f"{SD_MECHA} n_model_stock (mergekit's per-row variant)"),
+                  reference=f"Jang et al., arXiv:2403.19522, per row; {SD_MECHA} n_model_stock"),
 )

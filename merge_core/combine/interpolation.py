@@ -222,8 +222,7 @@ DECLARED: tuple[CombineMethod, ...] = (
     CombineMethod("karcher", "Karcher mean", karcher_delta, 2, ("weights", "iterations", "tolerance"),
                   "d = (sum w_i |M_i|) * Karcher mean of M_i/|M_i| on the sphere - C, weights normalised to sum 1",
                   check=check_convex_weights("the Karcher mean"),
-                  reference="Karcher, Riemannian center of mass and mollifier smoothing, 1977; arXiv:2603.04972 "
-                            "(mergekit)"),
+                  reference="Karcher 1977; arXiv:2603.04972 (mergekit)"),
     CombineMethod("nearswap", "NearSwap", nearswap_delta, 1, ("similarity_threshold",),
                   "w = clamp(threshold / |M_1 - C|, 0, 1); d = w (M_1 - C)", max_models=1,
                   reference="alchemonaut, NearSwap (QuartetAnemoi-70B) (mergekit)"),

@@ -54,6 +54,5 @@ DECLARED: tuple[CombineMethod, ...] = (
     CombineMethod("rotate", "Rotate", rotate_delta, 1, ("alignment",),
                   "R = C's centred rows x Q^alignment (Q: orthogonal Procrustes of C onto M1) + the row means "
                   "moved by alignment; d = R - C (1-D keys: d = 0)",
-                  max_models=1, reference="orthogonal Procrustes (Schoenemann 1966); sd-mecha (ljleb), merge "
-                                          "method rotate with alpha 0"),
+                  max_models=1, reference="orthogonal Procrustes (Schoenemann 1966); sd-mecha rotate, alpha 0"),
 )

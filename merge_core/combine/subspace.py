@@ -185,15 +185,12 @@ DECLARED: tuple[CombineMethod, ...] = (
     CombineMethod("tsv", "TSV-Merge", tsv_delta, 2, ("weights",),
                   "each w_i t_i keeps its top rank/n singular vectors; U, V concatenated and orthogonalised; "
                   "d = U_perp S V_perp^T",
-                  reference="Gargiulo et al., Task Singular Vectors: Reducing Task Interference in Model Merging, "
-                            "arXiv:2412.00081 (fusion-bench)"),
+                  reference="Gargiulo et al., Task Singular Vectors, CVPR 2025, arXiv:2412.00081 (fusion-bench)"),
     CombineMethod("iso_c", "Iso-C", iso_c_delta, 1, (),
                   "sum t_i = U S V^T; d = mean(S) U V^T (isotropic spectrum)",
-                  reference="Marczak et al., No Task Left Behind: Isotropic Model Merging with Common and "
-                            "Task-Specific Subspaces, arXiv:2502.04959 (fusion-bench)"),
+                  reference="Marczak et al., No Task Left Behind, ICML 2025, arXiv:2502.04959 (fusion-bench)"),
     CombineMethod("iso_cts", "Iso-CTS", iso_cts_delta, 2, ("common_fraction",),
                   "top common_fraction of sum t_i's singular vectors + each t_i's top ones outside them; "
                   "orthogonalised; isotropic mean spectrum",
-                  reference="Marczak et al., No Task Left Behind: Isotropic Model Merging with Common and "
-                            "Task-Specific Subspaces, arXiv:2502.04959 (fusion-bench)"),
+                  reference="Marczak et al., No Task Left Behind, ICML 2025, arXiv:2502.04959 (fusion-bench)"),
 )

@@ -25,6 +25,5 @@ DECLARED: tuple[CombineMethod, ...] = (
     CombineMethod("truncate_rank", "Truncate rank", truncate_rank_delta, 1, ("weights", "rank", "seed"),
                   "d = sum w_i t_i truncated to its top `rank` singular values (dim 0 against the rest; "
                   "1-D keys unchanged)",
-                  reference="Eckart & Young (best low-rank approximation); randomized SVD: Halko et al., "
-                            "arXiv:0909.4061; sd-mecha (ljleb), merge method truncate_rank"),
+                  reference="Eckart & Young; randomized SVD: Halko et al., arXiv:0909.4061; sd-mecha truncate_rank"),
 )

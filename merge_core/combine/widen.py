@@ -114,6 +114,5 @@ DECLARED: tuple[CombineMethod, ...] = (
     CombineMethod("widen", "WIDEN", widen_delta, 2, ("threshold", "calibration"),
                   "per column: rank |dm| and 1-cos of each M_i vs C; scores = softmax over models, s where rank > "
                   "t * mean; d = sum t_i (score_m + score_D)/2",
-                  reference="Yu et al., Extend Model Merging from Fine-Tuned to Pre-Trained Large Language Models "
-                            "via Weight Disentanglement (WIDEN), arXiv:2408.03092 (MergeLLM)"),
+                  reference="Yu et al., WIDEN, arXiv:2408.03092 (MergeLLM)"),
 )
