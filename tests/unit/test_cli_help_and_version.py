@@ -11,7 +11,8 @@ from merge_core.cli.app import build_parser, main
 from merge_core.version import package_version, pyproject_version
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = ("merge", "analyze", "lora-merge", "lora-extract", "dice", "pinpoint", "elements")
+COMMANDS = ("merge", "combine", "analyze", "lora-merge", "lora-extract", "dice", "pinpoint", "elements", "blocks",
+            "history", "rebasin")
 
 
 def test_version_is_pyprojects():

@@ -10,7 +10,8 @@ PAGES = ["MergeSuite_ModelMerge", "MergeSuite_CLIPMerge", "MergeSuite_Checkpoint
          "MergeSuite_ModelSimilarity", "MergeSuite_Elements", "MergeSuite_TextEncoderTokens",
          "MergeSuite_OptionCalcMode", "MergeSuite_OptionElemental", "MergeSuite_OptionIncludeExclude",
          "MergeSuite_OptionAdjust", "MergeSuite_OptionReport", "MergeSuite_CombineModels",
-         "MergeSuite_CheckpointFileMerge", "MergeSuite_DiffusionModelFileMerge", "MergeSuite_MergeFromHistory"]
+         "MergeSuite_CheckpointFileMerge", "MergeSuite_DiffusionModelFileMerge", "MergeSuite_MergeFromHistory",
+         "MergeSuite_RebasinModel"]
 WITH_ALPHA = {"MergeSuite_ModelMerge", "MergeSuite_CLIPMerge", "MergeSuite_CheckpointMerge"}
 
 
