@@ -12,7 +12,9 @@ Each parameter's domain, refused before any tensor is read (check_params), and w
   sum w_i p_i / sum w_i inside Weiszfeld's steps, with step weights w_i / |p_i - m|: it is a median only for
   w_i >= 0 with sum > 0 (a zero sum is 0/0, an all-NaN model; 1,-0.999 divides by 0.001 and scales the model by
   1000), so it refuses any negative weight and an all-zero list.
-- density, drop_rate, top, bottom, epsilon: fractions in [0, 1]; breadcrumbs' top + bottom <= 1.
+- density, drop_rate, top, bottom, epsilon: fractions in [0, 1]; breadcrumbs' top + bottom <= 1. density 0 is
+  refused too: it would keep nothing (SCE: the base) or, through TIES' k = max(floor(n), 1), only each model's
+  largest value — never what a user asks for.
 - DELLA: every rank's drop probability p_r lies in (drop_rate - epsilon/2, drop_rate + epsilon/2), and a kept value
   is scaled by 1/(1 - p_r): drop_rate - epsilon/2 >= 0 and drop_rate + epsilon/2 < 1 (outside, the probabilities
   were clamped to [0, 1] and kept values scaled by up to 1/(1 - p) with p near 1: 180x at 0.9/0.25).
@@ -119,6 +121,10 @@ def check_params(method: CombineMethod, params: MethodParams, n_models: int, mod
         if name in method.uses and not 0.0 <= value <= 1.0:
             raise MergeInputError(name, f"is {value:g}, but {method.label} needs a fraction in [0, 1].",
                                   f"set {name} between 0 and 1.")
+    if "density" in method.uses and params.density == 0.0:
+        raise MergeInputError("density", f"is 0, but {method.label} needs a fraction in (0, 1]: density 0 keeps "
+                                         "nothing of any model (the base, or only each model's largest value).",
+                              "set density above 0 (0.2 keeps the largest fifth), or leave the models out.")
     if "top" in method.uses and params.top + params.bottom > 1.0:
         raise MergeInputError("top", f"{params.top:g} + bottom {params.bottom:g} drop more than everything.",
                               "make top + bottom at most 1.")

@@ -104,7 +104,7 @@ class Parameter:
 # Widget order of the Combine nodes: the first seven come before the block-weight inputs (their places in saved
 # workflows), the rest after them, in this order.
 PARAMETERS: tuple[Parameter, ...] = (
-    Parameter("density", "fraction of each task vector kept", late=False),
+    Parameter("density", "fraction of each task vector kept", low=0.0, low_open=True, late=False, widget_low=0.0),
     Parameter("drop_rate", "probability p of dropping each element (kept ones x 1/(1-p))", late=False),
     Parameter("epsilon", "spread of the drop probability by magnitude rank (p +- epsilon/2, within [0, 1))",
               late=False),

@@ -96,6 +96,22 @@ def test_combine_records_its_settings_and_replays_bit_identical(tmp_path, models
     assert again.read_bytes() == out.read_bytes()
 
 
+def test_a_later_parameter_is_recorded_where_its_method_reads_it_and_replays(tmp_path, models, capsys):
+    """Parameters added after the first release (rank, slerp_axis, ...) are recorded only by the methods that read
+    them; the entry's command line names them and the replay is bit-identical."""
+    log, out, again = tmp_path / "h.jsonl", tmp_path / "o.safetensors", tmp_path / "r.safetensors"
+    assert main(["combine", *models[1:], "--base", models[0], "--method", "nuslerp", "--slerp-axis", "rows",
+                 "--weights", "1,3", "--history", str(log), "-q", "-o", str(out)]) == 0
+    [item] = lines(log)
+    assert item["settings"]["slerp_axis"] == "rows" and "rank" not in item["settings"]
+    capsys.readouterr()
+    assert main(["history", "show", "-1", "--history", str(log)]) == 0
+    command = capsys.readouterr().out.split("\ncommand line: ")[1].strip()
+    assert "--method nuslerp" in command and "--weights 1,3" in command and "--slerp-axis rows" in command, command
+    assert main(["combine", "--from-history", "-1", "--history", str(log), "-q", "-o", str(again)]) == 0
+    assert again.read_bytes() == out.read_bytes()
+
+
 def test_lora_commands_record_their_parameters(tmp_path, capsys):
     log = tmp_path / "h.jsonl"
     p1 = write(tmp_path / "l1.safetensors", {n: low_rank(6, 5, 2, i) for i, n in enumerate(SD1_MODULES)})

@@ -218,3 +218,28 @@ def test_parse_weights_names_the_input():
     with pytest.raises(MergeInputError) as info:
         combine_settings.parse_weights("1,x")
     assert info.value.input_name == "weights"
+
+
+@pytest.mark.parametrize("method", ["ties", "sce"])
+def test_density_zero_is_refused_naming_the_input(method):
+    err = params_error(method, density=0.0)
+    assert err.input_name == "density" and "(0, 1]" in str(err), str(err)
+    check_params(METHODS[method], MethodParams(density=1e-6), 2)  # any positive fraction is taken
+
+
+@pytest.mark.parametrize("options,name", [
+    (dict(method="truncate_rank", rank=0), "rank"), (dict(method="iso_cts", common_fraction=0.0), "common_fraction"),
+    (dict(method="crossover", mix=float("nan")), "mix"), (dict(method="nuslerp", slerp_axis="diagonal"), "slerp_axis"),
+])
+def test_later_parameters_out_of_their_domain_are_refused_before_any_tensor_is_read(tmp_path, sd1_keys, unreadable,
+                                                                                    options, name):
+    paths = []
+    for seed in (1, 2, 3):
+        paths.append(str(tmp_path / f"m{seed}.safetensors"))
+        save_file(small_model(sd1_keys, seed), paths[-1])
+    count = METHODS[options["method"]].max_models or 2
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(MergeInputError) as info:
+        combine_files(paths[0], paths[1:1 + count], str(out), **options)
+    assert info.value.input_name == name, str(info.value)
+    assert not out.exists()
