@@ -83,15 +83,7 @@ class Parameter:
 
     def domain(self) -> str:
         """The accepted values, in words (for errors and help)."""
-        if self.choices:
-            return "one of " + ", ".join(self.choices)
-        if self.low is None and self.high is None:
-            return "any finite number"
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        if self.low is None:
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
-        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        return _domain(self)
 
     def accepts(self, value) -> bool:
         if self.choices:
@@ -99,6 +91,21 @@ class Parameter:
         if self.low is not None and (value < self.low or self.low_open and value == self.low):
             return False
         return not (self.high is not None and (value > self.high or self.high_open and value == self.high))
+
+
+def _domain(row: "Parameter") -> str:
+    """A row's accepted values in words: "[0, 1]", "(0, 1]", ">= 0", "one of ..." (whole numbers as such)."""
+    def shown(bound) -> str:
+        return f"{bound:,}" if row.kind is int else f"{bound:g}"
+    if row.choices:
+        return "one of " + ", ".join(row.choices)
+    if row.low is None and row.high is None:
+        return "any finite number"
+    if row.high is None:
+        return f"{'>' if row.low_open else '>='} {shown(row.low)}"
+    if row.low is None:
+        return f"{'<' if row.high_open else '<='} {shown(row.high)}"
+    return f"{'(' if row.low_open else '['}{shown(row.low)}, {shown(row.high)}{')' if row.high_open else ']'}"
 
 
 # Widget order of the Combine nodes: the first seven come before the block-weight inputs (their places in saved
@@ -114,7 +121,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("seed", "seed of the random draws; they depend on (seed, key, model), as in the CLI", kind=int,
               low=0, high=0xFFFFFFFF, late=False),
     Parameter("median_eps", "smallest distance in Weiszfeld's weights w_i / max(|M_i - m|, epsilon)",
-              low=0.0, low_open=True, input="median_epsilon", flag="--epsilon", step=1e-6, widget_low=1e-12),
+              low=0.0, low_open=True, high=None, input="median_epsilon", flag="--epsilon", step=1e-6,
+              widget_low=1e-12),
     Parameter("tolerance", "stop once a step moves the mean less than this", low=0.0, low_open=True, step=1e-6,
               widget_low=1e-12),
     Parameter("slerp_axis", "which vectors are interpolated: the whole tensor, each row, or each column",

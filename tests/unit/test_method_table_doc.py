@@ -18,8 +18,9 @@ def method_table():
 
 def test_the_docs_table_is_the_method_tables_rendering():
     page = (REPO / "docs" / "methods.md").read_text(encoding="utf-8")
-    table = method_table().table()
-    assert table in page, "docs/methods.md's method table is stale: run python scripts/method_table.py"
+    module = method_table()
+    for table in (module.table(), module.parameter_table()):
+        assert table in page, "docs/methods.md's tables are stale: run python scripts/method_table.py"
     for method in METHODS.values():
         assert method.reference and method.formula, f"{method.name} lacks its reference or formula"
         assert f"### {method.label}" in page, f"docs/methods.md has no section '### {method.label}'"
