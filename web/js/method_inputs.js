@@ -37,10 +37,16 @@ function isLinked(node, widget) {
   return node.inputs?.some((input) => input.widget?.name === widget.name && input.link != null) ?? false;
 }
 
-/** Whether a widget the chosen method does not read must stay in sight anyway. */
+/** Whether a choice widget (a combo: its value is always one of its options, never typed text). */
+function isChoice(widget) {
+  return widget.type === "combo" || Array.isArray(widget.options?.values);
+}
+
+/** Whether a widget the chosen method does not read must stay in sight anyway: a typed text (weights) does, so
+ * it can be cleared; a choice such as slerp_axis always has a value and hides like a number. */
 function keepShown(node, widget) {
   if (isLinked(node, widget)) return true;
-  return typeof widget.value === "string" && widget.value.trim() !== "";
+  return !isChoice(widget) && typeof widget.value === "string" && widget.value.trim() !== "";
 }
 
 function setHidden(widget, hidden) {
