@@ -37,7 +37,9 @@ from .validation import number_problems
 MAX_MODELS = 8
 METHOD_TIP = "Task vectors t_i = model_i - base; result = base + alpha * d. " + "  ".join(
     f"{m.name}: {m.formula}." for m in METHODS.values())
-NUMBERS = ("alpha", *(p.name for p in PARAMETERS if not p.choices))
+# Checked against their widgets' ranges before the run; whole numbers (iterations, seed, rank) are refused by the
+# node itself, with the same one-line error as the CLI (ComfyUI skips widget limits where a node validates).
+NUMBERS = ("alpha", *(p.name for p in PARAMETERS if p.kind is float))
 # Key of the method input's spec that tells the frontend which inputs each method reads (web/js/method_inputs.js).
 METHOD_INPUTS_KEY = "merge_suite_method_inputs"
 
