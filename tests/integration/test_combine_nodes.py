@@ -198,7 +198,9 @@ def test_inputs_hidden_for_a_method_do_not_change_its_result(method, tiny):
     other = {"density": 0.7, "drop_rate": 0.3, "epsilon": 0.2, "top": 0.2, "bottom": 0.3, "iterations": 3,
              "seed": 11, "median_epsilon": 0.5} | {p.name: other_value(p) for p in PARAMETERS if p.name in LATER}
     kw = {"weights": "1,0.5"[:1 + 2 * (count - 1)]} if "weights" in shown else {}
-    first = effective(combine(base, models, method=method, **kw)[0], "diffusion_model.")
+    block = "diffusion_model.input_blocks.1."  # a ResBlock and a transformer: convs, linears, norms, biases
+    first = effective(combine(base, models, method=method, **kw)[0], block)
     hidden = {k: v for k, v in other.items() if k not in shown}
-    second = effective(combine(base, models, method=method, **kw, **hidden)[0], "diffusion_model.")
+    second = effective(combine(base, models, method=method, **kw, **hidden)[0], block)
+    assert len(first) > 20 and any(w.dim() == 4 for w in first.values()) and any(w.dim() == 1 for w in first.values())
     assert all(torch.equal(first[k], second[k]) for k in first), hidden
