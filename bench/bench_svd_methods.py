@@ -39,7 +39,7 @@ from bench_flux import FLOOR  # noqa: E402
 from merge_core.combine.methods import METHODS, MethodParams  # noqa: E402
 from merge_core.io.safetensors_file import SafetensorsReader  # noqa: E402
 
-METHODS_RUN = ("truncate_rank", "iso_c", "tsv", "rotate", "iso_cts")
+METHODS_RUN = ("truncate_rank", "iso_c", "tsv", "rotate", "iso_cts")  # cheapest first
 OPTIONS = {"truncate_rank": ["--rank", "64"], "rotate": []}
 SHAPE_CLASSES = {  # a name per kind of matrix, and how to recognise its keys
     "linear 1280x1280": lambda k, s: s == (1280, 1280),
@@ -159,7 +159,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--methods", default=",".join(METHODS_RUN))
     parser.add_argument("--sample", type=int, default=2, help="keys per shape class in the per-key comparison")
-    parser.add_argument("--skip-files", action="store_true", help="only the per-key comparison (it runs first)")
+    parser.add_argument("--skip-files", action="store_true", help="only the per-key comparison")
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoints in bench/_work")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -168,10 +168,10 @@ def main():
     print(f"\n### SVD-based methods on full-size synthetic SDXL (fp16, {os.path.getsize(paths[0]) / 1e9:.1f} GB "
           f"each; load average {load_avg[0]:.1f} at the start, {os.cpu_count()} cores)\n")
     try:
-        key_rows(methods, paths, args.sample)
+        if not args.skip_files:  # first: a child's peak RSS (wait4) counts this process's pages at fork, which
+            file_rows(methods, paths[0], paths[1:])  # the per-key comparison's tensors would inflate
         print()
-        if not args.skip_files:
-            file_rows(methods, paths[0], paths[1:])
+        key_rows(methods, paths, args.sample)
     finally:
         if not args.keep:
             for p in paths:
