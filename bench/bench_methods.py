@@ -39,11 +39,11 @@ sd_mecha.merge(recipe, output=out, merge_device="cpu", merge_dtype=torch.float32
 """
 
 
-def fourth_input() -> str:
+def fourth_input(arch: str = "sd1") -> str:
     """A fourth synthetic checkpoint (bench_cli makes A, B, C)."""
-    path = WORK / "sd1_d.safetensors"
+    path = WORK / f"{arch}_d.safetensors"
     if not path.exists():
-        subprocess.run([sys.executable, str(HERE / "synth.py"), "sd1", str(path), "4"], check=True,
+        subprocess.run([sys.executable, str(HERE / "synth.py"), arch, str(path), "4"], check=True,
                        stdout=subprocess.DEVNULL)
     return str(path)
 

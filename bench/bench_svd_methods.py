@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import importlib
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO / "tests" / "unit"))
 
 from bench_cli import WORK, evict, run_measured, synthetic_inputs  # noqa: E402
 from bench_flux import FLOOR  # noqa: E402
+from bench_methods import fourth_input  # noqa: E402
 from merge_core.combine.methods import METHODS, MethodParams  # noqa: E402
 from merge_core.io.safetensors_file import SafetensorsReader  # noqa: E402
 
@@ -47,14 +47,6 @@ SHAPE_CLASSES = {  # a name per kind of matrix, and how to recognise its keys
     "conv 1280x2560x3x3": lambda k, s: s == (1280, 2560, 3, 3),
     "token embedding 49408x1280": lambda k, s: s == (49408, 1280),
 }
-
-
-def fourth_input() -> str:
-    path = WORK / "sdxl_d.safetensors"
-    if not path.exists():
-        subprocess.run([sys.executable, str(HERE / "synth.py"), "sdxl", str(path), "4"], check=True,
-                       stdout=subprocess.DEVNULL)
-    return str(path)
 
 
 def file_rows(methods, base: str, models: list[str]) -> list[str]:
@@ -163,7 +155,7 @@ def main():
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoints in bench/_work")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    paths = synthetic_inputs("sdxl") + [fourth_input()]
+    paths = synthetic_inputs("sdxl") + [fourth_input("sdxl")]
     load_avg = os.getloadavg()
     print(f"\n### SVD-based methods on full-size synthetic SDXL (fp16, {os.path.getsize(paths[0]) / 1e9:.1f} GB "
           f"each; load average {load_avg[0]:.1f} at the start, {os.cpu_count()} cores)\n")
