@@ -37,6 +37,7 @@ OUTPUTS = {
     "MergeSuite_Elements": [("elements", "STRING")],
     "MergeSuite_TextEncoderTokens": [("tokens", "STRING"), ("csv", "STRING")],
     "MergeSuite_Adjust": [("MODEL", "MODEL")],
+    "MergeSuite_RebasinModel": [("MODEL", "MODEL"), ("report", "STRING")],
     "MergeSuite_LoraApply": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("report", "STRING")],
     "MergeSuite_LoraBake": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("report", "STRING")],
     "MergeSuite_LoraExtract": [("lora_name", "STRING"), ("lora_list", "STRING"), ("report", "STRING")],
@@ -629,6 +630,22 @@ def combine_ties():
     return g
 
 
+def rebasin_then_merge():
+    """SD1: B's hidden units reordered to match A's (Re-basin Model), then a weight sum of A and the result."""
+    g = Graph()
+    a, b = loaders(g)
+    r = g.add("MergeSuite_RebasinModel", [10, 0], (400, 160), (360, 130), "Re-basin Model")
+    g.link(a, 0, r, "model_a")
+    g.link(b, 0, r, "model_b")
+    m = g.add("MergeSuite_ModelMerge", merge_widgets("Weight sum", 0.5, 0.25), (800, 0), (400, 330))
+    g.link(a, 0, m, "model_a")
+    g.link(r, 0, m, "model_b")
+    sampler_tail(g, m, 0, a, 1, a, "merge_suite/rebasin", x=1250)
+    shown = g.add("PreviewAny", [], (400, 340), (360, 200), "Re-basin report")
+    g.link(r, 1, shown, "source")
+    return g
+
+
 # --- The demo: the shipped model family (demo/models, demo/train) ------------------------------------------
 # Sampler settings and size from the model card (demo/models/README.md). The fine-tunes share the base's frozen
 # CLIP and VAE, so the demo merges MODELs only (Merge Models) and encodes and decodes with the base's.
@@ -738,6 +755,7 @@ WORKFLOWS = {
     "merge_paired_lists": paired_lists,
     "merge_model_list_pinpoint_elements": model_list_pinpoint_elements,
     "load_recipe": load_recipe,
+    "rebasin_then_merge": rebasin_then_merge,
     "merge_from_history": merge_from_history,
     "sweep_alpha_x_beta_blocks": sweep_alpha_x_blocks,
     "sweep_seeds_one_merge": sweep_seeds_one_merge,
