@@ -31,8 +31,7 @@ def _lazy_taus(base: Tensor, models: Sequence[Tensor], params: MethodParams) -> 
 
 
 def task_arithmetic_delta(base, models, params, key, fallbacks):
-    base, models = _float(base, models)
-    return formulas.task_arithmetic([m - base for m in models], params.weights_for(len(models)))
+    return formulas.task_sum(base, models, params.weights_for(len(models)))
 
 
 def ties_delta(base, models, params, key, fallbacks):

@@ -153,3 +153,4 @@ class CombineMethod:
     max_models: Optional[int] = None  # None: any number
     check: Optional[Callable[["MethodParams", int], None]] = None  # what the parameter rows cannot say
     reference: str = ""  # where the method comes from (paper, tool)
+    compute_bound: bool = False  # matrix decompositions: the merge engine gives its math every idle core

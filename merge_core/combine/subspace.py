@@ -7,11 +7,13 @@ mean task vector, as fusion-bench does. fusion-bench merges only 2-D keys by SVD
 here a conv weight is a matrix too (an SD U-Net is mostly convolutions), which is the one departure from it.
 
 The per-key math follows fusion-bench 0.2.33 (task_singular_vector/utils/TSVM_utils.py, isotropic_merging/
-iso_utils.py) step by step, in float32 with exact (thin) SVDs. A matrix much wider or taller than square (an SDXL
-conv's 1280 x 23040, a 10240 x 1280 feed-forward) is first reduced by a QR of its long side and the small square
-factor decomposed: the same decomposition, as accurate as LAPACK's own, about 7x faster there on CPU (svd).
+iso_utils.py) step by step, in float32 with exact (thin) SVDs (lowrank_svd.py: a QR of a long side first).
 A truncated or randomized SVD is not used: the spectra of task vectors fall off slowly near the cut at rank/n,
 so a sketch mixes the vectors around the cut and the result leaves the reference by far more than 1e-4.
+
+Memory: task vectors are formed one at a time from the stored tensors and reduced to what the method keeps (the top
+singular vectors) before the next is formed; a sum of them is formed chunk by chunk. On SDXL's largest key (CLIP-G's
+49408 x 1280 token embedding, 253 MB in float32) a method holds about three such matrices at once.
 """
 from __future__ import annotations
 
@@ -20,15 +22,20 @@ from typing import Sequence
 import torch
 
 from ..nonfinite import all_finite
+from .formulas import subtract_, task_sum
+from .lowrank_svd import Factored, polar
 from .params import CombineMethod, MethodParams
 
 Tensor = torch.Tensor
 
 
+def _task_vector(base: Tensor, model: Tensor, weight: float) -> Tensor:
+    """w (M - C) in float32, a new tensor (the inputs are never touched)."""
+    return subtract_(model.detach().to(torch.float32, copy=True), base).mul_(weight)
+
+
 def _task_vectors(base: Tensor, models: Sequence[Tensor], weights: Sequence[float]) -> list[Tensor]:
-    """w_i (M_i - C) in float32 (new tensors: the inputs are never touched)."""
-    c = base.detach().float()
-    return [(m.detach().float() - c).mul_(w) for m, w in zip(models, weights)]
+    return [_task_vector(base, m, w) for m, w in zip(models, weights)]
 
 
 def _running_mean(tensors: Sequence[Tensor]) -> Tensor:
@@ -48,21 +55,6 @@ def _as_matrix(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def svd(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The thin SVD a = U diag(S) Vh. Where one side is over twice the other, a QR of the long side first
-    (a^T = Q R for a wide a: a = R^T Q^T, and R^T's SVD gives U, S and Vh Q^T)."""
-    rows, cols = a.shape
-    if cols > 2 * rows:
-        q, r = torch.linalg.qr(a.T)
-        u, s, vh = torch.linalg.svd(r.T)
-        return u, s, vh @ q.T
-    if rows > 2 * cols:
-        q, r = torch.linalg.qr(a)
-        u, s, vh = torch.linalg.svd(r)
-        return q @ u, s, vh
-    return torch.linalg.svd(a, full_matrices=False)
-
-
 def _undefined(taus: Sequence[Tensor], name: str, fallbacks) -> bool:
     """A NaN or inf in a task vector leaves its SVD undefined (LAPACK refuses it): the whole matrix key becomes NaN,
     the formula's own answer, which the engine reports with the input's non-finite count."""
@@ -73,10 +65,8 @@ def _undefined(taus: Sequence[Tensor], name: str, fallbacks) -> bool:
     return True
 
 
-def _polar(a: Tensor) -> Tensor:
-    """The orthogonal polar factor P Q^T of a = P S Q^T: the nearest matrix with orthonormal columns (or rows)."""
-    p, _, qh = svd(a)
-    return p @ qh
+def _nan(base: Tensor) -> Tensor:
+    return torch.full(base.shape, float("nan"), dtype=torch.float32, device=base.device)
 
 
 def tsv_delta(base, models, params: MethodParams, key, fallbacks):
@@ -84,49 +74,58 @@ def tsv_delta(base, models, params: MethodParams, key, fallbacks):
     k = floor(rank / n) singular triplets; the kept U_i and V_i are concatenated and decorrelated by their polar
     factors (the nearest orthonormal sets, fusion-bench's SVD-based whitening); d = U_perp diag(S) V_perp^T.
     A matrix with rank < n (k = 0) falls back to the mean task vector (fusion-bench gives 0 there)."""
-    taus = _task_vectors(base, models, params.weights_for(len(models)))
+    weights = params.weights_for(len(models))
     if not _is_matrix(base):
-        return _running_mean(taus)
-    if _undefined(taus, "tsv", fallbacks):
-        return torch.full_like(taus[0], float("nan"))
-    n = len(taus)
-    rank = min(_as_matrix(taus[0]).shape)
+        return _running_mean(_task_vectors(base, models, weights))
+    n = len(models)
+    rank = min(_as_matrix(base).shape)
     k = int(rank * (1 / n))  # fusion-bench's sv_reduction = 1 / n
     if k == 0:
+        taus = _task_vectors(base, models, weights)
+        if _undefined(taus, "tsv", fallbacks):
+            return _nan(base)
         if fallbacks is not None:
             fallbacks.append(f"tsv: rank {rank} below the {n} models (no singular vector per model): the mean "
                              "task vector")
         return _running_mean(taus)
-    us, ss, vhs = [], [], []
-    for tau in taus:
-        u, s, vh = svd(_as_matrix(tau))
-        us.append(u[:, :k])
-        ss.append(s[:k])
-        vhs.append(vh[:k])
-        del u, s, vh
-    del taus
-    u_perp = _polar(torch.cat(us, dim=1))
-    del us
-    vh_perp = _polar(torch.cat(vhs, dim=0))
+    # the U_i side by side, stored transposed so each fills its own pages (a block of columns of a row-major matrix
+    # would touch every page of it at the first write)
+    kept_t = torch.empty(n * k, _as_matrix(base).shape[0], dtype=torch.float32, device=base.device)
+    ss, vhs = [], []
+    for i, (model, weight) in enumerate(zip(models, weights)):
+        tau = _task_vector(base, model, weight)
+        if _undefined([tau], "tsv", fallbacks):
+            return _nan(base)
+        factored = Factored(_as_matrix(tau))
+        del tau
+        u, s, vh = factored.top(k)
+        del factored
+        kept_t[i * k:(i + 1) * k] = u.mT
+        del u
+        ss.append(s)
+        vhs.append(vh)
+    factored = Factored(kept_t.mT)
+    del kept_t
+    u_perp = factored.polar()
+    del factored
+    vh_perp = polar(torch.cat(vhs, dim=0))
     del vhs
-    return ((u_perp * torch.cat(ss)) @ vh_perp).reshape(base.shape)
+    return (u_perp.mul_(torch.cat(ss)) @ vh_perp).reshape(base.shape)
 
 
 def iso_c_delta(base, models, params: MethodParams, key, fallbacks):
     """Iso-C (Marczak et al., arXiv:2502.04959, Sec. 4.1): the task-arithmetic sum T = sum t_i = U S V^T with
     every singular value replaced by their mean: d = mean(S) U V^T (an isotropic spectrum)."""
-    taus = _task_vectors(base, models, (1.0,) * len(models))
-    total = taus[0]
-    for tau in taus[1:]:
-        total += tau
-    del taus
+    total = task_sum(base, models, (1.0,) * len(models))
     if not _is_matrix(base):
         return total / len(models)
     if _undefined([total], "iso_c", fallbacks):
         return total.fill_(float("nan"))
-    u, s, vh = svd(_as_matrix(total))
+    factored = Factored(_as_matrix(total))
     del total
-    return ((u * s.mean()) @ vh).reshape(base.shape)
+    u, s, vh = factored.top(min(factored.rows, factored.cols))
+    del factored
+    return (u.mul_(s.mean()) @ vh).reshape(base.shape)
 
 
 def common_and_task_dims(rank: int, n: int, common_fraction: float) -> tuple[int, int, bool]:
@@ -148,49 +147,77 @@ def iso_cts_delta(base, models, params: MethodParams, key, fallbacks):
     T = sum t_i; each task adds the top singular vectors of its residual t_i - U_c U_c^T t_i (its part outside
     the common subspace); all are orthogonalised together (polar factors) and scaled isotropically by the mean
     of their singular values."""
-    taus = _task_vectors(base, models, (1.0,) * len(models))
+    n = len(models)
     if not _is_matrix(base):
-        return _running_mean(taus)
-    if _undefined(taus, "iso_cts", fallbacks):
-        return torch.full_like(taus[0], float("nan"))
-    n = len(taus)
-    mats = [_as_matrix(t) for t in taus]
-    rank = min(mats[0].shape)
+        return _running_mean(_task_vectors(base, models, (1.0,) * n))
+    total = task_sum(base, models, (1.0,) * n)
+    if _undefined([total], "iso_cts", fallbacks):
+        return total.fill_(float("nan"))
+    rank = min(_as_matrix(total).shape)
     common, per_task, rounded_down = common_and_task_dims(rank, n, params.common_fraction)
     if rounded_down and fallbacks is not None:
         fallbacks.append(f"iso_cts: rank {rank} leaves too little beside the common subspace to round the {n} "
                          f"task shares up: {per_task} each (rounded down)")
-    total = mats[0].clone()
-    for m in mats[1:]:
-        total += m
-    u, s, vh = svd(total)
+    factored = Factored(_as_matrix(total))
     del total
-    u_common, s_common, vh_common = u[:, :common], s[:common], vh[:common]
-    us, ss, vhs = [], [], []
-    for m in mats:
-        residual = m - u_common @ (u_common.T @ m)
-        u_t, s_t, vh_t = svd(residual)
-        us.append(u_t[:, :per_task])
-        ss.append(s_t[:per_task])
-        vhs.append(vh_t[:per_task])
-        del residual, u_t, s_t, vh_t
-    del taus, mats
-    u_all = _polar(torch.cat([*us, u_common], dim=1))
-    vh_all = _polar(torch.cat([*vhs, vh_common], dim=0))
+    u_common, s_common, vh_common = factored.top(common)
+    del factored
+    # every U side by side, the tasks' first and the common subspace's last, filled in place (no list beside it),
+    # stored transposed so each fills its own pages
+    all_t = torch.empty(n * per_task + common, u_common.shape[0], dtype=torch.float32, device=base.device)
+    all_t[n * per_task:] = u_common.mT
+    del u_common
+    u_common = all_t[n * per_task:].mT
+    ss, vhs = [], []
+    for i, model in enumerate(models):
+        tau = _task_vector(base, model, 1.0)
+        if _undefined([tau], "iso_cts", fallbacks):
+            return _nan(base)
+        residual = _as_matrix(tau)
+        coefficients = u_common.T @ residual
+        for rows in _row_chunks(residual):  # residual -= U_c (U_c^T t_i), a block of rows at a time
+            residual[rows] -= u_common[rows] @ coefficients
+        del coefficients
+        factored = Factored(residual)
+        del tau, residual
+        u_t, s_t, vh_t = factored.top(per_task)
+        del factored
+        all_t[i * per_task:(i + 1) * per_task] = u_t.mT
+        del u_t
+        ss.append(s_t)
+        vhs.append(vh_t)
+    del u_common
+    factored = Factored(all_t.mT)
+    del all_t
+    u_all = factored.polar()
+    del factored
+    vh_all = polar(torch.cat([*vhs, vh_common], dim=0))
     scale = torch.cat([*ss, s_common]).mean()
-    return ((u_all * scale) @ vh_all).reshape(base.shape)
+    return (u_all.mul_(scale) @ vh_all).reshape(base.shape)
+
+
+ROW_CHUNK_BYTES = 16 << 20  # a block of rows of the residual's projection: 16 MiB of float32
+
+
+def _row_chunks(matrix: Tensor) -> list[slice]:
+    rows, cols = matrix.shape
+    step = max(1, ROW_CHUNK_BYTES // (4 * max(cols, 1)))
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
 
 DECLARED: tuple[CombineMethod, ...] = (
     CombineMethod("tsv", "TSV-Merge", tsv_delta, 2, ("weights",),
                   "each w_i t_i keeps its top rank/n singular vectors; U, V concatenated and orthogonalised; "
                   "d = U_perp S V_perp^T",
-                  reference="Gargiulo et al., Task Singular Vectors, CVPR 2025, arXiv:2412.00081 (fusion-bench)"),
+                  reference="Gargiulo et al., Task Singular Vectors, CVPR 2025, arXiv:2412.00081 (fusion-bench)",
+                  compute_bound=True),
     CombineMethod("iso_c", "Iso-C", iso_c_delta, 1, (),
                   "sum t_i = U S V^T; d = mean(S) U V^T (isotropic spectrum)",
-                  reference="Marczak et al., No Task Left Behind, ICML 2025, arXiv:2502.04959 (fusion-bench)"),
+                  reference="Marczak et al., No Task Left Behind, ICML 2025, arXiv:2502.04959 (fusion-bench)",
+                  compute_bound=True),
     CombineMethod("iso_cts", "Iso-CTS", iso_cts_delta, 2, ("common_fraction",),
                   "top common_fraction of sum t_i's singular vectors + each t_i's top ones outside them; "
                   "orthogonalised; isotropic mean spectrum",
-                  reference="Marczak et al., No Task Left Behind, ICML 2025, arXiv:2502.04959 (fusion-bench)"),
+                  reference="Marczak et al., No Task Left Behind, ICML 2025, arXiv:2502.04959 (fusion-bench)",
+                  compute_bound=True),
 )

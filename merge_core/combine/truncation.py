@@ -12,8 +12,7 @@ from .params import CombineMethod, MethodParams
 def truncate_rank_delta(base, models, params: MethodParams, key, fallbacks):
     """d = the best rank-`rank` approximation of sum w_i t_i (randomized SVD seeded per key where the rank is small
     against the matrix, exact otherwise)."""
-    base_f = base.detach().float()
-    total = formulas.task_arithmetic([m.detach().float() - base_f for m in models], params.weights_for(len(models)))
+    total = formulas.task_sum(base, models, params.weights_for(len(models)))
     if total.dim() < 2:
         return total
     matrix = total.reshape(total.shape[0], -1)
@@ -25,5 +24,6 @@ DECLARED: tuple[CombineMethod, ...] = (
     CombineMethod("truncate_rank", "Truncate rank", truncate_rank_delta, 1, ("weights", "rank", "seed"),
                   "d = sum w_i t_i truncated to its top `rank` singular values (dim 0 against the rest; "
                   "1-D keys unchanged)",
-                  reference="Eckart & Young; randomized SVD: Halko et al., arXiv:0909.4061; sd-mecha truncate_rank"),
+                  reference="Eckart & Young; randomized SVD: Halko et al., arXiv:0909.4061; sd-mecha truncate_rank",
+                  compute_bound=True),
 )
