@@ -1,6 +1,6 @@
 """Merged keys of an n-model plan (``plan.models``): the base and every model's tensor through the method.
 
-The plan's settings do the per-key math: they give `method` (its name, for errors) and
+The plan's settings do the per-key math: they give `method` (its name, for errors; compute_bound) and
 `merge_key(key, alpha, base, models, fallbacks)` (merge_core/combine/settings.py), so the engine does not import
 the combine package, which imports the engine for its entry points."""
 from __future__ import annotations
@@ -9,16 +9,20 @@ from typing import Optional, Protocol, cast
 
 import torch
 
+from .. import threads as thread_policy
 from ..nonfinite import check_result, count_inputs as count_nonfinite_inputs
 from ..plan import KeyPlan
 from .job import MergeJob, Put
 
 
 class NamedMethod(Protocol):
-    """A method as errors name it."""
+    """A method as errors name it, and whether its math is compute-bound (matrix decompositions)."""
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def compute_bound(self) -> bool: ...
 
 
 class KeyCombiner(Protocol):
@@ -29,6 +33,13 @@ class KeyCombiner(Protocol):
 
     def merge_key(self, key: str, alpha: float, base: torch.Tensor, models: list,
                   fallbacks: Optional[list] = None) -> torch.Tensor: ...
+
+
+def is_compute_bound(plan) -> bool:
+    """An n-model plan whose method decomposes matrices (seconds of math per key): the stream then loads only the
+    next key ahead and keeps no read buffers for reuse, which would hold memory beside the decompositions for
+    nothing, and the math takes every idle core."""
+    return bool(plan.models) and cast(KeyCombiner, plan.settings).method.compute_bound
 
 
 def combine_tensor(kp: KeyPlan, settings: KeyCombiner, base: torch.Tensor, models: list, out_dtype: torch.dtype,
@@ -64,7 +75,10 @@ class CombineKey:
         base, models, nonfinite = loaded
         job.note_nonfinite(kp.key, nonfinite)
         notes: list = []
-        result = combine_tensor(kp, settings, base, models, job.dtypes[kp.key], notes)
+        # the stream runs its math on one thread (memory-bound); an SVD gains from every core that is idle
+        threads = thread_policy.compute_threads() if is_compute_bound(job.plan) else thread_policy.MERGE_THREADS
+        with thread_policy.torch_threads(threads):
+            result = combine_tensor(kp, settings, base, models, job.dtypes[kp.key], notes)
         job.note_fallback(kp.key, notes)
         check_result(result, kp.key, settings.method.name, not nonfinite, "method", result.dtype)
         job.give_back(zip(self.names, (base, *models)), result)

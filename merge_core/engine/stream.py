@@ -16,17 +16,17 @@ import torch
 
 from .. import threads as thread_policy
 from ..device import Transfer, math_device
-from ..io.buffers import BufferPool
+from ..io.buffers import LIMIT_BYTES as POOL_BYTES, BufferPool
 from ..io.file_source import FileSource
 from ..io.key_source import KeySource
 from ..io.sinks import Sink
-from ..pipeline import ReadAhead, WriteBehind
+from ..pipeline import BUDGET_BYTES, ReadAhead, WriteBehind
 from ..plan import Action, KeyPlan, MergePlan, MergeSettings
 from .calc import CalcKey
 from .copied import CopyKey
 from .job import KeyHandler, MergeJob, source_of
 from .linear import LinearKey
-from .nmodel import CombineKey
+from .nmodel import CombineKey, is_compute_bound
 from .progress import ProgressFn, StopFn, stop_if_asked
 
 
@@ -55,7 +55,7 @@ def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
 
     device: where the per-key math runs (merge_core/device.py; resolve "auto" with resolve_device).
     The math runs on one torch thread, scoped to the merge (merge_core/threads.py says why)."""
-    pool = BufferPool()
+    pool = BufferPool(limit_bytes=0 if is_compute_bound(plan) else POOL_BYTES)
     pooled = [src for src in sources.values() if isinstance(src, FileSource) and src.buffers is None]
     for src in pooled:
         src.buffers = pool
@@ -85,15 +85,18 @@ def _stream(plan, sources, sink, out_dtype, progress, should_stop, device, pool)
         merged, copied = merge_handler(job, should_stop), CopyKey(job)
         sink.begin(layout)
         try:
-            stream_keys(job, lambda kp: merged if kp.action is Action.MERGE else copied, progress, should_stop)
+            stream_keys(job, lambda kp: merged if kp.action is Action.MERGE else copied, progress, should_stop,
+                        read_ahead_bytes=0 if is_compute_bound(plan) else BUDGET_BYTES)
         except BaseException:
             sink.abort()  # after the reader and the writer have finished their task in flight
             raise
     return sink.commit()
 
 
-def stream_keys(job: MergeJob, handler_of, progress: Optional[ProgressFn], should_stop: Optional[StopFn]) -> None:
-    """Each key loaded ahead by its handler, computed by it here, and written behind, in plan order."""
+def stream_keys(job: MergeJob, handler_of, progress: Optional[ProgressFn], should_stop: Optional[StopFn],
+                read_ahead_bytes: int = BUDGET_BYTES) -> None:
+    """Each key loaded ahead by its handler, computed by it here, and written behind, in plan order (at least one
+    key ahead, more while they fit in ``read_ahead_bytes``)."""
     keys, sources = job.plan.keys, job.sources
 
     def load(kp: KeyPlan, after: Optional[KeyPlan]):
@@ -109,7 +112,7 @@ def stream_keys(job: MergeJob, handler_of, progress: Optional[ProgressFn], shoul
 
     with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as reader, \
             cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") as writer:
-        ahead, behind = ReadAhead(reader, load, keys, read_bytes), WriteBehind(writer)
+        ahead, behind = ReadAhead(reader, load, keys, read_bytes, read_ahead_bytes), WriteBehind(writer)
         try:
             for i, kp in enumerate(keys):
                 stop_if_asked(should_stop)

@@ -7,7 +7,7 @@ every merged key of two or three files, so while ``run_merge`` streams, its file
 sources read into buffers from here, and the engine gives a merged key's input buffers
 back once that key's result exists (never a buffer the result itself lives in).
 
-A pool lives for one merge, holds at most ``limit`` buffers, and only buffers of at
+A pool lives for one merge, holds at most ``limit`` buffers of ``limit_bytes`` in all, and only buffers of at
 least ``MIN_BYTES`` (malloc recycles smaller allocations by itself).
 """
 from __future__ import annotations
@@ -18,12 +18,15 @@ from typing import Optional
 import torch
 
 MIN_BYTES = 1 << 20
+# What the free buffers may hold in all: a key's buffers only fit keys of about its size, so the buffers of a few
+# large keys (SDXL's token embeddings: 4 x 126 MB in a 4-file combine) would otherwise stay unused to the end.
+LIMIT_BYTES = 256 << 20
 
 
 class BufferPool:
-    def __init__(self, limit: int = 12):
-        self.limit = limit
-        self._free: list[torch.Tensor] = []  # 1-D uint8 tensors, each spanning its whole storage
+    def __init__(self, limit: int = 12, limit_bytes: int = LIMIT_BYTES):
+        self.limit, self.limit_bytes = limit, limit_bytes
+        self._free: list[torch.Tensor] = []  # 1-D uint8 tensors, each spanning its whole storage, oldest first
         self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> torch.Tensor:
@@ -47,5 +50,9 @@ class BufferPool:
                 result.untyped_storage().data_ptr() == storage.data_ptr():
             return
         with self._lock:
-            if len(self._free) < self.limit and all(b.data_ptr() != storage.data_ptr() for b in self._free):
-                self._free.append(torch.empty(0, dtype=torch.uint8).set_(storage))
+            if storage.nbytes() > self.limit_bytes or any(b.data_ptr() == storage.data_ptr() for b in self._free):
+                return
+            self._free.append(torch.empty(0, dtype=torch.uint8).set_(storage))
+            # the oldest buffers go first: the keys just merged are the likeliest to match the next ones in size
+            while len(self._free) > self.limit or sum(b.numel() for b in self._free) > self.limit_bytes:
+                self._free.pop(0)

@@ -30,6 +30,23 @@ def test_pool_reuses_a_given_buffer_and_refuses_one_the_result_lives_in():
     assert pool.take(MIN_BYTES).data_ptr() != ptr  # handed out once only
 
 
+def test_pool_holds_at_most_its_byte_limit_and_lets_the_oldest_buffers_go():
+    """Buffers of a few large keys would otherwise stay to the end of the merge: past limit_bytes the oldest go,
+    and a buffer larger than the whole limit is not kept at all."""
+    pool = BufferPool(limit_bytes=3 * MIN_BYTES)
+    first, second, third = (pool.take(MIN_BYTES) for _ in range(3))
+    for buf in (first, second, third):
+        pool.give(buf)
+    big = pool.take(4 * MIN_BYTES)
+    pool.give(big)  # over the limit on its own: dropped
+    fourth = pool.take(2 * MIN_BYTES)  # fresh (no pooled buffer fits), given back: first and second must go
+    pool.give(fourth)
+    held = [pool.take(MIN_BYTES).data_ptr() for _ in range(2)]  # the smallest that fits first
+    assert held == [third.data_ptr(), fourth.data_ptr()]
+    assert pool.take(MIN_BYTES).data_ptr() not in {first.data_ptr(), second.data_ptr()}
+    assert pool.take(2 * MIN_BYTES).data_ptr() != big.data_ptr()
+
+
 def test_file_merge_with_reused_buffers_equals_the_in_memory_merge_and_leaves_dict_inputs_alone(tmp_path):
     a, b, c = _model(1), _model(2), _model(3)
     keep = {k: v.clone() for k, v in c.items()}
