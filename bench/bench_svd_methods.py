@@ -152,6 +152,7 @@ def main():
     parser.add_argument("--methods", default=",".join(METHODS_RUN))
     parser.add_argument("--sample", type=int, default=2, help="keys per shape class in the per-key comparison")
     parser.add_argument("--skip-files", action="store_true", help="only the per-key comparison")
+    parser.add_argument("--skip-keys", action="store_true", help="only the whole-file jobs")
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoints in bench/_work")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -162,8 +163,9 @@ def main():
     try:
         if not args.skip_files:  # first: a child's peak RSS (wait4) counts this process's pages at fork, which
             file_rows(methods, paths[0], paths[1:])  # the per-key comparison's tensors would inflate
-        print()
-        key_rows(methods, paths, args.sample)
+        if not args.skip_keys:
+            print()
+            key_rows(methods, paths, args.sample)
     finally:
         if not args.keep:
             for p in paths:
