@@ -23,6 +23,19 @@ EXACT_FRACTION = 0.5    # rank >= this share of min(shape): the exact SVD costs 
 LONG_SIDE = 2  # a side over this many times the other is reduced by a QR first
 
 
+def svd(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """torch.linalg.svd (thin). LAPACK's divide and conquer can fail to converge in float32 on a matrix with many
+    (near) zero singular values, as Iso-CTS' residuals are (the common subspace projected out): such a matrix is
+    decomposed again in float64, where it converges, and the factors returned in a's dtype."""
+    try:
+        return torch.linalg.svd(a, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        if a.dtype == torch.float64:
+            raise
+        u, s, vh = torch.linalg.svd(a.double(), full_matrices=False)
+        return u.to(a.dtype), s.to(a.dtype), vh.to(a.dtype)
+
+
 class Factored:
     """A matrix a prepared for its exact SVD: ("tall", Q, R) with a = Q R, ("wide", Q, R) with a^T = Q R, or
     ("square", a). A caller that drops its own reference to a once this exists holds Q alone from here on: that is
@@ -42,23 +55,23 @@ class Factored:
         """The top k singular triplets: U (rows x k), S (k), Vh (k x cols), new tensors (no view of a full U or Vh
         stays alive)."""
         if self.side == "wide":
-            u, s, vh = torch.linalg.svd(self.r.mT)
+            u, s, vh = svd(self.r.mT)
             return u[:, :k].clone(), s[:k].clone(), vh[:k] @ self.q.mT
         if self.side == "tall":
-            u, s, vh = torch.linalg.svd(self.r)
+            u, s, vh = svd(self.r)
             return self.q @ u[:, :k], s[:k].clone(), vh[:k].clone()
-        u, s, vh = torch.linalg.svd(self.q, full_matrices=False)
+        u, s, vh = svd(self.q)
         return u[:, :k].clone(), s[:k].clone(), vh[:k].clone()
 
     def polar(self) -> Tensor:
         """The orthogonal polar factor P Q^T of a = P S Q^T: the nearest matrix with orthonormal columns (or rows)."""
         if self.side == "wide":
-            u, _, vh = torch.linalg.svd(self.r.mT)
+            u, _, vh = svd(self.r.mT)
             return (u @ vh) @ self.q.mT
         if self.side == "tall":
-            u, _, vh = torch.linalg.svd(self.r)
+            u, _, vh = svd(self.r)
             return self.q @ (u @ vh)
-        u, _, vh = torch.linalg.svd(self.q, full_matrices=False)
+        u, _, vh = svd(self.q)
         return u @ vh
 
 

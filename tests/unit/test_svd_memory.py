@@ -71,3 +71,27 @@ def test_a_plan_is_compute_bound_by_its_method(method, bound):
     settings = CombineSettings(METHODS[method], MethodParams())
     assert is_compute_bound(SimpleNamespace(settings=settings, models=("b",))) is bound
     assert not is_compute_bound(SimpleNamespace(settings=settings, models=()))  # a two-model merge plan
+
+
+def test_svd_retries_in_float64_where_float32_does_not_converge(monkeypatch):
+    """LAPACK's float32 divide and conquer can fail on a matrix with many near-zero singular values (an Iso-CTS
+    residual on full-size SDXL did): the same matrix is decomposed in float64 and the factors come back in float32."""
+    real_svd = torch.linalg.svd
+    calls = []
+
+    def failing_in_float32(a, *args, **kwargs):
+        calls.append(a.dtype)
+        if a.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return real_svd(a, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", failing_in_float32)
+    a = _draw((30, 20), 7)
+    u, s, vh = lowrank_svd.svd(a)
+    assert calls == [torch.float32, torch.float64] and u.dtype == s.dtype == vh.dtype == torch.float32
+    want = real_svd(a.double(), full_matrices=False)
+    torch.testing.assert_close(s.double(), want.S, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(((u * s) @ vh).double(), a.double(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(torch.linalg.LinAlgError):  # float64 has no further fallback
+        monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: (_ for _ in ()).throw(torch.linalg.LinAlgError("x")))
+        lowrank_svd.svd(a.double())
