@@ -69,6 +69,16 @@ def _nan(base: Tensor) -> Tensor:
     return torch.full(base.shape, float("nan"), dtype=torch.float32, device=base.device)
 
 
+def _keep_top(factored: Factored, k: int, side_by_side_t: Tensor, start: int, ss: list[Tensor],
+              vhs: list[Tensor]) -> None:
+    """The top k singular triplets of a factored matrix: U^T written into rows start..start+k of the transposed
+    side-by-side buffer, S and Vh appended to their lists."""
+    u, s, vh = factored.top(k)
+    side_by_side_t[start:start + k] = u.mT
+    ss.append(s)
+    vhs.append(vh)
+
+
 def tsv_delta(base, models, params: MethodParams, key, fallbacks):
     """TSV-Merge (Gargiulo et al., arXiv:2412.00081, Sec. 4): each t_i = U_i S_i V_i^T keeps its top
     k = floor(rank / n) singular triplets; the kept U_i and V_i are concatenated and decorrelated by their polar
@@ -91,19 +101,16 @@ def tsv_delta(base, models, params: MethodParams, key, fallbacks):
     # the U_i side by side, stored transposed so each fills its own pages (a block of columns of a row-major matrix
     # would touch every page of it at the first write)
     kept_t = torch.empty(n * k, _as_matrix(base).shape[0], dtype=torch.float32, device=base.device)
-    ss, vhs = [], []
+    ss: list[Tensor] = []
+    vhs: list[Tensor] = []
     for i, (model, weight) in enumerate(zip(models, weights)):
         tau = _task_vector(base, model, weight)
         if _undefined([tau], "tsv", fallbacks):
             return _nan(base)
         factored = Factored(_as_matrix(tau))
-        del tau
-        u, s, vh = factored.top(k)
+        del tau  # from here only its QR factors are held
+        _keep_top(factored, k, kept_t, i * k, ss, vhs)
         del factored
-        kept_t[i * k:(i + 1) * k] = u.mT
-        del u
-        ss.append(s)
-        vhs.append(vh)
     factored = Factored(kept_t.mT)
     del kept_t
     u_perp = factored.polar()
@@ -168,7 +175,8 @@ def iso_cts_delta(base, models, params: MethodParams, key, fallbacks):
     all_t[n * per_task:] = u_common.mT
     del u_common
     u_common = all_t[n * per_task:].mT
-    ss, vhs = [], []
+    ss: list[Tensor] = []
+    vhs: list[Tensor] = []
     for i, model in enumerate(models):
         tau = _task_vector(base, model, 1.0)
         if _undefined([tau], "iso_cts", fallbacks):
@@ -180,12 +188,8 @@ def iso_cts_delta(base, models, params: MethodParams, key, fallbacks):
         del coefficients
         factored = Factored(residual)
         del tau, residual
-        u_t, s_t, vh_t = factored.top(per_task)
+        _keep_top(factored, per_task, all_t, i * per_task, ss, vhs)
         del factored
-        all_t[i * per_task:(i + 1) * per_task] = u_t.mT
-        del u_t
-        ss.append(s_t)
-        vhs.append(vh_t)
     del u_common
     factored = Factored(all_t.mT)
     del all_t
