@@ -75,11 +75,6 @@ class Factored:
         return u @ vh
 
 
-def thin_svd(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """a = U diag(S) Vh with min(shape) singular triplets, largest first."""
-    return Factored(a).top(min(a.shape))
-
-
 def top_svd(a: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """The top k singular triplets of a's exact thin SVD (Factored.top)."""
     return Factored(a).top(k)
