@@ -54,7 +54,8 @@ def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
     """Stream every key of the plan into the sink; returns what the sink commits.
 
     device: where the per-key math runs (merge_core/device.py; resolve "auto" with resolve_device).
-    The math runs on one torch thread, scoped to the merge (merge_core/threads.py says why)."""
+    The math runs on one torch thread, scoped to the merge (merge_core/threads.py says why); a compute-bound n-model
+    method's (nmodel.is_compute_bound) on the idle cores."""
     pool = BufferPool(limit_bytes=0 if is_compute_bound(plan) else POOL_BYTES)
     pooled = [src for src in sources.values() if isinstance(src, FileSource) and src.buffers is None]
     for src in pooled:
