@@ -22,7 +22,8 @@ from typing import Sequence
 import torch
 
 from ..nonfinite import all_finite
-from .formulas import subtract_, task_sum
+from . import election
+from .formulas import task_sum
 from .lowrank_svd import Factored, polar
 from .params import CombineMethod, MethodParams
 
@@ -30,8 +31,8 @@ Tensor = torch.Tensor
 
 
 def _task_vector(base: Tensor, model: Tensor, weight: float) -> Tensor:
-    """w (M - C) in float32, a new tensor (the inputs are never touched)."""
-    return subtract_(model.detach().to(torch.float32, copy=True), base).mul_(weight)
+    """w (M - C) in float32, a new tensor formed chunk by chunk from the stored ones (the inputs are never touched)."""
+    return election.whole(election.TaskVector(model, base, weight), base.shape)
 
 
 def _task_vectors(base: Tensor, models: Sequence[Tensor], weights: Sequence[float]) -> list[Tensor]:
