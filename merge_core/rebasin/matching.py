@@ -18,7 +18,6 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from ..engine.progress import ProgressFn, StopFn, stop_if_asked
 from .permutations import Orders, Permutations, structured
@@ -71,6 +70,10 @@ def similarities(group: PermGroup, g: int, perms: Permutations, load_a: Loader, 
 
 
 def _assign(s: np.ndarray) -> tuple[np.ndarray, float]:
+    # imported here: scipy.optimize takes 0.3 s to import, which every CLI command and the node pack's
+    # load would pay though only re-basin solves assignments
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(s, maximize=True)
     return cols, float(s[rows, cols].sum())
 
