@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import MergeInputError
+from ..heap import keep_freed_buffers
 from ..input_names import CLI, renamed
 from ..io.output_file import Stopped, install_signal_cleanup
 from ..version import __version__
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_buffers()  # this process is ours: freed tensor buffers serve the next key (heap.py)
     install_signal_cleanup(then_raise=True)  # SIGTERM/SIGHUP: like Ctrl+C, the output's temporary file goes
     try:
         return args.run(args)
