@@ -18,6 +18,7 @@ import ctypes
 MMAP_THRESHOLD = 64 << 20
 TRIM_THRESHOLD = 128 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+_applied = False
 
 
 def keep_freed_buffers() -> bool:
@@ -28,4 +29,11 @@ def keep_freed_buffers() -> bool:
     except (OSError, AttributeError, TypeError):  # TypeError: Windows' ctypes wants a library name
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    global _applied
+    _applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _applied
+
+
+def applied() -> bool:
+    """Whether this process's heap keeps freed buffers: a merge's own buffer pool then only adds memory."""
+    return _applied

@@ -52,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one command. Called as the program (no ``argv``: the console script, ``python -m merge_core``), the
+    process is ours, and its heap keeps freed tensor buffers for the next key (heap.py); called with ``argv``
+    from Python (a test, a script) it is a guest in the caller's process and leaves the heap as it is."""
     args = build_parser().parse_args(argv)
-    keep_freed_buffers()  # this process is ours: freed tensor buffers serve the next key (heap.py)
+    if argv is None:
+        keep_freed_buffers()
     install_signal_cleanup(then_raise=True)  # SIGTERM/SIGHUP: like Ctrl+C, the output's temporary file goes
     try:
         return args.run(args)

@@ -14,7 +14,7 @@ from typing import Mapping, Optional, cast
 
 import torch
 
-from .. import threads as thread_policy
+from .. import heap, threads as thread_policy
 from ..device import Transfer, math_device
 from ..io.buffers import LIMIT_BYTES as POOL_BYTES, BufferPool
 from ..io.file_source import FileSource
@@ -56,7 +56,8 @@ def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
     device: where the per-key math runs (merge_core/device.py; resolve "auto" with resolve_device).
     The math runs on one torch thread, scoped to the merge (merge_core/threads.py says why); a compute-bound n-model
     method's (nmodel.is_compute_bound) on the idle cores."""
-    pool = BufferPool(limit_bytes=0 if is_compute_bound(plan) else POOL_BYTES)
+    # no pool where the C heap itself keeps freed buffers (the command line: heap.py) or for compute-bound methods
+    pool = BufferPool(limit_bytes=0 if is_compute_bound(plan) or heap.applied() else POOL_BYTES)
     pooled = [src for src in sources.values() if isinstance(src, FileSource) and src.buffers is None]
     for src in pooled:
         src.buffers = pool
@@ -100,10 +101,10 @@ def stream_keys(job: MergeJob, handler_of, progress: Optional[ProgressFn], shoul
     key ahead, more while they fit in ``read_ahead_bytes``)."""
     keys, sources = job.plan.keys, job.sources
 
-    def load(kp: KeyPlan, after: Optional[KeyPlan]):
-        if after is not None:  # the key after this one starts coming from disk while this one is read
-            for name in handler_of(after).reads(after):
-                sources[name].prefetch(after.key)
+    def load(kp: KeyPlan, hints: list[KeyPlan]):
+        for later in hints:  # keys ahead start coming from disk into the page cache while this one is read
+            for name in handler_of(later).reads(later):
+                sources[name].prefetch(later.key)
         return handler_of(kp).load(kp)
 
     def read_bytes(kp: KeyPlan) -> int:
