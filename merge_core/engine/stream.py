@@ -14,7 +14,7 @@ from typing import Mapping, Optional, cast
 
 import torch
 
-from .. import heap, threads as thread_policy
+from .. import threads as thread_policy
 from ..device import Transfer, math_device
 from ..io.buffers import LIMIT_BYTES as POOL_BYTES, BufferPool
 from ..io.file_source import FileSource
@@ -56,8 +56,7 @@ def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
     device: where the per-key math runs (merge_core/device.py; resolve "auto" with resolve_device).
     The math runs on one torch thread, scoped to the merge (merge_core/threads.py says why); a compute-bound n-model
     method's (nmodel.is_compute_bound) on the idle cores."""
-    # no pool where the C heap itself keeps freed buffers (the command line: heap.py) or for compute-bound methods
-    pool = BufferPool(limit_bytes=0 if is_compute_bound(plan) or heap.applied() else POOL_BYTES)
+    pool = BufferPool(limit_bytes=0 if is_compute_bound(plan) else POOL_BYTES)
     pooled = [src for src in sources.values() if isinstance(src, FileSource) and src.buffers is None]
     for src in pooled:
         src.buffers = pool
