@@ -7,7 +7,10 @@
     (load_models_gpu(force_patch_weights=True)), which is what KSampler does,
     on random-filled SD1.5 fp16 weights; ours against ModelMergeSimple.
 
-    python bench/bench_node.py [--repeat 5] [--skip-sdxl]
+(3) ``--load-only``: (2) for SD1.5 and SDXL, ModelMergeSimple's result against our Weight sum's only, the two
+    loads alternating in each round (which goes first turns around every round), median of --repeat rounds.
+
+    python bench/bench_node.py [--repeat 5] [--skip-sdxl] [--load-only]
 """
 from __future__ import annotations
 
@@ -99,12 +102,46 @@ def materialise_times(repeat: int) -> list[tuple[str, float]]:
     return rows
 
 
+def load_rounds(layout: str, repeat: int) -> list[tuple[str, float, float, float]]:
+    """(name, median, min, max) of the load of ModelMergeSimple's result and of our Weight sum's (alpha 0.3 both
+    ways: ModelMergeSimple's ratio is model1's weight), in alternating order; each merge made afresh, untimed."""
+    a, b = fm.build(layout, fill_seed=1), fm.build(layout, fill_seed=2)
+    makers = {"ComfyUI ModelMergeSimple": lambda: ModelMergeSimple().merge(a, b, 0.7)[0],
+              "ours, Weight sum (scalar alpha)": lambda: ours(a, b)}
+    warm = ours(a, b)  # first loads pay page faults for fresh allocations: warm up once, untimed
+    mm.load_models_gpu([warm], force_patch_weights=True)
+    mm.unload_all_models()
+    del warm
+    times: dict[str, list[float]] = {name: [] for name in makers}
+    for r in range(repeat):
+        for name in list(makers) if r % 2 == 0 else list(makers)[::-1]:
+            m = makers[name]()
+            gc.collect()
+            start = time.perf_counter()
+            mm.load_models_gpu([m], force_patch_weights=True)
+            times[name].append(time.perf_counter() - start)
+            mm.unload_all_models()
+            del m
+    return [(name, statistics.median(t), min(t), max(t)) for name, t in times.items()]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--skip-sdxl", action="store_true")
+    parser.add_argument("--load-only", action="store_true", help="only the load of the merged model, SD1.5 and SDXL")
     args = parser.parse_args()
     layouts = ["sd1"] + ([] if args.skip_sdxl else ["sdxl"])
+    if args.load_only:
+        for layout in layouts:
+            rows = load_rounds(layout, args.repeat)
+            base = rows[0][1]
+            print(f"\n### Loading the merged {layout.upper()} U-Net (fp16, patches baked in on CPU; median of "
+                  f"{args.repeat} alternating rounds)\n")
+            print("| what | time (median) | range | vs ModelMergeSimple |\n|---|---|---|---|")
+            for name, med, low, high in rows:
+                print(f"| load {name} result | {med:.2f} s | {low:.2f}-{high:.2f} s | {med / base:.2f}x |", flush=True)
+        return
     for layout in layouts:
         rows = node_times(layout, args.repeat)
         base = rows[0][1]
