@@ -9,11 +9,6 @@ reader keep going through small keys, and still bounds memory (at least one key 
 ahead, however large). On the other side, a write that the kernel throttles (too many dirty
 pages) held the math, which held the read-ahead: with writes pending up to a budget, the
 math goes on.
-
-The read-ahead into this process is kept small (its buffers are resident memory); further ahead, the kernel
-is asked to read the keys into its page cache (``hints``), which costs the process nothing: on cold files the
-disk stays busy through runs of large keys, and the process's peak memory stays near 1 GB (bench/RESULTS.md,
-memory speed).
 """
 from __future__ import annotations
 
@@ -23,26 +18,22 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 K = TypeVar("K")
 
-BUDGET_BYTES = 64 << 20  # what the loads ahead may read into memory beyond the key being computed
-HINT_BYTES = 256 << 20  # what the kernel is asked to read ahead into its page cache, beyond the loads
-WRITE_BUDGET_BYTES = 128 << 20  # what may wait to be written
+BUDGET_BYTES = 256 << 20  # what the loads ahead may read beyond the key being computed
+WRITE_BUDGET_BYTES = 256 << 20  # what may wait to be written
 MAX_KEYS = 16
 
 
 class ReadAhead:
     """``take()`` returns the loads of ``keys`` in order; up to ``budget`` bytes of later keys (by ``cost``)
-    are loading meanwhile. ``load(key, hints)`` also gets the keys to hint before it reads (in order, each key
-    once, never one already loading): beyond the loads, at least the next key, more within ``hint_budget``."""
+    are loading meanwhile. ``load(key, after)`` also gets the key after it (None at the end), for hints."""
 
     def __init__(self, executor: cf.Executor, load: Callable, keys: Sequence[K], cost: Callable[[K], int],
-                 budget: int = BUDGET_BYTES, max_keys: int = MAX_KEYS, hint_budget: int = HINT_BYTES):
+                 budget: int = BUDGET_BYTES, max_keys: int = MAX_KEYS):
         self.executor, self.load, self.keys, self.cost = executor, load, keys, cost
-        self.budget, self.max_keys, self.hint_budget = budget, max_keys, hint_budget
+        self.budget, self.max_keys = budget, max_keys
         self.queue: collections.deque = collections.deque()  # (future, cost) in plan order
         self.next = 0
         self.bytes = 0
-        self.hinted = 0  # keys before this index are hinted or loading
-        self.hint_bytes = 0  # the cost of keys[next:hinted]: hinted, not loading yet
         self._fill()
 
     def _fill(self) -> None:
@@ -51,25 +42,10 @@ class ReadAhead:
             cost = self.cost(key)
             if self.queue and self.bytes + cost > self.budget:
                 return
-            if self.hinted > self.next:
-                self.hint_bytes -= cost
-            else:
-                self.hinted = self.next + 1  # loaded now: no hint
-            self.next += 1
-            self.queue.append((self.executor.submit(self.load, key, self._hints()), cost))
+            after = self.keys[self.next + 1] if self.next + 1 < len(self.keys) else None
+            self.queue.append((self.executor.submit(self.load, key, after), cost))
             self.bytes += cost
-
-    def _hints(self) -> list:
-        """The keys that join the hinted ones: the next key if none is hinted, more while within the budget."""
-        hints = []
-        while self.hinted < len(self.keys):
-            cost = self.cost(self.keys[self.hinted])
-            if self.hinted > self.next and self.hint_bytes + cost > self.hint_budget:
-                break
-            hints.append(self.keys[self.hinted])
-            self.hint_bytes += cost
-            self.hinted += 1
-        return hints
+            self.next += 1
 
     def take(self):
         """The next key's load (its error raised here); the reader moves on meanwhile."""

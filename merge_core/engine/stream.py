@@ -100,10 +100,10 @@ def stream_keys(job: MergeJob, handler_of, progress: Optional[ProgressFn], shoul
     key ahead, more while they fit in ``read_ahead_bytes``)."""
     keys, sources = job.plan.keys, job.sources
 
-    def load(kp: KeyPlan, hints: list[KeyPlan]):
-        for later in hints:  # keys ahead start coming from disk into the page cache while this one is read
-            for name in handler_of(later).reads(later):
-                sources[name].prefetch(later.key)
+    def load(kp: KeyPlan, after: Optional[KeyPlan]):
+        if after is not None:  # the key after this one starts coming from disk while this one is read
+            for name in handler_of(after).reads(after):
+                sources[name].prefetch(after.key)
         return handler_of(kp).load(kp)
 
     def read_bytes(kp: KeyPlan) -> int:

@@ -13,12 +13,13 @@ def test_loads_arrive_in_order_and_the_reader_stays_within_the_budget():
     keys = list(sizes)
     started = []
 
-    def load(key, hints):
+    def load(key, after):
         started.append(key)
+        assert after == (keys[keys.index(key) + 1] if key != keys[-1] else None)
         return key.upper()
 
     with cf.ThreadPoolExecutor(1) as reader:
-        ahead = ReadAhead(reader, load, keys, sizes.get, budget=100, hint_budget=0)
+        ahead = ReadAhead(reader, load, keys, sizes.get, budget=100)
         assert [f.result() for f, _ in ahead.queue] == ["K0", "K1", "K2", "K3"]  # 80 bytes; k4 would pass 100
         got = []
         for _ in keys:
@@ -28,40 +29,11 @@ def test_loads_arrive_in_order_and_the_reader_stays_within_the_budget():
     assert got == [k.upper() for k in keys] and started == keys
 
 
-def test_keys_beyond_the_loads_are_hinted_once_in_order_within_the_hint_budget():
-    sizes = {f"k{i}": s for i, s in enumerate([50, 10, 10, 10, 300, 10, 10, 60, 60, 60, 5])}
-    keys = list(sizes)
-    events = []  # ("hint", key) or ("load", key), as the reader ran them
-
-    def load(key, hints):
-        events.extend(("hint", k) for k in hints)
-        events.append(("load", key))
-
-    with cf.ThreadPoolExecutor(1) as reader:
-        ahead = ReadAhead(reader, load, keys, sizes.get, budget=60, hint_budget=100)
-        window = []
-        for _ in keys:
-            [f.result() for f, _ in ahead.queue]
-            # hinted, not loading: at least the next key, within the budget beyond that
-            hinted = keys[ahead.next:ahead.hinted]
-            assert hinted or ahead.hinted == len(keys)
-            assert sum(sizes[k] for k in hinted[:-1]) <= 100
-            window.append(len(hinted))
-            ahead.take()
-    hinted = [k for what, k in events if what == "hint"]
-    loaded = [k for what, k in events if what == "load"]
-    assert loaded == keys
-    assert hinted == keys[1:]  # each key once, in order; the first is loaded at once
-    for k in hinted:  # a key's hint comes before its load
-        assert events.index(("hint", k)) < events.index(("load", k))
-    assert max(window) > 1  # more than the next key when they fit
-
-
 def test_an_error_is_raised_at_its_key_and_cancel_drops_what_has_not_started():
     release = threading.Event()
     ran = []
 
-    def load(key, hints):
+    def load(key, after):
         ran.append(key)
         if key == "b":
             raise OSError("disk gone")
