@@ -12,8 +12,8 @@ sum faulted about 300k times instead of 1033k, and took 27.4 s instead of 29.4 s
 file merges against the physical floor of their I/O). The merge's buffer pool (io/buffers.py) still
 keeps the largest read buffers; without it the same merge faulted 1.6M times.
 
-Only the command line calls this: it owns its process. Inside ComfyUI the process is the host's, and
-its allocator is not ours to tune.
+Only the command line's file merges call this (cli/app.py, HEAP_COMMANDS): the program owns its
+process. Inside ComfyUI the process is the host's, and its allocator is not ours to tune.
 """
 from __future__ import annotations
 

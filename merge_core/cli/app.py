@@ -17,6 +17,10 @@ from ..version import __version__
 from . import analyze, blocks, combine, dice, elements, history, lora_extract, lora_merge, merge, pinpoint, rebasin
 from .options import OneLineParser
 
+# Where the heap policy applies: measured on two- and three-model file merges (bench/RESULTS.md). The n-model
+# methods' float32 temporaries are larger, and up to 128 MiB of them kept free would raise their measured peaks.
+HEAP_COMMANDS = ("merge",)
+
 # order of --help
 COMMANDS = (merge, combine, analyze, lora_merge, lora_extract, dice, pinpoint, elements, blocks, history, rebasin)
 
@@ -53,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run one command. Called as the program (no ``argv``: the console script, ``python -m merge_core``), the
-    process is ours, and its heap keeps freed tensor buffers for the next key (heap.py); called with ``argv``
-    from Python (a test, a script) it is a guest in the caller's process and leaves the heap as it is."""
+    process is ours, and a file merge's heap keeps freed tensor buffers for the next key (heap.py); called with
+    ``argv`` from Python (a test, a script) it is a guest in the caller's process and leaves the heap as it is."""
     args = build_parser().parse_args(argv)
-    if argv is None:
+    if argv is None and args.command in HEAP_COMMANDS:
         keep_freed_buffers()
     install_signal_cleanup(then_raise=True)  # SIGTERM/SIGHUP: like Ctrl+C, the output's temporary file goes
     try:

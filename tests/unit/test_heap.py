@@ -44,13 +44,17 @@ def test_a_freed_buffer_is_reused_without_faulting_its_pages_again():
     assert faults("policy") < pages // 20
 
 
-def test_the_program_sets_it_and_a_call_from_python_does_not(monkeypatch, tmp_path, capsys):
+def test_a_file_merge_run_as_the_program_sets_it_and_a_call_from_python_does_not(monkeypatch, tmp_path, capsys):
     from merge_core.cli import app
     calls = []
     monkeypatch.setattr(app, "keep_freed_buffers", lambda: calls.append(1))
     missing = str(tmp_path / "missing.safetensors")
-    assert app.main(["blocks", missing]) == 2
+    merge = ["merge", missing, missing, "-o", str(tmp_path / "out.safetensors")]
+    assert app.main(merge) == 2
     assert calls == []  # the caller's process, not ours
     monkeypatch.setattr(sys, "argv", ["merge-suite", "blocks", missing])
+    assert app.main() == 2
+    assert calls == []  # not a file merge
+    monkeypatch.setattr(sys, "argv", ["merge-suite", *merge])
     assert app.main() == 2
     assert calls == [1]
