@@ -14,13 +14,30 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Callable, NamedTuple, Optional, Sequence, TypeVar
+
+from .io.buffers import LIMIT_BYTES as POOL_BYTES
 
 K = TypeVar("K")
 
 BUDGET_BYTES = 256 << 20  # what the loads ahead may read beyond the key being computed
 WRITE_BUDGET_BYTES = 256 << 20  # what may wait to be written
 MAX_KEYS = 16
+
+
+class Budgets(NamedTuple):
+    """A streamed merge's memory beyond the key being computed, in bytes."""
+    read_ahead: int  # the loads ahead
+    write_behind: int  # the results waiting to be written
+    pool: int  # free buffers kept for the next keys (io/buffers.py)
+
+
+BUDGETS = Budgets(BUDGET_BYTES, WRITE_BUDGET_BYTES, POOL_BYTES)
+# Inputs read through mappings (io/mapped_file.py, the command line's): no read buffer exists, so the pool only keeps
+# result buffers, which the heap keeps as well (heap.py); a load ahead maps its pages in, and a page-cache hint for
+# the key after it starts the disk. Smaller budgets then keep the peak under 1 GB at the same speed (bench/RESULTS.md,
+# file merges against the physical floor).
+MAPPED_BUDGETS = Budgets(64 << 20, 64 << 20, 32 << 20)
 
 
 class ReadAhead:

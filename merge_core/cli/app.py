@@ -12,13 +12,15 @@ from pathlib import Path
 from ..errors import MergeInputError
 from ..heap import keep_freed_buffers
 from ..input_names import CLI, renamed
+from ..io import mapped_file
 from ..io.output_file import Stopped, install_signal_cleanup
 from ..version import __version__
 from . import analyze, blocks, combine, dice, elements, history, lora_extract, lora_merge, merge, pinpoint, rebasin
 from .options import OneLineParser
 
-# Where the heap policy applies: measured on two- and three-model file merges (bench/RESULTS.md). The n-model
-# methods' float32 temporaries are larger, and up to 128 MiB of them kept free would raise their measured peaks.
+# Where the heap policy and mapped inputs apply: measured on two- and three-model file merges (bench/RESULTS.md).
+# The n-model methods' float32 temporaries are larger, and up to 128 MiB of them kept free would raise their
+# measured peaks.
 HEAP_COMMANDS = ("merge",)
 
 # order of --help
@@ -57,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Run one command. Called as the program (no ``argv``: the console script, ``python -m merge_core``), the
-    process is ours, and a file merge's heap keeps freed tensor buffers for the next key (heap.py); called with
-    ``argv`` from Python (a test, a script) it is a guest in the caller's process and leaves the heap as it is."""
+    process is ours: a file merge's heap keeps freed tensor buffers for the next key (heap.py), and its inputs
+    are read through mappings (io/mapped_file.py); called with ``argv`` from Python (a test, a script) it is a
+    guest in the caller's process and leaves both as they are."""
     args = build_parser().parse_args(argv)
     if argv is None and args.command in HEAP_COMMANDS:
         keep_freed_buffers()
+        mapped_file.enable()
     install_signal_cleanup(then_raise=True)  # SIGTERM/SIGHUP: like Ctrl+C, the output's temporary file goes
     try:
         return args.run(args)

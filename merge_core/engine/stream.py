@@ -16,11 +16,11 @@ import torch
 
 from .. import threads as thread_policy
 from ..device import Transfer, math_device
-from ..io.buffers import LIMIT_BYTES as POOL_BYTES, BufferPool
+from ..io.buffers import BufferPool
 from ..io.file_source import FileSource
 from ..io.key_source import KeySource
 from ..io.sinks import Sink
-from ..pipeline import BUDGET_BYTES, ReadAhead, WriteBehind
+from ..pipeline import BUDGETS, MAPPED_BUDGETS, Budgets, ReadAhead, WriteBehind
 from ..plan import Action, KeyPlan, MergePlan, MergeSettings
 from .calc import CalcKey
 from .copied import CopyKey
@@ -56,13 +56,17 @@ def run_merge(plan: MergePlan, sources: Mapping[str, KeySource], sink: Sink,
     device: where the per-key math runs (merge_core/device.py; resolve "auto" with resolve_device).
     The math runs on one torch thread, scoped to the merge (merge_core/threads.py says why); a compute-bound n-model
     method's (nmodel.is_compute_bound) on the idle cores."""
-    pool = BufferPool(limit_bytes=0 if is_compute_bound(plan) else POOL_BYTES)
-    pooled = [src for src in sources.values() if isinstance(src, FileSource) and src.buffers is None]
+    files = [src for src in sources.values() if isinstance(src, FileSource)]
+    budgets = MAPPED_BUDGETS if files and all(src.mapped for src in files) else BUDGETS
+    if is_compute_bound(plan):  # nothing to gain from reading ahead or from reused buffers
+        budgets = budgets._replace(read_ahead=0, pool=0)
+    pool = BufferPool(limit_bytes=budgets.pool)
+    pooled = [src for src in files if src.buffers is None and not src.mapped]
     for src in pooled:
         src.buffers = pool
     try:
         with thread_policy.torch_threads(thread_policy.MERGE_THREADS):
-            return _stream(plan, sources, sink, out_dtype, progress, should_stop, device, pool)
+            return _stream(plan, sources, sink, out_dtype, progress, should_stop, device, pool, budgets)
     finally:
         for src in pooled:
             src.buffers = None
@@ -78,7 +82,7 @@ def merge_handler(job: MergeJob, should_stop: Optional[StopFn]) -> KeyHandler:
     return LinearKey(job)
 
 
-def _stream(plan, sources, sink, out_dtype, progress, should_stop, device, pool):
+def _stream(plan, sources, sink, out_dtype, progress, should_stop, device, pool, budgets):
     move = Transfer(math_device(torch.device(device), plan.settings))
     layout = output_layout(plan, sources, out_dtype)
     with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-half") as halves:
@@ -87,7 +91,7 @@ def _stream(plan, sources, sink, out_dtype, progress, should_stop, device, pool)
         sink.begin(layout)
         try:
             stream_keys(job, lambda kp: merged if kp.action is Action.MERGE else copied, progress, should_stop,
-                        read_ahead_bytes=0 if is_compute_bound(plan) else BUDGET_BYTES)
+                        budgets)
         except BaseException:
             sink.abort()  # after the reader and the writer have finished their task in flight
             raise
@@ -95,9 +99,9 @@ def _stream(plan, sources, sink, out_dtype, progress, should_stop, device, pool)
 
 
 def stream_keys(job: MergeJob, handler_of, progress: Optional[ProgressFn], should_stop: Optional[StopFn],
-                read_ahead_bytes: int = BUDGET_BYTES) -> None:
+                budgets: Budgets = BUDGETS) -> None:
     """Each key loaded ahead by its handler, computed by it here, and written behind, in plan order (at least one
-    key ahead, more while they fit in ``read_ahead_bytes``)."""
+    key ahead, more while they fit in the read-ahead budget; writes pending within the write-behind's)."""
     keys, sources = job.plan.keys, job.sources
 
     def load(kp: KeyPlan, after: Optional[KeyPlan]):
@@ -113,14 +117,22 @@ def stream_keys(job: MergeJob, handler_of, progress: Optional[ProgressFn], shoul
 
     with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-read") as reader, \
             cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-write") as writer:
-        ahead, behind = ReadAhead(reader, load, keys, read_bytes, read_ahead_bytes), WriteBehind(writer)
+        ahead = ReadAhead(reader, load, keys, read_bytes, budgets.read_ahead)
+        behind = WriteBehind(writer, budgets.write_behind)
         try:
             for i, kp in enumerate(keys):
                 stop_if_asked(should_stop)
-                put = handler_of(kp).compute(kp, ahead.take())
+                loaded = ahead.take()
+                put = handler_of(kp).compute(kp, loaded)
+                read = [sources[name] for name in handler_of(kp).reads(kp)]
+                written = put.data is loaded  # stored bytes copied as they are: the writer still reads them
+                if not written:
+                    release_reads(read, kp.key)
+                del loaded
                 # keys reach the sink in plan order; a write error stops the merge at the next key
                 behind.put(put.write, put.key, put.data, nbytes=put.nbytes,
-                           release=None if put.release is None else functools.partial(job.pool.give, put.release))
+                           release=functools.partial(done_writing, job.pool, put.release, read if written else [],
+                                                     kp.key))
                 del put  # the writer holds the only reference: written, the memory can go
                 if progress is not None:
                     progress(i + 1, len(keys))
@@ -128,3 +140,17 @@ def stream_keys(job: MergeJob, handler_of, progress: Optional[ProgressFn], shoul
         finally:
             ahead.cancel()  # loads not started yet: the executors would run them all before closing
             behind.cancel()
+
+
+def release_reads(sources, key: str) -> None:
+    """A key's inputs are done with: mapped sources let its pages go (io/mapped_file.py)."""
+    for source in sources:
+        source.release(key)
+
+
+def done_writing(pool: BufferPool, pooled, sources, key: str) -> None:
+    """A key is written: its pooled memory goes back to the pool, and the sources it was copied from let its
+    pages go."""
+    if pooled is not None:
+        pool.give(pooled)
+    release_reads(sources, key)

@@ -39,5 +39,13 @@ class FileSource(KeySource):
     def prefetch(self, key: str) -> None:
         self.reader.prefetch(key)
 
+    def release(self, key: str) -> None:
+        self.reader.release(key)
+
+    @property
+    def mapped(self) -> bool:
+        """Whether its tensors are views of the file's mapping (which no buffer pool may take back)."""
+        return self.reader.mapping is not None
+
     def close(self) -> None:
         self.reader.close()

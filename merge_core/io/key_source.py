@@ -1,7 +1,7 @@
 """What the engine reads from: a source hands out one tensor at a time by key.
 
 Every source has shapes, dtypes and tensors. The abilities some have (stored fp8 bytes, read hints,
-a buffer pool to read into) have defaults here that do nothing, so that the engine calls them on
+a buffer pool to read into, pages to let go) have defaults here that do nothing, so that the engine calls them on
 any source; a source that has one overrides it."""
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ class KeySource(Protocol):
     # and these are defaults every source inherits.
     def prefetch(self, key: str) -> None:
         """A hint that ``key`` is read soon (a file source starts reading it from disk)."""
+        return None
+
+    def release(self, key: str) -> None:
+        """Done with ``key`` for now: a mapped file source lets its pages go (io/mapped_file.py)."""
         return None
 
     def close(self) -> None:

@@ -2,8 +2,9 @@
 
 The format is an 8-byte little-endian header length, a JSON header
 (``{key: {dtype, shape, data_offsets}}`` plus ``__metadata__``), then the raw
-tensor bytes. Reading one tensor with a positioned read (no mmap) keeps a
-file's pages out of the process's resident memory; writing the header first
+tensor bytes. Reading one tensor with a positioned read keeps a file's pages
+out of the process's resident memory (the command line maps its inputs instead,
+and lets each key's pages go once done: io/mapped_file.py); writing the header first
 and then each tensor as it is produced means no merged state dict ever exists
 in RAM. The header is checked in full at open (a damaged file is a one-line
 error naming it, not a traceback later). The writer goes through
@@ -23,6 +24,7 @@ import torch
 
 from ..errors import MergeInputError
 from .buffers import BufferPool
+from . import mapped_file
 from .json_limits import loads_bounded
 from .output_file import OutputFile
 
@@ -53,10 +55,12 @@ class SafetensorsReader:
     """Lazy access to one file: headers at open, tensors one at a time.
 
     input_name: the input or option that named the file, for the error of a damaged file.
+    mapped: read through a mapping (io/mapped_file.py); by default where the command line enabled it.
     """
 
-    def __init__(self, path: str | os.PathLike, input_name: str = "file"):
+    def __init__(self, path: str | os.PathLike, input_name: str = "file", mapped: Optional[bool] = None):
         self.path = Path(path)
+        self.mapping: Optional[mapped_file.MappedFile] = None
         try:
             self._fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
@@ -74,6 +78,11 @@ class SafetensorsReader:
             raise MergeInputError(input_name, f"'{self.path}' is not a readable safetensors file: {problem}.",
                                   "the file is damaged or truncated (an unfinished download?); download or save "
                                   "it again.") from None
+        if mapped_file.enabled() if mapped is None else mapped:
+            try:
+                self.mapping = mapped_file.MappedFile(self._fd)
+            except (OSError, ValueError):  # a file that cannot be mapped (a pipe, a special file system) is read
+                self.mapping = None
 
     def _header(self) -> tuple[dict, int]:
         head = os.pread(self._fd, 8, 0)
@@ -128,7 +137,11 @@ class SafetensorsReader:
         return {k: v.shape for k, v in self.tensors.items()}
 
     def raw(self, key: str, buffers: Optional[BufferPool] = None) -> memoryview:
-        """The stored bytes of one tensor (a view of a fresh uint8 buffer, from ``buffers`` when given)."""
+        """The stored bytes of one tensor (a view of a fresh uint8 buffer, from ``buffers`` when given; of the
+        mapping when mapped)."""
+        if self.mapping is not None:
+            info = self.tensors[key]
+            return self.mapping.view(info.begin, info.end)
         return memoryview(self._read(key, buffers).numpy())  # type: ignore[arg-type]  # see _tensor_bytes
 
     def _read(self, key: str, buffers: Optional[BufferPool] = None) -> torch.Tensor:
@@ -138,6 +151,8 @@ class SafetensorsReader:
         GB), which stalls the merge thread on every key; torch's buffer is not touched until preadv
         fills it, and preadv releases the GIL (bench/RESULTS.md, busy-machine section)."""
         info = self.tensors[key]
+        if self.mapping is not None:
+            return self.mapping.tensor(info.begin, info.end)
         buf = torch.empty(info.nbytes, dtype=torch.uint8) if buffers is None else buffers.take(info.nbytes)
         view = memoryview(buf.numpy())  # type: ignore[arg-type]  # see _tensor_bytes
         done = 0
@@ -165,7 +180,16 @@ class SafetensorsReader:
             return torch.empty(info.shape, dtype=info.dtype)
         return self._read(key, buffers).view(info.dtype).reshape(info.shape)
 
+    def release(self, key: str) -> None:
+        """Done with ``key`` for now: a mapped reader lets its pages go (views of it stay valid)."""
+        info = self.tensors.get(key)
+        if self.mapping is not None and info is not None and info.nbytes:
+            self.mapping.release(info.begin, info.end)
+
     def close(self) -> None:
+        if self.mapping is not None:
+            self.mapping.close()
+            self.mapping = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -45,9 +45,11 @@ def test_a_freed_buffer_is_reused_without_faulting_its_pages_again():
 
 
 def test_a_file_merge_run_as_the_program_sets_it_and_a_call_from_python_does_not(monkeypatch, tmp_path, capsys):
+    """The heap policy, and mapped inputs with it (io/mapped_file.py): the program's process alone."""
     from merge_core.cli import app
     calls = []
     monkeypatch.setattr(app, "keep_freed_buffers", lambda: calls.append(1))
+    monkeypatch.setattr(app.mapped_file, "enable", lambda: calls.append(2))
     missing = str(tmp_path / "missing.safetensors")
     merge = ["merge", missing, missing, "-o", str(tmp_path / "out.safetensors")]
     assert app.main(merge) == 2
@@ -57,4 +59,4 @@ def test_a_file_merge_run_as_the_program_sets_it_and_a_call_from_python_does_not
     assert calls == []  # not a file merge
     monkeypatch.setattr(sys, "argv", ["merge-suite", *merge])
     assert app.main() == 2
-    assert calls == [1]
+    assert calls == [1, 2]

@@ -87,7 +87,7 @@ def test_a_file_merge_computes_later_keys_into_written_results_memory(tmp_path, 
     monkeypatch.setattr(linear, "fused_merge", lambda *args, **kw: results.append(r := real(*args, **kw)) or r)
     # every put waits for its write: a result's memory is back in the pool before the next key (with the
     # default budget it comes back whenever the writer is done, which a slow machine may make later)
-    monkeypatch.setattr(stream, "WriteBehind", lambda executor: WriteBehind(executor, budget=0))
+    monkeypatch.setattr(stream, "WriteBehind", lambda executor, budget: WriteBehind(executor, budget=0))
     src = sources()
     run_merge(plan_merge(src, "Weight sum", alpha=0.3), src, FileSink(str(tmp_path / "o.safetensors")))
     pointers = [r[0].data_ptr() for r in results]
