@@ -10,7 +10,8 @@ fixed thresholds of 64 MiB (fresh memory only above it) and 128 MiB (what free h
 one arena for all threads, the heap serves the keys' buffers again: a cold full-size Flux fp8 weight
 sum faulted about 300k times instead of 1033k, and took 27.4 s instead of 29.4 s (bench/RESULTS.md,
 file merges against the physical floor of their I/O). The merge's buffer pool (io/buffers.py) still
-keeps the largest read buffers; without it the same merge faulted 1.6M times.
+keeps a few buffers above the heap's threshold; with positioned reads and no pool the same merge faulted 1.6M times
+(the command line now maps its inputs: io/mapped_file.py).
 
 Only the command line's file merges call this (cli/app.py, HEAP_COMMANDS): the program owns its
 process. Inside ComfyUI the process is the host's, and its allocator is not ours to tune.

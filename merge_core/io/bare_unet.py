@@ -67,6 +67,12 @@ class PrefixedSource(KeySource):
     def raw(self, key):
         return self.inner.raw(self._own(key))
 
+    def prefetch(self, key):
+        self.inner.prefetch(self._own(key))
+
+    def release(self, key):
+        self.inner.release(self._own(key))
+
     def close(self):
         self.inner.close()
 

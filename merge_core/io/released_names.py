@@ -72,6 +72,9 @@ class ReleasedNameSource(KeySource):
     def prefetch(self, key):
         self.inner.prefetch(self._key(key))
 
+    def release(self, key):
+        self.inner.release(self._key(key))
+
     def get(self, key):
         return self.inner.get(self._key(key))
 

@@ -103,6 +103,27 @@ def test_streamed_merge_of_mapped_files_writes_the_same_file_and_leaves_no_pages
     assert torch.equal(merged[UNET + "label_emb.0.0.bias"], a[UNET + "label_emb.0.0.bias"])  # copied from A
 
 
+@linux
+def test_a_bare_diffusion_model_read_with_a_checkpoint_prefix_lets_its_pages_go_too(tmp_path):
+    """The prefixed view of a bare diffusion-model file (io/bare_unet.py) hands hints and releases to its file."""
+    from merge_core.io.bare_unet import PREFIX, PrefixedSource
+    from merge_core.io.file_source import FileSource
+    path = tmp_path / "unet.safetensors"
+    numel = 16 << 20
+    save_file({"input_blocks.0.0.weight": torch.ones(numel)}, str(path))
+    source = FileSource(path)
+    source.reader.close()
+    source.reader = SafetensorsReader(path, mapped=True)
+    prefixed = PrefixedSource(source)
+    before = rss_file_bytes()
+    prefixed.prefetch(PREFIX + "input_blocks.0.0.weight")
+    assert float(prefixed.get(PREFIX + "input_blocks.0.0.weight")[0]) == 1.0
+    assert rss_file_bytes() - before > 0.9 * numel * 4
+    prefixed.release(PREFIX + "input_blocks.0.0.weight")
+    assert rss_file_bytes() - before < 0.1 * numel * 4
+    prefixed.close()
+
+
 def test_only_linux_with_madvise_maps(monkeypatch):
     monkeypatch.setattr(mapped_file, "_enabled", False)
     monkeypatch.setattr(sys, "platform", "win32")
