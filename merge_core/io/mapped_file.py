@@ -13,9 +13,10 @@ process's copy only, never the file. Views stay valid after ``release``: touchin
 them in again. So that a reader whose caller never releases (a pass over every key) does not come to
 map the whole file, the oldest ranges are released once more than ``LIMIT_BYTES`` are mapped in.
 
-Only the command line maps its inputs (``enable``, called where heap.py's policy is): a file truncated
-while mapped makes the process fault, which a program run for one merge may risk and a host like
-ComfyUI must not. Where the platform has no ``madvise``, readers keep positioned reads.
+Only the command line maps its inputs (``enable``, called where heap.py's policy is): a file shortened
+before a key is mapped in is an error at the populate, but one shortened while the math reads its pages
+makes the process fault, which a program run for one merge may risk and a host like ComfyUI must not.
+Where the platform has no ``madvise``, readers keep positioned reads.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ class MappedFile:
                 self._advise(POPULATE_READ, begin, end)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:  # EFAULT: the range is past the end of the file, which shrank
-                    raise OSError(exc.errno, f"the file changed while it was read ({exc.strerror})") from None
+                    raise OSError(exc.errno, "the file is shorter than when it was opened") from None
                 self._populate = False  # an older kernel: the first touch maps the pages in instead
         with self._lock:
             if begin not in self._mapped:

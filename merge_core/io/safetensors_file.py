@@ -59,7 +59,7 @@ class SafetensorsReader:
     """
 
     def __init__(self, path: str | os.PathLike, input_name: str = "file", mapped: Optional[bool] = None):
-        self.path = Path(path)
+        self.path, self.input_name = Path(path), input_name
         self.mapping: Optional[mapped_file.MappedFile] = None
         try:
             self._fd = os.open(self.path, os.O_RDONLY)
@@ -141,7 +141,7 @@ class SafetensorsReader:
         mapping when mapped)."""
         if self.mapping is not None:
             info = self.tensors[key]
-            return self.mapping.view(info.begin, info.end)
+            return self._mapped(self.mapping.view, info)
         return memoryview(self._read(key, buffers).numpy())  # type: ignore[arg-type]  # see _tensor_bytes
 
     def _read(self, key: str, buffers: Optional[BufferPool] = None) -> torch.Tensor:
@@ -152,7 +152,7 @@ class SafetensorsReader:
         fills it, and preadv releases the GIL (bench/RESULTS.md, busy-machine section)."""
         info = self.tensors[key]
         if self.mapping is not None:
-            return self.mapping.tensor(info.begin, info.end)
+            return self._mapped(self.mapping.tensor, info)
         buf = torch.empty(info.nbytes, dtype=torch.uint8) if buffers is None else buffers.take(info.nbytes)
         view = memoryview(buf.numpy())  # type: ignore[arg-type]  # see _tensor_bytes
         done = 0
@@ -162,6 +162,14 @@ class SafetensorsReader:
                 raise OSError(f"unexpected end of file reading '{key}' from {self.path}")
             done += got
         return buf
+
+    def _mapped(self, view, info: TensorInfo):
+        """``view(begin, end)`` of the mapping; a file shortened since it was opened is the input's error."""
+        try:
+            return view(info.begin, info.end)
+        except OSError as exc:
+            raise MergeInputError(self.input_name, f"'{self.path}' changed while it was read ({exc.strerror}).",
+                                  "leave the inputs alone while a merge reads them, and run it again.") from None
 
     def prefetch(self, key: str) -> None:
         """Ask the kernel to start reading one tensor's bytes now (asynchronously, into the page cache,

@@ -124,6 +124,20 @@ def test_a_bare_diffusion_model_read_with_a_checkpoint_prefix_lets_its_pages_go_
     prefixed.close()
 
 
+@linux
+def test_an_input_shortened_while_mapped_is_an_error_naming_it_not_a_crash(tmp_path):
+    from merge_core.errors import MergeInputError
+    path = tmp_path / "a.safetensors"
+    save_file({"a": torch.ones(1 << 20), "b": torch.ones(1 << 20)}, str(path))
+    reader = SafetensorsReader(path, input_name="model_b", mapped=True)
+    os.truncate(path, 4 * mmap.PAGESIZE)  # another program rewrites the file meanwhile
+    for read in (reader.get, reader.raw):
+        with pytest.raises(MergeInputError, match="changed while it was read") as info:
+            read("b")
+        assert info.value.input_name == "model_b" and "a.safetensors" in str(info.value)
+    reader.close()
+
+
 def test_only_linux_with_madvise_maps(monkeypatch):
     monkeypatch.setattr(mapped_file, "_enabled", False)
     monkeypatch.setattr(sys, "platform", "win32")
