@@ -145,7 +145,7 @@ class SafetensorsReader:
         return memoryview(self._read(key, buffers).numpy())  # type: ignore[arg-type]  # see _tensor_bytes
 
     def _read(self, key: str, buffers: Optional[BufferPool] = None) -> torch.Tensor:
-        """One tensor's bytes into a new uint8 tensor (from ``buffers`` when given).
+        """One tensor's bytes into a new uint8 tensor (from ``buffers`` when given); mapped, a view of the mapping.
 
         torch.empty, not bytearray: a bytearray is zero-filled while the GIL is held (about 0.7 s per
         GB), which stalls the merge thread on every key; torch's buffer is not touched until preadv
