@@ -85,6 +85,17 @@ class MergeJob:
             if tensor is not None and self.sources[name].buffers is self.pool:
                 self.pool.give(tensor, result)
 
+    def let_go(self, key: str, inputs: Iterable[tuple[str, Optional[torch.Tensor]]]) -> Callable[[int, int], None]:
+        """A callback for the math to call with each span [lo, hi) of values it has merged: the sources let
+        those values' stored bytes go (a mapped file's pages: the key's inputs shrink while its result grows;
+        the rest of the key goes at its ``release``). (source name, tensor as the math reads it) pairs."""
+        parts = [(self.sources[name], tensor.element_size()) for name, tensor in inputs if tensor is not None]
+
+        def release(lo: int, hi: int) -> None:
+            for source, size in parts:
+                source.release(key, (lo * size, hi * size))
+        return release
+
     def merged_put(self, kp: KeyPlan, inputs: tuple, result: torch.Tensor,
                    release: Optional[torch.Tensor] = None) -> Put:
         """A two- or three-model key's result on the host (its inputs A, B, C given back), Adjust applied."""

@@ -28,6 +28,9 @@ from .job import MergeJob, Put
 
 CHUNK_ELEMENTS = 1 << 18  # 1 MiB of float32 per operand
 SPLIT_ELEMENTS = 1 << 22  # tensors from 4M values up are worth a second thread (fp8 Flux: most of the file)
+# the kernel's steps through a large key, after each of which the inputs' pages it passed are let go (mapped
+# inputs: the key's result then grows while they shrink, instead of on top of them)
+LET_GO_ELEMENTS = 1 << 22
 
 
 def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[torch.Tensor],
@@ -67,11 +70,14 @@ def merge_tensor(kp: KeyPlan, fn, a: torch.Tensor, b: torch.Tensor, c: Optional[
 def fused_merge(kp: KeyPlan, mode: str, a: torch.Tensor, b: torch.Tensor, c: Optional[torch.Tensor],
                 out_dtype: torch.dtype, helper: Optional[cf.Executor] = None, chunk: int = CHUNK_ELEMENTS,
                 buffers: Optional[BufferPool] = None,
-                scales: Optional[tuple[float, ...]] = None) -> Optional[tuple[torch.Tensor, dict[str, int]]]:
+                scales: Optional[tuple[float, ...]] = None,
+                let_go: Optional[Callable[[int, int], None]] = None) -> Optional[tuple[torch.Tensor, dict[str, int]]]:
     """``merge_tensor``'s result computed by the native kernel (methods/fused_linear.py), with the
     inputs' NaN/inf counts {input: n}; None where the kernel does not apply.
     buffers: the result goes into memory from this pool (the caller gives it back once written).
-    scales: A's, B's and C's per-tensor scales (stored scaled fp8 weights; 1.0 for the others)."""
+    scales: A's, B's and C's per-tensor scales (stored scaled fp8 weights; 1.0 for the others).
+    let_go: called with each span [lo, hi) of values once merged (``MergeJob.let_go``), in steps of
+    LET_GO_ELEMENTS."""
     if not fuses(kp, mode, out_dtype, a, b, c):
         return None
     nbytes = a.numel() * out_dtype.itemsize
@@ -80,10 +86,11 @@ def fused_merge(kp: KeyPlan, mode: str, a: torch.Tensor, b: torch.Tensor, c: Opt
     flat_a, flat_b, flat_out = a.reshape(-1), b.reshape(-1), out.reshape(-1)
     flat_c = None if c is None else c.reshape(-1)
 
-    def run(first: int, last: int) -> list[int]:
+    def span(first: int, last: int) -> list[int]:
         return fused_linear.merge_span(mode, kp.alpha, kp.beta, flat_a, flat_b, flat_c, flat_out, first, last,
                                        scales=scales)
 
+    run = span if let_go is None else functools.partial(in_steps, span, let_go)
     parts = in_halves(run, out.numel(), chunk, helper)
     counts = {name: n for name, *found in zip(fused_linear.INPUTS, *parts) if (n := sum(found))}
     return out, counts
@@ -122,6 +129,17 @@ def fused_scaled_merge(kp: KeyPlan, mode: str, a: torch.Tensor, b: torch.Tensor,
 
     in_halves(encode, a.numel(), chunk, helper)
     return out, scale, counts
+
+
+def in_steps(span: Callable[[int, int], list[int]], let_go: Callable[[int, int], None], first: int,
+             last: int) -> list[int]:
+    """``span(first, last)``'s counts, run in steps of LET_GO_ELEMENTS, each step's values let go after it."""
+    counts = [0, 0, 0]
+    for lo in range(first, last, LET_GO_ELEMENTS):
+        hi = min(lo + LET_GO_ELEMENTS, last)
+        counts = [n + m for n, m in zip(counts, span(lo, hi))]
+        let_go(lo, hi)
+    return counts
 
 
 def fuses(kp: KeyPlan, mode: str, out_dtype: torch.dtype, a, b, c) -> bool:
@@ -246,7 +264,9 @@ class LinearKey:
             job.give_back(zip("abc", inputs), values)
             write = functools.partial(cast(EncodingSink, job.sink).put_scaled, scale=scale)  # scaled_output says so
             return Put(write, kp.key, values, values if into is not None else None)
-        fused = fused_merge(kp, mode.name, a, b, c, self.target(kp), job.halves, buffers=into, scales=scales)
+        let_go = job.let_go(kp.key, zip("abc", (a, b, c))) if a.numel() >= 2 * LET_GO_ELEMENTS else None
+        fused = fused_merge(kp, mode.name, a, b, c, self.target(kp), job.halves, buffers=into, scales=scales,
+                            let_go=let_go)
         assert fused is not None or scales == (1.0, 1.0, 1.0), "scaled inputs read as stored need the kernel"
         if fused is not None:
             result, counted = fused

@@ -70,8 +70,8 @@ class PrefixedSource(KeySource):
     def prefetch(self, key):
         self.inner.prefetch(self._own(key))
 
-    def release(self, key):
-        self.inner.release(self._own(key))
+    def release(self, key, part=None):
+        self.inner.release(self._own(key), part)
 
     def close(self):
         self.inner.close()

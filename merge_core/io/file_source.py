@@ -39,8 +39,8 @@ class FileSource(KeySource):
     def prefetch(self, key: str) -> None:
         self.reader.prefetch(key)
 
-    def release(self, key: str) -> None:
-        self.reader.release(key)
+    def release(self, key: str, part: Optional[tuple[int, int]] = None) -> None:
+        self.reader.release(key, part)
 
     @property
     def mapped(self) -> bool:

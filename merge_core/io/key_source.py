@@ -38,8 +38,9 @@ class KeySource(Protocol):
         """A hint that ``key`` is read soon (a file source starts reading it from disk)."""
         return None
 
-    def release(self, key: str) -> None:
-        """Done with ``key`` for now: a mapped file source lets its pages go (io/mapped_file.py)."""
+    def release(self, key: str, part: Optional[tuple[int, int]] = None) -> None:
+        """Done with ``key`` for now: a mapped file source lets its pages go (io/mapped_file.py); ``part``: only
+        those of the stored bytes [lo, hi), which the math has passed."""
         return None
 
     def close(self) -> None:

@@ -72,8 +72,8 @@ class ReleasedNameSource(KeySource):
     def prefetch(self, key):
         self.inner.prefetch(self._key(key))
 
-    def release(self, key):
-        self.inner.release(self._key(key))
+    def release(self, key, part=None):
+        self.inner.release(self._key(key), part)
 
     def get(self, key):
         return self.inner.get(self._key(key))

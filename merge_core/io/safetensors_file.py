@@ -188,11 +188,16 @@ class SafetensorsReader:
             return torch.empty(info.shape, dtype=info.dtype)
         return self._read(key, buffers).view(info.dtype).reshape(info.shape)
 
-    def release(self, key: str) -> None:
-        """Done with ``key`` for now: a mapped reader lets its pages go (views of it stay valid)."""
+    def release(self, key: str, part: Optional[tuple[int, int]] = None) -> None:
+        """Done with ``key`` for now: a mapped reader lets its pages go (views of it stay valid). ``part``: only
+        the bytes [lo, hi) of the tensor, which the math has passed (whole pages inside them)."""
         info = self.tensors.get(key)
-        if self.mapping is not None and info is not None and info.nbytes:
+        if self.mapping is None or info is None or not info.nbytes:
+            return
+        if part is None:
             self.mapping.release(info.begin, info.end)
+        else:
+            self.mapping.release_within(info.begin + max(part[0], 0), info.begin + min(part[1], info.nbytes))
 
     def close(self) -> None:
         if self.mapping is not None:

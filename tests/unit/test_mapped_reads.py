@@ -104,6 +104,55 @@ def test_streamed_merge_of_mapped_files_writes_the_same_file_and_leaves_no_pages
 
 
 @linux
+def test_a_large_keys_input_pages_go_as_the_kernel_passes_them(tmp_path, monkeypatch):
+    """Its result grows while its inputs shrink, instead of on top of them: the pages left after each step of the
+    kernel are a step's, not the key's (engine/linear.py, LET_GO_ELEMENTS); only whole pages inside a span go."""
+    from merge_core.engine import linear
+    from merge_core.methods import fused_linear
+    if not fused_linear.available():
+        pytest.skip("no C compiler: the torch path merges without steps")
+    numel, key = 16 << 20, UNET + "middle_block.1.proj_out.weight"  # 64 MiB of float32 per input
+    for name, seed in (("a", 1), ("b", 2)):
+        save_file({key: torch.randn(numel, generator=torch.Generator().manual_seed(seed))},
+                  str(tmp_path / f"{name}.safetensors"))
+    reader = SafetensorsReader(tmp_path / "a.safetensors", mapped=True)
+    before = rss_file_bytes()
+    w = reader.get(key)
+    reader.release(key, (4097, 4 * numel // 2))  # not the page holding byte 4097, nor any past the middle
+    assert 0.4 * numel * 4 < rss_file_bytes() - before < 0.6 * numel * 4
+    assert torch.equal(w[:4], load_file(str(tmp_path / "a.safetensors"))[key][:4])  # mapped in again
+    reader.close()
+
+    monkeypatch.setattr(linear, "LET_GO_ELEMENTS", 1 << 20)  # 4 MiB steps
+    real_span, left = fused_linear.merge_span, {}
+
+    def span(*args, **kwargs):
+        counts = real_span(*args, **kwargs)
+        mapped_in = rss_file_bytes() - left["before"]
+        left["least"] = min(left.get("least", mapped_in), mapped_in)
+        return counts
+    monkeypatch.setattr(fused_linear, "merge_span", span)
+    outputs = []
+    for steps in (True, False):
+        if not steps:
+            monkeypatch.setattr(linear, "LET_GO_ELEMENTS", numel)  # one step: nothing goes before the end
+        left.clear()
+        with mapped_file_policy(True):
+            sources = {name: open_source(str(tmp_path / f"{name}.safetensors"), name.upper()) for name in "ab"}
+        left["before"] = rss_file_bytes()
+        out = tmp_path / f"out_{steps}.safetensors"
+        run_merge(plan_merge(sources, "Weight sum", alpha=0.3), sources, FileSink(out))
+        for src in sources.values():
+            src.close()
+        outputs.append(out.read_bytes())
+        if steps:  # at the last steps, at most the pages of a step or two per input and half
+            assert left["least"] < 24 << 20
+        else:
+            assert left["least"] > 0.9 * 2 * numel * 4
+    assert outputs[0] == outputs[1]
+
+
+@linux
 def test_a_bare_diffusion_model_read_with_a_checkpoint_prefix_lets_its_pages_go_too(tmp_path):
     """The prefixed view of a bare diffusion-model file (io/bare_unet.py) hands hints and releases to its file."""
     from merge_core.io.bare_unet import PREFIX, PrefixedSource
