@@ -6,7 +6,10 @@ and the buffers ahead of the math were a quarter of its resident memory (bench/R
 against the physical floor). Mapped, a tensor is a view of the page cache: the read-ahead thread maps a
 key's pages in (MADV_POPULATE_READ: read from disk if need be, without the math thread faulting on
 them), the math reads them where they are, and once the key is done its pages are unmapped again
-(MADV_DONTNEED: the page cache keeps them, the process's resident memory lets them go).
+(MADV_DONTNEED: the page cache keeps them, the process's resident memory lets them go). Of a tensor larger
+than ``POPULATE_BYTES`` only that much is mapped in ahead: the math maps the rest in as it reaches it and
+lets go what it has passed (engine/linear.py), so a token embedding is never resident whole (its pages
+are already on their way into the page cache: the engine asks for them a key ahead).
 
 The mapping is private (copy on write): a tensor view that something wrote into would change this
 process's copy only, never the file. Views stay valid after ``release``: touching released pages maps
@@ -23,6 +26,7 @@ from __future__ import annotations
 import collections
 import errno
 import mmap
+import os
 import sys
 import threading
 
@@ -30,6 +34,7 @@ import torch
 
 POPULATE_READ = 22  # Linux 5.14+ (MADV_POPULATE_READ; Python's mmap module has no name for it)
 LIMIT_BYTES = 512 << 20  # what one file may have mapped in before its oldest ranges are let go
+POPULATE_BYTES = 32 << 20  # what a read maps in ahead of the math, at most (fp8 Flux's largest weights: 36 MiB)
 _enabled = False
 
 
@@ -50,6 +55,7 @@ class MappedFile:
 
     def __init__(self, fd: int):
         self._map = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        self._fd = fd  # the reader's, open as long as this mapping is used
         self._size = len(self._map)
         self._mapped: collections.OrderedDict[int, int] = collections.OrderedDict()  # begin -> end, oldest first
         self._mapped_bytes = 0
@@ -86,11 +92,13 @@ class MappedFile:
             return
         if self._populate:
             try:
-                self._advise(POPULATE_READ, begin, end)
+                self._advise(POPULATE_READ, begin, min(end, begin + POPULATE_BYTES))
             except OSError as exc:
                 if exc.errno != errno.EINVAL:  # EFAULT: the range is past the end of the file, which shrank
                     raise OSError(exc.errno, "the file is shorter than when it was opened") from None
                 self._populate = False  # an older kernel: the first touch maps the pages in instead
+        if end - begin > POPULATE_BYTES and os.fstat(self._fd).st_size < end:  # the part the math maps in
+            raise OSError(errno.EFAULT, "the file is shorter than when it was opened")
         with self._lock:
             if begin not in self._mapped:
                 self._mapped[begin] = end

@@ -62,6 +62,7 @@ def test_release_lets_a_keys_pages_go_and_the_limit_bounds_what_stays_mapped(tmp
     path = tmp_path / "big.safetensors"
     numel = 16 << 20  # 64 MiB of float32
     save_file({"w": torch.ones(numel), "v": torch.full((numel,), 2.0)}, str(path))
+    monkeypatch.setattr(mapped_file, "POPULATE_BYTES", 1 << 30)
     reader = SafetensorsReader(path, mapped=True)
     before = rss_file_bytes()
     w = reader.get("w")  # mapped in on the read, before anything touches it
@@ -104,6 +105,21 @@ def test_streamed_merge_of_mapped_files_writes_the_same_file_and_leaves_no_pages
 
 
 @linux
+def test_a_read_maps_in_at_most_its_head_ahead_and_the_rest_as_touched(tmp_path, monkeypatch):
+    path = tmp_path / "big.safetensors"
+    numel = 16 << 20  # 64 MiB of float32
+    save_file({"w": torch.arange(numel, dtype=torch.float32)}, str(path))
+    monkeypatch.setattr(mapped_file, "POPULATE_BYTES", 8 << 20)
+    reader = SafetensorsReader(path, mapped=True)
+    before = rss_file_bytes()
+    w = reader.get("w")
+    assert 7 << 20 < rss_file_bytes() - before < 12 << 20
+    assert torch.equal(w, torch.arange(numel, dtype=torch.float32))  # the rest faulted in as read
+    assert rss_file_bytes() - before > 0.9 * numel * 4
+    reader.close()
+
+
+@linux
 def test_a_large_keys_input_pages_go_as_the_kernel_passes_them(tmp_path, monkeypatch):
     """Its result grows while its inputs shrink, instead of on top of them: the pages left after each step of the
     kernel are a step's, not the key's (engine/linear.py, LET_GO_ELEMENTS); only whole pages inside a span go."""
@@ -115,6 +131,7 @@ def test_a_large_keys_input_pages_go_as_the_kernel_passes_them(tmp_path, monkeyp
     for name, seed in (("a", 1), ("b", 2)):
         save_file({key: torch.randn(numel, generator=torch.Generator().manual_seed(seed))},
                   str(tmp_path / f"{name}.safetensors"))
+    monkeypatch.setattr(mapped_file, "POPULATE_BYTES", 1 << 30)  # the whole key mapped in ahead
     reader = SafetensorsReader(tmp_path / "a.safetensors", mapped=True)
     before = rss_file_bytes()
     w = reader.get(key)
@@ -153,7 +170,7 @@ def test_a_large_keys_input_pages_go_as_the_kernel_passes_them(tmp_path, monkeyp
 
 
 @linux
-def test_a_bare_diffusion_model_read_with_a_checkpoint_prefix_lets_its_pages_go_too(tmp_path):
+def test_a_bare_diffusion_model_read_with_a_checkpoint_prefix_lets_its_pages_go_too(tmp_path, monkeypatch):
     """The prefixed view of a bare diffusion-model file (io/bare_unet.py) hands hints and releases to its file."""
     from merge_core.io.bare_unet import PREFIX, PrefixedSource
     from merge_core.io.file_source import FileSource
@@ -164,6 +181,7 @@ def test_a_bare_diffusion_model_read_with_a_checkpoint_prefix_lets_its_pages_go_
     source.reader.close()
     source.reader = SafetensorsReader(path, mapped=True)
     prefixed = PrefixedSource(source)
+    monkeypatch.setattr(mapped_file, "POPULATE_BYTES", 1 << 30)
     before = rss_file_bytes()
     prefixed.prefetch(PREFIX + "input_blocks.0.0.weight")
     assert float(prefixed.get(PREFIX + "input_blocks.0.0.weight")[0]) == 1.0
@@ -174,7 +192,7 @@ def test_a_bare_diffusion_model_read_with_a_checkpoint_prefix_lets_its_pages_go_
 
 
 @linux
-def test_an_input_shortened_while_mapped_is_an_error_naming_it_not_a_crash(tmp_path):
+def test_an_input_shortened_while_mapped_is_an_error_naming_it_not_a_crash(tmp_path, monkeypatch):
     from merge_core.errors import MergeInputError
     path = tmp_path / "a.safetensors"
     save_file({"a": torch.ones(1 << 20), "b": torch.ones(1 << 20)}, str(path))
@@ -184,6 +202,14 @@ def test_an_input_shortened_while_mapped_is_an_error_naming_it_not_a_crash(tmp_p
         with pytest.raises(MergeInputError, match="changed while it was read") as info:
             read("b")
         assert info.value.input_name == "model_b" and "a.safetensors" in str(info.value)
+    reader.close()
+    # shortened inside a tensor's part that the math would map in (past the head mapped in ahead)
+    save_file({"a": torch.ones(1 << 20), "b": torch.ones(1 << 20)}, str(path))
+    monkeypatch.setattr(mapped_file, "POPULATE_BYTES", 1 << 20)
+    reader = SafetensorsReader(path, input_name="model_b", mapped=True)
+    os.truncate(path, reader.tensors["b"].begin + (2 << 20))
+    with pytest.raises(MergeInputError, match="changed while it was read"):
+        reader.get("b")
     reader.close()
 
 
