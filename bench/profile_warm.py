@@ -39,7 +39,7 @@ import gc, json, os, resource, sys, threading
 out_json, argv = sys.argv[1], sys.argv[2:]
 from merge_core import api
 from merge_core.engine import copied, linear
-from merge_core.io import buffers, output_file, precision, safetensors_file
+from merge_core.io import buffers, mapped_file, output_file, precision, safetensors_file
 from merge_core.methods import fused_linear
 from merge_core import pipeline
 from merge_core.cli import main
@@ -76,7 +76,9 @@ def wrap(owner, attr, stage):
     setattr(owner, attr, timed)
 
 R, W, OF = safetensors_file.SafetensorsReader, safetensors_file.SafetensorsWriter, output_file.OutputFile
-wrap(R, "_read", "read: preadv into buffer (copy from page cache, faults on fresh buffers)")
+wrap(R, "_read", "read: preadv into a buffer (copy from page cache), or a view of the mapping")
+wrap(mapped_file.MappedFile, "_map_in", "read: map pages in (MADV_POPULATE_READ; the program's mapped reads)")
+wrap(mapped_file.MappedFile, "release", "release: a merged key's pages let go (MADV_DONTNEED)")
 wrap(R, "prefetch", "read: posix_fadvise WILLNEED hint")
 wrap(linear.LinearKey, "load", "load: other (dtype checks, NaN scan where not fused)")
 wrap(copied.CopyKey, "load", "load: other (dtype checks, NaN scan where not fused)")
@@ -149,7 +151,8 @@ raise SystemExit(code)
 # whether it is a page fault; these names make the syscalls readable.
 SYSCALLS = {"ksys_write": "write: copy into page cache", "do_preadv": "preadv: copy from page cache",
             "ksys_read": "read (imports, headers)", "__x64_sys_fadvise64": "posix_fadvise (writeback start, hints)",
-            "__x64_sys_fsync": "fsync", "__x64_sys_munmap": "munmap (freeing large buffers)",
+            "__x64_sys_fsync": "fsync", "__x64_sys_madvise": "madvise (map pages in, let them go)",
+            "__x64_sys_munmap": "munmap (freeing large buffers)",
             "__x64_sys_rename": "rename (over the old output)", "__x64_sys_futex": "futex (thread wait/wake)"}
 
 
