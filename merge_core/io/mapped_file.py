@@ -82,10 +82,8 @@ class MappedFile:
     def release_within(self, begin: int, end: int) -> None:
         """Unmap the whole pages inside [begin, end), part of a range still in use (the bytes of a tensor the math
         has passed): a page it shares with the bytes around it stays, and the range stays counted until ``release``."""
-        first = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE
-        last = min(end, self._size) // mmap.PAGESIZE * mmap.PAGESIZE
-        if last > first:
-            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
+        first, last = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
+        self._advise(mmap.MADV_DONTNEED, first, last)
 
     def _map_in(self, begin: int, end: int) -> None:
         if end <= begin:
